@@ -1,1 +1,126 @@
-//! See the module map in `lib.rs`.
+//! Durable broker state. The broker describes every change of durable state as a `StoreOp`;
+//! a `Store` applies it to a `DurableState` (the fold of all ops) and, for the file store, logs
+//! it. After a restart `Store::load` gives back the state to rebuild sessions and retained
+//! messages from. The state is plain data in ordered maps so that restarts are deterministic.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter, TopicName, UserProperty};
+
+/// An application message as the broker keeps it (queued, in flight or retained).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// 5.0 properties that travel with the message.
+    pub properties: MessageProperties,
+}
+
+/// The 5.0 PUBLISH properties a broker forwards (topic alias and subscription ids are per hop).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageProperties {
+    pub payload_format_utf8: Option<bool>,
+    /// Absolute expiry in broker milliseconds since its epoch, if the message expires.
+    pub expires_at_ms: Option<u64>,
+    pub response_topic: Option<TopicName>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<UserProperty>,
+    pub content_type: Option<crate::codec::MqttStr>,
+}
+
+/// A subscription as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<std::num::NonZeroU32>,
+}
+
+/// Where an outgoing QoS 1/2 message is in its flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutgoingState {
+    /// PUBLISH sent (or to be resent with DUP), waiting for PUBACK / PUBREC.
+    Publish(StoredMessage),
+    /// PUBREC received, PUBREL sent, waiting for PUBCOMP.
+    PubRel,
+}
+
+/// One client's session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredSession {
+    /// 3.1.1 persistent session: `None` (never expires). 5.0: the session expiry interval.
+    pub expiry_interval_secs: Option<u32>,
+    pub protocol_level: u8,
+    pub subscriptions: BTreeMap<TopicFilter, StoredSubscription>,
+    /// Outgoing messages with a packet id, in the order they were first sent (resent in this
+    /// order on resume [MQTT-4.4.0-1]; the in-flight window bounds its length).
+    pub outgoing: VecDeque<(u16, OutgoingState)>,
+    /// Messages waiting for a free slot in the in-flight window or for the client to come back.
+    pub queued: VecDeque<StoredMessage>,
+    /// Incoming QoS 2 packet ids received (PUBREC sent) and not yet released by PUBREL.
+    pub incoming_qos2: BTreeSet<u16>,
+    /// The next packet id to try for an outgoing message.
+    pub next_packet_id: u16,
+}
+
+/// The whole durable state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DurableState {
+    pub sessions: BTreeMap<String, StoredSession>,
+    pub retained: BTreeMap<TopicName, StoredMessage>,
+}
+
+/// Every change of durable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Creates (or replaces with an empty one) a session.
+    SessionCreated { client_id: String, expiry_interval_secs: Option<u32>, protocol_level: u8 },
+    /// Changes the expiry interval of an existing session (5.0 DISCONNECT may do this).
+    SessionExpiryChanged { client_id: String, expiry_interval_secs: Option<u32> },
+    SessionDeleted { client_id: String },
+    Subscribed { client_id: String, filter: TopicFilter, subscription: StoredSubscription },
+    Unsubscribed { client_id: String, filter: TopicFilter },
+    /// Appended to the session's queue.
+    Queued { client_id: String, message: StoredMessage },
+    /// The front of the queue moved into flight under `packet_id`.
+    Dequeued { client_id: String, packet_id: PacketId },
+    /// A message sent in flight directly (not through the queue).
+    SentInFlight { client_id: String, packet_id: PacketId, message: StoredMessage },
+    /// PUBREC received for an outgoing QoS 2 message.
+    PubRecReceived { client_id: String, packet_id: PacketId },
+    /// PUBACK or PUBCOMP received: the outgoing flow is complete.
+    OutgoingCompleted { client_id: String, packet_id: PacketId },
+    /// The oldest queued message was dropped (queue limit).
+    QueueFrontDropped { client_id: String },
+    /// An incoming QoS 2 PUBLISH was received and acknowledged with PUBREC.
+    IncomingQos2Received { client_id: String, packet_id: PacketId },
+    /// PUBREL received for an incoming QoS 2 id.
+    IncomingQos2Released { client_id: String, packet_id: PacketId },
+    RetainedSet { message: StoredMessage },
+    RetainedCleared { topic: TopicName },
+}
+
+/// When the file store forces writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// fsync after every op: an acknowledged message survives power loss.
+    #[default]
+    EveryWrite,
+    /// fsync when `Store::sync` is called (the broker calls it every `interval_ms`).
+    Periodic { interval_ms: u64 },
+}
+
+/// Durable broker state. Implementations: `MemoryStore` (nothing survives the process) and
+/// `FileStore` (append log with checksums and compaction, over `fs::FileSystem`).
+pub trait Store: Send + 'static {
+    /// The state as of the last op that reached the disk (empty for a new store).
+    fn state(&self) -> &DurableState;
+    /// Applies `op` to the state and makes it durable per the sync policy. An I/O error is
+    /// returned (the broker logs it and carries on from memory).
+    fn apply(&mut self, op: StoreOp) -> std::io::Result<()>;
+    /// Forces pending writes to disk.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
