@@ -1,11 +1,39 @@
-//! The `simqtt` command line. The only place that formats for humans and picks exit codes.
+//! The `simqtt` command line. The only place that formats for humans and picks exit codes;
+//! each subcommand lives in its own file under `src/cli/`.
 
-use clap::Parser;
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "simqtt", version, about = "MQTT codec, broker, client, simulator and certifier")]
-enum Cli {}
+#[command(
+    name = "simqtt",
+    version,
+    about = "MQTT codec, broker, client, simulator and certifier"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Decode MQTT packets from a hex string or file and print them (a codec debugging aid).
+    Decode(cli::decode::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Decode(args) => cli::decode::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("simqtt: {error:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -6,7 +6,11 @@ use super::error::EncodeError;
 use super::packet::{Packet, ProtocolVersion};
 
 /// Appends the wire form of `packet` in `version` to `out`.
-pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+pub fn encode(
+    packet: &Packet,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let _ = (packet, version, out);
     unimplemented!("codec issue")
 }

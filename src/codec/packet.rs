@@ -314,7 +314,11 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(packet_id: PacketId) -> Ack {
-        Ack { packet_id, reason_code: ReasonCode::Success, properties: AckProperties::default() }
+        Ack {
+            packet_id,
+            reason_code: ReasonCode::Success,
+            properties: AckProperties::default(),
+        }
     }
 }
 
@@ -352,7 +356,10 @@ pub struct SubscriptionOptions {
 
 impl SubscriptionOptions {
     pub fn qos(qos: QoS) -> SubscriptionOptions {
-        SubscriptionOptions { qos, ..SubscriptionOptions::default() }
+        SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        }
     }
 }
 

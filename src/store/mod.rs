@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+pub mod fs;
+
 use bytes::Bytes;
 
 use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter, TopicName, UserProperty};
@@ -77,30 +79,74 @@ pub struct DurableState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
     /// Creates (or replaces with an empty one) a session.
-    SessionCreated { client_id: String, expiry_interval_secs: Option<u32>, protocol_level: u8 },
+    SessionCreated {
+        client_id: String,
+        expiry_interval_secs: Option<u32>,
+        protocol_level: u8,
+    },
     /// Changes the expiry interval of an existing session (5.0 DISCONNECT may do this).
-    SessionExpiryChanged { client_id: String, expiry_interval_secs: Option<u32> },
-    SessionDeleted { client_id: String },
-    Subscribed { client_id: String, filter: TopicFilter, subscription: StoredSubscription },
-    Unsubscribed { client_id: String, filter: TopicFilter },
+    SessionExpiryChanged {
+        client_id: String,
+        expiry_interval_secs: Option<u32>,
+    },
+    SessionDeleted {
+        client_id: String,
+    },
+    Subscribed {
+        client_id: String,
+        filter: TopicFilter,
+        subscription: StoredSubscription,
+    },
+    Unsubscribed {
+        client_id: String,
+        filter: TopicFilter,
+    },
     /// Appended to the session's queue.
-    Queued { client_id: String, message: StoredMessage },
+    Queued {
+        client_id: String,
+        message: StoredMessage,
+    },
     /// The front of the queue moved into flight under `packet_id`.
-    Dequeued { client_id: String, packet_id: PacketId },
+    Dequeued {
+        client_id: String,
+        packet_id: PacketId,
+    },
     /// A message sent in flight directly (not through the queue).
-    SentInFlight { client_id: String, packet_id: PacketId, message: StoredMessage },
+    SentInFlight {
+        client_id: String,
+        packet_id: PacketId,
+        message: StoredMessage,
+    },
     /// PUBREC received for an outgoing QoS 2 message.
-    PubRecReceived { client_id: String, packet_id: PacketId },
+    PubRecReceived {
+        client_id: String,
+        packet_id: PacketId,
+    },
     /// PUBACK or PUBCOMP received: the outgoing flow is complete.
-    OutgoingCompleted { client_id: String, packet_id: PacketId },
+    OutgoingCompleted {
+        client_id: String,
+        packet_id: PacketId,
+    },
     /// The oldest queued message was dropped (queue limit).
-    QueueFrontDropped { client_id: String },
+    QueueFrontDropped {
+        client_id: String,
+    },
     /// An incoming QoS 2 PUBLISH was received and acknowledged with PUBREC.
-    IncomingQos2Received { client_id: String, packet_id: PacketId },
+    IncomingQos2Received {
+        client_id: String,
+        packet_id: PacketId,
+    },
     /// PUBREL received for an incoming QoS 2 id.
-    IncomingQos2Released { client_id: String, packet_id: PacketId },
-    RetainedSet { message: StoredMessage },
-    RetainedCleared { topic: TopicName },
+    IncomingQos2Released {
+        client_id: String,
+        packet_id: PacketId,
+    },
+    RetainedSet {
+        message: StoredMessage,
+    },
+    RetainedCleared {
+        topic: TopicName,
+    },
 }
 
 /// When the file store forces writes to disk.

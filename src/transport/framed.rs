@@ -28,14 +28,20 @@ pub struct FramedRead<R> {
 
 impl<R: AsyncRead + Unpin> FramedRead<R> {
     pub fn new(inner: R, version: ProtocolVersion, max_packet_size: u32) -> Self {
-        FramedRead { inner, buf: BytesMut::with_capacity(4096), version, max_packet_size }
+        FramedRead {
+            inner,
+            buf: BytesMut::with_capacity(4096),
+            version,
+            max_packet_size,
+        }
     }
 
     /// The next packet; `Ok(None)` on a clean end of stream between packets. An end of stream
     /// inside a packet is an `UnexpectedEof` error.
     pub async fn read_packet(&mut self) -> Result<Option<Packet>, TransportError> {
         loop {
-            if let Some(packet) = codec::decode(&mut self.buf, self.version, self.max_packet_size)? {
+            if let Some(packet) = codec::decode(&mut self.buf, self.version, self.max_packet_size)?
+            {
                 return Ok(Some(packet));
             }
             if self.buf.capacity() - self.buf.len() < 1024 {
@@ -54,7 +60,11 @@ impl<R: AsyncRead + Unpin> FramedRead<R> {
 
     /// A packet already buffered, without reading (for draining a batch).
     pub fn try_read_buffered(&mut self) -> Result<Option<Packet>, TransportError> {
-        Ok(codec::decode(&mut self.buf, self.version, self.max_packet_size)?)
+        Ok(codec::decode(
+            &mut self.buf,
+            self.version,
+            self.max_packet_size,
+        )?)
     }
 
     pub fn into_inner(self) -> R {
@@ -71,7 +81,11 @@ pub struct FramedWrite<W> {
 
 impl<W: AsyncWrite + Unpin> FramedWrite<W> {
     pub fn new(inner: W, version: ProtocolVersion) -> Self {
-        FramedWrite { inner, buf: BytesMut::with_capacity(4096), version }
+        FramedWrite {
+            inner,
+            buf: BytesMut::with_capacity(4096),
+            version,
+        }
     }
 
     pub fn push(&mut self, packet: &Packet) -> Result<(), EncodeError> {

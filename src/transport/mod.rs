@@ -3,8 +3,8 @@
 //! Broker and client code never name `tokio::net` or `turmoil`.
 
 pub mod framed;
-pub mod tcp;
 pub mod sim;
+pub mod tcp;
 
 use std::future::Future;
 use std::io;

@@ -1,0 +1,148 @@
+//! A small filesystem seam so the same durable-state code runs on `std::fs` and on turmoil's
+//! simulated filesystem (where writes not yet synced vanish when the host crashes).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A file opened for appending.
+pub trait AppendFile: Send {
+    fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes everything appended so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The file operations durable state needs.
+pub trait FileSystem: Send + Sync + 'static {
+    /// The whole file, or `None` when it does not exist.
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Opens (creating if needed) `path` for appending.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    /// Replaces `path` with `data` atomically and durably (temporary file, sync, rename).
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Cuts `path` to `len` bytes (used to drop a torn tail) and syncs it.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Removes `path`; not an error when it does not exist.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+}
+
+pub type SharedFs = Arc<dyn FileSystem>;
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+macro_rules! fs_impl {
+    ($name:ident, $doc:literal, $fs:path, $sync_dir:path) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $name;
+
+        impl FileSystem for $name {
+            fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+                use $fs as f;
+                match f::read(path) {
+                    Ok(data) => Ok(Some(data)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+
+            fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+                use $fs as f;
+                let file = f::OpenOptions::new().create(true).append(true).open(path)?;
+                struct Appender(f::File);
+                impl AppendFile for Appender {
+                    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+                        self.0.write_all(data)
+                    }
+                    fn sync(&mut self) -> io::Result<()> {
+                        self.0.sync_all()
+                    }
+                }
+                Ok(Box::new(Appender(file)))
+            }
+
+            fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+                use $fs as f;
+                let tmp = temp_path(path);
+                {
+                    let mut file = f::File::create(&tmp)?;
+                    file.write_all(data)?;
+                    file.sync_all()?;
+                }
+                f::rename(&tmp, path)?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    // Make the rename itself durable.
+                    $sync_dir(dir)?;
+                }
+                Ok(())
+            }
+
+            fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+                use $fs as f;
+                let file = f::OpenOptions::new().write(true).open(path)?;
+                file.set_len(len)?;
+                file.sync_all()
+            }
+
+            fn remove(&self, path: &Path) -> io::Result<()> {
+                use $fs as f;
+                match f::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            }
+
+            fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+                use $fs as f;
+                f::create_dir_all(path)
+            }
+        }
+    };
+}
+
+fn std_sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fs_impl!(StdFs, "The real filesystem.", std::fs, std_sync_dir);
+fs_impl!(
+    SimFs,
+    "turmoil's per-host simulated filesystem (inside a simulation only).",
+    turmoil::fs::shim::std::fs,
+    turmoil::fs::shim::std::fs::sync_dir
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn std_fs_append_read_atomic_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = StdFs;
+        let log = dir.path().join("log");
+        assert_eq!(fs.read(&log).unwrap(), None);
+        let mut file = fs.open_append(&log).unwrap();
+        file.append(b"hello ").unwrap();
+        file.append(b"world").unwrap();
+        file.sync().unwrap();
+        assert_eq!(fs.read(&log).unwrap().unwrap(), b"hello world");
+        fs.truncate(&log, 5).unwrap();
+        assert_eq!(fs.read(&log).unwrap().unwrap(), b"hello");
+        let snap = dir.path().join("snapshot");
+        fs.write_atomic(&snap, b"one").unwrap();
+        fs.write_atomic(&snap, b"two").unwrap();
+        assert_eq!(fs.read(&snap).unwrap().unwrap(), b"two");
+        fs.remove(&snap).unwrap();
+        fs.remove(&snap).unwrap();
+        assert_eq!(fs.read(&snap).unwrap(), None);
+    }
+}
