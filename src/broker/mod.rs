@@ -1,1 +1,3 @@
 //! See the module map in `lib.rs`.
+
+pub mod auth;

@@ -170,3 +170,162 @@ pub trait Store: Send + 'static {
     /// Forces pending writes to disk.
     fn sync(&mut self) -> std::io::Result<()>;
 }
+
+impl DurableState {
+    /// Folds one op into the state. Ops that name a missing session or packet id are ignored:
+    /// a log replayed after a crash may hold ops for a session deleted later in the same log.
+    pub fn apply(&mut self, op: &StoreOp) {
+        match op {
+            StoreOp::SessionCreated {
+                client_id,
+                expiry_interval_secs,
+                protocol_level,
+            } => {
+                self.sessions.insert(
+                    client_id.clone(),
+                    StoredSession {
+                        expiry_interval_secs: *expiry_interval_secs,
+                        protocol_level: *protocol_level,
+                        next_packet_id: 1,
+                        ..StoredSession::default()
+                    },
+                );
+            }
+            StoreOp::SessionExpiryChanged {
+                client_id,
+                expiry_interval_secs,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.expiry_interval_secs = *expiry_interval_secs;
+                }
+            }
+            StoreOp::SessionDeleted { client_id } => {
+                self.sessions.remove(client_id);
+            }
+            StoreOp::Subscribed {
+                client_id,
+                filter,
+                subscription,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.subscriptions.insert(filter.clone(), subscription.clone());
+                }
+            }
+            StoreOp::Unsubscribed { client_id, filter } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.subscriptions.remove(filter);
+                }
+            }
+            StoreOp::Queued { client_id, message } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.queued.push_back(message.clone());
+                }
+            }
+            StoreOp::Dequeued {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    if let Some(message) = s.queued.pop_front() {
+                        s.outgoing
+                            .push_back((packet_id.get(), OutgoingState::Publish(message)));
+                        s.next_packet_id = next_id(packet_id.get());
+                    }
+                }
+            }
+            StoreOp::SentInFlight {
+                client_id,
+                packet_id,
+                message,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.outgoing
+                        .push_back((packet_id.get(), OutgoingState::Publish(message.clone())));
+                    s.next_packet_id = next_id(packet_id.get());
+                }
+            }
+            StoreOp::PubRecReceived {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    if let Some(entry) =
+                        s.outgoing.iter_mut().find(|(id, _)| *id == packet_id.get())
+                    {
+                        entry.1 = OutgoingState::PubRel;
+                    }
+                }
+            }
+            StoreOp::OutgoingCompleted {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.outgoing.retain(|(id, _)| *id != packet_id.get());
+                }
+            }
+            StoreOp::QueueFrontDropped { client_id } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.queued.pop_front();
+                }
+            }
+            StoreOp::IncomingQos2Received {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.incoming_qos2.insert(packet_id.get());
+                }
+            }
+            StoreOp::IncomingQos2Released {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.incoming_qos2.remove(&packet_id.get());
+                }
+            }
+            StoreOp::RetainedSet { message } => {
+                self.retained.insert(message.topic.clone(), message.clone());
+            }
+            StoreOp::RetainedCleared { topic } => {
+                self.retained.remove(topic);
+            }
+        }
+    }
+}
+
+fn next_id(id: u16) -> u16 {
+    if id == u16::MAX {
+        1
+    } else {
+        id + 1
+    }
+}
+
+/// Keeps the state in memory only: nothing survives the process (or a simulated crash).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: DurableState,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn state(&self) -> &DurableState {
+        &self.state
+    }
+
+    fn apply(&mut self, op: StoreOp) -> std::io::Result<()> {
+        self.state.apply(&op);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
