@@ -197,6 +197,20 @@ pub trait Store: Send + 'static {
     /// Applies `op` to the state and makes it durable per the sync policy. An I/O error is
     /// returned (the broker logs it and carries on from memory).
     fn apply(&mut self, op: StoreOp) -> std::io::Result<()>;
+    /// Applies several ops as one write (group commit): under `SyncPolicy::EveryWrite` one
+    /// sync covers them all, so e.g. a message queued for 100 offline sessions costs one fsync,
+    /// not 100. Every op reaches the state even when the write fails (as with `apply`).
+    fn apply_batch(&mut self, ops: Vec<StoreOp>) -> std::io::Result<()> {
+        let mut result = Ok(());
+        for op in ops {
+            if let Err(e) = self.apply(op) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
     /// Forces pending writes to disk.
     fn sync(&mut self) -> std::io::Result<()>;
 }
