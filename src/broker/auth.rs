@@ -456,7 +456,7 @@ impl Acl {
         }
         let dangerous = |s: &str| s.contains(['+', '#']);
         if username.is_some_and(dangerous) || dangerous(client_id) {
-            tracing::info!(
+            tracing::debug!(
                 client_id,
                 username,
                 "ACL refuses a client whose user name or client id contains + or #"

@@ -2,6 +2,13 @@
 //! a `Store` applies it to a `DurableState` (the fold of all ops) and, for the file store, logs
 //! it. After a restart `Store::load` gives back the state to rebuild sessions and retained
 //! messages from. The state is plain data in ordered maps so that restarts are deterministic.
+//!
+//! Stores: `MemoryStore` (nothing survives) and `FileStore` (snapshot + checksummed op log,
+//! `file.rs`; binary format in `encoding.rs`), opened over the filesystem seam:
+//! `FileStore::open(Arc::new(fs::StdFs), dir, SyncPolicy::EveryWrite)` on a real disk,
+//! `FileStore::open(Arc::new(fs::SimFs), dir, ..)` inside a turmoil host (its disk keeps only
+//! synced writes across `sim.crash`). Ops that belong together (one PUBLISH queued for many
+//! sessions) go through `Store::apply_batch`: one fsync for all of them.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
