@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Decode MQTT packets from a hex string or file and print them (a codec debugging aid).
     Decode(cli::decode::Args),
+    /// Add, update or delete a user in a mosquitto-format password file (like mosquitto_passwd).
+    Passwd(cli::passwd::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => cli::decode::run(args),
+        Command::Passwd(args) => cli::passwd::run(args),
     };
     match result {
         Ok(code) => code,
