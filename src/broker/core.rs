@@ -44,7 +44,7 @@ use crate::codec::{
 };
 use crate::store::{
     DurableState, MessageProperties, OutgoingState, Store, StoreOp, StoredMessage,
-    StoredSubscription,
+    StoredSubscription, StoredWill,
 };
 
 /// A connection, numbered by the server loop in accept order.
@@ -185,7 +185,9 @@ fn op_client(op: &StoreOp) -> Option<&str> {
         | StoreOp::OutgoingCompleted { client_id, .. }
         | StoreOp::QueueFrontDropped { client_id }
         | StoreOp::IncomingQos2Received { client_id, .. }
-        | StoreOp::IncomingQos2Released { client_id, .. } => client_id,
+        | StoreOp::IncomingQos2Released { client_id, .. }
+        | StoreOp::WillStored { client_id, .. }
+        | StoreOp::WillCleared { client_id } => client_id,
         StoreOp::RetainedSet { .. } | StoreOp::RetainedCleared { .. } => return None,
     })
 }
@@ -262,6 +264,25 @@ impl Core {
             retained = core.state.retained.len(),
             "broker state loaded"
         );
+        // A stored will belongs to a connection that was open when the broker stopped without
+        // a DISCONNECT from the client (a crash): that connection ended uncleanly, so its will
+        // is published now [MQTT-3.1.2-8]. The messages it produces are queued for offline
+        // sessions, so no action is lost.
+        let wills: Vec<(Arc<str>, StoredWill)> = core
+            .state
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| Some((Arc::from(id.as_str()), s.will.clone()?)))
+            .collect();
+        let mut ignored = Vec::new();
+        for (client_id, will) in wills {
+            tracing::info!(client_id = &*client_id, "publishing the will of a connection lost in a restart");
+            core.emit(StoreOp::WillCleared {
+                client_id: client_id.to_string(),
+            });
+            core.stats.wills_published += 1;
+            core.publish(Some(&client_id), will.message, now, &mut ignored);
+        }
         if core.config.sys_interval_secs > 0 {
             core.timers.insert((now, Timer::Sys));
         }
@@ -531,6 +552,15 @@ impl Core {
         for conn in conns {
             self.send_disconnect_v5(conn, ReasonCode::ServerShuttingDown, out);
             out.push(Action::Close { conn });
+            // Not a failure of the client: its will must not fire at the next start either.
+            let client = self.online(conn).map(|o| o.client_id.clone());
+            if let Some(client_id) = client {
+                if self.state.sessions.get(&*client_id).is_some_and(|s| s.will.is_some()) {
+                    self.emit(StoreOp::WillCleared {
+                        client_id: client_id.to_string(),
+                    });
+                }
+            }
         }
         self.conns.clear();
         self.online_count = 0;
@@ -652,6 +682,21 @@ impl Core {
         if let Some(rt) = self.sessions.get_mut(&client_id) {
             rt.conn = Some(conn);
             rt.expires_at = None;
+        }
+        if let Some(w) = &will {
+            // Kept with the session so a broker crash does not lose it (see `Core::new`).
+            let message = self.will_message(w, now);
+            self.emit(StoreOp::WillStored {
+                client_id: client_id.to_string(),
+                will: StoredWill {
+                    message,
+                    delay_interval_secs: w.properties.will_delay_interval_secs.unwrap_or(0),
+                },
+            });
+        } else if self.state.sessions[&*client_id].will.is_some() {
+            self.emit(StoreOp::WillCleared {
+                client_id: client_id.to_string(),
+            });
         }
 
         let receive_maximum = connect
@@ -838,29 +883,43 @@ impl Core {
                 }
             }
         }
+        if self
+            .state
+            .sessions
+            .get(&*client_id)
+            .is_some_and(|s| s.will.is_some())
+        {
+            self.emit(StoreOp::WillCleared {
+                client_id: client_id.to_string(),
+            });
+        }
         if publish_will {
             if let Some(will) = online.will {
                 self.stats.wills_published += 1;
                 tracing::debug!(client_id = &*client_id, topic = %will.topic, "publishing will");
-                let message = StoredMessage {
-                    topic: will.topic,
-                    payload: will.payload,
-                    qos: will.qos,
-                    retain: will.retain,
-                    properties: MessageProperties {
-                        payload_format_utf8: will.properties.payload_format_utf8,
-                        expires_at_ms: will
-                            .properties
-                            .message_expiry_interval_secs
-                            .map(|s| self.now_ms(now) + u64::from(s) * 1000),
-                        response_topic: will.properties.response_topic,
-                        correlation_data: will.properties.correlation_data,
-                        user_properties: will.properties.user_properties,
-                        content_type: will.properties.content_type,
-                    },
-                };
+                let message = self.will_message(&will, now);
                 self.publish(Some(&client_id), message, now, out);
             }
+        }
+    }
+
+    fn will_message(&self, will: &Will, now: Instant) -> StoredMessage {
+        StoredMessage {
+            topic: will.topic.clone(),
+            payload: will.payload.clone(),
+            qos: will.qos,
+            retain: will.retain,
+            properties: MessageProperties {
+                payload_format_utf8: will.properties.payload_format_utf8,
+                expires_at_ms: will
+                    .properties
+                    .message_expiry_interval_secs
+                    .map(|s| self.now_ms(now) + u64::from(s) * 1000),
+                response_topic: will.properties.response_topic.clone(),
+                correlation_data: will.properties.correlation_data.clone(),
+                user_properties: will.properties.user_properties.clone(),
+                content_type: will.properties.content_type.clone(),
+            },
         }
     }
 
