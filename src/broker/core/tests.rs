@@ -217,7 +217,7 @@ fn connack_return_codes() {
     // Unsupported protocol level reported by the decoder: 0x01 in the 3.1.1 form.
     h.open(3);
     let mut out = Vec::new();
-    let error = DecodeError::UnsupportedProtocolLevel(3);
+    let error = DecodeError::UnsupportedProtocolVersion { level: 3 };
     h.core.ended(3, EndCause::Decode(error), h.now, &mut out);
     assert_eq!(connack(&out, 3).unwrap().reason_code.to_v311_connack(), Some(1));
     assert!(closed(&out, 3));
