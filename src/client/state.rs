@@ -976,3 +976,580 @@ fn fail(token: Token, cause: ClientError) -> Vec<Action> {
         result: Err(cause),
     }]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use super::*;
+    use crate::client::options::WillOptions;
+    use crate::codec::ConnAck;
+
+    fn pid(n: u16) -> PacketId {
+        NonZeroU16::new(n).unwrap()
+    }
+
+    fn options() -> ConnectOptions {
+        let mut o = ConnectOptions::new("broker:1883", "c1");
+        o.clean_session = false;
+        o.keep_alive_secs = 10;
+        o.connect_timeout = Duration::from_secs(5);
+        o
+    }
+
+    fn sends(actions: &[Action]) -> Vec<Packet> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(actions: &[Action]) -> Vec<EventKind> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn delivered(actions: &[Action]) -> Vec<Message> {
+        events(actions)
+            .into_iter()
+            .filter_map(|e| match e {
+                EventKind::MessageArrived(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn completion(actions: &[Action], token: Token) -> Option<Result<Completion, ClientError>> {
+        actions.iter().find_map(|a| match a {
+            Action::Complete { token: t, result } if *t == token => Some(result.clone()),
+            _ => None,
+        })
+    }
+
+    fn connack(session_present: bool) -> Packet {
+        Packet::ConnAck(ConnAck {
+            session_present,
+            reason_code: ReasonCode::Success,
+            properties: Default::default(),
+        })
+    }
+
+    /// A state connected with the given session_present; returns the CONNACK's actions.
+    fn connected(state: &mut ClientState, now: Instant, session_present: bool) -> Vec<Action> {
+        state.transport_connected(now);
+        state.handle_packet(connack(session_present), now)
+    }
+
+    fn publish_cmd(token: Token, topic: &str, qos: QoS) -> Command {
+        Command::Publish {
+            token,
+            topic: TopicName::new(topic).unwrap(),
+            payload: Bytes::from(format!("m{token}")),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn incoming(id: u16, qos: QoS, dup: bool) -> Packet {
+        Packet::Publish(Publish {
+            dup,
+            qos_pid: QosPid::new(qos, PacketId::new(id)).unwrap(),
+            retain: false,
+            topic: TopicName::new("in").unwrap(),
+            properties: Default::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    fn publishes(packets: &[Packet]) -> Vec<(u16, bool)> {
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((p.packet_id().map_or(0, |i| i.get()), p.dup)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_packet_carries_the_options() {
+        let now = Instant::now();
+        let mut o = options();
+        o.username = Some("u".into());
+        o.password = Some(Bytes::from_static(b"p"));
+        o.will = Some(WillOptions {
+            topic: TopicName::new("will/c1").unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        });
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        let actions = state.transport_connected(now);
+        let [Packet::Connect(connect)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(connect.client_id.as_str(), "c1");
+        assert!(!connect.clean_start);
+        assert_eq!(connect.keep_alive_secs, 10);
+        assert_eq!(connect.username.as_deref(), Some("u"));
+        let will = connect.will.as_ref().unwrap();
+        assert_eq!((will.qos, will.retain), (QoS::AtLeastOnce, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qos1_completes_at_puback_and_is_persisted_before_it_is_sent() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let actions = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        let persist_at = actions
+            .iter()
+            .position(|a| matches!(a, Action::Persist(PersistOp::Outgoing(_))))
+            .unwrap();
+        let send_at = actions
+            .iter()
+            .position(|a| matches!(a, Action::Send(_)))
+            .unwrap();
+        assert!(persist_at < send_at);
+        assert_eq!(publishes(&sends(&actions)), vec![(1, false)]);
+        assert_eq!(completion(&actions, 1), None);
+        let actions = state.handle_packet(Packet::PubAck(Ack::new(pid(1))), now);
+        assert_eq!(completion(&actions, 1), Some(Ok(Completion::Published)));
+        assert!(actions.contains(&Action::Persist(PersistOp::Completed(pid(1)))));
+        assert!(actions.contains(&Action::WindowSlotFreed));
+        assert_eq!(state.inflight_len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qos2_completes_at_pubcomp_after_pubrel() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "t", QoS::ExactlyOnce), now);
+        let actions = state.handle_packet(Packet::PubRec(Ack::new(pid(1))), now);
+        assert_eq!(sends(&actions), vec![Packet::PubRel(Ack::new(pid(1)))]);
+        assert!(actions.contains(&Action::Persist(PersistOp::Released(pid(1)))));
+        assert_eq!(completion(&actions, 1), None);
+        // A PUBACK for a QoS 2 flow is a protocol error.
+        let wrong = state.handle_packet(Packet::PubAck(Ack::new(pid(1))), now);
+        assert!(matches!(
+            wrong[..],
+            [Action::Close(ClientError::Protocol(_))]
+        ));
+        let actions = state.handle_packet(Packet::PubComp(Ack::new(pid(1))), now);
+        assert_eq!(completion(&actions, 1), Some(Ok(Completion::Published)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_resends_unacked_with_dup_in_order_and_resumes_pubrel() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "a", QoS::AtLeastOnce), now);
+        state.handle_command(publish_cmd(2, "b", QoS::ExactlyOnce), now);
+        state.handle_command(publish_cmd(3, "c", QoS::ExactlyOnce), now);
+        state.handle_packet(Packet::PubRec(Ack::new(pid(2))), now);
+        let lost = state.connection_lost(ClientError::ConnectionClosed);
+        assert!(matches!(
+            events(&lost)[..],
+            [EventKind::ConnectionLost { .. }]
+        ));
+
+        let actions = connected(&mut state, now, true);
+        assert_eq!(
+            events(&actions)[0],
+            EventKind::ConnectComplete {
+                reconnect: true,
+                session_present: true
+            }
+        );
+        // Original ids and order [MQTT-4.4.0-1] [MQTT-4.6.0-1]; PUBREL, not PUBLISH, for 2.
+        let packets = sends(&actions);
+        assert_eq!(packets.len(), 3);
+        assert!(
+            matches!(&packets[0], Packet::Publish(p) if p.dup && p.packet_id() == Some(pid(1)))
+        );
+        assert_eq!(packets[1], Packet::PubRel(Ack::new(pid(2))));
+        assert!(
+            matches!(&packets[2], Packet::Publish(p) if p.dup && p.packet_id() == Some(pid(3)))
+        );
+        let actions = state.handle_packet(Packet::PubComp(Ack::new(pid(2))), now);
+        assert_eq!(completion(&actions, 2), Some(Ok(Completion::Published)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_state_is_resent_with_dup_after_restart() {
+        let now = Instant::now();
+        let mut durable = ClientDurable::default();
+        for (id, qos, released) in [(4, QoS::AtLeastOnce, false), (5, QoS::ExactlyOnce, true)] {
+            durable.apply(&PersistOp::Outgoing(StoredPublish {
+                packet_id: pid(id),
+                topic: TopicName::new("t").unwrap(),
+                payload: Bytes::from_static(b"p"),
+                qos,
+                retain: false,
+                released,
+            }));
+        }
+        durable.apply(&PersistOp::IncomingQos2(pid(9)));
+        let mut state = ClientState::new(options(), &durable, now);
+        assert_eq!(state.inflight_len(), 2);
+        let actions = connected(&mut state, now, true);
+        let packets = sends(&actions);
+        assert!(
+            matches!(&packets[0], Packet::Publish(p) if p.dup && p.packet_id() == Some(pid(4)))
+        );
+        assert_eq!(packets[1], Packet::PubRel(Ack::new(pid(5))));
+        // The held incoming id still suppresses a redelivery.
+        let actions = state.handle_packet(incoming(9, QoS::ExactlyOnce, true), now);
+        assert!(delivered(&actions).is_empty());
+        // New ids do not collide with restored ones.
+        let actions = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&actions)), vec![(6, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_session_turns_unacked_into_new_messages_and_completes_released() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "a", QoS::AtLeastOnce), now);
+        state.handle_command(publish_cmd(2, "b", QoS::ExactlyOnce), now);
+        state.handle_packet(Packet::PubRec(Ack::new(pid(2))), now);
+        state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
+        state.connection_lost(ClientError::ConnectionClosed);
+        let actions = connected(&mut state, now, false);
+        assert_eq!(publishes(&sends(&actions)), vec![(1, false)]);
+        assert!(!sends(&actions)
+            .iter()
+            .any(|p| matches!(p, Packet::PubRel(_))));
+        assert_eq!(completion(&actions, 2), Some(Ok(Completion::Published)));
+        assert!(actions.contains(&Action::Persist(PersistOp::ClearIncoming)));
+        assert!(state.incoming_qos2().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incoming_qos2_is_delivered_exactly_once_until_pubrel() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let first = state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
+        assert_eq!(delivered(&first).len(), 1);
+        let persist_at = first
+            .iter()
+            .position(|a| *a == Action::Persist(PersistOp::IncomingQos2(pid(7))))
+            .unwrap();
+        let rec_at = first
+            .iter()
+            .position(|a| *a == Action::Send(Packet::PubRec(Ack::new(pid(7)))))
+            .unwrap();
+        assert!(persist_at < rec_at);
+        let dup = state.handle_packet(incoming(7, QoS::ExactlyOnce, true), now);
+        assert!(delivered(&dup).is_empty());
+        assert_eq!(sends(&dup), vec![Packet::PubRec(Ack::new(pid(7)))]);
+        // Across a reconnect of the same session too.
+        state.connection_lost(ClientError::ConnectionClosed);
+        connected(&mut state, now, true);
+        let dup = state.handle_packet(incoming(7, QoS::ExactlyOnce, true), now);
+        assert!(delivered(&dup).is_empty());
+        let rel = state.handle_packet(Packet::PubRel(Ack::new(pid(7))), now);
+        assert_eq!(sends(&rel), vec![Packet::PubComp(Ack::new(pid(7)))]);
+        assert!(rel.contains(&Action::Persist(PersistOp::IncomingReleased(pid(7)))));
+        // After PUBREL the id is free: the same id is a new message.
+        let again = state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
+        assert_eq!(delivered(&again).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incoming_qos1_is_delivered_and_acked_and_qos0_just_delivered() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let actions = state.handle_packet(incoming(3, QoS::AtLeastOnce, false), now);
+        assert_eq!(delivered(&actions)[0].packet_id, Some(pid(3)));
+        assert_eq!(sends(&actions), vec![Packet::PubAck(Ack::new(pid(3)))]);
+        let actions = state.handle_packet(incoming(0, QoS::AtMostOnce, false), now);
+        assert_eq!(delivered(&actions).len(), 1);
+        assert!(sends(&actions).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_when_idle_and_declares_a_silent_broker_dead() {
+        let start = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), start);
+        connected(&mut state, start, false);
+        let ka = Duration::from_secs(10);
+        assert_eq!(state.next_deadline(), Some(start + ka));
+        assert!(state.handle_tick(start + ka / 2).is_empty());
+        let ping = state.handle_tick(start + ka);
+        assert_eq!(sends(&ping), vec![Packet::PingReq]);
+        // Answered: the next ping is due a keepalive after the last send.
+        state.handle_packet(Packet::PingResp, start + ka);
+        assert_eq!(state.next_deadline(), Some(start + ka * 2));
+        let ping = state.handle_tick(start + ka * 2);
+        assert_eq!(sends(&ping), vec![Packet::PingReq]);
+        // Not answered within keepalive: close.
+        assert!(state.handle_tick(start + ka * 2 + ka / 2).is_empty());
+        let dead = state.handle_tick(start + ka * 3);
+        assert_eq!(dead, vec![Action::Close(ClientError::KeepaliveTimeout)]);
+        let lost = state.connection_lost(ClientError::KeepaliveTimeout);
+        assert_eq!(
+            events(&lost),
+            vec![EventKind::ConnectionLost {
+                cause: ClientError::KeepaliveTimeout
+            }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_timeout_and_refused_connack() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        state.transport_connected(now);
+        assert_eq!(
+            state.handle_tick(now + Duration::from_secs(5)),
+            vec![Action::Close(ClientError::ConnectTimeout)]
+        );
+        state.connection_lost(ClientError::ConnectTimeout);
+        state.transport_connected(now);
+        let refused = state.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::NotAuthorized,
+                properties: Default::default(),
+            }),
+            now,
+        );
+        let cause = ClientError::Refused {
+            code: ReasonCode::NotAuthorized,
+            protocol: ProtocolVersion::V311,
+        };
+        assert_eq!(refused, vec![Action::Close(cause.clone())]);
+        assert!(cause.to_string().contains("not authorised"));
+        assert!(cause.to_string().contains("return code 5"));
+        assert_eq!(
+            events(&state.connection_lost(cause.clone())),
+            vec![EventKind::ConnectFailed { cause }]
+        );
+    }
+
+    fn subscribe_and_ack(state: &mut ClientState, now: Instant) {
+        let actions = state.handle_command(
+            Command::Subscribe {
+                token: 1,
+                filters: vec![(
+                    TopicFilter::new("a/#").unwrap(),
+                    SubscriptionOptions::qos(QoS::AtLeastOnce),
+                )],
+            },
+            now,
+        );
+        let [Packet::Subscribe(sub)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        let ack = state.handle_packet(
+            Packet::SubAck(crate::codec::SubAck {
+                packet_id: sub.packet_id,
+                properties: Default::default(),
+                reason_codes: vec![ReasonCode::GrantedQoS1],
+            }),
+            now,
+        );
+        assert_eq!(
+            completion(&ack, 1),
+            Some(Ok(Completion::Subscribed(vec![ReasonCode::GrantedQoS1])))
+        );
+    }
+
+    fn resubscribed(policy: ResubscribePolicy, session_present: bool) -> Vec<String> {
+        let now = Instant::now();
+        let mut o = options();
+        o.resubscribe = policy;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        subscribe_and_ack(&mut state, now);
+        state.connection_lost(ClientError::ConnectionClosed);
+        let actions = connected(&mut state, now, session_present);
+        sends(&actions)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Subscribe(s) => Some(s.filters[0].0.as_str().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resubscribe_policy() {
+        use ResubscribePolicy::*;
+        assert_eq!(resubscribed(WhenSessionNotPresent, false), vec!["a/#"]);
+        assert!(resubscribed(WhenSessionNotPresent, true).is_empty());
+        assert_eq!(resubscribed(Always, true), vec!["a/#"]);
+        assert!(resubscribed(Never, false).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resubscribe_suback_is_reported_as_a_resubscribe() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        subscribe_and_ack(&mut state, now);
+        state.connection_lost(ClientError::ConnectionClosed);
+        let actions = connected(&mut state, now, false);
+        let [Packet::Subscribe(sub)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        let ack = state.handle_packet(
+            Packet::SubAck(crate::codec::SubAck {
+                packet_id: sub.packet_id,
+                properties: Default::default(),
+                reason_codes: vec![ReasonCode::GrantedQoS1],
+            }),
+            now,
+        );
+        assert!(matches!(
+            &events(&ack)[..],
+            [EventKind::SubscribeComplete {
+                resubscribe: true,
+                ..
+            }]
+        ));
+        // Unsubscribing removes the filter from what is restored.
+        state.handle_command(
+            Command::Unsubscribe {
+                token: 2,
+                filters: vec![TopicFilter::new("a/#").unwrap()],
+            },
+            now,
+        );
+        assert_eq!(state.subscriptions().count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_made_offline_go_out_at_connect() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        let q0 = state.handle_command(publish_cmd(1, "t", QoS::AtMostOnce), now);
+        assert_eq!(completion(&q0, 1), Some(Err(ClientError::NotConnected)));
+        let q1 = state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        assert!(sends(&q1).is_empty());
+        state.handle_command(
+            Command::Subscribe {
+                token: 3,
+                filters: vec![(
+                    TopicFilter::new("x").unwrap(),
+                    SubscriptionOptions::default(),
+                )],
+            },
+            now,
+        );
+        let actions = connected(&mut state, now, false);
+        let packets = sends(&actions);
+        assert!(matches!(packets[0], Packet::Subscribe(_)));
+        // Never sent before: not a duplicate.
+        assert_eq!(publishes(&packets), vec![(1, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qos0_completes_when_written() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let actions = state.handle_command(publish_cmd(1, "t", QoS::AtMostOnce), now);
+        assert_eq!(publishes(&sends(&actions)), vec![(0, false)]);
+        assert_eq!(
+            actions.last(),
+            Some(&Action::CompleteWhenWritten { token: 1 })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inflight_window_is_bounded() {
+        let now = Instant::now();
+        let mut o = options();
+        o.inflight_window = 2;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        let third = state.handle_command(publish_cmd(3, "t", QoS::AtLeastOnce), now);
+        assert_eq!(
+            completion(&third, 3),
+            Some(Err(ClientError::InflightWindowFull))
+        );
+        assert!(third.contains(&Action::WindowSlotFreed));
+        assert!(sends(&third).is_empty());
+        assert_eq!(state.inflight_len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receive_maximum_limits_what_is_on_the_wire() {
+        let now = Instant::now();
+        let mut o = options();
+        o.protocol = ProtocolVersion::V5;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        state.transport_connected(now);
+        state.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: crate::codec::ConnAckProperties {
+                    receive_maximum: NonZeroU16::new(1),
+                    ..Default::default()
+                },
+            }),
+            now,
+        );
+        let first = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        let second = state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&first)), vec![(1, false)]);
+        assert!(sends(&second).is_empty());
+        let ack = state.handle_packet(Packet::PubAck(Ack::new(pid(1))), now);
+        assert_eq!(publishes(&sends(&ack)), vec![(2, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn packet_ids_skip_ids_in_use_and_wrap() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.next_packet_id = u16::MAX;
+        let a = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        let b = state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&a)), vec![(u16::MAX, false)]);
+        assert_eq!(publishes(&sends(&b)), vec![(1, false)]);
+        state.next_packet_id = u16::MAX;
+        let c = state.handle_command(publish_cmd(3, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&c)), vec![(2, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unexpected_packets() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        state.transport_connected(now);
+        let early = state.handle_packet(Packet::PingResp, now);
+        assert!(matches!(
+            early[..],
+            [Action::Close(ClientError::Protocol(_))]
+        ));
+        state.connection_lost(ClientError::ConnectionClosed);
+        connected(&mut state, now, false);
+        // Unknown PUBREC: release anyway. Unknown PUBACK: ignore.
+        let rec = state.handle_packet(Packet::PubRec(Ack::new(pid(40))), now);
+        assert_eq!(sends(&rec), vec![Packet::PubRel(Ack::new(pid(40)))]);
+        assert!(state
+            .handle_packet(Packet::PubAck(Ack::new(pid(41))), now)
+            .is_empty());
+        let bad = state.handle_packet(Packet::PingReq, now);
+        assert!(matches!(bad[..], [Action::Close(ClientError::Protocol(_))]));
+    }
+}
