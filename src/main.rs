@@ -22,12 +22,20 @@ struct Cli {
 enum Command {
     /// Decode MQTT packets from a hex string or file and print them (a codec debugging aid).
     Decode(cli::decode::Args),
+    /// Publish messages, like mosquitto_pub (-h is the host; help is --help).
+    #[command(disable_help_flag = true)]
+    Pub(cli::pub_cmd::Args),
+    /// Subscribe and print messages, like mosquitto_sub; reconnects by itself.
+    #[command(disable_help_flag = true)]
+    Sub(cli::sub_cmd::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => cli::decode::run(args),
+        Command::Pub(args) => cli::pub_cmd::run(args),
+        Command::Sub(args) => cli::sub_cmd::run(args),
     };
     match result {
         Ok(code) => code,

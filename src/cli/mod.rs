@@ -1,3 +1,5 @@
 //! Subcommands, one file each.
 
 pub mod decode;
+pub mod pub_cmd;
+pub mod sub_cmd;
