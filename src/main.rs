@@ -28,6 +28,8 @@ enum Command {
     /// Subscribe and print messages, like mosquitto_sub; reconnects by itself.
     #[command(disable_help_flag = true)]
     Sub(cli::sub_cmd::Args),
+    /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
+    Broker(cli::broker::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => cli::decode::run(args),
         Command::Pub(args) => cli::pub_cmd::run(args),
         Command::Sub(args) => cli::sub_cmd::run(args),
+        Command::Broker(args) => cli::broker::run(args),
     };
     match result {
         Ok(code) => code,

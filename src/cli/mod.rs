@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+pub mod broker;
 pub mod decode;
 pub mod pub_cmd;
 pub mod sub_cmd;
