@@ -152,6 +152,7 @@ impl Client {
                 window_debt: restored_len.saturating_sub(window),
                 attempt: 0,
                 connected_this_attempt: false,
+                failed_attempts: 0,
                 first_outcome: Some(first_tx),
                 stop_on_first_failure,
             };
@@ -322,6 +323,8 @@ struct Driver {
     write_timeout: std::time::Duration,
     attempt: u32,
     connected_this_attempt: bool,
+    /// Consecutive attempts that did not reach CONNACK (bounded by `max_attempts`).
+    failed_attempts: u32,
     first_outcome: Option<oneshot::Sender<Result<bool, ClientError>>>,
     stop_on_first_failure: bool,
 }
@@ -377,9 +380,12 @@ impl Driver {
             };
             if self.connected_this_attempt {
                 backoff.reset();
+                self.failed_attempts = 0;
+            } else {
+                self.failed_attempts = self.failed_attempts.saturating_add(1);
             }
             if let Some(max) = self.options.reconnect.as_ref().and_then(|r| r.max_attempts) {
-                if backoff.failures() >= max {
+                if self.failed_attempts >= max {
                     return (Some(ClientError::GaveUp(max)), None);
                 }
             }
