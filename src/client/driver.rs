@@ -116,7 +116,7 @@ impl Client {
         ClientError,
     > {
         MqttStr::new(&options.client_id)
-            .map_err(|e| ClientError::Protocol(format!("client id: {e}")))?;
+            .map_err(|e| ClientError::InvalidArgument(format!("client id: {e}")))?;
         let restored = persistence
             .open()
             .map_err(|e| ClientError::Persistence(e.to_string()))?;
@@ -206,7 +206,7 @@ impl Client {
         let topic = TopicName::new(topic)
             .ok()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ClientError::Protocol(format!("invalid topic name {topic:?}")))?;
+            .ok_or_else(|| ClientError::InvalidArgument(format!("invalid topic name {topic:?}")))?;
         if qos != QoS::AtMostOnce {
             let permit = self
                 .window
@@ -233,7 +233,7 @@ impl Client {
         filters: Vec<(TopicFilter, SubscriptionOptions)>,
     ) -> Result<OpToken, ClientError> {
         if filters.is_empty() {
-            return Err(ClientError::Protocol(
+            return Err(ClientError::InvalidArgument(
                 "[MQTT-3.8.3-3] SUBSCRIBE needs at least one filter".into(),
             ));
         }
@@ -251,7 +251,7 @@ impl Client {
             .map(|(f, qos)| {
                 TopicFilter::new(f)
                     .map(|f| (f, SubscriptionOptions::qos(*qos)))
-                    .map_err(|e| ClientError::Protocol(format!("topic filter {f:?}: {e}")))
+                    .map_err(|e| ClientError::InvalidArgument(format!("topic filter {f:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         match self.start_subscribe(filters).await?.wait().await? {
@@ -266,11 +266,11 @@ impl Client {
             .iter()
             .map(|f| {
                 TopicFilter::new(f)
-                    .map_err(|e| ClientError::Protocol(format!("topic filter {f:?}: {e}")))
+                    .map_err(|e| ClientError::InvalidArgument(format!("topic filter {f:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if filters.is_empty() {
-            return Err(ClientError::Protocol(
+            return Err(ClientError::InvalidArgument(
                 "[MQTT-3.10.3-2] UNSUBSCRIBE needs at least one filter".into(),
             ));
         }
