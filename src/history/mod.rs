@@ -267,7 +267,8 @@ pub enum Event {
         topic: String,
         qos: QoS,
         retain: bool,
-        /// Zero for an empty payload (which clears a retained message and carries no id).
+        /// Zero for an empty payload (which clears a retained message). The message still has
+        /// an id here, for its acknowledgement, but its deliveries cannot carry it.
         payload_len: u32,
     },
     /// The publisher's flow completed: PUBACK (QoS 1) or PUBCOMP (QoS 2). `accepted` is false
