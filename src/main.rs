@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Decode MQTT packets from a hex string or file and print them (a codec debugging aid).
     Decode(cli::decode::Args),
+    /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
+    Broker(cli::broker::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => cli::decode::run(args),
+        Command::Broker(args) => cli::broker::run(args),
     };
     match result {
         Ok(code) => code,
