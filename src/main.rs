@@ -22,6 +22,12 @@ struct Cli {
 enum Command {
     /// Decode MQTT packets from a hex string or file and print them (a codec debugging aid).
     Decode(cli::decode::Args),
+    /// Publish messages, like mosquitto_pub (-h is the host; help is --help).
+    #[command(disable_help_flag = true)]
+    Pub(cli::pub_cmd::Args),
+    /// Subscribe and print messages, like mosquitto_sub; reconnects by itself.
+    #[command(disable_help_flag = true)]
+    Sub(cli::sub_cmd::Args),
     /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
     Broker(cli::broker::Args),
 }
@@ -30,6 +36,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => cli::decode::run(args),
+        Command::Pub(args) => cli::pub_cmd::run(args),
+        Command::Sub(args) => cli::sub_cmd::run(args),
         Command::Broker(args) => cli::broker::run(args),
     };
     match result {

@@ -2,3 +2,5 @@
 
 pub mod broker;
 pub mod decode;
+pub mod pub_cmd;
+pub mod sub_cmd;
