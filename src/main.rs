@@ -22,12 +22,15 @@ struct Cli {
 enum Command {
     /// Decode MQTT packets from a hex string or file and print them (a codec debugging aid).
     Decode(cli::decode::Args),
+    /// Measure a broker: throughput (fan-in, fan-out), latency, idle connections.
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => cli::decode::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(code) => code,
