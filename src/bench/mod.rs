@@ -206,6 +206,28 @@ pub struct GeneratorProcess {
     pub rss_bytes: u64,
 }
 
+impl GeneratorProcess {
+    /// This process's cost from `before` until now, over a window of `elapsed`.
+    fn between(before: Option<ProcSample>, elapsed: Duration) -> GeneratorProcess {
+        match (before, procfs::sample(None)) {
+            (Some(before), Ok(after)) => {
+                let cpu_secs = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64
+                    / procfs::clock_ticks_per_sec() as f64;
+                GeneratorProcess {
+                    cpu_secs,
+                    cpu_percent: 100.0 * cpu_secs / elapsed.as_secs_f64().max(1e-9),
+                    rss_bytes: after.rss_bytes,
+                }
+            }
+            _ => GeneratorProcess {
+                cpu_secs: 0.0,
+                cpu_percent: 0.0,
+                rss_bytes: 0,
+            },
+        }
+    }
+}
+
 /// Runs one measurement as `config` describes and reports it.
 pub async fn run(config: &Config) -> Result<Report, BenchError> {
     config.validate().map_err(BenchError::Config)?;
@@ -261,7 +283,7 @@ pub async fn run(config: &Config) -> Result<Report, BenchError> {
         },
         errors: Vec::new(),
     };
-    let window = match config.shape {
+    match config.shape {
         Shape::Connections => {
             report.publishers = 0;
             report.subscribers = 0;
@@ -276,18 +298,9 @@ pub async fn run(config: &Config) -> Result<Report, BenchError> {
             .await?;
             report.connections = Some(connections);
             report.broker_process = process;
-            started.elapsed()
+            report.generator = GeneratorProcess::between(self_before, started.elapsed());
         }
         _ => throughput(config, broker, sink.as_ref(), &run_id, &mut report).await?,
-    };
-    if let (Some(before), Ok(after)) = (self_before, procfs::sample(None)) {
-        let cpu_secs = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64
-            / procfs::clock_ticks_per_sec() as f64;
-        report.generator = GeneratorProcess {
-            cpu_secs,
-            cpu_percent: 100.0 * cpu_secs / window.as_secs_f64().max(1e-9),
-            rss_bytes: after.rss_bytes,
-        };
     }
     if let Some(sink) = sink {
         sink.stop().await;
@@ -347,14 +360,14 @@ async fn open_sessions(
     Ok(sessions.into_iter().flatten().collect())
 }
 
-/// fan-in, fan-out and latency. Returns the measured window's length.
+/// fan-in, fan-out and latency.
 async fn throughput(
     config: &Config,
     broker: SocketAddr,
     sink: Option<&Sink>,
     run_id: &str,
     report: &mut Report,
-) -> Result<Duration, BenchError> {
+) -> Result<(), BenchError> {
     let epoch = std::time::Instant::now();
     let prefix = format!("simqtt-bench/{run_id}");
     let (filter, topic_of): (String, Box<dyn Fn(usize) -> String>) = match config.shape {
@@ -419,6 +432,7 @@ async fn throughput(
         None => received.load(Ordering::Relaxed),
     };
     let broker_before = sample_broker(config.broker_pid)?;
+    let generator_before = procfs::sample(None).ok();
     let (stop_sampler, sampler) = spawn_rss_sampler(config.broker_pid);
     let start = Instant::now();
     let deadline = start + config.duration;
@@ -454,7 +468,7 @@ async fn throughput(
     sleep_until(deadline).await;
     let received_in_window = count();
     let broker_after = sample_broker(config.broker_pid)?;
-    let window = start.elapsed();
+    report.generator = GeneratorProcess::between(generator_before, start.elapsed());
 
     let mut sent = PublisherResult::default();
     while let Some(joined) = publishers.join_next().await {
@@ -535,7 +549,7 @@ async fn throughput(
         process.unit = "message";
         report.broker_process = Some(process);
     }
-    Ok(window)
+    Ok(())
 }
 
 fn keep_error(errors: &mut Vec<String>, error: String) {
@@ -573,4 +587,51 @@ fn spawn_rss_sampler(pid: Option<u32>) -> (watch::Sender<bool>, tokio::task::Joi
         }
     });
     (stop, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+
+    /// Against the sink every message written whole is counted, at QoS 0 and QoS 1 alike, and
+    /// QoS 1 windows close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sink_counts_every_message_sent() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let mut config = Config::new(Target::Sink, Shape::FanIn);
+            config.subscribers = 0;
+            config.publishers = 2;
+            config.qos = qos;
+            config.duration = Duration::from_millis(300);
+            config.drain = Duration::from_secs(2);
+            let report = run(&config).await.unwrap();
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            let t = report.throughput.unwrap();
+            assert!(t.sent > 0, "{qos:?}: nothing sent");
+            assert_eq!(t.received_total, t.sent, "{qos:?}");
+            assert_eq!(t.not_received, 0, "{qos:?}");
+            if qos != QoS::AtMostOnce {
+                assert_eq!((t.acked, t.unacked), (t.sent, 0), "{qos:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_is_an_error() {
+        // Port 1 on loopback: nothing listens there.
+        let mut config = Config::new(
+            Target::Broker {
+                host: "127.0.0.1".into(),
+                port: 1,
+            },
+            Shape::FanIn,
+        );
+        config.duration = Duration::from_millis(100);
+        let error = run(&config).await.unwrap_err();
+        assert!(
+            error.to_string().contains("connecting to 127.0.0.1:1"),
+            "{error}"
+        );
+    }
 }
