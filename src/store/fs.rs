@@ -102,7 +102,23 @@ macro_rules! fs_impl {
 
             fn create_dir_all(&self, path: &Path) -> io::Result<()> {
                 use $fs as f;
-                f::create_dir_all(path)
+                // A directory entry is only durable once its parent is synced (and turmoil
+                // drops unsynced entries on crash), so every directory created here is synced
+                // together with its parent: a store opened in a fresh data dir must not lose
+                // the dir itself on the first crash.
+                let missing: Vec<PathBuf> = path
+                    .ancestors()
+                    .filter(|a| !a.as_os_str().is_empty() && f::metadata(a).is_err())
+                    .map(Path::to_path_buf)
+                    .collect();
+                f::create_dir_all(path)?;
+                for dir in missing.iter().rev() {
+                    $sync_dir(dir)?;
+                    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        $sync_dir(parent)?;
+                    }
+                }
+                Ok(())
             }
         }
     };

@@ -5,7 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+pub mod encoding;
+pub mod file;
 pub mod fs;
+
+pub use file::{FileStore, FileStoreOptions, Recovery};
 
 use bytes::Bytes;
 
@@ -42,12 +46,26 @@ pub struct StoredSubscription {
 }
 
 /// Where an outgoing QoS 1/2 message is in its flow.
+// Nearly every entry is a `Publish` (PubRel lasts one round trip), so boxing the message would
+// cost an allocation per in-flight message to save space in the rare PubRel entries.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutgoingState {
     /// PUBLISH sent (or to be resent with DUP), waiting for PUBACK / PUBREC.
     Publish(StoredMessage),
     /// PUBREC received, PUBREL sent, waiting for PUBCOMP.
     PubRel,
+}
+
+/// A Will Message stored with its session, so that a broker that crashed while the client was
+/// connected can still publish it after the restart (5.0 lets a server defer a will until it
+/// restarts after a failure, MQTT 5.0 3.1.2.5; in 3.1.1 the will belongs to the connection and
+/// a broker may use the same rule). Cleared on DISCONNECT and once published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWill {
+    pub message: StoredMessage,
+    /// 5.0 Will Delay Interval; 0 publishes at once (3.1.1 always).
+    pub delay_interval_secs: u32,
 }
 
 /// One client's session.
@@ -66,6 +84,8 @@ pub struct StoredSession {
     pub incoming_qos2: BTreeSet<u16>,
     /// The next packet id to try for an outgoing message.
     pub next_packet_id: u16,
+    /// The will of the connection that holds this session, if it has one.
+    pub will: Option<StoredWill>,
 }
 
 /// The whole durable state.
@@ -147,6 +167,15 @@ pub enum StoreOp {
     RetainedCleared {
         topic: TopicName,
     },
+    /// A connection with a Will Message took over the session (replaces any earlier will).
+    WillStored {
+        client_id: String,
+        will: StoredWill,
+    },
+    /// The will was discarded (DISCONNECT) or published.
+    WillCleared {
+        client_id: String,
+    },
 }
 
 /// When the file store forces writes to disk.
@@ -162,7 +191,8 @@ pub enum SyncPolicy {
 /// Durable broker state. Implementations: `MemoryStore` (nothing survives the process) and
 /// `FileStore` (append log with checksums and compaction, over `fs::FileSystem`).
 pub trait Store: Send + 'static {
-    /// The state as of the last op that reached the disk (empty for a new store).
+    /// The state after every op applied so far; right after opening, the state recovered from
+    /// disk (empty for a new store).
     fn state(&self) -> &DurableState;
     /// Applies `op` to the state and makes it durable per the sync policy. An I/O error is
     /// returned (the broker logs it and carries on from memory).
@@ -290,6 +320,16 @@ impl DurableState {
             }
             StoreOp::RetainedCleared { topic } => {
                 self.retained.remove(topic);
+            }
+            StoreOp::WillStored { client_id, will } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.will = Some(will.clone());
+                }
+            }
+            StoreOp::WillCleared { client_id } => {
+                if let Some(s) = self.sessions.get_mut(client_id) {
+                    s.will = None;
+                }
             }
         }
     }
