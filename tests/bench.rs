@@ -133,3 +133,59 @@ async fn every_shape_against_mosquitto() {
     assert!(c.broker_bytes_per_connection.is_some());
     assert_eq!(report.broker_process.unwrap().unit, "connection");
 }
+
+/// The short smoke CI runs: `simqtt bench` against the simqtt broker itself (in process, on a
+/// port-0 listener). Paced so that nothing may be dropped: every acknowledged message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_against_the_simqtt_broker() {
+    use simqtt::broker::{self as broker, BrokerConfig};
+    use simqtt::store::MemoryStore;
+    use simqtt::transport::tcp::TcpListener;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.0.local_addr().unwrap().port();
+    let config = BrokerConfig {
+        rng_seed: Some(7),
+        ..BrokerConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(broker::run(
+        listener,
+        Box::new(MemoryStore::new()),
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let target = Target::Broker {
+        host: "127.0.0.1".into(),
+        port,
+    };
+
+    let mut fan_in = Config::new(target.clone(), Shape::FanIn);
+    fan_in.qos = QoS::AtLeastOnce;
+    fan_in.publishers = 2;
+    fan_in.rate_per_sec = Some(2000.0);
+    fan_in.duration = Duration::from_millis(500);
+    fan_in.drain = Duration::from_secs(1);
+    let report = bench::run(&fan_in).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let t = report.throughput.unwrap();
+    assert!(t.sent >= 800, "sent only {}", t.sent);
+    assert_eq!(
+        (t.acked, t.received_total, t.not_received),
+        (t.sent, t.sent, 0)
+    );
+
+    let mut latency = Config::new(target, Shape::Latency);
+    latency.rate_per_sec = Some(1000.0);
+    latency.duration = Duration::from_millis(300);
+    latency.drain = Duration::from_secs(1);
+    let report = bench::run(&latency).await.unwrap();
+    let l = report.latency.unwrap();
+    assert_eq!(l.samples, report.throughput.unwrap().sent);
+    assert!(l.p50_ms <= l.p99_ms && l.p99_ms <= l.max_ms);
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

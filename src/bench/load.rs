@@ -219,6 +219,11 @@ async fn publish_paced(
         if !stopping && now >= plan.deadline {
             stopping = true;
         }
+        let room = if plan.qos == 0 {
+            batch_max
+        } else {
+            u64::from(plan.inflight).saturating_sub(u64::from(window.len()))
+        };
         if out_offset == out.len() {
             out.clear();
             out_offset = 0;
@@ -231,11 +236,6 @@ async fn publish_paced(
                         let elapsed = now.duration_since(plan.start).as_secs_f64();
                         ((elapsed / interval) as u64 + 1).saturating_sub(scheduled)
                     }
-                };
-                let room = if plan.qos == 0 {
-                    batch_max
-                } else {
-                    u64::from(plan.inflight).saturating_sub(u64::from(window.len()))
                 };
                 let n = due.min(room).min(batch_max);
                 let stamp_ns = plan.epoch.elapsed().as_nanos() as u64;
@@ -320,7 +320,8 @@ async fn publish_paced(
                     }
                 }
             }
-            _ = sleep_until(next_due), if interval.is_some() && !stopping && !writing => {}
+            // With the window full the next message waits for an ack, not for the clock.
+            _ = sleep_until(next_due), if interval.is_some() && !stopping && !writing && room > 0 => {}
             _ = sleep_until(plan.deadline), if !stopping => {}
             _ = sleep_until(plan.drain_deadline), if stopping => break,
         }
