@@ -15,7 +15,9 @@
 //! - [`history`]: the trace of observable events and the checkers that read it. Pure.
 //! - [`scenario`]: the YAML scenario format, its validation, and the runner.
 //! - [`sim`]: the turmoil world: hosts, seeded fault injection, crash and restart.
+//! - [`bench`]: load generator for any broker (throughput, latency, idle connections); real clocks.
 
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod codec;

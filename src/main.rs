@@ -30,6 +30,8 @@ enum Command {
     /// Subscribe and print messages, like mosquitto_sub; reconnects by itself.
     #[command(disable_help_flag = true)]
     Sub(cli::sub_cmd::Args),
+    /// Measure a broker: throughput (fan-in, fan-out), latency, idle connections.
+    Bench(cli::bench::Args),
     /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
     Broker(cli::broker::Args),
 }
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Passwd(args) => cli::passwd::run(args),
         Command::Pub(args) => cli::pub_cmd::run(args),
         Command::Sub(args) => cli::sub_cmd::run(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::Broker(args) => cli::broker::run(args),
     };
     match result {

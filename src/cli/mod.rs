@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+pub mod bench;
 pub mod broker;
 pub mod decode;
 pub mod passwd;

@@ -1,0 +1,304 @@
+//! What to measure: the shape, its knobs with per-shape defaults, and the parsing of the
+//! command-line values that are not plain numbers (durations, broker URLs).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::codec::{ProtocolVersion, QoS};
+
+/// Largest QoS 1/2 window a publisher may keep: ids are 16-bit and must stay unique while in
+/// flight [MQTT-2.3.1-2], so leave room for the allocator to find a free one.
+pub const INFLIGHT_MAX: u16 = 65_000;
+/// Bytes of the latency payload taken by the send timestamp (ns since the run's epoch) and the
+/// sequence number.
+pub const LATENCY_PAYLOAD_MIN: usize = 16;
+/// Largest payload the generator builds; its read buffers are sized from it.
+pub const PAYLOAD_MAX: usize = 16 * 1024 * 1024;
+/// Most publisher or subscriber connections in one throughput run (each has a task and
+/// buffers; the connections shape is the one for many connections).
+pub const CLIENTS_MAX: usize = 10_000;
+/// Most idle connections the connections shape opens (the issue's goal is 100,000).
+pub const CONNECTIONS_MAX: usize = 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// N publishers, each on its own topic, to wildcard subscribers (default 1).
+    FanIn,
+    /// Publishers (default 1) on one topic to N subscribers (default 50).
+    FanOut,
+    /// One publisher at a fixed rate to one subscriber; latency from a timestamp in the payload.
+    Latency,
+    /// N idle connections opened and held.
+    Connections,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::FanIn => "fan-in",
+            Shape::FanOut => "fan-out",
+            Shape::Latency => "latency",
+            Shape::Connections => "connections",
+        }
+    }
+}
+
+/// Where the load goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Broker {
+        host: String,
+        port: u16,
+    },
+    /// An in-process server that only reads (and acknowledges): measures the generator itself.
+    Sink,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub target: Target,
+    pub shape: Shape,
+    pub qos: QoS,
+    pub protocol: ProtocolVersion,
+    pub payload_bytes: usize,
+    pub duration: Duration,
+    pub publishers: usize,
+    pub subscribers: usize,
+    /// Total messages per second over all publishers; `None`: as fast as the broker takes them.
+    pub rate_per_sec: Option<f64>,
+    pub connections: usize,
+    /// Unacknowledged QoS 1/2 messages each publisher keeps in flight at most.
+    pub inflight: u16,
+    /// How long after the run subscribers may still receive (and publishers await acks) before
+    /// the rest counts as lost or still queued.
+    pub drain: Duration,
+    /// The broker's process id, for its CPU time and RSS from /proc.
+    pub broker_pid: Option<u32>,
+}
+
+impl Config {
+    /// The defaults of `shape` (those the issue's table uses).
+    pub fn new(target: Target, shape: Shape) -> Config {
+        let (publishers, subscribers, rate_per_sec) = match shape {
+            Shape::FanIn => (4, 1, None),
+            Shape::FanOut => (1, 50, None),
+            Shape::Latency => (1, 1, Some(2000.0)),
+            Shape::Connections => (0, 0, None),
+        };
+        Config {
+            target,
+            shape,
+            qos: QoS::AtMostOnce,
+            protocol: ProtocolVersion::V311,
+            payload_bytes: 64,
+            duration: Duration::from_secs(10),
+            publishers,
+            subscribers,
+            rate_per_sec,
+            connections: 10_000,
+            inflight: 100,
+            drain: Duration::from_secs(5),
+            broker_pid: None,
+        }
+    }
+
+    /// Refuses combinations that cannot measure what the shape promises.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        if self.payload_bytes > PAYLOAD_MAX {
+            return Err(format!("--payload is at most {PAYLOAD_MAX} bytes"));
+        }
+        if self.inflight == 0 || self.inflight > INFLIGHT_MAX {
+            return Err(format!("--inflight must be in 1..={INFLIGHT_MAX}"));
+        }
+        if let Some(rate) = self.rate_per_sec {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err("--rate must be a positive number of messages per second".into());
+            }
+        }
+        match self.shape {
+            Shape::Connections => {
+                if self.connections == 0 || self.connections > CONNECTIONS_MAX {
+                    return Err(format!("--connections must be in 1..={CONNECTIONS_MAX}"));
+                }
+            }
+            shape => {
+                if self.publishers == 0 || self.publishers > CLIENTS_MAX {
+                    return Err(format!("--publishers must be in 1..={CLIENTS_MAX}"));
+                }
+                if self.subscribers > CLIENTS_MAX {
+                    return Err(format!("--subscribers is at most {CLIENTS_MAX}"));
+                }
+                if self.subscribers == 0 && self.target != Target::Sink {
+                    return Err(format!("{} needs at least one subscriber", shape.name()));
+                }
+                if shape == Shape::Latency {
+                    if self.payload_bytes < LATENCY_PAYLOAD_MIN {
+                        return Err(format!(
+                            "latency needs --payload >= {LATENCY_PAYLOAD_MIN} (timestamp and \
+                             sequence number)"
+                        ));
+                    }
+                    if self.rate_per_sec.is_none() {
+                        return Err("latency needs a fixed --rate".into());
+                    }
+                }
+            }
+        }
+        if self.target == Target::Sink && self.shape != Shape::FanIn {
+            return Err("--sink measures the generator's publishers: use it with fan-in".into());
+        }
+        Ok(())
+    }
+}
+
+/// "10s", "500ms", "2m", "1.5s", "250us"; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 2m"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?}")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `mqtt://HOST:PORT`, `tcp://HOST:PORT` or `HOST:PORT`; the port defaults to 1883. IPv6 hosts
+/// go in brackets (`mqtt://[::1]:1883`).
+pub fn parse_broker_url(text: &str) -> Result<Target, String> {
+    let rest = if let Some((scheme, rest)) = text.split_once("://") {
+        match scheme {
+            "mqtt" | "tcp" => rest,
+            other => {
+                return Err(format!(
+                    "unsupported scheme {other}:// (the bench speaks plain TCP: mqtt://)"
+                ))
+            }
+        }
+    } else {
+        text
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err(format!("{text:?} is not mqtt://HOST:PORT"));
+    }
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: unclosed '['"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{text:?}: port must be 1..=65535"))?,
+        None => 1883,
+    };
+    Ok(Target::Broker {
+        host: host.to_string(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn broker_urls() {
+        let broker = |host: &str, port| {
+            Ok(Target::Broker {
+                host: host.into(),
+                port,
+            })
+        };
+        assert_eq!(
+            parse_broker_url("mqtt://127.0.0.1:1884"),
+            broker("127.0.0.1", 1884)
+        );
+        assert_eq!(
+            parse_broker_url("tcp://localhost"),
+            broker("localhost", 1883)
+        );
+        assert_eq!(parse_broker_url("localhost:9"), broker("localhost", 9));
+        assert_eq!(parse_broker_url("mqtt://[::1]:1883/"), broker("::1", 1883));
+        assert!(parse_broker_url("mqtts://h:8883").is_err());
+        assert!(parse_broker_url("mqtt://h:0").is_err());
+        assert!(parse_broker_url("mqtt://h:99999").is_err());
+        assert!(parse_broker_url("mqtt://:1883").is_err());
+        assert!(parse_broker_url("mqtt://user@h:1883").is_err());
+    }
+
+    #[test]
+    fn shape_defaults_and_validation() {
+        let broker = parse_broker_url("mqtt://127.0.0.1:1883").unwrap();
+        let fan_out = Config::new(broker.clone(), Shape::FanOut);
+        assert_eq!((fan_out.publishers, fan_out.subscribers), (1, 50));
+        assert_eq!(fan_out.validate(), Ok(()));
+
+        let mut latency = Config::new(broker.clone(), Shape::Latency);
+        assert_eq!(latency.rate_per_sec, Some(2000.0));
+        latency.payload_bytes = 8;
+        assert!(latency.validate().unwrap_err().contains("--payload >= 16"));
+
+        let mut fan_in = Config::new(broker.clone(), Shape::FanIn);
+        fan_in.subscribers = 0;
+        assert!(fan_in.validate().is_err());
+        fan_in.subscribers = 1;
+        fan_in.inflight = 0;
+        assert!(fan_in.validate().is_err());
+
+        let mut connections = Config::new(broker, Shape::Connections);
+        assert_eq!(connections.validate(), Ok(()));
+        connections.connections = 0;
+        assert!(connections.validate().is_err());
+
+        let mut sink = Config::new(Target::Sink, Shape::FanIn);
+        sink.subscribers = 0;
+        assert_eq!(sink.validate(), Ok(()));
+        assert!(Config::new(Target::Sink, Shape::Latency)
+            .validate()
+            .is_err());
+    }
+}

@@ -1,0 +1,249 @@
+//! Connection set-up through the codec (allocations are fine here: it happens before the clock
+//! starts), and the pre-encoded PUBLISH template the hot loops copy and patch.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::scan::{self, scan_frame};
+use super::BenchError;
+use crate::codec::{
+    self, Connect, ConnectProperties, MqttStr, Packet, PacketId, ProtocolVersion, Publish,
+    PublishProperties, QoS, QosPid, Subscribe, SubscribeProperties, SubscriptionOptions,
+    TopicFilter, TopicName,
+};
+
+/// How long one handshake (TCP connect + CONNECT/CONNACK, or SUBSCRIBE/SUBACK) may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest handshake reply the generator accepts (a CONNACK or SUBACK with properties).
+const HANDSHAKE_REPLY_MAX: usize = 64 * 1024;
+
+/// A connected, accepted MQTT session and whatever the broker sent after the awaited reply.
+pub struct Session {
+    pub stream: TcpStream,
+    pub leftover: Vec<u8>,
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+    let context = context.into();
+    move |source| BenchError::Io { context, source }
+}
+
+/// Opens a TCP connection (from `source` if given) and completes CONNECT/CONNACK.
+pub async fn open(
+    broker: SocketAddr,
+    source: Option<IpAddr>,
+    client_id: &str,
+    protocol: ProtocolVersion,
+) -> Result<Session, BenchError> {
+    let connect = async {
+        let socket = if broker.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(io_error("creating a socket"))?;
+        if let Some(source) = source {
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(io_error(format!("binding source address {source}")))?;
+        }
+        let stream = socket
+            .connect(broker)
+            .await
+            .map_err(io_error(format!("connecting to {broker}")))?;
+        // Latency messages and acks are small single writes; Nagle would hold them back.
+        stream
+            .set_nodelay(true)
+            .map_err(io_error("setting TCP_NODELAY"))?;
+        let mut session = Session {
+            stream,
+            leftover: Vec::new(),
+        };
+        let packet = Packet::Connect(Box::new(Connect {
+            protocol,
+            clean_start: true,
+            // No keep-alive: idle connections must stay open without pings however long the
+            // run holds them [MQTT-3.1.2-24 does not apply when 0].
+            keep_alive_secs: 0,
+            properties: ConnectProperties::default(),
+            client_id: MqttStr::new(client_id).map_err(|e| BenchError::Config(e.to_string()))?,
+            will: None,
+            username: None,
+            password: None,
+        }));
+        send(&mut session.stream, &packet, protocol).await?;
+        match receive(&mut session, protocol).await? {
+            Packet::ConnAck(ack) if !ack.reason_code.is_error() => Ok(session),
+            Packet::ConnAck(ack) => Err(BenchError::Broker(format!(
+                "broker refused CONNECT of {client_id}: {:?}",
+                ack.reason_code
+            ))),
+            other => Err(BenchError::Broker(format!(
+                "[MQTT-3.2.0-1] expected CONNACK, broker sent {:?}",
+                other.packet_type()
+            ))),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+        .await
+        .map_err(|_| BenchError::Broker(format!("no CONNACK from {broker} within 10 s")))?
+}
+
+/// Subscribes to one filter and waits for its SUBACK.
+pub async fn subscribe(
+    session: &mut Session,
+    filter: &str,
+    qos: QoS,
+    protocol: ProtocolVersion,
+) -> Result<(), BenchError> {
+    let packet = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::MIN,
+        properties: SubscribeProperties::default(),
+        filters: vec![(
+            TopicFilter::new(filter).map_err(|e| BenchError::Config(e.to_string()))?,
+            SubscriptionOptions::qos(qos),
+        )],
+    });
+    let exchange = async {
+        send(&mut session.stream, &packet, protocol).await?;
+        match receive(session, protocol).await? {
+            Packet::SubAck(ack) => match ack.reason_codes.first() {
+                Some(code) if !code.is_error() => Ok(()),
+                code => Err(BenchError::Broker(format!(
+                    "broker refused SUBSCRIBE {filter}: {code:?}"
+                ))),
+            },
+            other => Err(BenchError::Broker(format!(
+                "[MQTT-3.8.4-1] expected SUBACK, broker sent {:?}",
+                other.packet_type()
+            ))),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| BenchError::Broker(format!("no SUBACK for {filter} within 10 s")))?
+}
+
+async fn send(
+    stream: &mut TcpStream,
+    packet: &Packet,
+    protocol: ProtocolVersion,
+) -> Result<(), BenchError> {
+    let mut out = BytesMut::new();
+    codec::encode(packet, protocol, &mut out).map_err(|e| BenchError::Broker(e.to_string()))?;
+    stream
+        .write_all(&out)
+        .await
+        .map_err(io_error("writing a handshake packet"))
+}
+
+/// Reads until one whole packet is buffered, decodes it, and keeps the bytes after it.
+async fn receive(session: &mut Session, protocol: ProtocolVersion) -> Result<Packet, BenchError> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(frame) = scan_frame(&session.leftover).map_err(BenchError::Scan)? {
+            let rest = session.leftover.split_off(frame.total_len());
+            let mut bytes = BytesMut::from(&session.leftover[..]);
+            session.leftover = rest;
+            return match codec::decode(&mut bytes, protocol, codec::DEFAULT_MAX_PACKET_SIZE) {
+                Ok(Some(packet)) => Ok(packet),
+                Ok(None) => Err(BenchError::Broker(
+                    "codec found the frame incomplete".into(),
+                )),
+                Err(error) => Err(BenchError::Broker(format!("broker sent: {error}"))),
+            };
+        }
+        if session.leftover.len() > HANDSHAKE_REPLY_MAX {
+            return Err(BenchError::Broker(format!(
+                "handshake reply over {HANDSHAKE_REPLY_MAX} bytes"
+            )));
+        }
+        let n = session
+            .stream
+            .read(&mut chunk)
+            .await
+            .map_err(io_error("reading a handshake reply"))?;
+        if n == 0 {
+            return Err(BenchError::Broker(
+                "broker closed the connection during the handshake".into(),
+            ));
+        }
+        session.leftover.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One encoded PUBLISH with the offsets of the bytes the hot loop patches.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub bytes: Vec<u8>,
+    /// Where the 2-byte packet id sits (QoS 1 and 2).
+    pub packet_id_offset: Option<usize>,
+    pub payload_offset: usize,
+}
+
+impl Template {
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends a copy with `packet_id` (ignored at QoS 0) and, if `stamp` is given, the
+    /// timestamp and sequence number at the front of the payload.
+    pub fn push(&self, packet_id: u16, stamp: Option<(u64, u64)>, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.bytes);
+        if let Some(at) = self.packet_id_offset {
+            out[start + at..start + at + 2].copy_from_slice(&packet_id.to_be_bytes());
+        }
+        if let Some((timestamp_ns, sequence)) = stamp {
+            let at = start + self.payload_offset;
+            out[at..at + 8].copy_from_slice(&timestamp_ns.to_le_bytes());
+            out[at + 8..at + 16].copy_from_slice(&sequence.to_le_bytes());
+        }
+    }
+}
+
+/// Encodes one PUBLISH on `topic` with a zero payload of `payload_bytes` through the codec and
+/// finds the patchable offsets from its fixed header.
+pub fn publish_template(
+    topic: &str,
+    qos: QoS,
+    payload_bytes: usize,
+    protocol: ProtocolVersion,
+) -> Result<Template, BenchError> {
+    let qos_pid = QosPid::new(qos, Some(PacketId::MIN))
+        .ok_or_else(|| BenchError::Config("QoS needs a packet id".into()))?;
+    let packet = Packet::Publish(Publish {
+        dup: false,
+        qos_pid,
+        retain: false,
+        topic: TopicName::new(topic).map_err(|e| BenchError::Config(e.to_string()))?,
+        properties: PublishProperties::default(),
+        payload: vec![0u8; payload_bytes].into(),
+    });
+    let mut out = BytesMut::new();
+    codec::encode(&packet, protocol, &mut out).map_err(|e| BenchError::Config(e.to_string()))?;
+    let bytes = out.to_vec();
+    let frame = scan_frame(&bytes)
+        .map_err(BenchError::Scan)?
+        .ok_or_else(|| BenchError::Config("encoded PUBLISH is incomplete".into()))?;
+    let view = scan::publish_view(
+        frame.first_byte,
+        frame.body(&bytes),
+        protocol == ProtocolVersion::V5,
+    )
+    .map_err(BenchError::Scan)?;
+    let packet_id_offset = (qos != QoS::AtMostOnce).then(|| frame.header_len + 2 + topic.len());
+    Ok(Template {
+        payload_offset: bytes.len() - view.payload.len(),
+        packet_id_offset,
+        bytes,
+    })
+}
