@@ -2,3 +2,4 @@
 
 pub mod broker;
 pub mod decode;
+pub mod passwd;

@@ -2,6 +2,13 @@
 //! a `Store` applies it to a `DurableState` (the fold of all ops) and, for the file store, logs
 //! it. After a restart `Store::load` gives back the state to rebuild sessions and retained
 //! messages from. The state is plain data in ordered maps so that restarts are deterministic.
+//!
+//! Stores: `MemoryStore` (nothing survives) and `FileStore` (snapshot + checksummed op log,
+//! `file.rs`; binary format in `encoding.rs`), opened over the filesystem seam:
+//! `FileStore::open(Arc::new(fs::StdFs), dir, SyncPolicy::EveryWrite)` on a real disk,
+//! `FileStore::open(Arc::new(fs::SimFs), dir, ..)` inside a turmoil host (its disk keeps only
+//! synced writes across `sim.crash`). Ops that belong together (one PUBLISH queued for many
+//! sessions) go through `Store::apply_batch`: one fsync for all of them.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -197,6 +204,20 @@ pub trait Store: Send + 'static {
     /// Applies `op` to the state and makes it durable per the sync policy. An I/O error is
     /// returned (the broker logs it and carries on from memory).
     fn apply(&mut self, op: StoreOp) -> std::io::Result<()>;
+    /// Applies several ops as one write (group commit): under `SyncPolicy::EveryWrite` one
+    /// sync covers them all, so e.g. a message queued for 100 offline sessions costs one fsync,
+    /// not 100. Every op reaches the state even when the write fails (as with `apply`).
+    fn apply_batch(&mut self, ops: Vec<StoreOp>) -> std::io::Result<()> {
+        let mut result = Ok(());
+        for op in ops {
+            if let Err(e) = self.apply(op) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
     /// Forces pending writes to disk.
     fn sync(&mut self) -> std::io::Result<()>;
 }
