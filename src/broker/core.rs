@@ -778,6 +778,7 @@ impl Core {
                 properties.maximum_qos = QoS::from_u8(self.config.max_qos);
             }
             properties.shared_subscription_available = Some(false);
+            properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
         }
         out.push(Action::SetProtocol {
             conn,
@@ -1126,6 +1127,20 @@ impl Core {
                     .sessions
                     .get(&*client_id)
                     .is_some_and(|s| s.incoming_qos2.contains(&id.get()));
+                let receiving = self
+                    .state
+                    .sessions
+                    .get(&*client_id)
+                    .map_or(0, |s| s.incoming_qos2.len());
+                if !seen && receiving >= usize::from(self.config.max_incoming_qos2) {
+                    return self.violation(
+                        conn,
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "[MQTT-3.3.4-8 in 5.0] more unreleased QoS 2 messages than max_incoming_qos2",
+                        now,
+                        out,
+                    );
+                }
                 if seen {
                     // [MQTT-4.3.3-2] a retransmission: acknowledged again, not delivered again.
                 } else if allowed || !v5 {

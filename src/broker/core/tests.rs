@@ -864,3 +864,25 @@ fn store_ops_are_written_as_one_batch_before_actions_run() {
     // Clean sessions never reach the store.
     assert!(!h.core.store().state().sessions.contains_key("pub"));
 }
+
+#[test]
+fn incoming_qos2_state_is_bounded() {
+    let mut h = Harness::new(BrokerConfig {
+        max_incoming_qos2: 2,
+        ..config()
+    });
+    h.connect(1, "pub", true);
+    h.send(1, publish("t", "a", QosPid::ExactlyOnce(pid(1)), false));
+    h.send(1, publish("t", "b", QosPid::ExactlyOnce(pid(2)), false));
+    // A retransmission of a known id is fine at the limit.
+    let out = h.send(1, publish("t", "b", QosPid::ExactlyOnce(pid(2)), false));
+    assert_eq!(sent(&out, 1), [Packet::PubRec(Ack::new(pid(2)))]);
+    let out = h.send(1, publish("t", "c", QosPid::ExactlyOnce(pid(3)), false));
+    assert!(closed(&out, 1));
+    // 5.0 clients are told the limit.
+    let out = h.connect_with(2, connect_packet("v5", true, ProtocolVersion::V5));
+    assert_eq!(
+        connack(&out, 2).unwrap().properties.receive_maximum,
+        NonZeroU16::new(2)
+    );
+}
