@@ -154,6 +154,8 @@ pub struct Core {
     bytes: Arc<ByteCounters>,
     /// Reused per publish to collect matching subscriptions without allocating.
     scratch: Vec<(Arc<str>, Route)>,
+    /// Ops for the store not yet written (see `flush_store`).
+    pending_ops: Vec<StoreOp>,
 }
 
 impl std::fmt::Debug for Core {
@@ -227,6 +229,7 @@ impl Core {
             started_at: now,
             bytes,
             scratch: Vec::new(),
+            pending_ops: Vec::new(),
         };
         let loaded: Vec<(String, Option<u32>)> = core
             .state
@@ -288,6 +291,7 @@ impl Core {
             core.stats.wills_published += 1;
             core.publish(Some(&client_id), will.message, now, &mut ignored);
         }
+        core.flush_store();
         if core.config.sys_interval_secs > 0 {
             core.timers.insert((now, Timer::Sys));
         }
@@ -774,6 +778,7 @@ impl Core {
                 properties.maximum_qos = QoS::from_u8(self.config.max_qos);
             }
             properties.shared_subscription_available = Some(false);
+            properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
         }
         out.push(Action::SetProtocol {
             conn,
@@ -1122,6 +1127,20 @@ impl Core {
                     .sessions
                     .get(&*client_id)
                     .is_some_and(|s| s.incoming_qos2.contains(&id.get()));
+                let receiving = self
+                    .state
+                    .sessions
+                    .get(&*client_id)
+                    .map_or(0, |s| s.incoming_qos2.len());
+                if !seen && receiving >= usize::from(self.config.max_incoming_qos2) {
+                    return self.violation(
+                        conn,
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "[MQTT-3.3.4-8 in 5.0] more unreleased QoS 2 messages than max_incoming_qos2",
+                        now,
+                        out,
+                    );
+                }
                 if seen {
                     // [MQTT-4.3.3-2] a retransmission: acknowledged again, not delivered again.
                 } else if allowed || !v5 {
@@ -1754,8 +1773,29 @@ impl Core {
 
     // ----- the store -----
 
+    /// Writes the store ops gathered since the last call as one batch (group commit: under
+    /// `every-write` one sync for all of them). The I/O layer calls it after every batch of
+    /// events and BEFORE it carries out the resulting actions, so no acknowledgement leaves
+    /// before the state it promises is durable. The core does no I/O between gathering and
+    /// flushing, so a crash cannot fall in between.
+    pub fn flush_store(&mut self) {
+        if self.pending_ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending_ops);
+        if let Err(error) = self.store.apply_batch(ops) {
+            self.stats.store_errors += 1;
+            tracing::error!(%error, "store write failed; carrying on from memory");
+        }
+    }
+
+    /// Ops gathered and not yet written by `flush_store`.
+    pub fn pending_store_ops(&self) -> usize {
+        self.pending_ops.len()
+    }
+
     /// Applies `op` to the in-memory state and, when it concerns a persistent session or a
-    /// retained message, to the store.
+    /// retained message, queues it for the store (`flush_store`).
     fn emit(&mut self, op: StoreOp) {
         let durable = match &op {
             StoreOp::SessionCreated {
@@ -1768,14 +1808,12 @@ impl Core {
         };
         self.state.apply(&op);
         if durable {
-            if let Err(error) = self.store.apply(op) {
-                self.stats.store_errors += 1;
-                tracing::error!(%error, "store write failed; carrying on from memory");
-            }
+            self.pending_ops.push(op);
         }
     }
 
     fn sync_store(&mut self) {
+        self.flush_store();
         if let Err(error) = self.store.sync() {
             self.stats.store_errors += 1;
             tracing::error!(%error, "store sync failed");

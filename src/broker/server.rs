@@ -217,10 +217,13 @@ impl Broker {
                     }
                 }
             }
+            // Durable first, then the packets that depend on it (acknowledgements).
+            core.flush_store();
             driver.execute(&mut core);
         }
         acceptor.abort();
         core.shutdown(&mut driver.actions);
+        core.flush_store();
         driver.execute(&mut core);
         drop(driver);
         drop(alive_tx);
@@ -302,6 +305,8 @@ impl Driver {
                     }
                 }
             }
+            // A connection ended above may have published a will.
+            core.flush_store();
         }
     }
 }

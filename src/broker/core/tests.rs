@@ -131,6 +131,7 @@ impl Harness {
     fn send(&mut self, conn: ConnId, packet: Packet) -> Vec<Action> {
         let mut out = Vec::new();
         self.core.handle(conn, packet, self.now, &mut out);
+        self.core.flush_store();
         out
     }
 
@@ -154,6 +155,7 @@ impl Harness {
         let mut out = Vec::new();
         self.core
             .ended(conn, EndCause::PeerClosed, self.now, &mut out);
+        self.core.flush_store();
         out
     }
 
@@ -161,6 +163,7 @@ impl Harness {
         self.now += Duration::from_secs_f64(secs);
         let mut out = Vec::new();
         self.core.on_timer(self.now, &mut out);
+        self.core.flush_store();
         out
     }
 }
@@ -834,4 +837,52 @@ fn slow_consumer_ends_with_will_and_keeps_inflight() {
     assert_eq!(publishes(&out, 9)[0].1, "slow");
     assert_eq!(h.core.state().sessions["slow"].outgoing.len(), 1);
     assert_eq!(h.core.stats(h.now).slow_consumers, 1);
+}
+
+#[test]
+fn store_ops_are_written_as_one_batch_before_actions_run() {
+    let mut h = Harness::new(config());
+    h.connect(1, "pub", true);
+    h.connect(2, "sub", false);
+    h.send(2, subscribe(1, &[("t", QoS::AtLeastOnce)]));
+    h.end(2);
+    let mut out = Vec::new();
+    h.core.handle(
+        1,
+        publish("t", "x", QosPid::AtLeastOnce(pid(1)), false),
+        h.now,
+        &mut out,
+    );
+    // The PUBACK is among the actions, and the op it depends on waits for `flush_store`,
+    // which the server loop runs before it carries out any action.
+    assert_eq!(sent(&out, 1), [Packet::PubAck(Ack::new(pid(1)))]);
+    assert_eq!(h.core.pending_store_ops(), 1);
+    assert!(h.core.store().state().sessions["sub"].queued.is_empty());
+    h.core.flush_store();
+    assert_eq!(h.core.pending_store_ops(), 0);
+    assert_eq!(h.core.store().state().sessions["sub"].queued.len(), 1);
+    // Clean sessions never reach the store.
+    assert!(!h.core.store().state().sessions.contains_key("pub"));
+}
+
+#[test]
+fn incoming_qos2_state_is_bounded() {
+    let mut h = Harness::new(BrokerConfig {
+        max_incoming_qos2: 2,
+        ..config()
+    });
+    h.connect(1, "pub", true);
+    h.send(1, publish("t", "a", QosPid::ExactlyOnce(pid(1)), false));
+    h.send(1, publish("t", "b", QosPid::ExactlyOnce(pid(2)), false));
+    // A retransmission of a known id is fine at the limit.
+    let out = h.send(1, publish("t", "b", QosPid::ExactlyOnce(pid(2)), false));
+    assert_eq!(sent(&out, 1), [Packet::PubRec(Ack::new(pid(2)))]);
+    let out = h.send(1, publish("t", "c", QosPid::ExactlyOnce(pid(3)), false));
+    assert!(closed(&out, 1));
+    // 5.0 clients are told the limit.
+    let out = h.connect_with(2, connect_packet("v5", true, ProtocolVersion::V5));
+    assert_eq!(
+        connack(&out, 2).unwrap().properties.receive_maximum,
+        NonZeroU16::new(2)
+    );
 }
