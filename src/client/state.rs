@@ -858,6 +858,13 @@ impl ClientState {
     }
 
     fn on_publish(&mut self, publish: Publish, now: Instant, actions: &mut Vec<Action>) {
+        // We declare no Topic Alias Maximum, so a server may not use aliases [MQTT-3.1.2-27].
+        if publish.properties.topic_alias.is_some() || publish.topic.is_empty() {
+            actions.push(Action::Close(ClientError::Protocol(
+                "[MQTT-3.1.2-27] topic alias used, but the client allows none".into(),
+            )));
+            return;
+        }
         let message = |p: Publish| Message {
             topic: p.topic,
             payload: p.payload,
@@ -1571,6 +1578,15 @@ mod tests {
         assert!(state
             .handle_packet(Packet::PubAck(Ack::new(pid(41))), now)
             .is_empty());
+        let mut aliased = incoming(5, QoS::AtLeastOnce, false);
+        if let Packet::Publish(p) = &mut aliased {
+            p.properties.topic_alias = NonZeroU16::new(1);
+        }
+        let refused = state.handle_packet(aliased, now);
+        assert!(matches!(
+            refused[..],
+            [Action::Close(ClientError::Protocol(_))]
+        ));
         let bad = state.handle_packet(Packet::PingReq, now);
         assert!(matches!(bad[..], [Action::Close(ClientError::Protocol(_))]));
     }
