@@ -34,10 +34,6 @@ enum Command {
     Bench(cli::bench::Args),
     /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
     Broker(cli::broker::Args),
-    /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
-    Broker(cli::broker::Args),
-    /// Add, update or delete a user in a mosquitto-format password file (like mosquitto_passwd).
-    Passwd(cli::passwd::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,8 +45,6 @@ fn main() -> ExitCode {
         Command::Sub(args) => cli::sub_cmd::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Broker(args) => cli::broker::run(args),
-        Command::Broker(args) => cli::broker::run(args),
-        Command::Passwd(args) => cli::passwd::run(args),
     };
     match result {
         Ok(code) => code,
