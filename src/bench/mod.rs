@@ -292,6 +292,7 @@ pub async fn run(config: &Config) -> Result<Report, BenchError> {
                 config.connections,
                 config.duration,
                 config.protocol,
+                config.keep_alive_secs(),
                 &run_id,
                 config.broker_pid,
             )
@@ -341,9 +342,11 @@ async fn open_sessions(
             let client_id = format!("{client_id_prefix}{next}");
             let filter = filter.map(str::to_string);
             let (protocol, qos) = (config.protocol, config.qos);
+            let keep_alive_secs = config.keep_alive_secs();
             let index = next;
             pending.spawn(async move {
-                let mut session = wire::open(broker, None, &client_id, protocol).await?;
+                let mut session =
+                    wire::open(broker, None, &client_id, protocol, keep_alive_secs).await?;
                 if let Some(filter) = filter {
                     wire::subscribe(&mut session, &filter, qos, protocol).await?;
                 }

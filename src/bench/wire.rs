@@ -38,6 +38,7 @@ pub async fn open(
     source: Option<IpAddr>,
     client_id: &str,
     protocol: ProtocolVersion,
+    keep_alive_secs: u16,
 ) -> Result<Session, BenchError> {
     let connect = async {
         let socket = if broker.is_ipv4() {
@@ -66,9 +67,8 @@ pub async fn open(
         let packet = Packet::Connect(Box::new(Connect {
             protocol,
             clean_start: true,
-            // No keep-alive: idle connections must stay open without pings however long the
-            // run holds them [MQTT-3.1.2-24 does not apply when 0].
-            keep_alive_secs: 0,
+            // Chosen to outlast the run (Config::keep_alive_secs), so no PINGREQ is needed.
+            keep_alive_secs,
             properties: ConnectProperties::default(),
             client_id: MqttStr::new(client_id).map_err(|e| BenchError::Config(e.to_string()))?,
             will: None,
