@@ -104,6 +104,19 @@ impl Config {
         }
     }
 
+    /// The keep-alive every bench connection asks for: long enough that no connection needs a
+    /// PINGREQ before the run ends (setup, window, drain, and a minute to spare; a connection
+    /// takes up to a millisecond to set up), so idle subscribers and held connections stay
+    /// silent. Not 0 ("no keep-alive"), which some brokers refuse (rumqttd: ZeroKeepAlive).
+    pub fn keep_alive_secs(&self) -> u16 {
+        let clients = match self.shape {
+            Shape::Connections => self.connections,
+            _ => self.publishers + self.subscribers,
+        };
+        let secs = self.duration.as_secs() + self.drain.as_secs() + 60 + clients as u64 / 1000;
+        secs.clamp(60, u64::from(u16::MAX)) as u16
+    }
+
     /// Refuses combinations that cannot measure what the shape promises.
     pub fn validate(&self) -> Result<(), String> {
         if self.duration.is_zero() {
@@ -300,5 +313,19 @@ mod tests {
         assert!(Config::new(Target::Sink, Shape::Latency)
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn keep_alive_outlasts_the_run() {
+        let broker = parse_broker_url("h").unwrap();
+        let mut config = Config::new(broker, Shape::Connections);
+        // 10 s window + 5 s drain + 60 s spare + 10 s for 10,000 connections.
+        assert_eq!(config.keep_alive_secs(), 85);
+        config.duration = Duration::from_secs(1_000_000);
+        assert_eq!(config.keep_alive_secs(), u16::MAX);
+        config.duration = Duration::from_millis(1);
+        config.drain = Duration::ZERO;
+        config.connections = 1;
+        assert_eq!(config.keep_alive_secs(), 60);
     }
 }

@@ -49,6 +49,7 @@ pub async fn run(
     connections: usize,
     hold: Duration,
     protocol: ProtocolVersion,
+    keep_alive_secs: u16,
     run_id: &str,
     broker_pid: Option<u32>,
 ) -> Result<(ConnectionsReport, Option<BrokerProcess>), BenchError> {
@@ -76,7 +77,9 @@ pub async fn run(
         while next < connections && handshakes.len() < HANDSHAKES_IN_FLIGHT {
             let source = source_address(broker.ip(), next);
             let client_id = format!("simqtt-bench-{run_id}-c{next}");
-            handshakes.spawn(async move { wire::open(broker, source, &client_id, protocol).await });
+            handshakes.spawn(async move {
+                wire::open(broker, source, &client_id, protocol, keep_alive_secs).await
+            });
             next += 1;
         }
         match handshakes.join_next().await {

@@ -38,6 +38,7 @@ pub async fn open(
     source: Option<IpAddr>,
     client_id: &str,
     protocol: ProtocolVersion,
+    keep_alive_secs: u16,
 ) -> Result<Session, BenchError> {
     let connect = async {
         let socket = if broker.is_ipv4() {
@@ -47,6 +48,7 @@ pub async fn open(
         }
         .map_err(io_error("creating a socket"))?;
         if let Some(source) = source {
+            defer_port_choice(&socket);
             socket
                 .bind(SocketAddr::new(source, 0))
                 .map_err(io_error(format!("binding source address {source}")))?;
@@ -66,9 +68,8 @@ pub async fn open(
         let packet = Packet::Connect(Box::new(Connect {
             protocol,
             clean_start: true,
-            // No keep-alive: idle connections must stay open without pings however long the
-            // run holds them [MQTT-3.1.2-24 does not apply when 0].
-            keep_alive_secs: 0,
+            // Chosen to outlast the run (Config::keep_alive_secs), so no PINGREQ is needed.
+            keep_alive_secs,
             properties: ConnectProperties::default(),
             client_id: MqttStr::new(client_id).map_err(|e| BenchError::Config(e.to_string()))?,
             will: None,
@@ -91,6 +92,25 @@ pub async fn open(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
         .await
         .map_err(|_| BenchError::Broker(format!("no CONNACK from {broker} within 10 s")))?
+}
+
+/// Lets connect() rather than bind() choose the source port (IP_BIND_ADDRESS_NO_PORT): bind()
+/// would search for a port free on the address alone, ever slower as thousands are taken and
+/// unable to reuse ports in TIME_WAIT from an earlier run, while connect() needs only the
+/// 4-tuple to be unique. Best effort: without it the bind still works, just slower.
+fn defer_port_choice(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the stated size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Subscribes to one filter and waits for its SUBACK.

@@ -194,11 +194,12 @@ pub fn render(report: &Report) -> String {
             rate(t.received_per_sec)
         ));
         line(format!(
-            "  drained   {:>12} of {} expected after {:.2} s; not received (lost or still \
-             queued) {}{}",
+            "  drained   {:>12} of {} expected after {:.2} s ({}msg/s overall); not received \
+             (lost or still queued) {}{}",
             t.received_total,
             t.expected,
             t.drain_secs,
+            rate(t.received_total_per_sec),
             t.not_received,
             if t.extra > 0 {
                 format!("; {} extra (duplicates)", t.extra)
