@@ -1131,9 +1131,11 @@ fn auth(r: &mut Reader) -> Result<Auth, DecodeError> {
 pub(crate) mod trace {
     use std::cell::RefCell;
 
+    /// (offset in the packet, length, field).
+    pub type Span = (usize, usize, &'static str);
+
     thread_local! {
-        static SPANS: RefCell<Option<Vec<(usize, usize, &'static str)>>> =
-            const { RefCell::new(None) };
+        static SPANS: RefCell<Option<Vec<Span>>> = const { RefCell::new(None) };
     }
 
     pub fn record(start: usize, len: usize, field: &'static str) {
@@ -1145,7 +1147,7 @@ pub(crate) mod trace {
     }
 
     /// Runs `f` and returns the spans it read: (offset in the packet, length, field).
-    pub fn collect<T>(f: impl FnOnce() -> T) -> (T, Vec<(usize, usize, &'static str)>) {
+    pub fn collect<T>(f: impl FnOnce() -> T) -> (T, Vec<Span>) {
         SPANS.with(|spans| *spans.borrow_mut() = Some(Vec::new()));
         let value = f();
         let spans = SPANS
