@@ -1045,3 +1045,43 @@ fn random_operations_keep_invariants() {
         }
     }
 }
+
+#[test]
+fn v5_will_delay_waits_and_a_reconnect_cancels_it() {
+    let mut h = Harness::new(config());
+    h.connect(9, "watcher", true);
+    h.send(9, subscribe(1, &[("w", QoS::AtMostOnce)]));
+    let mut c = connect_packet("d", true, ProtocolVersion::V5);
+    c.properties.session_expiry_interval_secs = Some(100);
+    c.will = Some(Will {
+        properties: WillProperties {
+            will_delay_interval_secs: Some(10),
+            ..WillProperties::default()
+        },
+        ..will("w", "delayed")
+    });
+    h.connect_with(1, c.clone());
+    assert!(publishes(&h.end(1), 9).is_empty());
+    assert!(publishes(&h.advance(9.9), 9).is_empty());
+    assert_eq!(publishes(&h.advance(0.1), 9)[0].1, "delayed");
+    // Reconnecting within the delay cancels the will.
+    h.connect_with(2, c.clone());
+    h.end(2);
+    let mut again = c.clone();
+    again.clean_start = false;
+    h.connect_with(3, again);
+    assert!(publishes(&h.advance(20.0), 9).is_empty());
+    // A session that ends before the delay publishes the will when it ends.
+    let mut short = c;
+    short.properties.session_expiry_interval_secs = Some(3);
+    h.send(
+        3,
+        Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::DisconnectWithWillMessage,
+            properties: Default::default(),
+        }),
+    );
+    h.connect_with(4, short);
+    h.end(4);
+    assert_eq!(publishes(&h.advance(3.0), 9)[0].1, "delayed");
+}
