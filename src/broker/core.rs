@@ -15,7 +15,8 @@
 //!   subscription identifier.
 //! - Session takeover: the older connection is closed as if its network had failed, so its
 //!   will IS published (3.1.1 leaves this to the server; mosquitto does the same).
-//! - Will delay (5.0) is not waited for: the will is published when the connection ends.
+//! - Will delay (5.0): the will waits for the Will Delay Interval or the end of the session,
+//!   whichever comes first, and any new connection to the session before then cancels it.
 //! - Session queue overflow: the OLDEST queued message is dropped (counted).
 //! - Unauthorised PUBLISH (ACL, or a `$` topic): acknowledged normally in 3.1.1
 //!   [MQTT-3.3.5-2], with reason 0x87 in 5.0; never delivered; counted.
@@ -100,6 +101,7 @@ enum Timer {
     ConnectTimeout(ConnId),
     KeepAlive(ConnId),
     SessionExpiry(Arc<str>),
+    WillDelay(Arc<str>),
     Sys,
     Sync,
 }
@@ -112,6 +114,8 @@ struct SessionRuntime {
     persistent: bool,
     /// When an offline session with a finite expiry ends.
     expires_at: Option<Instant>,
+    /// 5.0: a will waiting for its delay interval, and when it is due.
+    pending_will: Option<(Instant, StoredMessage)>,
 }
 
 /// A connection that has sent a valid CONNECT.
@@ -261,6 +265,7 @@ impl Core {
                     conn: None,
                     persistent: true,
                     expires_at,
+                    pending_will: None,
                 },
             );
         }
@@ -538,7 +543,18 @@ impl Core {
                     });
                     if expired {
                         tracing::info!(client_id = &*client_id, "session expired");
+                        // A delayed will is due at the latest when its session ends.
+                        self.publish_pending_will(&client_id, now, out);
                         self.drop_session(&client_id);
+                    }
+                }
+                Timer::WillDelay(client_id) => {
+                    let due = self.sessions.get(&client_id).is_some_and(|s| {
+                        s.conn.is_none()
+                            && s.pending_will.as_ref().is_some_and(|(at, _)| *at <= now)
+                    });
+                    if due {
+                        self.publish_pending_will(&client_id, now, out);
                     }
                 }
                 Timer::Sys => {
@@ -667,6 +683,15 @@ impl Core {
             tracing::warn!(conn, "max_connections reached; refusing CONNECT");
             return self.refuse(conn, protocol, ReasonCode::ServerUnavailable, now, out);
         }
+        if let Some(rt) = self.sessions.get_mut(&client_id) {
+            if rt.pending_will.take().is_some() {
+                // [MQTT-3.1.3-9 in 5.0] a new connection before the delay ends: no will.
+                tracing::debug!(
+                    client_id = &*client_id,
+                    "delayed will cancelled by reconnect"
+                );
+            }
+        }
         if let Some(old) = existing_conn {
             // [MQTT-3.1.4-2] the older connection goes; see the module doc for its will.
             tracing::info!(
@@ -711,6 +736,7 @@ impl Core {
                     conn: None,
                     persistent: expiry != Some(0),
                     expires_at: None,
+                    pending_will: None,
                 },
             );
             self.emit(StoreOp::SessionCreated {
@@ -924,6 +950,27 @@ impl Core {
                 }
             }
         }
+        let delay_secs = online
+            .will
+            .as_ref()
+            .and_then(|w| w.properties.will_delay_interval_secs)
+            .filter(|_| online.protocol == ProtocolVersion::V5)
+            .unwrap_or(0);
+        let session_lives = this_conn && self.sessions.contains_key(&client_id);
+        if publish_will && delay_secs > 0 && session_lives {
+            if let Some(will) = &online.will {
+                // Due after the delay, or when the session ends if that comes first (the
+                // session expiry timer publishes it then). It stays in the store meanwhile.
+                let at = now + Duration::from_secs(delay_secs.into());
+                let message = self.will_message(will, now);
+                if let Some(rt) = self.sessions.get_mut(&client_id) {
+                    rt.pending_will = Some((at, message));
+                }
+                self.timers
+                    .insert((at, Timer::WillDelay(client_id.clone())));
+                return;
+            }
+        }
         if self
             .state
             .sessions
@@ -942,6 +989,29 @@ impl Core {
                 self.publish(Some(&client_id), message, now, out);
             }
         }
+    }
+
+    fn publish_pending_will(&mut self, client_id: &Arc<str>, now: Instant, out: &mut Vec<Action>) {
+        let Some((_, message)) = self
+            .sessions
+            .get_mut(client_id)
+            .and_then(|rt| rt.pending_will.take())
+        else {
+            return;
+        };
+        if self
+            .state
+            .sessions
+            .get(&**client_id)
+            .is_some_and(|s| s.will.is_some())
+        {
+            self.emit(StoreOp::WillCleared {
+                client_id: client_id.to_string(),
+            });
+        }
+        self.stats.wills_published += 1;
+        tracing::debug!(client_id = &**client_id, topic = %message.topic, "publishing delayed will");
+        self.publish(Some(client_id), message, now, out);
     }
 
     fn will_message(&self, will: &Will, now: Instant) -> StoredMessage {
