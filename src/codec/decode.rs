@@ -162,6 +162,25 @@ pub fn decode_slice(
     decode_frame(header, frame, version).map(|packet| Some((packet, total)))
 }
 
+/// `decode_slice` without the PUBLISH fast path: the fuzz targets and tests check that both
+/// paths agree.
+#[doc(hidden)]
+pub fn decode_slice_general(
+    buf: &Bytes,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+) -> Result<Option<(Packet, usize)>, DecodeError> {
+    let Some(header) = fixed_header(buf, version, max_packet_size)? else {
+        return Ok(None);
+    };
+    let total = header.header_len + header.remaining;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let frame = buf.slice(..total);
+    decode_frame(header, frame, version).map(|packet| Some((packet, total)))
+}
+
 /// The first byte and the remaining length of a packet.
 #[derive(Clone, Copy)]
 struct FixedHeader {
