@@ -24,6 +24,8 @@ enum Command {
     Decode(cli::decode::Args),
     /// Add, update or delete a user in a mosquitto-format password file (like mosquitto_passwd).
     Passwd(cli::passwd::Args),
+    /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
+    Broker(cli::broker::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Decode(args) => cli::decode::run(args),
         Command::Passwd(args) => cli::passwd::run(args),
+        Command::Broker(args) => cli::broker::run(args),
     };
     match result {
         Ok(code) => code,

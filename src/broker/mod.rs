@@ -1,3 +1,22 @@
-//! See the module map in `lib.rs`.
+//! The MQTT broker.
+//!
+//! - [`core`]: the state machine of every session and connection (no I/O, no clock):
+//!   CONNECT/CONNACK, takeover, keepalive, QoS 0/1/2 flows, the in-flight window and session
+//!   queues, subscriptions, retained messages, wills, `$SYS`, limits. Its ops go to a `Store`.
+//! - [`router`]: the topic trie that finds the subscriptions matching a topic.
+//! - [`server`]: the I/O driver over a transport `Listener`: `run`, `Broker`, `BrokerHandle`.
+//! - [`config`]: `BrokerConfig`, every option with its default (`docs/broker.toml`).
+//! - [`auth`]: password and ACL checks.
+//! - [`stats`]: the counters behind `$SYS/broker/...`.
 
 pub mod auth;
+pub mod config;
+pub mod core;
+pub mod router;
+pub mod server;
+pub mod stats;
+
+pub use config::{BrokerConfig, ConfigError, SyncMode};
+pub use core::{Action, ClientInfo, ConnId, Core, EndCause};
+pub use server::{run, Broker, BrokerHandle};
+pub use stats::Stats;

@@ -12,12 +12,17 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod packet;
+pub mod properties;
 pub mod reason;
+pub mod samples;
 pub mod strings;
 pub mod topic;
 
-pub use decode::{decode, decode_slice, DEFAULT_MAX_PACKET_SIZE};
+pub use decode::{decode, decode_slice, DEFAULT_MAX_PACKET_SIZE, MAX_REMAINING_LENGTH};
 pub use encode::{encode, encoded_len};
 pub use error::{DecodeError, EncodeError, StringError};
 pub use packet::*;
 pub use topic::matches;
+
+#[cfg(test)]
+mod tests;

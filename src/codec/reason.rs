@@ -143,3 +143,46 @@ impl ReasonCode {
         })
     }
 }
+
+impl ReasonCode {
+    /// Whether 5.0 allows this code in a packet of type `packet_type` (spec 2.4 and the reason
+    /// code tables of 3.2.2.2, 3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1, 3.9.3, 3.11.3, 3.14.2.1,
+    /// 3.15.2.1). Packet types without a reason code allow none.
+    pub fn allowed_in(self, packet_type: super::packet::PacketType) -> bool {
+        use super::packet::PacketType as T;
+        let code = self.as_u8();
+        match packet_type {
+            T::ConnAck => matches!(
+                code,
+                0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F
+            ),
+            T::PubAck | T::PubRec => {
+                matches!(
+                    code,
+                    0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
+                )
+            }
+            T::PubRel | T::PubComp => matches!(code, 0x00 | 0x92),
+            T::SubAck => matches!(
+                code,
+                0x00 | 0x01 | 0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2
+            ),
+            T::UnsubAck => matches!(code, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91),
+            T::Disconnect => matches!(
+                code,
+                0x00 | 0x04 | 0x80..=0x83 | 0x87 | 0x89 | 0x8B | 0x8D..=0x90 | 0x93..=0xA2
+            ),
+            T::Auth => matches!(code, 0x00 | 0x18 | 0x19),
+            _ => false,
+        }
+    }
+
+    /// The nearest SUBACK code 3.1.1 can carry (0x00, 0x01, 0x02, or 0x80 "Failure" for every
+    /// failure); the 3.1.1 encoder refuses any other, so a server maps its codes with this.
+    pub fn to_v311_suback(self) -> ReasonCode {
+        match self {
+            ReasonCode::Success | ReasonCode::GrantedQoS1 | ReasonCode::GrantedQoS2 => self,
+            _ => ReasonCode::UnspecifiedError,
+        }
+    }
+}

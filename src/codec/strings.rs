@@ -99,6 +99,7 @@ impl TopicName {
         Self::from_str(MqttStr::new(s)?)
     }
 
+    #[allow(clippy::should_implement_trait)] // takes an MqttStr, not a &str
     pub fn from_str(s: MqttStr) -> Result<TopicName, StringError> {
         if s.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
             return Err(StringError::WildcardInTopicName);
@@ -158,6 +159,7 @@ impl TopicFilter {
         Self::from_str(MqttStr::new(s)?)
     }
 
+    #[allow(clippy::should_implement_trait)] // takes an MqttStr, not a &str
     pub fn from_str(s: MqttStr) -> Result<TopicFilter, StringError> {
         validate_filter(s.as_str())?;
         Ok(TopicFilter(s))

@@ -1,0 +1,208 @@
+//! Broker configuration: every limit and switch, with its default. `docs/broker.toml` shows the
+//! same options as a TOML file (`simqtt broker --config FILE`); keep the two in step.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::Authenticator;
+
+/// Every option of the broker. Missing keys in a TOML file take the default shown in each
+/// field's documentation; unknown keys are an error (a misspelt limit must not be ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address `simqtt broker` binds. Default `"127.0.0.1:1883"`. `--listen` overrides it.
+    /// (Used by the command only; `broker::run` takes an already bound listener.)
+    pub listen: String,
+    /// Directory of the durable store. Default: none (an in-memory store; nothing survives a
+    /// restart). `--data-dir` overrides it. (Used by the command only.)
+    pub data_dir: Option<PathBuf>,
+    /// `"every-write"` (default): the store syncs each change before the broker acknowledges
+    /// anything that depends on it. `"periodic"`: the store syncs every `sync_interval_ms`.
+    /// (Used by the command when it opens the file store.)
+    pub sync: SyncMode,
+    /// How often the broker asks the store to sync, in milliseconds. Default 1000. With
+    /// `every-write` this only bounds the time of anything the store buffers itself; 0 turns
+    /// periodic syncing off (the store is still synced on shutdown).
+    pub sync_interval_ms: u64,
+
+    /// Accept clients that send no user name. Default `true`.
+    pub allow_anonymous: bool,
+    /// Password file (`simqtt passwd` writes it). Default: none (no passwords checked).
+    pub password_file: Option<PathBuf>,
+    /// ACL file of per-user topic patterns. Default: none (everyone may do everything).
+    pub acl_file: Option<PathBuf>,
+
+    /// Largest packet accepted from a client, in bytes (whole packet, fixed header included).
+    /// A larger packet closes that connection. Default 1048576 (1 MiB). 5.0 clients are told
+    /// this in CONNACK (Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Most clients connected at once; a CONNECT beyond it gets CONNACK "server unavailable"
+    /// (3.1.1 code 3, 5.0 0x88). Default 100000. Sockets that have not yet sent CONNECT are
+    /// bounded too, at `max_connections + 1024`; beyond that new sockets are closed at once.
+    pub max_connections: usize,
+    /// Outgoing QoS 1/2 messages per client that may await acknowledgement at once (the
+    /// in-flight window). Default 32. A 5.0 client's Receive Maximum lowers it further.
+    pub max_inflight_messages: u16,
+    /// Messages held per session beyond the in-flight window (while the client is offline or
+    /// its window is full). Default 1000. Overflow policy: the oldest queued message is dropped
+    /// to make room for the new one (counted in `$SYS/broker/messages/dropped`): a subscriber
+    /// that fell behind gets the most recent data, and the bound is hard.
+    pub max_queued_messages: usize,
+    /// Also queue QoS 0 messages for offline persistent sessions. Default `false` (QoS 0 is
+    /// at most once; MQTT allows dropping it for an offline client).
+    pub queue_qos0_messages: bool,
+    /// Packets buffered per connection between the broker and the socket writer. When a client
+    /// reads too slowly and this fills, QoS 0 messages to it are dropped (counted) and any other
+    /// packet closes its connection as a slow consumer (its will is published, its in-flight
+    /// messages stay in its session). Default 1024; must exceed `max_inflight_messages`.
+    pub outbound_queue_packets: usize,
+    /// Seconds a new socket may take to send CONNECT before it is closed. Default 10.
+    pub connect_timeout_secs: u64,
+    /// Store retained messages. Default `true`. When `false`, a PUBLISH with RETAIN set is
+    /// delivered as a normal message and nothing is kept (5.0 clients are told in CONNACK).
+    pub retain_available: bool,
+    /// Highest QoS granted to a subscription. Default 2.
+    pub max_qos: u8,
+    /// Seconds between `$SYS/broker/...` statistics publications. Default 10; 0 turns `$SYS`
+    /// off.
+    pub sys_interval_secs: u64,
+    /// Seed for the random part of client ids the broker assigns to clients that send an
+    /// empty one. Default: none, in which case `simqtt broker` draws one from the clock at start
+    /// (the broker itself never reads the clock or an unseeded RNG, so the simulator, which
+    /// always sets it, stays deterministic).
+    pub rng_seed: Option<u64>,
+
+    /// Authentication and ACL checks, built by the caller (the command loads
+    /// `password_file`/`acl_file` into it). Not part of the TOML file.
+    #[serde(skip)]
+    pub authenticator: Authenticator,
+}
+
+/// The store's sync policy as the configuration file spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncMode {
+    #[default]
+    EveryWrite,
+    Periodic,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "127.0.0.1:1883".to_string(),
+            data_dir: None,
+            sync: SyncMode::EveryWrite,
+            sync_interval_ms: 1000,
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+            max_packet_size: 1024 * 1024,
+            max_connections: 100_000,
+            max_inflight_messages: 32,
+            max_queued_messages: 1000,
+            queue_qos0_messages: false,
+            outbound_queue_packets: 1024,
+            connect_timeout_secs: 10,
+            retain_available: true,
+            max_qos: 2,
+            sys_interval_secs: 10,
+            rng_seed: None,
+            authenticator: Authenticator::default(),
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Toml(String),
+    #[error("{field} = {value}: {why}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl BrokerConfig {
+    /// Parses a TOML document and checks the values.
+    pub fn from_toml(text: &str) -> Result<BrokerConfig, ConfigError> {
+        let config: BrokerConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the relations between limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, value: String, why| {
+            Err(ConfigError::Invalid {
+                field,
+                value,
+                why,
+            })
+        };
+        if self.max_packet_size < 2 {
+            return invalid(
+                "max_packet_size",
+                self.max_packet_size.to_string(),
+                "the smallest packet is 2 bytes",
+            );
+        }
+        if self.max_inflight_messages == 0 {
+            return invalid("max_inflight_messages", "0".into(), "must be at least 1");
+        }
+        if self.outbound_queue_packets <= usize::from(self.max_inflight_messages) {
+            return invalid(
+                "outbound_queue_packets",
+                self.outbound_queue_packets.to_string(),
+                "must exceed max_inflight_messages",
+            );
+        }
+        if self.max_qos > 2 {
+            return invalid("max_qos", self.max_qos.to_string(), "must be 0, 1 or 2");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "0".into(), "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_toml_gives_defaults() {
+        let config = BrokerConfig::from_toml("").unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1883");
+        assert_eq!(config.max_inflight_messages, 32);
+        assert_eq!(config.sync, SyncMode::EveryWrite);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_relation_are_refused() {
+        assert!(BrokerConfig::from_toml("max_inflight = 3").is_err());
+        assert!(BrokerConfig::from_toml(
+            "max_inflight_messages = 100\noutbound_queue_packets = 50"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn documented_example_parses_and_matches_defaults() {
+        let text = include_str!("../../docs/broker.toml");
+        let config = BrokerConfig::from_toml(text).unwrap();
+        let defaults = BrokerConfig::default();
+        // The example file shows every option at its default value.
+        assert_eq!(
+            toml::to_string(&config).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! The server loop: the thin I/O driver around `Core`.
+//!
+//! Shape (DESIGN.md "Performance shape"):
+//! - one task owns the `Core` and is the only one to touch broker state, so no lock exists,
+//!   let alone one held while a message is routed;
+//! - per connection, a reader task decodes packets and a writer task encodes them; they do only
+//!   framing and I/O, so decoding and encoding run beside routing;
+//! - readers hand packets to the core over one bounded channel and wait when it is full, which
+//!   pushes back on fast publishers through TCP;
+//! - the core hands packets to each writer over a bounded channel with `try_send`, never
+//!   waiting: a slow subscriber loses QoS 0 messages or its connection, never anyone's time;
+//! - a writer takes everything queued (up to a batch bound) before one flush;
+//! - payloads travel as `Bytes`, shared by every subscriber's copy of a message.
+//!
+//! Nothing here names `tokio::net` or `turmoil`, reads the wall clock, or starts an OS thread:
+//! the same code serves real TCP and the simulator.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::config::BrokerConfig;
+use super::core::{Action, ClientInfo, ConnId, Core, EndCause};
+use super::stats::{ByteCounters, Stats};
+use crate::codec::{Packet, ProtocolVersion, QosPid};
+use crate::store::Store;
+use crate::transport::{BoxStream, FramedRead, FramedWrite, Listener, TransportError};
+
+/// Events from the connection tasks to the core. Bounded so readers wait when the core is busy.
+const EVENT_QUEUE: usize = 4096;
+/// Events the core takes in one wake before it runs timers and executes actions again.
+const EVENT_BATCH: usize = 256;
+/// A writer flushes after this many packets or bytes, whichever comes first.
+const WRITE_BATCH_PACKETS: usize = 256;
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Sockets allowed beyond `max_connections` while they have not sent CONNECT.
+const PENDING_CONNECTIONS: usize = 1024;
+/// How long `run` waits at shutdown for writers to flush their last packets.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+enum Event {
+    Accepted(BoxStream, String),
+    Packet(ConnId, Packet),
+    Ended(ConnId, EndCause),
+}
+
+enum Outbound {
+    Packet(Packet),
+    Protocol(ProtocolVersion),
+}
+
+enum Command {
+    Clients(oneshot::Sender<Vec<ClientInfo>>),
+    Kick(String, oneshot::Sender<bool>),
+    Stats(oneshot::Sender<Stats>),
+}
+
+/// In-process control of a running broker (the simulator's "kick" uses it). Cheap to clone.
+/// Every call answers "nothing" once the broker has stopped.
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl BrokerHandle {
+    /// The connected clients, in client-id order.
+    pub async fn clients(&self) -> Vec<ClientInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Clients(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Closes the connection of `client_id` as if the network had failed (its will is
+    /// published; 5.0 clients get DISCONNECT 0x98 first). False when it is not connected.
+    pub async fn kick(&self, client_id: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Kick(client_id.to_string(), tx))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// The broker's counters now; `None` once it has stopped.
+    pub async fn stats(&self) -> Option<Stats> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// A broker ready to serve; `new` also gives the handle that controls it.
+pub struct Broker {
+    store: Box<dyn Store>,
+    config: BrokerConfig,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Broker {
+    pub fn new(store: Box<dyn Store>, config: BrokerConfig) -> (Broker, BrokerHandle) {
+        let (tx, rx) = mpsc::channel(64);
+        (
+            Broker {
+                store,
+                config,
+                commands: rx,
+            },
+            BrokerHandle { commands: tx },
+        )
+    }
+
+    /// Serves clients from `listener` until `shutdown` completes, then closes every
+    /// connection and syncs the store.
+    pub async fn run(self, listener: impl Listener, shutdown: impl Future) -> io::Result<()> {
+        let Broker {
+            store,
+            config,
+            mut commands,
+        } = self;
+        tracing::info!(addr = %listener.local_addr(), "broker listening");
+        let bytes = Arc::new(ByteCounters::default());
+        let max_packet_size = config.max_packet_size;
+        let outbound_queue = config.outbound_queue_packets;
+        let max_sockets = config.max_connections.saturating_add(PENDING_CONNECTIONS);
+        let mut core = Core::new(config, store, bytes.clone(), Instant::now());
+        let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+        let acceptor = tokio::spawn(accept_loop(listener, events_tx.clone()));
+        // Each writer holds a clone; when all are gone `recv` returns None (all flushed).
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let mut driver = Driver {
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            actions: Vec::new(),
+        };
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = core.next_deadline();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = sleep_until(deadline) => {
+                    core.on_timer(Instant::now(), &mut driver.actions);
+                }
+                Some(command) = commands.recv() => {
+                    let now = Instant::now();
+                    match command {
+                        Command::Clients(reply) => {
+                            let _ = reply.send(core.clients());
+                        }
+                        Command::Kick(client_id, reply) => {
+                            let _ = reply.send(core.kick(&client_id, now, &mut driver.actions));
+                        }
+                        Command::Stats(reply) => {
+                            let _ = reply.send(core.stats(now));
+                        }
+                    }
+                }
+                event = events.recv() => {
+                    let Some(mut event) = event else { break };
+                    let now = Instant::now();
+                    for _ in 0..EVENT_BATCH {
+                        match event {
+                            Event::Accepted(stream, peer) => {
+                                if core.connection_count() >= max_sockets {
+                                    tracing::warn!(%peer, "too many sockets; closing at once");
+                                    drop(stream);
+                                } else {
+                                    let conn = driver.next_conn;
+                                    driver.next_conn += 1;
+                                    let stream = Counted { inner: stream, bytes: bytes.clone() };
+                                    let (read, write) = tokio::io::split(stream);
+                                    let (out_tx, out_rx) = mpsc::channel(outbound_queue);
+                                    let (cancel_tx, cancel_rx) = oneshot::channel();
+                                    tokio::spawn(read_loop(
+                                        conn,
+                                        read,
+                                        max_packet_size,
+                                        events_tx.clone(),
+                                        cancel_rx,
+                                    ));
+                                    tokio::spawn(write_loop(write, out_rx, alive_tx.clone()));
+                                    driver.conns.insert(
+                                        conn,
+                                        ConnIo { outbound: out_tx, _cancel_reader: cancel_tx },
+                                    );
+                                    core.opened(conn, peer, now);
+                                }
+                            }
+                            Event::Packet(conn, packet) => {
+                                core.handle(conn, packet, now, &mut driver.actions);
+                            }
+                            Event::Ended(conn, cause) => {
+                                core.ended(conn, cause, now, &mut driver.actions);
+                            }
+                        }
+                        match events.try_recv() {
+                            Ok(next) => event = next,
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            driver.execute(&mut core);
+        }
+        acceptor.abort();
+        core.shutdown(&mut driver.actions);
+        driver.execute(&mut core);
+        drop(driver);
+        drop(alive_tx);
+        if tokio::time::timeout(SHUTDOWN_FLUSH, alive_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still flushing at shutdown; closing them anyway");
+        }
+        tracing::info!("broker stopped");
+        Ok(())
+    }
+}
+
+/// Serves clients from `listener` with `store` and `config` until `shutdown` completes
+/// (STYLE.md #2). Use `Broker::new` instead to also get a `BrokerHandle`.
+pub async fn run(
+    listener: impl Listener,
+    store: Box<dyn Store>,
+    config: BrokerConfig,
+    shutdown: impl Future,
+) -> io::Result<()> {
+    let (broker, _handle) = Broker::new(store, config);
+    broker.run(listener, shutdown).await
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct ConnIo {
+    outbound: mpsc::Sender<Outbound>,
+    /// Dropping it stops the reader.
+    _cancel_reader: oneshot::Sender<()>,
+}
+
+struct Driver {
+    conns: BTreeMap<ConnId, ConnIo>,
+    next_conn: ConnId,
+    actions: Vec<Action>,
+}
+
+impl Driver {
+    /// Carries out the core's actions; a full or closed writer queue goes back to the core,
+    /// which may answer with more actions.
+    fn execute(&mut self, core: &mut Core) {
+        let now = Instant::now();
+        while !self.actions.is_empty() {
+            let batch = std::mem::take(&mut self.actions);
+            for action in batch {
+                let (conn, item) = match action {
+                    Action::Send { conn, packet } => (conn, Outbound::Packet(packet)),
+                    Action::SetProtocol { conn, version } => (conn, Outbound::Protocol(version)),
+                    Action::Close { conn } => {
+                        // The writer drains what is queued, flushes and shuts the stream down.
+                        self.conns.remove(&conn);
+                        continue;
+                    }
+                };
+                let Some(io) = self.conns.get(&conn) else {
+                    continue;
+                };
+                match io.outbound.try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
+                        if p.qos_pid == QosPid::AtMostOnce =>
+                    {
+                        core.qos0_dropped();
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        core.ended(conn, EndCause::SlowConsumer, now, &mut self.actions);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        let cause = EndCause::Io("connection writer stopped".into());
+                        core.ended(conn, cause, now, &mut self.actions);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(mut listener: impl Listener, events: mpsc::Sender<Event>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if events.send(Event::Accepted(stream, peer)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    conn: ConnId,
+    read: tokio::io::ReadHalf<Counted>,
+    max_packet_size: u32,
+    events: mpsc::Sender<Event>,
+    mut cancel: oneshot::Receiver<()>,
+) {
+    // The first packet must be CONNECT, which carries its own protocol level.
+    let mut framed = FramedRead::new(read, ProtocolVersion::V311, max_packet_size);
+    let cause = loop {
+        tokio::select! {
+            biased;
+            _ = &mut cancel => return,
+            result = framed.read_packet() => match result {
+                Ok(Some(packet)) => {
+                    if let Packet::Connect(connect) = &packet {
+                        framed.version = connect.protocol;
+                    }
+                    if events.send(Event::Packet(conn, packet)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break EndCause::PeerClosed,
+                Err(TransportError::Decode(error)) => break EndCause::Decode(error),
+                Err(error) => break EndCause::Io(error.to_string()),
+            }
+        }
+    };
+    let _ = events.send(Event::Ended(conn, cause)).await;
+}
+
+async fn write_loop(
+    write: tokio::io::WriteHalf<Counted>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    _alive: mpsc::Sender<()>,
+) {
+    let mut framed = FramedWrite::new(write, ProtocolVersion::V311);
+    while let Some(first) = outbound.recv().await {
+        let mut next = Some(first);
+        let mut count = 0;
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::Protocol(version) => framed.version = version,
+                Outbound::Packet(packet) => {
+                    if let Err(error) = framed.push(&packet) {
+                        // The core built a packet the version cannot carry: a bug, not input.
+                        tracing::error!(%error, ?packet, "cannot encode packet");
+                    }
+                }
+            }
+            count += 1;
+            if count < WRITE_BATCH_PACKETS && framed.pending() < WRITE_BATCH_BYTES {
+                next = outbound.try_recv().ok();
+            }
+        }
+        if let Err(error) = framed.flush().await {
+            tracing::debug!(%error, "write failed");
+            return;
+        }
+    }
+    let _ = framed.shutdown().await;
+}
+
+/// Counts the bytes a client stream moves, for `$SYS/broker/bytes/...`.
+struct Counted {
+    inner: BoxStream,
+    bytes: Arc<ByteCounters>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.bytes.add_received(n);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.bytes.add_sent(*n);
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

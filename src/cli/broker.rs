@@ -1,0 +1,118 @@
+//! `simqtt broker`: run the MQTT broker on real TCP until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use simqtt::broker::{self, BrokerConfig, SyncMode};
+use simqtt::store::fs::StdFs;
+use simqtt::store::{FileStore, MemoryStore, Store, SyncPolicy};
+use simqtt::transport::tcp::TcpListener;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on [default: 127.0.0.1:1883, or `listen` in the config file].
+    /// Port 0 picks a free port; the bound address is printed on stdout.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Keep sessions and retained messages in this directory (created if missing) [default:
+    /// in memory only].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file; docs/broker.toml documents every option with its default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            BrokerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = Some(dir);
+    }
+    if config.rng_seed.is_none() {
+        // The broker never reads the clock itself (determinism); the command may.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        config.rng_seed = Some(nanos ^ u64::from(std::process::id()));
+    }
+    config.authenticator = load_authenticator(&config)?;
+
+    let store: Box<dyn Store> = match &config.data_dir {
+        Some(dir) => {
+            let policy = match config.sync {
+                SyncMode::EveryWrite => SyncPolicy::EveryWrite,
+                SyncMode::Periodic => SyncPolicy::Periodic {
+                    interval_ms: config.sync_interval_ms,
+                },
+            };
+            let store = FileStore::open(Arc::new(StdFs), dir, policy)
+                .with_context(|| format!("opening the store in {}", dir.display()))?;
+            Box::new(store)
+        }
+        None => Box::new(MemoryStore::new()),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = simqtt::transport::Listener::local_addr(&listener);
+        // A line for scripts and tests that start the broker on port 0.
+        println!("simqtt broker listening on {addr}");
+        std::io::stdout().flush().ok();
+        broker::run(listener, store, config, shutdown_signal())
+            .await
+            .context("serving")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_authenticator(config: &BrokerConfig) -> anyhow::Result<broker::auth::Authenticator> {
+    if config.password_file.is_some() || config.acl_file.is_some() {
+        bail!("password_file and acl_file need the auth file loader (branch `store`)");
+    }
+    Ok(broker::auth::Authenticator::allow_all())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the broker");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
