@@ -26,6 +26,12 @@ enum Command {
     Passwd(cli::passwd::Args),
     /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
     Broker(cli::broker::Args),
+    /// Publish messages, like mosquitto_pub (-h is the host; help is --help).
+    #[command(disable_help_flag = true)]
+    Pub(cli::pub_cmd::Args),
+    /// Subscribe and print messages, like mosquitto_sub; reconnects by itself.
+    #[command(disable_help_flag = true)]
+    Sub(cli::sub_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +40,8 @@ fn main() -> ExitCode {
         Command::Decode(args) => cli::decode::run(args),
         Command::Passwd(args) => cli::passwd::run(args),
         Command::Broker(args) => cli::broker::run(args),
+        Command::Pub(args) => cli::pub_cmd::run(args),
+        Command::Sub(args) => cli::sub_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,3 +3,5 @@
 pub mod broker;
 pub mod decode;
 pub mod passwd;
+pub mod pub_cmd;
+pub mod sub_cmd;

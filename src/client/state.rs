@@ -1,0 +1,1555 @@
+//! The client state machine. It does no I/O: the driver feeds it packets, commands and clock
+//! ticks (`handle_*(…, now)`) and carries out the `Action`s it returns, in order. Everything
+//! the protocol promises (packet id reuse, DUP on resend, resend order, PUBREL resumption,
+//! exactly-once delivery of incoming QoS 2, keepalive, resubscription) is decided here, so it
+//! is unit-tested on packet values without sockets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::error::ClientError;
+use super::options::{ConnectOptions, ResubscribePolicy};
+use super::persist::{ClientDurable, PersistOp, StoredPublish};
+use crate::codec::{
+    Ack, Connect, ConnectProperties, Disconnect, MqttStr, Packet, PacketId, ProtocolVersion,
+    Publish, PublishProperties, QoS, QosPid, ReasonCode, Subscribe, SubscribeProperties,
+    SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will, WillProperties,
+};
+
+/// Identifies one operation (publish, subscribe, unsubscribe) across actions and events.
+pub type Token = u64;
+
+/// Tokens the state machine makes up itself (restored publishes, resubscriptions) have the top
+/// bit set, so they never collide with tokens the application's handle hands out.
+pub const INTERNAL_TOKEN_BASE: Token = 1 << 63;
+
+/// Largest in-flight window: leaves packet ids for SUBSCRIBE/UNSUBSCRIBE.
+pub const INFLIGHT_WINDOW_MAX: u16 = 65_535 - PENDING_REQUESTS_MAX as u16;
+/// Most SUBSCRIBE/UNSUBSCRIBE awaiting acknowledgement.
+pub const PENDING_REQUESTS_MAX: usize = 1024;
+/// Filters per resubscribe SUBSCRIBE packet, so one packet stays well under size limits.
+const RESUBSCRIBE_FILTERS_PER_PACKET: usize = 64;
+
+/// A request from the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Publish {
+        token: Token,
+        topic: TopicName,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    },
+    Subscribe {
+        token: Token,
+        filters: Vec<(TopicFilter, SubscriptionOptions)>,
+    },
+    Unsubscribe {
+        token: Token,
+        filters: Vec<TopicFilter>,
+    },
+}
+
+/// A message delivered to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    pub packet_id: Option<PacketId>,
+    /// 5.0 only; default in 3.1.1.
+    pub properties: PublishProperties,
+}
+
+/// What happened, as the application (and a trace checker) sees it. The driver wraps each in
+/// an `Event` with the time and the connection attempt number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// CONNACK accepted. `reconnect`: an earlier connection of this client had completed.
+    ConnectComplete {
+        reconnect: bool,
+        session_present: bool,
+    },
+    /// A connection attempt ended before CONNACK accepted it.
+    ConnectFailed {
+        cause: ClientError,
+    },
+    /// An accepted connection ended.
+    ConnectionLost {
+        cause: ClientError,
+    },
+    /// The driver will try again after `delay` (`failures` consecutive failures so far).
+    ReconnectScheduled {
+        delay: Duration,
+        failures: u32,
+    },
+    MessageArrived(Message),
+    /// A PUBLISH of ours was written (first send or resend).
+    PublishSent {
+        token: Token,
+        packet_id: Option<PacketId>,
+        qos: QoS,
+        dup: bool,
+    },
+    /// QoS 0: written; QoS 1: PUBACK; QoS 2: PUBCOMP (or PUBREC accepted before a session
+    /// was lost: the broker owns the message then).
+    DeliveryComplete {
+        token: Token,
+        packet_id: Option<PacketId>,
+        qos: QoS,
+    },
+    DeliveryFailed {
+        token: Token,
+        packet_id: Option<PacketId>,
+        cause: ClientError,
+    },
+    SubscribeComplete {
+        token: Token,
+        packet_id: PacketId,
+        filters: Vec<TopicFilter>,
+        granted: Vec<ReasonCode>,
+        /// Sent by the client itself after a reconnect (the resubscribe policy).
+        resubscribe: bool,
+    },
+    UnsubscribeComplete {
+        token: Token,
+        packet_id: PacketId,
+        filters: Vec<TopicFilter>,
+        reason_codes: Vec<ReasonCode>,
+    },
+    /// Persistence trouble that was survived (torn log tail) or that lost durability.
+    PersistenceWarning {
+        message: String,
+    },
+    /// The client ended: by `disconnect`, or by giving up (`cause`).
+    Stopped {
+        cause: Option<ClientError>,
+    },
+}
+
+/// How an operation completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    Published,
+    /// One code per filter: granted QoS or failure.
+    Subscribed(Vec<ReasonCode>),
+    /// 5.0: one code per filter; 3.1.1: empty.
+    Unsubscribed(Vec<ReasonCode>),
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Packet),
+    /// Make this durable before any later `Send`.
+    Persist(PersistOp),
+    Event(EventKind),
+    Complete {
+        token: Token,
+        result: Result<Completion, ClientError>,
+    },
+    /// A QoS 0 publish: complete `token` (and report DeliveryComplete) once the sends before it
+    /// are written, or fail it if writing fails.
+    CompleteWhenWritten {
+        token: Token,
+    },
+    /// A QoS 1/2 flow ended: one more publish fits in the in-flight window.
+    WindowSlotFreed,
+    /// Close the network connection; the driver then calls `connection_lost(cause)`.
+    Close(ClientError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Down,
+    AwaitingConnAck { since: Instant },
+    Up,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    token: Token,
+    publish: StoredPublish,
+    /// Sent at least once in the current session: a resend carries DUP [MQTT-3.3.1-1].
+    sent_in_session: bool,
+    /// Sent on the current connection and not yet answered (counts against receive maximum).
+    on_wire: bool,
+}
+
+#[derive(Debug)]
+struct PendingSubscribe {
+    token: Token,
+    filters: Vec<(TopicFilter, SubscriptionOptions)>,
+    resubscribe: bool,
+}
+
+#[derive(Debug)]
+struct PendingUnsubscribe {
+    token: Token,
+    filters: Vec<TopicFilter>,
+}
+
+/// The client's protocol state: one per client, kept across connections.
+#[derive(Debug)]
+pub struct ClientState {
+    options: ConnectOptions,
+    link: Link,
+    ever_connected: bool,
+    /// Outgoing QoS 1/2 by acceptance order (the resend order [MQTT-4.6.0-1]).
+    outgoing: BTreeMap<u64, Outgoing>,
+    outgoing_by_id: BTreeMap<PacketId, u64>,
+    next_seq: u64,
+    pending_subscribes: BTreeMap<PacketId, PendingSubscribe>,
+    pending_unsubscribes: BTreeMap<PacketId, PendingUnsubscribe>,
+    /// Filters to restore on reconnect, with the options they were requested with.
+    subscriptions: BTreeMap<TopicFilter, SubscriptionOptions>,
+    /// Incoming QoS 2 ids delivered and awaiting PUBREL [MQTT-4.3.3-2].
+    incoming_qos2: BTreeSet<PacketId>,
+    next_packet_id: u16,
+    next_internal_token: Token,
+    last_sent: Instant,
+    ping_sent: Option<Instant>,
+    keep_alive: Duration,
+    /// 5.0 Receive Maximum from CONNACK: most unacknowledged QoS 1/2 on the wire.
+    send_quota: usize,
+}
+
+impl ClientState {
+    /// A state starting from what persistence restored (empty for a fresh client).
+    pub fn new(options: ConnectOptions, restored: &ClientDurable, now: Instant) -> ClientState {
+        let mut state = ClientState {
+            keep_alive: Duration::from_secs(u64::from(options.keep_alive_secs)),
+            options,
+            link: Link::Down,
+            ever_connected: false,
+            outgoing: BTreeMap::new(),
+            outgoing_by_id: BTreeMap::new(),
+            next_seq: 0,
+            pending_subscribes: BTreeMap::new(),
+            pending_unsubscribes: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            incoming_qos2: restored.incoming_qos2.clone(),
+            next_packet_id: 1,
+            next_internal_token: INTERNAL_TOKEN_BASE,
+            last_sent: now,
+            ping_sent: None,
+            send_quota: usize::from(u16::MAX),
+        };
+        for publish in restored.outgoing() {
+            let token = state.internal_token();
+            // Whether it reached the broker before the restart is unknown: assume it did, so
+            // a resend carries DUP (harmless if it had not).
+            state.insert_outgoing(token, publish.clone(), true);
+            state.next_packet_id = publish.packet_id.get().wrapping_add(1).max(1);
+        }
+        state
+    }
+
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.link == Link::Up
+    }
+
+    /// Outgoing QoS 1/2 publishes not yet completed (each holds a window slot).
+    pub fn inflight_len(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    pub fn inflight_window(&self) -> usize {
+        usize::from(self.options.inflight_window.clamp(1, INFLIGHT_WINDOW_MAX))
+    }
+
+    /// Filters the client would restore on reconnect.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &SubscriptionOptions)> {
+        self.subscriptions.iter()
+    }
+
+    /// Incoming QoS 2 ids held until PUBREL.
+    pub fn incoming_qos2(&self) -> &BTreeSet<PacketId> {
+        &self.incoming_qos2
+    }
+
+    fn internal_token(&mut self) -> Token {
+        let token = self.next_internal_token;
+        self.next_internal_token += 1;
+        token
+    }
+
+    fn insert_outgoing(&mut self, token: Token, publish: StoredPublish, sent: bool) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.outgoing_by_id.insert(publish.packet_id, seq);
+        self.outgoing.insert(
+            seq,
+            Outgoing {
+                token,
+                publish,
+                sent_in_session: sent,
+                on_wire: false,
+            },
+        );
+    }
+
+    /// A packet id in use by nothing else [MQTT-2.3.1-2].
+    fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        for _ in 0..u16::MAX {
+            let candidate = NonZeroU16::new(self.next_packet_id);
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if let Some(id) = candidate {
+                if !self.outgoing_by_id.contains_key(&id)
+                    && !self.pending_subscribes.contains_key(&id)
+                    && !self.pending_unsubscribes.contains_key(&id)
+                {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    fn send(&mut self, packet: Packet, now: Instant, actions: &mut Vec<Action>) {
+        self.last_sent = now;
+        actions.push(Action::Send(packet));
+    }
+
+    // ---- connection lifecycle ------------------------------------------------------------
+
+    /// The transport connected: send CONNECT.
+    pub fn transport_connected(&mut self, now: Instant) -> Vec<Action> {
+        self.link = Link::AwaitingConnAck { since: now };
+        self.ping_sent = None;
+        self.keep_alive = Duration::from_secs(u64::from(self.options.keep_alive_secs));
+        let mut actions = Vec::new();
+        let connect = self.connect_packet();
+        self.send(Packet::Connect(Box::new(connect)), now, &mut actions);
+        actions
+    }
+
+    fn connect_packet(&self) -> Connect {
+        let o = &self.options;
+        let v5 = o.protocol == ProtocolVersion::V5;
+        let mut properties = ConnectProperties::default();
+        if v5 {
+            let expiry = o
+                .session_expiry_interval_secs
+                .unwrap_or(if o.clean_session { 0 } else { u32::MAX });
+            properties.session_expiry_interval_secs = (expiry != 0).then_some(expiry);
+        }
+        Connect {
+            protocol: o.protocol,
+            clean_start: o.clean_session,
+            keep_alive_secs: o.keep_alive_secs,
+            properties,
+            // Checked when the handle is built; an invalid id here would be refused by the
+            // broker anyway, so fall back to empty rather than panic.
+            client_id: MqttStr::new(&o.client_id).unwrap_or_default(),
+            will: o.will.as_ref().map(|w| Will {
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                properties: WillProperties::default(),
+            }),
+            username: o.username.as_deref().and_then(|u| MqttStr::new(u).ok()),
+            password: o.password.clone(),
+        }
+    }
+
+    /// The connection ended (after `Close`, a read/write error or end of stream).
+    pub fn connection_lost(&mut self, cause: ClientError) -> Vec<Action> {
+        let was = self.link;
+        self.link = Link::Down;
+        self.ping_sent = None;
+        for entry in self.outgoing.values_mut() {
+            entry.on_wire = false;
+        }
+        match was {
+            Link::Up => vec![Action::Event(EventKind::ConnectionLost { cause })],
+            Link::AwaitingConnAck { .. } | Link::Down => {
+                vec![Action::Event(EventKind::ConnectFailed { cause })]
+            }
+        }
+    }
+
+    /// The DISCONNECT to send for a graceful close.
+    pub fn disconnect_packet(&mut self) -> Packet {
+        self.link = Link::Down;
+        Packet::Disconnect(Disconnect::default())
+    }
+
+    /// The client stops: every waiting operation fails. Persisted publishes stay persisted.
+    pub fn shutdown(&mut self, cause: ClientError) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for entry in self.outgoing.values() {
+            if entry.token < INTERNAL_TOKEN_BASE {
+                actions.push(Action::Complete {
+                    token: entry.token,
+                    result: Err(cause.clone()),
+                });
+            }
+        }
+        for pending in self.pending_subscribes.values() {
+            if !pending.resubscribe {
+                actions.push(Action::Complete {
+                    token: pending.token,
+                    result: Err(cause.clone()),
+                });
+            }
+        }
+        for pending in self.pending_unsubscribes.values() {
+            actions.push(Action::Complete {
+                token: pending.token,
+                result: Err(cause.clone()),
+            });
+        }
+        self.pending_subscribes.clear();
+        self.pending_unsubscribes.clear();
+        actions
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    /// When `handle_tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.link {
+            Link::Down => None,
+            Link::AwaitingConnAck { since } => Some(since + self.options.connect_timeout),
+            Link::Up if self.keep_alive.is_zero() => None,
+            Link::Up => Some(match self.ping_sent {
+                Some(sent) => sent + self.keep_alive,
+                None => self.last_sent + self.keep_alive,
+            }),
+        }
+    }
+
+    /// Keepalive [MQTT-3.1.2-23] and the connect timeout.
+    pub fn handle_tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match self.link {
+            Link::Down => {}
+            Link::AwaitingConnAck { since } => {
+                if now >= since + self.options.connect_timeout {
+                    actions.push(Action::Close(ClientError::ConnectTimeout));
+                }
+            }
+            Link::Up if self.keep_alive.is_zero() => {}
+            Link::Up => match self.ping_sent {
+                Some(sent) if now >= sent + self.keep_alive => {
+                    actions.push(Action::Close(ClientError::KeepaliveTimeout));
+                }
+                Some(_) => {}
+                None if now >= self.last_sent + self.keep_alive => {
+                    self.ping_sent = Some(now);
+                    self.send(Packet::PingReq, now, &mut actions);
+                }
+                None => {}
+            },
+        }
+        actions
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    pub fn handle_command(&mut self, command: Command, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match command {
+            Command::Publish {
+                token,
+                topic,
+                payload,
+                qos,
+                retain,
+            } => self.publish(token, topic, payload, qos, retain, now, &mut actions),
+            Command::Subscribe { token, filters } => {
+                if self.pending_requests() >= PENDING_REQUESTS_MAX {
+                    return fail(token, ClientError::TooManyPendingRequests);
+                }
+                let Some(packet_id) = self.allocate_packet_id() else {
+                    return fail(token, ClientError::TooManyPendingRequests);
+                };
+                self.pending_subscribes.insert(
+                    packet_id,
+                    PendingSubscribe {
+                        token,
+                        filters,
+                        resubscribe: false,
+                    },
+                );
+                if self.is_connected() {
+                    let packet = self.subscribe_packet(packet_id);
+                    self.send(packet, now, &mut actions);
+                }
+            }
+            Command::Unsubscribe { token, filters } => {
+                if self.pending_requests() >= PENDING_REQUESTS_MAX {
+                    return fail(token, ClientError::TooManyPendingRequests);
+                }
+                let Some(packet_id) = self.allocate_packet_id() else {
+                    return fail(token, ClientError::TooManyPendingRequests);
+                };
+                // The application no longer wants these: never restore them on reconnect.
+                for filter in &filters {
+                    self.subscriptions.remove(filter);
+                }
+                self.pending_unsubscribes
+                    .insert(packet_id, PendingUnsubscribe { token, filters });
+                if self.is_connected() {
+                    let packet = self.unsubscribe_packet(packet_id);
+                    self.send(packet, now, &mut actions);
+                }
+            }
+        }
+        actions
+    }
+
+    fn pending_requests(&self) -> usize {
+        self.pending_subscribes.len() + self.pending_unsubscribes.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        token: Token,
+        topic: TopicName,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        if qos == QoS::AtMostOnce {
+            if !self.is_connected() {
+                actions.extend(fail(token, ClientError::NotConnected));
+                return;
+            }
+            let packet = Packet::Publish(Publish {
+                dup: false,
+                qos_pid: QosPid::AtMostOnce,
+                retain,
+                topic,
+                properties: PublishProperties::default(),
+                payload,
+            });
+            self.send(packet, now, actions);
+            actions.push(Action::Event(EventKind::PublishSent {
+                token,
+                packet_id: None,
+                qos,
+                dup: false,
+            }));
+            actions.push(Action::CompleteWhenWritten { token });
+            return;
+        }
+        // The handle took a window slot for this publish; a refusal gives it back.
+        if self.outgoing.len() >= self.inflight_window() {
+            actions.extend(fail(token, ClientError::InflightWindowFull));
+            actions.push(Action::WindowSlotFreed);
+            return;
+        }
+        let Some(packet_id) = self.allocate_packet_id() else {
+            actions.extend(fail(token, ClientError::InflightWindowFull));
+            actions.push(Action::WindowSlotFreed);
+            return;
+        };
+        let stored = StoredPublish {
+            packet_id,
+            topic,
+            payload,
+            qos,
+            retain,
+            released: false,
+        };
+        actions.push(Action::Persist(PersistOp::Outgoing(stored.clone())));
+        self.insert_outgoing(token, stored, false);
+        self.send_queued(now, actions);
+    }
+
+    /// Sends outgoing entries not yet on the wire, in order, while the quota allows.
+    fn send_queued(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if !self.is_connected() {
+            return;
+        }
+        let on_wire = self.outgoing.values().filter(|e| e.on_wire).count();
+        let room = self.send_quota.saturating_sub(on_wire);
+        let seqs: Vec<u64> = self
+            .outgoing
+            .iter()
+            .filter(|(_, e)| !e.on_wire)
+            .map(|(s, _)| *s)
+            .take(room)
+            .collect();
+        for seq in seqs {
+            let entry = self.outgoing.get_mut(&seq).expect("seq listed above");
+            entry.on_wire = true;
+            let packet = if entry.publish.released {
+                // The broker has the message; only the release is outstanding [MQTT-4.3.3-1].
+                Packet::PubRel(Ack::new(entry.publish.packet_id))
+            } else {
+                let dup = entry.sent_in_session;
+                entry.sent_in_session = true;
+                let p = &entry.publish;
+                let qos_pid = QosPid::new(p.qos, Some(p.packet_id)).expect("QoS 1/2 with an id");
+                actions.push(Action::Event(EventKind::PublishSent {
+                    token: entry.token,
+                    packet_id: Some(p.packet_id),
+                    qos: p.qos,
+                    dup,
+                }));
+                Packet::Publish(Publish {
+                    dup,
+                    qos_pid,
+                    retain: p.retain,
+                    topic: p.topic.clone(),
+                    properties: PublishProperties::default(),
+                    payload: p.payload.clone(),
+                })
+            };
+            self.send(packet, now, actions);
+        }
+    }
+
+    fn subscribe_packet(&self, packet_id: PacketId) -> Packet {
+        let pending = &self.pending_subscribes[&packet_id];
+        Packet::Subscribe(Subscribe {
+            packet_id,
+            properties: SubscribeProperties::default(),
+            filters: pending.filters.clone(),
+        })
+    }
+
+    fn unsubscribe_packet(&self, packet_id: PacketId) -> Packet {
+        let pending = &self.pending_unsubscribes[&packet_id];
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            user_properties: Vec::new(),
+            filters: pending.filters.clone(),
+        })
+    }
+
+    // ---- packets from the broker ---------------------------------------------------------
+
+    pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Link::AwaitingConnAck { .. } = self.link {
+            match packet {
+                Packet::ConnAck(connack) => self.on_connack(connack, now, &mut actions),
+                // 5.0: a broker may refuse with DISCONNECT-less close; anything else first is
+                // a protocol error [MQTT-3.2.0-1].
+                other => actions.push(Action::Close(ClientError::Protocol(format!(
+                    "[MQTT-3.2.0-1] expected CONNACK first, got {:?}",
+                    other.packet_type()
+                )))),
+            }
+            return actions;
+        }
+        if self.link == Link::Down {
+            return actions;
+        }
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish, now, &mut actions),
+            Packet::PubAck(ack) => {
+                self.on_final_ack(ack, QoS::AtLeastOnce, now, &mut actions);
+            }
+            Packet::PubRec(ack) => self.on_pubrec(ack, now, &mut actions),
+            Packet::PubRel(ack) => {
+                // Release the id; the message was delivered when the PUBLISH arrived.
+                if self.incoming_qos2.remove(&ack.packet_id) {
+                    actions.push(Action::Persist(PersistOp::IncomingReleased(ack.packet_id)));
+                }
+                // Answer even for an unknown id (e.g. state lost), so the broker can finish.
+                self.send(Packet::PubComp(Ack::new(ack.packet_id)), now, &mut actions);
+            }
+            Packet::PubComp(ack) => {
+                self.on_final_ack(ack, QoS::ExactlyOnce, now, &mut actions);
+            }
+            Packet::SubAck(suback) => {
+                if let Some(pending) = self.pending_subscribes.remove(&suback.packet_id) {
+                    let mut filters = Vec::with_capacity(pending.filters.len());
+                    for (i, (filter, options)) in pending.filters.into_iter().enumerate() {
+                        let granted = suback
+                            .reason_codes
+                            .get(i)
+                            .copied()
+                            .unwrap_or(ReasonCode::UnspecifiedError);
+                        if granted.is_error() {
+                            self.subscriptions.remove(&filter);
+                        } else {
+                            self.subscriptions.insert(filter.clone(), options);
+                        }
+                        filters.push(filter);
+                    }
+                    actions.push(Action::Event(EventKind::SubscribeComplete {
+                        token: pending.token,
+                        packet_id: suback.packet_id,
+                        filters,
+                        granted: suback.reason_codes.clone(),
+                        resubscribe: pending.resubscribe,
+                    }));
+                    actions.push(Action::Complete {
+                        token: pending.token,
+                        result: Ok(Completion::Subscribed(suback.reason_codes)),
+                    });
+                }
+            }
+            Packet::UnsubAck(unsuback) => {
+                if let Some(pending) = self.pending_unsubscribes.remove(&unsuback.packet_id) {
+                    actions.push(Action::Event(EventKind::UnsubscribeComplete {
+                        token: pending.token,
+                        packet_id: unsuback.packet_id,
+                        filters: pending.filters,
+                        reason_codes: unsuback.reason_codes.clone(),
+                    }));
+                    actions.push(Action::Complete {
+                        token: pending.token,
+                        result: Ok(Completion::Unsubscribed(unsuback.reason_codes)),
+                    });
+                }
+            }
+            Packet::PingResp => self.ping_sent = None,
+            Packet::Disconnect(disconnect) => {
+                actions.push(Action::Close(ClientError::ServerDisconnected(
+                    disconnect.reason_code,
+                )));
+            }
+            other => actions.push(Action::Close(ClientError::Protocol(format!(
+                "a server does not send {:?} to a client",
+                other.packet_type()
+            )))),
+        }
+        actions
+    }
+
+    fn on_connack(
+        &mut self,
+        connack: crate::codec::ConnAck,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        if connack.reason_code != ReasonCode::Success {
+            actions.push(Action::Close(ClientError::Refused {
+                code: connack.reason_code,
+                protocol: self.options.protocol,
+            }));
+            return;
+        }
+        self.link = Link::Up;
+        let props = &connack.properties;
+        self.send_quota = props
+            .receive_maximum
+            .map_or(usize::from(u16::MAX), |m| usize::from(m.get()));
+        if let Some(secs) = props.server_keep_alive_secs {
+            self.keep_alive = Duration::from_secs(u64::from(secs));
+        }
+        if let Some(id) = &props.assigned_client_identifier {
+            // Reconnect as the same client the broker named.
+            self.options.client_id = id.as_str().to_string();
+        }
+        // A clean session, or a persistent one the broker lost: the broker knows none of our
+        // packet ids [MQTT-3.1.2-6]. Publishes it had not acknowledged become new messages
+        // (DUP 0); a QoS 2 flow past PUBREC is complete, the broker took ownership at PUBREC.
+        let session_present = connack.session_present && !self.options.clean_session;
+        if !session_present {
+            if !self.incoming_qos2.is_empty() {
+                self.incoming_qos2.clear();
+                actions.push(Action::Persist(PersistOp::ClearIncoming));
+            }
+            let released: Vec<u64> = self
+                .outgoing
+                .iter()
+                .filter(|(_, e)| e.publish.released)
+                .map(|(s, _)| *s)
+                .collect();
+            for seq in released {
+                let entry = self.outgoing.remove(&seq).expect("listed above");
+                self.outgoing_by_id.remove(&entry.publish.packet_id);
+                complete_publish(entry, Ok(()), actions);
+            }
+            for entry in self.outgoing.values_mut() {
+                entry.sent_in_session = false;
+            }
+        }
+        actions.push(Action::Event(EventKind::ConnectComplete {
+            reconnect: self.ever_connected,
+            session_present: connack.session_present,
+        }));
+        self.ever_connected = true;
+
+        // Subscriptions first, so messages matching them that we publish below are routed.
+        let resubscribe = match self.options.resubscribe {
+            ResubscribePolicy::Always => true,
+            ResubscribePolicy::WhenSessionNotPresent => !session_present,
+            ResubscribePolicy::Never => false,
+        };
+        if resubscribe {
+            self.resubscribe();
+        }
+        let subscribe_ids: Vec<PacketId> = self.pending_subscribes.keys().copied().collect();
+        for id in subscribe_ids {
+            let packet = self.subscribe_packet(id);
+            self.send(packet, now, actions);
+        }
+        let unsubscribe_ids: Vec<PacketId> = self.pending_unsubscribes.keys().copied().collect();
+        for id in unsubscribe_ids {
+            let packet = self.unsubscribe_packet(id);
+            self.send(packet, now, actions);
+        }
+        // Resend in the original order with the original ids [MQTT-4.4.0-1] [MQTT-4.6.0-1].
+        self.send_queued(now, actions);
+    }
+
+    /// Queues SUBSCRIBE for every known filter not already being subscribed.
+    fn resubscribe(&mut self) {
+        let in_progress: BTreeSet<&TopicFilter> = self
+            .pending_subscribes
+            .values()
+            .flat_map(|p| p.filters.iter().map(|(f, _)| f))
+            .collect();
+        let wanted: Vec<(TopicFilter, SubscriptionOptions)> = self
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| !in_progress.contains(f))
+            .map(|(f, o)| (f.clone(), *o))
+            .collect();
+        for chunk in wanted.chunks(RESUBSCRIBE_FILTERS_PER_PACKET) {
+            let Some(packet_id) = self.allocate_packet_id() else {
+                return;
+            };
+            let token = self.internal_token();
+            self.pending_subscribes.insert(
+                packet_id,
+                PendingSubscribe {
+                    token,
+                    filters: chunk.to_vec(),
+                    resubscribe: true,
+                },
+            );
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish, now: Instant, actions: &mut Vec<Action>) {
+        let message = |p: Publish| Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos_pid.qos(),
+            retain: p.retain,
+            dup: p.dup,
+            packet_id: p.qos_pid.packet_id(),
+            properties: p.properties,
+        };
+        match publish.qos_pid {
+            QosPid::AtMostOnce => {
+                actions.push(Action::Event(EventKind::MessageArrived(message(publish))));
+            }
+            QosPid::AtLeastOnce(id) => {
+                actions.push(Action::Event(EventKind::MessageArrived(message(publish))));
+                self.send(Packet::PubAck(Ack::new(id)), now, actions);
+            }
+            QosPid::ExactlyOnce(id) => {
+                // Deliver once; a resent PUBLISH with an id we still hold is the same message
+                // [MQTT-4.3.3-2]. The id is persisted before PUBREC goes out, so a restart
+                // between the two cannot deliver twice.
+                if self.incoming_qos2.insert(id) {
+                    actions.push(Action::Persist(PersistOp::IncomingQos2(id)));
+                    actions.push(Action::Event(EventKind::MessageArrived(message(publish))));
+                }
+                self.send(Packet::PubRec(Ack::new(id)), now, actions);
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, ack: Ack, now: Instant, actions: &mut Vec<Action>) {
+        let id = ack.packet_id;
+        let Some(&seq) = self.outgoing_by_id.get(&id) else {
+            // Unknown id: release it anyway so the broker can drop its state.
+            let mut rel = Ack::new(id);
+            if self.options.protocol == ProtocolVersion::V5 {
+                rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+            }
+            self.send(Packet::PubRel(rel), now, actions);
+            return;
+        };
+        let entry = self.outgoing.get_mut(&seq).expect("index consistent");
+        if entry.publish.qos != QoS::ExactlyOnce {
+            actions.push(Action::Close(ClientError::Protocol(format!(
+                "PUBREC for QoS 1 packet id {id}"
+            ))));
+            return;
+        }
+        if ack.reason_code.is_error() {
+            // 5.0: the broker refused the message; the flow ends here.
+            self.remove_outgoing(
+                id,
+                Err(ClientError::Rejected(ack.reason_code)),
+                now,
+                actions,
+            );
+            return;
+        }
+        if !entry.publish.released {
+            entry.publish.released = true;
+            actions.push(Action::Persist(PersistOp::Released(id)));
+        }
+        self.send(Packet::PubRel(Ack::new(id)), now, actions);
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2): the flow is done.
+    fn on_final_ack(&mut self, ack: Ack, qos: QoS, now: Instant, actions: &mut Vec<Action>) {
+        let Some(&seq) = self.outgoing_by_id.get(&ack.packet_id) else {
+            // A duplicate or late acknowledgement: nothing waits for it.
+            return;
+        };
+        let entry = &self.outgoing[&seq];
+        if entry.publish.qos != qos || (qos == QoS::ExactlyOnce && !entry.publish.released) {
+            actions.push(Action::Close(ClientError::Protocol(format!(
+                "{:?} does not match the state of packet id {}",
+                if qos == QoS::AtLeastOnce {
+                    "PUBACK"
+                } else {
+                    "PUBCOMP"
+                },
+                ack.packet_id
+            ))));
+            return;
+        }
+        let result = if ack.reason_code.is_error() {
+            Err(ClientError::Rejected(ack.reason_code))
+        } else {
+            Ok(())
+        };
+        self.remove_outgoing(ack.packet_id, result, now, actions);
+    }
+
+    fn remove_outgoing(
+        &mut self,
+        id: PacketId,
+        result: Result<(), ClientError>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(seq) = self.outgoing_by_id.remove(&id) else {
+            return;
+        };
+        let entry = self.outgoing.remove(&seq).expect("index consistent");
+        complete_publish(entry, result, actions);
+        // Room on the wire: the next queued publish may go.
+        self.send_queued(now, actions);
+    }
+}
+
+/// Ends one outgoing flow: persistence, event, token, window slot.
+fn complete_publish(entry: Outgoing, result: Result<(), ClientError>, actions: &mut Vec<Action>) {
+    let packet_id = Some(entry.publish.packet_id);
+    actions.push(Action::Persist(PersistOp::Completed(
+        entry.publish.packet_id,
+    )));
+    actions.push(Action::Event(match &result {
+        Ok(()) => EventKind::DeliveryComplete {
+            token: entry.token,
+            packet_id,
+            qos: entry.publish.qos,
+        },
+        Err(cause) => EventKind::DeliveryFailed {
+            token: entry.token,
+            packet_id,
+            cause: cause.clone(),
+        },
+    }));
+    actions.push(Action::Complete {
+        token: entry.token,
+        result: result.map(|()| Completion::Published),
+    });
+    actions.push(Action::WindowSlotFreed);
+}
+
+fn fail(token: Token, cause: ClientError) -> Vec<Action> {
+    vec![Action::Complete {
+        token,
+        result: Err(cause),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use super::*;
+    use crate::client::options::WillOptions;
+    use crate::codec::ConnAck;
+
+    fn pid(n: u16) -> PacketId {
+        NonZeroU16::new(n).unwrap()
+    }
+
+    fn options() -> ConnectOptions {
+        let mut o = ConnectOptions::new("broker:1883", "c1");
+        o.clean_session = false;
+        o.keep_alive_secs = 10;
+        o.connect_timeout = Duration::from_secs(5);
+        o
+    }
+
+    fn sends(actions: &[Action]) -> Vec<Packet> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(actions: &[Action]) -> Vec<EventKind> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn delivered(actions: &[Action]) -> Vec<Message> {
+        events(actions)
+            .into_iter()
+            .filter_map(|e| match e {
+                EventKind::MessageArrived(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn completion(actions: &[Action], token: Token) -> Option<Result<Completion, ClientError>> {
+        actions.iter().find_map(|a| match a {
+            Action::Complete { token: t, result } if *t == token => Some(result.clone()),
+            _ => None,
+        })
+    }
+
+    fn connack(session_present: bool) -> Packet {
+        Packet::ConnAck(ConnAck {
+            session_present,
+            reason_code: ReasonCode::Success,
+            properties: Default::default(),
+        })
+    }
+
+    /// A state connected with the given session_present; returns the CONNACK's actions.
+    fn connected(state: &mut ClientState, now: Instant, session_present: bool) -> Vec<Action> {
+        state.transport_connected(now);
+        state.handle_packet(connack(session_present), now)
+    }
+
+    fn publish_cmd(token: Token, topic: &str, qos: QoS) -> Command {
+        Command::Publish {
+            token,
+            topic: TopicName::new(topic).unwrap(),
+            payload: Bytes::from(format!("m{token}")),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn incoming(id: u16, qos: QoS, dup: bool) -> Packet {
+        Packet::Publish(Publish {
+            dup,
+            qos_pid: QosPid::new(qos, PacketId::new(id)).unwrap(),
+            retain: false,
+            topic: TopicName::new("in").unwrap(),
+            properties: Default::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    fn publishes(packets: &[Packet]) -> Vec<(u16, bool)> {
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((p.packet_id().map_or(0, |i| i.get()), p.dup)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_packet_carries_the_options() {
+        let now = Instant::now();
+        let mut o = options();
+        o.username = Some("u".into());
+        o.password = Some(Bytes::from_static(b"p"));
+        o.will = Some(WillOptions {
+            topic: TopicName::new("will/c1").unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        });
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        let actions = state.transport_connected(now);
+        let [Packet::Connect(connect)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(connect.client_id.as_str(), "c1");
+        assert!(!connect.clean_start);
+        assert_eq!(connect.keep_alive_secs, 10);
+        assert_eq!(connect.username.as_deref(), Some("u"));
+        let will = connect.will.as_ref().unwrap();
+        assert_eq!((will.qos, will.retain), (QoS::AtLeastOnce, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qos1_completes_at_puback_and_is_persisted_before_it_is_sent() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let actions = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        let persist_at = actions
+            .iter()
+            .position(|a| matches!(a, Action::Persist(PersistOp::Outgoing(_))))
+            .unwrap();
+        let send_at = actions
+            .iter()
+            .position(|a| matches!(a, Action::Send(_)))
+            .unwrap();
+        assert!(persist_at < send_at);
+        assert_eq!(publishes(&sends(&actions)), vec![(1, false)]);
+        assert_eq!(completion(&actions, 1), None);
+        let actions = state.handle_packet(Packet::PubAck(Ack::new(pid(1))), now);
+        assert_eq!(completion(&actions, 1), Some(Ok(Completion::Published)));
+        assert!(actions.contains(&Action::Persist(PersistOp::Completed(pid(1)))));
+        assert!(actions.contains(&Action::WindowSlotFreed));
+        assert_eq!(state.inflight_len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qos2_completes_at_pubcomp_after_pubrel() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "t", QoS::ExactlyOnce), now);
+        let actions = state.handle_packet(Packet::PubRec(Ack::new(pid(1))), now);
+        assert_eq!(sends(&actions), vec![Packet::PubRel(Ack::new(pid(1)))]);
+        assert!(actions.contains(&Action::Persist(PersistOp::Released(pid(1)))));
+        assert_eq!(completion(&actions, 1), None);
+        // A PUBACK for a QoS 2 flow is a protocol error.
+        let wrong = state.handle_packet(Packet::PubAck(Ack::new(pid(1))), now);
+        assert!(matches!(
+            wrong[..],
+            [Action::Close(ClientError::Protocol(_))]
+        ));
+        let actions = state.handle_packet(Packet::PubComp(Ack::new(pid(1))), now);
+        assert_eq!(completion(&actions, 1), Some(Ok(Completion::Published)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_resends_unacked_with_dup_in_order_and_resumes_pubrel() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "a", QoS::AtLeastOnce), now);
+        state.handle_command(publish_cmd(2, "b", QoS::ExactlyOnce), now);
+        state.handle_command(publish_cmd(3, "c", QoS::ExactlyOnce), now);
+        state.handle_packet(Packet::PubRec(Ack::new(pid(2))), now);
+        let lost = state.connection_lost(ClientError::ConnectionClosed);
+        assert!(matches!(
+            events(&lost)[..],
+            [EventKind::ConnectionLost { .. }]
+        ));
+
+        let actions = connected(&mut state, now, true);
+        assert_eq!(
+            events(&actions)[0],
+            EventKind::ConnectComplete {
+                reconnect: true,
+                session_present: true
+            }
+        );
+        // Original ids and order [MQTT-4.4.0-1] [MQTT-4.6.0-1]; PUBREL, not PUBLISH, for 2.
+        let packets = sends(&actions);
+        assert_eq!(packets.len(), 3);
+        assert!(
+            matches!(&packets[0], Packet::Publish(p) if p.dup && p.packet_id() == Some(pid(1)))
+        );
+        assert_eq!(packets[1], Packet::PubRel(Ack::new(pid(2))));
+        assert!(
+            matches!(&packets[2], Packet::Publish(p) if p.dup && p.packet_id() == Some(pid(3)))
+        );
+        let actions = state.handle_packet(Packet::PubComp(Ack::new(pid(2))), now);
+        assert_eq!(completion(&actions, 2), Some(Ok(Completion::Published)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_state_is_resent_with_dup_after_restart() {
+        let now = Instant::now();
+        let mut durable = ClientDurable::default();
+        for (id, qos, released) in [(4, QoS::AtLeastOnce, false), (5, QoS::ExactlyOnce, true)] {
+            durable.apply(&PersistOp::Outgoing(StoredPublish {
+                packet_id: pid(id),
+                topic: TopicName::new("t").unwrap(),
+                payload: Bytes::from_static(b"p"),
+                qos,
+                retain: false,
+                released,
+            }));
+        }
+        durable.apply(&PersistOp::IncomingQos2(pid(9)));
+        let mut state = ClientState::new(options(), &durable, now);
+        assert_eq!(state.inflight_len(), 2);
+        let actions = connected(&mut state, now, true);
+        let packets = sends(&actions);
+        assert!(
+            matches!(&packets[0], Packet::Publish(p) if p.dup && p.packet_id() == Some(pid(4)))
+        );
+        assert_eq!(packets[1], Packet::PubRel(Ack::new(pid(5))));
+        // The held incoming id still suppresses a redelivery.
+        let actions = state.handle_packet(incoming(9, QoS::ExactlyOnce, true), now);
+        assert!(delivered(&actions).is_empty());
+        // New ids do not collide with restored ones.
+        let actions = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&actions)), vec![(6, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_session_turns_unacked_into_new_messages_and_completes_released() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "a", QoS::AtLeastOnce), now);
+        state.handle_command(publish_cmd(2, "b", QoS::ExactlyOnce), now);
+        state.handle_packet(Packet::PubRec(Ack::new(pid(2))), now);
+        state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
+        state.connection_lost(ClientError::ConnectionClosed);
+        let actions = connected(&mut state, now, false);
+        assert_eq!(publishes(&sends(&actions)), vec![(1, false)]);
+        assert!(!sends(&actions)
+            .iter()
+            .any(|p| matches!(p, Packet::PubRel(_))));
+        assert_eq!(completion(&actions, 2), Some(Ok(Completion::Published)));
+        assert!(actions.contains(&Action::Persist(PersistOp::ClearIncoming)));
+        assert!(state.incoming_qos2().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incoming_qos2_is_delivered_exactly_once_until_pubrel() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let first = state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
+        assert_eq!(delivered(&first).len(), 1);
+        let persist_at = first
+            .iter()
+            .position(|a| *a == Action::Persist(PersistOp::IncomingQos2(pid(7))))
+            .unwrap();
+        let rec_at = first
+            .iter()
+            .position(|a| *a == Action::Send(Packet::PubRec(Ack::new(pid(7)))))
+            .unwrap();
+        assert!(persist_at < rec_at);
+        let dup = state.handle_packet(incoming(7, QoS::ExactlyOnce, true), now);
+        assert!(delivered(&dup).is_empty());
+        assert_eq!(sends(&dup), vec![Packet::PubRec(Ack::new(pid(7)))]);
+        // Across a reconnect of the same session too.
+        state.connection_lost(ClientError::ConnectionClosed);
+        connected(&mut state, now, true);
+        let dup = state.handle_packet(incoming(7, QoS::ExactlyOnce, true), now);
+        assert!(delivered(&dup).is_empty());
+        let rel = state.handle_packet(Packet::PubRel(Ack::new(pid(7))), now);
+        assert_eq!(sends(&rel), vec![Packet::PubComp(Ack::new(pid(7)))]);
+        assert!(rel.contains(&Action::Persist(PersistOp::IncomingReleased(pid(7)))));
+        // After PUBREL the id is free: the same id is a new message.
+        let again = state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
+        assert_eq!(delivered(&again).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incoming_qos1_is_delivered_and_acked_and_qos0_just_delivered() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let actions = state.handle_packet(incoming(3, QoS::AtLeastOnce, false), now);
+        assert_eq!(delivered(&actions)[0].packet_id, Some(pid(3)));
+        assert_eq!(sends(&actions), vec![Packet::PubAck(Ack::new(pid(3)))]);
+        let actions = state.handle_packet(incoming(0, QoS::AtMostOnce, false), now);
+        assert_eq!(delivered(&actions).len(), 1);
+        assert!(sends(&actions).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_when_idle_and_declares_a_silent_broker_dead() {
+        let start = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), start);
+        connected(&mut state, start, false);
+        let ka = Duration::from_secs(10);
+        assert_eq!(state.next_deadline(), Some(start + ka));
+        assert!(state.handle_tick(start + ka / 2).is_empty());
+        let ping = state.handle_tick(start + ka);
+        assert_eq!(sends(&ping), vec![Packet::PingReq]);
+        // Answered: the next ping is due a keepalive after the last send.
+        state.handle_packet(Packet::PingResp, start + ka);
+        assert_eq!(state.next_deadline(), Some(start + ka * 2));
+        let ping = state.handle_tick(start + ka * 2);
+        assert_eq!(sends(&ping), vec![Packet::PingReq]);
+        // Not answered within keepalive: close.
+        assert!(state.handle_tick(start + ka * 2 + ka / 2).is_empty());
+        let dead = state.handle_tick(start + ka * 3);
+        assert_eq!(dead, vec![Action::Close(ClientError::KeepaliveTimeout)]);
+        let lost = state.connection_lost(ClientError::KeepaliveTimeout);
+        assert_eq!(
+            events(&lost),
+            vec![EventKind::ConnectionLost {
+                cause: ClientError::KeepaliveTimeout
+            }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_timeout_and_refused_connack() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        state.transport_connected(now);
+        assert_eq!(
+            state.handle_tick(now + Duration::from_secs(5)),
+            vec![Action::Close(ClientError::ConnectTimeout)]
+        );
+        state.connection_lost(ClientError::ConnectTimeout);
+        state.transport_connected(now);
+        let refused = state.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::NotAuthorized,
+                properties: Default::default(),
+            }),
+            now,
+        );
+        let cause = ClientError::Refused {
+            code: ReasonCode::NotAuthorized,
+            protocol: ProtocolVersion::V311,
+        };
+        assert_eq!(refused, vec![Action::Close(cause.clone())]);
+        assert!(cause.to_string().contains("not authorised"));
+        assert!(cause.to_string().contains("return code 5"));
+        assert_eq!(
+            events(&state.connection_lost(cause.clone())),
+            vec![EventKind::ConnectFailed { cause }]
+        );
+    }
+
+    fn subscribe_and_ack(state: &mut ClientState, now: Instant) {
+        let actions = state.handle_command(
+            Command::Subscribe {
+                token: 1,
+                filters: vec![(
+                    TopicFilter::new("a/#").unwrap(),
+                    SubscriptionOptions::qos(QoS::AtLeastOnce),
+                )],
+            },
+            now,
+        );
+        let [Packet::Subscribe(sub)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        let ack = state.handle_packet(
+            Packet::SubAck(crate::codec::SubAck {
+                packet_id: sub.packet_id,
+                properties: Default::default(),
+                reason_codes: vec![ReasonCode::GrantedQoS1],
+            }),
+            now,
+        );
+        assert_eq!(
+            completion(&ack, 1),
+            Some(Ok(Completion::Subscribed(vec![ReasonCode::GrantedQoS1])))
+        );
+    }
+
+    fn resubscribed(policy: ResubscribePolicy, session_present: bool) -> Vec<String> {
+        let now = Instant::now();
+        let mut o = options();
+        o.resubscribe = policy;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        subscribe_and_ack(&mut state, now);
+        state.connection_lost(ClientError::ConnectionClosed);
+        let actions = connected(&mut state, now, session_present);
+        sends(&actions)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Subscribe(s) => Some(s.filters[0].0.as_str().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resubscribe_policy() {
+        use ResubscribePolicy::*;
+        assert_eq!(resubscribed(WhenSessionNotPresent, false), vec!["a/#"]);
+        assert!(resubscribed(WhenSessionNotPresent, true).is_empty());
+        assert_eq!(resubscribed(Always, true), vec!["a/#"]);
+        assert!(resubscribed(Never, false).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resubscribe_suback_is_reported_as_a_resubscribe() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        subscribe_and_ack(&mut state, now);
+        state.connection_lost(ClientError::ConnectionClosed);
+        let actions = connected(&mut state, now, false);
+        let [Packet::Subscribe(sub)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        let ack = state.handle_packet(
+            Packet::SubAck(crate::codec::SubAck {
+                packet_id: sub.packet_id,
+                properties: Default::default(),
+                reason_codes: vec![ReasonCode::GrantedQoS1],
+            }),
+            now,
+        );
+        assert!(matches!(
+            &events(&ack)[..],
+            [EventKind::SubscribeComplete {
+                resubscribe: true,
+                ..
+            }]
+        ));
+        // Unsubscribing removes the filter from what is restored.
+        state.handle_command(
+            Command::Unsubscribe {
+                token: 2,
+                filters: vec![TopicFilter::new("a/#").unwrap()],
+            },
+            now,
+        );
+        assert_eq!(state.subscriptions().count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_made_offline_go_out_at_connect() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        let q0 = state.handle_command(publish_cmd(1, "t", QoS::AtMostOnce), now);
+        assert_eq!(completion(&q0, 1), Some(Err(ClientError::NotConnected)));
+        let q1 = state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        assert!(sends(&q1).is_empty());
+        state.handle_command(
+            Command::Subscribe {
+                token: 3,
+                filters: vec![(
+                    TopicFilter::new("x").unwrap(),
+                    SubscriptionOptions::default(),
+                )],
+            },
+            now,
+        );
+        let actions = connected(&mut state, now, false);
+        let packets = sends(&actions);
+        assert!(matches!(packets[0], Packet::Subscribe(_)));
+        // Never sent before: not a duplicate.
+        assert_eq!(publishes(&packets), vec![(1, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn qos0_completes_when_written() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let actions = state.handle_command(publish_cmd(1, "t", QoS::AtMostOnce), now);
+        assert_eq!(publishes(&sends(&actions)), vec![(0, false)]);
+        assert_eq!(
+            actions.last(),
+            Some(&Action::CompleteWhenWritten { token: 1 })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inflight_window_is_bounded() {
+        let now = Instant::now();
+        let mut o = options();
+        o.inflight_window = 2;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        let third = state.handle_command(publish_cmd(3, "t", QoS::AtLeastOnce), now);
+        assert_eq!(
+            completion(&third, 3),
+            Some(Err(ClientError::InflightWindowFull))
+        );
+        assert!(third.contains(&Action::WindowSlotFreed));
+        assert!(sends(&third).is_empty());
+        assert_eq!(state.inflight_len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receive_maximum_limits_what_is_on_the_wire() {
+        let now = Instant::now();
+        let mut o = options();
+        o.protocol = ProtocolVersion::V5;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        state.transport_connected(now);
+        state.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: crate::codec::ConnAckProperties {
+                    receive_maximum: NonZeroU16::new(1),
+                    ..Default::default()
+                },
+            }),
+            now,
+        );
+        let first = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        let second = state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&first)), vec![(1, false)]);
+        assert!(sends(&second).is_empty());
+        let ack = state.handle_packet(Packet::PubAck(Ack::new(pid(1))), now);
+        assert_eq!(publishes(&sends(&ack)), vec![(2, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn packet_ids_skip_ids_in_use_and_wrap() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.next_packet_id = u16::MAX;
+        let a = state.handle_command(publish_cmd(1, "t", QoS::AtLeastOnce), now);
+        let b = state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&a)), vec![(u16::MAX, false)]);
+        assert_eq!(publishes(&sends(&b)), vec![(1, false)]);
+        state.next_packet_id = u16::MAX;
+        let c = state.handle_command(publish_cmd(3, "t", QoS::AtLeastOnce), now);
+        assert_eq!(publishes(&sends(&c)), vec![(2, false)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unexpected_packets() {
+        let now = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        state.transport_connected(now);
+        let early = state.handle_packet(Packet::PingResp, now);
+        assert!(matches!(
+            early[..],
+            [Action::Close(ClientError::Protocol(_))]
+        ));
+        state.connection_lost(ClientError::ConnectionClosed);
+        connected(&mut state, now, false);
+        // Unknown PUBREC: release anyway. Unknown PUBACK: ignore.
+        let rec = state.handle_packet(Packet::PubRec(Ack::new(pid(40))), now);
+        assert_eq!(sends(&rec), vec![Packet::PubRel(Ack::new(pid(40)))]);
+        assert!(state
+            .handle_packet(Packet::PubAck(Ack::new(pid(41))), now)
+            .is_empty());
+        let bad = state.handle_packet(Packet::PingReq, now);
+        assert!(matches!(bad[..], [Action::Close(ClientError::Protocol(_))]));
+    }
+}
