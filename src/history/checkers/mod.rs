@@ -1,0 +1,277 @@
+//! Checkers over a finished trace, one file per property (tigerbeetle's `*_checker.zig`
+//! layout). Each reads the shared [`Model`] and returns violations plus notes on which of the
+//! behaviours the spec permits it saw.
+//!
+//! A checker never demands one of several permitted behaviours: where MQTT leaves a choice (one
+//! copy or one per overlapping subscription, a will on takeover in 3.1.1, order across QoS
+//! levels) it accepts each and records the one observed as a [`Note`].
+
+pub mod invented;
+pub mod ordering;
+pub mod qos0;
+pub mod qos1;
+pub mod qos2;
+pub mod resubscribe;
+pub mod retained;
+pub mod session;
+pub mod subscription;
+pub mod will;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::Model;
+use super::Trace;
+use crate::codec::ProtocolVersion;
+
+/// The checkers, by the name scenario files use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckerName {
+    Qos0,
+    Qos1,
+    Qos2,
+    Ordering,
+    Will,
+    Retained,
+    Session,
+    Resubscribe,
+    Subscription,
+    Invented,
+}
+
+impl CheckerName {
+    pub const ALL: [CheckerName; 10] = [
+        CheckerName::Qos0,
+        CheckerName::Qos1,
+        CheckerName::Qos2,
+        CheckerName::Ordering,
+        CheckerName::Will,
+        CheckerName::Retained,
+        CheckerName::Session,
+        CheckerName::Resubscribe,
+        CheckerName::Subscription,
+        CheckerName::Invented,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckerName::Qos0 => "qos0",
+            CheckerName::Qos1 => "qos1",
+            CheckerName::Qos2 => "qos2",
+            CheckerName::Ordering => "ordering",
+            CheckerName::Will => "will",
+            CheckerName::Retained => "retained",
+            CheckerName::Session => "session",
+            CheckerName::Resubscribe => "resubscribe",
+            CheckerName::Subscription => "subscription",
+            CheckerName::Invented => "invented",
+        }
+    }
+
+    pub fn run(self, model: &Model) -> Outcome {
+        let mut out = Outcome::new(self);
+        match self {
+            CheckerName::Qos0 => qos0::check(model, &mut out),
+            CheckerName::Qos1 => qos1::check(model, &mut out),
+            CheckerName::Qos2 => qos2::check(model, &mut out),
+            CheckerName::Ordering => ordering::check(model, &mut out),
+            CheckerName::Will => will::check(model, &mut out),
+            CheckerName::Retained => retained::check(model, &mut out),
+            CheckerName::Session => session::check(model, &mut out),
+            CheckerName::Resubscribe => resubscribe::check(model, &mut out),
+            CheckerName::Subscription => subscription::check(model, &mut out),
+            CheckerName::Invented => invented::check(model, &mut out),
+        }
+        out
+    }
+}
+
+impl fmt::Display for CheckerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The message a violation is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    pub publisher: String,
+    pub topic: String,
+    pub id: String,
+}
+
+/// One broken promise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub checker: CheckerName,
+    /// The normative statement, e.g. `MQTT-4.3.2-2`.
+    pub spec: String,
+    pub message: Option<MessageRef>,
+    /// The client (scenario name) the promise was owed to.
+    pub client: Option<String>,
+    /// What the spec owed.
+    pub owed: String,
+    /// What the trace shows instead.
+    pub happened: String,
+    /// Indices of the records that show it.
+    pub events: Vec<usize>,
+}
+
+impl Violation {
+    /// A report: the violation and the trace records around it.
+    pub fn render(&self, trace: &Trace) -> String {
+        let mut out = format!("[{}] {} ", self.spec, self.checker);
+        if let Some(m) = &self.message {
+            out.push_str(&format!(
+                "message {} from {} on {:?}",
+                m.id, m.publisher, m.topic
+            ));
+        }
+        if let Some(c) = &self.client {
+            out.push_str(&format!(" to {c}"));
+        }
+        out.push_str(&format!(
+            "\n  owed:     {}\n  happened: {}\n",
+            self.owed, self.happened
+        ));
+        out.push_str(&trace.excerpt(&self.events, 2));
+        out
+    }
+}
+
+/// A permitted behaviour the checker observed, or something it could not decide.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Note {
+    pub checker: CheckerName,
+    pub text: String,
+}
+
+/// What one checker found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub checker: CheckerName,
+    pub violations: Vec<Violation>,
+    /// Distinct notes with how often each was seen.
+    pub notes: std::collections::BTreeMap<String, usize>,
+}
+
+impl Outcome {
+    pub fn new(checker: CheckerName) -> Outcome {
+        Outcome {
+            checker,
+            violations: Vec::new(),
+            notes: Default::default(),
+        }
+    }
+
+    pub fn note(&mut self, text: impl Into<String>) {
+        *self.notes.entry(text.into()).or_insert(0) += 1;
+    }
+
+    pub fn violation(&mut self, v: ViolationBuilder) {
+        self.violations.push(Violation {
+            checker: self.checker,
+            spec: v.spec,
+            message: v.message,
+            client: v.client,
+            owed: v.owed,
+            happened: v.happened,
+            events: v.events,
+        });
+    }
+
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// The fields a checker fills; `Outcome::violation` adds the checker's name.
+#[derive(Debug, Clone, Default)]
+pub struct ViolationBuilder {
+    pub spec: String,
+    pub message: Option<MessageRef>,
+    pub client: Option<String>,
+    pub owed: String,
+    pub happened: String,
+    pub events: Vec<usize>,
+}
+
+impl ViolationBuilder {
+    pub fn new(spec: impl Into<String>) -> ViolationBuilder {
+        ViolationBuilder {
+            spec: spec.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn message(mut self, m: &super::model::Message) -> Self {
+        self.message = Some(MessageRef {
+            publisher: m.publisher.clone(),
+            topic: m.topic.clone(),
+            id: m.id.clone(),
+        });
+        self
+    }
+
+    pub fn message_ref(mut self, publisher: &str, topic: &str, id: &str) -> Self {
+        self.message = Some(MessageRef {
+            publisher: publisher.into(),
+            topic: topic.into(),
+            id: id.into(),
+        });
+        self
+    }
+
+    pub fn client(mut self, client: &str) -> Self {
+        self.client = Some(client.into());
+        self
+    }
+
+    pub fn owed(mut self, text: impl Into<String>) -> Self {
+        self.owed = text.into();
+        self
+    }
+
+    pub fn happened(mut self, text: impl Into<String>) -> Self {
+        self.happened = text.into();
+        self
+    }
+
+    pub fn events(mut self, events: impl IntoIterator<Item = usize>) -> Self {
+        self.events = events.into_iter().collect();
+        self.events.sort_unstable();
+        self.events.dedup();
+        self
+    }
+}
+
+/// Picks the statement id for the protocol version in use (the ids differ between 3.1.1 and
+/// 5.0 for the same rule).
+pub fn spec_id(version: ProtocolVersion, v311: &str, v5: &str) -> String {
+    match version {
+        ProtocolVersion::V311 => v311.to_string(),
+        ProtocolVersion::V5 => v5.to_string(),
+    }
+}
+
+/// The protocol version of an epoch (its latest connection's).
+pub fn epoch_version(model: &Model, epoch: usize) -> ProtocolVersion {
+    model.epochs[epoch]
+        .connections
+        .last()
+        .map(|&c| model.connections[c].protocol)
+        .unwrap_or(ProtocolVersion::V311)
+}
+
+/// Runs the named checkers over a trace.
+pub fn run(trace: &Trace, checkers: &[CheckerName]) -> Vec<Outcome> {
+    let model = Model::build(trace);
+    checkers.iter().map(|c| c.run(&model)).collect()
+}
+
+/// Runs every checker.
+pub fn run_all(trace: &Trace) -> Vec<Outcome> {
+    run(trace, &CheckerName::ALL)
+}
