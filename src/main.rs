@@ -32,6 +32,10 @@ enum Command {
     /// Subscribe and print messages, like mosquitto_sub; reconnects by itself.
     #[command(disable_help_flag = true)]
     Sub(cli::sub_cmd::Args),
+    /// Run scenarios in the simulator, every seed; exit 0 only when all pass.
+    Run(cli::run::Args),
+    /// Reproduce one simulated run byte for byte and write its trace.
+    Replay(cli::replay::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
         Command::Broker(args) => cli::broker::run(args),
         Command::Pub(args) => cli::pub_cmd::run(args),
         Command::Sub(args) => cli::sub_cmd::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Replay(args) => cli::replay::run(args),
     };
     match result {
         Ok(code) => code,
