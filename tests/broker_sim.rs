@@ -91,7 +91,9 @@ impl TestClient {
         }))
         .await?;
         match self.recv(Duration::from_secs(2)).await? {
-            Packet::SubAck(ack) if ack.reason_codes.len() == 1 && !ack.reason_codes[0].is_error() => {
+            Packet::SubAck(ack)
+                if ack.reason_codes.len() == 1 && !ack.reason_codes[0].is_error() =>
+            {
                 Ok(())
             }
             other => Err(io_error(format!("expected SUBACK, got {other:?}")).into()),
@@ -136,7 +138,9 @@ async fn receive_side(
         }
         Packet::PubRel(rel) => {
             pending_release.remove(&rel.packet_id.get());
-            client.send(Packet::PubComp(Ack::new(rel.packet_id))).await?;
+            client
+                .send(Packet::PubComp(Ack::new(rel.packet_id)))
+                .await?;
             Ok(None)
         }
         _ => Ok(None),
@@ -214,12 +218,16 @@ fn exchange(seed: u64) -> Vec<(u128, u8, String)> {
             let start = tokio::time::Instant::now();
             while seen.lock().unwrap().len() < 3 * PER_QOS {
                 let packet = client.recv(Duration::from_secs(5)).await?;
-                if let Some((qos, payload)) = receive_side(&mut client, packet, &mut pending).await? {
+                if let Some((qos, payload)) =
+                    receive_side(&mut client, packet, &mut pending).await?
+                {
                     let at = start.elapsed().as_millis();
                     seen.lock().unwrap().push((at, qos.as_u8(), payload));
                 }
             }
-            client.send(Packet::Disconnect(Disconnect::default())).await?;
+            client
+                .send(Packet::Disconnect(Disconnect::default()))
+                .await?;
             Ok(())
         });
     }
@@ -235,7 +243,9 @@ fn exchange(seed: u64) -> Vec<(u128, u8, String)> {
                 assert!(publish_flow(&mut client, &topic, payload, qos, id).await?);
             }
         }
-        client.send(Packet::Disconnect(Disconnect::default())).await?;
+        client
+            .send(Packet::Disconnect(Disconnect::default()))
+            .await?;
         Ok(())
     });
     sim.run().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
@@ -362,7 +372,11 @@ fn crash_run(seed: u64) -> Ledger {
             let mut id = 0u16;
             for i in 0..MESSAGES {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+                let qos = if i % 2 == 0 {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::ExactlyOnce
+                };
                 let payload = format!("m{i}");
                 if connection.is_none() {
                     connection = TestClient::connect("pub", true).await.ok().map(|(c, _)| c);
@@ -375,7 +389,11 @@ fn crash_run(seed: u64) -> Ledger {
                 // Sent once and never retried (a retry from a clean session would be a new
                 // message); it is owed only if the broker acknowledged it.
                 let qos_pid = QosPid::new(qos, Some(pid(id))).unwrap();
-                if client.send(publish_packet("t", payload.clone(), qos_pid)).await.is_err() {
+                if client
+                    .send(publish_packet("t", payload.clone(), qos_pid))
+                    .await
+                    .is_err()
+                {
                     connection = None;
                     continue;
                 }
@@ -428,7 +446,10 @@ fn acknowledged_messages_survive_a_broker_crash() {
         }
         for (payload, qos) in &ledger.acked {
             let n = counts.get(payload.as_str()).copied().unwrap_or(0);
-            assert!(n >= 1, "seed {seed}: acknowledged {payload} ({qos:?}) never delivered");
+            assert!(
+                n >= 1,
+                "seed {seed}: acknowledged {payload} ({qos:?}) never delivered"
+            );
             if *qos == QoS::ExactlyOnce {
                 assert_eq!(n, 1, "seed {seed}: QoS 2 {payload} delivered {n} times");
             }
@@ -439,7 +460,10 @@ fn acknowledged_messages_survive_a_broker_crash() {
             "seed {seed}: session not present on resume: {:?}",
             ledger.resumes
         );
-        assert!(ledger.acked.len() < 60, "seed {seed}: the crash cost no message at all");
+        assert!(
+            ledger.acked.len() < 60,
+            "seed {seed}: the crash cost no message at all"
+        );
         acked_total += ledger.acked.len();
         resumed += ledger.resumes.len();
     }

@@ -617,3 +617,70 @@ async fn a_full_inflight_window_makes_publish_wait() {
     }
     client.disconnect().await;
 }
+
+#[tokio::test]
+async fn mqtt5_round_trip_and_persistent_session() {
+    let broker = Mosquitto::start(false);
+    let connect5 = |id: &str, clean: bool| {
+        let mut o = options(&broker.addr(), id, clean);
+        o.protocol = ProtocolVersion::V5;
+        Client::connect(
+            o,
+            Arc::new(TcpConnector),
+            Box::new(MemoryPersistence::new()),
+        )
+    };
+    let (sub, mut events, present) = connect5("v5-sub", false).await.unwrap();
+    assert!(!present);
+    assert_eq!(
+        sub.subscribe(&[("v5/#", QoS::ExactlyOnce)]).await,
+        Ok(vec![ReasonCode::GrantedQoS2])
+    );
+    let (publisher, _pe, _) = connect5("v5-pub", true).await.unwrap();
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let token = publisher
+            .publish("v5/t", format!("v5 q{}", qos.as_u8()), qos, false)
+            .await
+            .unwrap();
+        assert_eq!(token.wait().await, Ok(Completion::Published));
+    }
+    let mut seen = Vec::new();
+    wait_for(
+        &mut events,
+        &mut seen,
+        5,
+        "v5 QoS 2 message",
+        |k| matches!(k, EventKind::MessageArrived(m) if m.payload == "v5 q2"),
+    )
+    .await;
+    assert_eq!(payloads(&seen).len(), 3);
+
+    // The session outlives the connection (session expiry "never" by default with -c), and
+    // messages published meanwhile are waiting.
+    sub.disconnect().await;
+    publisher
+        .publish("v5/t", "while away", QoS::AtLeastOnce, false)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let (sub, mut events, present) = connect5("v5-sub", false).await.unwrap();
+    assert!(present, "mosquitto kept the 5.0 session");
+    let mut seen = Vec::new();
+    wait_for(
+        &mut events,
+        &mut seen,
+        5,
+        "queued message",
+        |k| matches!(k, EventKind::MessageArrived(m) if m.payload == "while away"),
+    )
+    .await;
+    // 5.0 UNSUBACK carries one reason code per filter.
+    assert_eq!(
+        sub.unsubscribe(&["v5/#"]).await,
+        Ok(vec![ReasonCode::Success])
+    );
+    sub.disconnect().await;
+    publisher.disconnect().await;
+}

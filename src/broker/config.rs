@@ -139,13 +139,7 @@ impl BrokerConfig {
 
     /// Checks the relations between limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, value: String, why| {
-            Err(ConfigError::Invalid {
-                field,
-                value,
-                why,
-            })
-        };
+        let invalid = |field, value: String, why| Err(ConfigError::Invalid { field, value, why });
         if self.max_packet_size < 2 {
             return invalid(
                 "max_packet_size",

@@ -39,8 +39,8 @@ use super::router::{Route, Router};
 use super::stats::{ByteCounters, Stats};
 use crate::codec::{
     self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttStr, Packet,
-    PacketId, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode,
-    RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicName, UnsubAck, Unsubscribe, Will,
+    PacketId, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscriptionOptions, TopicName, UnsubAck, Unsubscribe, Will,
 };
 use crate::store::{
     DurableState, MessageProperties, OutgoingState, Store, StoreOp, StoredMessage,
@@ -51,6 +51,8 @@ use crate::store::{
 pub type ConnId = u64;
 
 /// What the core asks the I/O layer to do, in order.
+// Nearly every action is a `Send`; boxing the packet would cost an allocation per packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write `packet` on `conn`.
@@ -276,7 +278,10 @@ impl Core {
             .collect();
         let mut ignored = Vec::new();
         for (client_id, will) in wills {
-            tracing::info!(client_id = &*client_id, "publishing the will of a connection lost in a restart");
+            tracing::info!(
+                client_id = &*client_id,
+                "publishing the will of a connection lost in a restart"
+            );
             core.emit(StoreOp::WillCleared {
                 client_id: client_id.to_string(),
             });
@@ -312,7 +317,12 @@ impl Core {
         stats.uptime_secs = now.saturating_duration_since(self.started_at).as_secs();
         stats.clients_connected = self.online_count as u64;
         stats.sessions = self.sessions.len() as u64;
-        stats.messages_queued = self.state.sessions.values().map(|s| s.queued.len() as u64).sum();
+        stats.messages_queued = self
+            .state
+            .sessions
+            .values()
+            .map(|s| s.queued.len() as u64)
+            .sum();
         stats.messages_inflight = self
             .state
             .sessions
@@ -321,7 +331,10 @@ impl Core {
             .sum();
         stats.retained = self.state.retained.len() as u64;
         stats.subscriptions = self.router.len() as u64;
-        stats.bytes_received = self.bytes.received.load(std::sync::atomic::Ordering::Relaxed);
+        stats.bytes_received = self
+            .bytes
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed);
         stats.bytes_sent = self.bytes.sent.load(std::sync::atomic::Ordering::Relaxed);
         stats
     }
@@ -555,7 +568,12 @@ impl Core {
             // Not a failure of the client: its will must not fire at the next start either.
             let client = self.online(conn).map(|o| o.client_id.clone());
             if let Some(client_id) = client {
-                if self.state.sessions.get(&*client_id).is_some_and(|s| s.will.is_some()) {
+                if self
+                    .state
+                    .sessions
+                    .get(&*client_id)
+                    .is_some_and(|s| s.will.is_some())
+                {
                     self.emit(StoreOp::WillCleared {
                         client_id: client_id.to_string(),
                     });
@@ -574,12 +592,24 @@ impl Core {
         let v5 = protocol == ProtocolVersion::V5;
         if v5 && connect.properties.authentication_method.is_some() {
             // Enhanced authentication (AUTH exchanges) is not offered.
-            return self.refuse(conn, protocol, ReasonCode::BadAuthenticationMethod, now, out);
+            return self.refuse(
+                conn,
+                protocol,
+                ReasonCode::BadAuthenticationMethod,
+                now,
+                out,
+            );
         }
         let assigned = connect.client_id.is_empty();
         if assigned && !v5 && !connect.clean_start {
             tracing::info!(conn, "[MQTT-3.1.3-8] empty client id with clean session 0");
-            return self.refuse(conn, protocol, ReasonCode::ClientIdentifierNotValid, now, out);
+            return self.refuse(
+                conn,
+                protocol,
+                ReasonCode::ClientIdentifierNotValid,
+                now,
+                out,
+            );
         }
         let username = connect.username.as_ref().map(|u| u.to_string());
         if username.is_none() && !self.config.allow_anonymous {
@@ -606,11 +636,10 @@ impl Core {
         let mut will = connect.will;
         if let Some(w) = &will {
             if w.topic.starts_with('$')
-                || !self.config.authenticator.can_publish(
-                    username.as_deref(),
-                    &client_id,
-                    &w.topic,
-                )
+                || !self
+                    .config
+                    .authenticator
+                    .can_publish(username.as_deref(), &client_id, &w.topic)
             {
                 tracing::info!(conn, topic = %w.topic, "will topic not authorised");
                 return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
@@ -624,7 +653,9 @@ impl Core {
         }
         if let Some(w) = &mut will {
             // 3.1.1 has no way to refuse these; the will is published within the limits.
-            w.qos = w.qos.min(QoS::from_u8(self.config.max_qos).unwrap_or(QoS::ExactlyOnce));
+            w.qos = w
+                .qos
+                .min(QoS::from_u8(self.config.max_qos).unwrap_or(QoS::ExactlyOnce));
             w.retain &= self.config.retain_available;
         }
         let existing_conn = self.sessions.get(&client_id).and_then(|s| s.conn);
@@ -634,7 +665,12 @@ impl Core {
         }
         if let Some(old) = existing_conn {
             // [MQTT-3.1.4-2] the older connection goes; see the module doc for its will.
-            tracing::info!(client_id = &*client_id, old, new = conn, "session taken over");
+            tracing::info!(
+                client_id = &*client_id,
+                old,
+                new = conn,
+                "session taken over"
+            );
             self.stats.takeovers += 1;
             self.send_disconnect_v5(old, ReasonCode::SessionTakenOver, out);
             self.end_connection(old, true, now, out);
@@ -954,7 +990,11 @@ impl Core {
             return;
         }
         self.stats.keepalive_timeouts += 1;
-        tracing::info!(conn, client_id = &*online.client_id, "keepalive expired; closing");
+        tracing::info!(
+            conn,
+            client_id = &*online.client_id,
+            "keepalive expired; closing"
+        );
         self.send_disconnect_v5(conn, ReasonCode::KeepAliveTimeout, out);
         self.end_connection(conn, true, now, out);
     }
@@ -1066,7 +1106,14 @@ impl Core {
                 }
                 out.push(Action::Send {
                     conn,
-                    packet: Packet::PubAck(ack(id, if v5 { refused_code } else { ReasonCode::Success })),
+                    packet: Packet::PubAck(ack(
+                        id,
+                        if v5 {
+                            refused_code
+                        } else {
+                            ReasonCode::Success
+                        },
+                    )),
                 });
             }
             QosPid::ExactlyOnce(id) => {
@@ -1089,7 +1136,14 @@ impl Core {
                 // In 5.0 a PUBREC with an error code ends the exchange, so nothing is recorded.
                 out.push(Action::Send {
                     conn,
-                    packet: Packet::PubRec(ack(id, if v5 { refused_code } else { ReasonCode::Success })),
+                    packet: Packet::PubRec(ack(
+                        id,
+                        if v5 {
+                            refused_code
+                        } else {
+                            ReasonCode::Success
+                        },
+                    )),
                 });
             }
         }
@@ -1284,7 +1338,12 @@ impl Core {
             if send_retained {
                 // [MQTT-3.3.1-6] [MQTT-3.3.1-8] the latest retained message of each matching
                 // topic, with RETAIN set, at the lower of its QoS and the granted one.
-                for m in self.state.retained.values().chain(self.sys_retained.values()) {
+                for m in self
+                    .state
+                    .retained
+                    .values()
+                    .chain(self.sys_retained.values())
+                {
                     if codec::matches(&filter, &m.topic) {
                         let mut m = m.clone();
                         m.qos = m.qos.min(granted);
@@ -1465,7 +1524,15 @@ impl Core {
         };
         if let Some(conn) = conn {
             if message.qos == QoS::AtMostOnce {
-                self.send_publish(conn, client_id, &message, QosPid::AtMostOnce, false, now, out);
+                self.send_publish(
+                    conn,
+                    client_id,
+                    &message,
+                    QosPid::AtMostOnce,
+                    false,
+                    now,
+                    out,
+                );
                 return;
             }
             let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
@@ -1530,8 +1597,7 @@ impl Core {
                 return;
             }
             let message = front.clone();
-            if message.qos == QoS::AtMostOnce || !self.deliverable(conn, client_id, &message, now)
-            {
+            if message.qos == QoS::AtMostOnce || !self.deliverable(conn, client_id, &message, now) {
                 // A QoS 0 message leaves the queue as it is sent (it has no in-flight state).
                 self.emit(StoreOp::QueueFrontDropped {
                     client_id: client_id.to_string(),
@@ -1576,15 +1642,10 @@ impl Core {
             .is_some_and(|at| at <= self.now_ms(now));
         let too_large = match self.online(conn).and_then(|o| o.max_packet_size) {
             Some(max) => {
-                let packet = self.publish_packet(
-                    conn,
-                    client_id,
-                    message,
-                    QosPid::AtMostOnce,
-                    false,
-                    now,
-                );
-                codec::encoded_len(&packet, ProtocolVersion::V5).map_or(true, |n| n + 2 > max as usize)
+                let packet =
+                    self.publish_packet(conn, client_id, message, QosPid::AtMostOnce, false, now);
+                codec::encoded_len(&packet, ProtocolVersion::V5)
+                    .map_or(true, |n| n + 2 > max as usize)
             }
             None => false,
         };
@@ -1701,8 +1762,9 @@ impl Core {
                 expiry_interval_secs,
                 ..
             } => *expiry_interval_secs != Some(0),
-            other => op_client(other)
-                .is_none_or(|c| self.sessions.get(c).is_some_and(|s| s.persistent)),
+            other => {
+                op_client(other).is_none_or(|c| self.sessions.get(c).is_some_and(|s| s.persistent))
+            }
         };
         self.state.apply(&op);
         if durable {

@@ -146,7 +146,9 @@ mod tests {
 
     fn matched(router: &Router, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
-        router.for_each_match(topic, |c, r| out.push(format!("{c}:{}", r.options.qos.as_u8())));
+        router.for_each_match(topic, |c, r| {
+            out.push(format!("{c}:{}", r.options.qos.as_u8()))
+        });
         out.sort();
         out
     }
@@ -166,7 +168,10 @@ mod tests {
         assert_eq!(matched(&r, "other"), ["b:0"]);
         assert!(r.remove("sport/+/player1", "b"));
         assert!(!r.remove("sport/+/player1", "b"));
-        assert!(!r.remove("sport/tennis/player1", "a"), "no wildcard interpretation");
+        assert!(
+            !r.remove("sport/tennis/player1", "a"),
+            "no wildcard interpretation"
+        );
         assert_eq!(matched(&r, "sport/tennis/player1"), ["a:1", "b:0"]);
         assert_eq!(r.len(), 3);
     }
@@ -204,7 +209,10 @@ mod tests {
                 .filter(|&i| !filters[i].is_empty() && matches(filters[i], t))
                 .collect();
             // The empty filter is never valid; the trie files it as one empty level.
-            let got: Vec<usize> = got.into_iter().filter(|&i| !filters[i].is_empty()).collect();
+            let got: Vec<usize> = got
+                .into_iter()
+                .filter(|&i| !filters[i].is_empty())
+                .collect();
             assert_eq!(got, want, "topic {t:?}");
         }
     }

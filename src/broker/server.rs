@@ -46,12 +46,15 @@ const PENDING_CONNECTIONS: usize = 1024;
 /// How long `run` waits at shutdown for writers to flush their last packets.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
+// Nearly every event and outbound item is a packet; boxing it would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Accepted(BoxStream, String),
     Packet(ConnId, Packet),
     Ended(ConnId, EndCause),
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Outbound {
     Packet(Packet),
     Protocol(ProtocolVersion),

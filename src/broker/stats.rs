@@ -67,13 +67,24 @@ impl Stats {
     /// The `$SYS` topics and their payloads.
     pub fn sys_topics(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("$SYS/broker/version", format!("simqtt {}", env!("CARGO_PKG_VERSION"))),
-            ("$SYS/broker/uptime", format!("{} seconds", self.uptime_secs)),
-            ("$SYS/broker/clients/connected", self.clients_connected.to_string()),
+            (
+                "$SYS/broker/version",
+                format!("simqtt {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", self.uptime_secs),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                self.clients_connected.to_string(),
+            ),
             ("$SYS/broker/clients/total", self.sessions.to_string()),
             (
                 "$SYS/broker/clients/disconnected",
-                self.sessions.saturating_sub(self.clients_connected).to_string(),
+                self.sessions
+                    .saturating_sub(self.clients_connected)
+                    .to_string(),
             ),
             (
                 "$SYS/broker/connections/accepted",
@@ -95,9 +106,15 @@ impl Stats {
                 "$SYS/broker/connections/keepalive_timeouts",
                 self.keepalive_timeouts.to_string(),
             ),
-            ("$SYS/broker/messages/received", self.messages_received.to_string()),
+            (
+                "$SYS/broker/messages/received",
+                self.messages_received.to_string(),
+            ),
             ("$SYS/broker/messages/sent", self.messages_sent.to_string()),
-            ("$SYS/broker/messages/dropped", self.messages_dropped.to_string()),
+            (
+                "$SYS/broker/messages/dropped",
+                self.messages_dropped.to_string(),
+            ),
             (
                 "$SYS/broker/messages/dropped/queue_full",
                 self.dropped_queue_full.to_string(),
@@ -114,12 +131,30 @@ impl Stats {
                 "$SYS/broker/messages/dropped/undeliverable",
                 self.dropped_undeliverable.to_string(),
             ),
-            ("$SYS/broker/messages/queued", self.messages_queued.to_string()),
-            ("$SYS/broker/messages/inflight", self.messages_inflight.to_string()),
-            ("$SYS/broker/wills/published", self.wills_published.to_string()),
-            ("$SYS/broker/retained messages/count", self.retained.to_string()),
-            ("$SYS/broker/subscriptions/count", self.subscriptions.to_string()),
-            ("$SYS/broker/bytes/received", self.bytes_received.to_string()),
+            (
+                "$SYS/broker/messages/queued",
+                self.messages_queued.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/inflight",
+                self.messages_inflight.to_string(),
+            ),
+            (
+                "$SYS/broker/wills/published",
+                self.wills_published.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                self.retained.to_string(),
+            ),
+            (
+                "$SYS/broker/subscriptions/count",
+                self.subscriptions.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                self.bytes_received.to_string(),
+            ),
             ("$SYS/broker/bytes/sent", self.bytes_sent.to_string()),
             ("$SYS/broker/store/errors", self.store_errors.to_string()),
         ]

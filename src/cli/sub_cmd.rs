@@ -133,12 +133,17 @@ async fn subscribe(args: Args) -> Result<(), Failure> {
                 }
                 let mut out = stdout.lock();
                 let mut line = Vec::with_capacity(message.topic.len() + message.payload.len() + 2);
+                // As mosquitto_sub: "topic (null)" for an empty payload with -v, and nothing
+                // at all (not even the newline) without -v.
                 if args.verbose {
                     line.extend_from_slice(message.topic.as_str().as_bytes());
                     line.push(b' ');
+                    if message.payload.is_empty() {
+                        line.extend_from_slice(b"(null)");
+                    }
                 }
                 line.extend_from_slice(&message.payload);
-                if !args.no_newline {
+                if !args.no_newline && !line.is_empty() {
                     line.push(b'\n');
                 }
                 // A closed stdout (e.g. `| head`) ends the subscriber quietly.

@@ -116,7 +116,7 @@ impl Client {
         ClientError,
     > {
         MqttStr::new(&options.client_id)
-            .map_err(|e| ClientError::Protocol(format!("client id: {e}")))?;
+            .map_err(|e| ClientError::InvalidArgument(format!("client id: {e}")))?;
         let restored = persistence
             .open()
             .map_err(|e| ClientError::Persistence(e.to_string()))?;
@@ -152,6 +152,7 @@ impl Client {
                 window_debt: restored_len.saturating_sub(window),
                 attempt: 0,
                 connected_this_attempt: false,
+                failed_attempts: 0,
                 first_outcome: Some(first_tx),
                 stop_on_first_failure,
             };
@@ -205,7 +206,7 @@ impl Client {
         let topic = TopicName::new(topic)
             .ok()
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ClientError::Protocol(format!("invalid topic name {topic:?}")))?;
+            .ok_or_else(|| ClientError::InvalidArgument(format!("invalid topic name {topic:?}")))?;
         if qos != QoS::AtMostOnce {
             let permit = self
                 .window
@@ -232,7 +233,7 @@ impl Client {
         filters: Vec<(TopicFilter, SubscriptionOptions)>,
     ) -> Result<OpToken, ClientError> {
         if filters.is_empty() {
-            return Err(ClientError::Protocol(
+            return Err(ClientError::InvalidArgument(
                 "[MQTT-3.8.3-3] SUBSCRIBE needs at least one filter".into(),
             ));
         }
@@ -250,7 +251,7 @@ impl Client {
             .map(|(f, qos)| {
                 TopicFilter::new(f)
                     .map(|f| (f, SubscriptionOptions::qos(*qos)))
-                    .map_err(|e| ClientError::Protocol(format!("topic filter {f:?}: {e}")))
+                    .map_err(|e| ClientError::InvalidArgument(format!("topic filter {f:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         match self.start_subscribe(filters).await?.wait().await? {
@@ -265,11 +266,11 @@ impl Client {
             .iter()
             .map(|f| {
                 TopicFilter::new(f)
-                    .map_err(|e| ClientError::Protocol(format!("topic filter {f:?}: {e}")))
+                    .map_err(|e| ClientError::InvalidArgument(format!("topic filter {f:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if filters.is_empty() {
-            return Err(ClientError::Protocol(
+            return Err(ClientError::InvalidArgument(
                 "[MQTT-3.10.3-2] UNSUBSCRIBE needs at least one filter".into(),
             ));
         }
@@ -322,6 +323,8 @@ struct Driver {
     write_timeout: std::time::Duration,
     attempt: u32,
     connected_this_attempt: bool,
+    /// Consecutive attempts that did not reach CONNACK (bounded by `max_attempts`).
+    failed_attempts: u32,
     first_outcome: Option<oneshot::Sender<Result<bool, ClientError>>>,
     stop_on_first_failure: bool,
 }
@@ -377,9 +380,12 @@ impl Driver {
             };
             if self.connected_this_attempt {
                 backoff.reset();
+                self.failed_attempts = 0;
+            } else {
+                self.failed_attempts = self.failed_attempts.saturating_add(1);
             }
             if let Some(max) = self.options.reconnect.as_ref().and_then(|r| r.max_attempts) {
-                if backoff.failures() >= max {
+                if self.failed_attempts >= max {
                     return (Some(ClientError::GaveUp(max)), None);
                 }
             }

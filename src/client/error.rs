@@ -34,6 +34,8 @@ pub enum ClientError {
     Rejected(ReasonCode),
     #[error("persistence: {0}")]
     Persistence(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("client stopped")]
     Stopped,
     #[error("gave up reconnecting after {0} attempts")]

@@ -108,15 +108,8 @@ impl DisconnectCause {
     }
 }
 
-/// Direction of a packet through the per-connection fault layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Client to broker.
-    Outbound,
-    /// Broker to client.
-    Inbound,
-}
+/// Direction of a packet through the per-connection fault layer (defined with the layer).
+pub use crate::transport::fault::Direction;
 
 /// A fault the nemesis injected (or healed). Host names are turmoil host names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

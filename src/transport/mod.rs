@@ -2,6 +2,7 @@
 //! real tokio TCP stream or a turmoil simulated one; `Framed*` read and write whole packets.
 //! Broker and client code never name `tokio::net` or `turmoil`.
 
+pub mod fault;
 pub mod framed;
 pub mod sim;
 pub mod tcp;

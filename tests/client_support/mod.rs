@@ -31,6 +31,12 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts mosquitto; panics (fails the test) when it is not installed.
     pub fn start(persistence: bool) -> Mosquitto {
+        Self::start_with(persistence, true)
+    }
+
+    /// `allow_anonymous: false` without a password file makes mosquitto refuse every
+    /// CONNECT with "not authorised".
+    pub fn start_with(persistence: bool, allow_anonymous: bool) -> Mosquitto {
         assert!(
             std::path::Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} is missing: install the mosquitto package (.ci/run does)"
@@ -44,7 +50,7 @@ impl Mosquitto {
         }
         let port = free_port();
         let mut config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 20\nlog_dest stderr\n"
+            "listener {port} 127.0.0.1\nallow_anonymous {allow_anonymous}\nmax_inflight_messages 20\nlog_dest stderr\n"
         );
         if persistence {
             config.push_str(&format!(

@@ -141,7 +141,10 @@ impl Harness {
 
     /// Connects a 3.1.1 client and returns its session-present flag.
     fn connect(&mut self, conn: ConnId, client_id: &str, clean: bool) -> bool {
-        let out = self.connect_with(conn, connect_packet(client_id, clean, ProtocolVersion::V311));
+        let out = self.connect_with(
+            conn,
+            connect_packet(client_id, clean, ProtocolVersion::V311),
+        );
         let ack = connack(&out, conn).expect("CONNACK");
         assert_eq!(ack.reason_code, ReasonCode::Success);
         ack.session_present
@@ -149,7 +152,8 @@ impl Harness {
 
     fn end(&mut self, conn: ConnId) -> Vec<Action> {
         let mut out = Vec::new();
-        self.core.ended(conn, EndCause::PeerClosed, self.now, &mut out);
+        self.core
+            .ended(conn, EndCause::PeerClosed, self.now, &mut out);
         out
     }
 
@@ -192,7 +196,10 @@ fn first_packet_must_be_connect_and_only_once() {
     h.connect(3, "watcher", true);
     h.send(3, subscribe(1, &[("wills/#", QoS::AtLeastOnce)]));
     // [MQTT-3.1.0-2] a second CONNECT is a violation: closed, and the will goes out.
-    let out = h.send(2, Packet::Connect(Box::new(connect_packet("w", true, ProtocolVersion::V311))));
+    let out = h.send(
+        2,
+        Packet::Connect(Box::new(connect_packet("w", true, ProtocolVersion::V311))),
+    );
     assert!(closed(&out, 2));
     assert_eq!(publishes(&out, 3)[0].1, "gone");
     assert_eq!(h.core.stats(h.now).protocol_errors, 2);
@@ -212,14 +219,20 @@ fn connack_return_codes() {
     assert!(closed(&out, 1));
     // Anonymous refused: 0x05.
     let out = h.connect_with(2, connect_packet("x", true, ProtocolVersion::V311));
-    assert_eq!(connack(&out, 2).unwrap().reason_code.to_v311_connack(), Some(5));
+    assert_eq!(
+        connack(&out, 2).unwrap().reason_code.to_v311_connack(),
+        Some(5)
+    );
     assert!(closed(&out, 2));
     // Unsupported protocol level reported by the decoder: 0x01 in the 3.1.1 form.
     h.open(3);
     let mut out = Vec::new();
     let error = DecodeError::UnsupportedProtocolVersion { level: 3 };
     h.core.ended(3, EndCause::Decode(error), h.now, &mut out);
-    assert_eq!(connack(&out, 3).unwrap().reason_code.to_v311_connack(), Some(1));
+    assert_eq!(
+        connack(&out, 3).unwrap().reason_code.to_v311_connack(),
+        Some(1)
+    );
     assert!(closed(&out, 3));
 
     // Server unavailable when full.
@@ -229,7 +242,10 @@ fn connack_return_codes() {
     });
     h.connect(1, "a", true);
     let out = h.connect_with(2, connect_packet("b", true, ProtocolVersion::V311));
-    assert_eq!(connack(&out, 2).unwrap().reason_code.to_v311_connack(), Some(3));
+    assert_eq!(
+        connack(&out, 2).unwrap().reason_code.to_v311_connack(),
+        Some(3)
+    );
     // A takeover does not count as a new connection.
     assert!(!h.connect(3, "a", true));
     assert_eq!(h.core.stats(h.now).connections_refused, 1);
@@ -267,10 +283,20 @@ fn takeover_closes_the_old_connection_and_publishes_its_will() {
     h.connect_with(1, c);
     h.send(1, subscribe(2, &[("t", QoS::AtLeastOnce)]));
     h.open(2);
-    let out = h.send(2, Packet::Connect(Box::new(connect_packet("dev", false, ProtocolVersion::V311))));
+    let out = h.send(
+        2,
+        Packet::Connect(Box::new(connect_packet(
+            "dev",
+            false,
+            ProtocolVersion::V311,
+        ))),
+    );
     assert!(closed(&out, 1));
-    assert_eq!(connack(&out, 2).unwrap().session_present, true);
-    assert_eq!(publishes(&out, 9), [("w".into(), "old died".into(), 0, false, false, 0)]);
+    assert!(connack(&out, 2).unwrap().session_present);
+    assert_eq!(
+        publishes(&out, 9),
+        [("w".into(), "old died".into(), 0, false, false, 0)]
+    );
     // The subscription moved with the session.
     let out = h.send(9, publish("t", "x", QosPid::AtMostOnce, false));
     assert_eq!(publishes(&out, 2).len(), 1);
@@ -322,14 +348,20 @@ fn qos1_and_qos2_flows_through_the_broker() {
     // QoS 1 in: PUBACK to the publisher, QoS 1 out with a fresh id.
     let out = h.send(1, publish("a/b", "one", QosPid::AtLeastOnce(pid(7)), false));
     assert_eq!(sent(&out, 1), [Packet::PubAck(Ack::new(pid(7)))]);
-    assert_eq!(publishes(&out, 2), [("a/b".into(), "one".into(), 1, false, false, 1)]);
+    assert_eq!(
+        publishes(&out, 2),
+        [("a/b".into(), "one".into(), 1, false, false, 1)]
+    );
     h.send(2, Packet::PubAck(Ack::new(pid(1))));
     assert!(h.core.state().sessions["sub"].outgoing.is_empty());
 
     // QoS 2 in, retransmitted with DUP before PUBREL: delivered once [MQTT-4.3.3-2].
     let out = h.send(1, publish("a/b", "two", QosPid::ExactlyOnce(pid(8)), false));
     assert_eq!(sent(&out, 1), [Packet::PubRec(Ack::new(pid(8)))]);
-    assert_eq!(publishes(&out, 2), [("a/b".into(), "two".into(), 2, false, false, 2)]);
+    assert_eq!(
+        publishes(&out, 2),
+        [("a/b".into(), "two".into(), 2, false, false, 2)]
+    );
     let out = h.send(1, publish("a/b", "two", QosPid::ExactlyOnce(pid(8)), false));
     assert_eq!(sent(&out, 1), [Packet::PubRec(Ack::new(pid(8)))]);
     assert!(publishes(&out, 2).is_empty());
@@ -337,14 +369,21 @@ fn qos1_and_qos2_flows_through_the_broker() {
     assert_eq!(sent(&out, 1), [Packet::PubComp(Ack::new(pid(8)))]);
     assert!(h.core.state().sessions["pub"].incoming_qos2.is_empty());
     // After PUBCOMP the same id is a new message [MQTT-4.3.3-2].
-    let out = h.send(1, publish("a/b", "three", QosPid::ExactlyOnce(pid(8)), false));
+    let out = h.send(
+        1,
+        publish("a/b", "three", QosPid::ExactlyOnce(pid(8)), false),
+    );
     assert_eq!(publishes(&out, 2).len(), 1);
 
     // QoS 2 out: PUBREC -> PUBREL, PUBCOMP completes.
     let out = h.send(2, Packet::PubRec(Ack::new(pid(2))));
     assert_eq!(sent(&out, 2), [Packet::PubRel(Ack::new(pid(2)))]);
     h.send(2, Packet::PubComp(Ack::new(pid(2))));
-    let outgoing: Vec<u16> = h.core.state().sessions["sub"].outgoing.iter().map(|(i, _)| *i).collect();
+    let outgoing: Vec<u16> = h.core.state().sessions["sub"]
+        .outgoing
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
     assert_eq!(outgoing, [3]);
 }
 
@@ -359,7 +398,10 @@ fn inflight_window_bounds_outgoing_and_keeps_order() {
     h.send(2, subscribe(1, &[("t", QoS::AtLeastOnce)]));
     let mut got = Vec::new();
     for i in 0..5 {
-        let out = h.send(1, publish("t", &i.to_string(), QosPid::AtLeastOnce(pid(i + 1)), false));
+        let out = h.send(
+            1,
+            publish("t", &i.to_string(), QosPid::AtLeastOnce(pid(i + 1)), false),
+        );
         got.extend(publishes(&out, 2));
     }
     assert_eq!(got.len(), 2);
@@ -390,7 +432,15 @@ fn offline_queue_resume_and_overflow_drops_oldest() {
     h.send(1, publish("t", "m0", QosPid::AtLeastOnce(pid(1)), false));
     h.end(2);
     for i in 1..=5 {
-        h.send(1, publish("t", &format!("m{i}"), QosPid::ExactlyOnce(pid(10 + i)), false));
+        h.send(
+            1,
+            publish(
+                "t",
+                &format!("m{i}"),
+                QosPid::ExactlyOnce(pid(10 + i)),
+                false,
+            ),
+        );
         h.send(1, Packet::PubRel(Ack::new(pid(10 + i))));
     }
     // QoS 0 is not queued for an offline client by default.
@@ -405,7 +455,14 @@ fn offline_queue_resume_and_overflow_drops_oldest() {
     );
     // [MQTT-4.4.0-1] resume: the unacknowledged one again with DUP, then the queue.
     h.open(3);
-    let out = h.send(3, Packet::Connect(Box::new(connect_packet("sub", false, ProtocolVersion::V311))));
+    let out = h.send(
+        3,
+        Packet::Connect(Box::new(connect_packet(
+            "sub",
+            false,
+            ProtocolVersion::V311,
+        ))),
+    );
     assert!(connack(&out, 3).unwrap().session_present);
     assert_eq!(
         publishes(&out, 3),
@@ -420,7 +477,14 @@ fn offline_queue_resume_and_overflow_drops_oldest() {
     h.send(3, Packet::PubRec(Ack::new(pid(2))));
     h.end(3);
     h.open(4);
-    let out = h.send(4, Packet::Connect(Box::new(connect_packet("sub", false, ProtocolVersion::V311))));
+    let out = h.send(
+        4,
+        Packet::Connect(Box::new(connect_packet(
+            "sub",
+            false,
+            ProtocolVersion::V311,
+        ))),
+    );
     let resent = sent(&out, 4);
     assert!(resent.contains(&Packet::PubRel(Ack::new(pid(2)))));
     assert_eq!(publishes(&out, 4).iter().filter(|p| p.4).count(), 3);
@@ -439,7 +503,10 @@ fn retained_messages() {
     h.send(1, publish("r/a", "live", QosPid::AtMostOnce, false));
     h.connect(2, "sub", true);
     let out = h.send(2, subscribe(1, &[("r/#", QoS::AtMostOnce)]));
-    assert!(matches!(sent(&out, 2)[0], Packet::SubAck(_)), "SUBACK first");
+    assert!(
+        matches!(sent(&out, 2)[0], Packet::SubAck(_)),
+        "SUBACK first"
+    );
     assert_eq!(
         publishes(&out, 2),
         [
@@ -449,7 +516,10 @@ fn retained_messages() {
     );
     // Live forwarding clears RETAIN [MQTT-3.3.1-9].
     let out = h.send(1, publish("r/a", "A2", QosPid::AtMostOnce, true));
-    assert_eq!(publishes(&out, 2), [("r/a".into(), "A2".into(), 0, false, false, 0)]);
+    assert_eq!(
+        publishes(&out, 2),
+        [("r/a".into(), "A2".into(), 0, false, false, 0)]
+    );
     // Retained messages survive in the store, also after the sessions end [MQTT-3.1.2-7].
     h.end(1);
     h.end(2);
@@ -461,12 +531,28 @@ fn dollar_topics_and_overlapping_subscriptions() {
     let mut h = Harness::new(config());
     h.connect(1, "pub", true);
     h.connect(2, "sub", true);
-    h.send(2, subscribe(1, &[("#", QoS::AtMostOnce), ("a/#", QoS::ExactlyOnce), ("a/b", QoS::AtLeastOnce)]));
+    h.send(
+        2,
+        subscribe(
+            1,
+            &[
+                ("#", QoS::AtMostOnce),
+                ("a/#", QoS::ExactlyOnce),
+                ("a/b", QoS::AtLeastOnce),
+            ],
+        ),
+    );
     // One copy at the highest granted QoS.
     let out = h.send(1, publish("a/b", "x", QosPid::ExactlyOnce(pid(1)), false));
-    assert_eq!(publishes(&out, 2), [("a/b".into(), "x".into(), 2, false, false, 1)]);
+    assert_eq!(
+        publishes(&out, 2),
+        [("a/b".into(), "x".into(), 2, false, false, 1)]
+    );
     // Clients may not publish into `$` topics: acknowledged, dropped, counted.
-    let out = h.send(1, publish("$SYS/fake", "x", QosPid::AtLeastOnce(pid(2)), false));
+    let out = h.send(
+        1,
+        publish("$SYS/fake", "x", QosPid::AtLeastOnce(pid(2)), false),
+    );
     assert_eq!(sent(&out, 1), [Packet::PubAck(Ack::new(pid(2)))]);
     assert!(publishes(&out, 2).is_empty());
     assert_eq!(h.core.stats(h.now).dropped_not_authorized, 1);
@@ -476,10 +562,15 @@ fn dollar_topics_and_overlapping_subscriptions() {
         Packet::Unsubscribe(Unsubscribe {
             packet_id: pid(3),
             user_properties: vec![],
-            filters: vec![TopicFilter::new("a/#").unwrap(), TopicFilter::new("a/+").unwrap()],
+            filters: vec![
+                TopicFilter::new("a/#").unwrap(),
+                TopicFilter::new("a/+").unwrap(),
+            ],
         }),
     );
-    assert!(matches!(&sent(&out, 2)[0], Packet::UnsubAck(u) if u.packet_id == pid(3) && u.reason_codes.is_empty()));
+    assert!(
+        matches!(&sent(&out, 2)[0], Packet::UnsubAck(u) if u.packet_id == pid(3) && u.reason_codes.is_empty())
+    );
     let out = h.send(1, publish("a/b", "y", QosPid::ExactlyOnce(pid(4)), false));
     assert_eq!(publishes(&out, 2)[0].2, 1);
 }
@@ -492,11 +583,30 @@ fn sys_topics_are_published_and_not_matched_by_leading_wildcards() {
     });
     h.connect(1, "all", true);
     h.connect(2, "sys", true);
-    h.send(1, subscribe(1, &[("#", QoS::AtMostOnce), ("+/broker/uptime", QoS::AtMostOnce)]));
-    h.send(2, subscribe(1, &[("$SYS/broker/clients/connected", QoS::AtMostOnce)]));
+    h.send(
+        1,
+        subscribe(
+            1,
+            &[("#", QoS::AtMostOnce), ("+/broker/uptime", QoS::AtMostOnce)],
+        ),
+    );
+    h.send(
+        2,
+        subscribe(1, &[("$SYS/broker/clients/connected", QoS::AtMostOnce)]),
+    );
     let out = h.advance(5.0);
     assert!(publishes(&out, 1).is_empty(), "[MQTT-4.7.2-1]");
-    assert_eq!(publishes(&out, 2), [("$SYS/broker/clients/connected".into(), "2".into(), 0, false, false, 0)]);
+    assert_eq!(
+        publishes(&out, 2),
+        [(
+            "$SYS/broker/clients/connected".into(),
+            "2".into(),
+            0,
+            false,
+            false,
+            0
+        )]
+    );
     // A later subscriber gets the last value as a retained message.
     let out = h.send(1, subscribe(2, &[("$SYS/broker/version", QoS::AtMostOnce)]));
     assert_eq!(publishes(&out, 1).len(), 1);
@@ -518,11 +628,21 @@ fn will_is_discarded_on_disconnect_and_published_on_network_loss() {
     assert!(publishes(&out, 9).is_empty(), "[MQTT-3.14.4-3]");
     assert!(h.core.state().sessions["a"].will.is_none());
     h.connect_with(2, c);
-    assert!(h.core.store().state().sessions["a"].will.is_some(), "kept for a crash");
+    assert!(
+        h.core.store().state().sessions["a"].will.is_some(),
+        "kept for a crash"
+    );
     let out = h.end(2);
-    assert_eq!(publishes(&out, 9), [("w/a".into(), "a died".into(), 1, false, false, 1)]);
+    assert_eq!(
+        publishes(&out, 9),
+        [("w/a".into(), "a died".into(), 1, false, false, 1)]
+    );
     // Will Retain 1: retained [MQTT-3.1.2-17].
-    assert!(h.core.state().retained.contains_key(&TopicName::new("w/a").unwrap()));
+    assert!(h
+        .core
+        .state()
+        .retained
+        .contains_key(&TopicName::new("w/a").unwrap()));
     assert!(h.core.store().state().sessions["a"].will.is_none());
 }
 
@@ -530,7 +650,10 @@ fn will_is_discarded_on_disconnect_and_published_on_network_loss() {
 fn restart_from_the_store_keeps_sessions_queues_and_wills() {
     let mut h = Harness::new(config());
     h.connect(1, "sub", false);
-    h.send(1, subscribe(1, &[("t", QoS::AtLeastOnce), ("w", QoS::AtLeastOnce)]));
+    h.send(
+        1,
+        subscribe(1, &[("t", QoS::AtLeastOnce), ("w", QoS::AtLeastOnce)]),
+    );
     h.end(1);
     h.connect(2, "pub", true);
     h.send(2, publish("t", "kept", QosPid::AtLeastOnce(pid(1)), false));
@@ -539,31 +662,58 @@ fn restart_from_the_store_keeps_sessions_queues_and_wills() {
     h.connect_with(3, c);
     // The broker "crashes": only the store is left.
     let state = h.core.store().state().clone();
-    assert!(!state.sessions.contains_key("pub"), "clean sessions are not stored");
-    let mut store = MemoryStore::new();
-    for (id, s) in &state.sessions {
-        store.apply(StoreOp::SessionCreated { client_id: id.clone(), expiry_interval_secs: s.expiry_interval_secs, protocol_level: 4 }).unwrap();
-    }
+    assert!(
+        !state.sessions.contains_key("pub"),
+        "clean sessions are not stored"
+    );
     let mut restored = MemoryStore::new();
     // MemoryStore has no constructor from a state; replay the equivalent ops.
-    drop(store);
     for (id, s) in &state.sessions {
-        restored.apply(StoreOp::SessionCreated { client_id: id.clone(), expiry_interval_secs: s.expiry_interval_secs, protocol_level: 4 }).unwrap();
+        restored
+            .apply(StoreOp::SessionCreated {
+                client_id: id.clone(),
+                expiry_interval_secs: s.expiry_interval_secs,
+                protocol_level: 4,
+            })
+            .unwrap();
         for (f, sub) in &s.subscriptions {
-            restored.apply(StoreOp::Subscribed { client_id: id.clone(), filter: f.clone(), subscription: sub.clone() }).unwrap();
+            restored
+                .apply(StoreOp::Subscribed {
+                    client_id: id.clone(),
+                    filter: f.clone(),
+                    subscription: sub.clone(),
+                })
+                .unwrap();
         }
         for m in &s.queued {
-            restored.apply(StoreOp::Queued { client_id: id.clone(), message: m.clone() }).unwrap();
+            restored
+                .apply(StoreOp::Queued {
+                    client_id: id.clone(),
+                    message: m.clone(),
+                })
+                .unwrap();
         }
         if let Some(w) = &s.will {
-            restored.apply(StoreOp::WillStored { client_id: id.clone(), will: w.clone() }).unwrap();
+            restored
+                .apply(StoreOp::WillStored {
+                    client_id: id.clone(),
+                    will: w.clone(),
+                })
+                .unwrap();
         }
     }
     assert_eq!(restored.state(), &state);
     let mut h = Harness::with_store(config(), Box::new(restored));
     assert!(h.connect(1, "sub", false));
     h.open(5);
-    let out = h.send(5, Packet::Connect(Box::new(connect_packet("sub", false, ProtocolVersion::V311))));
+    let out = h.send(
+        5,
+        Packet::Connect(Box::new(connect_packet(
+            "sub",
+            false,
+            ProtocolVersion::V311,
+        ))),
+    );
     let got: Vec<String> = publishes(&out, 5).into_iter().map(|p| p.1).collect();
     assert_eq!(got, ["kept", "lost in crash"]);
 }
@@ -578,7 +728,13 @@ fn v5_session_expiry_receive_maximum_and_reason_codes() {
     c.properties.session_expiry_interval_secs = Some(60);
     c.properties.receive_maximum = NonZeroU16::new(1);
     let out = h.connect_with(1, c.clone());
-    assert!(matches!(out[0], Action::SetProtocol { version: ProtocolVersion::V5, .. }));
+    assert!(matches!(
+        out[0],
+        Action::SetProtocol {
+            version: ProtocolVersion::V5,
+            ..
+        }
+    ));
     let out = h.send(
         1,
         Packet::Subscribe(Subscribe {
@@ -588,8 +744,14 @@ fn v5_session_expiry_receive_maximum_and_reason_codes() {
                 user_properties: vec![],
             },
             filters: vec![
-                (TopicFilter::new("t").unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
-                (TopicFilter::new("$share/g/t").unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+                (
+                    TopicFilter::new("t").unwrap(),
+                    SubscriptionOptions::qos(QoS::AtLeastOnce),
+                ),
+                (
+                    TopicFilter::new("$share/g/t").unwrap(),
+                    SubscriptionOptions::qos(QoS::AtLeastOnce),
+                ),
             ],
         }),
     );
@@ -598,7 +760,10 @@ fn v5_session_expiry_receive_maximum_and_reason_codes() {
     h.connect(2, "pub", true);
     let out = h.send(2, publish("t", "a", QosPid::AtLeastOnce(pid(1)), false));
     match &sent(&out, 1)[0] {
-        Packet::Publish(p) => assert_eq!(p.properties.subscription_identifiers, [std::num::NonZeroU32::new(42).unwrap()]),
+        Packet::Publish(p) => assert_eq!(
+            p.properties.subscription_identifiers,
+            [std::num::NonZeroU32::new(42).unwrap()]
+        ),
         other => panic!("{other:?}"),
     }
     // Receive Maximum 1: the second waits.
@@ -606,7 +771,9 @@ fn v5_session_expiry_receive_maximum_and_reason_codes() {
     assert!(publishes(&out, 1).is_empty());
     // Unknown PUBREL id: PUBCOMP 0x92.
     let out = h.send(1, Packet::PubRel(Ack::new(pid(9))));
-    assert!(matches!(&sent(&out, 1)[0], Packet::PubComp(a) if a.reason_code == ReasonCode::PacketIdentifierNotFound));
+    assert!(
+        matches!(&sent(&out, 1)[0], Packet::PubComp(a) if a.reason_code == ReasonCode::PacketIdentifierNotFound)
+    );
     // Session expiry 60 s: kept at 59 s, gone at 60 s.
     h.end(1);
     h.advance(59.0);
@@ -627,7 +794,9 @@ fn v5_session_expiry_receive_maximum_and_reason_codes() {
             },
         }),
     );
-    assert!(matches!(&sent(&out, 3)[0], Packet::Disconnect(d) if d.reason_code == ReasonCode::ProtocolError));
+    assert!(
+        matches!(&sent(&out, 3)[0], Packet::Disconnect(d) if d.reason_code == ReasonCode::ProtocolError)
+    );
     assert!(closed(&out, 3));
 }
 
