@@ -243,6 +243,8 @@ impl Reader {
             return Err(self.truncated(field));
         }
         let value = self.buf[self.pos];
+        #[cfg(test)]
+        trace::record(self.pos, 1, field);
         self.pos += 1;
         Ok(value)
     }
@@ -253,6 +255,8 @@ impl Reader {
             return Err(self.truncated(field));
         }
         let value = u16::from_be_bytes([self.buf[self.pos], self.buf[self.pos + 1]]);
+        #[cfg(test)]
+        trace::record(self.pos, 2, field);
         self.pos += 2;
         Ok(value)
     }
@@ -263,6 +267,8 @@ impl Reader {
         }
         let b = &self.buf[self.pos..self.pos + 4];
         let value = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        #[cfg(test)]
+        trace::record(self.pos, 4, field);
         self.pos += 4;
         Ok(value)
     }
@@ -292,6 +298,8 @@ impl Reader {
             return Err(self.truncated(field));
         }
         let bytes = self.buf.slice(self.pos..self.pos + len);
+        #[cfg(test)]
+        trace::record(self.pos, len, field);
         self.pos += len;
         Ok(bytes)
     }
@@ -382,6 +390,8 @@ impl Reader {
 
     fn rest(&mut self) -> Bytes {
         let bytes = self.buf.slice(self.pos..self.end);
+        #[cfg(test)]
+        trace::record(self.pos, self.end - self.pos, "payload");
         self.pos = self.end;
         bytes
     }
@@ -1114,4 +1124,33 @@ fn auth(r: &mut Reader) -> Result<Auth, DecodeError> {
         reason_code,
         properties: p,
     })
+}
+
+/// Test-only record of which bytes each field was read from, for the annotated snapshots.
+#[cfg(test)]
+pub(crate) mod trace {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static SPANS: RefCell<Option<Vec<(usize, usize, &'static str)>>> =
+            const { RefCell::new(None) };
+    }
+
+    pub fn record(start: usize, len: usize, field: &'static str) {
+        SPANS.with(|spans| {
+            if let Some(spans) = spans.borrow_mut().as_mut() {
+                spans.push((start, len, field));
+            }
+        });
+    }
+
+    /// Runs `f` and returns the spans it read: (offset in the packet, length, field).
+    pub fn collect<T>(f: impl FnOnce() -> T) -> (T, Vec<(usize, usize, &'static str)>) {
+        SPANS.with(|spans| *spans.borrow_mut() = Some(Vec::new()));
+        let value = f();
+        let spans = SPANS
+            .with(|spans| spans.borrow_mut().take())
+            .unwrap_or_default();
+        (value, spans)
+    }
 }

@@ -8,6 +8,8 @@
 //! A CONNECT carries its own protocol level, so a server decodes the first packet with any
 //! `version` and uses `Connect::protocol` from then on.
 
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod arbitrary;
 pub mod decode;
 pub mod encode;
 pub mod error;
@@ -26,3 +28,5 @@ pub use topic::matches;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_wire;

@@ -21,7 +21,7 @@ pub type PacketId = NonZeroU16;
 
 /// The protocol level in CONNECT: 4 for MQTT 3.1.1, 5 for MQTT 5.0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub enum ProtocolVersion {
     V311,
     V5,
@@ -47,7 +47,7 @@ impl ProtocolVersion {
 
 /// Quality of service level. QoS 3 does not exist [MQTT-3.3.1-4].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum QoS {
     #[default]
@@ -74,7 +74,7 @@ impl QoS {
 /// The QoS of a PUBLISH together with its packet id: QoS 0 has none, QoS 1 and 2 must have one
 /// [MQTT-2.3.1-5].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub enum QosPid {
     AtMostOnce,
     AtLeastOnce(PacketId),
@@ -113,7 +113,7 @@ pub type UserProperty = (MqttStr, MqttStr);
 
 /// Every MQTT control packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub enum Packet {
     Connect(Box<Connect>),
     ConnAck(ConnAck),
@@ -178,7 +178,7 @@ impl Packet {
 
 /// CONNECT. The protocol version is part of the packet (the level byte).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Connect {
     pub protocol: ProtocolVersion,
     /// "Clean Session" in 3.1.1, "Clean Start" in 5.0.
@@ -189,11 +189,12 @@ pub struct Connect {
     pub client_id: MqttStr,
     pub will: Option<Will>,
     pub username: Option<MqttStr>,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::opt_bytes))]
     pub password: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectProperties {
     pub session_expiry_interval_secs: Option<u32>,
     /// Zero is a protocol error [MQTT-3.1.2-?]; hence non-zero.
@@ -204,14 +205,16 @@ pub struct ConnectProperties {
     pub request_problem_information: Option<bool>,
     pub user_properties: Vec<UserProperty>,
     pub authentication_method: Option<MqttStr>,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::opt_bytes))]
     pub authentication_data: Option<Bytes>,
 }
 
 /// The Will message of a CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Will {
     pub topic: TopicName,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::bytes))]
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
@@ -219,7 +222,7 @@ pub struct Will {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct WillProperties {
     pub will_delay_interval_secs: Option<u32>,
     /// `Some(true)`: the payload is UTF-8 (payload format indicator 1).
@@ -227,6 +230,7 @@ pub struct WillProperties {
     pub message_expiry_interval_secs: Option<u32>,
     pub content_type: Option<MqttStr>,
     pub response_topic: Option<TopicName>,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::opt_bytes))]
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<UserProperty>,
 }
@@ -234,7 +238,7 @@ pub struct WillProperties {
 /// CONNACK. In 3.1.1 only the codes with a 3.1.1 return code are representable on the wire
 /// (see `ReasonCode::to_v311_connack`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnAck {
     pub session_present: bool,
     pub reason_code: ReasonCode,
@@ -242,7 +246,7 @@ pub struct ConnAck {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnAckProperties {
     pub session_expiry_interval_secs: Option<u32>,
     pub receive_maximum: Option<NonZeroU16>,
@@ -261,12 +265,13 @@ pub struct ConnAckProperties {
     pub response_information: Option<MqttStr>,
     pub server_reference: Option<MqttStr>,
     pub authentication_method: Option<MqttStr>,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::opt_bytes))]
     pub authentication_data: Option<Bytes>,
 }
 
 /// PUBLISH.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Publish {
     /// Must be false for QoS 0 [MQTT-3.3.1-2].
     pub dup: bool,
@@ -275,6 +280,7 @@ pub struct Publish {
     /// May be empty only in 5.0 when a topic alias is present [MQTT-3.3.2-1].
     pub topic: TopicName,
     pub properties: PublishProperties,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::bytes))]
     pub payload: Bytes,
 }
 
@@ -289,12 +295,13 @@ impl Publish {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct PublishProperties {
     pub payload_format_utf8: Option<bool>,
     pub message_expiry_interval_secs: Option<u32>,
     pub topic_alias: Option<NonZeroU16>,
     pub response_topic: Option<TopicName>,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::opt_bytes))]
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<UserProperty>,
     /// Server to client only; each 1..=268,435,455.
@@ -305,7 +312,7 @@ pub struct PublishProperties {
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape. In 3.1.1 the reason code is always
 /// `Success` and there are no properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Ack {
     pub packet_id: PacketId,
     pub reason_code: ReasonCode,
@@ -324,7 +331,7 @@ impl Ack {
 
 /// Properties of PUBACK/PUBREC/PUBREL/PUBCOMP/SUBACK/UNSUBACK.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct AckProperties {
     pub reason_string: Option<MqttStr>,
     pub user_properties: Vec<UserProperty>,
@@ -332,7 +339,7 @@ pub struct AckProperties {
 
 /// Retain handling subscription option (5.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum RetainHandling {
     /// 0: send retained messages at the time of the subscribe.
@@ -346,7 +353,7 @@ pub enum RetainHandling {
 
 /// The options byte of one SUBSCRIBE entry. In 3.1.1 only `qos` is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct SubscriptionOptions {
     pub qos: QoS,
     pub no_local: bool,
@@ -365,7 +372,7 @@ impl SubscriptionOptions {
 
 /// SUBSCRIBE. `filters` is never empty on the wire [MQTT-3.8.3-3].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Subscribe {
     pub packet_id: PacketId,
     pub properties: SubscribeProperties,
@@ -373,7 +380,7 @@ pub struct Subscribe {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct SubscribeProperties {
     /// 1..=268,435,455.
     pub subscription_identifier: Option<NonZeroU32>,
@@ -383,7 +390,7 @@ pub struct SubscribeProperties {
 /// SUBACK: one reason code per filter of the SUBSCRIBE, in order. In 3.1.1 the codes are
 /// GrantedQoS0/1/2 (0x00–0x02) or UnspecifiedError (0x80, "Failure").
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct SubAck {
     pub packet_id: PacketId,
     pub properties: AckProperties,
@@ -392,7 +399,7 @@ pub struct SubAck {
 
 /// UNSUBSCRIBE. `filters` is never empty on the wire [MQTT-3.10.3-2].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Unsubscribe {
     pub packet_id: PacketId,
     pub user_properties: Vec<UserProperty>,
@@ -401,7 +408,7 @@ pub struct Unsubscribe {
 
 /// UNSUBACK. In 3.1.1 `reason_codes` is empty and there are no properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct UnsubAck {
     pub packet_id: PacketId,
     pub properties: AckProperties,
@@ -410,14 +417,14 @@ pub struct UnsubAck {
 
 /// DISCONNECT. In 3.1.1 it has no content (reason `NormalDisconnection`, no properties).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Disconnect {
     pub reason_code: ReasonCode,
     pub properties: DisconnectProperties,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct DisconnectProperties {
     pub session_expiry_interval_secs: Option<u32>,
     pub reason_string: Option<MqttStr>,
@@ -427,16 +434,17 @@ pub struct DisconnectProperties {
 
 /// AUTH (5.0 only).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Auth {
     pub reason_code: ReasonCode,
     pub properties: AuthProperties,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct AuthProperties {
     pub authentication_method: Option<MqttStr>,
+    #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::opt_bytes))]
     pub authentication_data: Option<Bytes>,
     pub reason_string: Option<MqttStr>,
     pub user_properties: Vec<UserProperty>,

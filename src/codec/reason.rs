@@ -5,7 +5,7 @@
 /// Success, Normal disconnection and Granted QoS 0); the enum keeps one variant per byte and
 /// offers the other names as constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum ReasonCode {
     #[default]
