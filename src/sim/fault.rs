@@ -258,6 +258,19 @@ pub struct FaultStream {
     rewrite: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Tasks parked on one connection: its reader and its writer, so a handful at most.
+const PARKED_TASKS_MAX: usize = 8;
+
+fn park(flags: &mut ConnFlags, cx: &mut Context<'_>) {
+    if flags.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+        return;
+    }
+    if flags.wakers.len() >= PARKED_TASKS_MAX {
+        flags.wakers.remove(0);
+    }
+    flags.wakers.push(cx.waker().clone());
+}
+
 /// Replaces the first occurrence of `pattern` in `packet` by `replacement` (same length).
 fn rewrite_packet(packet: &[u8], pattern: &[u8], replacement: &[u8]) -> Option<Bytes> {
     if pattern.is_empty() || pattern.len() != replacement.len() {
@@ -280,12 +293,17 @@ impl FaultStream {
             )));
         }
         if flags.stalled {
-            if !flags.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                flags.wakers.push(cx.waker().clone());
-            }
+            park(&mut flags, cx);
             return Some(Poll::Pending);
         }
         None
+    }
+
+    /// Returns `Pending`, remembering the task so a reset or the end of a stall wakes it even
+    /// while it waits on the inner stream.
+    fn pending<T>(&self, cx: &mut Context<'_>) -> Poll<T> {
+        park(&mut lock(&self.flags), cx);
+        Poll::Pending
     }
 
     /// Waits for the release time of the head of a queue.
@@ -356,7 +374,7 @@ impl AsyncRead for FaultStream {
             if let Some((release, _)) = this.read_queue.front() {
                 let release = *release;
                 if Self::wait_release(&mut this.read_sleep, release, cx).is_pending() {
-                    return Poll::Pending;
+                    return this.pending(cx);
                 }
                 if let Some((_, bytes)) = this.read_queue.front_mut() {
                     let n = bytes.len().min(buf.remaining());
@@ -394,7 +412,7 @@ impl AsyncRead for FaultStream {
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return this.pending(cx),
             }
         }
     }
@@ -416,7 +434,7 @@ impl AsyncWrite for FaultStream {
                 Poll::Ready(Ok(())) => {}
                 Poll::Pending => {
                     if this.write_queued_bytes + this.write_raw.len() >= BUFFERED_BYTES_MAX {
-                        return Poll::Pending;
+                        return this.pending(cx);
                     }
                 }
             }
@@ -457,7 +475,11 @@ impl AsyncWrite for FaultStream {
             return p.map(Err);
         }
         match this.drain_writes(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            Poll::Ready(Ok(())) => match Pin::new(&mut this.inner).poll_flush(cx) {
+                Poll::Pending => this.pending(cx),
+                ready => ready,
+            },
+            Poll::Pending => this.pending(cx),
             other => other,
         }
     }
@@ -468,7 +490,11 @@ impl AsyncWrite for FaultStream {
             return p.map(Err);
         }
         match this.drain_writes(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            Poll::Ready(Ok(())) => match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                Poll::Pending => this.pending(cx),
+                ready => ready,
+            },
+            Poll::Pending => this.pending(cx),
             other => other,
         }
     }

@@ -581,9 +581,12 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
     } else {
         ResubscribePolicy::Never
     };
-    options.session_expiry_interval_secs = spec
-        .session_expiry
-        .map(|d| u32::try_from(d.millis / 1000).unwrap_or(u32::MAX));
+    // The scenario's absent expiry means 0, as on the wire (the client's own default for a
+    // persistent 5.0 session would be "never").
+    options.session_expiry_interval_secs = Some(
+        spec.session_expiry
+            .map_or(0, |d| u32::try_from(d.millis / 1000).unwrap_or(u32::MAX)),
+    );
     let will_info = spec.will.as_ref().map(|w| WillInfo {
         id: String::new(),
         topic: w.topic.clone(),

@@ -47,6 +47,29 @@ pub fn check(model: &Model, out: &mut Outcome) {
         for &d in &deliveries {
             let delivery = &model.deliveries[d];
             if end_ms.is_none_or(|end| delivery.at_ms < end) {
+                // A fault on the client's link (stall, partition, loss) lets the broker judge
+                // the connection dead by keepalive [MQTT-3.1.2-24] while the client has not
+                // noticed yet: the broker's end comes first, and the will with it.
+                let since = conn.connack.map(|(_, at, _, _)| at).unwrap_or(conn.attempt_ms);
+                if model.impaired(&conn.client, since, delivery.at_ms) {
+                    out.note("will published before its client noticed its impaired link closed");
+                    continue;
+                }
+                // Likewise when the broker itself ended the connection (takeover, kick, a
+                // server DISCONNECT): it publishes the will as it closes, and the client hears
+                // of the close one network delay later.
+                let server_ended = matches!(
+                    conn.end.as_ref().and_then(|(_, _, c)| c.as_ref()),
+                    Some(
+                        DisconnectCause::Takeover
+                            | DisconnectCause::Kicked
+                            | DisconnectCause::ServerDisconnect { .. }
+                    )
+                );
+                if server_ended {
+                    out.note("will published as the broker closed the connection, before its client heard");
+                    continue;
+                }
                 out.violation(
                     will_ref(ViolationBuilder::new("MQTT-3.1.2-8"))
                         .client(&delivery.client)
@@ -311,6 +334,26 @@ mod tests {
             };
             assert!(out.notes.contains_key(expected), "{:?}", out.notes);
         }
+    }
+
+    #[test]
+    fn will_before_the_client_notices_an_impaired_link_is_permitted() {
+        let mut b = base(ProtocolVersion::V311, None);
+        b.fault(Fault::Stall { client: "c".into() })
+            .deliver("s", "w-c-1", "status/c", 1)
+            .disconnect("c", DisconnectCause::KeepaliveTimeout);
+        let out = CheckerName::Will.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
+        assert!(out.notes.keys().any(|n| n.contains("noticed")));
+    }
+
+    #[test]
+    fn will_before_the_client_hears_of_a_takeover_is_permitted() {
+        let mut b = base(ProtocolVersion::V5, None);
+        b.deliver("s", "w-c-1", "status/c", 1)
+            .disconnect("c", DisconnectCause::Takeover);
+        let out = CheckerName::Will.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
     }
 
     #[test]
