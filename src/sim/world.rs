@@ -219,8 +219,9 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
             };
             let config = BrokerConfig {
                 rng_seed: Some(seed),
-                // $SYS publications are noise in a trace and cost time.
-                sys_interval_secs: 0,
+                // $SYS publications every few seconds: cheap, and they give `$` topics for
+                // the wildcard scenarios to (not) match [MQTT-4.7.2-1].
+                sys_interval_secs: 5,
                 ..BrokerConfig::default()
             };
             let (broker, handle) = Broker::new(store, config);
