@@ -336,6 +336,7 @@ impl Runner<'_, '_> {
                         packet_ids: BTreeMap::new(),
                         unacked: BTreeMap::new(),
                         requested: BTreeMap::new(),
+                        pending_subscribes: BTreeMap::new(),
                     },
                 );
             }
@@ -359,14 +360,20 @@ impl Runner<'_, '_> {
             .unwrap_or_else(|| name.to_string())
     }
 
-    fn connect(&mut self, client: &str) -> Result<bool, String> {
+    fn connect(&mut self, client: &str, restart: bool) -> Result<bool, String> {
         let before = lock(&self.shared).sessions.get(client).map_or(0, |s| s.connacks);
         let running = lock(&self.shared)
             .sessions
             .get(client)
             .is_some_and(|s| s.running);
         if !running {
-            self.send(client, HostCommand::Start { client: client.into() })?;
+            self.send(
+                client,
+                HostCommand::Start {
+                    client: client.into(),
+                    restart,
+                },
+            )?;
         }
         let name = client.to_string();
         self.run_until(ACK_WAIT, move |s| {
@@ -515,12 +522,13 @@ impl Runner<'_, '_> {
         let kw = step.keyword();
         match step {
             Step::Connect(c) | Step::RestartClient(c) => {
-                if matches!(step, Step::RestartClient(_)) {
+                let restart = matches!(step, Step::RestartClient(_));
+                if restart {
                     self.fault(Fault::ClientRestart {
                         client: c.client.clone(),
                     });
                 }
-                if !self.connect(&c.client)? {
+                if !self.connect(&c.client, restart)? {
                     self.expect_failure(
                         i,
                         kw,
@@ -883,7 +891,7 @@ impl Runner<'_, '_> {
         )?;
         // Subscribers first, so the traffic has an audience.
         for (name, filters) in &plan.subscriptions {
-            self.connect(name)?;
+            self.connect(name, false)?;
             self.send(
                 name,
                 HostCommand::Subscribe {
@@ -893,7 +901,7 @@ impl Runner<'_, '_> {
             )?;
         }
         for name in plan.publishers.keys() {
-            self.connect(name)?;
+            self.connect(name, false)?;
         }
         let subscribers: Vec<String> = plan.subscriptions.keys().cloned().collect();
         self.run_until(ACK_WAIT, move |s| {
@@ -938,7 +946,13 @@ impl Runner<'_, '_> {
             self.fault(Fault::ClientRestart {
                 client: name.clone(),
             });
-            self.send(&name, HostCommand::Start { client: name.clone() })?;
+            self.send(
+                &name,
+                HostCommand::Start {
+                    client: name.clone(),
+                    restart: true,
+                },
+            )?;
         }
         self.quiesce(scenario.quiesce.as_duration())
     }
@@ -1128,7 +1142,13 @@ impl Runner<'_, '_> {
                     self.fault(Fault::ClientRestart {
                         client: target.into(),
                     });
-                    self.send(target, HostCommand::Start { client: target.into() })?;
+                    self.send(
+                        target,
+                        HostCommand::Start {
+                            client: target.into(),
+                            restart: true,
+                        },
+                    )?;
                 }
             }
             FaultKind::Stall | FaultKind::Delay => {

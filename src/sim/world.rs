@@ -63,7 +63,9 @@ pub struct PlannedPublish {
 /// What the runner asks a client host to do.
 pub enum HostCommand {
     /// Start a client instance (connect, or restart after a crash) with its persistence.
-    Start { client: String },
+    /// `restart`: the application starts again after a crash and subscribes to what it had
+    /// subscribed to (a new process knows no subscriptions until it makes them).
+    Start { client: String, restart: bool },
     Subscribe {
         client: String,
         filters: Vec<FilterSpec>,
@@ -117,6 +119,9 @@ pub struct Session {
     pub unacked: BTreeMap<u32, String>,
     /// Latest requested options per filter (for recording automatic resubscribes).
     pub requested: BTreeMap<String, FilterRequest>,
+    /// Application SUBSCRIBEs awaiting SUBACK: token → (filters, CONNACKs seen when recorded).
+    /// One answered after a later CONNACK was sent again on that connection.
+    pub pending_subscribes: BTreeMap<u64, (Vec<FilterRequest>, u32)>,
 }
 
 /// State shared by the runner and the hosts.
@@ -271,7 +276,59 @@ pub fn client_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef) {
 
 fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
     match command {
-        HostCommand::Start { client } => start(state, &client),
+        HostCommand::Start { client, restart } => {
+            start(state, &client);
+            if restart {
+                let filters: Vec<FilterSpec> = {
+                    let st = state.borrow();
+                    let s = lock(&st.shared);
+                    s.sessions
+                        .get(&client)
+                        .map(|x| {
+                            x.requested
+                                .values()
+                                .map(|r| FilterSpec {
+                                    filter: r.filter.clone(),
+                                    qos: r.qos,
+                                    no_local: r.no_local,
+                                    retain_as_published: r.retain_as_published,
+                                    retain_handling: r.retain_handling,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                if !filters.is_empty() {
+                    // The application subscribes once it is connected (the trace's SUBSCRIBE
+                    // is what the client sends, after the CONNACK).
+                    let state = state.clone();
+                    tokio::task::spawn_local(async move {
+                        let instance = {
+                            let st = state.borrow();
+                            let s = lock(&st.shared);
+                            s.sessions.get(&client).map(|x| x.instance)
+                        };
+                        loop {
+                            let (alive, connected) = {
+                                let st = state.borrow();
+                                let s = lock(&st.shared);
+                                s.sessions.get(&client).map_or((false, false), |x| {
+                                    (x.running && Some(x.instance) == instance, x.connected)
+                                })
+                            };
+                            if !alive {
+                                return;
+                            }
+                            if connected {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        handle(&state, HostCommand::Subscribe { client, filters });
+                    });
+                }
+            }
+        }
         HostCommand::Subscribe { client, filters } => {
             let Some(handle) = state.borrow().clients.get(&client).cloned() else {
                 return;
@@ -307,24 +364,35 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
             }
             let host = state.borrow().name.clone();
             tokio::task::spawn_local(async move {
-                {
+                let connacks = {
                     let mut s = lock(&shared);
-                    if let Some(session) = s.sessions.get_mut(&client) {
-                        for r in &requests {
-                            session.requested.insert(r.filter.clone(), r.clone());
+                    let connacks = match s.sessions.get_mut(&client) {
+                        Some(session) => {
+                            for r in &requests {
+                                session.requested.insert(r.filter.clone(), r.clone());
+                            }
+                            session.connacks
                         }
-                    }
+                        None => 0,
+                    };
                     s.record(
                         now_ms(),
                         &host,
                         Event::Subscribe {
                             client: client.clone(),
-                            filters: requests,
+                            filters: requests.clone(),
                             automatic: false,
                         },
                     );
+                    connacks
+                };
+                if let Ok(op) = handle.start_subscribe(wire).await {
+                    if let Some(session) = lock(&shared).sessions.get_mut(&client) {
+                        session
+                            .pending_subscribes
+                            .insert(op.token, (requests, connacks));
+                    }
                 }
-                let _ = handle.start_subscribe(wire).await;
             });
         }
         HostCommand::Unsubscribe { client, filters } => {
@@ -854,11 +922,29 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
             s.record(at, host, event);
         }
         EventKind::SubscribeComplete {
+            token,
             filters,
             granted,
             resubscribe,
             ..
         } => {
+            let resent = s.sessions.get_mut(client).and_then(|session| {
+                let (requests, connacks) = session.pending_subscribes.remove(&token)?;
+                (connacks != session.connacks).then_some(requests)
+            });
+            if let Some(requests) = resent {
+                // Recorded while an earlier connection (or none) was up; the client sent it
+                // again after the latest CONNACK.
+                s.record(
+                    at,
+                    host,
+                    Event::Subscribe {
+                        client: c.clone(),
+                        filters: requests,
+                        automatic: false,
+                    },
+                );
+            }
             if resubscribe {
                 let requests: Vec<FilterRequest> = {
                     let session = s.sessions.get(client);
