@@ -83,6 +83,7 @@ pub fn expand(scenario: &Scenario, seed: u64) -> (BTreeMap<String, ClientSpec>, 
     }
     let topics: Vec<String> = (0..w.topics.max(1)).map(|i| format!("t/{i}")).collect();
     let mut steps = Vec::new();
+    let mut subscriptions: BTreeMap<String, Vec<FilterSpec>> = BTreeMap::new();
     for s in &subscribers {
         steps.push(Step::Connect(ClientStep { client: s.clone() }));
         let mut filters = Vec::new();
@@ -108,6 +109,7 @@ pub fn expand(scenario: &Scenario, seed: u64) -> (BTreeMap<String, ClientSpec>, 
                 retain_handling: 0,
             });
         }
+        subscriptions.insert(s.clone(), filters.clone());
         steps.push(Step::Subscribe(SubscribeStep {
             client: s.clone(),
             filter: None,
@@ -246,6 +248,19 @@ pub fn expand(scenario: &Scenario, seed: u64) -> (BTreeMap<String, ClientSpec>, 
                 FaultKind::CrashClient => {
                     push(&mut timeline, at, Step::CrashClient(c()));
                     push(&mut timeline, heal_at, Step::RestartClient(c()));
+                    // The restarted process is a new application: it subscribes again.
+                    if let Some(filters) = subscriptions.get(&client) {
+                        push(
+                            &mut timeline,
+                            heal_at,
+                            Step::Subscribe(SubscribeStep {
+                                client: client.clone(),
+                                filter: None,
+                                qos: None,
+                                filters: filters.clone(),
+                            }),
+                        );
+                    }
                 }
                 FaultKind::Kick => push(&mut timeline, at, Step::Kick(c())),
                 FaultKind::Reset => push(&mut timeline, at, Step::Reset(c())),

@@ -60,6 +60,8 @@ enum Command {
     Unsubscribe(Vec<String>),
     Publish(PublishStep),
     Disconnect,
+    /// The client's process dies: no DISCONNECT, its socket closes (the broker sees FIN).
+    Kill,
 }
 
 #[derive(Debug, Default)]
@@ -480,6 +482,13 @@ impl Agent {
                     if let Some(p) = &publisher {
                         let _ = p.send(step);
                     }
+                    agent.shared.done(&agent.name);
+                }
+                Command::Kill => {
+                    if let Some(c) = client.take() {
+                        c.kill();
+                    }
+                    publisher = None;
                     agent.shared.done(&agent.name);
                 }
                 Command::Disconnect => {
@@ -978,30 +987,24 @@ impl Runner<'_> {
                 self.advance(Duration::from_millis(10));
             }
             Step::CrashClient(c) => {
-                let host = self.host_of(&c.client);
-                let members: Vec<String> =
-                    self.hosts[&host].iter().map(|(n, _)| n.clone()).collect();
+                // One client process dies; the others on its host live on. Its persistence is
+                // what it had written (disk) or nothing (memory).
                 self.fault(Fault::ClientCrash {
                     client: c.client.clone(),
                 });
-                for m in members {
-                    if self.connected(&m) {
-                        self.record(Event::Disconnected {
-                            client: m.clone(),
-                            cause: DisconnectCause::ClientCrash,
-                        });
-                    }
-                    lock(&self.shared.mailboxes).remove(&m);
+                if self.connected(&c.client) {
+                    self.record(Event::Disconnected {
+                        client: c.client.clone(),
+                        cause: DisconnectCause::ClientCrash,
+                    });
                 }
-                self.sim.crash(host.as_str());
+                self.send(&c.client, Command::Kill);
+                self.wait_idle(&c.client);
             }
             Step::RestartClient(c) => {
-                let host = self.host_of(&c.client);
                 self.fault(Fault::ClientRestart {
                     client: c.client.clone(),
                 });
-                self.sim.bounce(host.as_str());
-                self.advance(Duration::from_millis(5));
                 self.send(&c.client, Command::Connect);
                 self.wait_idle(&c.client);
             }

@@ -45,3 +45,37 @@ fn a_failed_expectation_is_reported() {
         result.failures()
     );
 }
+
+#[test]
+fn chaos_probe() {
+    let file = std::env::var("PROBE").unwrap_or("chaos/qos1-persistent-partitions.yaml".into());
+    let seeds: u64 = std::env::var("PROBE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let verbose = std::env::var("PROBE_VERBOSE").is_ok();
+    let s = library(&file);
+    for seed in 0..seeds {
+        let result = run(&s, seed);
+        println!("seed {seed}: simulated {:?}, {} records, passed {}", result.simulated, result.trace.len(), result.passed());
+        if !result.passed() {
+            println!("{}", result.failures());
+        }
+        for o in &result.outcomes {
+            if !o.notes.is_empty() {
+                println!("  {} notes {:?}", o.checker, o.notes);
+            }
+        }
+        let mut kinds = std::collections::BTreeMap::new();
+        for r in &result.trace.records {
+            let k = serde_json::to_value(&r.event).unwrap();
+            let mut key = k["event"].as_str().unwrap_or("").to_string();
+            if let Some(f) = k.get("fault") { key = format!("fault:{}", f["kind"].as_str().unwrap_or("")); }
+            if let Some(c) = k.get("cause") { key = format!("disc:{}", c["kind"].as_str().unwrap_or("")); }
+            *kinds.entry(key).or_insert(0) += 1;
+        }
+        println!("  {kinds:?}");
+        if verbose && seed == 0 {
+            for r in result.trace.records.iter().filter(|r| !matches!(r.event, Event::PublishSent{..} | Event::PublishAcked{..} | Event::Delivered{..})) {
+                println!("    {r}");
+            }
+        }
+    }
+}
