@@ -43,8 +43,8 @@ pub fn check(model: &Model, out: &mut Outcome) {
         // without DISCONNECT; it is wrong if the connection lives on to the end of the trace.
         for &d in &deliveries {
             let delivery = &model.deliveries[d];
-            let premature = end_ms.is_none()
-                && !model.impaired(&conn.client, delivery.at_ms, model.end_ms);
+            let premature =
+                end_ms.is_none() && !model.impaired(&conn.client, delivery.at_ms, model.end_ms);
             if premature {
                 out.violation(
                     will_ref(ViolationBuilder::new("MQTT-3.1.2-8"))
@@ -371,7 +371,10 @@ mod tests {
             .disconnect("c", DisconnectCause::KeepaliveTimeout);
         let out = CheckerName::Will.run(&b.model());
         assert!(out.passed(), "{:?}", out.violations);
-        assert!(out.notes.keys().any(|n| n.contains("before the client noticed")));
+        assert!(out
+            .notes
+            .keys()
+            .any(|n| n.contains("before the client noticed")));
         // The client reconnects with the same will payload; the old connection's will arrives
         // after the new attempt and is not blamed on the new connection.
         let mut b = base(ProtocolVersion::V311, None);
