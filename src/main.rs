@@ -30,6 +30,10 @@ enum Command {
     Sub(cli::sub_cmd::Args),
     /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
     Broker(cli::broker::Args),
+    /// Run scenarios in the deterministic simulator (default: scenarios/).
+    Run(cli::run::Args),
+    /// Reproduce one simulated run byte for byte and write its trace.
+    Replay(cli::replay::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,8 @@ fn main() -> ExitCode {
         Command::Pub(args) => cli::pub_cmd::run(args),
         Command::Sub(args) => cli::sub_cmd::run(args),
         Command::Broker(args) => cli::broker::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Replay(args) => cli::replay::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,4 +3,6 @@
 pub mod broker;
 pub mod decode;
 pub mod pub_cmd;
+pub mod replay;
+pub mod run;
 pub mod sub_cmd;
