@@ -21,7 +21,19 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let s = scenario::load(&args.file).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("simqtt replay: {} seed {}", s.name, args.seed);
+    let (clients, steps) = sim::expand::expand(&s, args.seed);
+    println!(
+        "simqtt replay: {} seed {} ({} clients, {} steps, checkers: {})",
+        s.name,
+        args.seed,
+        clients.len(),
+        steps.len(),
+        s.checker_list()
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let result = sim::run(&s, args.seed);
     if let Some(path) = &args.trace {
         std::fs::write(path, result.trace.to_jsonl())
