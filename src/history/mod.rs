@@ -231,7 +231,9 @@ pub enum Event {
     },
     /// A connect attempt failed before a CONNACK (refused socket, timeout, stream error).
     ConnectFailed { client: String, error: String },
-    /// The client sent SUBSCRIBE. `automatic`: the client library resubscribed on its own.
+    /// The client sent SUBSCRIBE. `automatic`: the client library resubscribed on its own,
+    /// right after a CONNACK; the runner may record it when the SUBACK arrives, so checkers
+    /// take that connection's CONNACK as its send time.
     Subscribe {
         client: String,
         filters: Vec<FilterRequest>,
