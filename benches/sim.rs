@@ -28,7 +28,11 @@ fn measure(label: &str, yaml: &str, seed: u64) {
          ({deliveries} deliveries, {} trace records, {})",
         simulated / wall,
         report.trace.len(),
-        if report.passed() { "checkers pass" } else { "CHECKERS FAIL" }
+        if report.passed() {
+            "checkers pass"
+        } else {
+            "CHECKERS FAIL"
+        }
     );
 }
 
@@ -70,7 +74,8 @@ workload:
         1,
     );
     // (c) seeds per second of a library chaos scenario, on one thread.
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/chaos/chaos-qos1-persistent.yaml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/chaos/chaos-qos1-persistent.yaml");
     let s = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let seeds = 20;
     let started = Instant::now();

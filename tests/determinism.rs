@@ -61,10 +61,11 @@ fn every_library_scenario_replays_byte_for_byte() {
                         .zip(second.lines())
                         .position(|(a, b)| a != b)
                         .unwrap_or(0);
-                    differing
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} seed {seed}: first difference at line {}", file.display(), line + 1));
+                    differing.lock().unwrap().push(format!(
+                        "{} seed {seed}: first difference at line {}",
+                        file.display(),
+                        line + 1
+                    ));
                 }
             });
         }

@@ -81,10 +81,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let path = entry?.path();
         if path.is_dir() {
             walk(&path, out)?;
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml")
-        {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             out.push(path);
         }
     }
@@ -123,9 +120,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let scenarios: Vec<(PathBuf, Scenario)> = scenarios
         .into_iter()
         .filter(|(path, s)| {
-            args.filter.as_deref().is_none_or(|f| {
-                s.name.contains(f) || path.to_string_lossy().contains(f)
-            })
+            args.filter
+                .as_deref()
+                .is_none_or(|f| s.name.contains(f) || path.to_string_lossy().contains(f))
         })
         .collect();
     let mut work = Vec::new();
@@ -161,7 +158,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel::<(usize, RunReport, Duration)>();
     let mut threads = Vec::new();
     for _ in 0..jobs.min(total) {
-        let (scenarios, work, next, tx) = (scenarios.clone(), work.clone(), next.clone(), tx.clone());
+        let (scenarios, work, next, tx) =
+            (scenarios.clone(), work.clone(), next.clone(), tx.clone());
         threads.push(std::thread::spawn(move || loop {
             let k = next.fetch_add(1, Ordering::Relaxed);
             let Some(w) = work.get(k) else { break };
@@ -202,7 +200,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Failures first, in full.
     for (file, runs) in &results {
         let (path, s) = &scenarios[*file];
-        let failing: Vec<&RunReport> = runs.iter().map(|(r, _)| r).filter(|r| !r.passed()).collect();
+        let failing: Vec<&RunReport> = runs
+            .iter()
+            .map(|(r, _)| r)
+            .filter(|r| !r.passed())
+            .collect();
         for report in failing.iter().take(FAILURES_SHOWN_PER_SCENARIO) {
             println!("{}", failure_report(path, s, report));
         }
@@ -261,7 +263,10 @@ fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()
     } else {
-        text.chars().take(width.saturating_sub(1)).collect::<String>() + "…"
+        text.chars()
+            .take(width.saturating_sub(1))
+            .collect::<String>()
+            + "…"
     }
 }
 
@@ -321,7 +326,9 @@ fn junit(
     scenarios: &[(PathBuf, Scenario)],
     results: &BTreeMap<usize, Vec<(RunReport, Duration)>>,
 ) -> String {
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"simqtt run\">\n");
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"simqtt run\">\n",
+    );
     for (file, runs) in results {
         let (path, s) = &scenarios[*file];
         let failures = runs.iter().filter(|(r, _)| !r.passed()).count();

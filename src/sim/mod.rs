@@ -301,8 +301,18 @@ impl Runner<'_, '_> {
     }
 
     /// Builds the hosts. Runs one tick so every host registers its command channel.
-    fn build(&mut self, clients: &BTreeMap<String, ClientSpec>, host_of: impl Fn(&str) -> String, durable: bool) -> StepResult {
-        world::broker_host(self.sim, &self.broker_host.clone(), self.shared.clone(), durable);
+    fn build(
+        &mut self,
+        clients: &BTreeMap<String, ClientSpec>,
+        host_of: impl Fn(&str) -> String,
+        durable: bool,
+    ) -> StepResult {
+        world::broker_host(
+            self.sim,
+            &self.broker_host.clone(),
+            self.shared.clone(),
+            durable,
+        );
         let mut hosts: Vec<String> = Vec::new();
         {
             let mut s = lock(&self.shared);
@@ -361,7 +371,10 @@ impl Runner<'_, '_> {
     }
 
     fn connect(&mut self, client: &str, restart: bool) -> Result<bool, String> {
-        let before = lock(&self.shared).sessions.get(client).map_or(0, |s| s.connacks);
+        let before = lock(&self.shared)
+            .sessions
+            .get(client)
+            .map_or(0, |s| s.connacks);
         let running = lock(&self.shared)
             .sessions
             .get(client)
@@ -449,7 +462,10 @@ impl Runner<'_, '_> {
     }
 
     fn control(&self, client: &str) -> Option<Arc<FaultControl>> {
-        lock(&self.shared).sessions.get(client).map(|s| s.control.clone())
+        lock(&self.shared)
+            .sessions
+            .get(client)
+            .map(|s| s.control.clone())
     }
 
     fn set_pending(&self, client: &str, cause: crate::history::DisconnectCause) {
@@ -538,7 +554,10 @@ impl Runner<'_, '_> {
                 }
             }
             Step::Subscribe(sub) => {
-                let before = lock(&self.shared).sessions.get(&sub.client).map_or(0, |s| s.subacks);
+                let before = lock(&self.shared)
+                    .sessions
+                    .get(&sub.client)
+                    .map_or(0, |s| s.subacks);
                 self.send(
                     &sub.client,
                     HostCommand::Subscribe {
@@ -554,7 +573,10 @@ impl Runner<'_, '_> {
                 }
             }
             Step::Unsubscribe(u) => {
-                let before = lock(&self.shared).sessions.get(&u.client).map_or(0, |s| s.unsubacks);
+                let before = lock(&self.shared)
+                    .sessions
+                    .get(&u.client)
+                    .map_or(0, |s| s.unsubacks);
                 self.send(
                     &u.client,
                     HostCommand::Unsubscribe {
@@ -587,11 +609,21 @@ impl Runner<'_, '_> {
                         i + 1
                     ));
                 }
-                let before = lock(&self.shared).sessions.get(&d.client).map_or(0, |s| s.commands_done);
-                self.send(&d.client, HostCommand::Disconnect { client: d.client.clone() })?;
+                let before = lock(&self.shared)
+                    .sessions
+                    .get(&d.client)
+                    .map_or(0, |s| s.commands_done);
+                self.send(
+                    &d.client,
+                    HostCommand::Disconnect {
+                        client: d.client.clone(),
+                    },
+                )?;
                 let name = d.client.clone();
                 self.run_until(ACK_WAIT, move |s| {
-                    s.sessions.get(&name).is_some_and(|x| x.commands_done > before)
+                    s.sessions
+                        .get(&name)
+                        .is_some_and(|x| x.commands_done > before)
                 })?;
             }
             Step::CrashBroker(c) => {
@@ -603,7 +635,12 @@ impl Runner<'_, '_> {
                 self.fault(Fault::ClientCrash {
                     client: c.client.clone(),
                 });
-                self.send(&c.client, HostCommand::Crash { client: c.client.clone() })?;
+                self.send(
+                    &c.client,
+                    HostCommand::Crash {
+                        client: c.client.clone(),
+                    },
+                )?;
                 self.step()?;
             }
             Step::Partition(p) => {
@@ -735,9 +772,8 @@ impl Runner<'_, '_> {
                 let from_index = self.expect_marks.get(&x.client).copied().unwrap_or(0);
                 let client = x.client.clone();
                 let wanted = x.messages.clone();
-                let satisfied = |s: &Shared| {
-                    unmet(&s.trace, from_index, &client, &wanted).is_empty()
-                };
+                let satisfied =
+                    |s: &Shared| unmet(&s.trace, from_index, &client, &wanted).is_empty();
                 let ok = self.run_until(x.within.as_duration(), satisfied)?;
                 let len = lock(&self.shared).trace.len();
                 self.expect_marks.insert(x.client.clone(), len);
@@ -803,7 +839,10 @@ impl Runner<'_, '_> {
             Step::ExpectSessionPresent(x) => {
                 let (flag, index) = {
                     let s = lock(&self.shared);
-                    let flag = s.sessions.get(&x.client).and_then(|v| v.last_session_present);
+                    let flag = s
+                        .sessions
+                        .get(&x.client)
+                        .and_then(|v| v.last_session_present);
                     let index = s.trace.records.iter().rposition(|r| {
                         matches!(&r.event, Event::ConnAck { client, .. } if *client == x.client)
                     });
@@ -927,10 +966,9 @@ impl Runner<'_, '_> {
                 self.run_for(start - self.sim.elapsed())?;
                 let kind = nemesis.faults[self.rng.random_range(0..nemesis.faults.len())];
                 let target = clients[self.rng.random_range(0..clients.len())].clone();
-                let hold = Duration::from_millis(
-                    self.rng
-                        .random_range(nemesis.max_duration.millis / 4..=nemesis.max_duration.millis.max(1)),
-                );
+                let hold = Duration::from_millis(self.rng.random_range(
+                    nemesis.max_duration.millis / 4..=nemesis.max_duration.millis.max(1),
+                ));
                 self.inject(kind, &target, nemesis.loss_rate, &mut crashed)?;
                 self.run_for(hold)?;
                 self.heal_fault(kind, &target, &mut crashed)?;
@@ -1022,7 +1060,12 @@ impl Runner<'_, '_> {
                     self.fault(Fault::ClientCrash {
                         client: target.into(),
                     });
-                    self.send(target, HostCommand::Crash { client: target.into() })?;
+                    self.send(
+                        target,
+                        HostCommand::Crash {
+                            client: target.into(),
+                        },
+                    )?;
                     crashed.push(target.into());
                 }
             }
@@ -1119,20 +1162,34 @@ impl Runner<'_, '_> {
         let host = self.endpoint(target);
         let broker = self.broker_host.clone();
         match kind {
-            FaultKind::Partition | FaultKind::PartitionOneWay | FaultKind::Loss | FaultKind::Latency => {
+            FaultKind::Partition
+            | FaultKind::PartitionOneWay
+            | FaultKind::Loss
+            | FaultKind::Latency => {
                 self.fault(Fault::Heal {
                     a: host.clone(),
                     b: broker.clone(),
                 });
                 self.sim.repair(host.as_str(), broker.as_str());
-                self.sim.set_link_fail_rate(host.as_str(), broker.as_str(), 0.0);
+                self.sim
+                    .set_link_fail_rate(host.as_str(), broker.as_str(), 0.0);
                 if kind == FaultKind::Latency {
                     let (min, max) = {
-                        let k = Knobs::from_rng(&mut ChaCha8Rng::seed_from_u64(lock(&self.shared).seed));
+                        let k = Knobs::from_rng(&mut ChaCha8Rng::seed_from_u64(
+                            lock(&self.shared).seed,
+                        ));
                         (k.min_latency_ms, k.max_latency_ms)
                     };
-                    self.sim.set_link_latency(host.as_str(), broker.as_str(), Duration::from_millis(min));
-                    self.sim.set_link_max_message_latency(host.as_str(), broker.as_str(), Duration::from_millis(max));
+                    self.sim.set_link_latency(
+                        host.as_str(),
+                        broker.as_str(),
+                        Duration::from_millis(min),
+                    );
+                    self.sim.set_link_max_message_latency(
+                        host.as_str(),
+                        broker.as_str(),
+                        Duration::from_millis(max),
+                    );
                 }
             }
             FaultKind::CrashBroker | FaultKind::PowerLoss => self.restart_broker()?,
@@ -1318,7 +1375,11 @@ impl Plan {
             });
             if w.wildcards && rng.random_bool(0.5) {
                 filters.push(FilterSpec {
-                    filter: if rng.random_bool(0.5) { "t/+".into() } else { "t/#".into() },
+                    filter: if rng.random_bool(0.5) {
+                        "t/+".into()
+                    } else {
+                        "t/#".into()
+                    },
                     qos: w.qos[rng.random_range(0..w.qos.len())],
                     no_local: false,
                     retain_as_published: false,

@@ -34,7 +34,7 @@ use crate::codec::{
     ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, TopicFilter, TopicName,
 };
 use crate::history::{
-    DisconnectCause, Event, FilterGrant, FilterRequest, Fault, Record, Trace, WillInfo,
+    DisconnectCause, Event, Fault, FilterGrant, FilterRequest, Record, Trace, WillInfo,
 };
 use crate::scenario::{ClientSpec, FilterSpec, Persistence};
 use crate::store::fs::SimFs;
@@ -65,7 +65,10 @@ pub enum HostCommand {
     /// Start a client instance (connect, or restart after a crash) with its persistence.
     /// `restart`: the application starts again after a crash and subscribes to what it had
     /// subscribed to (a new process knows no subscriptions until it makes them).
-    Start { client: String, restart: bool },
+    Start {
+        client: String,
+        restart: bool,
+    },
     Subscribe {
         client: String,
         filters: Vec<FilterSpec>,
@@ -80,11 +83,17 @@ pub enum HostCommand {
         messages: Vec<PlannedPublish>,
         interval_ms: u64,
     },
-    Disconnect { client: String },
+    Disconnect {
+        client: String,
+    },
     /// The client's process dies: no DISCONNECT, no goodbye.
-    Crash { client: String },
+    Crash {
+        client: String,
+    },
     /// Ask the broker's admin handle to close a client id's connection.
-    Kick { client_id: String },
+    Kick {
+        client_id: String,
+    },
 }
 
 /// The runner's view of one client session.
@@ -150,7 +159,11 @@ impl Shared {
     pub fn record(&mut self, at_ms: u64, host: &str, event: Event) {
         // Hosts run one after another within a tick, each with its own clock reading; keep
         // the trace's times monotonic so "before" in the trace means before in time.
-        let at_ms = self.trace.records.last().map_or(at_ms, |r| r.at_ms.max(at_ms));
+        let at_ms = self
+            .trace
+            .records
+            .last()
+            .map_or(at_ms, |r| r.at_ms.max(at_ms));
         self.trace.records.push(Record {
             at_ms,
             host: host.to_string(),
@@ -442,7 +455,8 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
             tokio::task::spawn_local(async move {
                 if let Some(handle) = handle {
                     if let Some(s) = lock(&shared).sessions.get_mut(&client) {
-                        s.pending_cause = Some(DisconnectCause::ClientDisconnect { with_will: false });
+                        s.pending_cause =
+                            Some(DisconnectCause::ClientDisconnect { with_will: false });
                     }
                     handle.disconnect().await;
                 }
@@ -699,9 +713,7 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
         let host = host.clone();
         move |result: Result<(), String>| -> Option<(Vec<u8>, Vec<u8>)> {
             let mut s = lock(&shared);
-            let Some(session) = s.sessions.get_mut(&client) else {
-                return None;
-            };
+            let session = s.sessions.get_mut(&client)?;
             if session.instance != instance || result.is_err() {
                 return None;
             }
