@@ -169,7 +169,8 @@ impl FaultControl {
     }
 
     /// What to do with one packet: how many copies to pass (0, 1 or 2) and its release time.
-    fn route(&self, direction: Direction, packet_type: u8) -> (usize, Instant) {
+    fn route(&self, direction: Direction, header: u8) -> (usize, Instant) {
+        let packet_type = header >> 4;
         let mut state = lock(&self.state);
         let release = Instant::now() + state.delay;
         if let Some(i) = state
@@ -180,10 +181,13 @@ impl FaultControl {
             state.drop.remove(i);
             return (0, release);
         }
+        // A duplicate models a retransmission, which MQTT makes only at QoS 1 and 2: a QoS 0
+        // PUBLISH (QoS bits 0) is never sent twice, so the rule waits for one that can be.
+        let qos0_publish = packet_type == 3 && header & 0b0110 == 0;
         if let Some(i) = state
             .duplicate
             .iter()
-            .position(|&(d, t)| d == direction && t == packet_type)
+            .position(|&(d, t)| d == direction && t == packet_type && !qos0_publish)
         {
             state.duplicate.remove(i);
             return (2, release);
@@ -233,7 +237,7 @@ fn frame(
             }
         };
         let packet = raw.split_to(len).freeze();
-        let (copies, release) = control.route(direction, packet[0] >> 4);
+        let (copies, release) = control.route(direction, packet[0]);
         for _ in 0..copies {
             queued += packet.len();
             queue.push_back((release, packet.clone()));
@@ -565,15 +569,17 @@ mod tests {
         control.drop_next(Direction::Inbound, 4); // PUBACK
         control.duplicate_next(Direction::Inbound, 3); // PUBLISH
         let mut raw = BytesMut::new();
-        // PUBACK 1, PUBLISH "t" QoS 0, PUBACK 2, PUBLISH again.
+        // PUBACK 1, PUBLISH "t" QoS 0 (never duplicated), PUBLISH QoS 1 id 7, PUBACK 2,
+        // PUBLISH QoS 1 again.
         raw.extend_from_slice(&[0x40, 0x02, 0x00, 0x01]);
         raw.extend_from_slice(&[0x30, 0x03, 0x00, 0x01, b't']);
+        raw.extend_from_slice(&[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x07]);
         raw.extend_from_slice(&[0x40, 0x02, 0x00, 0x02]);
-        raw.extend_from_slice(&[0x30, 0x03, 0x00, 0x01, b't']);
+        raw.extend_from_slice(&[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x08]);
         raw.extend_from_slice(&[0x40]); // a partial packet stays buffered
         let mut queue = VecDeque::new();
         frame(&mut raw, &mut queue, &control, Direction::Inbound);
-        assert_eq!(queue_types(&queue), vec![3, 3, 4, 3]);
+        assert_eq!(queue_types(&queue), vec![3, 3, 3, 4, 3]);
         assert_eq!(&raw[..], &[0x40]);
         // Outbound rules are separate from inbound ones.
         control.drop_next(Direction::Outbound, 4);
