@@ -410,17 +410,37 @@ impl Runner<'_, '_> {
                 }
             }
         }
+        // Cut the broker off before it dies. Dropping a crashed host's runtime drops its tasks
+        // in an order set by tokio's process-wide task ids, so the FINs its sockets would send
+        // come out in an order that differs between runs in one process (and between `run`
+        // and `replay`). Dropped by the partition, they leave no trace; the peers' view of a
+        // crash is then made below in client-name order.
+        for host in self.client_hosts.clone() {
+            self.sim.partition(self.broker_host.as_str(), host.as_str());
+        }
+        self.sim.crash(self.broker_host.as_str());
+        self.broker_up = false;
         if power_loss {
             // The power goes before anything can leave: peers see no FIN, only silence that
             // their keepalive must notice. (turmoil drops unsynced writes on every crash; with
             // the durable broker syncing each write, the two crashes differ on the wire.)
-            for host in self.client_hosts.clone() {
-                self.sim.partition(self.broker_host.as_str(), host.as_str());
-            }
             self.broker_partitioned = true;
+        } else {
+            // A process crash: the kernel closes its sockets, so every peer sees its
+            // connection close at once.
+            for host in self.client_hosts.clone() {
+                self.sim.repair(self.broker_host.as_str(), host.as_str());
+            }
+            let controls: Vec<Arc<FaultControl>> = lock(&self.shared)
+                .sessions
+                .values()
+                .filter(|s| s.connected || s.attempt_open)
+                .map(|s| s.control.clone())
+                .collect();
+            for control in controls {
+                control.reset();
+            }
         }
-        self.sim.crash(self.broker_host.as_str());
-        self.broker_up = false;
     }
 
     fn restart_broker(&mut self) -> StepResult {
