@@ -10,7 +10,13 @@ pub fn check(data: &[u8], version: ProtocolVersion) {
     // Every packet of the stream, until the first error or incomplete packet.
     let mut decoded = Vec::new();
     loop {
-        match codec::decode_slice(&rest, version, DEFAULT_MAX_PACKET_SIZE) {
+        let result = codec::decode_slice(&rest, version, DEFAULT_MAX_PACKET_SIZE);
+        // The PUBLISH fast path and the general path agree, errors included.
+        assert_eq!(
+            result,
+            codec::decode::decode_slice_general(&rest, version, DEFAULT_MAX_PACKET_SIZE)
+        );
+        match result {
             Ok(Some((packet, used))) => {
                 assert!(used > 0 && used <= rest.len());
                 let len = codec::encoded_len(&packet, version)

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use super::error::{DecodeError, StringError};
 use super::packet::*;
 use super::properties as prop;
+use super::strings::check_topic_name;
 
 /// Largest remaining length the wire format can express (4-byte variable byte integer).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -40,13 +41,131 @@ pub fn decode(
     if buf.len() < total {
         return Ok(None);
     }
+    if header.packet_type == PacketType::Publish && !tracing() {
+        if let Some(plan) = publish_fast(&buf[..total], header, version) {
+            bytes::Buf::advance(buf, plan.topic.start);
+            let topic = buf.split_to(plan.topic.len()).freeze();
+            bytes::Buf::advance(buf, plan.payload_start - plan.topic.end);
+            let payload = buf.split_to(total - plan.payload_start).freeze();
+            return Ok(Some(fast_publish(header.first, &plan, topic, payload)));
+        }
+    }
     let frame = buf.split_to(total).freeze();
     decode_frame(header, frame, version).map(Some)
+}
+
+/// The hot path's plan for a PUBLISH without properties: where its topic and payload lie in
+/// the packet, so the caller can split them off its buffer directly (no intermediate frame
+/// `Bytes`, one scan of the topic). `None`: the packet has properties or is malformed; the
+/// general path, which reports the precise error, takes it.
+struct FastPublish {
+    topic: std::ops::Range<usize>,
+    payload_start: usize,
+    qos_pid: QosPid,
+}
+
+#[inline]
+fn publish_fast(
+    packet: &[u8],
+    header: FixedHeader,
+    version: ProtocolVersion,
+) -> Option<FastPublish> {
+    let body = &packet[header.header_len..];
+    let (len_bytes, rest) = body.split_first_chunk::<2>()?;
+    let topic_len = usize::from(u16::from_be_bytes(*len_bytes));
+    if rest.len() < topic_len || topic_len == 0 {
+        return None;
+    }
+    let (topic_bytes, rest) = rest.split_at(topic_len);
+    check_topic_name(topic_bytes).ok()?;
+    let mut skip = 0;
+    let qos_pid = match (header.first >> 1) & 0x03 {
+        0 => QosPid::AtMostOnce,
+        qos => {
+            let id = NonZeroU16::new(u16::from_be_bytes(*rest.first_chunk::<2>()?))?;
+            skip = 2;
+            if qos == 1 {
+                QosPid::AtLeastOnce(id)
+            } else {
+                QosPid::ExactlyOnce(id)
+            }
+        }
+    };
+    if version == ProtocolVersion::V5 {
+        // Only an empty property block (one zero byte) stays on the fast path.
+        if rest.get(skip) != Some(&0) {
+            return None;
+        }
+        skip += 1;
+    }
+    if rest.len() < skip {
+        return None;
+    }
+    let topic_start = header.header_len + 2;
+    Some(FastPublish {
+        topic: topic_start..topic_start + topic_len,
+        payload_start: topic_start + topic_len + skip,
+        qos_pid,
+    })
+}
+
+/// The annotated snapshots record which field each byte was read as; only the general path
+/// records, so they bypass the fast one.
+#[inline(always)]
+fn tracing() -> bool {
+    #[cfg(test)]
+    return trace::active();
+    #[cfg(not(test))]
+    false
+}
+
+/// Builds the PUBLISH of a fast-path plan from its split-off topic and payload.
+#[inline]
+fn fast_publish(first: u8, plan: &FastPublish, topic: Bytes, payload: Bytes) -> Packet {
+    // SAFETY: publish_fast checked these bytes with check_topic_name: UTF-8, no U+0000.
+    let topic = TopicName::from_checked(unsafe { MqttStr::from_bytes_unchecked(topic) });
+    Packet::Publish(Publish {
+        dup: first & 0x08 != 0,
+        qos_pid: plan.qos_pid,
+        retain: first & 0x01 != 0,
+        topic,
+        properties: PublishProperties::default(),
+        payload,
+    })
 }
 
 /// Decodes one packet from the front of `buf` without consuming it: returns the packet and the
 /// number of bytes it occupied.
 pub fn decode_slice(
+    buf: &Bytes,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+) -> Result<Option<(Packet, usize)>, DecodeError> {
+    let Some(header) = fixed_header(buf, version, max_packet_size)? else {
+        return Ok(None);
+    };
+    let total = header.header_len + header.remaining;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    if header.packet_type == PacketType::Publish && !tracing() {
+        if let Some(plan) = publish_fast(&buf[..total], header, version) {
+            let topic = buf.slice(plan.topic.clone());
+            let payload = buf.slice(plan.payload_start..total);
+            return Ok(Some((
+                fast_publish(header.first, &plan, topic, payload),
+                total,
+            )));
+        }
+    }
+    let frame = buf.slice(..total);
+    decode_frame(header, frame, version).map(|packet| Some((packet, total)))
+}
+
+/// `decode_slice` without the PUBLISH fast path: the fuzz targets and tests check that both
+/// paths agree.
+#[doc(hidden)]
+pub fn decode_slice_general(
     buf: &Bytes,
     version: ProtocolVersion,
     max_packet_size: u32,
@@ -328,8 +447,11 @@ impl Reader {
     /// A topic name that may be empty (PUBLISH in 5.0 with a topic alias); callers check.
     #[inline]
     fn topic_name(&mut self, field: &'static str) -> Result<TopicName, DecodeError> {
-        let s = self.string(field)?;
-        TopicName::from_str(s).map_err(|error| self.string_error(field, error))
+        let bytes = self.binary(field)?;
+        check_topic_name(&bytes).map_err(|error| self.string_error(field, error))?;
+        // SAFETY: check_topic_name verified UTF-8 (and no U+0000, no wildcard).
+        let s = unsafe { MqttStr::from_bytes_unchecked(bytes) };
+        Ok(TopicName::from_checked(s))
     }
 
     /// A topic name that must not be empty [MQTT-4.7.3-1].
@@ -1131,9 +1253,11 @@ fn auth(r: &mut Reader) -> Result<Auth, DecodeError> {
 pub(crate) mod trace {
     use std::cell::RefCell;
 
+    /// (offset in the packet, length, field).
+    pub type Span = (usize, usize, &'static str);
+
     thread_local! {
-        static SPANS: RefCell<Option<Vec<(usize, usize, &'static str)>>> =
-            const { RefCell::new(None) };
+        static SPANS: RefCell<Option<Vec<Span>>> = const { RefCell::new(None) };
     }
 
     pub fn record(start: usize, len: usize, field: &'static str) {
@@ -1144,8 +1268,12 @@ pub(crate) mod trace {
         });
     }
 
+    pub fn active() -> bool {
+        SPANS.with(|spans| spans.borrow().is_some())
+    }
+
     /// Runs `f` and returns the spans it read: (offset in the packet, length, field).
-    pub fn collect<T>(f: impl FnOnce() -> T) -> (T, Vec<(usize, usize, &'static str)>) {
+    pub fn collect<T>(f: impl FnOnce() -> T) -> (T, Vec<Span>) {
         SPANS.with(|spans| *spans.borrow_mut() = Some(Vec::new()));
         let value = f();
         let spans = SPANS

@@ -612,6 +612,19 @@ fn short_form(reason: ReasonCode, properties_len: usize) -> usize {
     }
 }
 
+/// Cheaper than comparing with `PublishProperties::default()` on the hot path.
+#[inline]
+fn publish_properties_empty(p: &PublishProperties) -> bool {
+    p.payload_format_utf8.is_none()
+        && p.message_expiry_interval_secs.is_none()
+        && p.topic_alias.is_none()
+        && p.response_topic.is_none()
+        && p.correlation_data.is_none()
+        && p.user_properties.is_empty()
+        && p.subscription_identifiers.is_empty()
+        && p.content_type.is_none()
+}
+
 #[inline]
 fn measure_publish(p: &Publish, version: ProtocolVersion) -> Result<usize, EncodeError> {
     if p.dup && p.qos_pid == QosPid::AtMostOnce {
@@ -623,7 +636,7 @@ fn measure_publish(p: &Publish, version: ProtocolVersion) -> Result<usize, Encod
     }
     match version {
         V311 => {
-            if p.properties != PublishProperties::default() {
+            if !publish_properties_empty(&p.properties) {
                 return Err(v311_refuses(PacketType::Publish, "properties"));
             }
             if p.topic.is_empty() {
@@ -706,16 +719,37 @@ fn write(packet: &Packet, version: ProtocolVersion, remaining: usize, out: &mut 
             if p.retain {
                 first |= 0x01;
             }
-            out.put_u8(first);
-            put_var_int(out, remaining);
-            put_str(out, p.topic.as_mqtt_str());
+            // Fixed header, topic length: gathered on the stack and appended at once.
+            let mut head = [0u8; 7];
+            head[0] = first;
+            let mut n = 1;
+            let mut value = remaining;
+            loop {
+                let mut byte = (value & 0x7F) as u8;
+                value >>= 7;
+                if value > 0 {
+                    byte |= 0x80;
+                }
+                head[n] = byte;
+                n += 1;
+                if value == 0 {
+                    break;
+                }
+            }
+            head[n..n + 2].copy_from_slice(&(p.topic.len() as u16).to_be_bytes());
+            out.put_slice(&head[..n + 2]);
+            out.put_slice(p.topic.as_mqtt_str().as_bytes());
             if let Some(id) = p.qos_pid.packet_id() {
-                out.put_u16(id.get());
+                out.put_slice(&id.get().to_be_bytes());
             }
             if version == V5 {
-                // Cannot fail: `measure` ran the same computation.
-                let len = publish_properties_len(&p.properties).unwrap_or(0);
-                put_publish_properties(out, &p.properties, len);
+                if publish_properties_empty(&p.properties) {
+                    out.put_u8(0);
+                } else {
+                    // Cannot fail: `measure` ran the same computation.
+                    let len = publish_properties_len(&p.properties).unwrap_or(0);
+                    put_publish_properties(out, &p.properties, len);
+                }
             }
             out.put_slice(&p.payload);
         }

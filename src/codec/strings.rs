@@ -34,6 +34,15 @@ impl MqttStr {
         MqttStr(Bytes::from_static(s.as_bytes()))
     }
 
+    /// Keeps `bytes` without checking them.
+    ///
+    /// # Safety
+    /// `bytes` must be valid UTF-8 (`as_str` relies on it); the codec also guarantees no U+0000
+    /// and at most 65,535 bytes (see `check_topic_name`).
+    pub(crate) unsafe fn from_bytes_unchecked(bytes: Bytes) -> MqttStr {
+        MqttStr(bytes)
+    }
+
     fn check(s: &str) -> Result<(), StringError> {
         if s.len() > Self::MAX_LEN {
             return Err(StringError::TooLong(s.len()));
@@ -105,6 +114,11 @@ impl TopicName {
             return Err(StringError::WildcardInTopicName);
         }
         Ok(TopicName(s))
+    }
+
+    /// Wraps a string already checked by `check_topic_name`.
+    pub(crate) fn from_checked(s: MqttStr) -> TopicName {
+        TopicName(s)
     }
 
     pub fn from_static(s: &'static str) -> TopicName {
@@ -230,4 +244,32 @@ impl std::ops::Deref for TopicFilter {
     fn deref(&self) -> &str {
         self.as_str()
     }
+}
+
+/// Checks the bytes of a topic name in one pass, with the errors in the order `MqttStr::new`
+/// then `TopicName::from_str` would report them: UTF-8, then U+0000, then wildcards. The decoder's
+/// hot path: most topics are short ASCII, which skips the UTF-8 validator.
+#[inline]
+pub(crate) fn check_topic_name(bytes: &[u8]) -> Result<(), StringError> {
+    let mut high = 0u8;
+    let mut null = false;
+    let mut wildcard = false;
+    for &b in bytes {
+        high |= b;
+        null |= b == 0;
+        wildcard |= b == b'+' || b == b'#';
+    }
+    if high >= 0x80 && std::str::from_utf8(bytes).is_err() {
+        return Err(StringError::InvalidUtf8);
+    }
+    if bytes.len() > MqttStr::MAX_LEN {
+        return Err(StringError::TooLong(bytes.len()));
+    }
+    if null {
+        return Err(StringError::NullCharacter);
+    }
+    if wildcard {
+        return Err(StringError::WildcardInTopicName);
+    }
+    Ok(())
 }

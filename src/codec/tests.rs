@@ -131,7 +131,11 @@ mod properties {
         ) {
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(_)) = decode(&mut buf, version, max) {}
-            let _ = decode_slice(&Bytes::from(data), version, max);
+            let data = Bytes::from(data);
+            prop_assert_eq!(
+                decode_slice(&data, version, max),
+                super::super::decode::decode_slice_general(&data, version, max)
+            );
         }
 
         /// Arbitrary bytes after a valid fixed header: the body parser sees every kind of junk.
@@ -143,7 +147,14 @@ mod properties {
         ) {
             let mut data = vec![first, body.len() as u8];
             data.extend_from_slice(&body);
-            if let Ok(Some((packet, _))) = decode_slice(&Bytes::from(data), version, DEFAULT_MAX_PACKET_SIZE) {
+            let data = Bytes::from(data);
+            let result = decode_slice(&data, version, DEFAULT_MAX_PACKET_SIZE);
+            // The PUBLISH fast path and the general path agree, errors included.
+            prop_assert_eq!(
+                &result,
+                &super::super::decode::decode_slice_general(&data, version, DEFAULT_MAX_PACKET_SIZE)
+            );
+            if let Ok(Some((packet, _))) = result {
                 // Whatever decodes re-encodes and decodes the same.
                 let mut out = BytesMut::new();
                 encode(&packet, version, &mut out).unwrap();
