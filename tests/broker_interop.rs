@@ -644,3 +644,91 @@ fn sigterm_flushes_the_store_and_a_restart_resumes() {
     );
     assert_eq!(out, ["s/r retained"]);
 }
+
+#[test]
+fn wrong_password_refused_and_acl_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let acl = dir.path().join("acl");
+    let simqtt = env!("CARGO_BIN_EXE_simqtt");
+    run(
+        simqtt,
+        &[
+            "passwd",
+            "-c",
+            "-b",
+            passwd.to_str().unwrap(),
+            "alice",
+            "secret",
+        ],
+    );
+    std::fs::write(
+        &acl,
+        "user alice\ntopic readwrite alice/#\ntopic read news/#\npattern write clients/%c/%u\n",
+    )
+    .unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "allow_anonymous = false\npassword_file = {:?}\nacl_file = {:?}\n",
+            passwd.to_str().unwrap(),
+            acl.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start(&["--config", config.to_str().unwrap()]);
+    let port = broker.port();
+    let base = ["-p", port.as_str(), "-h", "127.0.0.1"];
+    // Wrong password: CONNACK 4; no user name: CONNACK 5.
+    for (args, code) in [
+        (
+            vec!["-u", "alice", "-P", "wrong"],
+            "bad user name or password",
+        ),
+        (
+            vec!["-u", "mallory", "-P", "secret"],
+            "bad user name or password",
+        ),
+        (vec![], "not authorised"),
+    ] {
+        let p = Program::start(
+            "mosquitto_pub",
+            &[&base[..], &args[..], &["-t", "alice/x", "-m", "x"]].concat(),
+        );
+        let err = p.err.clone();
+        let (status, _) = p.finish();
+        assert!(!status.success(), "{args:?} was accepted");
+        let err = err.lock().unwrap().join("\n").to_lowercase();
+        assert!(err.contains(code), "{args:?}: {err}");
+    }
+    // The right password connects; the ACL decides per topic.
+    let out = python(
+        &broker,
+        r#"
+s = client("reader")
+s.username_pw_set("alice", "secret")
+start(s)
+subscribe(s, "alice/#", 1)
+subscribe(s, "secret/#", 1)
+subscribe(s, "clients/#", 1)
+print([e for e in s.events if e[0] == "suback"])
+p = client("writer")
+p.username_pw_set("alice", "secret")
+start(p)
+p.publish("news/today", "refused: read only", qos=1).wait_for_publish(5)
+p.publish("clients/writer/alice", "allowed by pattern", qos=1).wait_for_publish(5)
+p.publish("alice/x", "allowed", qos=1).wait_for_publish(5)
+wait(lambda: len(s.messages) == 1)
+time.sleep(0.2)
+print(s.messages)
+"#,
+    );
+    assert_eq!(
+        out,
+        [
+            "[('suback', [1]), ('suback', [128]), ('suback', [128])]",
+            "[('alice/x', 'allowed', 1, 0)]",
+        ]
+    );
+}

@@ -470,3 +470,110 @@ fn acknowledged_messages_survive_a_broker_crash() {
     println!("{acked_total} acknowledged messages checked, {resumed} session resumes");
     assert!(acked_total > 100 && resumed >= 10);
 }
+
+#[test]
+fn handle_lists_clients_and_kicks_one_with_its_will() {
+    let seed = 3;
+    println!("seed {seed}");
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(30))
+        .build();
+    let handle_slot: Arc<Mutex<Option<simqtt::broker::BrokerHandle>>> = Arc::default();
+    {
+        let handle_slot = handle_slot.clone();
+        sim.host("broker", move || {
+            let handle_slot = handle_slot.clone();
+            async move {
+                let config = BrokerConfig {
+                    rng_seed: Some(seed),
+                    ..BrokerConfig::default()
+                };
+                let (broker, handle) = Broker::new(Box::new(MemoryStore::new()), config);
+                *handle_slot.lock().unwrap() = Some(handle);
+                let listener = SimListener::bind("0.0.0.0:1883").await?;
+                broker.run(listener, std::future::pending::<()>()).await?;
+                Ok(())
+            }
+        });
+    }
+    let watching = Arc::new(Notify::new());
+    {
+        let watching = watching.clone();
+        sim.client("watcher", async move {
+            let (mut client, _) = TestClient::connect("watcher", true).await?;
+            client.subscribe("will/#", QoS::AtLeastOnce).await?;
+            watching.notify_one();
+            match client.recv(Duration::from_secs(10)).await? {
+                Packet::Publish(p) => {
+                    assert_eq!(&*p.topic, "will/victim");
+                    assert_eq!(&p.payload[..], b"kicked");
+                }
+                other => panic!("expected the will, got {other:?}"),
+            }
+            Ok(())
+        });
+    }
+    sim.client("victim", async move {
+        watching.notified().await;
+        let stream = SimConnector.connect(BROKER).await?;
+        let (read, write) = tokio::io::split(stream);
+        let mut client = TestClient {
+            read: FramedRead::new(read, ProtocolVersion::V311, DEFAULT_MAX_PACKET_SIZE),
+            write: FramedWrite::new(write, ProtocolVersion::V311),
+        };
+        let mut connect = Connect {
+            protocol: ProtocolVersion::V311,
+            clean_start: true,
+            keep_alive_secs: 0,
+            properties: ConnectProperties::default(),
+            client_id: MqttStr::new("victim")?,
+            will: None,
+            username: None,
+            password: None,
+        };
+        connect.will = Some(simqtt::codec::Will {
+            topic: TopicName::new("will/victim")?,
+            payload: Bytes::from_static(b"kicked"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        client.send(Packet::Connect(Box::new(connect))).await?;
+        assert!(matches!(
+            client.recv(Duration::from_secs(2)).await?,
+            Packet::ConnAck(_)
+        ));
+        // The broker closes the connection when the test kicks it.
+        assert!(client.recv(Duration::from_secs(10)).await.is_err());
+        Ok(())
+    });
+    // A client of the simulation drives the handle: list until both are connected, then kick.
+    let listed = Arc::new(Mutex::new(Vec::new()));
+    {
+        let listed = listed.clone();
+        sim.client("operator", async move {
+            loop {
+                let handle = handle_slot.lock().unwrap().clone();
+                if let Some(handle) = handle {
+                    let ids: Vec<String> = handle
+                        .clients()
+                        .await
+                        .into_iter()
+                        .map(|c| c.client_id)
+                        .collect();
+                    listed.lock().unwrap().push(ids.clone());
+                    if ids == ["victim", "watcher"] {
+                        assert!(handle.kick("victim").await);
+                        assert!(!handle.kick("nobody").await);
+                        return Ok(());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+    sim.run().unwrap();
+    let listed = listed.lock().unwrap();
+    assert!(listed.iter().any(|ids| ids.len() < 2), "{listed:?}");
+}

@@ -45,6 +45,12 @@ pub struct BrokerConfig {
     /// Outgoing QoS 1/2 messages per client that may await acknowledgement at once (the
     /// in-flight window). Default 32. A 5.0 client's Receive Maximum lowers it further.
     pub max_inflight_messages: u16,
+    /// Incoming QoS 2 messages per client received (PUBREC sent) and not yet released by
+    /// PUBREL. Default 1024. 5.0 clients are told it as Receive Maximum in CONNACK; a client
+    /// that goes beyond it is disconnected (5.0: reason 0x93 Receive Maximum exceeded; 3.1.1,
+    /// which has no flow control, is closed the same way and counted as a protocol error), so a
+    /// client cannot make the broker keep unbounded QoS 2 state.
+    pub max_incoming_qos2: u16,
     /// Messages held per session beyond the in-flight window (while the client is offline or
     /// its window is full). Default 1000. Overflow policy: the oldest queued message is dropped
     /// to make room for the new one (counted in `$SYS/broker/messages/dropped`): a subscriber
@@ -102,6 +108,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
             max_inflight_messages: 32,
+            max_incoming_qos2: 1024,
             max_queued_messages: 1000,
             queue_qos0_messages: false,
             outbound_queue_packets: 1024,
@@ -159,6 +166,20 @@ impl BrokerConfig {
         }
         if self.max_qos > 2 {
             return invalid("max_qos", self.max_qos.to_string(), "must be 0, 1 or 2");
+        }
+        if self.max_incoming_qos2 == 0 {
+            return invalid("max_incoming_qos2", "0".into(), "must be at least 1");
+        }
+        // Durations are added to the current time; keep them far from overflow.
+        const DAY_SECS: u64 = 86_400;
+        for (field, secs) in [
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("sys_interval_secs", self.sys_interval_secs),
+            ("sync_interval_ms", self.sync_interval_ms / 1000),
+        ] {
+            if secs > DAY_SECS {
+                return invalid(field, secs.to_string(), "must be at most one day");
+            }
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "0".into(), "must be at least 1");

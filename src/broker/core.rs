@@ -15,7 +15,8 @@
 //!   subscription identifier.
 //! - Session takeover: the older connection is closed as if its network had failed, so its
 //!   will IS published (3.1.1 leaves this to the server; mosquitto does the same).
-//! - Will delay (5.0) is not waited for: the will is published when the connection ends.
+//! - Will delay (5.0): the will waits for the Will Delay Interval or the end of the session,
+//!   whichever comes first, and any new connection to the session before then cancels it.
 //! - Session queue overflow: the OLDEST queued message is dropped (counted).
 //! - Unauthorised PUBLISH (ACL, or a `$` topic): acknowledged normally in 3.1.1
 //!   [MQTT-3.3.5-2], with reason 0x87 in 5.0; never delivered; counted.
@@ -100,6 +101,7 @@ enum Timer {
     ConnectTimeout(ConnId),
     KeepAlive(ConnId),
     SessionExpiry(Arc<str>),
+    WillDelay(Arc<str>),
     Sys,
     Sync,
 }
@@ -112,6 +114,8 @@ struct SessionRuntime {
     persistent: bool,
     /// When an offline session with a finite expiry ends.
     expires_at: Option<Instant>,
+    /// 5.0: a will waiting for its delay interval, and when it is due.
+    pending_will: Option<(Instant, StoredMessage)>,
 }
 
 /// A connection that has sent a valid CONNECT.
@@ -154,6 +158,8 @@ pub struct Core {
     bytes: Arc<ByteCounters>,
     /// Reused per publish to collect matching subscriptions without allocating.
     scratch: Vec<(Arc<str>, Route)>,
+    /// Ops for the store not yet written (see `flush_store`).
+    pending_ops: Vec<StoreOp>,
 }
 
 impl std::fmt::Debug for Core {
@@ -227,6 +233,7 @@ impl Core {
             started_at: now,
             bytes,
             scratch: Vec::new(),
+            pending_ops: Vec::new(),
         };
         let loaded: Vec<(String, Option<u32>)> = core
             .state
@@ -258,6 +265,7 @@ impl Core {
                     conn: None,
                     persistent: true,
                     expires_at,
+                    pending_will: None,
                 },
             );
         }
@@ -288,6 +296,7 @@ impl Core {
             core.stats.wills_published += 1;
             core.publish(Some(&client_id), will.message, now, &mut ignored);
         }
+        core.flush_store();
         if core.config.sys_interval_secs > 0 {
             core.timers.insert((now, Timer::Sys));
         }
@@ -534,7 +543,18 @@ impl Core {
                     });
                     if expired {
                         tracing::info!(client_id = &*client_id, "session expired");
+                        // A delayed will is due at the latest when its session ends.
+                        self.publish_pending_will(&client_id, now, out);
                         self.drop_session(&client_id);
+                    }
+                }
+                Timer::WillDelay(client_id) => {
+                    let due = self.sessions.get(&client_id).is_some_and(|s| {
+                        s.conn.is_none()
+                            && s.pending_will.as_ref().is_some_and(|(at, _)| *at <= now)
+                    });
+                    if due {
+                        self.publish_pending_will(&client_id, now, out);
                     }
                 }
                 Timer::Sys => {
@@ -663,6 +683,15 @@ impl Core {
             tracing::warn!(conn, "max_connections reached; refusing CONNECT");
             return self.refuse(conn, protocol, ReasonCode::ServerUnavailable, now, out);
         }
+        if let Some(rt) = self.sessions.get_mut(&client_id) {
+            if rt.pending_will.take().is_some() {
+                // [MQTT-3.1.3-9 in 5.0] a new connection before the delay ends: no will.
+                tracing::debug!(
+                    client_id = &*client_id,
+                    "delayed will cancelled by reconnect"
+                );
+            }
+        }
         if let Some(old) = existing_conn {
             // [MQTT-3.1.4-2] the older connection goes; see the module doc for its will.
             tracing::info!(
@@ -707,6 +736,7 @@ impl Core {
                     conn: None,
                     persistent: expiry != Some(0),
                     expires_at: None,
+                    pending_will: None,
                 },
             );
             self.emit(StoreOp::SessionCreated {
@@ -774,6 +804,7 @@ impl Core {
                 properties.maximum_qos = QoS::from_u8(self.config.max_qos);
             }
             properties.shared_subscription_available = Some(false);
+            properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
         }
         out.push(Action::SetProtocol {
             conn,
@@ -919,6 +950,27 @@ impl Core {
                 }
             }
         }
+        let delay_secs = online
+            .will
+            .as_ref()
+            .and_then(|w| w.properties.will_delay_interval_secs)
+            .filter(|_| online.protocol == ProtocolVersion::V5)
+            .unwrap_or(0);
+        let session_lives = this_conn && self.sessions.contains_key(&client_id);
+        if publish_will && delay_secs > 0 && session_lives {
+            if let Some(will) = &online.will {
+                // Due after the delay, or when the session ends if that comes first (the
+                // session expiry timer publishes it then). It stays in the store meanwhile.
+                let at = now + Duration::from_secs(delay_secs.into());
+                let message = self.will_message(will, now);
+                if let Some(rt) = self.sessions.get_mut(&client_id) {
+                    rt.pending_will = Some((at, message));
+                }
+                self.timers
+                    .insert((at, Timer::WillDelay(client_id.clone())));
+                return;
+            }
+        }
         if self
             .state
             .sessions
@@ -937,6 +989,29 @@ impl Core {
                 self.publish(Some(&client_id), message, now, out);
             }
         }
+    }
+
+    fn publish_pending_will(&mut self, client_id: &Arc<str>, now: Instant, out: &mut Vec<Action>) {
+        let Some((_, message)) = self
+            .sessions
+            .get_mut(client_id)
+            .and_then(|rt| rt.pending_will.take())
+        else {
+            return;
+        };
+        if self
+            .state
+            .sessions
+            .get(&**client_id)
+            .is_some_and(|s| s.will.is_some())
+        {
+            self.emit(StoreOp::WillCleared {
+                client_id: client_id.to_string(),
+            });
+        }
+        self.stats.wills_published += 1;
+        tracing::debug!(client_id = &**client_id, topic = %message.topic, "publishing delayed will");
+        self.publish(Some(client_id), message, now, out);
     }
 
     fn will_message(&self, will: &Will, now: Instant) -> StoredMessage {
@@ -1122,6 +1197,20 @@ impl Core {
                     .sessions
                     .get(&*client_id)
                     .is_some_and(|s| s.incoming_qos2.contains(&id.get()));
+                let receiving = self
+                    .state
+                    .sessions
+                    .get(&*client_id)
+                    .map_or(0, |s| s.incoming_qos2.len());
+                if !seen && receiving >= usize::from(self.config.max_incoming_qos2) {
+                    return self.violation(
+                        conn,
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "[MQTT-3.3.4-8 in 5.0] more unreleased QoS 2 messages than max_incoming_qos2",
+                        now,
+                        out,
+                    );
+                }
                 if seen {
                     // [MQTT-4.3.3-2] a retransmission: acknowledged again, not delivered again.
                 } else if allowed || !v5 {
@@ -1754,8 +1843,29 @@ impl Core {
 
     // ----- the store -----
 
+    /// Writes the store ops gathered since the last call as one batch (group commit: under
+    /// `every-write` one sync for all of them). The I/O layer calls it after every batch of
+    /// events and BEFORE it carries out the resulting actions, so no acknowledgement leaves
+    /// before the state it promises is durable. The core does no I/O between gathering and
+    /// flushing, so a crash cannot fall in between.
+    pub fn flush_store(&mut self) {
+        if self.pending_ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending_ops);
+        if let Err(error) = self.store.apply_batch(ops) {
+            self.stats.store_errors += 1;
+            tracing::error!(%error, "store write failed; carrying on from memory");
+        }
+    }
+
+    /// Ops gathered and not yet written by `flush_store`.
+    pub fn pending_store_ops(&self) -> usize {
+        self.pending_ops.len()
+    }
+
     /// Applies `op` to the in-memory state and, when it concerns a persistent session or a
-    /// retained message, to the store.
+    /// retained message, queues it for the store (`flush_store`).
     fn emit(&mut self, op: StoreOp) {
         let durable = match &op {
             StoreOp::SessionCreated {
@@ -1768,14 +1878,12 @@ impl Core {
         };
         self.state.apply(&op);
         if durable {
-            if let Err(error) = self.store.apply(op) {
-                self.stats.store_errors += 1;
-                tracing::error!(%error, "store write failed; carrying on from memory");
-            }
+            self.pending_ops.push(op);
         }
     }
 
     fn sync_store(&mut self) {
+        self.flush_store();
         if let Err(error) = self.store.sync() {
             self.stats.store_errors += 1;
             tracing::error!(%error, "store sync failed");

@@ -10,7 +10,11 @@
 //! - the core hands packets to each writer over a bounded channel with `try_send`, never
 //!   waiting: a slow subscriber loses QoS 0 messages or its connection, never anyone's time;
 //! - a writer takes everything queued (up to a batch bound) before one flush;
-//! - payloads travel as `Bytes`, shared by every subscriber's copy of a message.
+//! - payloads travel as `Bytes`, shared by every subscriber's copy of a message;
+//! - the store ops of one batch of events are written together (`Core::flush_store`, one
+//!   fsync under `every-write`) before the batch's acknowledgements are handed to writers. The
+//!   write runs on the core task: with a file store on a real disk the fsync bounds the rate of
+//!   persistent-session traffic, while the connection tasks keep reading and writing.
 //!
 //! Nothing here names `tokio::net` or `turmoil`, reads the wall clock, or starts an OS thread:
 //! the same code serves real TCP and the simulator.
@@ -43,6 +47,9 @@ const WRITE_BATCH_PACKETS: usize = 256;
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Sockets allowed beyond `max_connections` while they have not sent CONNECT.
 const PENDING_CONNECTIONS: usize = 1024;
+/// A flush that makes no progress for this long means the peer stopped reading (or vanished):
+/// the writer gives up, so a stuck peer cannot hold a socket and its buffers forever.
+const WRITE_STALL: Duration = Duration::from_secs(60);
 /// How long `run` waits at shutdown for writers to flush their last packets.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -217,10 +224,13 @@ impl Broker {
                     }
                 }
             }
+            // Durable first, then the packets that depend on it (acknowledgements).
+            core.flush_store();
             driver.execute(&mut core);
         }
         acceptor.abort();
         core.shutdown(&mut driver.actions);
+        core.flush_store();
         driver.execute(&mut core);
         drop(driver);
         drop(alive_tx);
@@ -302,6 +312,8 @@ impl Driver {
                     }
                 }
             }
+            // A connection ended above may have published a will.
+            core.flush_store();
         }
     }
 }
@@ -378,12 +390,19 @@ async fn write_loop(
                 next = outbound.try_recv().ok();
             }
         }
-        if let Err(error) = framed.flush().await {
-            tracing::debug!(%error, "write failed");
-            return;
+        match tokio::time::timeout(WRITE_STALL, framed.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "write failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("peer stopped reading; dropping its connection");
+                return;
+            }
         }
     }
-    let _ = framed.shutdown().await;
+    let _ = tokio::time::timeout(WRITE_STALL, framed.shutdown()).await;
 }
 
 /// Counts the bytes a client stream moves, for `$SYS/broker/bytes/...`.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use simqtt::broker::{self, BrokerConfig, SyncMode};
 use simqtt::store::fs::StdFs;
 use simqtt::store::{FileStore, MemoryStore, Store, SyncPolicy};
@@ -94,10 +94,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn load_authenticator(config: &BrokerConfig) -> anyhow::Result<broker::auth::Authenticator> {
-    if config.password_file.is_some() || config.acl_file.is_some() {
-        bail!("password_file and acl_file need the auth file loader (branch `store`)");
-    }
-    Ok(broker::auth::Authenticator::allow_all())
+    let authenticator = broker::auth::Authenticator::from_files(
+        config.password_file.as_deref(),
+        config.acl_file.as_deref(),
+        config.allow_anonymous,
+    )?;
+    Ok(authenticator)
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

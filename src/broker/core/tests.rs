@@ -131,6 +131,7 @@ impl Harness {
     fn send(&mut self, conn: ConnId, packet: Packet) -> Vec<Action> {
         let mut out = Vec::new();
         self.core.handle(conn, packet, self.now, &mut out);
+        self.core.flush_store();
         out
     }
 
@@ -154,6 +155,7 @@ impl Harness {
         let mut out = Vec::new();
         self.core
             .ended(conn, EndCause::PeerClosed, self.now, &mut out);
+        self.core.flush_store();
         out
     }
 
@@ -161,6 +163,7 @@ impl Harness {
         self.now += Duration::from_secs_f64(secs);
         let mut out = Vec::new();
         self.core.on_timer(self.now, &mut out);
+        self.core.flush_store();
         out
     }
 }
@@ -834,4 +837,251 @@ fn slow_consumer_ends_with_will_and_keeps_inflight() {
     assert_eq!(publishes(&out, 9)[0].1, "slow");
     assert_eq!(h.core.state().sessions["slow"].outgoing.len(), 1);
     assert_eq!(h.core.stats(h.now).slow_consumers, 1);
+}
+
+#[test]
+fn store_ops_are_written_as_one_batch_before_actions_run() {
+    let mut h = Harness::new(config());
+    h.connect(1, "pub", true);
+    h.connect(2, "sub", false);
+    h.send(2, subscribe(1, &[("t", QoS::AtLeastOnce)]));
+    h.end(2);
+    let mut out = Vec::new();
+    h.core.handle(
+        1,
+        publish("t", "x", QosPid::AtLeastOnce(pid(1)), false),
+        h.now,
+        &mut out,
+    );
+    // The PUBACK is among the actions, and the op it depends on waits for `flush_store`,
+    // which the server loop runs before it carries out any action.
+    assert_eq!(sent(&out, 1), [Packet::PubAck(Ack::new(pid(1)))]);
+    assert_eq!(h.core.pending_store_ops(), 1);
+    assert!(h.core.store().state().sessions["sub"].queued.is_empty());
+    h.core.flush_store();
+    assert_eq!(h.core.pending_store_ops(), 0);
+    assert_eq!(h.core.store().state().sessions["sub"].queued.len(), 1);
+    // Clean sessions never reach the store.
+    assert!(!h.core.store().state().sessions.contains_key("pub"));
+}
+
+#[test]
+fn incoming_qos2_state_is_bounded() {
+    let mut h = Harness::new(BrokerConfig {
+        max_incoming_qos2: 2,
+        ..config()
+    });
+    h.connect(1, "pub", true);
+    h.send(1, publish("t", "a", QosPid::ExactlyOnce(pid(1)), false));
+    h.send(1, publish("t", "b", QosPid::ExactlyOnce(pid(2)), false));
+    // A retransmission of a known id is fine at the limit.
+    let out = h.send(1, publish("t", "b", QosPid::ExactlyOnce(pid(2)), false));
+    assert_eq!(sent(&out, 1), [Packet::PubRec(Ack::new(pid(2)))]);
+    let out = h.send(1, publish("t", "c", QosPid::ExactlyOnce(pid(3)), false));
+    assert!(closed(&out, 1));
+    // 5.0 clients are told the limit.
+    let out = h.connect_with(2, connect_packet("v5", true, ProtocolVersion::V5));
+    assert_eq!(
+        connack(&out, 2).unwrap().properties.receive_maximum,
+        NonZeroU16::new(2)
+    );
+}
+
+/// Seeded random operation sequences (connect, publish, acks, subscribe, disconnect, network
+/// loss, timers, kicks, restarts from the store) never panic the core and keep its bounds and
+/// its store in step with its memory.
+#[test]
+fn random_operations_keep_invariants() {
+    use rand::{Rng, SeedableRng};
+    let topics = ["a", "a/b", "a/c", "$SYS/x", "b"];
+    let filters = ["a/#", "+/b", "#", "a", "b", "$SYS/#"];
+    for seed in 0..40u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let config = BrokerConfig {
+            max_inflight_messages: 3,
+            max_queued_messages: 4,
+            max_incoming_qos2: 3,
+            max_connections: 3,
+            sys_interval_secs: 7,
+            ..config()
+        };
+        let mut h = Harness::new(config.clone());
+        let mut next_conn = 1;
+        let mut open: Vec<ConnId> = Vec::new();
+        for step in 0..400 {
+            let qos = QoS::from_u8(rng.random_range(0..3)).unwrap();
+            let id = pid(rng.random_range(1..6));
+            let topic = topics[rng.random_range(0..topics.len())];
+            let conn = if open.is_empty() || rng.random_bool(0.1) {
+                let c = next_conn;
+                next_conn += 1;
+                h.open(c);
+                open.push(c);
+                c
+            } else {
+                open[rng.random_range(0..open.len())]
+            };
+            let packet = match rng.random_range(0..14) {
+                0 | 1 => {
+                    let mut c = connect_packet(
+                        ["x", "y", "z", ""][rng.random_range(0..4)],
+                        rng.random_bool(0.5),
+                        if rng.random_bool(0.7) {
+                            ProtocolVersion::V311
+                        } else {
+                            ProtocolVersion::V5
+                        },
+                    );
+                    c.keep_alive_secs = rng.random_range(0..4);
+                    c.properties.session_expiry_interval_secs =
+                        [None, Some(0), Some(5), Some(u32::MAX)][rng.random_range(0..4)];
+                    if rng.random_bool(0.3) {
+                        c.will = Some(will(topic.trim_start_matches('$'), "will"));
+                    }
+                    Packet::Connect(Box::new(c))
+                }
+                2..=4 => publish(
+                    topic,
+                    &step.to_string(),
+                    QosPid::new(qos, Some(id)).unwrap(),
+                    rng.random_bool(0.2),
+                ),
+                5 => Packet::PubAck(Ack::new(id)),
+                6 => Packet::PubRec(Ack::new(id)),
+                7 => Packet::PubRel(Ack::new(id)),
+                8 => Packet::PubComp(Ack::new(id)),
+                9 => subscribe(1, &[(filters[rng.random_range(0..filters.len())], qos)]),
+                10 => Packet::Unsubscribe(Unsubscribe {
+                    packet_id: id,
+                    user_properties: vec![],
+                    filters: vec![
+                        TopicFilter::new(filters[rng.random_range(0..filters.len())]).unwrap(),
+                    ],
+                }),
+                11 => Packet::PingReq,
+                12 => Packet::Disconnect(Disconnect::default()),
+                _ => Packet::SubAck(SubAck {
+                    packet_id: id,
+                    properties: Default::default(),
+                    reason_codes: vec![ReasonCode::Success],
+                }),
+            };
+            let out = match rng.random_range(0..20) {
+                0 => h.end(conn),
+                1 => h.advance(rng.random_range(0.0..4.0)),
+                2 => {
+                    let mut out = Vec::new();
+                    h.core
+                        .kick(["x", "y", "z"][rng.random_range(0..3)], h.now, &mut out);
+                    h.core.flush_store();
+                    out
+                }
+                3 => {
+                    // Restart: only the store survives.
+                    let mut restored = MemoryStore::new();
+                    let state = h.core.store().state().clone();
+                    for (client_id, s) in &state.sessions {
+                        let c = client_id.clone();
+                        let _ = restored.apply(StoreOp::SessionCreated {
+                            client_id: c.clone(),
+                            expiry_interval_secs: s.expiry_interval_secs,
+                            protocol_level: s.protocol_level,
+                        });
+                        for (f, sub) in &s.subscriptions {
+                            let _ = restored.apply(StoreOp::Subscribed {
+                                client_id: c.clone(),
+                                filter: f.clone(),
+                                subscription: sub.clone(),
+                            });
+                        }
+                        for m in &s.queued {
+                            let _ = restored.apply(StoreOp::Queued {
+                                client_id: c.clone(),
+                                message: m.clone(),
+                            });
+                        }
+                    }
+                    for m in state.retained.values() {
+                        let _ = restored.apply(StoreOp::RetainedSet { message: m.clone() });
+                    }
+                    h = Harness::with_store(config.clone(), Box::new(restored));
+                    open.clear();
+                    Vec::new()
+                }
+                _ => h.send(conn, packet),
+            };
+            for action in &out {
+                if let Action::Close { conn } = action {
+                    open.retain(|c| c != conn);
+                }
+            }
+            // Invariants.
+            let state = h.core.state();
+            for (client_id, s) in &state.sessions {
+                assert!(s.outgoing.len() <= 3, "seed {seed} step {step}: window");
+                assert!(s.queued.len() <= 4, "seed {seed} step {step}: queue");
+                assert!(s.incoming_qos2.len() <= 3, "seed {seed} step {step}: qos2");
+                if let Some(stored) = h.core.store().state().sessions.get(client_id) {
+                    assert_eq!(
+                        stored, s,
+                        "seed {seed} step {step}: store and memory differ"
+                    );
+                }
+            }
+            assert!(
+                h.core.clients().len() <= 3,
+                "seed {seed} step {step}: max_connections"
+            );
+            assert_eq!(state.retained, h.core.store().state().retained);
+            for a in &out {
+                if let Action::Send {
+                    packet: Packet::Publish(p),
+                    ..
+                } = a
+                {
+                    assert!(!(p.dup && p.qos() == QoS::AtMostOnce), "[MQTT-3.3.1-2]");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn v5_will_delay_waits_and_a_reconnect_cancels_it() {
+    let mut h = Harness::new(config());
+    h.connect(9, "watcher", true);
+    h.send(9, subscribe(1, &[("w", QoS::AtMostOnce)]));
+    let mut c = connect_packet("d", true, ProtocolVersion::V5);
+    c.properties.session_expiry_interval_secs = Some(100);
+    c.will = Some(Will {
+        properties: WillProperties {
+            will_delay_interval_secs: Some(10),
+            ..WillProperties::default()
+        },
+        ..will("w", "delayed")
+    });
+    h.connect_with(1, c.clone());
+    assert!(publishes(&h.end(1), 9).is_empty());
+    assert!(publishes(&h.advance(9.9), 9).is_empty());
+    assert_eq!(publishes(&h.advance(0.1), 9)[0].1, "delayed");
+    // Reconnecting within the delay cancels the will.
+    h.connect_with(2, c.clone());
+    h.end(2);
+    let mut again = c.clone();
+    again.clean_start = false;
+    h.connect_with(3, again);
+    assert!(publishes(&h.advance(20.0), 9).is_empty());
+    // A session that ends before the delay publishes the will when it ends.
+    let mut short = c;
+    short.properties.session_expiry_interval_secs = Some(3);
+    h.send(
+        3,
+        Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::DisconnectWithWillMessage,
+            properties: Default::default(),
+        }),
+    );
+    h.connect_with(4, short);
+    h.end(4);
+    assert_eq!(publishes(&h.advance(3.0), 9)[0].1, "delayed");
 }
