@@ -268,8 +268,22 @@ fn faulty_exchange(seed: u64, clean_subscriber: bool) -> Outcome {
 
 #[test]
 fn faults_cause_reconnects_and_no_qos12_message_is_lost_with_a_persistent_session() {
+    no_loss_over_seeds(&[1, 2, 3]);
+}
+
+/// More seeds: `SIMQTT_CLIENT_SEEDS=1-50 cargo test --test client_sim -- --ignored`.
+#[test]
+#[ignore]
+fn no_loss_over_many_seeds() {
+    let range = std::env::var("SIMQTT_CLIENT_SEEDS").unwrap_or_else(|_| "1-20".into());
+    let (from, to) = range.split_once('-').unwrap_or((&range, &range));
+    let seeds: Vec<u64> = (from.parse().unwrap()..=to.parse().unwrap()).collect();
+    no_loss_over_seeds(&seeds);
+}
+
+fn no_loss_over_seeds(seeds: &[u64]) {
     let mut reconnects = 0;
-    for seed in [1, 2, 3] {
+    for &seed in seeds {
         let outcome = faulty_exchange(seed, false);
         assert_eq!(outcome.published.len(), 60, "seed {seed}");
         for (payload, qos) in &outcome.published {

@@ -35,6 +35,10 @@ pub struct Event {
 
 /// Requests queued from handles to the driver. Bounded: a flood of calls waits here.
 const REQUEST_QUEUE_CAPACITY: usize = 64;
+/// Requests handled per wake before one flush.
+const REQUEST_BATCH: usize = 64;
+/// Buffered packets handled per wake before one flush.
+const PACKET_BATCH: usize = 256;
 
 type Reply = oneshot::Sender<Result<Completion, ClientError>>;
 
@@ -444,8 +448,7 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            // Biased for determinism (no runtime RNG picks the branch); the read branch also
-            // takes one request per packet so a busy inbound stream cannot starve commands.
+            // Biased for determinism (no runtime RNG picks the branch).
             let actions = tokio::select! {
                 biased;
                 () = tick => self.state.handle_tick(Instant::now()),
@@ -457,37 +460,81 @@ impl Driver {
                         Err(e) => return End::Lost(ClientError::Protocol(e.to_string())),
                     };
                     let mut actions = self.state.handle_packet(packet, Instant::now());
+                    let closes = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Close(_)));
+                    let mut closing = closes(&actions);
                     // Drain what is already buffered, so one flush answers a batch.
-                    while !actions.iter().any(|a| matches!(a, Action::Close(_))) {
+                    let mut drained = 0;
+                    while !closing && drained < PACKET_BATCH {
                         match reader.try_read_buffered() {
-                            Ok(Some(packet)) => actions.extend(self.state.handle_packet(packet, Instant::now())),
+                            Ok(Some(packet)) => {
+                                let more = self.state.handle_packet(packet, Instant::now());
+                                closing = closes(&more);
+                                actions.extend(more);
+                                drained += 1;
+                            }
                             Ok(None) => break,
                             Err(e) => return End::Lost(ClientError::Protocol(e.to_string())),
                         }
                     }
-                    if let Ok(request) = self.requests.try_recv() {
-                        match request {
-                            Request::Command(command, reply) => actions.extend(self.accept(command, reply)),
-                            Request::Disconnect(done) => {
+                    // Requests too (at least one per wake, so a busy inbound stream cannot
+                    // starve them), unless the connection is closing: their actions would be
+                    // cut off behind the Close.
+                    let request = if closing { Err(mpsc::error::TryRecvError::Empty) } else { self.requests.try_recv() };
+                    match request {
+                        Ok(request) => match self.take_requests(request, &mut actions) {
+                            Some(done) => {
                                 if let Err(cause) = self.apply(actions, &mut writer).await {
                                     return End::Lost(cause);
                                 }
-                                return self.graceful_close(&mut writer, Some(done)).await;
+                                return self.graceful_close(&mut writer, done).await;
                             }
+                            None => actions,
+                        },
+                        Err(_) => actions,
+                    }
+                }
+                request = self.requests.recv() => {
+                    let mut actions = Vec::new();
+                    let request = match request {
+                        Some(request) => request,
+                        None => return self.graceful_close(&mut writer, None).await,
+                    };
+                    if let Some(done) = self.take_requests(request, &mut actions) {
+                        if let Err(cause) = self.apply(actions, &mut writer).await {
+                            return End::Lost(cause);
                         }
+                        return self.graceful_close(&mut writer, done).await;
                     }
                     actions
                 }
-                request = self.requests.recv() => match request {
-                    Some(Request::Command(command, reply)) => self.accept(command, reply),
-                    Some(Request::Disconnect(done)) => return self.graceful_close(&mut writer, Some(done)).await,
-                    None => return self.graceful_close(&mut writer, None).await,
-                },
             };
             if let Err(cause) = self.apply(actions, &mut writer).await {
                 return End::Lost(cause);
             }
         }
+    }
+
+    /// Handles `first` and whatever else is already queued (up to `REQUEST_BATCH`), so one
+    /// flush carries a burst of publishes. `Some(done)` when a disconnect was asked for (the
+    /// requests before it are handled; none after it are taken).
+    fn take_requests(
+        &mut self,
+        first: Request,
+        actions: &mut Vec<Action>,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(request) = next.take() {
+            match request {
+                Request::Command(command, reply) => actions.extend(self.accept(command, reply)),
+                Request::Disconnect(done) => return Some(Some(done)),
+            }
+            taken += 1;
+            if taken < REQUEST_BATCH {
+                next = self.requests.try_recv().ok();
+            }
+        }
+        None
     }
 
     async fn graceful_close<W>(

@@ -10,6 +10,22 @@
 //! - [`backoff`]: exponential backoff with jitter from a seeded RNG.
 //! - [`error`]: `ClientError` and the meanings of CONNACK return codes.
 //!
+//! Guarantees, and where each is tested (unit tests in `state.rs`; `tests/client_mosquitto.rs`
+//! against a real mosquitto with faults injected into the client's socket;
+//! `tests/client_sim.rs` in turmoil against the simqtt broker):
+//! - unacknowledged QoS 1/2 publishes are resent with DUP, original ids, original order after
+//!   a reconnect, and after a restart with `FilePersistence`; PUBREL flows resume;
+//! - an incoming QoS 2 message reaches the application once: its id is persisted and held
+//!   until PUBREL;
+//! - no PINGRESP within the keepalive → `ConnectionLost{KeepaliveTimeout}` → reconnect after an
+//!   exponential, jittered, seeded backoff;
+//! - after a reconnect without a session, the client resubscribes (`ResubscribePolicy`);
+//! - at most `inflight_window` QoS 1/2 publishes are unfinished; `publish` waits for room.
+//!
+//! Events carry the connection attempt number and the (virtual, under turmoil) time, so a
+//! trace built from them tells connections apart; `PublishSent` and `DeliveryComplete` carry
+//! the token `publish` returned and the packet id.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), simqtt::client::ClientError> {
 //! use std::sync::Arc;

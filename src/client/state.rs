@@ -204,6 +204,8 @@ pub struct ClientState {
     /// Outgoing QoS 1/2 by acceptance order (the resend order [MQTT-4.6.0-1]).
     outgoing: BTreeMap<u64, Outgoing>,
     outgoing_by_id: BTreeMap<PacketId, u64>,
+    /// How many `outgoing` entries are `on_wire`, so acks need not scan the window.
+    on_wire_count: usize,
     next_seq: u64,
     pending_subscribes: BTreeMap<PacketId, PendingSubscribe>,
     pending_unsubscribes: BTreeMap<PacketId, PendingUnsubscribe>,
@@ -230,6 +232,7 @@ impl ClientState {
             ever_connected: false,
             outgoing: BTreeMap::new(),
             outgoing_by_id: BTreeMap::new(),
+            on_wire_count: 0,
             next_seq: 0,
             pending_subscribes: BTreeMap::new(),
             pending_unsubscribes: BTreeMap::new(),
@@ -297,6 +300,18 @@ impl ClientState {
                 on_wire: false,
             },
         );
+    }
+
+    fn take_outgoing(&mut self, seq: u64) -> Outgoing {
+        let entry = self
+            .outgoing
+            .remove(&seq)
+            .expect("seq of an outgoing entry");
+        self.outgoing_by_id.remove(&entry.publish.packet_id);
+        if entry.on_wire {
+            self.on_wire_count -= 1;
+        }
+        entry
     }
 
     /// A packet id in use by nothing else [MQTT-2.3.1-2].
@@ -372,6 +387,7 @@ impl ClientState {
         for entry in self.outgoing.values_mut() {
             entry.on_wire = false;
         }
+        self.on_wire_count = 0;
         match was {
             Link::Up => vec![Action::Event(EventKind::ConnectionLost { cause })],
             Link::AwaitingConnAck { .. } | Link::Down => {
@@ -578,8 +594,14 @@ impl ClientState {
         if !self.is_connected() {
             return;
         }
-        let on_wire = self.outgoing.values().filter(|e| e.on_wire).count();
-        let room = self.send_quota.saturating_sub(on_wire);
+        debug_assert_eq!(
+            self.on_wire_count,
+            self.outgoing.values().filter(|e| e.on_wire).count()
+        );
+        let room = self.send_quota.saturating_sub(self.on_wire_count);
+        if room == 0 || self.on_wire_count == self.outgoing.len() {
+            return;
+        }
         let seqs: Vec<u64> = self
             .outgoing
             .iter()
@@ -590,6 +612,7 @@ impl ClientState {
         for seq in seqs {
             let entry = self.outgoing.get_mut(&seq).expect("seq listed above");
             entry.on_wire = true;
+            self.on_wire_count += 1;
             let packet = if entry.publish.released {
                 // The broker has the message; only the release is outstanding [MQTT-4.3.3-1].
                 Packet::PubRel(Ack::new(entry.publish.packet_id))
@@ -769,8 +792,7 @@ impl ClientState {
                 .map(|(s, _)| *s)
                 .collect();
             for seq in released {
-                let entry = self.outgoing.remove(&seq).expect("listed above");
-                self.outgoing_by_id.remove(&entry.publish.packet_id);
+                let entry = self.take_outgoing(seq);
                 complete_publish(entry, Ok(()), actions);
             }
             // A QoS 2 PUBLISH already sent in the lost session may have reached the broker
@@ -857,6 +879,13 @@ impl ClientState {
     }
 
     fn on_publish(&mut self, publish: Publish, now: Instant, actions: &mut Vec<Action>) {
+        // We declare no Topic Alias Maximum, so a server may not use aliases [MQTT-3.1.2-27].
+        if publish.properties.topic_alias.is_some() || publish.topic.is_empty() {
+            actions.push(Action::Close(ClientError::Protocol(
+                "[MQTT-3.1.2-27] topic alias used, but the client allows none".into(),
+            )));
+            return;
+        }
         let message = |p: Publish| Message {
             topic: p.topic,
             payload: p.payload,
@@ -956,10 +985,10 @@ impl ClientState {
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        let Some(seq) = self.outgoing_by_id.remove(&id) else {
+        let Some(&seq) = self.outgoing_by_id.get(&id) else {
             return;
         };
-        let entry = self.outgoing.remove(&seq).expect("index consistent");
+        let entry = self.take_outgoing(seq);
         complete_publish(entry, result, actions);
         // Room on the wire: the next queued publish may go.
         self.send_queued(now, actions);
@@ -1570,6 +1599,15 @@ mod tests {
         assert!(state
             .handle_packet(Packet::PubAck(Ack::new(pid(41))), now)
             .is_empty());
+        let mut aliased = incoming(5, QoS::AtLeastOnce, false);
+        if let Packet::Publish(p) = &mut aliased {
+            p.properties.topic_alias = NonZeroU16::new(1);
+        }
+        let refused = state.handle_packet(aliased, now);
+        assert!(matches!(
+            refused[..],
+            [Action::Close(ClientError::Protocol(_))]
+        ));
         let bad = state.handle_packet(Packet::PingReq, now);
         assert!(matches!(bad[..], [Action::Close(ClientError::Protocol(_))]));
     }
