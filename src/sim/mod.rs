@@ -165,13 +165,38 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         });
         lock(&shared).record(at, "sim", Event::Note { text });
     }
-    let mut failures = std::mem::take(&mut runner.failures);
+    let failures = std::mem::take(&mut runner.failures);
     let simulated = runner.sim.elapsed();
     drop(runner);
     drop(sim);
     let trace = std::mem::take(&mut lock(&shared).trace);
-    let mut notes = BTreeMap::new();
-    for outcome in checkers::run(&trace, &scenario.checker_list()) {
+    let mut report = RunReport {
+        scenario: scenario.name.clone(),
+        seed,
+        knobs,
+        trace,
+        failures,
+        notes: BTreeMap::new(),
+        simulated,
+    };
+    judge(scenario, &mut report);
+    report
+}
+
+/// Runs the simulation only: the report's failures are the unmet expectations; `judge`
+/// adds the checkers' verdicts (kept apart so a benchmark can time the two).
+pub fn simulate(scenario: &Scenario, seed: u64) -> RunReport {
+    let mut s = scenario.clone();
+    s.checkers = Some(Vec::new());
+    run(&s, seed)
+}
+
+/// Applies the scenario's checkers to a finished run.
+pub fn judge(scenario: &Scenario, report: &mut RunReport) {
+    let trace = &report.trace;
+    let failures = &mut report.failures;
+    let notes = &mut report.notes;
+    for outcome in checkers::run(trace, &scenario.checker_list()) {
         for (note, count) in &outcome.notes {
             *notes
                 .entry(format!("{}: {note}", outcome.checker))
@@ -181,18 +206,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
             failures.push(Failure {
                 kind: v.checker.as_str().to_string(),
                 spec: v.spec.clone(),
-                text: v.render(&trace),
+                text: v.render(trace),
             });
         }
-    }
-    RunReport {
-        scenario: scenario.name.clone(),
-        seed,
-        knobs,
-        trace,
-        failures,
-        notes,
-        simulated,
     }
 }
 
