@@ -49,6 +49,9 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const BROKER_DATA_DIR: &str = "/var/lib/simqtt";
 /// turmoil's tick: 1 ms keeps keepalive and latency honest at millisecond resolution.
 const TICK: Duration = Duration::from_millis(1);
+/// The simulated wall clock at the start of every run, in seconds after the Unix epoch
+/// (2023-11-14T22:13:20Z).
+const SIM_EPOCH_SECS: u64 = 1_700_000_000;
 /// Longest run, a bound against a scenario that never ends.
 const SIMULATION_MAX: Duration = Duration::from_secs(6 * 3600);
 
@@ -164,6 +167,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
     });
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
+        // turmoil's default epoch is the wall clock; a fixed one keeps simulated system time
+        // (and anything derived from it) the same on every run.
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(SIM_EPOCH_SECS))
         .tick_duration(TICK)
         .simulation_duration(SIMULATION_MAX)
         .min_message_latency(Duration::from_millis(1))

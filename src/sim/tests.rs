@@ -144,8 +144,20 @@ fn library_passes_and_is_deterministic() {
         if !first.passed() {
             failures.push(format!("{}:\n{}", path.display(), first.failures()));
         }
-        if first.trace.to_jsonl() != second.trace.to_jsonl() {
-            failures.push(format!("{}: two runs with seed 1 differ", path.display()));
+        let (a, b) = (first.trace.to_jsonl(), second.trace.to_jsonl());
+        if a != b {
+            let at = a.lines().zip(b.lines()).position(|(x, y)| x != y);
+            let line = |t: &str, i: Option<usize>| {
+                i.and_then(|i| t.lines().nth(i))
+                    .unwrap_or("(end)")
+                    .to_string()
+            };
+            failures.push(format!(
+                "{}: two runs with seed 1 differ at line {at:?}:\n  {}\n  {}",
+                path.display(),
+                line(&a, at),
+                line(&b, at)
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -169,5 +181,34 @@ fn traces_are_pinned() {
         }, {
             insta::assert_snapshot!(format!("trace_{name}"), trace);
         });
+    }
+}
+
+/// Probe: runs one scenario several times with one seed and prints where traces diverge.
+#[test]
+#[ignore]
+fn divergence_probe() {
+    let file = std::env::var("PROBE").unwrap_or("chaos/qos2-broker-crash.yaml".into());
+    let s = library(&file);
+    let first = run(&s, 1).trace.to_jsonl();
+    for k in 1..4 {
+        let again = run(&s, 1).trace.to_jsonl();
+        let diverge = first.lines().zip(again.lines()).position(|(a, b)| a != b);
+        if let Some(i) = diverge {
+            println!(
+                "run {k} diverges at line {i}:\n  {}\n  {}",
+                first.lines().nth(i).unwrap(),
+                again.lines().nth(i).unwrap()
+            );
+            for l in first.lines().skip(i.saturating_sub(5)).take(5) {
+                println!("    ctx {l}");
+            }
+        } else {
+            println!(
+                "run {k}: identical ({} vs {} lines)",
+                first.lines().count(),
+                again.lines().count()
+            );
+        }
     }
 }
