@@ -216,7 +216,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
         runner.advance(scenario.quiesce.as_duration());
     }
     let simulated = runner.sim.elapsed();
-    let trace = lock(&shared.trace).clone();
+    let mut trace = lock(&shared.trace).clone();
+    trace.canonicalize("sim");
     let outcomes = checkers::run(&trace, &scenario.checker_list());
     RunResult {
         scenario: scenario.name.clone(),
