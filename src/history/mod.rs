@@ -387,11 +387,12 @@ impl Trace {
     }
 
     /// Puts concurrent records in a canonical order: within a run of consecutive records with
-    /// the same `at_ms`, none from `barrier_host`, records are ordered by host (stable, so each
-    /// host's own order is kept). Different hosts' records within one millisecond cannot be
-    /// causally related when every message takes at least a millisecond, while the order in
-    /// which the simulator happens to run them may vary (turmoil delivers the FINs of a
-    /// crashed host in an unspecified order).
+    /// the same `at_ms`, none from `barrier_host`, records are ordered by host and client
+    /// (stable, so each client's own order is kept). Records of different clients within one
+    /// millisecond cannot be causally related when every message takes at least a millisecond
+    /// (clients meet only through the broker), while the order in which the simulator happens
+    /// to run them may vary (turmoil delivers the FINs of a crashed host in an unspecified
+    /// order).
     pub fn canonicalize(&mut self, barrier_host: &str) {
         let records = &mut self.records;
         let mut start = 0;
@@ -405,7 +406,8 @@ impl Trace {
                 end += 1;
             }
             if end > start + 1 {
-                records[start..end].sort_by(|a, b| a.host.cmp(&b.host));
+                records[start..end]
+                    .sort_by(|a, b| (&a.host, a.event.client()).cmp(&(&b.host, b.event.client())));
             }
             start = end.max(start + 1);
         }
