@@ -24,6 +24,8 @@ enum Command {
     Decode(cli::decode::Args),
     /// Add, update or delete a user in a mosquitto-format password file (like mosquitto_passwd).
     Passwd(cli::passwd::Args),
+    /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
+    Broker(cli::broker::Args),
     /// Publish messages, like mosquitto_pub (-h is the host; help is --help).
     #[command(disable_help_flag = true)]
     Pub(cli::pub_cmd::Args),
@@ -32,8 +34,10 @@ enum Command {
     Sub(cli::sub_cmd::Args),
     /// Measure a broker: throughput (fan-in, fan-out), latency, idle connections.
     Bench(cli::bench::Args),
-    /// Run the MQTT broker (127.0.0.1:1883, in-memory store, unless told otherwise).
-    Broker(cli::broker::Args),
+    /// Run scenarios in the simulator, every seed; exit 0 only when all pass.
+    Run(cli::run::Args),
+    /// Reproduce one simulated run byte for byte and write its trace.
+    Replay(cli::replay::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
         Command::Sub(args) => cli::sub_cmd::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Broker(args) => cli::broker::run(args),
+        Command::Run(args) => cli::run::run(args),
+        Command::Replay(args) => cli::replay::run(args),
     };
     match result {
         Ok(code) => code,

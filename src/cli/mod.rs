@@ -5,4 +5,6 @@ pub mod broker;
 pub mod decode;
 pub mod passwd;
 pub mod pub_cmd;
+pub mod replay;
+pub mod run;
 pub mod sub_cmd;

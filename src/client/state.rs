@@ -795,6 +795,27 @@ impl ClientState {
                 let entry = self.take_outgoing(seq);
                 complete_publish(entry, Ok(()), actions);
             }
+            // A QoS 2 PUBLISH already sent in the lost session may have reached the broker
+            // (its PUBREC lost): sent again as a new message it could be delivered twice,
+            // breaking exactly once [MQTT-4.3.3-2]. With the session gone [MQTT-3.1.2-6] its
+            // fate is unknown, so it fails rather than risk a duplicate.
+            let unknown: Vec<u64> = self
+                .outgoing
+                .iter()
+                .filter(|(_, e)| e.publish.qos == QoS::ExactlyOnce && e.sent_in_session)
+                .map(|(s, _)| *s)
+                .collect();
+            for seq in unknown {
+                let entry = self.outgoing.remove(&seq).expect("listed above");
+                self.outgoing_by_id.remove(&entry.publish.packet_id);
+                complete_publish(
+                    entry,
+                    Err(ClientError::Protocol(
+                        "[MQTT-3.1.2-6] session lost with this QoS 2 message unacknowledged; not resent, to keep exactly once".into(),
+                    )),
+                    actions,
+                );
+            }
             for entry in self.outgoing.values_mut() {
                 entry.sent_in_session = false;
             }

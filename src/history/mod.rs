@@ -231,7 +231,9 @@ pub enum Event {
     },
     /// A connect attempt failed before a CONNACK (refused socket, timeout, stream error).
     ConnectFailed { client: String, error: String },
-    /// The client sent SUBSCRIBE. `automatic`: the client library resubscribed on its own.
+    /// The client sent SUBSCRIBE. `automatic`: the client library resubscribed on its own,
+    /// right after a CONNACK; the runner may record it when the SUBACK arrives, so checkers
+    /// take that connection's CONNACK as its send time.
     Subscribe {
         client: String,
         filters: Vec<FilterRequest>,
@@ -382,6 +384,33 @@ impl Trace {
             records.push(record);
         }
         Ok(Trace { records })
+    }
+
+    /// Puts concurrent records in a canonical order: within a run of consecutive records with
+    /// the same `at_ms`, none from `barrier_host`, records are ordered by host and client
+    /// (stable, so each client's own order is kept). Records of different clients within one
+    /// millisecond cannot be causally related when every message takes at least a millisecond
+    /// (clients meet only through the broker), while the order in which the simulator happens
+    /// to run them may vary (turmoil delivers the FINs of a crashed host in an unspecified
+    /// order).
+    pub fn canonicalize(&mut self, barrier_host: &str) {
+        let records = &mut self.records;
+        let mut start = 0;
+        while start < records.len() {
+            let at = records[start].at_ms;
+            let mut end = start;
+            while end < records.len()
+                && records[end].at_ms == at
+                && records[end].host != barrier_host
+            {
+                end += 1;
+            }
+            if end > start + 1 {
+                records[start..end]
+                    .sort_by(|a, b| (&a.host, a.event.client()).cmp(&(&b.host, b.event.client())));
+            }
+            start = end.max(start + 1);
+        }
     }
 
     /// Records `index - radius ..= index + radius`, rendered one per line with their index, for
@@ -578,6 +607,38 @@ mod tests {
         assert_eq!(err.line, 2);
         let err = Trace::from_jsonl(r#"{"at_ms":1,"host":"h","event":"delivered","client":"c","id":"x","topic":"t","qos":3,"retain":false,"dup":false,"payload_len":1}"#).unwrap_err();
         assert!(err.to_string().contains("QoS"), "{err}");
+    }
+
+    #[test]
+    fn canonical_order_sorts_concurrent_hosts_and_keeps_barriers() {
+        let note = |t: &str| Event::Note { text: t.into() };
+        let mut a = Trace::new();
+        a.push(5, "h1", note("h1-a"));
+        a.push(5, "h0", note("h0-a"));
+        a.push(5, "h1", note("h1-b"));
+        a.push(5, "sim", note("sim"));
+        a.push(5, "h1", note("h1-c"));
+        a.push(5, "h0", note("h0-b"));
+        a.push(6, "h0", note("h0-c"));
+        let mut b = Trace::new();
+        for i in [1, 0, 2, 3, 5, 4, 6] {
+            b.records.push(a.records[i].clone());
+        }
+        a.canonicalize("sim");
+        b.canonicalize("sim");
+        assert_eq!(a, b);
+        let texts: Vec<String> = a
+            .records
+            .iter()
+            .map(|r| match &r.event {
+                Event::Note { text } => text.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            ["h0-a", "h1-a", "h1-b", "sim", "h0-b", "h1-c", "h0-c"]
+        );
     }
 
     #[test]

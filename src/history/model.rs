@@ -368,6 +368,12 @@ impl Model {
                     let Some(epoch) = m.connections[conn].epoch else {
                         continue;
                     };
+                    // The client library resubscribes right after the CONNACK; the runner only
+                    // learns of it from the SUBACK, so take the CONNACK as the send time.
+                    let sent_ms = match (automatic, m.connections[conn].connack) {
+                        (true, Some((_, connack_ms, _, _))) => connack_ms.min(at),
+                        _ => at,
+                    };
                     for request in filters {
                         m.subscriptions.push(Subscription {
                             event: index,
@@ -375,7 +381,7 @@ impl Model {
                             epoch,
                             connection: conn,
                             request: request.clone(),
-                            sent_ms: at,
+                            sent_ms,
                             acked: None,
                             unsubscribed: None,
                             automatic: *automatic,
@@ -711,11 +717,16 @@ impl Model {
         (c.accepted() && c.end.is_none() && self.epochs[epoch].end.is_none()).then_some(c)
     }
 
-    /// True when a fault that can lose bytes touched the client's connection during
+    /// Faults that can lose bytes and touched the client's connection during
     /// `[from_ms, to_ms]`.
-    pub fn impaired(&self, client: &str, from_ms: u64, to_ms: u64) -> bool {
+    pub fn affecting<'a>(
+        &'a self,
+        client: &'a str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> impl Iterator<Item = &'a FaultSpan> + 'a {
         let host = self.client_hosts.get(client).map(String::as_str);
-        self.faults.iter().any(|span| {
+        self.faults.iter().filter(move |span| {
             let overlaps = span.start_ms <= to_ms && span.end_ms.is_none_or(|end| end >= from_ms);
             overlaps
                 && match span.fault.targets() {
@@ -729,6 +740,26 @@ impl Model {
                     FaultTarget::Broker => true,
                 }
         })
+    }
+
+    /// True when a fault that can lose bytes touched the client's connection during
+    /// `[from_ms, to_ms]`.
+    pub fn impaired(&self, client: &str, from_ms: u64, to_ms: u64) -> bool {
+        self.affecting(client, from_ms, to_ms).next().is_some()
+    }
+
+    /// The earliest time the broker may have considered a connection over: its recorded end,
+    /// or the start of the first fault that touched it (a kicked, partitioned or stalled
+    /// connection is over for the broker before the client notices).
+    pub fn broker_side_end(&self, conn: usize) -> Option<u64> {
+        let c = &self.connections[conn];
+        let end = c.end_ms()?;
+        let from = c.connack.map(|(_, at, _, _)| at).unwrap_or(c.attempt_ms);
+        let first = self
+            .affecting(&c.client, from, end)
+            .map(|s| s.start_ms.max(from))
+            .min();
+        Some(first.map_or(end, |f| f.min(end)))
     }
 
     /// The deliveries of a message to one epoch.

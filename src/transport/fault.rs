@@ -308,9 +308,12 @@ async fn pump<S: AsyncStream>(
         &shared,
         connection,
     );
+    // Biased: without tokio_unstable, turmoil cannot seed tokio's RNG, and an unbiased
+    // select! would pick its first branch at random, breaking same-seed-same-trace.
     tokio::select! {
-        _ = async { tokio::join!(outbound, inbound) } => {}
+        biased;
         _ = shared.wait_until(|| shared.is_reset(connection)) => {}
+        _ = async { tokio::join!(outbound, inbound) } => {}
     }
     // Returning drops both streams: the owner reads EOF, the peer sees the close.
 }

@@ -101,11 +101,25 @@ pub fn check(model: &Model, out: &mut Outcome) {
     }
 }
 
-/// Filter → (QoS, record of the SUBSCRIBE) the application wants before `at_ms`.
+/// Filter → (QoS, record of the SUBSCRIBE) the application wants before `at_ms`. A client
+/// process that crashed starts over: what it subscribed to before is forgotten with it.
 fn wanted_filters(model: &Model, client: &str, at_ms: u64) -> BTreeMap<String, (QoS, usize)> {
     let mut wanted = BTreeMap::new();
+    let restarted_ms = model
+        .faults
+        .iter()
+        .filter(|f| {
+            matches!(&f.fault, crate::history::Fault::ClientCrash { client: c } if c == client)
+                && f.start_ms < at_ms
+        })
+        .map(|f| f.start_ms)
+        .max();
     for s in &model.subscriptions {
-        if s.client != client || s.automatic || s.sent_ms >= at_ms {
+        if s.client != client
+            || s.automatic
+            || s.sent_ms >= at_ms
+            || restarted_ms.is_some_and(|r| s.sent_ms <= r)
+        {
             continue;
         }
         if s.granted().is_some() || s.acked.is_none() {
@@ -212,6 +226,18 @@ mod tests {
         let out = CheckerName::Resubscribe.run(&b.model());
         assert_eq!(out.violations.len(), 1);
         assert!(out.violations[0].owed.contains("renewed"));
+    }
+
+    #[test]
+    fn a_crashed_client_process_forgets_its_subscriptions() {
+        let mut b = TraceBuilder::new();
+        connect_resub(&mut b, true, false);
+        b.subscribe("s", "t", 1, 1)
+            .fault(crate::history::Fault::ClientCrash { client: "s".into() })
+            .disconnect("s", DisconnectCause::ClientCrash)
+            .fault(crate::history::Fault::ClientRestart { client: "s".into() });
+        connect_resub(&mut b, true, false);
+        assert!(CheckerName::Resubscribe.run(&b.model()).passed());
     }
 
     #[test]

@@ -224,6 +224,35 @@ mod tests {
     }
 
     #[test]
+    fn automatic_resubscriptions_count_from_the_connack() {
+        use crate::history::{Event, FilterGrant, FilterRequest};
+        let mut b = TraceBuilder::new();
+        b.connect("s", true, false).connect("p", true, false);
+        b.publish_acked("p", "p-1", "a", 1);
+        // Recorded at its SUBACK, after the publish was acknowledged; sent at the CONNACK.
+        b.ev(Event::Subscribe {
+            client: "s".into(),
+            filters: vec![FilterRequest {
+                filter: "a".into(),
+                qos: crate::codec::QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+            }],
+            automatic: true,
+        })
+        .ev(Event::SubAck {
+            client: "s".into(),
+            results: vec![FilterGrant {
+                filter: "a".into(),
+                granted: Some(crate::codec::QoS::AtLeastOnce),
+            }],
+        })
+        .deliver("s", "p-1", "a", 1);
+        assert!(CheckerName::Subscription.run(&b.model()).passed());
+    }
+
+    #[test]
     fn message_acknowledged_before_the_subscribe_is_not_routed() {
         let mut b = TraceBuilder::new();
         b.connect("s", true, false)

@@ -32,28 +32,31 @@ pub fn check(model: &Model, out: &mut Outcome) {
         if !conn.accepted() || will.id.is_empty() {
             continue;
         }
-        let deliveries: Vec<usize> = model
-            .deliveries
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.id == will.id)
-            .map(|(i, _)| i)
-            .collect();
+        let deliveries = matched_deliveries(model, conn_index);
         let verdict = verdict(model, conn_index, conn);
         let end_ms = conn.end_ms();
         let will_ref = |b: ViolationBuilder| b.message_ref(&conn.client, &will.topic, &will.id);
 
-        // Never before the connection ended.
+        // Never while the connection is alive. The broker may declare a connection dead
+        // (keepalive, a stalled stream) before the client notices, so a will that arrives while
+        // the client still thinks it is connected is fine if that connection later ends
+        // without DISCONNECT; it is wrong if the connection lives on to the end of the trace.
         for &d in &deliveries {
             let delivery = &model.deliveries[d];
-            if end_ms.is_none_or(|end| delivery.at_ms < end) {
+            let premature =
+                end_ms.is_none() && !model.impaired(&conn.client, delivery.at_ms, model.end_ms);
+            if premature {
                 out.violation(
                     will_ref(ViolationBuilder::new("MQTT-3.1.2-8"))
                         .client(&delivery.client)
                         .owed("the will only after the connection that registered it ended")
-                        .happened("will delivered while that connection was open")
+                        .happened(
+                            "will delivered while that connection was open, and it stayed open",
+                        )
                         .events([conn.event, delivery.event]),
                 );
+            } else if end_ms.is_none_or(|end| delivery.at_ms < end) {
+                out.note("will delivered before the client noticed its connection was lost");
             }
             if delivery.qos > will.qos {
                 out.violation(
@@ -96,20 +99,33 @@ pub fn check(model: &Model, out: &mut Outcome) {
             }
             Verdict::Required => {
                 let published_at = end_ms + u64::from(will.delay_secs.unwrap_or(0)) * 1000;
+                // Subscriptions made after the broker may already have published the will are
+                // not owed it.
+                let broker_end = model.broker_side_end(conn_index).unwrap_or(end_ms)
+                    + u64::from(will.delay_secs.unwrap_or(0)) * 1000;
+                // Any copy of this will id after the connection started satisfies it: with
+                // reused ids, which connection a copy came from is not always decidable.
+                let any_copies: Vec<usize> = model
+                    .deliveries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| d.id == will.id && d.at_ms >= conn.attempt_ms)
+                    .map(|(i, _)| i)
+                    .collect();
                 for epoch in 0..model.epochs.len() {
                     let subs: Vec<usize> = (0..model.subscriptions.len())
                         .filter(|&s| {
                             let sub = &model.subscriptions[s];
                             sub.epoch == epoch
                                 && sub.matches(&will.topic)
-                                && matches!(sub.acked, Some((_, at, Some(_))) if at < end_ms)
+                                && matches!(sub.acked, Some((_, at, Some(_))) if at < broker_end)
                                 && sub.end_ms(&model.epochs).is_none_or(|e| e > published_at)
                         })
                         .collect();
                     if subs.is_empty() {
                         continue;
                     }
-                    let got = deliveries
+                    let got = any_copies
                         .iter()
                         .any(|&d| model.deliveries[d].epoch == Some(epoch));
                     if got {
@@ -162,6 +178,49 @@ pub fn check(model: &Model, out: &mut Outcome) {
             }
         }
     }
+}
+
+/// The deliveries of a connection's will. A client that reconnects registers the same will
+/// payload (so the same id) on every connection. A delivery belongs to the latest connection
+/// started by then if that connection had ended, or ends later without a normal DISCONNECT
+/// (the broker noticed first); otherwise to the connection before it.
+fn matched_deliveries(model: &Model, conn_index: usize) -> Vec<usize> {
+    let Some(will) = &model.connections[conn_index].will else {
+        return Vec::new();
+    };
+    let same: Vec<usize> = (0..model.connections.len())
+        .filter(|&c| {
+            model.connections[c].accepted()
+                && model.connections[c]
+                    .will
+                    .as_ref()
+                    .is_some_and(|w| w.id == will.id)
+        })
+        .collect();
+    model
+        .deliveries
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.id == will.id)
+        .filter(|(_, d)| {
+            let Some(k) = same
+                .iter()
+                .rposition(|&c| model.connections[c].attempt_ms <= d.at_ms)
+            else {
+                return false;
+            };
+            let latest = &model.connections[same[k]];
+            let owns = match &latest.end {
+                Some((_, end, cause)) => {
+                    *end <= d.at_ms || !cause.as_ref().is_some_and(|c| c.is_normal_disconnect())
+                }
+                None => false,
+            };
+            let owner = if owns || k == 0 { same[k] } else { same[k - 1] };
+            owner == conn_index
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn cause_text(conn: &Connection) -> String {
@@ -320,6 +379,60 @@ mod tests {
         let out = CheckerName::Will.run(&b.model());
         assert_eq!(out.violations.len(), 1);
         assert!(out.violations[0].happened.contains("open"));
+    }
+
+    #[test]
+    fn will_before_the_client_notices_and_reused_will_ids_are_attributed() {
+        // The broker's keepalive fires before the client's: the will arrives first.
+        let mut b = base(ProtocolVersion::V311, None);
+        b.deliver("s", "w-c-1", "status/c", 1)
+            .disconnect("c", DisconnectCause::KeepaliveTimeout);
+        let out = CheckerName::Will.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
+        assert!(out
+            .notes
+            .keys()
+            .any(|n| n.contains("before the client noticed")));
+        // The client reconnects with the same will payload; the old connection's will arrives
+        // after the new attempt and is not blamed on the new connection.
+        let mut b = base(ProtocolVersion::V311, None);
+        b.disconnect("c", DisconnectCause::ConnectionReset)
+            .connect_opts("c", true, ProtocolVersion::V311, None, will(None))
+            .connack("c", false)
+            .deliver("s", "w-c-1", "status/c", 1);
+        let out = CheckerName::Will.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
+    }
+
+    #[test]
+    fn subscriptions_after_the_broker_noticed_are_not_owed_and_second_wills_count() {
+        // Kicked: the broker ends the connection (and publishes the will) at once; the client
+        // notices later. A subscription acknowledged in between is not owed the will.
+        let mut b = TraceBuilder::new();
+        b.connect_opts("c", true, ProtocolVersion::V311, None, will(None))
+            .connack("c", false)
+            .fault(Fault::Kick { client: "c".into() })
+            .connect("s", true, false)
+            .subscribe("s", "status/#", 1, 1)
+            .disconnect("c", DisconnectCause::Kicked);
+        assert!(CheckerName::Will.run(&b.model()).passed());
+
+        // Two connections with the same will id; the second one's will arrives before its
+        // client notices the partition.
+        let mut b = base(ProtocolVersion::V311, None);
+        b.disconnect("c", DisconnectCause::ConnectionReset)
+            .deliver("s", "w-c-1", "status/c", 1)
+            .connect_opts("c", true, ProtocolVersion::V311, None, will(None))
+            .connack("c", false)
+            .fault(Fault::Partition {
+                a: "h-c".into(),
+                b: "broker".into(),
+                one_way: false,
+            })
+            .deliver("s", "w-c-1", "status/c", 1)
+            .disconnect("c", DisconnectCause::KeepaliveTimeout);
+        let out = CheckerName::Will.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
     }
 
     #[test]

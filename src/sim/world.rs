@@ -1,0 +1,1076 @@
+//! The hosts of a simulated world and the state they share with the runner.
+//!
+//! - The **broker host** is a factory: each (re)start opens the store (a `FileStore` on the
+//!   host's simulated disk when the scenario wants durability, else a fresh `MemoryStore`),
+//!   publishes its `BrokerHandle` for kicks, and serves `broker::run` on a `SimListener`.
+//! - A **client host** carries many client sessions. It takes commands from the runner over a
+//!   channel (hosts are single-threaded futures; the runner is the loop around `Sim::step`).
+//!   Each session is a `client::Client` whose connector wraps every connection in the session's
+//!   fault layer, so faults hit one session while its host-mates carry on.
+//! - Client events become trace records stamped with simulated time as the application sees
+//!   them (a task per client instance reads the event channel).
+//!
+//! Everything shared sits behind one `Arc<Mutex<_>>`: inside one simulation only one host runs
+//! at a time, so the lock is never contended and adds no nondeterminism; `Arc` rather than
+//! `Rc` because the client's connector runs in `Send` tasks.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::fault::{FaultConnector, FaultControl};
+use crate::broker::{Broker, BrokerConfig, BrokerHandle};
+use crate::client::{
+    Client, ClientError, ConnectOptions, EventKind, FilePersistence, MemoryPersistence,
+    Persistence as ClientPersistence, ReconnectOptions, ResubscribePolicy, WillOptions,
+};
+use crate::codec::{
+    ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, TopicFilter, TopicName,
+};
+use crate::history::{
+    DisconnectCause, Event, Fault, FilterGrant, FilterRequest, Record, Trace, WillInfo,
+};
+use crate::scenario::{ClientSpec, FilterSpec, Persistence};
+use crate::store::fs::SimFs;
+use crate::store::{FileStore, MemoryStore, Store, SyncPolicy};
+use crate::transport::sim::{SimConnector, SimListener};
+
+/// The port the broker listens on.
+pub const BROKER_PORT: u16 = 1883;
+/// Width of the connection number in a will's payload (`w-c1-7     `), fixed so the fault
+/// layer can number the will in the CONNECT without changing its length.
+const WILL_NUMBER_WIDTH: usize = 6;
+/// Where durable state lives on the simulated disks.
+const BROKER_DIR: &str = "/var/lib/simqtt";
+const CLIENT_DIR: &str = "/var/lib/simqtt-client";
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct PlannedPublish {
+    pub topic: String,
+    pub qos: QoS,
+    pub retain: bool,
+    pub payload_size: u32,
+    pub empty: bool,
+}
+
+/// What the runner asks a client host to do.
+pub enum HostCommand {
+    /// Start a client instance (connect, or restart after a crash) with its persistence.
+    /// `restart`: the application starts again after a crash and subscribes to what it had
+    /// subscribed to (a new process knows no subscriptions until it makes them).
+    Start {
+        client: String,
+        restart: bool,
+    },
+    Subscribe {
+        client: String,
+        filters: Vec<FilterSpec>,
+    },
+    Unsubscribe {
+        client: String,
+        filters: Vec<String>,
+    },
+    /// Publish in order, one every `interval_ms` (0: a burst).
+    Publish {
+        client: String,
+        messages: Vec<PlannedPublish>,
+        interval_ms: u64,
+    },
+    Disconnect {
+        client: String,
+    },
+    /// The client's process dies: no DISCONNECT, no goodbye.
+    Crash {
+        client: String,
+    },
+    /// Ask the broker's admin handle to close a client id's connection.
+    Kick {
+        client_id: String,
+    },
+}
+
+/// The runner's view of one client session.
+pub struct Session {
+    pub spec: ClientSpec,
+    pub client_id: String,
+    pub host: String,
+    pub index: u64,
+    pub control: Arc<FaultControl>,
+    /// Client instances started (connect/restart steps).
+    pub instance: u32,
+    /// TCP connections opened (each sends a CONNECT).
+    pub connections: u32,
+    pub attempt_open: bool,
+    pub connected: bool,
+    pub running: bool,
+    pub connacks: u32,
+    pub last_session_present: Option<bool>,
+    pub subacks: u32,
+    pub unsubacks: u32,
+    /// Why the next lost connection ended, when the runner caused it.
+    pub pending_cause: Option<DisconnectCause>,
+    /// Messages numbered so far (ids `<client>-<n>`).
+    pub next_message: u32,
+    /// Publish commands' messages handled (handed to the client, or skipped while down).
+    pub publish_handled: u64,
+    /// Other commands finished (disconnect).
+    pub commands_done: u64,
+    pub tokens: BTreeMap<u64, String>,
+    pub packet_ids: BTreeMap<u16, String>,
+    /// QoS 1/2 messages handed over and not yet finished, by number.
+    pub unacked: BTreeMap<u32, String>,
+    /// Latest requested options per filter (for recording automatic resubscribes).
+    pub requested: BTreeMap<String, FilterRequest>,
+    /// Application SUBSCRIBEs awaiting SUBACK: token → (filters, CONNACKs seen when recorded).
+    /// One answered after a later CONNACK was sent again on that connection.
+    pub pending_subscribes: BTreeMap<u64, (Vec<FilterRequest>, u32)>,
+}
+
+/// State shared by the runner and the hosts.
+#[derive(Default)]
+pub struct Shared {
+    pub trace: Trace,
+    pub broker_handle: Option<BrokerHandle>,
+    pub sessions: BTreeMap<String, Session>,
+    pub hosts: BTreeMap<String, mpsc::UnboundedSender<HostCommand>>,
+    pub broker_addr: String,
+    pub seed: u64,
+}
+
+pub type SharedRef = Arc<Mutex<Shared>>;
+
+pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Simulated milliseconds since the start (inside a host).
+fn now_ms() -> u64 {
+    u64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    pub fn record(&mut self, at_ms: u64, host: &str, event: Event) {
+        // Hosts run one after another within a tick, each with its own clock reading; keep
+        // the trace's times monotonic so "before" in the trace means before in time.
+        let at_ms = self
+            .trace
+            .records
+            .last()
+            .map_or(at_ms, |r| r.at_ms.max(at_ms));
+        self.trace.records.push(Record {
+            at_ms,
+            host: host.to_string(),
+            event,
+        });
+    }
+
+    pub fn fault(&mut self, at_ms: u64, fault: Fault) {
+        self.record(at_ms, "sim", Event::Fault { fault });
+    }
+
+    /// Ends the session's connection in the trace (if open) with `cause`.
+    pub fn end_connection(&mut self, client: &str, at_ms: u64, cause: DisconnectCause) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if !session.connected {
+            return;
+        }
+        session.connected = false;
+        let cause = session.pending_cause.take().unwrap_or(cause);
+        let host = session.host.clone();
+        self.record(
+            at_ms,
+            &host,
+            Event::Disconnected {
+                client: client.to_string(),
+                cause,
+            },
+        );
+    }
+
+    /// Gives up the session's unfinished QoS 1/2 messages (no persistence kept them).
+    pub fn fail_unacked(&mut self, client: &str, at_ms: u64, cause: &str) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let ids: Vec<String> = std::mem::take(&mut session.unacked).into_values().collect();
+        session.tokens.clear();
+        session.packet_ids.clear();
+        let host = session.host.clone();
+        for id in ids {
+            self.record(
+                at_ms,
+                &host,
+                Event::PublishFailed {
+                    client: client.to_string(),
+                    id,
+                    cause: cause.to_string(),
+                },
+            );
+        }
+    }
+}
+
+/// Registers the broker host. `durable`: a file store on the host's simulated disk that
+/// syncs every write; otherwise a memory store that a crash wipes.
+pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, durable: bool) {
+    let seed = lock(&shared).seed;
+    sim.host(host, move || {
+        let shared = shared.clone();
+        async move {
+            let store: Box<dyn Store> = if durable {
+                Box::new(FileStore::open(
+                    Arc::new(SimFs),
+                    Path::new(BROKER_DIR),
+                    SyncPolicy::EveryWrite,
+                )?)
+            } else {
+                Box::new(MemoryStore::new())
+            };
+            let config = BrokerConfig {
+                rng_seed: Some(seed),
+                // $SYS publications every few seconds: cheap, and they give `$` topics for
+                // the wildcard scenarios to (not) match [MQTT-4.7.2-1].
+                sys_interval_secs: 5,
+                ..BrokerConfig::default()
+            };
+            let (broker, handle) = Broker::new(store, config);
+            let listener = SimListener::bind(&format!("0.0.0.0:{BROKER_PORT}")).await?;
+            {
+                let mut s = lock(&shared);
+                s.broker_handle = Some(handle);
+                s.record(now_ms(), "broker", Event::BrokerStarted { durable });
+            }
+            broker.run(listener, std::future::pending::<()>()).await?;
+            Ok(())
+        }
+    });
+}
+
+/// Host-local state of a client host.
+struct HostState {
+    name: String,
+    shared: SharedRef,
+    clients: BTreeMap<String, Client>,
+    /// One publish queue per client keeps its messages in order across commands.
+    publish_locks: BTreeMap<String, Rc<tokio::sync::Mutex<()>>>,
+}
+
+/// Registers a client host carrying the sessions the runner assigns to it.
+pub fn client_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef) {
+    let name = host.to_string();
+    sim.host(host, move || {
+        let shared = shared.clone();
+        let name = name.clone();
+        async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            lock(&shared).hosts.insert(name.clone(), tx);
+            let state = Rc::new(RefCell::new(HostState {
+                name,
+                shared,
+                clients: BTreeMap::new(),
+                publish_locks: BTreeMap::new(),
+            }));
+            while let Some(command) = rx.recv().await {
+                handle(&state, command);
+            }
+            Ok(())
+        }
+    });
+}
+
+fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
+    match command {
+        HostCommand::Start { client, restart } => {
+            start(state, &client);
+            if restart {
+                let filters: Vec<FilterSpec> = {
+                    let st = state.borrow();
+                    let s = lock(&st.shared);
+                    s.sessions
+                        .get(&client)
+                        .map(|x| {
+                            x.requested
+                                .values()
+                                .map(|r| FilterSpec {
+                                    filter: r.filter.clone(),
+                                    qos: r.qos,
+                                    no_local: r.no_local,
+                                    retain_as_published: r.retain_as_published,
+                                    retain_handling: r.retain_handling,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                if !filters.is_empty() {
+                    // The application subscribes once it is connected (the trace's SUBSCRIBE
+                    // is what the client sends, after the CONNACK).
+                    let state = state.clone();
+                    tokio::task::spawn_local(async move {
+                        let instance = {
+                            let st = state.borrow();
+                            let s = lock(&st.shared);
+                            s.sessions.get(&client).map(|x| x.instance)
+                        };
+                        loop {
+                            let (alive, connected) = {
+                                let st = state.borrow();
+                                let s = lock(&st.shared);
+                                s.sessions.get(&client).map_or((false, false), |x| {
+                                    (x.running && Some(x.instance) == instance, x.connected)
+                                })
+                            };
+                            if !alive {
+                                return;
+                            }
+                            if connected {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        handle(&state, HostCommand::Subscribe { client, filters });
+                    });
+                }
+            }
+        }
+        HostCommand::Subscribe { client, filters } => {
+            let Some(handle) = state.borrow().clients.get(&client).cloned() else {
+                return;
+            };
+            let shared = state.borrow().shared.clone();
+            let mut requests = Vec::new();
+            let mut wire = Vec::new();
+            for f in &filters {
+                let request = FilterRequest {
+                    filter: f.filter.clone(),
+                    qos: f.qos,
+                    no_local: f.no_local,
+                    retain_as_published: f.retain_as_published,
+                    retain_handling: f.retain_handling,
+                };
+                let Ok(filter) = TopicFilter::new(&f.filter) else {
+                    continue;
+                };
+                wire.push((
+                    filter,
+                    SubscriptionOptions {
+                        qos: f.qos,
+                        no_local: f.no_local,
+                        retain_as_published: f.retain_as_published,
+                        retain_handling: match f.retain_handling {
+                            1 => RetainHandling::SendIfNewSubscription,
+                            2 => RetainHandling::DoNotSend,
+                            _ => RetainHandling::SendAtSubscribe,
+                        },
+                    },
+                ));
+                requests.push(request);
+            }
+            let host = state.borrow().name.clone();
+            tokio::task::spawn_local(async move {
+                let connacks = {
+                    let mut s = lock(&shared);
+                    let connacks = match s.sessions.get_mut(&client) {
+                        Some(session) => {
+                            for r in &requests {
+                                session.requested.insert(r.filter.clone(), r.clone());
+                            }
+                            session.connacks
+                        }
+                        None => 0,
+                    };
+                    s.record(
+                        now_ms(),
+                        &host,
+                        Event::Subscribe {
+                            client: client.clone(),
+                            filters: requests.clone(),
+                            automatic: false,
+                        },
+                    );
+                    connacks
+                };
+                if let Ok(op) = handle.start_subscribe(wire).await {
+                    if let Some(session) = lock(&shared).sessions.get_mut(&client) {
+                        session
+                            .pending_subscribes
+                            .insert(op.token, (requests, connacks));
+                    }
+                }
+            });
+        }
+        HostCommand::Unsubscribe { client, filters } => {
+            let Some(handle) = state.borrow().clients.get(&client).cloned() else {
+                return;
+            };
+            let shared = state.borrow().shared.clone();
+            let host = state.borrow().name.clone();
+            tokio::task::spawn_local(async move {
+                lock(&shared).record(
+                    now_ms(),
+                    &host,
+                    Event::Unsubscribe {
+                        client: client.clone(),
+                        filters: filters.clone(),
+                    },
+                );
+                let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+                let _ = handle.unsubscribe(&refs).await;
+            });
+        }
+        HostCommand::Publish {
+            client,
+            messages,
+            interval_ms,
+        } => {
+            let queue = state
+                .borrow_mut()
+                .publish_locks
+                .entry(client.clone())
+                .or_default()
+                .clone();
+            let state = state.clone();
+            tokio::task::spawn_local(async move {
+                let _turn = queue.lock().await;
+                for (i, message) in messages.into_iter().enumerate() {
+                    if i > 0 && interval_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+                    }
+                    publish_one(&state, &client, message).await;
+                }
+            });
+        }
+        HostCommand::Disconnect { client } => {
+            let handle = state.borrow_mut().clients.remove(&client);
+            let shared = state.borrow().shared.clone();
+            tokio::task::spawn_local(async move {
+                if let Some(handle) = handle {
+                    if let Some(s) = lock(&shared).sessions.get_mut(&client) {
+                        s.pending_cause =
+                            Some(DisconnectCause::ClientDisconnect { with_will: false });
+                    }
+                    handle.disconnect().await;
+                }
+                let mut s = lock(&shared);
+                let at = now_ms();
+                s.end_connection(
+                    &client,
+                    at,
+                    DisconnectCause::ClientDisconnect { with_will: false },
+                );
+                let keep = s
+                    .sessions
+                    .get(&client)
+                    .is_some_and(|x| x.spec.persistence == Persistence::Disk);
+                if !keep {
+                    s.fail_unacked(&client, at, "client stopped without persistence");
+                }
+                if let Some(session) = s.sessions.get_mut(&client) {
+                    session.running = false;
+                    session.attempt_open = false;
+                    session.pending_cause = None;
+                    session.commands_done += 1;
+                }
+            });
+        }
+        HostCommand::Crash { client } => {
+            let handle = state.borrow_mut().clients.remove(&client);
+            if let Some(handle) = handle {
+                handle.kill();
+            }
+            let shared = state.borrow().shared.clone();
+            let mut s = lock(&shared);
+            let at = now_ms();
+            s.end_connection(&client, at, DisconnectCause::ClientCrash);
+            let keep = s
+                .sessions
+                .get(&client)
+                .is_some_and(|x| x.spec.persistence == Persistence::Disk);
+            if !keep {
+                s.fail_unacked(&client, at, "client crashed without persistence");
+            }
+            if let Some(session) = s.sessions.get_mut(&client) {
+                session.running = false;
+                session.attempt_open = false;
+                session.pending_cause = None;
+                // Events the dead process had not read yet are never seen by its application.
+                session.instance += 1;
+                session.commands_done += 1;
+            }
+        }
+        HostCommand::Kick { client_id } => {
+            let shared = state.borrow().shared.clone();
+            tokio::task::spawn_local(async move {
+                let handle = lock(&shared).broker_handle.clone();
+                if let Some(handle) = handle {
+                    handle.kick(&client_id).await;
+                }
+            });
+        }
+    }
+}
+
+/// The payload id in a payload: the text before the first space.
+pub fn payload_id(payload: &[u8]) -> String {
+    let end = payload
+        .iter()
+        .position(|&b| b == b' ')
+        .unwrap_or(payload.len());
+    String::from_utf8_lossy(&payload[..end]).into_owned()
+}
+
+async fn publish_one(state: &Rc<RefCell<HostState>>, client: &str, message: PlannedPublish) {
+    let (handle, shared, host) = {
+        let st = state.borrow();
+        (
+            st.clients.get(client).cloned(),
+            st.shared.clone(),
+            st.name.clone(),
+        )
+    };
+    let number = {
+        let mut s = lock(&shared);
+        let Some(session) = s.sessions.get_mut(client) else {
+            return;
+        };
+        session.next_message += 1;
+        session.next_message
+    };
+    let id = format!("{client}-{number}");
+    let done = |shared: &SharedRef| {
+        if let Some(session) = lock(shared).sessions.get_mut(client) {
+            session.publish_handled += 1;
+        }
+    };
+    let Some(handle) = handle else {
+        // The client is down (crashed or disconnected): the application skips the message.
+        done(&shared);
+        return;
+    };
+    let payload = if message.empty {
+        Bytes::new()
+    } else {
+        let mut text = id.clone().into_bytes();
+        while text.len() < message.payload_size as usize {
+            text.push(b' ');
+        }
+        Bytes::from(text)
+    };
+    let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let instance = lock(&shared).sessions.get(client).map(|x| x.instance);
+    let publish = handle.publish(&message.topic, payload, message.qos, message.retain);
+    tokio::pin!(publish);
+    // A full in-flight window waits for acknowledgements; if the client dies meanwhile the
+    // wait would never end, so look up every so often whether this instance still lives.
+    let result = loop {
+        match tokio::time::timeout(Duration::from_millis(500), publish.as_mut()).await {
+            Ok(result) => break result,
+            Err(_) => {
+                let s = lock(&shared);
+                let alive = s
+                    .sessions
+                    .get(client)
+                    .is_some_and(|x| x.running && Some(x.instance) == instance);
+                if !alive {
+                    break Err(ClientError::Stopped);
+                }
+            }
+        }
+    };
+    match result {
+        Ok(token) => {
+            let mut s = lock(&shared);
+            if let Some(session) = s.sessions.get_mut(client) {
+                session.tokens.insert(token.token, id.clone());
+                if message.qos != QoS::AtMostOnce {
+                    session.unacked.insert(number, id.clone());
+                }
+            }
+            s.record(
+                now_ms(),
+                &host,
+                Event::PublishSent {
+                    client: client.to_string(),
+                    id,
+                    topic: message.topic.clone(),
+                    qos: message.qos,
+                    retain: message.retain,
+                    payload_len,
+                },
+            );
+        }
+        Err(_) => {
+            // Stopped under us (crash or disconnect): never handed over.
+        }
+    }
+    done(&shared);
+}
+
+fn will_template(client: &str) -> String {
+    format!("w-{client}-{}", "~".repeat(WILL_NUMBER_WIDTH))
+}
+
+fn will_payload(client: &str, connection: u32) -> String {
+    format!("w-{client}-{connection:<WILL_NUMBER_WIDTH$}")
+}
+
+fn start(state: &Rc<RefCell<HostState>>, client: &str) {
+    let shared = state.borrow().shared.clone();
+    let host = state.borrow().name.clone();
+    let (spec, client_id, control, index, instance, server, seed) = {
+        let mut s = lock(&shared);
+        let server = s.broker_addr.clone();
+        let seed = s.seed;
+        let Some(session) = s.sessions.get_mut(client) else {
+            return;
+        };
+        session.instance += 1;
+        session.running = true;
+        session.tokens.clear();
+        (
+            session.spec.clone(),
+            session.client_id.clone(),
+            session.control.clone(),
+            session.index,
+            session.instance,
+            server,
+            seed,
+        )
+    };
+    let protocol = spec.protocol;
+    let keep_alive_secs = u16::try_from(spec.keepalive.millis / 1000).unwrap_or(u16::MAX);
+    let mut options = ConnectOptions::new(server, client_id.clone());
+    options.protocol = protocol;
+    options.clean_session = spec.clean_session;
+    options.keep_alive_secs = keep_alive_secs;
+    options.connect_timeout = Duration::from_secs(5);
+    options.reconnect = spec.reconnect.then(|| ReconnectOptions {
+        min_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(2),
+        seed: seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(instance),
+        max_attempts: None,
+    });
+    options.resubscribe = if spec.resubscribe {
+        ResubscribePolicy::WhenSessionNotPresent
+    } else {
+        ResubscribePolicy::Never
+    };
+    // The scenario's absent expiry means 0, as on the wire (the client's own default for a
+    // persistent 5.0 session would be "never").
+    options.session_expiry_interval_secs = Some(
+        spec.session_expiry
+            .map_or(0, |d| u32::try_from(d.millis / 1000).unwrap_or(u32::MAX)),
+    );
+    let will_info = spec.will.as_ref().map(|w| WillInfo {
+        id: String::new(),
+        topic: w.topic.clone(),
+        qos: w.qos,
+        retain: w.retain,
+        delay_secs: w
+            .delay
+            .map(|d| u32::try_from(d.millis / 1000).unwrap_or(u32::MAX)),
+    });
+    let will_empty = spec.will.as_ref().is_some_and(|w| w.empty);
+    if let Some(w) = &spec.will {
+        if let Ok(topic) = TopicName::new(&w.topic) {
+            options.will = Some(WillOptions {
+                topic,
+                payload: if w.empty {
+                    Bytes::new()
+                } else {
+                    Bytes::from(will_template(client))
+                },
+                qos: w.qos,
+                retain: w.retain,
+            });
+        }
+    }
+    let attempt_template = Event::ConnectAttempt {
+        client: client.to_string(),
+        client_id: client_id.clone(),
+        protocol,
+        clean_start: spec.clean_session,
+        keep_alive_secs,
+        session_expiry_secs: match protocol {
+            ProtocolVersion::V5 => options.session_expiry_interval_secs.filter(|&s| s > 0),
+            ProtocolVersion::V311 => None,
+        },
+        will: will_info,
+        resubscribe: spec.resubscribe,
+    };
+    let on_connect = {
+        let shared = shared.clone();
+        let client = client.to_string();
+        let host = host.clone();
+        move |result: Result<(), String>| -> Option<(Vec<u8>, Vec<u8>)> {
+            let mut s = lock(&shared);
+            let session = s.sessions.get_mut(&client)?;
+            if session.instance != instance || result.is_err() {
+                return None;
+            }
+            session.connections += 1;
+            session.attempt_open = true;
+            let number = session.connections;
+            let mut event = attempt_template.clone();
+            if let Event::ConnectAttempt {
+                will: Some(will), ..
+            } = &mut event
+            {
+                if !will_empty {
+                    will.id = format!("w-{client}-{number}");
+                }
+            }
+            s.record(now_ms(), &host, event);
+            (!will_empty).then(|| {
+                (
+                    will_template(&client).into_bytes(),
+                    will_payload(&client, number).into_bytes(),
+                )
+            })
+        }
+    };
+    let connector = Arc::new(FaultConnector {
+        inner: Arc::new(SimConnector),
+        control,
+        on_connect: Box::new(on_connect),
+    });
+    let persistence: Box<dyn ClientPersistence> = match spec.persistence {
+        Persistence::Disk => Box::new(FilePersistence::new(
+            Arc::new(SimFs),
+            CLIENT_DIR,
+            &client_id,
+        )),
+        Persistence::None => Box::new(MemoryPersistence::new()),
+    };
+    let (handle, mut events) = match Client::start(options, connector, persistence) {
+        Ok(pair) => pair,
+        Err(error) => {
+            let mut s = lock(&shared);
+            s.record(
+                now_ms(),
+                &host,
+                Event::Note {
+                    text: format!("client {client} could not start: {error}"),
+                },
+            );
+            if let Some(session) = s.sessions.get_mut(client) {
+                session.running = false;
+            }
+            return;
+        }
+    };
+    state
+        .borrow_mut()
+        .clients
+        .insert(client.to_string(), handle);
+    let client = client.to_string();
+    tokio::task::spawn_local(async move {
+        while let Some(event) = events.recv().await {
+            let mut s = lock(&shared);
+            if s.sessions.get(&client).map(|x| x.instance) != Some(instance) {
+                break;
+            }
+            record_event(&mut s, &client, &host, event.kind);
+        }
+    });
+}
+
+fn reason_hex(code: ReasonCode) -> String {
+    format!("0x{:02X}", code.as_u8())
+}
+
+fn cause_of(error: &ClientError) -> DisconnectCause {
+    match error {
+        ClientError::KeepaliveTimeout => DisconnectCause::KeepaliveTimeout,
+        ClientError::ServerDisconnected(code) => DisconnectCause::ServerDisconnect {
+            reason: reason_hex(*code),
+        },
+        other => DisconnectCause::NetworkError {
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
+    let at = now_ms();
+    let c = client.to_string();
+    match kind {
+        EventKind::ConnectComplete {
+            session_present, ..
+        } => {
+            let client_id = {
+                let Some(session) = s.sessions.get_mut(client) else {
+                    return;
+                };
+                session.attempt_open = false;
+                session.connected = true;
+                session.connacks += 1;
+                session.last_session_present = Some(session_present);
+                session.pending_cause = None;
+                session.client_id.clone()
+            };
+            // Another connected session with this client id is being taken over.
+            for (name, other) in s.sessions.iter_mut() {
+                if name != client && other.client_id == client_id && other.connected {
+                    other.pending_cause = Some(DisconnectCause::Takeover);
+                }
+            }
+            s.record(
+                at,
+                host,
+                Event::ConnAck {
+                    client: c,
+                    session_present,
+                    reason: "0x00".into(),
+                },
+            );
+        }
+        EventKind::ConnectFailed { cause } => {
+            let open = s
+                .sessions
+                .get_mut(client)
+                .map(|x| std::mem::replace(&mut x.attempt_open, false))
+                .unwrap_or(false);
+            if !open {
+                return;
+            }
+            let event = match cause {
+                ClientError::Refused { code, .. } => Event::ConnAck {
+                    client: c,
+                    session_present: false,
+                    reason: reason_hex(code),
+                },
+                other => Event::ConnectFailed {
+                    client: c,
+                    error: other.to_string(),
+                },
+            };
+            s.record(at, host, event);
+        }
+        EventKind::ConnectionLost { cause } => {
+            s.end_connection(client, at, cause_of(&cause));
+        }
+        EventKind::ReconnectScheduled { .. } => {}
+        EventKind::MessageArrived(m) => {
+            let id = payload_id(&m.payload);
+            s.record(
+                at,
+                host,
+                Event::Delivered {
+                    client: c,
+                    id,
+                    topic: m.topic.to_string(),
+                    qos: m.qos,
+                    retain: m.retain,
+                    dup: m.dup,
+                    payload_len: u32::try_from(m.payload.len()).unwrap_or(u32::MAX),
+                },
+            );
+        }
+        EventKind::PublishSent {
+            token, packet_id, ..
+        } => {
+            if let (Some(session), Some(pid)) = (s.sessions.get_mut(client), packet_id) {
+                if let Some(id) = session.tokens.get(&token).cloned() {
+                    session.packet_ids.insert(pid.get(), id);
+                }
+            }
+        }
+        EventKind::DeliveryComplete {
+            token,
+            packet_id,
+            qos,
+        } => {
+            if qos == QoS::AtMostOnce {
+                if let Some(session) = s.sessions.get_mut(client) {
+                    session.tokens.remove(&token);
+                }
+                return;
+            }
+            let Some(id) = finish(s, client, token, packet_id.map(|p| p.get())) else {
+                return;
+            };
+            s.record(
+                at,
+                host,
+                Event::PublishAcked {
+                    client: c,
+                    id,
+                    accepted: true,
+                    reason: "0x00".into(),
+                },
+            );
+        }
+        EventKind::DeliveryFailed {
+            token,
+            packet_id,
+            cause,
+        } => {
+            let Some(id) = finish(s, client, token, packet_id.map(|p| p.get())) else {
+                return;
+            };
+            let event = match cause {
+                ClientError::Rejected(code) => Event::PublishAcked {
+                    client: c,
+                    id,
+                    accepted: false,
+                    reason: reason_hex(code),
+                },
+                other => Event::PublishFailed {
+                    client: c,
+                    id,
+                    cause: other.to_string(),
+                },
+            };
+            s.record(at, host, event);
+        }
+        EventKind::SubscribeComplete {
+            token,
+            filters,
+            granted,
+            resubscribe,
+            ..
+        } => {
+            let resent = s.sessions.get_mut(client).and_then(|session| {
+                let (requests, connacks) = session.pending_subscribes.remove(&token)?;
+                (connacks != session.connacks).then_some(requests)
+            });
+            if let Some(requests) = resent {
+                // Recorded while an earlier connection (or none) was up; the client sent it
+                // again after the latest CONNACK.
+                s.record(
+                    at,
+                    host,
+                    Event::Subscribe {
+                        client: c.clone(),
+                        filters: requests,
+                        automatic: false,
+                    },
+                );
+            }
+            if resubscribe {
+                let requests: Vec<FilterRequest> = {
+                    let session = s.sessions.get(client);
+                    filters
+                        .iter()
+                        .zip(&granted)
+                        .map(|(f, g)| {
+                            session
+                                .and_then(|x| x.requested.get(f.as_str()).cloned())
+                                .unwrap_or(FilterRequest {
+                                    filter: f.to_string(),
+                                    qos: QoS::from_u8(g.as_u8()).unwrap_or_default(),
+                                    no_local: false,
+                                    retain_as_published: false,
+                                    retain_handling: 0,
+                                })
+                        })
+                        .collect()
+                };
+                s.record(
+                    at,
+                    host,
+                    Event::Subscribe {
+                        client: c.clone(),
+                        filters: requests,
+                        automatic: true,
+                    },
+                );
+            }
+            let results = filters
+                .iter()
+                .zip(&granted)
+                .map(|(f, g)| FilterGrant {
+                    filter: f.to_string(),
+                    granted: if g.is_error() {
+                        None
+                    } else {
+                        QoS::from_u8(g.as_u8())
+                    },
+                })
+                .collect();
+            if let Some(session) = s.sessions.get_mut(client) {
+                session.subacks += 1;
+            }
+            s.record(at, host, Event::SubAck { client: c, results });
+        }
+        EventKind::UnsubscribeComplete { filters, .. } => {
+            if let Some(session) = s.sessions.get_mut(client) {
+                session.unsubacks += 1;
+                for f in &filters {
+                    session.requested.remove(f.as_str());
+                }
+            }
+            s.record(
+                at,
+                host,
+                Event::UnsubAck {
+                    client: c,
+                    filters: filters.iter().map(|f| f.to_string()).collect(),
+                },
+            );
+        }
+        EventKind::PersistenceWarning { message } => {
+            s.record(
+                at,
+                host,
+                Event::Note {
+                    text: format!("{client}: persistence: {message}"),
+                },
+            );
+        }
+        EventKind::Stopped { cause } => {
+            let lost = cause
+                .as_ref()
+                .map(cause_of)
+                .unwrap_or(DisconnectCause::ClientDisconnect { with_will: false });
+            s.end_connection(client, at, lost);
+            if let Some(session) = s.sessions.get_mut(client) {
+                session.running = false;
+            }
+        }
+    }
+}
+
+/// Finds and forgets the payload id of a finished QoS 1/2 flow.
+fn finish(s: &mut Shared, client: &str, token: u64, packet_id: Option<u16>) -> Option<String> {
+    let session = s.sessions.get_mut(client)?;
+    let id = session
+        .tokens
+        .remove(&token)
+        .or_else(|| packet_id.and_then(|p| session.packet_ids.get(&p).cloned()))?;
+    if let Some(p) = packet_id {
+        session.packet_ids.remove(&p);
+    }
+    let number = session
+        .unacked
+        .iter()
+        .find(|(_, v)| **v == id)
+        .map(|(k, _)| *k);
+    match number {
+        Some(n) => {
+            session.unacked.remove(&n);
+            Some(id)
+        }
+        // Already finished (or given up): not a second completion.
+        None => None,
+    }
+}
+
+/// Clients known to the runner, ordered (BTreeSet) for deterministic iteration.
+pub fn connected_clients(s: &Shared) -> BTreeSet<String> {
+    s.sessions
+        .iter()
+        .filter(|(_, x)| x.connected)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
