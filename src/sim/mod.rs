@@ -19,7 +19,6 @@
 //! testing; loss that real TCP would hide is modelled as latency/jitter (`latency`) or as the
 //! fault layer's `delay`.
 
-pub mod fault;
 pub mod world;
 
 use std::collections::BTreeMap;
@@ -37,7 +36,7 @@ use crate::scenario::{
     ClientSpec, FaultKind, FilterSpec, Kind, PacketKind, Persistence, ProtocolMix, Scenario,
     SessionMix, Step, WillSpec, Workload,
 };
-use fault::FaultControl;
+use crate::transport::fault::FaultControl;
 use world::{lock, HostCommand, PlannedPublish, Session, Shared, SharedRef};
 
 /// The simulation tick. Measured on this machine (benches/sim.rs): 1 ms ticks cost about 5×

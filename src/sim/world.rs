@@ -24,7 +24,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::fault::{FaultConnector, FaultControl};
 use crate::broker::{Broker, BrokerConfig, BrokerHandle};
 use crate::client::{
     Client, ClientError, ConnectOptions, EventKind, FilePersistence, MemoryPersistence,
@@ -39,6 +38,7 @@ use crate::history::{
 use crate::scenario::{ClientSpec, FilterSpec, Persistence};
 use crate::store::fs::SimFs;
 use crate::store::{FileStore, MemoryStore, Store, SyncPolicy};
+use crate::transport::fault::{FaultConnector, FaultControl};
 use crate::transport::sim::{SimConnector, SimListener};
 
 /// The port the broker listens on.

@@ -1,42 +1,34 @@
-//! The per-connection fault layer: a stream wrapper, driven by a shared [`FaultHandle`], that
-//! can reset a connection, stall it, delay it, or drop / duplicate the next packet of a chosen
-//! type in either direction. Many client sessions share one simulated host, so link faults
-//! (turmoil partitions) cannot single one out; this layer can.
+//! The per-connection fault layer: a stream wrapper that lets the nemesis hit one client
+//! session while many share a turmoil host (a link fault would hit them all).
 //!
-//! Design: [`FaultHandle::wrap`] hands back one end of an in-memory duplex pipe and spawns a
-//! pump task on the current runtime that moves bytes between the other end and the real stream,
-//! applying the faults. Writing the faults as an ordinary async loop (with `tokio::time`
-//! sleeps, virtual under turmoil) keeps delay pipelined and the state simple; the price is one
-//! task and one copy per connection, which the simulator can afford.
+//! It sits on the client side of each connection, so it sees both directions of exactly one
+//! session's traffic: `Outbound` bytes are what the client writes, `Inbound` what it reads.
+//! Faults:
+//! - **reset**: the current connection fails at once with `ConnectionReset` both ways (the
+//!   client drops it, so the broker sees the TCP stream close);
+//! - **stall**: the current connection stops moving bytes both ways without closing, a
+//!   half-open connection that only keepalive can catch; a later connection is unaffected;
+//! - **delay**: every packet is held for a while before it moves on (both ways), a slow path
+//!   that TCP would survive;
+//! - **drop / duplicate** the next packet of one type in one direction (on whichever
+//!   connection carries it). The layer frames packets itself from the MQTT fixed header, so it
+//!   needs no codec and never reorders bytes within a packet.
 //!
-//! Directions are seen from the wrapped side: [`Direction::Outbound`] is what its owner writes
-//! (for a client: client → broker), [`Direction::Inbound`] what it reads.
-//!
-//! Packet boundaries come from the fixed header alone — type nibble and Remaining Length —
-//! parsed incrementally, so a fault can hit a packet the codec would refuse. A Remaining Length
-//! longer than four bytes (malformed) switches that direction to plain pass-through: the peer's
-//! decoder is the one that should report it.
-//!
-//! What each fault looks like to the endpoints:
-//! - **reset**: the pump drops both streams; the owner reads EOF and its writes fail, the peer
-//!   sees the connection close (turmoil delivers a FIN; there is no RST to model).
-//! - **stall**: no byte moves either way, nothing closes — what a segment lost to a partition
-//!   does to turmoil's TCP, which does not retransmit. Keepalive has to notice.
-//! - **delay**: every chunk is held for the delay before it moves on (order kept).
-//! - **drop / duplicate**: the next packet of that type in that direction vanishes, or is sent
-//!   twice back to back.
+//! Everything is driven by `tokio::time` (virtual under turmoil) and a mutex that is never
+//! contended (a simulation is single-threaded); no randomness lives here.
 
 use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
-use tokio::time::Instant;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
-use super::{AsyncStream, BoxFuture, BoxStream, Connector};
-use crate::codec::PacketType;
+use super::{BoxFuture, BoxStream, Connector};
 
 /// Which way a packet travels, seen from the wrapped side.
 #[derive(
@@ -50,662 +42,603 @@ pub enum Direction {
     Inbound,
 }
 
-/// Bytes the in-memory pipe buffers per direction before the owner's writes wait.
-pub const PIPE_CAPACITY_BYTES: usize = 64 * 1024;
-/// Chunks queued between a direction's reader and its (possibly delayed) writer.
-pub const CHUNKS_IN_FLIGHT_MAX: usize = 256;
-/// Read size of the pump.
-const READ_CHUNK_BYTES: usize = 8 * 1024;
-/// Armed packet rules at once (a scenario arms a handful).
-pub const PACKET_RULES_MAX: usize = 64;
-/// Performed actions kept until `take_log` (oldest dropped beyond this).
-pub const LOG_MAX: usize = 1024;
+/// Bytes the layer holds in each direction before it pushes back on the writer.
+const BUFFERED_BYTES_MAX: usize = 1 << 20;
+/// Bytes read from the inner stream per poll.
+const READ_CHUNK: usize = 16 * 1024;
 
-/// What to do to a matching packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PacketAction {
-    Drop,
-    Duplicate,
+/// Flags of one connection.
+#[derive(Default)]
+struct ConnFlags {
+    reset: bool,
+    stalled: bool,
+    /// Tasks parked on a stall, woken when it ends.
+    wakers: Vec<Waker>,
 }
 
-/// A fault the layer actually applied (for the trace).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    /// The connection number (1 for the first stream the handle wrapped).
-    pub connection: u64,
-    pub direction: Direction,
-    pub packet_type: PacketType,
-    pub action: PacketAction,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct PacketRule {
-    direction: Direction,
-    packet_type: PacketType,
-    action: PacketAction,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Connections wrapped so far; the latest is the "current" one.
-    connections: u64,
-    /// Every connection numbered up to this one is reset.
-    reset_through: u64,
-    /// Stalled connections (numbers).
-    stalled: Vec<u64>,
+#[derive(Default)]
+struct ControlState {
+    /// The latest connection: reset and stall hit it.
+    current: Option<Arc<Mutex<ConnFlags>>>,
     delay: Duration,
-    rules: VecDeque<PacketRule>,
-    log: VecDeque<Applied>,
+    /// Pending "drop the next packet of type T in direction D" rules (type = fixed-header
+    /// nibble), consumed one per matching packet.
+    drop: Vec<(Direction, u8)>,
+    duplicate: Vec<(Direction, u8)>,
 }
 
-#[derive(Debug, Default)]
-struct Shared {
-    state: Mutex<State>,
-    changed: Notify,
+/// The nemesis' handle on one client session's connections.
+#[derive(Default)]
+pub struct FaultControl {
+    state: Mutex<ControlState>,
 }
 
-/// Controls the faults of the connections it wrapped. Cheap to clone; all clones share state.
-#[derive(Debug, Clone, Default)]
-pub struct FaultHandle {
-    shared: Arc<Shared>,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would already have failed the simulation; the data is
+    // plain flags, valid either way.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl FaultHandle {
-    pub fn new() -> FaultHandle {
-        FaultHandle::default()
+impl FaultControl {
+    pub fn new() -> Arc<FaultControl> {
+        Arc::new(FaultControl::default())
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.shared)
-    }
-
-    fn changed(&self) {
-        self.shared.changed.notify_waiters();
-    }
-
-    /// Wraps a stream; spawns its pump on the current tokio runtime (or turmoil host).
-    pub fn wrap<S: AsyncStream>(&self, stream: S) -> BoxStream {
-        let connection = {
-            let mut state = self.state();
-            state.connections += 1;
-            state.connections
-        };
-        let (near, far) = tokio::io::duplex(PIPE_CAPACITY_BYTES);
-        tokio::spawn(pump(stream, far, self.shared.clone(), connection));
-        Box::new(near)
-    }
-
-    /// Resets the current connection.
-    pub fn reset(&self) {
-        {
-            let mut state = self.state();
-            state.reset_through = state.connections;
+    /// Resets the current connection. False when there is none.
+    pub fn reset(&self) -> bool {
+        let state = lock(&self.state);
+        match &state.current {
+            Some(flags) => {
+                let mut f = lock(flags);
+                f.reset = true;
+                for w in f.wakers.drain(..) {
+                    w.wake();
+                }
+                true
+            }
+            None => false,
         }
-        self.changed();
     }
 
-    /// Stalls the current connection until [`FaultHandle::resume`] (or a reset).
-    pub fn stall(&self) {
-        {
-            let mut state = self.state();
-            let current = state.connections;
-            if !state.stalled.contains(&current) {
-                state.stalled.push(current);
+    /// Stalls the current connection until `unstall` (or until the client gives it up).
+    pub fn stall(&self) -> bool {
+        let state = lock(&self.state);
+        match &state.current {
+            Some(flags) => {
+                lock(flags).stalled = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a stall of the current connection.
+    pub fn unstall(&self) {
+        let state = lock(&self.state);
+        if let Some(flags) = &state.current {
+            let mut f = lock(flags);
+            f.stalled = false;
+            for w in f.wakers.drain(..) {
+                w.wake();
             }
         }
-        self.changed();
     }
 
-    /// Ends every stall.
-    pub fn resume(&self) {
-        self.state().stalled.clear();
-        self.changed();
-    }
-
-    /// Holds every chunk for `delay` before passing it on (zero ends the delay). Applies to
-    /// chunks read from now on, on every connection of this handle.
+    /// Holds every packet for `delay` (zero ends it).
     pub fn set_delay(&self, delay: Duration) {
-        self.state().delay = delay;
-        self.changed();
+        lock(&self.state).delay = delay;
     }
 
-    /// Drops the next packet of `packet_type` going `direction`. Returns false when
-    /// `PACKET_RULES_MAX` rules are already armed.
-    pub fn drop_next(&self, direction: Direction, packet_type: PacketType) -> bool {
-        self.arm(direction, packet_type, PacketAction::Drop)
+    /// Drops the next packet of `packet_type` (fixed-header type, 1..=15) going `direction`.
+    pub fn drop_next(&self, direction: Direction, packet_type: u8) {
+        lock(&self.state).drop.push((direction, packet_type));
     }
 
     /// Sends the next packet of `packet_type` going `direction` twice.
-    pub fn duplicate_next(&self, direction: Direction, packet_type: PacketType) -> bool {
-        self.arm(direction, packet_type, PacketAction::Duplicate)
+    pub fn duplicate_next(&self, direction: Direction, packet_type: u8) {
+        lock(&self.state).duplicate.push((direction, packet_type));
     }
 
-    fn arm(&self, direction: Direction, packet_type: PacketType, action: PacketAction) -> bool {
-        let mut state = self.state();
-        if state.rules.len() >= PACKET_RULES_MAX {
-            return false;
-        }
-        state.rules.push_back(PacketRule {
-            direction,
-            packet_type,
-            action,
-        });
-        true
+    /// Clears every fault (the quiet phase before judging a run).
+    pub fn heal(&self) {
+        self.unstall();
+        let mut state = lock(&self.state);
+        state.delay = Duration::ZERO;
+        state.drop.clear();
+        state.duplicate.clear();
     }
 
-    /// Rules armed and not yet applied.
-    pub fn armed(&self) -> usize {
-        self.state().rules.len()
+    /// Wraps a new connection of this session.
+    pub fn wrap(self: &Arc<Self>, inner: BoxStream) -> FaultStream {
+        self.wrap_with(inner, None)
     }
 
-    /// The packet faults applied since the last call, oldest first.
-    pub fn take_log(&self) -> Vec<Applied> {
-        self.state().log.drain(..).collect()
-    }
-
-    /// Wraps every stream a connector opens.
-    pub fn connector<C: Connector>(&self, inner: C) -> FaultConnector<C> {
-        FaultConnector {
+    /// Wraps a new connection; `rewrite` replaces a byte pattern (same length) in the first
+    /// outbound CONNECT. The runner uses it to number a will's payload per connection, which
+    /// the client library fixes once per client instance.
+    pub fn wrap_with(
+        self: &Arc<Self>,
+        inner: BoxStream,
+        rewrite: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> FaultStream {
+        let flags = Arc::new(Mutex::new(ConnFlags::default()));
+        lock(&self.state).current = Some(flags.clone());
+        FaultStream {
             inner,
-            handle: self.clone(),
+            control: self.clone(),
+            flags,
+            read_raw: BytesMut::new(),
+            read_queue: VecDeque::new(),
+            read_eof: false,
+            read_sleep: None,
+            write_raw: BytesMut::new(),
+            write_queue: VecDeque::new(),
+            write_queued_bytes: 0,
+            write_sleep: None,
+            rewrite,
         }
     }
-}
 
-fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    // A panic while holding this lock cannot leave the plain-data state inconsistent, so a
-    // poisoned lock is still usable.
-    shared.state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A connector whose streams go through a fault handle.
-pub struct FaultConnector<C> {
-    inner: C,
-    handle: FaultHandle,
-}
-
-impl<C: Connector> Connector for FaultConnector<C> {
-    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, std::io::Result<BoxStream>> {
-        Box::pin(async move {
-            let stream = self.inner.connect(addr).await?;
-            Ok(self.handle.wrap(stream))
-        })
-    }
-}
-
-impl Shared {
-    fn is_reset(&self, connection: u64) -> bool {
-        lock(self).reset_through >= connection
-    }
-
-    fn is_stalled(&self, connection: u64) -> bool {
-        let state = lock(self);
-        state.stalled.contains(&connection) && state.reset_through < connection
-    }
-
-    fn delay(&self) -> Duration {
-        lock(self).delay
-    }
-
-    /// Consumes the first armed rule for this packet, logging it.
-    fn decide(
-        &self,
-        connection: u64,
-        direction: Direction,
-        packet_type: PacketType,
-    ) -> Option<PacketAction> {
-        let mut state = lock(self);
-        let index = state
-            .rules
+    /// What to do with one packet: how many copies to pass (0, 1 or 2) and its release time.
+    fn route(&self, direction: Direction, header: u8) -> (usize, Instant) {
+        let packet_type = header >> 4;
+        let mut state = lock(&self.state);
+        let release = Instant::now() + state.delay;
+        if let Some(i) = state
+            .drop
             .iter()
-            .position(|r| r.direction == direction && r.packet_type == packet_type)?;
-        let rule = state.rules.remove(index)?;
-        if state.log.len() >= LOG_MAX {
-            state.log.pop_front();
+            .position(|&(d, t)| d == direction && t == packet_type)
+        {
+            state.drop.remove(i);
+            return (0, release);
         }
-        state.log.push_back(Applied {
-            connection,
-            direction,
-            packet_type,
-            action: rule.action,
-        });
-        Some(rule.action)
-    }
-
-    /// Waits until `done()` holds, re-checking whenever the handle changes.
-    async fn wait_until(&self, done: impl Fn() -> bool) {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if done() {
-                return;
-            }
-            notified.await;
+        // A duplicate models a retransmission, which MQTT makes only at QoS 1 and 2: a QoS 0
+        // PUBLISH (QoS bits 0) is never sent twice, so the rule waits for one that can be.
+        let qos0_publish = packet_type == 3 && header & 0b0110 == 0;
+        if let Some(i) = state
+            .duplicate
+            .iter()
+            .position(|&(d, t)| d == direction && t == packet_type && !qos0_publish)
+        {
+            state.duplicate.remove(i);
+            return (2, release);
         }
+        (1, release)
     }
 }
 
-async fn pump<S: AsyncStream>(
-    stream: S,
-    far: tokio::io::DuplexStream,
-    shared: Arc<Shared>,
-    connection: u64,
-) {
-    let (stream_read, stream_write) = tokio::io::split(stream);
-    let (far_read, far_write) = tokio::io::split(far);
-    let outbound = direction(
-        far_read,
-        stream_write,
-        Direction::Outbound,
-        &shared,
-        connection,
-    );
-    let inbound = direction(
-        stream_read,
-        far_write,
-        Direction::Inbound,
-        &shared,
-        connection,
-    );
-    // Biased: without tokio_unstable, turmoil cannot seed tokio's RNG, and an unbiased
-    // select! would pick its first branch at random, breaking same-seed-same-trace.
-    tokio::select! {
-        biased;
-        _ = shared.wait_until(|| shared.is_reset(connection)) => {}
-        _ = async { tokio::join!(outbound, inbound) } => {}
+/// Length of the first complete MQTT packet in `buf`, `Ok(None)` if incomplete, `Err` if the
+/// remaining length is malformed (then the bytes pass through unframed).
+fn packet_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+    if buf.is_empty() {
+        return Ok(None);
     }
-    // Returning drops both streams: the owner reads EOF, the peer sees the close.
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let Some(&byte) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let total = 1 + i + 1 + remaining;
+            return Ok((buf.len() >= total).then_some(total));
+        }
+    }
+    Err(())
 }
 
-async fn direction<R, W>(
-    mut source: R,
-    mut sink: W,
+/// Splits complete packets off `raw` and queues them as `route` says.
+fn frame(
+    raw: &mut BytesMut,
+    queue: &mut VecDeque<(Instant, Bytes)>,
+    control: &FaultControl,
     direction: Direction,
-    shared: &Shared,
-    connection: u64,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(CHUNKS_IN_FLIGHT_MAX);
-    let not_stalled = || !shared.is_stalled(connection);
-    let reader = async {
-        let mut framer = Framer::default();
-        let mut buf = vec![0u8; READ_CHUNK_BYTES];
-        loop {
-            shared.wait_until(not_stalled).await;
-            let n = match source.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+) -> usize {
+    let mut queued = 0;
+    loop {
+        let len = match packet_len(raw) {
+            Ok(Some(len)) => len,
+            Ok(None) => break,
+            Err(()) => {
+                // Not MQTT framing: pass what there is through untouched.
+                let all = raw.split().freeze();
+                queued += all.len();
+                queue.push_back((Instant::now(), all));
+                break;
+            }
+        };
+        let packet = raw.split_to(len).freeze();
+        let (copies, release) = control.route(direction, packet[0]);
+        for _ in 0..copies {
+            queued += packet.len();
+            queue.push_back((release, packet.clone()));
+        }
+    }
+    queued
+}
+
+/// A connection under the fault layer.
+pub struct FaultStream {
+    inner: BoxStream,
+    control: Arc<FaultControl>,
+    flags: Arc<Mutex<ConnFlags>>,
+    read_raw: BytesMut,
+    read_queue: VecDeque<(Instant, Bytes)>,
+    read_eof: bool,
+    read_sleep: Option<Pin<Box<Sleep>>>,
+    write_raw: BytesMut,
+    write_queue: VecDeque<(Instant, Bytes)>,
+    write_queued_bytes: usize,
+    write_sleep: Option<Pin<Box<Sleep>>>,
+    rewrite: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Tasks parked on one connection: its reader and its writer, so a handful at most.
+const PARKED_TASKS_MAX: usize = 8;
+
+fn park(flags: &mut ConnFlags, cx: &mut Context<'_>) {
+    if flags.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+        return;
+    }
+    if flags.wakers.len() >= PARKED_TASKS_MAX {
+        flags.wakers.remove(0);
+    }
+    flags.wakers.push(cx.waker().clone());
+}
+
+/// Replaces the first occurrence of `pattern` in `packet` by `replacement` (same length).
+fn rewrite_packet(packet: &[u8], pattern: &[u8], replacement: &[u8]) -> Option<Bytes> {
+    if pattern.is_empty() || pattern.len() != replacement.len() {
+        return None;
+    }
+    let at = packet.windows(pattern.len()).position(|w| w == pattern)?;
+    let mut out = packet.to_vec();
+    out[at..at + pattern.len()].copy_from_slice(replacement);
+    Some(Bytes::from(out))
+}
+
+impl FaultStream {
+    /// `Some(result)` when a fault decides the poll.
+    fn faulted(&self, cx: &mut Context<'_>) -> Option<Poll<io::Error>> {
+        let mut flags = lock(&self.flags);
+        if flags.reset {
+            return Some(Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "connection reset by the fault layer",
+            )));
+        }
+        if flags.stalled {
+            park(&mut flags, cx);
+            return Some(Poll::Pending);
+        }
+        None
+    }
+
+    /// Returns `Pending`, remembering the task so a reset or the end of a stall wakes it even
+    /// while it waits on the inner stream.
+    fn pending<T>(&self, cx: &mut Context<'_>) -> Poll<T> {
+        park(&mut lock(&self.flags), cx);
+        Poll::Pending
+    }
+
+    /// Waits for the release time of the head of a queue.
+    fn wait_release(
+        sleep: &mut Option<Pin<Box<Sleep>>>,
+        release: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if release <= Instant::now() {
+            *sleep = None;
+            return Poll::Ready(());
+        }
+        let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(release)));
+        if s.deadline() != release {
+            s.as_mut().reset(release);
+        }
+        match s.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                *sleep = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes queued outbound packets whose time has come. Ready when the queue is empty.
+    fn drain_writes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((release, _)) = self.write_queue.front() {
+            let release = *release;
+            if Self::wait_release(&mut self.write_sleep, release, cx).is_pending() {
+                return Poll::Pending;
+            }
+            let Some((_, bytes)) = self.write_queue.front_mut() else {
+                break;
             };
-            let release = Instant::now() + shared.delay();
-            let pieces = framer.feed(&buf[..n], |t| shared.decide(connection, direction, t));
-            for piece in pieces {
-                if tx.send((release, piece)).await.is_err() {
-                    return;
+            match Pin::new(&mut self.inner).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
+                Poll::Ready(Ok(n)) => {
+                    bytes.advance(n);
+                    self.write_queued_bytes = self.write_queued_bytes.saturating_sub(n);
+                    if bytes.is_empty() {
+                        self.write_queue.pop_front();
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
-        drop(tx);
-    };
-    let writer = async {
-        while let Some((release, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(release).await;
-            shared.wait_until(not_stalled).await;
-            if sink.write_all(&bytes).await.is_err() || sink.flush().await.is_err() {
-                return;
-            }
+        Poll::Ready(Ok(()))
+    }
+}
+
+use std::future::Future;
+
+impl AsyncRead for FaultStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(p) = this.faulted(cx) {
+            return p.map(Err);
         }
-        let _ = sink.shutdown().await;
-    };
-    tokio::join!(reader, writer);
-}
-
-fn packet_type(first_byte: u8) -> Option<PacketType> {
-    Some(match first_byte >> 4 {
-        1 => PacketType::Connect,
-        2 => PacketType::ConnAck,
-        3 => PacketType::Publish,
-        4 => PacketType::PubAck,
-        5 => PacketType::PubRec,
-        6 => PacketType::PubRel,
-        7 => PacketType::PubComp,
-        8 => PacketType::Subscribe,
-        9 => PacketType::SubAck,
-        10 => PacketType::Unsubscribe,
-        11 => PacketType::UnsubAck,
-        12 => PacketType::PingReq,
-        13 => PacketType::PingResp,
-        14 => PacketType::Disconnect,
-        15 => PacketType::Auth,
-        _ => return None,
-    })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Phase {
-    /// Expecting the first byte of a packet.
-    #[default]
-    Header,
-    /// Reading Remaining Length: value so far, bytes read.
-    Length { value: u32, bytes: u8 },
-    /// Body bytes left.
-    Body { left: u32 },
-    /// Framing lost (malformed length): pass everything through.
-    PassThrough,
-}
-
-/// Finds packet boundaries from fixed headers, incrementally, and applies drop/duplicate.
-#[derive(Debug, Default)]
-struct Framer {
-    phase: Phase,
-    action: Option<PacketAction>,
-    /// The current packet's bytes while they must be held (duplicate).
-    held: BytesMut,
-}
-
-impl Framer {
-    /// Feeds bytes; returns what to pass on, in order. `decide` is asked once per packet, at
-    /// its first byte.
-    fn feed(
-        &mut self,
-        mut input: &[u8],
-        mut decide: impl FnMut(PacketType) -> Option<PacketAction>,
-    ) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let mut pass = BytesMut::new();
-        while !input.is_empty() {
-            match self.phase {
-                Phase::PassThrough => {
-                    pass.extend_from_slice(input);
-                    input = &[];
+        loop {
+            if let Some((release, _)) = this.read_queue.front() {
+                let release = *release;
+                if Self::wait_release(&mut this.read_sleep, release, cx).is_pending() {
+                    return this.pending(cx);
                 }
-                Phase::Header => {
-                    let byte = input[0];
-                    input = &input[1..];
-                    self.action = packet_type(byte).and_then(&mut decide);
-                    self.phase = Phase::Length { value: 0, bytes: 0 };
-                    self.take(byte, &mut pass);
+                if let Some((_, bytes)) = this.read_queue.front_mut() {
+                    let n = bytes.len().min(buf.remaining());
+                    buf.put_slice(&bytes[..n]);
+                    bytes.advance(n);
+                    if bytes.is_empty() {
+                        this.read_queue.pop_front();
+                    }
                 }
-                Phase::Length { value, bytes } => {
-                    let byte = input[0];
-                    input = &input[1..];
-                    self.take(byte, &mut pass);
-                    let value = value | (u32::from(byte & 0x7f) << (7 * u32::from(bytes)));
-                    let bytes = bytes + 1;
-                    if byte & 0x80 != 0 {
-                        if bytes == 4 {
-                            // A fifth length byte is malformed [MQTT-1.5.5-1 / 2.2.3].
-                            self.abandon(&mut pass);
-                        } else {
-                            self.phase = Phase::Length { value, bytes };
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut chunk_buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut chunk_buf) {
+                Poll::Ready(Ok(())) => {
+                    let filled = chunk_buf.filled();
+                    if filled.is_empty() {
+                        this.read_eof = true;
+                        // A partial packet at EOF passes through for the reader to judge.
+                        if !this.read_raw.is_empty() {
+                            let rest = this.read_raw.split().freeze();
+                            this.read_queue.push_back((Instant::now(), rest));
                         }
-                    } else if value == 0 {
-                        self.finish(&mut pass, &mut out);
                     } else {
-                        self.phase = Phase::Body { left: value };
+                        this.read_raw.extend_from_slice(filled);
+                        frame(
+                            &mut this.read_raw,
+                            &mut this.read_queue,
+                            &this.control,
+                            Direction::Inbound,
+                        );
                     }
                 }
-                Phase::Body { left } => {
-                    let n = (left as usize).min(input.len());
-                    let (body, rest) = input.split_at(n);
-                    input = rest;
-                    match self.action {
-                        None => pass.extend_from_slice(body),
-                        Some(PacketAction::Drop) => {}
-                        Some(PacketAction::Duplicate) => self.held.extend_from_slice(body),
-                    }
-                    let left = left - n as u32;
-                    if left == 0 {
-                        self.finish(&mut pass, &mut out);
-                    } else {
-                        self.phase = Phase::Body { left };
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return this.pending(cx),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FaultStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(p) = this.faulted(cx) {
+            return p.map(Err);
+        }
+        if this.write_queued_bytes + this.write_raw.len() >= BUFFERED_BYTES_MAX {
+            match this.drain_writes(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+                Poll::Pending => {
+                    if this.write_queued_bytes + this.write_raw.len() >= BUFFERED_BYTES_MAX {
+                        return this.pending(cx);
                     }
                 }
             }
         }
-        if !pass.is_empty() {
-            out.push(pass.freeze());
+        this.write_raw.extend_from_slice(buf);
+        let first_new = this.write_queue.len();
+        this.write_queued_bytes += frame(
+            &mut this.write_raw,
+            &mut this.write_queue,
+            &this.control,
+            Direction::Outbound,
+        );
+        if let Some((pattern, replacement)) = &this.rewrite {
+            let mut done = false;
+            for (_, packet) in this.write_queue.iter_mut().skip(first_new) {
+                if packet.first().map(|b| b >> 4) == Some(1) {
+                    if let Some(new) = rewrite_packet(packet, pattern, replacement) {
+                        *packet = new;
+                    }
+                    done = true;
+                    break;
+                }
+            }
+            if done {
+                this.rewrite = None;
+            }
         }
-        out
+        // Move what may move now; the rest goes at flush.
+        if let Poll::Ready(Err(e)) = this.drain_writes(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(buf.len()))
     }
 
-    fn take(&mut self, byte: u8, pass: &mut BytesMut) {
-        match self.action {
-            None => pass.extend_from_slice(&[byte]),
-            Some(PacketAction::Drop) => {}
-            Some(PacketAction::Duplicate) => self.held.extend_from_slice(&[byte]),
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(p) = this.faulted(cx) {
+            return p.map(Err);
+        }
+        match this.drain_writes(cx) {
+            Poll::Ready(Ok(())) => match Pin::new(&mut this.inner).poll_flush(cx) {
+                Poll::Pending => this.pending(cx),
+                ready => ready,
+            },
+            Poll::Pending => this.pending(cx),
+            other => other,
         }
     }
 
-    fn finish(&mut self, pass: &mut BytesMut, out: &mut Vec<Bytes>) {
-        if self.action == Some(PacketAction::Duplicate) {
-            let packet = self.held.split().freeze();
-            pass.extend_from_slice(&packet);
-            pass.extend_from_slice(&packet);
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(p) = this.faulted(cx) {
+            return p.map(Err);
         }
-        if !pass.is_empty() {
-            out.push(pass.split().freeze());
+        match this.drain_writes(cx) {
+            Poll::Ready(Ok(())) => match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                Poll::Pending => this.pending(cx),
+                ready => ready,
+            },
+            Poll::Pending => this.pending(cx),
+            other => other,
         }
-        self.action = None;
-        self.phase = Phase::Header;
     }
+}
 
-    fn abandon(&mut self, pass: &mut BytesMut) {
-        // Whatever was held or dropped of this packet is released as it was.
-        if self.action == Some(PacketAction::Duplicate) {
-            pass.extend_from_slice(&self.held.split());
-        }
-        self.action = None;
-        self.phase = Phase::PassThrough;
+/// A connector that wraps every connection of one session in its fault layer and tells the
+/// runner when a TCP connection is up (the client writes CONNECT right after).
+pub struct FaultConnector {
+    pub inner: Arc<dyn Connector>,
+    pub control: Arc<FaultControl>,
+    /// Called with the outcome of each connection attempt; for a connection it returns the
+    /// CONNECT rewrite to apply (see `FaultControl::wrap_with`).
+    #[allow(clippy::type_complexity)]
+    pub on_connect: Box<dyn Fn(Result<(), String>) -> Option<(Vec<u8>, Vec<u8>)> + Send + Sync>,
+}
+
+impl Connector for FaultConnector {
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
+        Box::pin(async move {
+            match self.inner.connect(addr).await {
+                Ok(stream) => {
+                    let rewrite = (self.on_connect)(Ok(()));
+                    Ok(Box::new(self.control.wrap_with(stream, rewrite)) as BoxStream)
+                }
+                Err(e) => {
+                    let _ = (self.on_connect)(Err(e.to_string()));
+                    Err(e)
+                }
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::DuplexStream;
 
-    const PINGREQ: [u8; 2] = [0xC0, 0x00];
-    const PUBACK_1: [u8; 4] = [
-        0x40, // PUBACK
-        0x02, // remaining length 2
-        0x00, 0x01, // packet id 1
-    ];
-    const PUBACK_2: [u8; 4] = [0x40, 0x02, 0x00, 0x02];
-
-    /// A QoS 0 PUBLISH with a 200-byte body (two-byte Remaining Length).
-    fn big_publish() -> Vec<u8> {
-        let mut p = vec![
-            0x30, // PUBLISH, QoS 0
-            0xC8, 0x01, // remaining length 200
-            0x00, 0x01, b't', // topic "t"
-        ];
-        p.extend(std::iter::repeat_n(b'x', 200 - 3));
-        p
-    }
-
-    fn pair(handle: &FaultHandle) -> (BoxStream, DuplexStream) {
-        let (local, remote) = tokio::io::duplex(4096);
-        (handle.wrap(local), remote)
-    }
-
-    async fn read_exact(stream: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; n];
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
-            .await
-            .expect("bytes arrive")
-            .expect("read");
-        buf
-    }
-
-    async fn nothing_arrives(stream: &mut (impl AsyncRead + Unpin), within: Duration) {
-        let mut byte = [0u8; 1];
-        let got = tokio::time::timeout(within, stream.read(&mut byte)).await;
-        assert!(got.is_err(), "expected silence, got {got:?}");
-    }
-
-    #[tokio::test]
-    async fn bytes_pass_both_ways_untouched() {
-        let handle = FaultHandle::new();
-        let (mut local, mut remote) = pair(&handle);
-        local.write_all(&big_publish()).await.unwrap();
-        local.flush().await.unwrap();
-        assert_eq!(read_exact(&mut remote, 203).await, big_publish());
-        remote.write_all(&PUBACK_1).await.unwrap();
-        assert_eq!(read_exact(&mut local, 4).await, PUBACK_1);
-    }
-
-    #[tokio::test]
-    async fn drops_only_the_next_packet_of_the_type_even_when_split_bytewise() {
-        let handle = FaultHandle::new();
-        assert!(handle.drop_next(Direction::Outbound, PacketType::PubAck));
-        let (mut local, mut remote) = pair(&handle);
-        let stream: Vec<u8> = [&PINGREQ[..], &PUBACK_1, &PUBACK_2].concat();
-        for byte in stream {
-            local.write_all(&[byte]).await.unwrap();
-            local.flush().await.unwrap();
-        }
-        assert_eq!(
-            read_exact(&mut remote, 6).await,
-            [&PINGREQ[..], &PUBACK_2].concat()
-        );
-        nothing_arrives(&mut remote, Duration::from_millis(50)).await;
-        assert_eq!(
-            handle.take_log(),
-            vec![Applied {
-                connection: 1,
-                direction: Direction::Outbound,
-                packet_type: PacketType::PubAck,
-                action: PacketAction::Drop
-            }]
-        );
-        assert_eq!(handle.armed(), 0);
-    }
-
-    #[tokio::test]
-    async fn duplicates_an_inbound_packet_with_a_long_length() {
-        let handle = FaultHandle::new();
-        handle.duplicate_next(Direction::Inbound, PacketType::Publish);
-        let (mut local, mut remote) = pair(&handle);
-        let publish = big_publish();
-        remote.write_all(&publish[..2]).await.unwrap();
-        remote.write_all(&publish[2..50]).await.unwrap();
-        remote.write_all(&publish[50..]).await.unwrap();
-        remote.write_all(&PINGREQ).await.unwrap();
-        let got = read_exact(&mut local, 2 * publish.len() + 2).await;
-        assert_eq!(got, [&publish[..], &publish, &PINGREQ].concat());
-        // Outbound PUBLISHes are not affected by an inbound rule.
-        handle.duplicate_next(Direction::Inbound, PacketType::Publish);
-        local.write_all(&publish).await.unwrap();
-        assert_eq!(read_exact(&mut remote, publish.len()).await, publish);
-        nothing_arrives(&mut remote, Duration::from_millis(50)).await;
-    }
-
-    #[tokio::test]
-    async fn stall_stops_both_ways_without_closing_and_resume_releases() {
-        let handle = FaultHandle::new();
-        let (mut local, mut remote) = pair(&handle);
-        handle.stall();
-        local.write_all(&PINGREQ).await.unwrap();
-        remote.write_all(&PUBACK_1).await.unwrap();
-        nothing_arrives(&mut remote, Duration::from_millis(50)).await;
-        nothing_arrives(&mut local, Duration::from_millis(50)).await;
-        handle.resume();
-        assert_eq!(read_exact(&mut remote, 2).await, PINGREQ);
-        assert_eq!(read_exact(&mut local, 4).await, PUBACK_1);
-    }
-
-    #[tokio::test]
-    async fn reset_closes_both_ends() {
-        let handle = FaultHandle::new();
-        let (mut local, mut remote) = pair(&handle);
-        handle.reset();
-        let mut buf = [0u8; 8];
-        let n = tokio::time::timeout(Duration::from_secs(5), local.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap_or(0);
-        assert_eq!(n, 0, "owner reads EOF");
-        let n = tokio::time::timeout(Duration::from_secs(5), remote.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap_or(0);
-        assert_eq!(n, 0, "peer sees the close");
-        // The next connection of the same handle is healthy.
-        let (mut local, mut remote) = pair(&handle);
-        local.write_all(&PINGREQ).await.unwrap();
-        assert_eq!(read_exact(&mut remote, 2).await, PINGREQ);
-    }
-
-    #[tokio::test]
-    async fn stall_targets_only_the_current_connection() {
-        let handle = FaultHandle::new();
-        let (mut first, mut first_remote) = pair(&handle);
-        handle.stall();
-        let (mut second, mut second_remote) = pair(&handle);
-        first.write_all(&PINGREQ).await.unwrap();
-        second.write_all(&PINGREQ).await.unwrap();
-        assert_eq!(read_exact(&mut second_remote, 2).await, PINGREQ);
-        nothing_arrives(&mut first_remote, Duration::from_millis(50)).await;
-    }
-
-    #[tokio::test]
-    async fn delay_holds_bytes_back_in_order() {
-        let handle = FaultHandle::new();
-        handle.set_delay(Duration::from_millis(150));
-        let (mut local, mut remote) = pair(&handle);
-        let start = Instant::now();
-        local.write_all(&PUBACK_1).await.unwrap();
-        local.write_all(&PUBACK_2).await.unwrap();
-        assert_eq!(
-            read_exact(&mut remote, 8).await,
-            [PUBACK_1, PUBACK_2].concat()
-        );
-        assert!(
-            start.elapsed() >= Duration::from_millis(150),
-            "{:?}",
-            start.elapsed()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_connector_wraps_what_it_opens() {
-        struct Pipe(Mutex<Option<DuplexStream>>);
-        impl Connector for Pipe {
-            fn connect<'a>(&'a self, _: &'a str) -> BoxFuture<'a, std::io::Result<BoxStream>> {
-                let stream = self.0.lock().unwrap().take();
-                Box::pin(async move { Ok(Box::new(stream.expect("one connection")) as BoxStream) })
-            }
-        }
-        let (local, mut remote) = tokio::io::duplex(1024);
-        let handle = FaultHandle::new();
-        handle.drop_next(Direction::Outbound, PacketType::PingReq);
-        let connector = handle.connector(Pipe(Mutex::new(Some(local))));
-        let mut stream = connector.connect("broker:1883").await.unwrap();
-        stream
-            .write_all(&[&PINGREQ[..], &PUBACK_1].concat())
-            .await
-            .unwrap();
-        assert_eq!(read_exact(&mut remote, 4).await, PUBACK_1);
+    #[test]
+    fn packet_lengths_from_the_fixed_header() {
+        assert_eq!(packet_len(&[]), Ok(None));
+        assert_eq!(packet_len(&[0xC0]), Ok(None)); // PINGREQ, length missing
+        assert_eq!(packet_len(&[0xC0, 0x00]), Ok(Some(2))); // PINGREQ
+        assert_eq!(packet_len(&[0x40, 0x02, 0x00]), Ok(None)); // PUBACK, body incomplete
+        assert_eq!(packet_len(&[0x40, 0x02, 0x00, 0x01, 0xff]), Ok(Some(4)));
+        // Remaining length 128 takes two bytes (0x80 0x01).
+        let mut long = vec![0x30, 0x80, 0x01];
+        long.extend(std::iter::repeat_n(0u8, 128));
+        assert_eq!(packet_len(&long), Ok(Some(131)));
+        assert_eq!(packet_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]), Err(()));
     }
 
     #[test]
-    fn framer_handles_zero_length_and_malformed_lengths() {
-        let mut f = Framer::default();
-        let out = f.feed(&[0xE0, 0x00, 0xC0, 0x00], |t| {
-            (t == PacketType::Disconnect).then_some(PacketAction::Drop)
-        });
-        assert_eq!(out.concat(), vec![0xC0, 0x00]);
-        let mut f = Framer::default();
-        let bad = [0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x02];
-        let out = f.feed(&bad, |_| None);
-        assert_eq!(out.concat(), bad.to_vec());
-        assert_eq!(f.phase, Phase::PassThrough);
-        // Duplicating a packet whose length turns out malformed releases it once, untouched.
-        let mut f = Framer::default();
-        let out = f.feed(&bad, |_| Some(PacketAction::Duplicate));
-        assert_eq!(out.concat(), bad.to_vec());
+    fn rewrite_replaces_one_occurrence_of_the_same_length() {
+        let packet = b"\x10\x05w-a-~".to_vec();
+        let out = rewrite_packet(&packet, b"w-a-~", b"w-a-7").unwrap();
+        assert_eq!(&out[..], b"\x10\x05w-a-7");
+        assert!(rewrite_packet(&packet, b"zz", b"yy").is_none());
+        assert!(rewrite_packet(&packet, b"w-a-~", b"w").is_none());
+    }
+
+    fn queue_types(queue: &VecDeque<(Instant, Bytes)>) -> Vec<u8> {
+        queue.iter().map(|(_, b)| b[0] >> 4).collect()
+    }
+
+    #[tokio::test]
+    async fn drop_and_duplicate_hit_the_next_matching_packet_once() {
+        let control = FaultControl::new();
+        control.drop_next(Direction::Inbound, 4); // PUBACK
+        control.duplicate_next(Direction::Inbound, 3); // PUBLISH
+        let mut raw = BytesMut::new();
+        // PUBACK 1, PUBLISH "t" QoS 0 (never duplicated), PUBLISH QoS 1 id 7, PUBACK 2,
+        // PUBLISH QoS 1 again.
+        raw.extend_from_slice(&[0x40, 0x02, 0x00, 0x01]);
+        raw.extend_from_slice(&[0x30, 0x03, 0x00, 0x01, b't']);
+        raw.extend_from_slice(&[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x07]);
+        raw.extend_from_slice(&[0x40, 0x02, 0x00, 0x02]);
+        raw.extend_from_slice(&[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x08]);
+        raw.extend_from_slice(&[0x40]); // a partial packet stays buffered
+        let mut queue = VecDeque::new();
+        frame(&mut raw, &mut queue, &control, Direction::Inbound);
+        assert_eq!(queue_types(&queue), vec![3, 3, 3, 4, 3]);
+        assert_eq!(&raw[..], &[0x40]);
+        // Outbound rules are separate from inbound ones.
+        control.drop_next(Direction::Outbound, 4);
+        let mut raw = BytesMut::from(&[0x40, 0x02, 0x00, 0x03][..]);
+        let mut queue = VecDeque::new();
+        frame(&mut raw, &mut queue, &control, Direction::Inbound);
+        assert_eq!(queue_types(&queue), vec![4]);
+    }
+
+    #[tokio::test]
+    async fn reset_and_stall_hit_only_the_current_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let control = FaultControl::new();
+        let (a, mut a_peer) = tokio::io::duplex(1024);
+        let mut first = control.wrap(Box::new(a));
+        a_peer.write_all(&[0xD0, 0x00]).await.unwrap(); // PINGRESP
+        let mut buf = [0u8; 2];
+        first.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [0xD0, 0x00]);
+        assert!(control.stall());
+        a_peer.write_all(&[0xD0, 0x00]).await.unwrap();
+        let stalled =
+            tokio::time::timeout(Duration::from_millis(50), first.read_exact(&mut buf)).await;
+        assert!(stalled.is_err(), "a stalled connection moves no bytes");
+        // A new connection is not stalled; resetting it leaves the first alone.
+        let (b, mut b_peer) = tokio::io::duplex(1024);
+        let mut second = control.wrap(Box::new(b));
+        b_peer.write_all(&[0xD0, 0x00]).await.unwrap();
+        second.read_exact(&mut buf).await.unwrap();
+        assert!(control.reset());
+        let err = second.read_exact(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(second.write_all(&[0xC0, 0x00]).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_holds_packets_for_the_delay() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let control = FaultControl::new();
+        control.set_delay(Duration::from_millis(300));
+        let (a, mut peer) = tokio::io::duplex(1024);
+        let mut stream = control.wrap(Box::new(a));
+        let start = Instant::now();
+        stream.write_all(&[0xC0, 0x00]).await.unwrap();
+        stream.flush().await.unwrap();
+        assert!(Instant::now() - start >= Duration::from_millis(300));
+        let mut buf = [0u8; 2];
+        peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [0xC0, 0x00]);
     }
 }
