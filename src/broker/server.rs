@@ -7,6 +7,14 @@
 //!   framing and I/O, so decoding and encoding run beside routing;
 //! - readers hand packets to the core over one bounded channel and wait when it is full, which
 //!   pushes back on fast publishers through TCP;
+//! - back-pressure per publisher: each reader may have at most `READER_CREDIT` packets with the
+//!   core (queued or held) and stops reading its socket beyond that. When a QoS 1/2 PUBLISH
+//!   would overflow an online subscriber's session queue (`Core::publish_blocker`), the driver
+//!   holds it unacknowledged, with whatever that connection sends after it (acknowledgements
+//!   excepted: they only free room), until the subscriber makes room. The publisher's TCP
+//!   window fills and it slows down to the subscriber's pace; nothing acknowledged is dropped.
+//!   A subscriber that makes no room for `slow_subscriber_timeout_secs` is closed as a slow
+//!   consumer (its session keeps its queue), which also breaks wait cycles between clients;
 //! - the core hands packets to each writer over a bounded channel with `try_send`, never
 //!   waiting: a slow subscriber loses QoS 0 messages or its connection, never anyone's time;
 //! - a writer takes everything queued (up to a batch bound) before one flush;
@@ -19,16 +27,17 @@
 //! Nothing here names `tokio::net` or `turmoil`, reads the wall clock, or starts an OS thread:
 //! the same code serves real TCP and the simulator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::config::BrokerConfig;
@@ -45,6 +54,9 @@ const EVENT_BATCH: usize = 256;
 /// A writer flushes after this many packets or bytes, whichever comes first.
 const WRITE_BATCH_PACKETS: usize = 256;
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Packets one reader may have with the core (in the event queue or held for back-pressure)
+/// before it stops reading its socket. Bounds what a paused publisher costs the broker.
+const READER_CREDIT: usize = 64;
 /// Sockets allowed beyond `max_connections` while they have not sent CONNECT.
 const PENDING_CONNECTIONS: usize = 1024;
 /// A flush that makes no progress for this long means the peer stopped reading (or vanished):
@@ -145,25 +157,37 @@ impl Broker {
         let bytes = Arc::new(ByteCounters::default());
         let max_packet_size = config.max_packet_size;
         let outbound_queue = config.outbound_queue_packets;
+        let slow_subscriber_timeout = config.slow_subscriber_timeout_secs;
         let max_sockets = config.max_connections.saturating_add(PENDING_CONNECTIONS);
         let mut core = Core::new(config, store, bytes.clone(), Instant::now());
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let acceptor = tokio::spawn(accept_loop(listener, events_tx.clone()));
         // Each writer holds a clone; when all are gone `recv` returns None (all flushed).
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let stall = match slow_subscriber_timeout {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         let mut driver = Driver {
             conns: BTreeMap::new(),
             next_conn: 1,
             actions: Vec::new(),
+            held: BTreeMap::new(),
         };
         tokio::pin!(shutdown);
         loop {
             let deadline = core.next_deadline();
+            let stall_deadline = stall.and_then(|d| driver.stall_deadline(d));
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 _ = sleep_until(deadline) => {
                     core.on_timer(Instant::now(), &mut driver.actions);
+                }
+                _ = sleep_until(stall_deadline) => {
+                    if let Some(stall) = stall {
+                        driver.end_stalled(&mut core, stall, Instant::now());
+                    }
                 }
                 Some(command) = commands.recv() => {
                     let now = Instant::now();
@@ -195,27 +219,35 @@ impl Broker {
                                     let (read, write) = tokio::io::split(stream);
                                     let (out_tx, out_rx) = mpsc::channel(outbound_queue);
                                     let (cancel_tx, cancel_rx) = oneshot::channel();
+                                    let credit = Arc::new(Credit::default());
                                     tokio::spawn(read_loop(
                                         conn,
                                         read,
                                         max_packet_size,
                                         events_tx.clone(),
+                                        credit.clone(),
                                         cancel_rx,
                                     ));
                                     tokio::spawn(write_loop(write, out_rx, alive_tx.clone()));
                                     driver.conns.insert(
                                         conn,
-                                        ConnIo { outbound: out_tx, _cancel_reader: cancel_tx },
+                                        ConnIo {
+                                            outbound: out_tx,
+                                            credit,
+                                            _cancel_reader: cancel_tx,
+                                        },
                                     );
                                     core.opened(conn, peer, now);
                                 }
                             }
                             Event::Packet(conn, packet) => {
-                                core.handle(conn, packet, now, &mut driver.actions);
+                                driver.packet(&mut core, conn, packet, now);
                             }
-                            Event::Ended(conn, cause) => {
-                                core.ended(conn, cause, now, &mut driver.actions);
-                            }
+                            Event::Ended(conn, cause) => match driver.held.get_mut(&conn) {
+                                // After the held packets, in order (a held DISCONNECT first).
+                                Some(held) => held.ended = Some(cause),
+                                None => core.ended(conn, cause, now, &mut driver.actions),
+                            },
                         }
                         match events.try_recv() {
                             Ok(next) => event = next,
@@ -224,6 +256,8 @@ impl Broker {
                     }
                 }
             }
+            // Subscribers may have made room (acknowledgements, timers, ends).
+            driver.resume(&mut core, Instant::now());
             // Durable first, then the packets that depend on it (acknowledgements).
             core.flush_store();
             driver.execute(&mut core);
@@ -266,17 +300,166 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 struct ConnIo {
     outbound: mpsc::Sender<Outbound>,
+    /// The reader's packets with the core; given back as each is handled.
+    credit: Arc<Credit>,
     /// Dropping it stops the reader.
     _cancel_reader: oneshot::Sender<()>,
+}
+
+/// What one reader has handed to the core and the core has not yet handled. Only the reader
+/// takes (it is the only one to wait) and only the core task gives back, so two atomic
+/// operations per packet suffice; `Notify` is touched only at the limit.
+#[derive(Default)]
+struct Credit {
+    taken: AtomicUsize,
+    returned: Notify,
+}
+
+impl Credit {
+    /// Waits until the reader may hand over one more packet, and takes the credit for it.
+    async fn take(&self) {
+        while self.taken.load(Ordering::Acquire) >= READER_CREDIT {
+            // A `give` between the load and here stores a permit, so this cannot miss it.
+            self.returned.notified().await;
+        }
+        self.taken.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn give(&self) {
+        if self.taken.fetch_sub(1, Ordering::AcqRel) == READER_CREDIT {
+            self.returned.notify_one();
+        }
+    }
+}
+
+/// A connection whose PUBLISH waits for room in a subscriber's queue.
+struct Held {
+    /// The waiting PUBLISH first, then what the connection sent after it.
+    packets: VecDeque<Packet>,
+    /// The reader reported the end of the connection after these packets.
+    ended: Option<EndCause>,
+    /// The session that has no room.
+    blocker: Arc<str>,
+    /// Since when no held packet could be handled.
+    since: Instant,
 }
 
 struct Driver {
     conns: BTreeMap<ConnId, ConnIo>,
     next_conn: ConnId,
     actions: Vec<Action>,
+    /// Connections paused by back-pressure.
+    held: BTreeMap<ConnId, Held>,
 }
 
 impl Driver {
+    fn give_credit(&self, conn: ConnId) {
+        if let Some(io) = self.conns.get(&conn) {
+            io.credit.give();
+        }
+    }
+
+    /// A packet from a reader: handled now, or held behind a PUBLISH that waits for room.
+    fn packet(&mut self, core: &mut Core, conn: ConnId, packet: Packet, now: Instant) {
+        if let Some(held) = self.held.get_mut(&conn) {
+            // Acknowledgements free room and depend on nothing held (a PUBREL answers a PUBREC
+            // the broker sent, so its PUBLISH was handled); the rest keeps its order.
+            if !matches!(
+                packet,
+                Packet::PubAck(_)
+                    | Packet::PubRec(_)
+                    | Packet::PubRel(_)
+                    | Packet::PubComp(_)
+                    | Packet::PingReq
+            ) {
+                held.packets.push_back(packet);
+                return;
+            }
+        } else if let Packet::Publish(publish) = &packet {
+            if let Some(blocker) = core.publish_blocker(conn, publish) {
+                tracing::debug!(conn, blocker = &*blocker, "publisher paused: queue full");
+                core.set_paused(conn, true, now);
+                self.held.insert(
+                    conn,
+                    Held {
+                        packets: VecDeque::from([packet]),
+                        ended: None,
+                        blocker,
+                        since: now,
+                    },
+                );
+                return;
+            }
+        }
+        core.handle(conn, packet, now, &mut self.actions);
+        self.give_credit(conn);
+    }
+
+    /// Hands the core the held packets that can go now; resumes connections left with none.
+    fn resume(&mut self, core: &mut Core, now: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let conns: Vec<ConnId> = self.held.keys().copied().collect();
+        for conn in conns {
+            let Some(mut held) = self.held.remove(&conn) else {
+                continue;
+            };
+            let mut progressed = false;
+            let mut blocked = false;
+            while let Some(packet) = held.packets.pop_front() {
+                if let Packet::Publish(publish) = &packet {
+                    if let Some(blocker) = core.publish_blocker(conn, publish) {
+                        held.blocker = blocker;
+                        held.packets.push_front(packet);
+                        blocked = true;
+                        break;
+                    }
+                }
+                core.handle(conn, packet, now, &mut self.actions);
+                self.give_credit(conn);
+                progressed = true;
+            }
+            if blocked {
+                if progressed {
+                    held.since = now;
+                }
+                self.held.insert(conn, held);
+                continue;
+            }
+            core.set_paused(conn, false, now);
+            if let Some(cause) = held.ended {
+                core.ended(conn, cause, now, &mut self.actions);
+            }
+        }
+    }
+
+    /// When the longest-waiting publisher gives up on its subscriber.
+    fn stall_deadline(&self, stall: Duration) -> Option<Instant> {
+        self.held.values().map(|h| h.since + stall).min()
+    }
+
+    /// Closes, as slow consumers, the subscribers that kept a publisher waiting `stall` with
+    /// no progress; their sessions go offline, so the held messages are queued (drop-oldest).
+    fn end_stalled(&mut self, core: &mut Core, stall: Duration, now: Instant) {
+        let mut blockers = Vec::new();
+        for held in self.held.values_mut() {
+            if held.since + stall <= now {
+                blockers.push(held.blocker.clone());
+                held.since = now;
+            }
+        }
+        blockers.sort();
+        blockers.dedup();
+        for client_id in blockers {
+            tracing::warn!(
+                client_id = &*client_id,
+                "publishers waited too long on this subscriber; closing it"
+            );
+            core.end_slow_consumer(&client_id, now, &mut self.actions);
+        }
+    }
+
     /// Carries out the core's actions; a full or closed writer queue goes back to the core,
     /// which may answer with more actions.
     fn execute(&mut self, core: &mut Core) {
@@ -340,6 +523,7 @@ async fn read_loop(
     read: tokio::io::ReadHalf<Counted>,
     max_packet_size: u32,
     events: mpsc::Sender<Event>,
+    credit: Arc<Credit>,
     mut cancel: oneshot::Receiver<()>,
 ) {
     // The first packet must be CONNECT, which carries its own protocol level.
@@ -352,6 +536,12 @@ async fn read_loop(
                 Ok(Some(packet)) => {
                     if let Packet::Connect(connect) = &packet {
                         framed.version = connect.protocol;
+                    }
+                    // Out of credit: the core holds enough of ours; stop reading the socket.
+                    tokio::select! {
+                        biased;
+                        _ = &mut cancel => return,
+                        _ = credit.take() => {}
                     }
                     if events.send(Event::Packet(conn, packet)).await.is_err() {
                         return;
