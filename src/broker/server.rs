@@ -32,11 +32,12 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
@@ -217,7 +218,7 @@ impl Broker {
                                     driver.next_conn += 1;
                                     let stream = Counted { inner: stream, bytes: bytes.clone() };
                                     let (read, write) = tokio::io::split(stream);
-                                    let (out_tx, out_rx) = mpsc::channel(outbound_queue);
+                                    let (out_tx, out_rx) = out_queue(outbound_queue);
                                     let (cancel_tx, cancel_rx) = oneshot::channel();
                                     let credit = Arc::new(Credit::default());
                                     tokio::spawn(read_loop(
@@ -299,7 +300,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 struct ConnIo {
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutSender,
     /// The reader's packets with the core; given back as each is handled.
     credit: Arc<Credit>,
     /// Dropping it stops the reader.
@@ -481,15 +482,15 @@ impl Driver {
                 };
                 match io.outbound.try_send(item) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
+                    Err(TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
                         if p.qos_pid == QosPid::AtMostOnce =>
                     {
                         core.qos0_dropped();
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(TrySendError::Full(_)) => {
                         core.ended(conn, EndCause::SlowConsumer, now, &mut self.actions);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(TrySendError::Closed(_)) => {
                         let cause = EndCause::Io("connection writer stopped".into());
                         core.ended(conn, cause, now, &mut self.actions);
                     }
@@ -558,7 +559,7 @@ async fn read_loop(
 
 async fn write_loop(
     write: tokio::io::WriteHalf<Counted>,
-    mut outbound: mpsc::Receiver<Outbound>,
+    outbound: OutReceiver,
     _alive: mpsc::Sender<()>,
 ) {
     let mut framed = FramedWrite::new(write, ProtocolVersion::V311);
@@ -577,11 +578,16 @@ async fn write_loop(
             }
             count += 1;
             if count < WRITE_BATCH_PACKETS && framed.pending() < WRITE_BATCH_BYTES {
-                next = outbound.try_recv().ok();
+                next = outbound.try_recv();
             }
         }
         match tokio::time::timeout(WRITE_STALL, framed.flush()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                // About to wait: an idle connection keeps no buffers.
+                if outbound.release_if_empty() {
+                    framed.release();
+                }
+            }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "write failed");
                 return;
@@ -593,6 +599,116 @@ async fn write_loop(
         }
     }
     let _ = tokio::time::timeout(WRITE_STALL, framed.shutdown()).await;
+}
+
+/// The core's packets for one connection's writer: a bounded FIFO that allocates nothing until
+/// used and gives its memory back when the writer drains it. (A tokio `mpsc` channel allocates
+/// a block of 32 slots up front, about 7 KB per connection with packets this size.) Only the
+/// core task pushes and only the writer pops; the lock is held for a push or a pop, never
+/// across routing or I/O.
+struct OutQueue {
+    state: Mutex<OutState>,
+    ready: Notify,
+    capacity: usize,
+}
+
+struct OutState {
+    items: VecDeque<Outbound>,
+    /// The sender or the receiver is gone.
+    closed: bool,
+}
+
+struct OutSender(Arc<OutQueue>);
+struct OutReceiver(Arc<OutQueue>);
+
+fn out_queue(capacity: usize) -> (OutSender, OutReceiver) {
+    let queue = Arc::new(OutQueue {
+        state: Mutex::new(OutState {
+            items: VecDeque::new(),
+            closed: false,
+        }),
+        ready: Notify::new(),
+        capacity,
+    });
+    (OutSender(queue.clone()), OutReceiver(queue))
+}
+
+impl OutQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        // A panic while holding it cannot leave the queue inconsistent (push/pop only).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+}
+
+impl OutSender {
+    fn try_send(&self, item: Outbound) -> Result<(), TrySendError<Outbound>> {
+        let mut state = self.0.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(item));
+        }
+        if state.items.len() >= self.0.capacity {
+            return Err(TrySendError::Full(item));
+        }
+        let was_empty = state.items.is_empty();
+        state.items.push_back(item);
+        drop(state);
+        if was_empty {
+            // Stored as a permit if the writer is not waiting yet, so it cannot be missed.
+            self.0.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutSender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl OutReceiver {
+    /// The next item; `None` once the sender is gone and everything was taken.
+    async fn recv(&self) -> Option<Outbound> {
+        loop {
+            {
+                let mut state = self.0.lock();
+                if let Some(item) = state.items.pop_front() {
+                    return Some(item);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    fn try_recv(&self) -> Option<Outbound> {
+        self.0.lock().items.pop_front()
+    }
+
+    /// Frees the queue's memory if it is empty; true when it was.
+    fn release_if_empty(&self) -> bool {
+        let mut state = self.0.lock();
+        if !state.items.is_empty() {
+            return false;
+        }
+        if state.items.capacity() > 0 {
+            state.items = VecDeque::new();
+        }
+        true
+    }
+}
+
+impl Drop for OutReceiver {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Counts the bytes a client stream moves, for `$SYS/broker/bytes/...`.
