@@ -529,32 +529,43 @@ async fn read_loop(
 ) {
     // The first packet must be CONNECT, which carries its own protocol level.
     let mut framed = FramedRead::new(read, ProtocolVersion::V311, max_packet_size);
+    // This future lives as long as the connection, idle or not, so its size is memory per
+    // connection: no packet is held inside a channel's send future (`reserve`, then a sync
+    // send), and each await keeps few locals alive.
     let cause = loop {
+        let result = tokio::select! {
+            biased;
+            _ = &mut cancel => return,
+            result = framed.read_packet() => result,
+        };
+        let packet = match result {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break EndCause::PeerClosed,
+            Err(TransportError::Decode(error)) => break EndCause::Decode(error),
+            Err(error) => break EndCause::Io(error.to_string()),
+        };
+        if let Packet::Connect(connect) = &packet {
+            framed.version = connect.protocol;
+        }
+        // Out of credit: the core holds enough of ours; stop reading the socket.
         tokio::select! {
             biased;
             _ = &mut cancel => return,
-            result = framed.read_packet() => match result {
-                Ok(Some(packet)) => {
-                    if let Packet::Connect(connect) = &packet {
-                        framed.version = connect.protocol;
-                    }
-                    // Out of credit: the core holds enough of ours; stop reading the socket.
-                    tokio::select! {
-                        biased;
-                        _ = &mut cancel => return,
-                        _ = credit.take() => {}
-                    }
-                    if events.send(Event::Packet(conn, packet)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break EndCause::PeerClosed,
-                Err(TransportError::Decode(error)) => break EndCause::Decode(error),
-                Err(error) => break EndCause::Io(error.to_string()),
-            }
+            _ = credit.take() => {}
         }
+        let permit = tokio::select! {
+            biased;
+            _ = &mut cancel => return,
+            permit = events.reserve() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        permit.send(Event::Packet(conn, packet));
     };
-    let _ = events.send(Event::Ended(conn, cause)).await;
+    if let Ok(permit) = events.reserve().await {
+        permit.send(Event::Ended(conn, cause));
+    }
 }
 
 async fn write_loop(
@@ -564,23 +575,7 @@ async fn write_loop(
 ) {
     let mut framed = FramedWrite::new(write, ProtocolVersion::V311);
     while let Some(first) = outbound.recv().await {
-        let mut next = Some(first);
-        let mut count = 0;
-        while let Some(item) = next.take() {
-            match item {
-                Outbound::Protocol(version) => framed.version = version,
-                Outbound::Packet(packet) => {
-                    if let Err(error) = framed.push(&packet) {
-                        // The core built a packet the version cannot carry: a bug, not input.
-                        tracing::error!(%error, ?packet, "cannot encode packet");
-                    }
-                }
-            }
-            count += 1;
-            if count < WRITE_BATCH_PACKETS && framed.pending() < WRITE_BATCH_BYTES {
-                next = outbound.try_recv();
-            }
-        }
+        encode_batch(&mut framed, first, &outbound);
         match tokio::time::timeout(WRITE_STALL, framed.flush()).await {
             Ok(Ok(())) => {
                 // About to wait: an idle connection keeps no buffers.
@@ -599,6 +594,32 @@ async fn write_loop(
         }
     }
     let _ = tokio::time::timeout(WRITE_STALL, framed.shutdown()).await;
+}
+
+/// Encodes `first` and whatever else is queued, up to the batch bounds. Not async, so its
+/// locals (packets) are no part of the writer's long-lived future.
+fn encode_batch(
+    framed: &mut FramedWrite<tokio::io::WriteHalf<Counted>>,
+    first: Outbound,
+    outbound: &OutReceiver,
+) {
+    let mut next = Some(first);
+    let mut count = 0;
+    while let Some(item) = next.take() {
+        match item {
+            Outbound::Protocol(version) => framed.version = version,
+            Outbound::Packet(packet) => {
+                if let Err(error) = framed.push(&packet) {
+                    // The core built a packet the version cannot carry: a bug, not input.
+                    tracing::error!(%error, ?packet, "cannot encode packet");
+                }
+            }
+        }
+        count += 1;
+        if count < WRITE_BATCH_PACKETS && framed.pending() < WRITE_BATCH_BYTES {
+            next = outbound.try_recv();
+        }
+    }
 }
 
 /// The core's packets for one connection's writer: a bounded FIFO that allocates nothing until
