@@ -52,9 +52,12 @@ pub struct BrokerConfig {
     /// client cannot make the broker keep unbounded QoS 2 state.
     pub max_incoming_qos2: u16,
     /// Messages held per session beyond the in-flight window (while the client is offline or
-    /// its window is full). Default 1000. Overflow policy: the oldest queued message is dropped
-    /// to make room for the new one (counted in `$SYS/broker/messages/dropped`): a subscriber
-    /// that fell behind gets the most recent data, and the bound is hard.
+    /// its window is full). Default 1000. When an ONLINE subscriber's queue is full, QoS 1/2
+    /// publishers to it are paused (back-pressure, see `slow_subscriber_timeout_secs`) and
+    /// nothing is dropped. Overflow policy otherwise (offline session, QoS 0 queued for it, a
+    /// client publishing to its own full queue, wills and `$SYS`): the oldest queued message is
+    /// dropped to make room for the new one (counted in `$SYS/broker/messages/dropped`). Either
+    /// way the bound is hard.
     pub max_queued_messages: usize,
     /// Also queue QoS 0 messages for offline persistent sessions. Default `false` (QoS 0 is
     /// at most once; MQTT allows dropping it for an offline client).
@@ -64,6 +67,12 @@ pub struct BrokerConfig {
     /// packet closes its connection as a slow consumer (its will is published, its in-flight
     /// messages stay in its session). Default 1024; must exceed `max_inflight_messages`.
     pub outbound_queue_packets: usize,
+    /// Back-pressure bound. A QoS 1/2 PUBLISH that would overflow an online subscriber's
+    /// queue (`max_queued_messages`) is not dropped: the broker stops reading that publisher
+    /// until the subscriber makes room. A subscriber that makes no room for this many seconds
+    /// while publishers wait on it is closed as a slow consumer (its session keeps its queue;
+    /// messages for it while offline follow the overflow policy). Default 30; 0 waits forever.
+    pub slow_subscriber_timeout_secs: u64,
     /// Seconds a new socket may take to send CONNECT before it is closed. Default 10.
     pub connect_timeout_secs: u64,
     /// Store retained messages. Default `true`. When `false`, a PUBLISH with RETAIN set is
@@ -112,6 +121,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 1000,
             queue_qos0_messages: false,
             outbound_queue_packets: 1024,
+            slow_subscriber_timeout_secs: 30,
             connect_timeout_secs: 10,
             retain_available: true,
             max_qos: 2,
@@ -174,6 +184,10 @@ impl BrokerConfig {
         const DAY_SECS: u64 = 86_400;
         for (field, secs) in [
             ("connect_timeout_secs", self.connect_timeout_secs),
+            (
+                "slow_subscriber_timeout_secs",
+                self.slow_subscriber_timeout_secs,
+            ),
             ("sys_interval_secs", self.sys_interval_secs),
             ("sync_interval_ms", self.sync_interval_ms / 1000),
         ] {

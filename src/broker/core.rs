@@ -17,7 +17,14 @@
 //!   will IS published (3.1.1 leaves this to the server; mosquitto does the same).
 //! - Will delay (5.0): the will waits for the Will Delay Interval or the end of the session,
 //!   whichever comes first, and any new connection to the session before then cancels it.
-//! - Session queue overflow: the OLDEST queued message is dropped (counted).
+//! - Session queue overflow, online subscriber: back-pressure, not loss. A QoS 1/2 PUBLISH
+//!   that would push an online session's queue past `max_queued_messages` is not accepted:
+//!   `publish_blocker` names the full session, the server holds the PUBLISH (unacknowledged)
+//!   and stops reading that publisher until the subscriber makes room. So nothing the broker
+//!   acknowledged is dropped for a slow reader. Exceptions, which still drop the OLDEST queued
+//!   message (counted): an offline session (a publisher must not wait days for it), a client
+//!   publishing to its own full queue (waiting on itself would deadlock: its PUBACKs sit
+//!   behind its held PUBLISHes), and messages the broker publishes itself (wills, `$SYS`).
 //! - Unauthorised PUBLISH (ACL, or a `$` topic): acknowledged normally in 3.1.1
 //!   [MQTT-3.3.5-2], with reason 0x87 in 5.0; never delivered; counted.
 //! - Server shutdown closes connections without publishing wills (the clients did not fail).
@@ -160,6 +167,12 @@ pub struct Core {
     scratch: Vec<(Arc<str>, Route)>,
     /// Ops for the store not yet written (see `flush_store`).
     pending_ops: Vec<StoreOp>,
+    /// Sessions whose queue reached `max_queued_messages` (pruned lazily by
+    /// `publish_blocker`), so a publish checks subscribers only while some queue is full.
+    full_sessions: BTreeSet<Arc<str>>,
+    /// Connections the server stopped reading (back-pressure): exempt from keepalive, since
+    /// their silence is the broker's doing.
+    paused: BTreeSet<ConnId>,
 }
 
 impl std::fmt::Debug for Core {
@@ -234,6 +247,8 @@ impl Core {
             bytes,
             scratch: Vec::new(),
             pending_ops: Vec::new(),
+            full_sessions: BTreeSet::new(),
+            paused: BTreeSet::new(),
         };
         let loaded: Vec<(String, Option<u32>)> = core
             .state
@@ -569,6 +584,79 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Back-pressure check, before `handle` is given a PUBLISH from `conn`: the client id of
+    /// an online session that would have to drop a queued QoS 1/2 message to take this one
+    /// (its queue is at `max_queued_messages` and its in-flight window is full), or `None`
+    /// when the PUBLISH can be handled now. The server then holds the PUBLISH (unacknowledged)
+    /// and stops reading `conn` until this answers `None`. Never blocks QoS 0, a client's
+    /// publish to its own session, or delivery to offline sessions (see the module doc).
+    pub fn publish_blocker(&mut self, conn: ConnId, publish: &Publish) -> Option<Arc<str>> {
+        if publish.qos_pid == QosPid::AtMostOnce || self.full_sessions.is_empty() {
+            return None;
+        }
+        // Forget sessions that made room or went offline.
+        let mut full = std::mem::take(&mut self.full_sessions);
+        full.retain(|client| self.queue_full_online(client));
+        self.full_sessions = full;
+        if self.full_sessions.is_empty() {
+            return None;
+        }
+        let publisher = self.online(conn)?.client_id.clone();
+        let mut blocker = None;
+        let full = &self.full_sessions;
+        self.router.for_each_match(&publish.topic, |client, route| {
+            if blocker.is_none()
+                && route.options.qos != QoS::AtMostOnce
+                && **client != *publisher
+                && full.contains(client)
+            {
+                blocker = Some(client.clone());
+            }
+        });
+        blocker
+    }
+
+    /// True when `client_id` is online and a QoS 1/2 message to it would overflow its queue.
+    fn queue_full_online(&self, client_id: &str) -> bool {
+        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+            return false;
+        };
+        let Some(session) = self.state.sessions.get(client_id) else {
+            return false;
+        };
+        let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
+        session.queued.len() >= self.config.max_queued_messages
+            && !(session.queued.is_empty() && session.outgoing.len() < limit)
+    }
+
+    /// The server stopped (`true`) or resumed (`false`) reading `conn` for back-pressure.
+    /// A paused connection is exempt from keepalive; resuming restarts its period.
+    pub fn set_paused(&mut self, conn: ConnId, paused: bool, now: Instant) {
+        if paused {
+            self.paused.insert(conn);
+        } else if self.paused.remove(&conn) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.last_seen = now;
+            }
+        }
+    }
+
+    /// Ends the connection of `client_id` as a slow consumer (its will is published, its
+    /// session keeps what it holds): the server's way out when publishers waited on it too
+    /// long without progress. False when it is not connected.
+    pub fn end_slow_consumer(
+        &mut self,
+        client_id: &str,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+            return false;
+        };
+        self.ended(conn, EndCause::SlowConsumer, now, out);
+        true
     }
 
     /// The connection's outgoing queue could not take a QoS 0 PUBLISH: it is dropped.
@@ -913,6 +1001,7 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.paused.remove(&conn);
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -1058,8 +1147,12 @@ impl Core {
         let Some(online) = &c.online else {
             return;
         };
-        // [MQTT-3.1.2-24] silent for one and a half keepalive periods.
-        let deadline = c.last_seen + online.keep_alive.mul_f32(1.5);
+        // [MQTT-3.1.2-24] silent for one and a half keepalive periods; a paused connection is
+        // not read, so its silence does not count (`set_paused` restarts the period).
+        let mut deadline = c.last_seen + online.keep_alive.mul_f32(1.5);
+        if self.paused.contains(&conn) {
+            deadline = deadline.max(now + online.keep_alive.mul_f32(1.5));
+        }
         if deadline > now {
             self.timers.insert((deadline, Timer::KeepAlive(conn)));
             return;
@@ -1650,6 +1743,11 @@ impl Core {
         let Some(session) = self.state.sessions.get(client_id) else {
             return;
         };
+        if session.queued.len() + 1 >= self.config.max_queued_messages
+            && message.qos != QoS::AtMostOnce
+        {
+            self.full_sessions.insert(client_id.into());
+        }
         if self.config.max_queued_messages == 0 {
             self.stats.messages_dropped += 1;
             self.stats.dropped_queue_full += 1;

@@ -7,6 +7,14 @@
 //!   framing and I/O, so decoding and encoding run beside routing;
 //! - readers hand packets to the core over one bounded channel and wait when it is full, which
 //!   pushes back on fast publishers through TCP;
+//! - back-pressure per publisher: each reader may have at most `READER_CREDIT` packets with the
+//!   core (queued or held) and stops reading its socket beyond that. When a QoS 1/2 PUBLISH
+//!   would overflow an online subscriber's session queue (`Core::publish_blocker`), the driver
+//!   holds it unacknowledged, with whatever that connection sends after it (acknowledgements
+//!   excepted: they only free room), until the subscriber makes room. The publisher's TCP
+//!   window fills and it slows down to the subscriber's pace; nothing acknowledged is dropped.
+//!   A subscriber that makes no room for `slow_subscriber_timeout_secs` is closed as a slow
+//!   consumer (its session keeps its queue), which also breaks wait cycles between clients;
 //! - the core hands packets to each writer over a bounded channel with `try_send`, never
 //!   waiting: a slow subscriber loses QoS 0 messages or its connection, never anyone's time;
 //! - a writer takes everything queued (up to a batch bound) before one flush;
@@ -19,16 +27,18 @@
 //! Nothing here names `tokio::net` or `turmoil`, reads the wall clock, or starts an OS thread:
 //! the same code serves real TCP and the simulator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::config::BrokerConfig;
@@ -45,6 +55,11 @@ const EVENT_BATCH: usize = 256;
 /// A writer flushes after this many packets or bytes, whichever comes first.
 const WRITE_BATCH_PACKETS: usize = 256;
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Packets one reader may have with the core (in the event queue or held for back-pressure)
+/// before it stops reading its socket. Bounds what a paused publisher costs the broker (at
+/// most this many packets held). Large enough that a flat-out publisher is not throttled by
+/// the credit round trip itself (64 cost a third of the fan-in QoS 0 rate).
+const READER_CREDIT: usize = 512;
 /// Sockets allowed beyond `max_connections` while they have not sent CONNECT.
 const PENDING_CONNECTIONS: usize = 1024;
 /// A flush that makes no progress for this long means the peer stopped reading (or vanished):
@@ -145,25 +160,37 @@ impl Broker {
         let bytes = Arc::new(ByteCounters::default());
         let max_packet_size = config.max_packet_size;
         let outbound_queue = config.outbound_queue_packets;
+        let slow_subscriber_timeout = config.slow_subscriber_timeout_secs;
         let max_sockets = config.max_connections.saturating_add(PENDING_CONNECTIONS);
         let mut core = Core::new(config, store, bytes.clone(), Instant::now());
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let acceptor = tokio::spawn(accept_loop(listener, events_tx.clone()));
         // Each writer holds a clone; when all are gone `recv` returns None (all flushed).
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let stall = match slow_subscriber_timeout {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         let mut driver = Driver {
             conns: BTreeMap::new(),
             next_conn: 1,
             actions: Vec::new(),
+            held: BTreeMap::new(),
         };
         tokio::pin!(shutdown);
         loop {
             let deadline = core.next_deadline();
+            let stall_deadline = stall.and_then(|d| driver.stall_deadline(d));
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 _ = sleep_until(deadline) => {
                     core.on_timer(Instant::now(), &mut driver.actions);
+                }
+                _ = sleep_until(stall_deadline) => {
+                    if let Some(stall) = stall {
+                        driver.end_stalled(&mut core, stall, Instant::now());
+                    }
                 }
                 Some(command) = commands.recv() => {
                     let now = Instant::now();
@@ -193,29 +220,37 @@ impl Broker {
                                     driver.next_conn += 1;
                                     let stream = Counted { inner: stream, bytes: bytes.clone() };
                                     let (read, write) = tokio::io::split(stream);
-                                    let (out_tx, out_rx) = mpsc::channel(outbound_queue);
+                                    let (out_tx, out_rx) = out_queue(outbound_queue);
                                     let (cancel_tx, cancel_rx) = oneshot::channel();
+                                    let credit = Arc::new(Credit::default());
                                     tokio::spawn(read_loop(
                                         conn,
                                         read,
                                         max_packet_size,
                                         events_tx.clone(),
+                                        credit.clone(),
                                         cancel_rx,
                                     ));
                                     tokio::spawn(write_loop(write, out_rx, alive_tx.clone()));
                                     driver.conns.insert(
                                         conn,
-                                        ConnIo { outbound: out_tx, _cancel_reader: cancel_tx },
+                                        ConnIo {
+                                            outbound: out_tx,
+                                            credit,
+                                            _cancel_reader: cancel_tx,
+                                        },
                                     );
                                     core.opened(conn, peer, now);
                                 }
                             }
                             Event::Packet(conn, packet) => {
-                                core.handle(conn, packet, now, &mut driver.actions);
+                                driver.packet(&mut core, conn, packet, now);
                             }
-                            Event::Ended(conn, cause) => {
-                                core.ended(conn, cause, now, &mut driver.actions);
-                            }
+                            Event::Ended(conn, cause) => match driver.held.get_mut(&conn) {
+                                // After the held packets, in order (a held DISCONNECT first).
+                                Some(held) => held.ended = Some(cause),
+                                None => core.ended(conn, cause, now, &mut driver.actions),
+                            },
                         }
                         match events.try_recv() {
                             Ok(next) => event = next,
@@ -224,6 +259,8 @@ impl Broker {
                     }
                 }
             }
+            // Subscribers may have made room (acknowledgements, timers, ends).
+            driver.resume(&mut core, Instant::now());
             // Durable first, then the packets that depend on it (acknowledgements).
             core.flush_store();
             driver.execute(&mut core);
@@ -265,18 +302,167 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 struct ConnIo {
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutSender,
+    /// The reader's packets with the core; given back as each is handled.
+    credit: Arc<Credit>,
     /// Dropping it stops the reader.
     _cancel_reader: oneshot::Sender<()>,
+}
+
+/// What one reader has handed to the core and the core has not yet handled. Only the reader
+/// takes (it is the only one to wait) and only the core task gives back, so two atomic
+/// operations per packet suffice; `Notify` is touched only at the limit.
+#[derive(Default)]
+struct Credit {
+    taken: AtomicUsize,
+    returned: Notify,
+}
+
+impl Credit {
+    /// Waits until the reader may hand over one more packet, and takes the credit for it.
+    async fn take(&self) {
+        while self.taken.load(Ordering::Acquire) >= READER_CREDIT {
+            // A `give` between the load and here stores a permit, so this cannot miss it.
+            self.returned.notified().await;
+        }
+        self.taken.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn give(&self) {
+        if self.taken.fetch_sub(1, Ordering::AcqRel) == READER_CREDIT {
+            self.returned.notify_one();
+        }
+    }
+}
+
+/// A connection whose PUBLISH waits for room in a subscriber's queue.
+struct Held {
+    /// The waiting PUBLISH first, then what the connection sent after it.
+    packets: VecDeque<Packet>,
+    /// The reader reported the end of the connection after these packets.
+    ended: Option<EndCause>,
+    /// The session that has no room.
+    blocker: Arc<str>,
+    /// Since when no held packet could be handled.
+    since: Instant,
 }
 
 struct Driver {
     conns: BTreeMap<ConnId, ConnIo>,
     next_conn: ConnId,
     actions: Vec<Action>,
+    /// Connections paused by back-pressure.
+    held: BTreeMap<ConnId, Held>,
 }
 
 impl Driver {
+    fn give_credit(&self, conn: ConnId) {
+        if let Some(io) = self.conns.get(&conn) {
+            io.credit.give();
+        }
+    }
+
+    /// A packet from a reader: handled now, or held behind a PUBLISH that waits for room.
+    fn packet(&mut self, core: &mut Core, conn: ConnId, packet: Packet, now: Instant) {
+        if let Some(held) = self.held.get_mut(&conn) {
+            // Acknowledgements free room and depend on nothing held (a PUBREL answers a PUBREC
+            // the broker sent, so its PUBLISH was handled); the rest keeps its order.
+            if !matches!(
+                packet,
+                Packet::PubAck(_)
+                    | Packet::PubRec(_)
+                    | Packet::PubRel(_)
+                    | Packet::PubComp(_)
+                    | Packet::PingReq
+            ) {
+                held.packets.push_back(packet);
+                return;
+            }
+        } else if let Packet::Publish(publish) = &packet {
+            if let Some(blocker) = core.publish_blocker(conn, publish) {
+                tracing::debug!(conn, blocker = &*blocker, "publisher paused: queue full");
+                core.set_paused(conn, true, now);
+                self.held.insert(
+                    conn,
+                    Held {
+                        packets: VecDeque::from([packet]),
+                        ended: None,
+                        blocker,
+                        since: now,
+                    },
+                );
+                return;
+            }
+        }
+        core.handle(conn, packet, now, &mut self.actions);
+        self.give_credit(conn);
+    }
+
+    /// Hands the core the held packets that can go now; resumes connections left with none.
+    fn resume(&mut self, core: &mut Core, now: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let conns: Vec<ConnId> = self.held.keys().copied().collect();
+        for conn in conns {
+            let Some(mut held) = self.held.remove(&conn) else {
+                continue;
+            };
+            let mut progressed = false;
+            let mut blocked = false;
+            while let Some(packet) = held.packets.pop_front() {
+                if let Packet::Publish(publish) = &packet {
+                    if let Some(blocker) = core.publish_blocker(conn, publish) {
+                        held.blocker = blocker;
+                        held.packets.push_front(packet);
+                        blocked = true;
+                        break;
+                    }
+                }
+                core.handle(conn, packet, now, &mut self.actions);
+                self.give_credit(conn);
+                progressed = true;
+            }
+            if blocked {
+                if progressed {
+                    held.since = now;
+                }
+                self.held.insert(conn, held);
+                continue;
+            }
+            core.set_paused(conn, false, now);
+            if let Some(cause) = held.ended {
+                core.ended(conn, cause, now, &mut self.actions);
+            }
+        }
+    }
+
+    /// When the longest-waiting publisher gives up on its subscriber.
+    fn stall_deadline(&self, stall: Duration) -> Option<Instant> {
+        self.held.values().map(|h| h.since + stall).min()
+    }
+
+    /// Closes, as slow consumers, the subscribers that kept a publisher waiting `stall` with
+    /// no progress; their sessions go offline, so the held messages are queued (drop-oldest).
+    fn end_stalled(&mut self, core: &mut Core, stall: Duration, now: Instant) {
+        let mut blockers = Vec::new();
+        for held in self.held.values_mut() {
+            if held.since + stall <= now {
+                blockers.push(held.blocker.clone());
+                held.since = now;
+            }
+        }
+        blockers.sort();
+        blockers.dedup();
+        for client_id in blockers {
+            tracing::warn!(
+                client_id = &*client_id,
+                "publishers waited too long on this subscriber; closing it"
+            );
+            core.end_slow_consumer(&client_id, now, &mut self.actions);
+        }
+    }
+
     /// Carries out the core's actions; a full or closed writer queue goes back to the core,
     /// which may answer with more actions.
     fn execute(&mut self, core: &mut Core) {
@@ -298,15 +484,15 @@ impl Driver {
                 };
                 match io.outbound.try_send(item) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
+                    Err(TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
                         if p.qos_pid == QosPid::AtMostOnce =>
                     {
                         core.qos0_dropped();
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(TrySendError::Full(_)) => {
                         core.ended(conn, EndCause::SlowConsumer, now, &mut self.actions);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(TrySendError::Closed(_)) => {
                         let cause = EndCause::Io("connection writer stopped".into());
                         core.ended(conn, cause, now, &mut self.actions);
                     }
@@ -340,58 +526,65 @@ async fn read_loop(
     read: tokio::io::ReadHalf<Counted>,
     max_packet_size: u32,
     events: mpsc::Sender<Event>,
+    credit: Arc<Credit>,
     mut cancel: oneshot::Receiver<()>,
 ) {
     // The first packet must be CONNECT, which carries its own protocol level.
     let mut framed = FramedRead::new(read, ProtocolVersion::V311, max_packet_size);
+    // This future lives as long as the connection, idle or not, so its size is memory per
+    // connection: no packet is held inside a channel's send future (`reserve`, then a sync
+    // send), and each await keeps few locals alive.
     let cause = loop {
+        let result = tokio::select! {
+            biased;
+            _ = &mut cancel => return,
+            result = framed.read_packet() => result,
+        };
+        let packet = match result {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break EndCause::PeerClosed,
+            Err(TransportError::Decode(error)) => break EndCause::Decode(error),
+            Err(error) => break EndCause::Io(error.to_string()),
+        };
+        if let Packet::Connect(connect) = &packet {
+            framed.version = connect.protocol;
+        }
+        // Out of credit: the core holds enough of ours; stop reading the socket.
         tokio::select! {
             biased;
             _ = &mut cancel => return,
-            result = framed.read_packet() => match result {
-                Ok(Some(packet)) => {
-                    if let Packet::Connect(connect) = &packet {
-                        framed.version = connect.protocol;
-                    }
-                    if events.send(Event::Packet(conn, packet)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break EndCause::PeerClosed,
-                Err(TransportError::Decode(error)) => break EndCause::Decode(error),
-                Err(error) => break EndCause::Io(error.to_string()),
-            }
+            _ = credit.take() => {}
         }
+        let permit = tokio::select! {
+            biased;
+            _ = &mut cancel => return,
+            permit = events.reserve() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        permit.send(Event::Packet(conn, packet));
     };
-    let _ = events.send(Event::Ended(conn, cause)).await;
+    if let Ok(permit) = events.reserve().await {
+        permit.send(Event::Ended(conn, cause));
+    }
 }
 
 async fn write_loop(
     write: tokio::io::WriteHalf<Counted>,
-    mut outbound: mpsc::Receiver<Outbound>,
+    outbound: OutReceiver,
     _alive: mpsc::Sender<()>,
 ) {
     let mut framed = FramedWrite::new(write, ProtocolVersion::V311);
     while let Some(first) = outbound.recv().await {
-        let mut next = Some(first);
-        let mut count = 0;
-        while let Some(item) = next.take() {
-            match item {
-                Outbound::Protocol(version) => framed.version = version,
-                Outbound::Packet(packet) => {
-                    if let Err(error) = framed.push(&packet) {
-                        // The core built a packet the version cannot carry: a bug, not input.
-                        tracing::error!(%error, ?packet, "cannot encode packet");
-                    }
+        encode_batch(&mut framed, first, &outbound);
+        match tokio::time::timeout(WRITE_STALL, framed.flush()).await {
+            Ok(Ok(())) => {
+                // About to wait: an idle connection keeps no buffers.
+                if outbound.release_if_empty() {
+                    framed.release();
                 }
             }
-            count += 1;
-            if count < WRITE_BATCH_PACKETS && framed.pending() < WRITE_BATCH_BYTES {
-                next = outbound.try_recv().ok();
-            }
-        }
-        match tokio::time::timeout(WRITE_STALL, framed.flush()).await {
-            Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::debug!(%error, "write failed");
                 return;
@@ -403,6 +596,145 @@ async fn write_loop(
         }
     }
     let _ = tokio::time::timeout(WRITE_STALL, framed.shutdown()).await;
+}
+
+/// Encodes `first` and whatever else is queued, up to the batch bounds. Not async, so its
+/// locals (packets) are no part of the writer's long-lived future.
+fn encode_batch(
+    framed: &mut FramedWrite<tokio::io::WriteHalf<Counted>>,
+    first: Outbound,
+    outbound: &OutReceiver,
+) {
+    let mut next = Some(first);
+    let mut count = 0;
+    while let Some(item) = next.take() {
+        match item {
+            Outbound::Protocol(version) => framed.version = version,
+            Outbound::Packet(packet) => {
+                if let Err(error) = framed.push(&packet) {
+                    // The core built a packet the version cannot carry: a bug, not input.
+                    tracing::error!(%error, ?packet, "cannot encode packet");
+                }
+            }
+        }
+        count += 1;
+        if count < WRITE_BATCH_PACKETS && framed.pending() < WRITE_BATCH_BYTES {
+            next = outbound.try_recv();
+        }
+    }
+}
+
+/// The core's packets for one connection's writer: a bounded FIFO that allocates nothing until
+/// used and gives its memory back when the writer drains it. (A tokio `mpsc` channel allocates
+/// a block of 32 slots up front, about 7 KB per connection with packets this size.) Only the
+/// core task pushes and only the writer pops; the lock is held for a push or a pop, never
+/// across routing or I/O.
+struct OutQueue {
+    state: Mutex<OutState>,
+    ready: Notify,
+    capacity: usize,
+}
+
+struct OutState {
+    items: VecDeque<Outbound>,
+    /// The sender or the receiver is gone.
+    closed: bool,
+}
+
+struct OutSender(Arc<OutQueue>);
+struct OutReceiver(Arc<OutQueue>);
+
+fn out_queue(capacity: usize) -> (OutSender, OutReceiver) {
+    let queue = Arc::new(OutQueue {
+        state: Mutex::new(OutState {
+            items: VecDeque::new(),
+            closed: false,
+        }),
+        ready: Notify::new(),
+        capacity,
+    });
+    (OutSender(queue.clone()), OutReceiver(queue))
+}
+
+impl OutQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        // A panic while holding it cannot leave the queue inconsistent (push/pop only).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+}
+
+impl OutSender {
+    // The item comes back on failure (the caller inspects it); boxing it would cost an
+    // allocation per packet.
+    #[allow(clippy::result_large_err)]
+    fn try_send(&self, item: Outbound) -> Result<(), TrySendError<Outbound>> {
+        let mut state = self.0.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(item));
+        }
+        if state.items.len() >= self.0.capacity {
+            return Err(TrySendError::Full(item));
+        }
+        let was_empty = state.items.is_empty();
+        state.items.push_back(item);
+        drop(state);
+        if was_empty {
+            // Stored as a permit if the writer is not waiting yet, so it cannot be missed.
+            self.0.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutSender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl OutReceiver {
+    /// The next item; `None` once the sender is gone and everything was taken.
+    async fn recv(&self) -> Option<Outbound> {
+        loop {
+            {
+                let mut state = self.0.lock();
+                if let Some(item) = state.items.pop_front() {
+                    return Some(item);
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    fn try_recv(&self) -> Option<Outbound> {
+        self.0.lock().items.pop_front()
+    }
+
+    /// Frees the queue's memory if it is empty; true when it was.
+    fn release_if_empty(&self) -> bool {
+        let mut state = self.0.lock();
+        if !state.items.is_empty() {
+            return false;
+        }
+        if state.items.capacity() > 0 {
+            state.items = VecDeque::new();
+        }
+        true
+    }
+}
+
+impl Drop for OutReceiver {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Counts the bytes a client stream moves, for `$SYS/broker/bytes/...`.

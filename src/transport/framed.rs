@@ -18,10 +18,24 @@ pub enum TransportError {
     Encode(#[from] EncodeError),
 }
 
+/// Bytes read into a connection's own small array while it has no buffer (see `FramedRead`).
+const IDLE_READ: usize = 128;
+/// Capacity a buffer is given (or topped up to) once traffic arrives.
+const READ_CHUNK: usize = 4096;
+
 /// Reads packets from `R`.
+///
+/// Memory per idle connection matters (a broker holds 100,000): the buffer is allocated only
+/// while traffic flows. When a read was small and left no partial packet, the buffer is given
+/// up and the next read goes into `idle`, a few bytes inside the struct; a read that fills it
+/// means traffic again, and a buffer is allocated. Decoded payloads share the buffer's
+/// allocation (`Bytes`), so giving it up never copies.
 pub struct FramedRead<R> {
     inner: R,
     buf: BytesMut,
+    idle: [u8; IDLE_READ],
+    /// The last read returned little: traffic is light, give the buffer up when empty.
+    light: bool,
     pub version: ProtocolVersion,
     pub max_packet_size: u32,
 }
@@ -30,7 +44,9 @@ impl<R: AsyncRead + Unpin> FramedRead<R> {
     pub fn new(inner: R, version: ProtocolVersion, max_packet_size: u32) -> Self {
         FramedRead {
             inner,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
+            idle: [0; IDLE_READ],
+            light: true,
             version,
             max_packet_size,
         }
@@ -44,10 +60,23 @@ impl<R: AsyncRead + Unpin> FramedRead<R> {
             {
                 return Ok(Some(packet));
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
-            }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = if self.buf.is_empty() && self.light {
+                // Between packets on a quiet connection: hold no buffer while waiting.
+                self.buf = BytesMut::new();
+                let n = self.inner.read(&mut self.idle).await?;
+                if n > 0 {
+                    self.buf
+                        .reserve(if n == IDLE_READ { READ_CHUNK } else { n });
+                    self.buf.extend_from_slice(&self.idle[..n]);
+                }
+                n
+            } else {
+                if self.buf.capacity() - self.buf.len() < 1024 {
+                    self.buf.reserve(READ_CHUNK);
+                }
+                self.inner.read_buf(&mut self.buf).await?
+            };
+            self.light = n < IDLE_READ;
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -81,10 +110,19 @@ pub struct FramedWrite<W> {
 
 impl<W: AsyncWrite + Unpin> FramedWrite<W> {
     pub fn new(inner: W, version: ProtocolVersion) -> Self {
+        // Allocated by the first packet, not up front (see `release`).
         FramedWrite {
             inner,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
             version,
+        }
+    }
+
+    /// Gives the buffer up if nothing is pending, so an idle connection holds none; call it
+    /// before waiting for more packets.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
         }
     }
 

@@ -1085,3 +1085,73 @@ fn v5_will_delay_waits_and_a_reconnect_cancels_it() {
     h.end(4);
     assert_eq!(publishes(&h.advance(3.0), 9)[0].1, "delayed");
 }
+
+fn as_publish(packet: &Packet) -> &Publish {
+    match packet {
+        Packet::Publish(p) => p,
+        other => panic!("not a PUBLISH: {other:?}"),
+    }
+}
+
+#[test]
+fn publish_blocker_names_a_full_online_queue_and_only_for_qos_1_and_2() {
+    let mut h = Harness::new(BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_messages: 2,
+        ..config()
+    });
+    h.connect(1, "pub", true);
+    h.connect(2, "sub", false);
+    h.connect(3, "other", true);
+    h.send(2, subscribe(1, &[("t/#", QoS::AtLeastOnce)]));
+    h.send(3, subscribe(1, &[("u", QoS::AtLeastOnce)]));
+    // Window 1 + queue 2: three messages are taken without blocking anyone.
+    for i in 1..=3 {
+        let p = publish("t/a", "x", QosPid::AtLeastOnce(pid(i)), false);
+        assert_eq!(h.core.publish_blocker(1, as_publish(&p)), None);
+        h.send(1, p);
+    }
+    assert_eq!(h.core.state().sessions["sub"].queued.len(), 2);
+    let fourth = publish("t/a", "x", QosPid::AtLeastOnce(pid(4)), false);
+    assert_eq!(
+        h.core.publish_blocker(1, as_publish(&fourth)).as_deref(),
+        Some("sub")
+    );
+    // QoS 0, other topics, and the subscriber publishing to itself are never held.
+    let qos0 = publish("t/a", "x", QosPid::AtMostOnce, false);
+    assert_eq!(h.core.publish_blocker(1, as_publish(&qos0)), None);
+    let elsewhere = publish("u", "x", QosPid::AtLeastOnce(pid(5)), false);
+    assert_eq!(h.core.publish_blocker(1, as_publish(&elsewhere)), None);
+    let own = publish("t/own", "x", QosPid::AtLeastOnce(pid(6)), false);
+    assert_eq!(h.core.publish_blocker(2, as_publish(&own)), None);
+    // A PUBACK makes room: the fourth may go, and nothing was dropped.
+    h.send(2, Packet::PubAck(Ack::new(pid(1))));
+    assert_eq!(h.core.publish_blocker(1, as_publish(&fourth)), None);
+    h.send(1, fourth.clone());
+    assert_eq!(h.core.stats(h.now).messages_dropped, 0);
+    // Offline, the (persistent) session takes the overflow policy instead of holding
+    // publishers.
+    assert!(h.core.publish_blocker(1, as_publish(&fourth)).is_some());
+    h.end(2);
+    assert_eq!(h.core.state().sessions["sub"].queued.len(), 2);
+    assert_eq!(h.core.publish_blocker(1, as_publish(&fourth)), None);
+}
+
+#[test]
+fn a_paused_connection_is_exempt_from_keepalive() {
+    let mut h = Harness::new(config());
+    let mut c = connect_packet("pub", true, ProtocolVersion::V311);
+    c.keep_alive_secs = 10;
+    h.connect_with(1, c);
+    h.core.set_paused(1, true, h.now);
+    assert!(
+        !closed(&h.advance(40.0), 1),
+        "paused: not read, not timed out"
+    );
+    h.core.set_paused(1, false, h.now);
+    assert!(
+        !closed(&h.advance(14.0), 1),
+        "the period restarts on resume"
+    );
+    assert!(closed(&h.advance(2.0), 1));
+}
