@@ -22,7 +22,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::model::Model;
-use super::Trace;
+use super::{Direction, Fault, Trace};
 use crate::codec::ProtocolVersion;
 
 /// The checkers, by the name scenario files use.
@@ -245,6 +245,47 @@ impl ViolationBuilder {
         self.events.dedup();
         self
     }
+}
+
+/// What the fault layer did to a PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PublishFault {
+    Dropped,
+    Duplicated,
+}
+
+/// Whether the fault layer dropped or duplicated a PUBLISH on the way from `publisher` to
+/// `receiver` (leaving the publisher, or arriving at the receiver) anywhere in the run.
+pub(crate) fn publish_fault_on_path(
+    model: &Model,
+    kind: PublishFault,
+    publisher: &str,
+    receiver: &str,
+) -> bool {
+    model.packet_faults.iter().any(|(_, _, fault)| {
+        let (client, direction, packet_type) = match (kind, fault) {
+            (
+                PublishFault::Dropped,
+                Fault::DropPacket {
+                    client,
+                    direction,
+                    packet_type,
+                },
+            )
+            | (
+                PublishFault::Duplicated,
+                Fault::DuplicatePacket {
+                    client,
+                    direction,
+                    packet_type,
+                },
+            ) => (client, direction, packet_type),
+            _ => return false,
+        };
+        packet_type.eq_ignore_ascii_case("publish")
+            && ((client == publisher && *direction == Direction::Outbound)
+                || (client == receiver && *direction == Direction::Inbound))
+    })
 }
 
 /// Picks the statement id for the protocol version in use (the ids differ between 3.1.1 and

@@ -13,10 +13,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{epoch_version, spec_id, Outcome, ViolationBuilder};
+use super::{
+    epoch_version, publish_fault_on_path, spec_id, Outcome, PublishFault, ViolationBuilder,
+};
 use crate::codec::QoS;
 use crate::history::model::Model;
-use crate::history::{Direction, Fault};
 
 #[derive(Default)]
 struct Stream {
@@ -58,7 +59,12 @@ pub fn check(model: &Model, out: &mut Outcome) {
         stream.seen.insert(message.seq, d);
         match stream.highest {
             Some((highest, first)) if highest > message.seq => {
-                if dropped_publish(model, &message.publisher, &delivery.client) {
+                if publish_fault_on_path(
+                    model,
+                    PublishFault::Dropped,
+                    &message.publisher,
+                    &delivery.client,
+                ) {
                     out.note("reordering after a PUBLISH dropped by the fault layer (excused)");
                 } else {
                     let later = &model.deliveries[first];
@@ -104,21 +110,6 @@ pub fn check(model: &Model, out: &mut Outcome) {
         }
         entry.0 = entry.0.max(message.seq);
     }
-}
-
-fn dropped_publish(model: &Model, publisher: &str, receiver: &str) -> bool {
-    model.packet_faults.iter().any(|(_, _, fault)| match fault {
-        Fault::DropPacket {
-            client,
-            direction,
-            packet_type,
-        } => {
-            packet_type.eq_ignore_ascii_case("publish")
-                && ((client == publisher && *direction == Direction::Outbound)
-                    || (client == receiver && *direction == Direction::Inbound))
-        }
-        _ => false,
-    })
 }
 
 #[cfg(test)]

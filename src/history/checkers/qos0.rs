@@ -3,10 +3,11 @@
 //! total, or one per overlapping subscription, both permitted [MQTT-3.3.5-1 (3.1.1)] — unless
 //! the fault layer duplicated the PUBLISH on the wire.
 
-use super::{epoch_version, spec_id, Outcome, ViolationBuilder};
+use super::{
+    epoch_version, publish_fault_on_path, spec_id, Outcome, PublishFault, ViolationBuilder,
+};
 use crate::codec::QoS;
 use crate::history::model::Model;
-use crate::history::{Direction, Fault};
 
 pub fn check(model: &Model, out: &mut Outcome) {
     for (index, message) in model.messages.iter().enumerate() {
@@ -47,8 +48,9 @@ pub fn check(model: &Model, out: &mut Outcome) {
                 .collect();
             let bound = model.matching_filters(message, epoch, None).max(1);
             if copies.len() > bound {
-                if duplicated_on_wire(
+                if publish_fault_on_path(
                     model,
+                    PublishFault::Duplicated,
                     &message.publisher,
                     &model.deliveries[copies[0]].client,
                 ) {
@@ -81,21 +83,6 @@ pub fn check(model: &Model, out: &mut Outcome) {
     }
 }
 
-/// The fault layer duplicated a PUBLISH from the publisher or to the receiver.
-pub(crate) fn duplicated_on_wire(model: &Model, publisher: &str, receiver: &str) -> bool {
-    model.packet_faults.iter().any(|(_, _, fault)| match fault {
-        Fault::DuplicatePacket {
-            client,
-            direction,
-            packet_type,
-        } => {
-            packet_type.eq_ignore_ascii_case("publish")
-                && ((client == publisher && *direction == Direction::Outbound)
-                    || (client == receiver && *direction == Direction::Inbound))
-        }
-        _ => false,
-    })
-}
 
 #[cfg(test)]
 mod tests {
