@@ -83,7 +83,6 @@ pub fn check(model: &Model, out: &mut Outcome) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::super::CheckerName;
