@@ -15,11 +15,13 @@
 //! - [`history`]: the trace of observable events and the checkers that read it. Pure.
 //! - [`scenario`]: the YAML scenario format, its validation, and the runner.
 //! - [`sim`]: the turmoil world: hosts, seeded fault injection, crash and restart.
+//! - [`certify`]: the scenario library against a real broker over TCP, graded by the spec, with reports.
 //! - [`bench`]: load generator for any broker (throughput, latency, idle connections); real clocks.
 
 pub mod bench;
 pub mod broker;
 pub mod client;
+pub mod certify;
 pub mod codec;
 pub mod history;
 pub mod scenario;

@@ -91,6 +91,10 @@ pub struct Failure {
     pub spec: String,
     /// A human report with the trace records around it.
     pub text: String,
+    /// What was owed (the spec's promise or the step's expectation), one line.
+    pub owed: String,
+    /// What happened instead, one line.
+    pub happened: String,
 }
 
 /// The outcome of one seed of one scenario.
@@ -161,6 +165,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         runner.failures.push(Failure {
             kind: "sim".into(),
             spec: String::new(),
+            owed: "the scenario runs to its end".into(),
+            happened: text.clone(),
             text: text.clone(),
         });
         lock(&shared).record(at, "sim", Event::Note { text });
@@ -206,6 +212,8 @@ pub fn judge(scenario: &Scenario, report: &mut RunReport) {
             failures.push(Failure {
                 kind: v.checker.as_str().to_string(),
                 spec: v.spec.clone(),
+                owed: v.owed.clone(),
+                happened: v.happened.clone(),
                 text: v.render(trace),
             });
         }
@@ -292,6 +300,8 @@ impl Runner<'_, '_> {
         self.failures.push(Failure {
             kind: "expect".into(),
             spec: String::new(),
+            owed: format!("step {} ({keyword})", step + 1),
+            happened: text,
             text: report,
         });
     }
