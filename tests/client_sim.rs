@@ -505,3 +505,63 @@ fn gives_up_after_max_attempts_when_the_broker_never_comes() -> turmoil::Result 
     });
     sim.run()
 }
+
+/// 5.0: `disconnect_with(DisconnectWithWillMessage)` sends reason 0x04, so the broker publishes
+/// the will; a plain DISCONNECT (reason 0) makes it discard the will [MQTT-3.14.4-3]. The first
+/// client disconnects plainly, the second with 0x04: only the second's will arrives.
+#[test]
+fn disconnect_with_will_message_publishes_the_will_in_v5() -> turmoil::Result {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(5)
+        .simulation_duration(Duration::from_secs(60))
+        .build();
+    broker_host(&mut sim, 5);
+    sim.client("client", async {
+        let mut watch = options("watcher", true, 5);
+        watch.protocol = simqtt::codec::ProtocolVersion::V5;
+        let (watcher, mut events) = Client::start(
+            watch,
+            Arc::new(SimConnector),
+            Box::new(MemoryPersistence::new()),
+        )
+        .map_err(|e| e.to_string())?;
+        watcher
+            .subscribe(&[("will/#", QoS::AtLeastOnce)])
+            .await
+            .map_err(|e| e.to_string())?;
+        for (id, reason) in [
+            ("plain", simqtt::codec::ReasonCode::Success),
+            (
+                "with-will",
+                simqtt::codec::ReasonCode::DisconnectWithWillMessage,
+            ),
+        ] {
+            let mut o = options(id, true, 5);
+            o.protocol = simqtt::codec::ProtocolVersion::V5;
+            o.will = Some(simqtt::client::WillOptions {
+                topic: simqtt::codec::TopicName::new(&format!("will/{id}")).unwrap(),
+                payload: bytes::Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+            });
+            let (client, _events, _) = Client::connect(
+                o,
+                Arc::new(SimConnector),
+                Box::new(MemoryPersistence::new()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            client.disconnect_with(reason).await;
+        }
+        let mut wills = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            if let EventKind::MessageArrived(m) = event.kind {
+                wills.push(m.topic.to_string());
+            }
+        }
+        assert_eq!(wills, vec!["will/with-will".to_string()]);
+        Ok(())
+    });
+    sim.run()
+}

@@ -44,7 +44,7 @@ type Reply = oneshot::Sender<Result<Completion, ClientError>>;
 
 enum Request {
     Command(Command, Reply),
-    Disconnect(oneshot::Sender<()>),
+    Disconnect(oneshot::Sender<()>, ReasonCode),
 }
 
 /// A handle to a running client. Cheap to clone; when every clone is dropped the client
@@ -145,6 +145,7 @@ impl Client {
                 write_timeout: options.connect_timeout.max(std::time::Duration::from_secs(
                     u64::from(options.keep_alive_secs),
                 )),
+                disconnect_reason: ReasonCode::Success,
                 options: options.clone(),
                 state,
                 connector,
@@ -293,8 +294,20 @@ impl Client {
     /// Sends DISCONNECT (the broker discards the will), closes, and stops the client.
     /// Unfinished QoS 1/2 publishes stay in persistence for the next start.
     pub async fn disconnect(&self) {
+        self.disconnect_with(ReasonCode::Success).await;
+    }
+
+    /// Like [`Client::disconnect`] with a 5.0 reason code: `DisconnectWithWillMessage` (0x04)
+    /// asks the broker to publish the will anyway [MQTT-3.14.4-3]. A 3.1.1 DISCONNECT has no
+    /// reason code, so there the code is ignored and the will discarded as always.
+    pub async fn disconnect_with(&self, reason: ReasonCode) {
         let (tx, rx) = oneshot::channel();
-        if self.requests.send(Request::Disconnect(tx)).await.is_ok() {
+        if self
+            .requests
+            .send(Request::Disconnect(tx, reason))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
@@ -325,6 +338,8 @@ struct Driver {
     window_debt: usize,
     backoff: Option<Backoff>,
     write_timeout: std::time::Duration,
+    /// The reason code the application's disconnect asked for (5.0).
+    disconnect_reason: ReasonCode,
     attempt: u32,
     connected_this_attempt: bool,
     /// Consecutive attempts that did not reach CONNACK (bounded by `max_attempts`).
@@ -411,7 +426,10 @@ impl Driver {
                 () = sleep_until(until) => return None,
                 request = self.requests.recv() => match request {
                     None => return Some(None),
-                    Some(Request::Disconnect(done)) => return Some(Some(done)),
+                    Some(Request::Disconnect(done, reason)) => {
+                        self.disconnect_reason = reason;
+                        return Some(Some(done));
+                    }
                     Some(Request::Command(command, reply)) => {
                         let actions = self.accept(command, reply);
                         self.apply_offline(actions).await;
@@ -527,7 +545,10 @@ impl Driver {
         while let Some(request) = next.take() {
             match request {
                 Request::Command(command, reply) => actions.extend(self.accept(command, reply)),
-                Request::Disconnect(done) => return Some(Some(done)),
+                Request::Disconnect(done, reason) => {
+                    self.disconnect_reason = reason;
+                    return Some(Some(done));
+                }
             }
             taken += 1;
             if taken < REQUEST_BATCH {
@@ -545,7 +566,7 @@ impl Driver {
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
-        let disconnect = self.state.disconnect_packet();
+        let disconnect = self.state.disconnect_packet(self.disconnect_reason);
         // [MQTT-3.14.4-1]: close after DISCONNECT; nothing more is sent [MQTT-3.14.4-2].
         if writer.push(&disconnect).is_ok() {
             let _ = timeout(self.write_timeout, writer.shutdown()).await;

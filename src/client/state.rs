@@ -396,10 +396,17 @@ impl ClientState {
         }
     }
 
-    /// The DISCONNECT to send for a graceful close.
-    pub fn disconnect_packet(&mut self) -> Packet {
+    /// The DISCONNECT to send for a graceful close, with `reason` in 5.0 (3.1.1 has none).
+    pub fn disconnect_packet(&mut self, reason: ReasonCode) -> Packet {
         self.link = Link::Down;
-        Packet::Disconnect(Disconnect::default())
+        let reason_code = match self.options.protocol {
+            ProtocolVersion::V5 => reason,
+            ProtocolVersion::V311 => ReasonCode::Success,
+        };
+        Packet::Disconnect(Disconnect {
+            reason_code,
+            ..Disconnect::default()
+        })
     }
 
     /// The client stops: every waiting operation fails. Persisted publishes stay persisted.
