@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,6 +107,7 @@ impl Faults {
 pub struct ProxyControl {
     faults: watch::Sender<Faults>,
     connections: Arc<AtomicUsize>,
+    buffered_bytes: Arc<AtomicUsize>,
 }
 
 impl ProxyControl {
@@ -114,6 +115,7 @@ impl ProxyControl {
         ProxyControl {
             faults: watch::Sender::new(Faults::default()),
             connections: Arc::new(AtomicUsize::new(0)),
+            buffered_bytes: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -172,6 +174,12 @@ impl ProxyControl {
     /// waiting for the path to come up before dialling the upstream).
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Bytes read and not yet delivered, over all connections and both directions (at most
+    /// `IN_FLIGHT_BYTES_MAX` per direction of each connection).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes.load(Ordering::SeqCst)
     }
 
     /// The current fault switches.
@@ -259,12 +267,18 @@ async fn accept_loop(
         // if it is aborted before it first runs).
         control.connections.fetch_add(1, Ordering::SeqCst);
         let guard = CountGuard(control.connections.clone());
-        let faults = control.faults.subscribe();
-        let epoch = faults.borrow().reset_epoch;
+        let changes = control.faults.subscribe();
+        let epoch = changes.borrow().reset_epoch;
+        let switches = Switches {
+            epoch,
+            latest: changes.clone(),
+            changes,
+        };
         let rng_seed = seed ^ accepted.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let buffered = control.buffered_bytes.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            match proxy_connection(client, upstream, faults, epoch, rng_seed).await {
+            match proxy_connection(client, upstream, switches, rng_seed, buffered).await {
                 End::UpstreamUnreachable(error) => {
                     tracing::warn!(%peer, %upstream, %error, "proxy cannot reach the upstream; client closed")
                 }
@@ -306,7 +320,7 @@ enum End {
     Failed(io::Error),
 }
 
-/// One bytes chunk waiting for its delivery time.
+/// One chunk of bytes waiting for its delivery time.
 struct Chunk {
     due: Instant,
     bytes: Bytes,
@@ -317,7 +331,9 @@ struct Flow {
     way: Way,
     queue: VecDeque<Chunk>,
     queued_bytes: usize,
-    read_buf: BytesMut,
+    /// The proxy-wide total of `queued_bytes` (`ProxyControl::buffered_bytes`).
+    buffered_total: Arc<AtomicUsize>,
+    read_buf: Box<[u8]>,
     /// The source sent FIN.
     source_done: bool,
     /// The FIN was passed on (`shutdown` of the destination's write side).
@@ -328,12 +344,13 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(way: Way, seed: u64) -> Flow {
+    fn new(way: Way, seed: u64, buffered_total: Arc<AtomicUsize>) -> Flow {
         Flow {
             way,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            read_buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            buffered_total,
+            read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             source_done: false,
             finished: false,
             last_due: Instant::now(),
@@ -342,7 +359,10 @@ impl Flow {
     }
 
     fn can_read(&self, faults: &Faults) -> bool {
-        !self.source_done && !faults.stalled && self.queued_bytes < IN_FLIGHT_BYTES_MAX
+        // One read may add a whole buffer, so reading stops a buffer short of the cap.
+        !self.source_done
+            && !faults.stalled
+            && self.queued_bytes + READ_CHUNK_BYTES <= IN_FLIGHT_BYTES_MAX
     }
 
     fn can_deliver(&self, faults: &Faults) -> bool {
@@ -358,13 +378,12 @@ impl Flow {
             && !faults.blackholed(self.way)
     }
 
-    /// The read buffer holds `n` new bytes: queue them, or drop them when blackholed.
-    fn take_read(&mut self, faults: &Faults) {
+    /// The first `n` bytes of the read buffer are new: queue them with their due time, or
+    /// drop them when this direction is blackholed.
+    fn take_read(&mut self, n: usize, faults: &Faults) {
         if faults.blackholed(self.way) {
-            self.read_buf.clear();
             return;
         }
-        let bytes = self.read_buf.split().freeze();
         let jitter = if faults.jitter.is_zero() {
             Duration::ZERO
         } else {
@@ -373,47 +392,64 @@ impl Flow {
         };
         let due = (Instant::now() + faults.latency + jitter).max(self.last_due);
         self.last_due = due;
-        self.queued_bytes += bytes.len();
-        self.queue.push_back(Chunk { due, bytes });
-        if self.read_buf.capacity() < READ_CHUNK_BYTES {
-            self.read_buf.reserve(READ_CHUNK_BYTES);
-        }
+        self.queued_bytes += n;
+        self.buffered_total.fetch_add(n, Ordering::SeqCst);
+        self.queue.push_back(Chunk {
+            due,
+            bytes: Bytes::copy_from_slice(&self.read_buf[..n]),
+        });
     }
 
     /// `n` bytes of the front chunk were written.
     fn delivered(&mut self, n: usize) {
         if let Some(front) = self.queue.front_mut() {
+            let n = n.min(front.bytes.len());
             front.bytes.advance(n);
             self.queued_bytes -= n;
+            self.buffered_total.fetch_sub(n, Ordering::SeqCst);
             if front.bytes.is_empty() {
                 self.queue.pop_front();
             }
         }
     }
 
-    /// A blackhole began: what was on its way is lost.
+    /// A blackhole began (what was on its way is lost) or the connection ended.
     fn drop_queued(&mut self) {
         self.queue.clear();
+        self.buffered_total
+            .fetch_sub(self.queued_bytes, Ordering::SeqCst);
         self.queued_bytes = 0;
     }
 }
 
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.drop_queued();
+    }
+}
+
 /// Reads into `buf` when allowed; otherwise never completes (the branch stays quiet).
+/// `latest` is checked besides the loop's snapshot: a `stall()` made since the snapshot was
+/// taken (the loop learns of it on its next turn) already stops this read.
 async fn read_when(
     allowed: bool,
+    latest: &watch::Receiver<Faults>,
     source: &mut ReadHalf<'_>,
-    buf: &mut BytesMut,
+    buf: &mut [u8],
 ) -> io::Result<usize> {
-    if !allowed {
+    if !allowed || latest.borrow().stalled {
         return std::future::pending().await;
     }
-    source.read_buf(buf).await
+    source.read(buf).await
 }
 
 /// Writes (part of) the front chunk once it is due; `write` is cancel safe, so a fault change
-/// that drops this future loses nothing.
+/// that drops this future loses nothing. The latest fault state is checked right before the
+/// write, so no chunk moves after the call that stalls or blackholes its direction returned.
 async fn deliver_when(
     allowed: bool,
+    latest: &watch::Receiver<Faults>,
+    way: Way,
     destination: &mut WriteHalf<'_>,
     front: Option<&Chunk>,
 ) -> io::Result<usize> {
@@ -422,52 +458,74 @@ async fn deliver_when(
         _ => return std::future::pending().await,
     };
     sleep_until(front.due).await;
+    let faults = *latest.borrow();
+    if faults.stalled || faults.blackholed(way) {
+        return std::future::pending().await;
+    }
     match destination.write(&front.bytes).await {
         Ok(0) => Err(io::ErrorKind::WriteZero.into()),
         other => other,
     }
 }
 
+/// The connection's view of the fault switches: `changes` wakes the loop, `latest` is read
+/// inside the I/O futures and handlers to act on the newest state.
+struct Switches {
+    changes: watch::Receiver<Faults>,
+    latest: watch::Receiver<Faults>,
+    epoch: u64,
+}
+
+impl Switches {
+    /// The newest state, or how the connection must end under it.
+    fn current(&mut self) -> Result<Faults, End> {
+        let now = *self.changes.borrow_and_update();
+        if now.closed {
+            Err(End::Closed)
+        } else if now.reset_epoch != self.epoch {
+            Err(End::Reset)
+        } else {
+            Ok(now)
+        }
+    }
+
+    fn latest(&self) -> Faults {
+        *self.latest.borrow()
+    }
+}
+
 /// Waits until the path is up for dialling (not stalled, not blackholed both ways), draining
-/// and discarding the client's bytes while blackholed. `Err` ends the connection.
+/// and discarding the client's bytes while blackholed.
 async fn wait_for_path(
     client: &mut TcpStream,
-    faults: &mut watch::Receiver<Faults>,
-    epoch: u64,
+    switches: &mut Switches,
     c2b: &mut Flow,
 ) -> Result<(), End> {
     loop {
-        let now = *faults.borrow_and_update();
-        if now.closed {
-            return Err(End::Closed);
-        }
-        if now.reset_epoch != epoch {
-            return Err(End::Reset);
-        }
+        let now = switches.current()?;
         if !now.path_down() {
             return Ok(());
         }
         let (mut reader, _) = client.split();
+        let can_read = c2b.can_read(&now);
         tokio::select! {
-            changed = faults.changed() => {
+            changed = switches.changes.changed() => {
                 if changed.is_err() {
                     return Err(End::Closed);
                 }
             }
-            read = read_when(c2b.can_read(&now), &mut reader, &mut c2b.read_buf) => match read {
-                Ok(0) => c2b.source_done = true,
-                Ok(_) => c2b.take_read(&now),
-                Err(error) => return Err(End::Failed(error)),
-            },
+            read = read_when(can_read, &switches.latest, &mut reader, &mut c2b.read_buf) => {
+                match read {
+                    Ok(0) => c2b.source_done = true,
+                    Ok(n) => c2b.take_read(n, &switches.latest()),
+                    Err(error) => return Err(End::Failed(error)),
+                }
+            }
         }
     }
 }
 
-async fn dial(
-    upstream: SocketAddr,
-    faults: &mut watch::Receiver<Faults>,
-    epoch: u64,
-) -> Result<TcpStream, End> {
+async fn dial(upstream: SocketAddr, switches: &mut Switches) -> Result<TcpStream, End> {
     let connect = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream));
     tokio::pin!(connect);
     loop {
@@ -479,14 +537,11 @@ async fn dial(
                     Err(_) => Err(End::UpstreamUnreachable(io::ErrorKind::TimedOut.into())),
                 };
             }
-            changed = faults.changed() => {
-                let now = *faults.borrow_and_update();
-                if changed.is_err() || now.closed {
+            changed = switches.changes.changed() => {
+                if changed.is_err() {
                     return Err(End::Closed);
                 }
-                if now.reset_epoch != epoch {
-                    return Err(End::Reset);
-                }
+                switches.current()?;
             }
         }
     }
@@ -495,33 +550,26 @@ async fn dial(
 async fn proxy_connection(
     mut client: TcpStream,
     upstream: SocketAddr,
-    mut faults: watch::Receiver<Faults>,
-    epoch: u64,
+    mut switches: Switches,
     seed: u64,
+    buffered_total: Arc<AtomicUsize>,
 ) -> End {
     // Latency is what this proxy is for; Nagle would add its own on top.
     let _ = client.set_nodelay(true);
-    let mut c2b = Flow::new(Way::ClientToBroker, seed);
-    let mut b2c = Flow::new(Way::BrokerToClient, seed.rotate_left(1) ^ 1);
+    let mut c2b = Flow::new(Way::ClientToBroker, seed, buffered_total.clone());
+    let mut b2c = Flow::new(Way::BrokerToClient, seed.rotate_left(1) ^ 1, buffered_total);
 
-    let mut broker = match wait_for_path(&mut client, &mut faults, epoch, &mut c2b).await {
-        Ok(()) => match dial(upstream, &mut faults, epoch).await {
-            Ok(stream) => stream,
-            Err(end) => return close(client, None, end),
-        },
+    let dialled = match wait_for_path(&mut client, &mut switches, &mut c2b).await {
+        Ok(()) => dial(upstream, &mut switches).await,
+        Err(end) => Err(end),
+    };
+    let mut broker = match dialled {
+        Ok(stream) => stream,
         Err(end) => return close(client, None, end),
     };
     let _ = broker.set_nodelay(true);
 
-    let end = pump(
-        &mut client,
-        &mut broker,
-        &mut faults,
-        epoch,
-        &mut c2b,
-        &mut b2c,
-    )
-    .await;
+    let end = pump(&mut client, &mut broker, &mut switches, &mut c2b, &mut b2c).await;
     close(client, Some(broker), end)
 }
 
@@ -530,22 +578,18 @@ async fn proxy_connection(
 async fn pump(
     client: &mut TcpStream,
     broker: &mut TcpStream,
-    faults: &mut watch::Receiver<Faults>,
-    epoch: u64,
+    switches: &mut Switches,
     c2b: &mut Flow,
     b2c: &mut Flow,
 ) -> End {
     let (mut client_reader, mut client_writer) = client.split();
     let (mut broker_reader, mut broker_writer) = broker.split();
-    let mut was = *faults.borrow();
+    let mut was = Faults::default();
     loop {
-        let now = *faults.borrow_and_update();
-        if now.closed {
-            return End::Closed;
-        }
-        if now.reset_epoch != epoch {
-            return End::Reset;
-        }
+        let now = match switches.current() {
+            Ok(now) => now,
+            Err(end) => return end,
+        };
         for flow in [&mut *c2b, &mut *b2c] {
             if now.blackholed(flow.way) && !was.blackholed(flow.way) {
                 flow.drop_queued();
@@ -553,7 +597,7 @@ async fn pump(
         }
         was = now;
 
-        // FINs are passed on outside the select: shutdown of a TCP write half completes at
+        // FINs are passed on outside the select: shutting down a TCP write half completes at
         // once, so it never holds up the other direction.
         if c2b.should_finish(&now) {
             if let Err(error) = broker_writer.shutdown().await {
@@ -575,27 +619,36 @@ async fn pump(
         let c2b_deliver = c2b.can_deliver(&now);
         let b2c_read = b2c.can_read(&now);
         let b2c_deliver = b2c.can_deliver(&now);
+        let latest = &switches.latest;
         tokio::select! {
-            changed = faults.changed() => {
+            changed = switches.changes.changed() => {
                 if changed.is_err() {
                     return End::Closed;
                 }
             }
-            read = read_when(c2b_read, &mut client_reader, &mut c2b.read_buf) => match read {
-                Ok(0) => c2b.source_done = true,
-                Ok(_) => c2b.take_read(&now),
-                Err(error) => return End::Failed(error),
-            },
-            read = read_when(b2c_read, &mut broker_reader, &mut b2c.read_buf) => match read {
-                Ok(0) => b2c.source_done = true,
-                Ok(_) => b2c.take_read(&now),
-                Err(error) => return End::Failed(error),
-            },
-            written = deliver_when(c2b_deliver, &mut broker_writer, c2b.queue.front()) => match written {
+            read = read_when(c2b_read, latest, &mut client_reader, &mut c2b.read_buf) => {
+                match read {
+                    Ok(0) => c2b.source_done = true,
+                    Ok(n) => c2b.take_read(n, &switches.latest()),
+                    Err(error) => return End::Failed(error),
+                }
+            }
+            read = read_when(b2c_read, latest, &mut broker_reader, &mut b2c.read_buf) => {
+                match read {
+                    Ok(0) => b2c.source_done = true,
+                    Ok(n) => b2c.take_read(n, &switches.latest()),
+                    Err(error) => return End::Failed(error),
+                }
+            }
+            written = deliver_when(
+                c2b_deliver, latest, Way::ClientToBroker, &mut broker_writer, c2b.queue.front(),
+            ) => match written {
                 Ok(n) => c2b.delivered(n),
                 Err(error) => return End::Failed(error),
             },
-            written = deliver_when(b2c_deliver, &mut client_writer, b2c.queue.front()) => match written {
+            written = deliver_when(
+                b2c_deliver, latest, Way::BrokerToClient, &mut client_writer, b2c.queue.front(),
+            ) => match written {
                 Ok(n) => b2c.delivered(n),
                 Err(error) => return End::Failed(error),
             },
