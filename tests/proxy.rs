@@ -352,7 +352,14 @@ async fn latency_delays_each_way_and_keeps_order_under_jitter() {
     );
     assert_eq!(all, expected, "jitter reordered bytes");
 
+    // Bytes held by a long latency are delivered at once by heal, still in order.
+    control.set_latency(Duration::from_secs(60), Duration::ZERO);
+    stream.write_all(b"held-").await.unwrap();
+    stream.write_all(b"then").await.unwrap();
+    assert_quiet(&mut stream).await;
     control.heal();
+    assert_eq!(read_exact(&mut stream, 9).await, b"held-then");
+
     let started = Instant::now();
     stream.write_all(b"x").await.unwrap();
     assert_eq!(read_exact(&mut stream, 1).await, b"x");
@@ -432,7 +439,10 @@ async fn an_unreachable_upstream_closes_the_client() {
     let _ = client.write_all(b"anyone?").await;
     // Ok(empty) (FIN) or an error are both a closed connection; what must not happen is a hang.
     if let Ok(bytes) = read_to_end_or_error(&mut client).await {
-        assert!(bytes.is_empty(), "the upstream is down, yet {bytes:?} came back");
+        assert!(
+            bytes.is_empty(),
+            "the upstream is down, yet {bytes:?} came back"
+        );
     }
     wait_connections(&control, 0).await;
 }

@@ -20,7 +20,8 @@
 //!   connection accepted while stalled is not dialled upstream until the stall ends;
 //! - **latency**: each chunk is delivered `latency + U[0, jitter]` after it was read, and never
 //!   before the chunk read ahead of it (order is kept per direction);
-//! - `heal` ends blackhole, stall and latency (chunks already queued keep their due times).
+//! - `heal` ends blackhole, stall and latency (chunks already delayed are delivered at once;
+//!   lowering the latency likewise caps the wait of chunks already queued).
 //!
 //! Memory is bounded: each direction holds at most `IN_FLIGHT_BYTES_MAX` of delayed bytes and
 //! stops reading (back-pressure to the sender) when it is full; blackholed bytes are dropped as
@@ -151,7 +152,8 @@ impl ProxyControl {
     }
 
     /// Each chunk read from now on is delivered `latency + U[0, jitter]` after it was read,
-    /// never before the chunk read ahead of it.
+    /// never before the chunk read ahead of it. Lowering it also shortens the wait of chunks
+    /// already held to at most the new `latency + jitter` from now.
     pub fn set_latency(&self, latency: Duration, jitter: Duration) {
         self.faults.send_modify(|f| {
             f.latency = latency;
@@ -159,7 +161,7 @@ impl ProxyControl {
         });
     }
 
-    /// Ends blackhole, stall and latency.
+    /// Ends blackhole, stall and latency; bytes held by latency are delivered now (in order).
     pub fn heal(&self) {
         self.faults.send_modify(|f| {
             f.blackhole_client_to_broker = false;
@@ -413,6 +415,16 @@ impl Flow {
         }
     }
 
+    /// Latency was lowered (or healed): no queued chunk waits past `latest`, the due time of
+    /// the slowest chunk read now, so a heal does not leave old delays behind. Clamping a
+    /// non-decreasing sequence keeps it non-decreasing, so order holds.
+    fn hurry(&mut self, latest: Instant) {
+        for chunk in &mut self.queue {
+            chunk.due = chunk.due.min(latest);
+        }
+        self.last_due = self.last_due.min(latest);
+    }
+
     /// A blackhole began (what was on its way is lost) or the connection ended.
     fn drop_queued(&mut self) {
         self.queue.clear();
@@ -590,9 +602,13 @@ async fn pump(
             Ok(now) => now,
             Err(end) => return end,
         };
+        let slowest = now.latency + now.jitter;
         for flow in [&mut *c2b, &mut *b2c] {
             if now.blackholed(flow.way) && !was.blackholed(flow.way) {
                 flow.drop_queued();
+            }
+            if slowest < was.latency + was.jitter {
+                flow.hurry(Instant::now() + slowest);
             }
         }
         was = now;
