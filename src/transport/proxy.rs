@@ -23,6 +23,11 @@
 //! - `heal` ends blackhole, stall and latency (chunks already delayed are delivered at once;
 //!   lowering the latency likewise caps the wait of chunks already queued).
 //!
+//! Blackhole is the lossy partition (a healed stream has a hole in it); stall is the lossless
+//! one (TCP's retransmission, as the endpoints see it). Without faults the proxy passes
+//! everything on, FIN included (a half-close stays a half-close); an error on one socket resets
+//! the other, and an upstream that refuses the dial gets the client closed.
+//!
 //! Memory is bounded: each direction holds at most `IN_FLIGHT_BYTES_MAX` of delayed bytes and
 //! stops reading (back-pressure to the sender) when it is full; blackholed bytes are dropped as
 //! they are read.
