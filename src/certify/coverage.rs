@@ -401,3 +401,266 @@ pub fn coverage(cert: &Certification, statements: &Statements) -> Coverage {
     }
     Coverage { statements: out }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certify::{Choice, Finding};
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// The string literals `"MQTT-…"` in a checker's code (its tests excluded).
+    fn cited_in_source(src: &str) -> BTreeSet<String> {
+        let code = src.split("#[cfg(test)]").next().unwrap_or(src);
+        code.match_indices("\"MQTT-")
+            .filter_map(|(at, _)| {
+                let rest = &code[at + 1..];
+                rest.find('"').map(|end| rest[..end].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn checker_table_matches_checker_sources() {
+        let sources = [
+            (
+                CheckerName::Qos0,
+                include_str!("../history/checkers/qos0.rs"),
+            ),
+            (
+                CheckerName::Qos1,
+                include_str!("../history/checkers/qos1.rs"),
+            ),
+            (
+                CheckerName::Qos2,
+                include_str!("../history/checkers/qos2.rs"),
+            ),
+            (
+                CheckerName::Ordering,
+                include_str!("../history/checkers/ordering.rs"),
+            ),
+            (
+                CheckerName::Will,
+                include_str!("../history/checkers/will.rs"),
+            ),
+            (
+                CheckerName::Retained,
+                include_str!("../history/checkers/retained.rs"),
+            ),
+            (
+                CheckerName::Session,
+                include_str!("../history/checkers/session.rs"),
+            ),
+            (
+                CheckerName::Resubscribe,
+                include_str!("../history/checkers/resubscribe.rs"),
+            ),
+            (
+                CheckerName::Subscription,
+                include_str!("../history/checkers/subscription.rs"),
+            ),
+            (
+                CheckerName::Invented,
+                include_str!("../history/checkers/invented.rs"),
+            ),
+        ];
+        assert_eq!(
+            sources.len(),
+            CheckerName::ALL.len(),
+            "every checker listed"
+        );
+        for (checker, src) in sources {
+            let in_source = cited_in_source(src);
+            let in_table: BTreeSet<String> = SpecVersion::ALL
+                .iter()
+                .flat_map(|&v| checker_statements(checker, v))
+                .map(|s| s.to_string())
+                .collect();
+            assert_eq!(in_source, in_table, "{checker}: source vs coverage table");
+        }
+        // The shared helpers cite nothing themselves.
+        assert!(cited_in_source(include_str!("../history/checkers/mod.rs")).is_empty());
+    }
+
+    fn case(scenario: &str, seed: u64, verdict: Verdict, findings: Vec<Finding>) -> CaseResult {
+        CaseResult {
+            scenario: scenario.into(),
+            file: PathBuf::from(format!("scenarios/{scenario}.yaml")),
+            seed: match verdict {
+                Verdict::Skipped { .. } => None,
+                _ => Some(seed),
+            },
+            spec: vec!["MQTT-4.3.3-2".into()],
+            checkers: vec![CheckerName::Qos2],
+            versions: vec![SpecVersion::V311],
+            verdict,
+            findings,
+            choices: Vec::<Choice>::new(),
+            duration: Duration::from_millis(10),
+            rerun: String::new(),
+        }
+    }
+
+    fn finding(grade: Grade, statement: &str) -> Finding {
+        Finding {
+            grade,
+            statement: statement.into(),
+            checker: "qos2".into(),
+            owed: "once".into(),
+            observed: "twice".into(),
+            excerpt: String::new(),
+        }
+    }
+
+    fn cert(cases: Vec<CaseResult>) -> Certification {
+        Certification {
+            broker: "mqtt://127.0.0.1:1883".into(),
+            broker_version: None,
+            profile: "test".into(),
+            started: "2026-01-01T00:00:00Z".into(),
+            duration: Duration::from_secs(1),
+            simqtt_version: "0".into(),
+            cases,
+        }
+    }
+
+    fn status<'a>(c: &'a Coverage, v: SpecVersion, id: &str) -> &'a StatementCoverage {
+        c.version(v).find(|s| s.id == id).expect("statement listed")
+    }
+
+    #[test]
+    fn every_statement_of_both_versions_is_listed() {
+        let c = coverage(&cert(vec![]), Statements::embedded());
+        assert_eq!(c.version(SpecVersion::V311).count(), 141);
+        assert_eq!(c.version(SpecVersion::V5).count(), 251);
+        assert!(c.statements.iter().all(|s| s.status == Status::Untested));
+        let t = c.totals(SpecVersion::V311);
+        assert_eq!(t.untested, 141);
+        assert_eq!(t.untested_unobservable, 32);
+        assert_eq!(t.observable, 109);
+    }
+
+    #[test]
+    fn verdicts_fail_beats_pass_beats_error_beats_skip() {
+        let s = Statements::embedded();
+        let passed = case("qos2-basic", 1, Verdict::Passed, vec![]);
+        let failed = case(
+            "qos2-dup",
+            2,
+            Verdict::Failed,
+            vec![finding(Grade::Must, "MQTT-4.3.3-2")],
+        );
+        let skipped = case(
+            "qos2-restart",
+            0,
+            Verdict::Skipped {
+                reason: "broker_restart: no --restart-cmd".into(),
+            },
+            vec![],
+        );
+        let errored = case(
+            "qos2-error",
+            3,
+            Verdict::Failed,
+            vec![finding(Grade::Error, "")],
+        );
+
+        let c = coverage(&cert(vec![passed.clone(), failed.clone()]), s);
+        let st = status(&c, SpecVersion::V311, "MQTT-4.3.3-2");
+        assert_eq!(
+            st.status,
+            Status::Failed {
+                cases: vec![CaseRef {
+                    scenario: "qos2-dup".into(),
+                    seed: Some(2),
+                    grade: Some(Grade::Must)
+                }]
+            }
+        );
+        assert_eq!(
+            st.scenarios,
+            vec![
+                ("qos2-basic".to_string(), Via::Spec),
+                ("qos2-dup".to_string(), Via::Spec)
+            ]
+        );
+        // The 5.0 statement with the same number is not touched by a 3.1.1 case.
+        assert_eq!(
+            status(&c, SpecVersion::V5, "MQTT-4.3.3-2").status,
+            Status::Untested
+        );
+        // A 5.0-only id of the checker is not tested by a 3.1.1 case either.
+        assert_eq!(
+            status(&c, SpecVersion::V5, "MQTT-4.3.3-10").status,
+            Status::Untested
+        );
+
+        let c = coverage(&cert(vec![passed.clone(), skipped.clone()]), s);
+        assert!(matches!(
+            status(&c, SpecVersion::V311, "MQTT-4.3.3-2").status,
+            Status::Passed { .. }
+        ));
+
+        let c = coverage(&cert(vec![errored.clone(), skipped.clone()]), s);
+        assert!(matches!(
+            status(&c, SpecVersion::V311, "MQTT-4.3.3-2").status,
+            Status::Inconclusive { .. }
+        ));
+
+        let c = coverage(&cert(vec![skipped]), s);
+        assert_eq!(
+            status(&c, SpecVersion::V311, "MQTT-4.3.3-2").status,
+            Status::Skipped {
+                reasons: vec!["qos2-restart: broker_restart: no --restart-cmd".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn checkers_count_as_testing_their_statements() {
+        let s = Statements::embedded();
+        let mut c5 = case("v5-qos2", 1, Verdict::Passed, vec![]);
+        c5.spec.clear();
+        c5.versions = vec![SpecVersion::V5];
+        let c = coverage(&cert(vec![c5]), s);
+        let st = status(&c, SpecVersion::V5, "MQTT-4.3.3-10");
+        assert!(matches!(st.status, Status::Passed { .. }));
+        assert_eq!(st.scenarios, vec![("v5-qos2".to_string(), Via::Checker)]);
+        assert_eq!(
+            status(&c, SpecVersion::V311, "MQTT-4.3.3-2").status,
+            Status::Untested
+        );
+    }
+
+    #[test]
+    fn untested_unobservable_apart_from_gaps() {
+        let c = coverage(&cert(vec![]), Statements::embedded());
+        // A client-only obligation: no broker test can show it.
+        let client_only = status(&c, SpecVersion::V311, "MQTT-3.1.2-22");
+        assert_eq!(client_only.observable, Observable::No);
+        assert!(client_only.untested_unobservable());
+        assert!(!client_only.gap());
+        let server = status(&c, SpecVersion::V311, "MQTT-4.3.3-2");
+        assert!(server.gap());
+    }
+
+    #[test]
+    fn scenario_versions_follow_the_clients() {
+        let v = |yaml: &str| {
+            scenario_versions(&crate::scenario::parse("t.yaml", yaml).expect("parses"))
+        };
+        assert_eq!(
+            v("clients: {a: {}}\nsteps:\n  - connect: a\n"),
+            [SpecVersion::V311]
+        );
+        assert_eq!(
+            v("clients: {a: {protocol: v5}, b: {}}\nsteps:\n  - connect: a\n"),
+            [SpecVersion::V311, SpecVersion::V5]
+        );
+        assert_eq!(
+            v("workload: {publishers: 1, subscribers: 1, rate: 1/s, duration: 1s, protocol: v5}\n"),
+            [SpecVersion::V5]
+        );
+    }
+}

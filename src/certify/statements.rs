@@ -334,3 +334,141 @@ impl Statements {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certify::coverage::{checker_statements, scenario_versions};
+    use crate::history::checkers::CheckerName;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn embedded_index_has_every_statement_of_both_versions() {
+        let s = Statements::embedded();
+        // The README's counts: 141 ids in 3.1.1 (two the spec prints malformed), 251 in 5.0.
+        assert_eq!(s.len(SpecVersion::V311), 141);
+        assert_eq!(s.len(SpecVersion::V5), 251);
+        let count = |v, a| s.by_actor(v, a).len();
+        assert_eq!(count(SpecVersion::V311, Actor::Server), 69);
+        assert_eq!(count(SpecVersion::V311, Actor::Client), 31);
+        assert_eq!(count(SpecVersion::V311, Actor::Both), 41);
+        assert_eq!(count(SpecVersion::V5, Actor::Server), 118);
+        assert_eq!(s.by_level(SpecVersion::V311, Level::Must).len(), 118);
+        assert_eq!(s.by_level(SpecVersion::V311, Level::MustNot).len(), 23);
+        assert_eq!(s.by_level(SpecVersion::V5, Level::MustNot).len(), 72);
+        assert_eq!(
+            s.by_observable(SpecVersion::V311, Observable::Yes).len(),
+            94
+        );
+        assert_eq!(
+            s.by_observable(SpecVersion::V5, Observable::Partly).len(),
+            44
+        );
+        assert_eq!(s.by_observable(SpecVersion::V5, Observable::No).len(), 41);
+        // Ids are unique per version.
+        for v in SpecVersion::ALL {
+            let mut ids: Vec<&str> = s.iter(v).map(|st| st.id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), s.len(v), "duplicate ids in {v}");
+        }
+    }
+
+    #[test]
+    fn lookup_is_per_version_and_in_document_order() {
+        let s = Statements::embedded();
+        // The same id, two different rules.
+        let v311 = s
+            .get(SpecVersion::V311, "MQTT-3.3.1-9")
+            .expect("3.1.1 has it");
+        let v5 = s.get(SpecVersion::V5, "MQTT-3.3.1-9").expect("5.0 has it");
+        assert_ne!(v311.summary, v5.summary);
+        assert_eq!(s.find("MQTT-3.3.1-9").len(), 2);
+        // 5.0 only.
+        assert!(s.get(SpecVersion::V311, "MQTT-4.3.3-10").is_none());
+        assert_eq!(
+            s.resolve(&[SpecVersion::V311], "MQTT-4.3.3-10")
+                .map(|st| st.version),
+            Some(SpecVersion::V5)
+        );
+        assert!(!s.contains("MQTT-9.9.9-9"));
+        // The two ids the 3.1.1 text prints malformed are listed normalised.
+        assert!(s.get(SpecVersion::V311, "MQTT-3.1.2-7").is_some());
+        assert!(s.get(SpecVersion::V311, "MQTT-3.8.3-4").is_some());
+        let first = s.iter(SpecVersion::V311).next().expect("non-empty");
+        assert_eq!(first.id, "MQTT-1.5.3-1");
+        assert_eq!(first.section_number(), "1.5.3");
+        assert_eq!(first.level, Level::Must);
+        assert_eq!(first.actor, Actor::Both);
+        let last = s.iter(SpecVersion::V311).last().expect("non-empty");
+        assert_eq!(last.id, "MQTT-7.1.2-1");
+    }
+
+    #[test]
+    fn bad_rows_are_refused_with_their_line() {
+        let text = "id\tsection\tactor\tlevel\tobservable\tsummary\n\
+                    MQTT-1.1.1-1\t1.1 X\tserver\tMUST\tyes\tok\n\
+                    MQTT-1.1.1-2\t1.1 X\tserver\tOUGHT\tyes\tbad level\n";
+        let e = parse_tsv(SpecVersion::V311, text).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("OUGHT"));
+        let e = parse_tsv(SpecVersion::V311, "MQTT-1.1.1-1\tonly two\n").unwrap_err();
+        assert_eq!(e.line, 1);
+        let ok = parse_tsv(
+            SpecVersion::V5,
+            "# comment\nMQTT-1.1.1-1\t1.1 X\tclient\tSHOULD NOT\tno\tfine\n",
+        )
+        .expect("parses without a header");
+        assert_eq!(ok[0].level, Level::ShouldNot);
+        assert_eq!(ok[0].observable, Observable::No);
+    }
+
+    fn scenario_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("scenarios/ is readable") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                scenario_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn every_scenario_spec_id_is_a_statement_of_a_version_its_clients_speak() {
+        let s = Statements::embedded();
+        let mut files = Vec::new();
+        scenario_files(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios"),
+            &mut files,
+        );
+        assert!(files.len() > 50, "found the scenario library");
+        let mut missing = Vec::new();
+        for file in &files {
+            let scenario = crate::scenario::load(file).expect("library scenarios parse");
+            let versions = scenario_versions(&scenario);
+            for id in &scenario.spec {
+                if !versions.iter().any(|&v| s.get(v, id).is_some()) {
+                    missing.push(format!(
+                        "{}: {id} is no statement of MQTT {:?}",
+                        file.display(),
+                        versions
+                    ));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn every_checker_statement_is_in_the_index() {
+        let s = Statements::embedded();
+        for checker in CheckerName::ALL {
+            for v in SpecVersion::ALL {
+                for id in checker_statements(checker, v) {
+                    assert!(s.get(v, id).is_some(), "{checker} cites {id}, not in {v}");
+                }
+            }
+        }
+    }
+}
