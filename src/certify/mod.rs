@@ -48,7 +48,9 @@ pub enum Grade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub grade: Grade,
-    /// The statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`).
+    /// The statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`). A failed
+    /// `expect` cites its scenario's strongest statements, joined by ", "
+    /// (`Finding::statement_ids` splits them).
     pub statement: String,
     /// The checker (`qos2`, `will`, …), `expect` for a step's expectation, `runner`.
     pub checker: String,
