@@ -93,8 +93,10 @@ pub struct CaseResult {
     pub seed: Option<u64>,
     /// The statements the scenario declares it exercises (`spec:`).
     pub spec: Vec<String>,
-    /// The checkers the scenario runs (`scenario.checker_list()`): coverage counts the
-    /// statements each can cite as tested by this case.
+    /// The checkers that judged something in this scenario
+    /// (`coverage::relevant_checkers(scenario)`): coverage counts the statements each can cite
+    /// as tested by this case. (`scenario.checker_list()` would also count checkers that pass
+    /// vacuously, e.g. the will checker in a scenario without wills.)
     #[serde(default)]
     pub checkers: Vec<CheckerName>,
     /// The spec versions its clients speak (`coverage::scenario_versions(scenario)`): the same

@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_certification_built_from_simulator_runs_renders_and_covers() {
-        use crate::certify::coverage::{coverage, scenario_versions, Status};
+        use crate::certify::coverage::{coverage, relevant_checkers, scenario_versions, Status};
         use crate::certify::grade::grade;
         use crate::certify::statements::{SpecVersion, Statements};
         use crate::certify::CaseResult;
@@ -324,7 +324,7 @@ mod tests {
                 file: path,
                 seed: Some(0),
                 spec: s.spec.clone(),
-                checkers: s.checker_list(),
+                checkers: relevant_checkers(&s),
                 versions: scenario_versions(&s),
                 verdict: if failed {
                     Verdict::Failed
@@ -357,6 +357,12 @@ mod tests {
         assert!(passed("MQTT-4.3.2-2"));
         assert!(passed("MQTT-4.6.0-6"));
         assert!(passed("MQTT-3.1.2-8"));
+        // Only will-on-client-crash has a will: the others do not count for the will checker.
+        let will = cov
+            .version(SpecVersion::V311)
+            .find(|s| s.id == "MQTT-3.1.2-8")
+            .expect("listed");
+        assert_eq!(will.scenarios.len(), 1, "{:?}", will.scenarios);
         for text in [
             terminal(&cert, statements),
             markdown(&cert, statements),
