@@ -16,10 +16,19 @@
 //! - [`report`]: terminal summary, JUnit XML, Markdown, JSON;
 //! - [`runner`]: runs scenarios against the target (phases, seeds, isolation, progress).
 
+pub mod coverage;
+pub mod grade;
+pub mod profile;
+pub mod report;
+pub mod statements;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::history::checkers::CheckerName;
+use statements::SpecVersion;
 
 /// How bad a finding is, by the level of the statement it breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -39,7 +48,9 @@ pub enum Grade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub grade: Grade,
-    /// The statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`).
+    /// The statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`). A failed
+    /// `expect` cites its scenario's strongest statements, joined by ", "
+    /// (`Finding::statement_ids` splits them).
     pub statement: String,
     /// The checker (`qos2`, `will`, …), `expect` for a step's expectation, `runner`.
     pub checker: String,
@@ -82,6 +93,16 @@ pub struct CaseResult {
     pub seed: Option<u64>,
     /// The statements the scenario declares it exercises (`spec:`).
     pub spec: Vec<String>,
+    /// The checkers that judged something in this scenario
+    /// (`coverage::relevant_checkers(scenario)`): coverage counts the statements each can cite
+    /// as tested by this case. (`scenario.checker_list()` would also count checkers that pass
+    /// vacuously, e.g. the will checker in a scenario without wills.)
+    #[serde(default)]
+    pub checkers: Vec<CheckerName>,
+    /// The spec versions its clients speak (`coverage::scenario_versions(scenario)`): the same
+    /// id names different statements in 3.1.1 and 5.0.
+    #[serde(default)]
+    pub versions: Vec<SpecVersion>,
     pub verdict: Verdict,
     pub findings: Vec<Finding>,
     pub choices: Vec<Choice>,
