@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClientSpec, Dur, Errors, PacketKind, Seg};
 use crate::codec::{
-    encode, Connect, ConnectProperties, MqttStr, Packet, ProtocolVersion, TopicName, Will,
+    encode, Connect, ConnectProperties, MqttStr, Packet, ProtocolVersion, QoS, TopicName, Will,
     WillProperties,
 };
 
@@ -103,6 +103,21 @@ pub struct ExpectRawStep {
     /// The packet identifier the packet must carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_id: Option<u16>,
+    /// PUBLISH: its topic, QoS, RETAIN and DUP flags, and payload (as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<QoS>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dup: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// Hex bytes the packet must contain in this order, e.g. a property (`"0b 05"`: the
+    /// Subscription Identifier 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<bool>,
     #[serde(default = "default_within")]
@@ -116,12 +131,31 @@ fn default_within() -> Dur {
     Dur::from_secs(5)
 }
 
-/// Parses a raw send: a packet name or hex bytes.
+/// Named sends that acknowledge the latest packet of a type the broker sent (their packet
+/// identifier is the broker's choice, so a scenario cannot write it down).
+pub const ACK_SENDS: [&str; 4] = ["puback", "pubrec", "pubrel", "pubcomp"];
+
+/// An acknowledgement named in `ACK_SENDS`, for packet identifier `id`.
+pub fn ack_bytes(name: &str, id: u16) -> Option<Vec<u8>> {
+    let first = match name {
+        "puback" => 0x40,
+        "pubrec" => 0x50,
+        "pubrel" => 0x62,
+        "pubcomp" => 0x70,
+        _ => return None,
+    };
+    let [high, low] = id.to_be_bytes();
+    Some(vec![first, 0x02, high, low])
+}
+
+/// Parses a raw send: a packet name or hex bytes. The acknowledgements in `ACK_SENDS` are
+/// built by the runner from what the broker sent; here they parse to nothing.
 pub fn send_bytes(send: &str, client: &str, spec: &ClientSpec) -> Result<Vec<u8>, String> {
     match send.trim() {
         "connect" => connect_bytes(client, spec),
         "pingreq" => Ok(vec![0xC0, 0x00]),
         "disconnect" => Ok(vec![0xE0, 0x00]),
+        name if ACK_SENDS.contains(&name) => Ok(Vec::new()),
         hex => parse_hex(hex),
     }
 }
@@ -266,6 +300,26 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
             Some("session_present"),
             "`session_present` goes with packet: connack".into(),
         );
+    }
+    let publish_fields = step.topic.is_some()
+        || step.qos.is_some()
+        || step.retain.is_some()
+        || step.dup.is_some()
+        || step.payload.is_some();
+    if publish_fields && kind != Some(PacketKind::Publish) {
+        e.at(
+            path,
+            None,
+            "`topic`, `qos`, `retain`, `dup` and `payload` go with packet: publish".into(),
+        );
+    }
+    if let Some(hex) = &step.contains {
+        if kind.is_none() {
+            e.at(path, Some("contains"), "`contains` needs a `packet`".into());
+        }
+        if let Err(msg) = parse_hex(hex) {
+            e.at(path, Some("contains"), msg);
+        }
     }
     if step.codes.is_some() && !matches!(kind, Some(PacketKind::Suback | PacketKind::Unsuback)) {
         e.at(

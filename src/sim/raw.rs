@@ -22,7 +22,7 @@ use super::world::{lock, HostCommand, SharedRef};
 use super::{Failure, Runner, StepResult};
 use crate::codec::{self, Packet, PacketType, ProtocolVersion};
 use crate::history::Event;
-use crate::scenario::raw::{send_bytes, ExpectRawStep, RawStep};
+use crate::scenario::raw::{ack_bytes, parse_hex, send_bytes, ExpectRawStep, RawStep, ACK_SENDS};
 use crate::transport::fault::{FaultConnector, FaultControl};
 use crate::transport::sim::SimConnector;
 use crate::transport::Connector;
@@ -43,6 +43,10 @@ pub struct RawPacket {
     pub session_present: Option<bool>,
     pub codes: Vec<u8>,
     pub packet_id: Option<u16>,
+    /// PUBLISH only.
+    pub publish: Option<(String, u8, bool, bool, Vec<u8>)>,
+    /// The packet as it came off the wire.
+    pub bytes: Vec<u8>,
     pub summary: String,
     /// Its record in the trace.
     pub event: usize,
@@ -306,9 +310,14 @@ async fn open(
                 }
             }
             while decodable {
+                let before = buf.clone();
                 let packet = match codec::decode(&mut buf, version, codec::DEFAULT_MAX_PACKET_SIZE)
                 {
-                    Ok(Some(packet)) => received(&packet, version),
+                    Ok(Some(packet)) => {
+                        let mut p = received(&packet, version);
+                        p.bytes = before[..before.len() - buf.len()].to_vec();
+                        p
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         // No resynchronising after bytes the codec refuses: keep reading only
@@ -320,6 +329,8 @@ async fn open(
                             session_present: None,
                             codes: Vec::new(),
                             packet_id: None,
+                            publish: None,
+                            bytes: buf.to_vec(),
                             summary: format!("undecodable ({e}): {}", hex(&buf)),
                             event: 0,
                         }
@@ -409,6 +420,8 @@ fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
         session_present: None,
         codes: Vec::new(),
         packet_id: None,
+        publish: None,
+        bytes: Vec::new(),
         summary: String::new(),
         event: 0,
     };
@@ -449,6 +462,13 @@ fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
         }
         Packet::Publish(m) => {
             p.packet_id = m.packet_id().map(|id| id.get());
+            p.publish = Some((
+                m.topic.as_str().to_string(),
+                m.qos().as_u8(),
+                m.retain,
+                m.dup,
+                m.payload.to_vec(),
+            ));
             p.summary = format!(
                 "topic={:?} qos={} retain={} dup={} payload={:?}",
                 m.topic.as_str(),
@@ -507,6 +527,28 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
             wrong.push(format!("packet_id {id}"));
         }
     }
+    if let Some((topic, qos, retain, dup, payload)) = &p.publish {
+        if x.topic.as_ref().is_some_and(|t| t != topic) {
+            wrong.push(format!("topic {:?}", x.topic.as_deref().unwrap_or_default()));
+        }
+        if x.qos.is_some_and(|q| q.as_u8() != *qos) {
+            wrong.push(format!("qos {}", x.qos.map_or(0, |q| q.as_u8())));
+        }
+        if x.retain.is_some_and(|r| r != *retain) {
+            wrong.push(format!("retain {}", u8::from(!*retain)));
+        }
+        if x.dup.is_some_and(|d| d != *dup) {
+            wrong.push(format!("dup {}", u8::from(!*dup)));
+        }
+        if x.payload.as_ref().is_some_and(|want| want.as_bytes() != payload.as_slice()) {
+            wrong.push(format!("payload {:?}", x.payload.as_deref().unwrap_or_default()));
+        }
+    }
+    if let Some(want) = x.contains.as_deref().and_then(|h| parse_hex(h).ok()) {
+        if !want.is_empty() && !p.bytes.windows(want.len()).any(|w| w == want.as_slice()) {
+            wrong.push(format!("bytes containing {}", hex(&want)));
+        }
+    }
     (!wrong.is_empty()).then(|| format!("{got} {} (wanted {})", p.summary, wrong.join(", ")))
 }
 
@@ -532,6 +574,24 @@ fn describe(x: &ExpectRawStep) -> String {
         }
         if let Some(id) = x.packet_id {
             text.push_str(&format!(" packet_id {id}"));
+        }
+        if let Some(t) = &x.topic {
+            text.push_str(&format!(" topic {t:?}"));
+        }
+        if let Some(q) = x.qos {
+            text.push_str(&format!(" qos {}", q.as_u8()));
+        }
+        if let Some(r) = x.retain {
+            text.push_str(&format!(" retain {}", u8::from(r)));
+        }
+        if let Some(d) = x.dup {
+            text.push_str(&format!(" dup {}", u8::from(d)));
+        }
+        if let Some(p) = &x.payload {
+            text.push_str(&format!(" payload {p:?}"));
+        }
+        if let Some(c) = &x.contains {
+            text.push_str(&format!(" containing {c}"));
         }
         parts.push(text);
     }
@@ -589,8 +649,35 @@ impl Runner<'_, '_> {
                 .get(&step.client)
                 .map(|s| s.spec.clone())
                 .ok_or_else(|| format!("no client {:?}", step.client))?;
-            let bytes = send_bytes(send, &step.client, &spec)
-                .map_err(|e| format!("step {} (raw): {e}", i + 1))?;
+            let name = send.trim();
+            let bytes = if ACK_SENDS.contains(&name) {
+                // Acknowledge the latest packet the broker sent that this one answers.
+                let answers = match name {
+                    "puback" | "pubrec" => PacketType::Publish,
+                    "pubrel" => PacketType::PubRec,
+                    _ => PacketType::PubRel,
+                };
+                let id = self
+                    .raw_conn(&step.client, |c| {
+                        c.received
+                            .iter()
+                            .rev()
+                            .find(|p| p.packet_type == Some(answers))
+                            .and_then(|p| p.packet_id)
+                    })
+                    .flatten()
+                    .ok_or_else(|| {
+                        format!(
+                            "step {} (raw): {name} answers a packet with an identifier, and {} received none",
+                            i + 1,
+                            step.client
+                        )
+                    })?;
+                ack_bytes(name, id).unwrap_or_default()
+            } else {
+                send_bytes(send, &step.client, &spec)
+                    .map_err(|e| format!("step {} (raw): {e}", i + 1))?
+            };
             let before = self.raw_conn(&step.client, |c| c.writes_done).unwrap_or(0);
             self.raw_command(
                 &step.client,
