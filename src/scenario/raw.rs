@@ -114,12 +114,16 @@ pub struct ExpectRawStep {
     pub dup: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
-    /// Hex bytes the packet must contain in this order, e.g. a property (`"0b 05"`: the
-    /// Subscription Identifier 5).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contains: Option<String>,
+    /// Byte sequences (hex) the packet must contain, each in one piece, e.g. properties
+    /// (`["0b 05"]`: the Subscription Identifier 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contains: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<bool>,
+    /// The spec lets the broker close without sending `packet`: if the connection closes
+    /// with nothing, that passes; a packet that arrives must still match.
+    #[serde(default)]
+    pub optional: bool,
     #[serde(default = "default_within")]
     pub within: Dur,
     /// The statement a failure breaks (default: the scenario's first `spec:` id).
@@ -265,6 +269,13 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
         );
     }
     let kind = step.packet.and_then(ExpectedPacket::kind);
+    if step.optional && (kind.is_none() || step.closed != Some(true)) {
+        e.at(
+            path,
+            Some("optional"),
+            "`optional` goes with a `packet` type and `closed: true`".into(),
+        );
+    }
     let has_reason = step.reason.is_some() || !step.reasons.is_empty();
     if has_reason
         && !matches!(
@@ -313,10 +324,10 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
             "`topic`, `qos`, `retain`, `dup` and `payload` go with packet: publish".into(),
         );
     }
-    if let Some(hex) = &step.contains {
-        if kind.is_none() {
-            e.at(path, Some("contains"), "`contains` needs a `packet`".into());
-        }
+    if !step.contains.is_empty() && kind.is_none() {
+        e.at(path, Some("contains"), "`contains` needs a `packet`".into());
+    }
+    for hex in &step.contains {
         if let Err(msg) = parse_hex(hex) {
             e.at(path, Some("contains"), msg);
         }

@@ -81,9 +81,16 @@ pub struct RawState {
 /// What the runner asks a client host to do with a raw connection.
 pub enum RawCommand {
     /// Close the current connection (if any) and open a new one.
-    Open { client: String },
-    Send { client: String, bytes: Vec<u8> },
-    Close { client: String },
+    Open {
+        client: String,
+    },
+    Send {
+        client: String,
+        bytes: Vec<u8>,
+    },
+    Close {
+        client: String,
+    },
 }
 
 fn now_ms() -> u64 {
@@ -247,7 +254,13 @@ async fn open(
     let stream = match connector(control).connect(&addr).await {
         Ok(stream) => stream,
         Err(e) => {
-            broker_closed(&shared, &host, &client, number, format!("connect failed: {e}"));
+            broker_closed(
+                &shared,
+                &host,
+                &client,
+                number,
+                format!("connect failed: {e}"),
+            );
             return;
         }
     };
@@ -311,8 +324,28 @@ async fn open(
             }
             while decodable {
                 let before = buf.clone();
-                let packet = match codec::decode(&mut buf, version, codec::DEFAULT_MAX_PACKET_SIZE)
+                let mut decoded = codec::decode(&mut buf, version, codec::DEFAULT_MAX_PACKET_SIZE);
+                // A broker that refuses a protocol level it does not speak may answer in the
+                // 3.1.1 form every version can read (CONNACK 0x01): read it so.
+                let mut old_form = false;
+                if decoded.is_err()
+                    && version == ProtocolVersion::V5
+                    && before.starts_with(&[0x20, 0x02])
                 {
+                    let mut again = before.clone();
+                    if let Ok(Some(packet)) = codec::decode(&mut again, ProtocolVersion::V311, 4) {
+                        decoded = Ok(Some(packet));
+                        buf = again;
+                        old_form = true;
+                    }
+                }
+                let packet = match decoded {
+                    Ok(Some(packet)) if old_form => {
+                        let mut p = received(&packet, ProtocolVersion::V311);
+                        p.bytes = before[..before.len() - buf.len()].to_vec();
+                        p.summary.push_str(" (3.1.1 form)");
+                        p
+                    }
                     Ok(Some(packet)) => {
                         let mut p = received(&packet, version);
                         p.bytes = before[..before.len() - buf.len()].to_vec();
@@ -367,11 +400,10 @@ async fn open(
 
 fn record_received(shared: &SharedRef, host: &str, client: &str, number: u32, mut p: RawPacket) {
     let mut s = lock(shared);
-    let live = s
-        .raw
-        .connections
-        .get(client)
-        .is_some_and(|c| c.connection == number && !c.closed && c.received.len() < RECEIVED_MAX);
+    let live =
+        s.raw.connections.get(client).is_some_and(|c| {
+            c.connection == number && !c.closed && c.received.len() < RECEIVED_MAX
+        });
     if !live {
         return;
     }
@@ -529,7 +561,10 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
     }
     if let Some((topic, qos, retain, dup, payload)) = &p.publish {
         if x.topic.as_ref().is_some_and(|t| t != topic) {
-            wrong.push(format!("topic {:?}", x.topic.as_deref().unwrap_or_default()));
+            wrong.push(format!(
+                "topic {:?}",
+                x.topic.as_deref().unwrap_or_default()
+            ));
         }
         if x.qos.is_some_and(|q| q.as_u8() != *qos) {
             wrong.push(format!("qos {}", x.qos.map_or(0, |q| q.as_u8())));
@@ -540,11 +575,17 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
         if x.dup.is_some_and(|d| d != *dup) {
             wrong.push(format!("dup {}", u8::from(!*dup)));
         }
-        if x.payload.as_ref().is_some_and(|want| want.as_bytes() != payload.as_slice()) {
-            wrong.push(format!("payload {:?}", x.payload.as_deref().unwrap_or_default()));
+        if x.payload
+            .as_ref()
+            .is_some_and(|want| want.as_bytes() != payload.as_slice())
+        {
+            wrong.push(format!(
+                "payload {:?}",
+                x.payload.as_deref().unwrap_or_default()
+            ));
         }
     }
-    if let Some(want) = x.contains.as_deref().and_then(|h| parse_hex(h).ok()) {
+    for want in x.contains.iter().filter_map(|h| parse_hex(h).ok()) {
         if !want.is_empty() && !p.bytes.windows(want.len()).any(|w| w == want.as_slice()) {
             wrong.push(format!("bytes containing {}", hex(&want)));
         }
@@ -556,6 +597,7 @@ fn describe(x: &ExpectRawStep) -> String {
     let mut parts = Vec::new();
     if let Some(p) = x.packet {
         let mut text = match p.kind() {
+            Some(k) if x.optional => format!("nothing or {}", k.as_str().to_uppercase()),
             Some(k) => k.as_str().to_uppercase(),
             None => "no packet".into(),
         };
@@ -590,7 +632,7 @@ fn describe(x: &ExpectRawStep) -> String {
         if let Some(p) = &x.payload {
             text.push_str(&format!(" payload {p:?}"));
         }
-        if let Some(c) = &x.contains {
+        for c in &x.contains {
             text.push_str(&format!(" containing {c}"));
         }
         parts.push(text);
@@ -729,8 +771,7 @@ impl Runner<'_, '_> {
                     let next = self.raw_conn(&x.client, |c| c.received.get(c.consumed).cloned());
                     match next.flatten() {
                         Some(got) => {
-                            if let Some(c) = lock(&self.shared).raw.connections.get_mut(&x.client)
-                            {
+                            if let Some(c) = lock(&self.shared).raw.connections.get_mut(&x.client) {
                                 c.consumed += 1;
                             }
                             if let Some(text) = mismatch(x, &got) {
@@ -739,14 +780,16 @@ impl Runner<'_, '_> {
                         }
                         None => {
                             let closed = self.raw_conn(&x.client, |c| c.closed).unwrap_or(true);
-                            problem = Some((
-                                if closed {
-                                    "the connection closed without it".into()
-                                } else {
-                                    "nothing arrived".into()
-                                },
-                                vec![],
-                            ));
+                            if !(closed && x.optional) {
+                                problem = Some((
+                                    if closed {
+                                        "the connection closed without it".into()
+                                    } else {
+                                        "nothing arrived".into()
+                                    },
+                                    vec![],
+                                ));
+                            }
                         }
                     }
                 }
