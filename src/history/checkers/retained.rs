@@ -149,20 +149,33 @@ pub fn check(model: &Model, out: &mut Outcome) {
             .message_by_id
             .get(&delivery.id)
             .map(|&m| &model.messages[m]);
-        let live = message.is_some_and(|m| matches!(sub.acked, Some((_, at, _)) if at < m.sent_ms));
+        let after_suback = |sent_ms: u64| matches!(sub.acked, Some((_, at, _)) if at < sent_ms);
+        // An empty payload carries no id: it is a live forward when an empty publish on its
+        // topic came after the SUBACK (5.0 Retain As Published keeps its RETAIN 1).
+        let empty_live = delivery.empty
+            && model.messages.iter().any(|m| {
+                m.empty
+                    && m.topic == delivery.topic
+                    && after_suback(m.sent_ms)
+                    && m.sent_ms <= delivery.at_ms
+            });
+        let live = message.is_some_and(|m| after_suback(m.sent_ms)) || empty_live;
         if live {
             // A live forward with RETAIN 1.
             let permitted = version == ProtocolVersion::V5 && sub.request.retain_as_published;
             if !permitted {
-                let m = message.expect("live implies a message");
-                out.violation(
+                let mut v =
                     ViolationBuilder::new(spec_id(version, "MQTT-3.3.1-9", "MQTT-3.3.1-12"))
-                        .message(m)
                         .client(&delivery.client)
                         .owed("RETAIN 0 on a message forwarded to an existing subscription")
-                        .happened("forwarded with RETAIN 1")
-                        .events([sub.event, m.event, delivery.event]),
-                );
+                        .happened("forwarded with RETAIN 1");
+                v = match message {
+                    Some(m) => v.message(m).events([sub.event, m.event, delivery.event]),
+                    None => v
+                        .message_ref("?", &delivery.topic, "")
+                        .events([sub.event, delivery.event]),
+                };
+                out.violation(v);
             } else if m_retain(message) {
                 out.note("retain as published kept RETAIN 1");
             }
