@@ -115,7 +115,7 @@ pub struct ExpectRawStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
     /// Byte sequences (hex) the packet must contain, each in one piece, e.g. properties
-    /// (`["0b 05"]`: the Subscription Identifier 5).
+    /// (`["0b 05"]`: the Subscription Identifier 5); `"a | b"` takes either.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contains: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,8 +139,24 @@ fn default_within() -> Dur {
 /// identifier is the broker's choice, so a scenario cannot write it down).
 pub const ACK_SENDS: [&str; 4] = ["puback", "pubrec", "pubrel", "pubcomp"];
 
-/// An acknowledgement named in `ACK_SENDS`, for packet identifier `id`.
-pub fn ack_bytes(name: &str, id: u16) -> Option<Vec<u8>> {
+/// An acknowledgement send: `puback`, or `puback 80` with a 5.0 reason code (hex).
+pub fn ack_send(send: &str) -> Option<Result<(&str, Option<u8>), String>> {
+    let mut words = send.split_whitespace();
+    let name = words.next().filter(|w| ACK_SENDS.contains(w))?;
+    let reason = match (words.next(), words.next()) {
+        (None, _) => None,
+        (Some(code), None) => match u8::from_str_radix(code.trim_start_matches("0x"), 16) {
+            Ok(code) => Some(code),
+            Err(_) => return Some(Err(format!("{code:?} is not a reason code in hex, like 80"))),
+        },
+        _ => return Some(Err(format!("{send:?}: an acknowledgement takes one reason code at most"))),
+    };
+    Some(Ok((name, reason)))
+}
+
+/// An acknowledgement named in `ACK_SENDS` for packet identifier `id`, with a reason code
+/// (5.0, no properties) when one is given.
+pub fn ack_bytes(name: &str, id: u16, reason: Option<u8>) -> Option<Vec<u8>> {
     let first = match name {
         "puback" => 0x40,
         "pubrec" => 0x50,
@@ -149,7 +165,10 @@ pub fn ack_bytes(name: &str, id: u16) -> Option<Vec<u8>> {
         _ => return None,
     };
     let [high, low] = id.to_be_bytes();
-    Some(vec![first, 0x02, high, low])
+    Some(match reason {
+        None => vec![first, 0x02, high, low],
+        Some(code) => vec![first, 0x03, high, low, code],
+    })
 }
 
 /// Parses a raw send: a packet name or hex bytes. The acknowledgements in `ACK_SENDS` are
@@ -159,7 +178,9 @@ pub fn send_bytes(send: &str, client: &str, spec: &ClientSpec) -> Result<Vec<u8>
         "connect" => connect_bytes(client, spec),
         "pingreq" => Ok(vec![0xC0, 0x00]),
         "disconnect" => Ok(vec![0xE0, 0x00]),
-        name if ACK_SENDS.contains(&name) => Ok(Vec::new()),
+        ack if ack_send(ack).is_some() => ack_send(ack)
+            .unwrap_or(Ok(("", None)))
+            .map(|_| Vec::new()),
         hex => parse_hex(hex),
     }
 }
@@ -327,7 +348,7 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
     if !step.contains.is_empty() && kind.is_none() {
         e.at(path, Some("contains"), "`contains` needs a `packet`".into());
     }
-    for hex in &step.contains {
+    for hex in step.contains.iter().flat_map(|c| c.split('|')) {
         if let Err(msg) = parse_hex(hex) {
             e.at(path, Some("contains"), msg);
         }

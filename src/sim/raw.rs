@@ -22,7 +22,7 @@ use super::world::{lock, HostCommand, SharedRef};
 use super::{Failure, Runner, StepResult};
 use crate::codec::{self, Packet, PacketType, ProtocolVersion};
 use crate::history::Event;
-use crate::scenario::raw::{ack_bytes, parse_hex, send_bytes, ExpectRawStep, RawStep, ACK_SENDS};
+use crate::scenario::raw::{ack_bytes, ack_send, parse_hex, send_bytes, ExpectRawStep, RawStep};
 use crate::transport::fault::{FaultConnector, FaultControl};
 use crate::transport::sim::SimConnector;
 use crate::transport::Connector;
@@ -585,9 +585,12 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
             ));
         }
     }
-    for want in x.contains.iter().filter_map(|h| parse_hex(h).ok()) {
-        if !want.is_empty() && !p.bytes.windows(want.len()).any(|w| w == want.as_slice()) {
-            wrong.push(format!("bytes containing {}", hex(&want)));
+    for entry in &x.contains {
+        let found = entry.split('|').filter_map(|h| parse_hex(h).ok()).any(|want| {
+            !want.is_empty() && p.bytes.windows(want.len()).any(|w| w == want.as_slice())
+        });
+        if !found {
+            wrong.push(format!("bytes containing {entry}"));
         }
     }
     (!wrong.is_empty()).then(|| format!("{got} {} (wanted {})", p.summary, wrong.join(", ")))
@@ -691,8 +694,8 @@ impl Runner<'_, '_> {
                 .get(&step.client)
                 .map(|s| s.spec.clone())
                 .ok_or_else(|| format!("no client {:?}", step.client))?;
-            let name = send.trim();
-            let bytes = if ACK_SENDS.contains(&name) {
+            let bytes = if let Some(ack) = ack_send(send) {
+                let (name, reason) = ack.map_err(|e| format!("step {} (raw): {e}", i + 1))?;
                 // Acknowledge the latest packet the broker sent that this one answers.
                 let answers = match name {
                     "puback" | "pubrec" => PacketType::Publish,
@@ -715,7 +718,7 @@ impl Runner<'_, '_> {
                             step.client
                         )
                     })?;
-                ack_bytes(name, id).unwrap_or_default()
+                ack_bytes(name, id, reason).unwrap_or_default()
             } else {
                 send_bytes(send, &step.client, &spec)
                     .map_err(|e| format!("step {} (raw): {e}", i + 1))?
