@@ -147,9 +147,17 @@ pub fn ack_send(send: &str) -> Option<Result<(&str, Option<u8>), String>> {
         (None, _) => None,
         (Some(code), None) => match u8::from_str_radix(code.trim_start_matches("0x"), 16) {
             Ok(code) => Some(code),
-            Err(_) => return Some(Err(format!("{code:?} is not a reason code in hex, like 80"))),
+            Err(_) => {
+                return Some(Err(format!(
+                    "{code:?} is not a reason code in hex, like 80"
+                )))
+            }
         },
-        _ => return Some(Err(format!("{send:?}: an acknowledgement takes one reason code at most"))),
+        _ => {
+            return Some(Err(format!(
+                "{send:?}: an acknowledgement takes one reason code at most"
+            )))
+        }
     };
     Some(Ok((name, reason)))
 }
@@ -178,9 +186,9 @@ pub fn send_bytes(send: &str, client: &str, spec: &ClientSpec) -> Result<Vec<u8>
         "connect" => connect_bytes(client, spec),
         "pingreq" => Ok(vec![0xC0, 0x00]),
         "disconnect" => Ok(vec![0xE0, 0x00]),
-        ack if ack_send(ack).is_some() => ack_send(ack)
-            .unwrap_or(Ok(("", None)))
-            .map(|_| Vec::new()),
+        ack if ack_send(ack).is_some() => {
+            ack_send(ack).unwrap_or(Ok(("", None))).map(|_| Vec::new())
+        }
         hex => parse_hex(hex),
     }
 }

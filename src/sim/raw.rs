@@ -586,9 +586,12 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
         }
     }
     for entry in &x.contains {
-        let found = entry.split('|').filter_map(|h| parse_hex(h).ok()).any(|want| {
-            !want.is_empty() && p.bytes.windows(want.len()).any(|w| w == want.as_slice())
-        });
+        let found = entry
+            .split('|')
+            .filter_map(|h| parse_hex(h).ok())
+            .any(|want| {
+                !want.is_empty() && p.bytes.windows(want.len()).any(|w| w == want.as_slice())
+            });
         if !found {
             wrong.push(format!("bytes containing {entry}"));
         }
