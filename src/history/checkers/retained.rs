@@ -454,6 +454,48 @@ mod tests {
         assert_eq!(out.violations[0].spec, "MQTT-3.3.1-10");
     }
 
+    /// An empty retained publish forwarded live to a 5.0 Retain As Published subscription
+    /// keeps RETAIN 1 [MQTT-3.3.1-13]: not an empty message "sent on SUBSCRIBE"; in 3.1.1 the
+    /// same delivery is a live forward with RETAIN 1 [MQTT-3.3.1-9].
+    #[test]
+    fn empty_live_forward_is_judged_as_live() {
+        use crate::codec::ProtocolVersion;
+        use crate::history::{Event, FilterGrant, FilterRequest};
+        let mut b = publisher();
+        b.connect_opts("s", true, ProtocolVersion::V5, None, None)
+            .connack("s", false)
+            .ev(Event::Subscribe {
+                client: "s".into(),
+                filters: vec![FilterRequest {
+                    filter: "r/a".into(),
+                    qos: crate::codec::QoS::AtLeastOnce,
+                    no_local: false,
+                    retain_as_published: true,
+                    retain_handling: 0,
+                }],
+                automatic: false,
+            })
+            .ev(Event::SubAck {
+                client: "s".into(),
+                results: vec![FilterGrant {
+                    filter: "r/a".into(),
+                    granted: Some(crate::codec::QoS::AtLeastOnce),
+                }],
+            });
+        retain(&mut b, "p-clear", 0);
+        b.deliver_opts("s", "", "r/a", 1, true, false);
+        let out = CheckerName::Retained.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
+
+        let mut b = publisher();
+        b.connect("s", true, false).subscribe("s", "r/a", 1, 1);
+        retain(&mut b, "p-clear", 0);
+        b.deliver_opts("s", "", "r/a", 1, true, false);
+        let out = CheckerName::Retained.run(&b.model());
+        assert_eq!(out.violations.len(), 1, "{:?}", out.violations);
+        assert_eq!(out.violations[0].spec, "MQTT-3.3.1-9");
+    }
+
     #[test]
     fn live_forward_with_retain_flag_violates_in_311() {
         let mut b = publisher();
