@@ -21,6 +21,17 @@ use crate::codec::{
 /// Longest a raw send may be (a bound on a scenario's bytes).
 pub const RAW_BYTES_MAX: usize = 1 << 16;
 
+/// The 5.0 properties `expect_raw`'s `absent` can name: those whose absence a statement
+/// requires of the broker.
+pub const PROPERTY_NAMES: [&str; 6] = [
+    "session_expiry_interval",
+    "response_information",
+    "server_keep_alive",
+    "topic_alias",
+    "reason_string",
+    "user_property",
+];
+
 /// Writes bytes on the client's raw connection, opening one first if none is open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +125,9 @@ pub struct ExpectRawStep {
     pub dup: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// 5.0 properties the packet must not carry, by name (see `PROPERTY_NAMES`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
     /// Byte sequences (hex) the packet must contain, each in one piece, e.g. properties
     /// (`["0b 05"]`: the Subscription Identifier 5); `"a | b"` takes either.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -352,6 +366,21 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
             None,
             "`topic`, `qos`, `retain`, `dup` and `payload` go with packet: publish".into(),
         );
+    }
+    for name in &step.absent {
+        if !PROPERTY_NAMES.contains(&name.as_str()) {
+            e.at(
+                path,
+                Some(name),
+                format!(
+                    "{name:?} is not a property `absent` knows; one of {}",
+                    PROPERTY_NAMES.join(", ")
+                ),
+            );
+        }
+    }
+    if !step.absent.is_empty() && kind.is_none() {
+        e.at(path, Some("absent"), "`absent` needs a `packet`".into());
     }
     if !step.contains.is_empty() && kind.is_none() {
         e.at(path, Some("contains"), "`contains` needs a `packet`".into());

@@ -47,6 +47,8 @@ pub struct RawPacket {
     pub publish: Option<(String, u8, bool, bool, Vec<u8>)>,
     /// The packet as it came off the wire.
     pub bytes: Vec<u8>,
+    /// The 5.0 properties of `PROPERTY_NAMES` it carries.
+    pub properties: Vec<&'static str>,
     pub summary: String,
     /// Its record in the trace.
     pub event: usize,
@@ -364,6 +366,7 @@ async fn open(
                             packet_id: None,
                             publish: None,
                             bytes: buf.to_vec(),
+                            properties: Vec::new(),
                             summary: format!("undecodable ({e}): {}", hex(&buf)),
                             event: 0,
                         }
@@ -454,9 +457,62 @@ fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
         packet_id: None,
         publish: None,
         bytes: Vec::new(),
+        properties: Vec::new(),
         summary: String::new(),
         event: 0,
     };
+    let mut has = |present: bool, name: &'static str| {
+        if present {
+            p.properties.push(name);
+        }
+    };
+    match packet {
+        Packet::ConnAck(c) => {
+            has(
+                c.properties.session_expiry_interval_secs.is_some(),
+                "session_expiry_interval",
+            );
+            has(
+                c.properties.response_information.is_some(),
+                "response_information",
+            );
+            has(
+                c.properties.server_keep_alive_secs.is_some(),
+                "server_keep_alive",
+            );
+            has(c.properties.reason_string.is_some(), "reason_string");
+            has(!c.properties.user_properties.is_empty(), "user_property");
+        }
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            has(a.properties.reason_string.is_some(), "reason_string");
+            has(!a.properties.user_properties.is_empty(), "user_property");
+        }
+        Packet::SubAck(a) => {
+            has(a.properties.reason_string.is_some(), "reason_string");
+            has(!a.properties.user_properties.is_empty(), "user_property");
+        }
+        Packet::UnsubAck(a) => {
+            has(a.properties.reason_string.is_some(), "reason_string");
+            has(!a.properties.user_properties.is_empty(), "user_property");
+        }
+        Packet::Publish(m) => {
+            has(m.properties.topic_alias.is_some(), "topic_alias");
+            has(!m.properties.user_properties.is_empty(), "user_property");
+        }
+        Packet::Disconnect(d) => {
+            has(
+                d.properties.session_expiry_interval_secs.is_some(),
+                "session_expiry_interval",
+            );
+            has(d.properties.reason_string.is_some(), "reason_string");
+            has(!d.properties.user_properties.is_empty(), "user_property");
+        }
+        Packet::Auth(a) => {
+            has(a.properties.reason_string.is_some(), "reason_string");
+            has(!a.properties.user_properties.is_empty(), "user_property");
+        }
+        _ => {}
+    }
     match packet {
         Packet::ConnAck(c) => {
             let code = match version {
@@ -585,6 +641,11 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
             ));
         }
     }
+    for name in &x.absent {
+        if p.properties.contains(&name.as_str()) {
+            wrong.push(format!("no {name} property"));
+        }
+    }
     for entry in &x.contains {
         let found = entry
             .split('|')
@@ -640,6 +701,9 @@ fn describe(x: &ExpectRawStep) -> String {
         }
         for c in &x.contains {
             text.push_str(&format!(" containing {c}"));
+        }
+        for a in &x.absent {
+            text.push_str(&format!(" without {a}"));
         }
         parts.push(text);
     }
