@@ -125,6 +125,9 @@ pub struct ExpectRawStep {
     pub dup: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// The largest the packet may be, in bytes (a client's Maximum Packet Size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<u32>,
     /// 5.0 properties the packet must not carry, by name (see `PROPERTY_NAMES`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
@@ -378,6 +381,9 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
                 ),
             );
         }
+    }
+    if step.max_len.is_some() && kind.is_none() {
+        e.at(path, Some("max_len"), "`max_len` needs a `packet`".into());
     }
     if !step.absent.is_empty() && kind.is_none() {
         e.at(path, Some("absent"), "`absent` needs a `packet`".into());

@@ -641,6 +641,11 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
             ));
         }
     }
+    if let Some(max) = x.max_len {
+        if p.bytes.len() as u64 > u64::from(max) {
+            wrong.push(format!("at most {max} bytes, not {}", p.bytes.len()));
+        }
+    }
     for name in &x.absent {
         if p.properties.contains(&name.as_str()) {
             wrong.push(format!("no {name} property"));
@@ -704,6 +709,9 @@ fn describe(x: &ExpectRawStep) -> String {
         }
         for a in &x.absent {
             text.push_str(&format!(" without {a}"));
+        }
+        if let Some(max) = x.max_len {
+            text.push_str(&format!(" of at most {max} bytes"));
         }
         parts.push(text);
     }
