@@ -447,8 +447,9 @@ fn packet_name(t: Option<PacketType>) -> &'static str {
     }
 }
 
-/// The fields the expectations compare, read from a decoded packet.
-fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
+/// The fields the expectations compare, read from a decoded packet. `received`, `mismatch`
+/// and `describe` know nothing of turmoil: a runner over real TCP judges raw steps with them.
+pub fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
     let mut p = RawPacket {
         packet_type: Some(packet.packet_type()),
         reason: None,
@@ -583,8 +584,9 @@ fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
     p
 }
 
-/// What one received packet looks like against an expectation: `None` when it matches.
-fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
+/// What one received packet looks like against an expectation: `None` when it matches
+/// (`bytes` must be set by the caller: `received` has only the decoded packet).
+pub fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
     let want = x.packet.and_then(|k| k.kind())?;
     let got = packet_name(p.packet_type);
     if p.packet_type != Some(want.packet_type()) {
@@ -665,7 +667,7 @@ fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
     (!wrong.is_empty()).then(|| format!("{got} {} (wanted {})", p.summary, wrong.join(", ")))
 }
 
-fn describe(x: &ExpectRawStep) -> String {
+pub fn describe(x: &ExpectRawStep) -> String {
     let mut parts = Vec::new();
     if let Some(p) = x.packet {
         let mut text = match p.kind() {
