@@ -499,7 +499,12 @@ impl Core {
                 self.stats.protocol_errors += 1;
                 tracing::info!(conn, %error, "bad packet; closing");
                 match online_protocol {
-                    None if error.reason_code() == ReasonCode::UnsupportedProtocolVersion => {
+                    // A wrong protocol name only closes [MQTT-3.1.2-1]: the CONNECT may come
+                    // from a 5.0 client (level 5), which reads a 3.1.1-form CONNACK 0x01 as
+                    // malformed and 0x01 as no 5.0 reason code [MQTT-3.2.2-8].
+                    None if error.reason_code() == ReasonCode::UnsupportedProtocolVersion
+                        && !matches!(error, DecodeError::InvalidProtocolName { .. }) =>
+                    {
                         // [MQTT-3.1.2-2] CONNACK 0x01 in the 3.1.1 form every version can read.
                         self.stats.connections_refused += 1;
                         self.refuse(

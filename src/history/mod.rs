@@ -301,6 +301,31 @@ pub enum Event {
     Fault { fault: Fault },
     /// Free text from the runner (an expectation's outcome, a phase marker).
     Note { text: String },
+    /// A raw connection opened: bytes the runner writes itself, bypassing the client, to see
+    /// what the broker does with malformed or forbidden input. `connection` counts from 1.
+    RawOpened { client: String, connection: u32 },
+    /// Bytes written on a raw connection, in hex.
+    RawSent {
+        client: String,
+        connection: u32,
+        bytes: String,
+    },
+    /// A packet the broker sent on a raw connection: its type and a one-line summary
+    /// (`undecodable` with the bytes in hex when the codec refuses it).
+    RawReceived {
+        client: String,
+        connection: u32,
+        packet: String,
+        summary: String,
+    },
+    /// A raw connection ended. `by`: `broker` (it closed or reset the stream) or `client`
+    /// (the scenario closed it).
+    RawClosed {
+        client: String,
+        connection: u32,
+        by: String,
+        detail: String,
+    },
 }
 
 impl Event {
@@ -318,7 +343,11 @@ impl Event {
             | Event::PublishAcked { client, .. }
             | Event::PublishFailed { client, .. }
             | Event::Delivered { client, .. }
-            | Event::Disconnected { client, .. } => Some(client),
+            | Event::Disconnected { client, .. }
+            | Event::RawOpened { client, .. }
+            | Event::RawSent { client, .. }
+            | Event::RawReceived { client, .. }
+            | Event::RawClosed { client, .. } => Some(client),
             Event::BrokerStarted { .. } | Event::Fault { .. } | Event::Note { .. } => None,
         }
     }

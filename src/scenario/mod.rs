@@ -13,6 +13,7 @@
 //! zero) and places each error with [`locate`] by walking the source along the value's path.
 
 pub mod locate;
+pub mod raw;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -688,6 +689,8 @@ pub enum Step {
     ExpectNoMessage(ExpectNoMessageStep),
     ExpectSessionPresent(ExpectSessionPresentStep),
     ExpectWill(ExpectWillStep),
+    Raw(raw::RawStep),
+    ExpectRaw(raw::ExpectRawStep),
 }
 
 impl Step {
@@ -718,6 +721,8 @@ impl Step {
             Step::ExpectNoMessage(_) => "expect_no_message",
             Step::ExpectSessionPresent(_) => "expect_session_present",
             Step::ExpectWill(_) => "expect_will",
+            Step::Raw(_) => "raw",
+            Step::ExpectRaw(_) => "expect_raw",
         }
     }
 
@@ -744,6 +749,8 @@ impl Step {
             Step::ExpectNoMessage(s) => vec![&s.client],
             Step::ExpectSessionPresent(s) => vec![&s.client],
             Step::ExpectWill(s) => vec![&s.of, &s.to],
+            Step::Raw(s) => vec![&s.client],
+            Step::ExpectRaw(s) => vec![&s.client],
             Step::CrashBroker(_)
             | Step::RestartBroker(_)
             | Step::Partition(_)
@@ -1333,6 +1340,8 @@ fn validate_steps(s: &Scenario, e: &mut Errors) {
                     );
                 }
             }
+            Step::Raw(r) => raw::validate_raw(s, r, &path, e),
+            Step::ExpectRaw(x) => raw::validate_expect_raw(x, &path, e),
             Step::ExpectMessages(x) => {
                 if x.messages.is_empty() {
                     e.at(

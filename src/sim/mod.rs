@@ -19,6 +19,7 @@
 //! testing; loss that real TCP would hide is modelled as latency/jitter (`latency`) or as the
 //! fault layer's `delay`.
 
+pub mod raw;
 pub mod world;
 
 use std::collections::BTreeMap;
@@ -560,6 +561,7 @@ impl Runner<'_, '_> {
     fn explicit(&mut self, scenario: &Scenario) -> StepResult {
         let host_of = |name: &str| scenario.host_of(name).unwrap_or_else(|| name.to_string());
         self.build(&scenario.clients, host_of, scenario.broker.durable)?;
+        lock(&self.shared).raw.spec = scenario.spec.clone();
         for (i, step) in scenario.steps.iter().enumerate() {
             self.explicit_step(i, step)?;
         }
@@ -908,6 +910,8 @@ impl Runner<'_, '_> {
                     );
                 }
             }
+            Step::Raw(r) => self.raw_step(i, r)?,
+            Step::ExpectRaw(x) => self.expect_raw(i, x)?,
             Step::ExpectWill(x) => {
                 let prefix = format!("w-{}-", x.of);
                 let to = x.to.clone();

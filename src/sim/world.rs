@@ -94,6 +94,8 @@ pub enum HostCommand {
     Kick {
         client_id: String,
     },
+    /// A raw connection's open, send or close (see `sim::raw`).
+    Raw(super::raw::RawCommand),
 }
 
 /// The runner's view of one client session.
@@ -142,6 +144,7 @@ pub struct Shared {
     pub hosts: BTreeMap<String, mpsc::UnboundedSender<HostCommand>>,
     pub broker_addr: String,
     pub seed: u64,
+    pub raw: super::raw::RawState,
 }
 
 pub type SharedRef = Arc<Mutex<Shared>>;
@@ -506,6 +509,13 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
                 session.instance += 1;
                 session.commands_done += 1;
             }
+        }
+        HostCommand::Raw(command) => {
+            let (shared, host) = {
+                let st = state.borrow();
+                (st.shared.clone(), st.name.clone())
+            };
+            super::raw::handle(&shared, &host, command);
         }
         HostCommand::Kick { client_id } => {
             let shared = state.borrow().shared.clone();

@@ -149,20 +149,33 @@ pub fn check(model: &Model, out: &mut Outcome) {
             .message_by_id
             .get(&delivery.id)
             .map(|&m| &model.messages[m]);
-        let live = message.is_some_and(|m| matches!(sub.acked, Some((_, at, _)) if at < m.sent_ms));
+        let after_suback = |sent_ms: u64| matches!(sub.acked, Some((_, at, _)) if at < sent_ms);
+        // An empty payload carries no id: it is a live forward when an empty publish on its
+        // topic came after the SUBACK (5.0 Retain As Published keeps its RETAIN 1).
+        let empty_live = delivery.empty
+            && model.messages.iter().any(|m| {
+                m.empty
+                    && m.topic == delivery.topic
+                    && after_suback(m.sent_ms)
+                    && m.sent_ms <= delivery.at_ms
+            });
+        let live = message.is_some_and(|m| after_suback(m.sent_ms)) || empty_live;
         if live {
             // A live forward with RETAIN 1.
             let permitted = version == ProtocolVersion::V5 && sub.request.retain_as_published;
             if !permitted {
-                let m = message.expect("live implies a message");
-                out.violation(
+                let mut v =
                     ViolationBuilder::new(spec_id(version, "MQTT-3.3.1-9", "MQTT-3.3.1-12"))
-                        .message(m)
                         .client(&delivery.client)
                         .owed("RETAIN 0 on a message forwarded to an existing subscription")
-                        .happened("forwarded with RETAIN 1")
-                        .events([sub.event, m.event, delivery.event]),
-                );
+                        .happened("forwarded with RETAIN 1");
+                v = match message {
+                    Some(m) => v.message(m).events([sub.event, m.event, delivery.event]),
+                    None => v
+                        .message_ref("?", &delivery.topic, "")
+                        .events([sub.event, delivery.event]),
+                };
+                out.violation(v);
             } else if m_retain(message) {
                 out.note("retain as published kept RETAIN 1");
             }
@@ -439,6 +452,48 @@ mod tests {
         let out = CheckerName::Retained.run(&b.model());
         assert_eq!(out.violations.len(), 1);
         assert_eq!(out.violations[0].spec, "MQTT-3.3.1-10");
+    }
+
+    /// An empty retained publish forwarded live to a 5.0 Retain As Published subscription
+    /// keeps RETAIN 1 [MQTT-3.3.1-13]: not an empty message "sent on SUBSCRIBE"; in 3.1.1 the
+    /// same delivery is a live forward with RETAIN 1 [MQTT-3.3.1-9].
+    #[test]
+    fn empty_live_forward_is_judged_as_live() {
+        use crate::codec::ProtocolVersion;
+        use crate::history::{Event, FilterGrant, FilterRequest};
+        let mut b = publisher();
+        b.connect_opts("s", true, ProtocolVersion::V5, None, None)
+            .connack("s", false)
+            .ev(Event::Subscribe {
+                client: "s".into(),
+                filters: vec![FilterRequest {
+                    filter: "r/a".into(),
+                    qos: crate::codec::QoS::AtLeastOnce,
+                    no_local: false,
+                    retain_as_published: true,
+                    retain_handling: 0,
+                }],
+                automatic: false,
+            })
+            .ev(Event::SubAck {
+                client: "s".into(),
+                results: vec![FilterGrant {
+                    filter: "r/a".into(),
+                    granted: Some(crate::codec::QoS::AtLeastOnce),
+                }],
+            });
+        retain(&mut b, "p-clear", 0);
+        b.deliver_opts("s", "", "r/a", 1, true, false);
+        let out = CheckerName::Retained.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
+
+        let mut b = publisher();
+        b.connect("s", true, false).subscribe("s", "r/a", 1, 1);
+        retain(&mut b, "p-clear", 0);
+        b.deliver_opts("s", "", "r/a", 1, true, false);
+        let out = CheckerName::Retained.run(&b.model());
+        assert_eq!(out.violations.len(), 1, "{:?}", out.violations);
+        assert_eq!(out.violations[0].spec, "MQTT-3.3.1-9");
     }
 
     #[test]
