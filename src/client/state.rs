@@ -552,7 +552,7 @@ impl ClientState {
                 qos_pid: QosPid::AtMostOnce,
                 retain,
                 topic,
-                properties: PublishProperties::default(),
+                properties: PublishProperties::default().into(),
                 payload,
             });
             self.send(packet, now, actions);
@@ -632,7 +632,7 @@ impl ClientState {
                     qos_pid,
                     retain: p.retain,
                     topic: p.topic.clone(),
-                    properties: PublishProperties::default(),
+                    properties: PublishProperties::default().into(),
                     payload: p.payload.clone(),
                 })
             };
@@ -893,7 +893,7 @@ impl ClientState {
             retain: p.retain,
             dup: p.dup,
             packet_id: p.qos_pid.packet_id(),
-            properties: p.properties,
+            properties: p.properties.into_inner(),
         };
         match publish.qos_pid {
             QosPid::AtMostOnce => {
@@ -1554,7 +1554,8 @@ mod tests {
                 properties: crate::codec::ConnAckProperties {
                     receive_maximum: NonZeroU16::new(1),
                     ..Default::default()
-                },
+                }
+                .into(),
             }),
             now,
         );

@@ -43,11 +43,12 @@ pub fn decode(
     }
     if header.packet_type == PacketType::Publish && !tracing() {
         if let Some(plan) = publish_fast(&buf[..total], header, version) {
-            bytes::Buf::advance(buf, plan.topic.start);
-            let topic = buf.split_to(plan.topic.len()).freeze();
-            bytes::Buf::advance(buf, plan.payload_start - plan.topic.end);
-            let payload = buf.split_to(total - plan.payload_start).freeze();
-            return Ok(Some(fast_publish(header.first, &plan, topic, payload)));
+            // One split of the input and one slice of the frame: two refcount increments, as
+            // for two split_to calls, but the BytesMut bookkeeping runs once.
+            let mut frame = buf.split_to(total).freeze();
+            let topic = frame.slice(plan.topic.clone());
+            bytes::Buf::advance(&mut frame, plan.payload_start);
+            return Ok(Some(fast_publish(header.first, &plan, topic, frame)));
         }
     }
     let frame = buf.split_to(total).freeze();
@@ -129,7 +130,7 @@ fn fast_publish(first: u8, plan: &FastPublish, topic: Bytes, payload: Bytes) -> 
         qos_pid: plan.qos_pid,
         retain: first & 0x01 != 0,
         topic,
-        properties: PublishProperties::default(),
+        properties: PropertyBox::none(),
         payload,
     })
 }
@@ -891,7 +892,7 @@ fn connack(r: &mut Reader) -> Result<ConnAck, DecodeError> {
         return Ok(ConnAck {
             session_present,
             reason_code,
-            properties: ConnAckProperties::default(),
+            properties: PropertyBox::none(),
         });
     }
     let reason_code = r.reason_code()?;
@@ -934,7 +935,7 @@ fn connack(r: &mut Reader) -> Result<ConnAck, DecodeError> {
     Ok(ConnAck {
         session_present,
         reason_code,
-        properties: p,
+        properties: p.into(),
     })
 }
 
@@ -950,9 +951,9 @@ fn publish(r: &mut Reader, first: u8) -> Result<Publish, DecodeError> {
         _ => QosPid::ExactlyOnce(r.packet_id()?),
     };
     let properties = if r.version == ProtocolVersion::V5 {
-        publish_properties(r)?
+        publish_properties(r)?.into()
     } else {
-        PublishProperties::default()
+        PropertyBox::none()
     };
     if topic.is_empty() && properties.topic_alias.is_none() {
         return Err(DecodeError::EmptyTopicName);
@@ -1018,9 +1019,9 @@ fn ack(r: &mut Reader, context: &'static str) -> Result<Ack, DecodeError> {
         r.reason_code()?
     };
     let properties = if r.remaining() == 0 {
-        AckProperties::default()
+        PropertyBox::none()
     } else {
-        ack_properties(r, context)?
+        ack_properties(r, context)?.into()
     };
     Ok(Ack {
         packet_id,
@@ -1095,9 +1096,9 @@ fn subscribe(r: &mut Reader) -> Result<Subscribe, DecodeError> {
 fn suback(r: &mut Reader) -> Result<SubAck, DecodeError> {
     let packet_id = r.packet_id()?;
     let properties = if r.version == ProtocolVersion::V5 {
-        ack_properties(r, "SUBACK")?
+        ack_properties(r, "SUBACK")?.into()
     } else {
-        AckProperties::default()
+        PropertyBox::none()
     };
     let mut reason_codes = Vec::with_capacity(r.remaining());
     while r.remaining() > 0 {
@@ -1167,7 +1168,7 @@ fn unsuback(r: &mut Reader) -> Result<UnsubAck, DecodeError> {
     if r.version == ProtocolVersion::V311 {
         return Ok(UnsubAck {
             packet_id,
-            properties: AckProperties::default(),
+            properties: PropertyBox::none(),
             reason_codes: Vec::new(),
         });
     }
@@ -1184,7 +1185,7 @@ fn unsuback(r: &mut Reader) -> Result<UnsubAck, DecodeError> {
     }
     Ok(UnsubAck {
         packet_id,
-        properties,
+        properties: properties.into(),
         reason_codes,
     })
 }
@@ -1215,7 +1216,7 @@ fn disconnect(r: &mut Reader) -> Result<Disconnect, DecodeError> {
     }
     Ok(Disconnect {
         reason_code,
-        properties: p,
+        properties: p.into(),
     })
 }
 
@@ -1244,7 +1245,7 @@ fn auth(r: &mut Reader) -> Result<Auth, DecodeError> {
     }
     Ok(Auth {
         reason_code,
-        properties: p,
+        properties: p.into(),
     })
 }
 

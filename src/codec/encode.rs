@@ -453,7 +453,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
         Packet::Connect(c) => measure_connect(c)?,
         Packet::ConnAck(c) => match version {
             V311 => {
-                if c.properties != ConnAckProperties::default() {
+                if !c.properties.is_empty() {
                     return Err(v311_refuses(PacketType::ConnAck, "properties"));
                 }
                 if c.reason_code.to_v311_connack().is_none() {
@@ -508,7 +508,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
             }
             match version {
                 V311 => {
-                    if s.properties != AckProperties::default() {
+                    if !s.properties.is_empty() {
                         return Err(v311_refuses(PacketType::SubAck, "properties"));
                     }
                     for &code in &s.reason_codes {
@@ -550,7 +550,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
         }
         Packet::UnsubAck(u) => match version {
             V311 => {
-                if u.properties != AckProperties::default() {
+                if !u.properties.is_empty() {
                     return Err(v311_refuses(PacketType::UnsubAck, "properties"));
                 }
                 if !u.reason_codes.is_empty() {
@@ -574,7 +574,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
                 if d.reason_code != ReasonCode::NORMAL_DISCONNECTION {
                     return Err(v311_refuses(PacketType::Disconnect, "a reason code"));
                 }
-                if d.properties != DisconnectProperties::default() {
+                if !d.properties.is_empty() {
                     return Err(v311_refuses(PacketType::Disconnect, "properties"));
                 }
                 0
@@ -663,7 +663,7 @@ fn measure_ack(
             if a.reason_code != ReasonCode::Success {
                 return Err(v311_refuses(packet_type, "a reason code"));
             }
-            if a.properties != AckProperties::default() {
+            if !a.properties.is_empty() {
                 return Err(v311_refuses(packet_type, "properties"));
             }
             Ok(2)
