@@ -612,19 +612,6 @@ fn short_form(reason: ReasonCode, properties_len: usize) -> usize {
     }
 }
 
-/// Cheaper than comparing with `PublishProperties::default()` on the hot path.
-#[inline]
-fn publish_properties_empty(p: &PublishProperties) -> bool {
-    p.payload_format_utf8.is_none()
-        && p.message_expiry_interval_secs.is_none()
-        && p.topic_alias.is_none()
-        && p.response_topic.is_none()
-        && p.correlation_data.is_none()
-        && p.user_properties.is_empty()
-        && p.subscription_identifiers.is_empty()
-        && p.content_type.is_none()
-}
-
 #[inline]
 fn measure_publish(p: &Publish, version: ProtocolVersion) -> Result<usize, EncodeError> {
     if p.dup && p.qos_pid == QosPid::AtMostOnce {
@@ -636,7 +623,7 @@ fn measure_publish(p: &Publish, version: ProtocolVersion) -> Result<usize, Encod
     }
     match version {
         V311 => {
-            if !publish_properties_empty(&p.properties) {
+            if !p.properties.is_empty() {
                 return Err(v311_refuses(PacketType::Publish, "properties"));
             }
             if p.topic.is_empty() {
@@ -743,7 +730,7 @@ fn write(packet: &Packet, version: ProtocolVersion, remaining: usize, out: &mut 
                 out.put_slice(&id.get().to_be_bytes());
             }
             if version == V5 {
-                if publish_properties_empty(&p.properties) {
+                if p.properties.is_empty() {
                     out.put_u8(0);
                 } else {
                     // Cannot fail: `measure` ran the same computation.
