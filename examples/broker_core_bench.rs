@@ -74,7 +74,7 @@ fn run(subscribers: u64, qos: QoS, messages: u64) {
             qos_pid,
             retain: false,
             topic: topic.clone(),
-            properties: PublishProperties::default(),
+            properties: PublishProperties::default().into(),
             payload: payload.clone(),
         };
         core.handle(publisher, Packet::Publish(publish), now, &mut out);

@@ -102,7 +102,7 @@ fn publisher(sim: &mut turmoil::Sim<'_>, n: usize, ready: Arc<Notify>, ledger: A
                     qos_pid: QosPid::AtLeastOnce(id),
                     retain: false,
                     topic: TopicName::new(&format!("t/{n}")).unwrap(),
-                    properties: PublishProperties::default(),
+                    properties: PublishProperties::default().into(),
                     payload: Bytes::from(format!("{n}-{i}")),
                 });
                 write.write_packet(&packet).await?;

@@ -107,7 +107,7 @@ fn publish_packet(topic: &str, payload: String, qos_pid: QosPid) -> Packet {
         qos_pid,
         retain: false,
         topic: TopicName::new(topic).unwrap(),
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::from(payload),
     })
 }

@@ -245,7 +245,7 @@ pub fn publish_template(
         qos_pid,
         retain: false,
         topic: TopicName::new(topic).map_err(|e| BenchError::Config(e.to_string()))?,
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: vec![0u8; payload_bytes].into(),
     });
     let mut out = BytesMut::new();

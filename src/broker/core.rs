@@ -908,7 +908,7 @@ impl Core {
             packet: Packet::ConnAck(ConnAck {
                 session_present,
                 reason_code: ReasonCode::Success,
-                properties,
+                properties: properties.into(),
             }),
         });
         tracing::debug!(client_id = &*client_id, conn, session_present, "connected");
@@ -964,7 +964,7 @@ impl Core {
             packet: Packet::ConnAck(ConnAck {
                 session_present: false,
                 reason_code: reason,
-                properties: ConnAckProperties::default(),
+                properties: ConnAckProperties::default().into(),
             }),
         });
         self.end_connection(conn, false, now, out);
@@ -1249,21 +1249,21 @@ impl Core {
             ReasonCode::NotAuthorized
         };
         let qos_pid = publish.qos_pid;
+        let properties = publish.properties.into_inner();
         let message = StoredMessage {
             topic: publish.topic,
             payload: publish.payload,
             qos: qos_pid.qos(),
             retain: publish.retain && self.config.retain_available,
             properties: MessageProperties {
-                payload_format_utf8: publish.properties.payload_format_utf8,
-                expires_at_ms: publish
-                    .properties
+                payload_format_utf8: properties.payload_format_utf8,
+                expires_at_ms: properties
                     .message_expiry_interval_secs
                     .map(|s| self.now_ms(now) + u64::from(s) * 1000),
-                response_topic: publish.properties.response_topic,
-                correlation_data: publish.properties.correlation_data,
-                user_properties: publish.properties.user_properties,
-                content_type: publish.properties.content_type,
+                response_topic: properties.response_topic,
+                correlation_data: properties.correlation_data,
+                user_properties: properties.user_properties,
+                content_type: properties.content_type,
             },
         };
         match qos_pid {
@@ -1901,7 +1901,7 @@ impl Core {
             qos_pid,
             retain: message.retain,
             topic: message.topic.clone(),
-            properties,
+            properties: properties.into(),
             payload: message.payload.clone(),
         })
     }

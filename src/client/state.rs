@@ -559,7 +559,7 @@ impl ClientState {
                 qos_pid: QosPid::AtMostOnce,
                 retain,
                 topic,
-                properties: PublishProperties::default(),
+                properties: PublishProperties::default().into(),
                 payload,
             });
             self.send(packet, now, actions);
@@ -639,7 +639,7 @@ impl ClientState {
                     qos_pid,
                     retain: p.retain,
                     topic: p.topic.clone(),
-                    properties: PublishProperties::default(),
+                    properties: PublishProperties::default().into(),
                     payload: p.payload.clone(),
                 })
             };
@@ -900,7 +900,7 @@ impl ClientState {
             retain: p.retain,
             dup: p.dup,
             packet_id: p.qos_pid.packet_id(),
-            properties: p.properties,
+            properties: p.properties.into_inner(),
         };
         match publish.qos_pid {
             QosPid::AtMostOnce => {
@@ -1561,7 +1561,8 @@ mod tests {
                 properties: crate::codec::ConnAckProperties {
                     receive_maximum: NonZeroU16::new(1),
                     ..Default::default()
-                },
+                }
+                .into(),
             }),
             now,
         );

@@ -131,7 +131,7 @@ pub fn fit_to_version(packet: &mut Packet, version: ProtocolVersion) {
                     c.properties.maximum_qos = None;
                 }
             } else {
-                c.properties = ConnAckProperties::default();
+                c.properties = ConnAckProperties::default().into();
                 if c.reason_code.to_v311_connack().is_none() {
                     c.reason_code = ReasonCode::Success;
                 }
@@ -146,7 +146,7 @@ pub fn fit_to_version(packet: &mut Packet, version: ProtocolVersion) {
                     *id = clamp_var_int(*id);
                 }
             } else {
-                p.properties = PublishProperties::default();
+                p.properties = PublishProperties::default().into();
             }
         }
         Packet::PubAck(a) => fit_ack(a, PacketType::PubAck, v5),
@@ -190,7 +190,7 @@ pub fn fit_to_version(packet: &mut Packet, version: ProtocolVersion) {
                 }
             }
             if !v5 {
-                s.properties = AckProperties::default();
+                s.properties = AckProperties::default().into();
             }
         }
         Packet::Unsubscribe(un) => {
@@ -213,7 +213,7 @@ pub fn fit_to_version(packet: &mut Packet, version: ProtocolVersion) {
                 }
             } else {
                 un.reason_codes.clear();
-                un.properties = AckProperties::default();
+                un.properties = AckProperties::default().into();
             }
         }
         Packet::PingReq | Packet::PingResp => {}
@@ -244,7 +244,7 @@ fn fit_ack(a: &mut Ack, packet_type: PacketType, v5: bool) {
         a.reason_code = ReasonCode::Success;
     }
     if !v5 {
-        a.properties = AckProperties::default();
+        a.properties = AckProperties::default().into();
     }
 }
 

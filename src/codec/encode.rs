@@ -453,7 +453,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
         Packet::Connect(c) => measure_connect(c)?,
         Packet::ConnAck(c) => match version {
             V311 => {
-                if c.properties != ConnAckProperties::default() {
+                if !c.properties.is_empty() {
                     return Err(v311_refuses(PacketType::ConnAck, "properties"));
                 }
                 if c.reason_code.to_v311_connack().is_none() {
@@ -508,7 +508,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
             }
             match version {
                 V311 => {
-                    if s.properties != AckProperties::default() {
+                    if !s.properties.is_empty() {
                         return Err(v311_refuses(PacketType::SubAck, "properties"));
                     }
                     for &code in &s.reason_codes {
@@ -550,7 +550,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
         }
         Packet::UnsubAck(u) => match version {
             V311 => {
-                if u.properties != AckProperties::default() {
+                if !u.properties.is_empty() {
                     return Err(v311_refuses(PacketType::UnsubAck, "properties"));
                 }
                 if !u.reason_codes.is_empty() {
@@ -574,7 +574,7 @@ fn measure(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeErr
                 if d.reason_code != ReasonCode::NORMAL_DISCONNECTION {
                     return Err(v311_refuses(PacketType::Disconnect, "a reason code"));
                 }
-                if d.properties != DisconnectProperties::default() {
+                if !d.properties.is_empty() {
                     return Err(v311_refuses(PacketType::Disconnect, "properties"));
                 }
                 0
@@ -612,19 +612,6 @@ fn short_form(reason: ReasonCode, properties_len: usize) -> usize {
     }
 }
 
-/// Cheaper than comparing with `PublishProperties::default()` on the hot path.
-#[inline]
-fn publish_properties_empty(p: &PublishProperties) -> bool {
-    p.payload_format_utf8.is_none()
-        && p.message_expiry_interval_secs.is_none()
-        && p.topic_alias.is_none()
-        && p.response_topic.is_none()
-        && p.correlation_data.is_none()
-        && p.user_properties.is_empty()
-        && p.subscription_identifiers.is_empty()
-        && p.content_type.is_none()
-}
-
 #[inline]
 fn measure_publish(p: &Publish, version: ProtocolVersion) -> Result<usize, EncodeError> {
     if p.dup && p.qos_pid == QosPid::AtMostOnce {
@@ -636,7 +623,7 @@ fn measure_publish(p: &Publish, version: ProtocolVersion) -> Result<usize, Encod
     }
     match version {
         V311 => {
-            if !publish_properties_empty(&p.properties) {
+            if !p.properties.is_empty() {
                 return Err(v311_refuses(PacketType::Publish, "properties"));
             }
             if p.topic.is_empty() {
@@ -663,7 +650,7 @@ fn measure_ack(
             if a.reason_code != ReasonCode::Success {
                 return Err(v311_refuses(packet_type, "a reason code"));
             }
-            if a.properties != AckProperties::default() {
+            if !a.properties.is_empty() {
                 return Err(v311_refuses(packet_type, "properties"));
             }
             Ok(2)
@@ -743,7 +730,7 @@ fn write(packet: &Packet, version: ProtocolVersion, remaining: usize, out: &mut 
                 out.put_slice(&id.get().to_be_bytes());
             }
             if version == V5 {
-                if publish_properties_empty(&p.properties) {
+                if p.properties.is_empty() {
                     out.put_u8(0);
                 } else {
                     // Cannot fail: `measure` ran the same computation.

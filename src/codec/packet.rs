@@ -111,6 +111,164 @@ impl QosPid {
 /// A 5.0 user property: a name/value pair of UTF-8 strings. Order and duplicates are kept.
 pub type UserProperty = (MqttStr, MqttStr);
 
+/// Properties a packet rarely carries, boxed: a packet without them holds one null pointer, so
+/// it stays small to move and costs nothing to drop. (`Packet` was 256 bytes with these structs
+/// inline; a decoded PUBLISH was moved and its eight property fields checked on drop, per packet.)
+///
+/// It reads like the struct it holds (`Deref`; an absent box reads as the empty struct), and a
+/// mutable access allocates the box. Absent and present-but-empty are the same value: they
+/// compare equal and encode to the same bytes, and `From` stores an empty struct as absent, as
+/// the decoder does.
+pub struct PropertyBox<T: EmptyProperties>(Option<Box<T>>);
+
+/// A properties struct with a shared empty instance (what an absent `PropertyBox` reads as).
+pub trait EmptyProperties: Default + PartialEq + 'static {
+    fn empty() -> &'static Self;
+}
+
+impl<T: EmptyProperties> PropertyBox<T> {
+    /// No properties (no allocation).
+    pub const fn none() -> Self {
+        PropertyBox(None)
+    }
+
+    /// True when no property is set.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(|p| p == T::empty())
+    }
+
+    /// The properties, owned (the empty struct when absent).
+    pub fn into_inner(self) -> T {
+        self.0.map_or_else(T::default, |b| *b)
+    }
+}
+
+impl<T: EmptyProperties> Default for PropertyBox<T> {
+    #[inline]
+    fn default() -> Self {
+        PropertyBox(None)
+    }
+}
+
+impl<T: EmptyProperties> From<T> for PropertyBox<T> {
+    fn from(properties: T) -> Self {
+        if properties == *T::empty() {
+            PropertyBox(None)
+        } else {
+            PropertyBox(Some(Box::new(properties)))
+        }
+    }
+}
+
+impl<T: EmptyProperties> std::ops::Deref for PropertyBox<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        self.0.as_deref().unwrap_or(T::empty())
+    }
+}
+
+impl<T: EmptyProperties> std::ops::DerefMut for PropertyBox<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl<T: EmptyProperties + Clone> Clone for PropertyBox<T> {
+    #[inline]
+    fn clone(&self) -> Self {
+        PropertyBox(self.0.clone())
+    }
+}
+
+impl<T: EmptyProperties> PartialEq for PropertyBox<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: EmptyProperties + Eq> Eq for PropertyBox<T> {}
+
+/// Prints the struct (the empty one when absent), as an inline field would.
+impl<T: EmptyProperties + std::fmt::Debug> std::fmt::Debug for PropertyBox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+#[cfg(any(test, feature = "arbitrary"))]
+impl<'a, T: EmptyProperties + arbitrary::Arbitrary<'a>> arbitrary::Arbitrary<'a>
+    for PropertyBox<T>
+{
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        T::arbitrary(u).map(PropertyBox::from)
+    }
+
+    fn size_hint(depth: usize) -> (usize, Option<usize>) {
+        T::size_hint(depth)
+    }
+}
+
+/// Implements `EmptyProperties` with a static empty instance (every field `None` or empty).
+macro_rules! empty_properties {
+    ($name:ident { $($field:ident: $value:expr),* $(,)? }) => {
+        impl EmptyProperties for $name {
+            #[inline]
+            fn empty() -> &'static Self {
+                static EMPTY: $name = $name { $($field: $value),* };
+                &EMPTY
+            }
+        }
+    };
+}
+
+empty_properties!(ConnAckProperties {
+    session_expiry_interval_secs: None,
+    receive_maximum: None,
+    maximum_qos: None,
+    retain_available: None,
+    maximum_packet_size: None,
+    assigned_client_identifier: None,
+    topic_alias_maximum: None,
+    reason_string: None,
+    user_properties: Vec::new(),
+    wildcard_subscription_available: None,
+    subscription_identifiers_available: None,
+    shared_subscription_available: None,
+    server_keep_alive_secs: None,
+    response_information: None,
+    server_reference: None,
+    authentication_method: None,
+    authentication_data: None,
+});
+empty_properties!(PublishProperties {
+    payload_format_utf8: None,
+    message_expiry_interval_secs: None,
+    topic_alias: None,
+    response_topic: None,
+    correlation_data: None,
+    user_properties: Vec::new(),
+    subscription_identifiers: Vec::new(),
+    content_type: None,
+});
+empty_properties!(AckProperties {
+    reason_string: None,
+    user_properties: Vec::new(),
+});
+empty_properties!(DisconnectProperties {
+    session_expiry_interval_secs: None,
+    reason_string: None,
+    user_properties: Vec::new(),
+    server_reference: None,
+});
+empty_properties!(AuthProperties {
+    authentication_method: None,
+    authentication_data: None,
+    reason_string: None,
+    user_properties: Vec::new(),
+});
+
 /// Every MQTT control packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
@@ -242,7 +400,7 @@ pub struct WillProperties {
 pub struct ConnAck {
     pub session_present: bool,
     pub reason_code: ReasonCode,
-    pub properties: ConnAckProperties,
+    pub properties: PropertyBox<ConnAckProperties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -279,7 +437,7 @@ pub struct Publish {
     pub retain: bool,
     /// May be empty only in 5.0 when a topic alias is present [MQTT-3.3.2-1].
     pub topic: TopicName,
-    pub properties: PublishProperties,
+    pub properties: PropertyBox<PublishProperties>,
     #[cfg_attr(any(test, feature = "arbitrary"), arbitrary(with = super::arbitrary::bytes))]
     pub payload: Bytes,
 }
@@ -316,7 +474,7 @@ pub struct PublishProperties {
 pub struct Ack {
     pub packet_id: PacketId,
     pub reason_code: ReasonCode,
-    pub properties: AckProperties,
+    pub properties: PropertyBox<AckProperties>,
 }
 
 impl Ack {
@@ -324,7 +482,7 @@ impl Ack {
         Ack {
             packet_id,
             reason_code: ReasonCode::Success,
-            properties: AckProperties::default(),
+            properties: PropertyBox::none(),
         }
     }
 }
@@ -393,7 +551,7 @@ pub struct SubscribeProperties {
 #[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct SubAck {
     pub packet_id: PacketId,
-    pub properties: AckProperties,
+    pub properties: PropertyBox<AckProperties>,
     pub reason_codes: Vec<ReasonCode>,
 }
 
@@ -411,7 +569,7 @@ pub struct Unsubscribe {
 #[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct UnsubAck {
     pub packet_id: PacketId,
-    pub properties: AckProperties,
+    pub properties: PropertyBox<AckProperties>,
     pub reason_codes: Vec<ReasonCode>,
 }
 
@@ -420,7 +578,7 @@ pub struct UnsubAck {
 #[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Disconnect {
     pub reason_code: ReasonCode,
-    pub properties: DisconnectProperties,
+    pub properties: PropertyBox<DisconnectProperties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -437,7 +595,7 @@ pub struct DisconnectProperties {
 #[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct Auth {
     pub reason_code: ReasonCode,
-    pub properties: AuthProperties,
+    pub properties: PropertyBox<AuthProperties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -32,7 +32,8 @@ pub fn canonical(version: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                 properties: AckProperties {
                     reason_string: Some(s("why")),
                     user_properties: user(),
-                },
+                }
+                .into(),
             }
         } else {
             Ack::new(pid(id))
@@ -65,8 +66,9 @@ pub fn canonical(version: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                         authentication_method: Some(s("SCRAM-SHA-256")),
                         authentication_data: Some(Bytes::from_static(b"srv")),
                     }
+                    .into()
                 } else {
-                    ConnAckProperties::default()
+                    ConnAckProperties::default().into()
                 },
             }),
         ),
@@ -123,8 +125,9 @@ pub fn canonical(version: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                         reason_string: Some(s("partly")),
                         user_properties: user(),
                     }
+                    .into()
                 } else {
-                    AckProperties::default()
+                    AckProperties::default().into()
                 },
                 reason_codes: if v5 {
                     vec![ReasonCode::GrantedQoS2, ReasonCode::NotAuthorized]
@@ -153,8 +156,9 @@ pub fn canonical(version: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                         reason_string: Some(s("done")),
                         user_properties: user(),
                     }
+                    .into()
                 } else {
-                    AckProperties::default()
+                    AckProperties::default().into()
                 },
                 reason_codes: if v5 {
                     vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
@@ -175,7 +179,8 @@ pub fn canonical(version: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                         reason_string: Some(s("bye")),
                         user_properties: user(),
                         server_reference: Some(s("other:1883")),
-                    },
+                    }
+                    .into(),
                 }
             } else {
                 Disconnect::default()
@@ -192,7 +197,8 @@ pub fn canonical(version: ProtocolVersion) -> Vec<(&'static str, Packet)> {
                     authentication_data: Some(Bytes::from_static(b"client-first")),
                     reason_string: Some(s("step 2")),
                     user_properties: user(),
-                },
+                }
+                .into(),
             }),
         ));
     }
@@ -266,8 +272,9 @@ fn publish(version: ProtocolVersion) -> Publish {
                 ],
                 content_type: Some(s("text/plain")),
             }
+            .into()
         } else {
-            PublishProperties::default()
+            PublishProperties::default().into()
         },
         payload: Bytes::from_static(b"15-30"),
     }
@@ -280,7 +287,7 @@ pub fn bench_publish(payload_len: usize) -> Publish {
         qos_pid: QosPid::AtLeastOnce(pid(10)),
         retain: false,
         topic: TopicName::from_static("sensors/building-7/floor-3/temp"),
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::from(vec![0xA5; payload_len]),
     }
 }

@@ -273,3 +273,33 @@ pub(crate) fn check_topic_name(bytes: &[u8]) -> Result<(), StringError> {
     }
     Ok(())
 }
+
+/// The decoder's quick test for the common topic name: ASCII without U+0000, `+` or `#`, which
+/// makes it a valid topic name. `false` says only "not that case"; `check_topic_name` decides.
+/// Sixteen bytes at a time (the last block overlaps the one before it), which the compiler turns
+/// into a few vector compares: a per-byte loop cost about 110 instructions for a 31-byte topic.
+#[inline]
+pub(crate) fn is_plain_topic_name(bytes: &[u8]) -> bool {
+    #[inline(always)]
+    fn plain_block(block: &[u8; 16]) -> bool {
+        let mut bad = 0u8;
+        for &b in block {
+            bad |= u8::from(b >= 0x80) | u8::from(b == 0) | u8::from(b == b'+' || b == b'#');
+        }
+        bad == 0
+    }
+    if bytes.len() < 16 {
+        return bytes
+            .iter()
+            .all(|&b| b < 0x80 && b != 0 && b != b'+' && b != b'#');
+    }
+    let last = bytes.len() - 16;
+    let mut start = 0;
+    while start < last {
+        if !plain_block(bytes[start..start + 16].try_into().expect("16 bytes")) {
+            return false;
+        }
+        start += 16;
+    }
+    plain_block(bytes[last..].try_into().expect("16 bytes"))
+}

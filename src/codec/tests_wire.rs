@@ -73,7 +73,7 @@ fn publish_with_remaining(remaining: usize) -> Publish {
         qos_pid: QosPid::AtMostOnce,
         retain: false,
         topic: TopicName::from_static("a"),
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         // 2-byte length + "a" = 3 bytes of variable header.
         payload: Bytes::from(vec![0x5A; remaining - 3]),
     }
@@ -219,7 +219,7 @@ fn v311_publish_variable_header_example() {
         qos_pid: QosPid::AtLeastOnce(pid(10)),
         retain: false,
         topic: TopicName::from_static("a/b"),
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::from_static(b"xy"),
     });
     assert_eq!(dec_one(&bytes, V311), expected);

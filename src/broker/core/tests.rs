@@ -43,7 +43,7 @@ fn publish(topic: &str, payload: &str, qos_pid: QosPid, retain: bool) -> Packet 
         qos_pid,
         retain,
         topic: TopicName::new(topic).unwrap(),
-        properties: PublishProperties::default(),
+        properties: PublishProperties::default().into(),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
     })
 }
@@ -264,6 +264,7 @@ fn empty_client_id_gets_a_seeded_unique_id() {
     let assigned = connack(&out, 2)
         .unwrap()
         .properties
+        .into_inner()
         .assigned_client_identifier
         .unwrap();
     let ids: Vec<String> = h.core.clients().into_iter().map(|c| c.client_id).collect();
@@ -794,7 +795,8 @@ fn v5_session_expiry_receive_maximum_and_reason_codes() {
             properties: crate::codec::DisconnectProperties {
                 session_expiry_interval_secs: Some(10),
                 ..Default::default()
-            },
+            }
+            .into(),
         }),
     );
     assert!(
