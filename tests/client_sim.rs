@@ -543,6 +543,7 @@ fn disconnect_with_will_message_publishes_the_will_in_v5() -> turmoil::Result {
                 payload: bytes::Bytes::from_static(b"gone"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                properties: Default::default(),
             });
             let (client, _events, _) = Client::connect(
                 o,

@@ -180,6 +180,7 @@ impl ConnArgs {
                 payload: Bytes::from(self.will_payload.clone().unwrap_or_default()),
                 qos: QoS::from_u8(self.will_qos).unwrap_or_default(),
                 retain: self.will_retain,
+                properties: Default::default(),
             });
         }
         Ok(options)

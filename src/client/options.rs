@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::codec::{ProtocolVersion, QoS, TopicName};
+use crate::codec::{ProtocolVersion, QoS, TopicName, WillProperties};
 
 /// The will message a broker publishes when the connection ends without DISCONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,9 @@ pub struct WillOptions {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// 5.0 will properties (Will Delay Interval, Message Expiry, …); not sent in 3.1.1,
+    /// which has none.
+    pub properties: WillProperties,
 }
 
 /// When to send SUBSCRIBE again for the filters the application subscribed to, after a

@@ -372,7 +372,10 @@ impl ClientState {
                 payload: w.payload.clone(),
                 qos: w.qos,
                 retain: w.retain,
-                properties: WillProperties::default(),
+                properties: match o.protocol {
+                    ProtocolVersion::V5 => w.properties.clone(),
+                    ProtocolVersion::V311 => WillProperties::default(),
+                },
             }),
             username: o.username.as_deref().and_then(|u| MqttStr::new(u).ok()),
             password: o.password.clone(),
@@ -1147,12 +1150,32 @@ mod tests {
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: true,
+            properties: WillProperties {
+                will_delay_interval_secs: Some(5),
+                ..WillProperties::default()
+            },
         });
-        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        let mut state = ClientState::new(o.clone(), &ClientDurable::default(), now);
         let actions = state.transport_connected(now);
         let [Packet::Connect(connect)] = &sends(&actions)[..] else {
             panic!("{actions:?}")
         };
+        // 3.1.1 has no will properties: the 5.0 ones are left out, the will itself kept.
+        assert_eq!(o.protocol, ProtocolVersion::V311);
+        assert_eq!(
+            connect.will.as_ref().unwrap().properties,
+            WillProperties::default()
+        );
+        o.protocol = ProtocolVersion::V5;
+        let mut v5 = ClientState::new(o, &ClientDurable::default(), now);
+        let actions = v5.transport_connected(now);
+        let [Packet::Connect(connect5)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(
+            connect5.will.as_ref().unwrap().properties.will_delay_interval_secs,
+            Some(5)
+        );
         assert_eq!(connect.client_id.as_str(), "c1");
         assert!(!connect.clean_start);
         assert_eq!(connect.keep_alive_secs, 10);

@@ -701,6 +701,12 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
                 },
                 qos: w.qos,
                 retain: w.retain,
+                properties: crate::codec::WillProperties {
+                    will_delay_interval_secs: w
+                        .delay
+                        .map(|d| u32::try_from(d.millis / 1000).unwrap_or(u32::MAX)),
+                    ..Default::default()
+                },
             });
         }
     }
