@@ -38,6 +38,8 @@ enum Command {
     Run(cli::run::Args),
     /// Reproduce one simulated run byte for byte and write its trace.
     Replay(cli::replay::Args),
+    /// Forward TCP to a broker with added latency and jitter (the certify fault proxy by hand).
+    Proxy(cli::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Broker(args) => cli::broker::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Replay(args) => cli::replay::run(args),
+        Command::Proxy(args) => cli::proxy::run(args),
     };
     match result {
         Ok(code) => code,

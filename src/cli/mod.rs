@@ -4,6 +4,7 @@ pub mod bench;
 pub mod broker;
 pub mod decode;
 pub mod passwd;
+pub mod proxy;
 pub mod pub_cmd;
 pub mod replay;
 pub mod run;

@@ -4,6 +4,7 @@
 
 pub mod fault;
 pub mod framed;
+pub mod proxy;
 pub mod sim;
 pub mod tcp;
 
