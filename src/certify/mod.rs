@@ -16,10 +16,19 @@
 //! - [`report`]: terminal summary, JUnit XML, Markdown, JSON;
 //! - [`runner`]: runs scenarios against the target (phases, seeds, isolation, progress).
 
+pub mod coverage;
+pub mod grade;
+pub mod profile;
+pub mod report;
+pub mod statements;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::history::checkers::CheckerName;
+use statements::SpecVersion;
 
 /// How bad a finding is, by the level of the statement it breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,6 +91,14 @@ pub struct CaseResult {
     pub seed: Option<u64>,
     /// The statements the scenario declares it exercises (`spec:`).
     pub spec: Vec<String>,
+    /// The checkers the scenario runs (`scenario.checker_list()`): coverage counts the
+    /// statements each can cite as tested by this case.
+    #[serde(default)]
+    pub checkers: Vec<CheckerName>,
+    /// The spec versions its clients speak (`coverage::scenario_versions(scenario)`): the same
+    /// id names different statements in 3.1.1 and 5.0.
+    #[serde(default)]
+    pub versions: Vec<SpecVersion>,
     pub verdict: Verdict,
     pub findings: Vec<Finding>,
     pub choices: Vec<Choice>,

@@ -1,0 +1,440 @@
+//! What the broker under test declares it supports, and why a scenario cannot run against it.
+//!
+//! A profile is a small TOML file (examples for common brokers in `docs/profiles/`):
+//!
+//! ```toml
+//! name = "mosquitto"
+//! mqtt5 = true
+//! persistence = true
+//! max_keepalive_secs = 65535
+//! [acl]
+//! username = "certify"
+//! password = "secret"
+//! denied_topic = "private/denied"
+//! ```
+//!
+//! Every field has a default (a fully featured MQTT 3.1.1 + 5.0 broker without persistence),
+//! so a profile only states where the broker differs. Unknown keys are refused with their place
+//! in the file, so a misspelt capability does not silently turn a skip into a failure.
+//!
+//! A scenario the target cannot carry out is *skipped with a reason* ([`Profile::unmet`]); the
+//! reason names the capability and why it is missing, so a report never hides an untested area.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{ProtocolVersion, QoS};
+use crate::scenario::{Capability, FaultKind, Kind, ProtocolMix, Scenario, Step};
+
+/// The broker under test, as its operator declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Profile {
+    /// Shown in the report header.
+    pub name: String,
+    /// Speaks MQTT 5.0 (3.1.1 is assumed).
+    pub mqtt5: bool,
+    /// Sessions, queued messages and retained messages survive a restart of the broker through
+    /// `--restart-cmd`.
+    pub persistence: bool,
+    /// Supports the QoS 2 flow (PUBREC/PUBREL/PUBCOMP).
+    pub qos2: bool,
+    /// Keeps retained messages (5.0 Retain Available).
+    pub retain: bool,
+    /// Accepts `+`/`#` filters (5.0 Wildcard Subscription Available).
+    pub wildcards: bool,
+    /// Publishes wills.
+    pub will: bool,
+    /// The longest Keep Alive the broker accepts as asked; `None` for no limit below 65535 s.
+    pub max_keepalive_secs: Option<u16>,
+    /// The broker's Receive Maximum (QoS 1/2 PUBLISHes it takes in flight from one client).
+    pub receive_maximum: Option<u16>,
+    /// The largest packet the broker accepts, in bytes; `None` for the protocol's limit.
+    pub max_packet_size_bytes: Option<u32>,
+    /// The highest QoS the broker grants (5.0 Maximum QoS); 0, 1 or 2.
+    pub max_qos: u8,
+    /// A user with a topic it may not use, to test refusals with; optional.
+    pub acl: Option<Acl>,
+}
+
+/// A user the broker knows and a topic the ACL denies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    pub username: String,
+    pub password: String,
+    /// A topic this user may neither publish to nor subscribe to.
+    pub denied_topic: String,
+    /// A topic this user may use (defaults to none: scenarios use their own topics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_topic: Option<String>,
+}
+
+impl Default for Profile {
+    /// A fully featured broker that keeps nothing across a restart: the assumptions that let
+    /// most of the library run while never claiming durability nobody declared.
+    fn default() -> Profile {
+        Profile {
+            name: "default".into(),
+            mqtt5: true,
+            persistence: false,
+            qos2: true,
+            retain: true,
+            wildcards: true,
+            will: true,
+            max_keepalive_secs: None,
+            receive_maximum: None,
+            max_packet_size_bytes: None,
+            max_qos: 2,
+            acl: None,
+        }
+    }
+}
+
+/// The fixed header (up to 5 bytes) and a topic name of typical length: the room a PUBLISH
+/// needs beyond its payload when checking a payload against `max_packet_size_bytes`.
+const PUBLISH_OVERHEAD_BYTES: u32 = 5 + 2 + 64 + 2;
+
+impl Profile {
+    /// Reads a TOML profile; errors carry `file:line:col`.
+    pub fn from_file(path: &Path) -> anyhow::Result<Profile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read profile {}", path.display()))?;
+        Profile::from_toml(&path.display().to_string(), &text).map_err(anyhow::Error::msg)
+    }
+
+    /// Parses TOML text; `file` names it in errors, which read `file:line:col: message`.
+    pub fn from_toml(file: &str, text: &str) -> Result<Profile, String> {
+        let profile: Profile = toml::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|span| line_col(text, span.start))
+                .unwrap_or((1, 1));
+            format!("{file}:{line}:{col}: {}", e.message())
+        })?;
+        if profile.max_qos > 2 {
+            let (line, col) = find_key(text, "max_qos");
+            return Err(format!(
+                "{file}:{line}:{col}: max_qos is 0, 1 or 2, not {}",
+                profile.max_qos
+            ));
+        }
+        if let Some(0) = profile.receive_maximum {
+            let (line, col) = find_key(text, "receive_maximum");
+            return Err(format!(
+                "{file}:{line}:{col}: receive_maximum is 1..=65535; 0 is a protocol error in MQTT 5.0"
+            ));
+        }
+        Ok(profile)
+    }
+
+    /// The capabilities and limits, one line, for the report header.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![self.name.clone()];
+        let flag = |on: bool, name: &str| {
+            if on {
+                name.to_string()
+            } else {
+                format!("no {name}")
+            }
+        };
+        parts.push(flag(self.mqtt5, "mqtt5"));
+        parts.push(flag(self.persistence, "persistence"));
+        parts.push(flag(self.qos2, "qos2"));
+        parts.push(flag(self.retain, "retain"));
+        parts.push(flag(self.wildcards, "wildcards"));
+        parts.push(flag(self.will, "will"));
+        parts.push(format!("max_qos {}", self.max_qos));
+        if let Some(k) = self.max_keepalive_secs {
+            parts.push(format!("max_keepalive {k}s"));
+        }
+        if let Some(r) = self.receive_maximum {
+            parts.push(format!("receive_maximum {r}"));
+        }
+        if let Some(p) = self.max_packet_size_bytes {
+            parts.push(format!("max_packet_size {p} B"));
+        }
+        if let Some(acl) = &self.acl {
+            parts.push(format!(
+                "acl user {} denied {:?}",
+                acl.username, acl.denied_topic
+            ));
+        }
+        parts.join(", ")
+    }
+
+    /// Why the target cannot run this scenario, or `None` when it can. `restart_cmd`: whether
+    /// the user gave `--restart-cmd`. Looks at the declared `requires:` and at what the steps,
+    /// clients and workload actually use (a file that forgets to declare `qos2` but publishes at
+    /// QoS 2 is still skipped with a reason rather than failed).
+    pub fn unmet(&self, scenario: &Scenario, restart_cmd: bool) -> Option<String> {
+        let mut reasons = Vec::new();
+        for capability in needed(scenario) {
+            if let Some(why) = self.lacks(capability, restart_cmd) {
+                reasons.push(format!("{}: {why}", capability_name(capability)));
+            }
+        }
+        if !scenario.broker.durable && self.persistence && restarts_broker(scenario) {
+            reasons.push(format!(
+                "volatile broker: the scenario expects the broker to forget its sessions on a \
+                 restart (`broker: {{durable: false}}`), but profile {} keeps them",
+                self.name
+            ));
+        }
+        if let Some(max) = self.max_keepalive_secs {
+            for (who, secs) in keepalives(scenario) {
+                if secs > u64::from(max) {
+                    reasons.push(format!(
+                        "keepalive: {who} asks for a {secs}s keepalive, above the profile's \
+                         max_keepalive_secs {max} (the broker would shorten or refuse it)"
+                    ));
+                }
+            }
+        }
+        if let Some(max) = self.max_packet_size_bytes {
+            let biggest = biggest_payload(scenario);
+            if biggest.saturating_add(PUBLISH_OVERHEAD_BYTES) > max {
+                reasons.push(format!(
+                    "max_packet_size: the scenario publishes {biggest}-byte payloads, which do \
+                     not fit the profile's max_packet_size_bytes {max}"
+                ));
+            }
+        }
+        if reasons.is_empty() {
+            None
+        } else {
+            Some(reasons.join("; "))
+        }
+    }
+
+    /// Why the target lacks one capability, or `None` when it has it.
+    fn lacks(&self, capability: Capability, restart_cmd: bool) -> Option<String> {
+        let profile = &self.name;
+        match capability {
+            Capability::BrokerRestart if !restart_cmd => Some(
+                "no --restart-cmd was given, so the broker cannot be stopped and started".into(),
+            ),
+            Capability::PowerLoss => Some(
+                "power loss (unsynced writes vanishing) can only be injected into the simulated \
+                 broker, never into a real one from outside"
+                    .into(),
+            ),
+            Capability::Persistence if !self.persistence => Some(format!(
+                "profile {profile} says sessions, queued and retained messages do not survive a \
+                 restart (persistence = false)"
+            )),
+            Capability::Mqtt5 if !self.mqtt5 => Some(format!(
+                "profile {profile} says the broker does not speak MQTT 5.0 (mqtt5 = false)"
+            )),
+            Capability::Retain if !self.retain => Some(format!(
+                "profile {profile} says the broker keeps no retained messages (retain = false)"
+            )),
+            Capability::Wildcards if !self.wildcards => Some(format!(
+                "profile {profile} says the broker refuses wildcard filters (wildcards = false)"
+            )),
+            Capability::Will if !self.will => Some(format!(
+                "profile {profile} says the broker does not publish wills (will = false)"
+            )),
+            Capability::Qos1 if self.max_qos < 1 => Some(format!(
+                "profile {profile} says the broker grants at most QoS {} (max_qos)",
+                self.max_qos
+            )),
+            Capability::Qos2 if !self.qos2 || self.max_qos < 2 => Some(format!(
+                "profile {profile} says the broker {} (qos2 = {}, max_qos = {})",
+                if self.qos2 {
+                    format!("grants at most QoS {}", self.max_qos)
+                } else {
+                    "does not support QoS 2".to_string()
+                },
+                self.qos2,
+                self.max_qos
+            )),
+            // Kick is a session takeover (a second connection with the same client id), and
+            // connection and link faults go through the fault proxy: every broker has them.
+            _ => None,
+        }
+    }
+}
+
+/// A capability's name as scenario files write it.
+pub fn capability_name(c: Capability) -> &'static str {
+    match c {
+        Capability::BrokerRestart => "broker_restart",
+        Capability::PowerLoss => "power_loss",
+        Capability::Persistence => "persistence",
+        Capability::Mqtt5 => "mqtt5",
+        Capability::Kick => "kick",
+        Capability::Retain => "retain",
+        Capability::Wildcards => "wildcards",
+        Capability::Will => "will",
+        Capability::Qos1 => "qos1",
+        Capability::Qos2 => "qos2",
+        Capability::ConnectionFaults => "connection_faults",
+        Capability::LinkFaults => "link_faults",
+    }
+}
+
+/// Every capability a scenario needs: its `requires:` and what its content uses.
+pub fn needed(scenario: &Scenario) -> BTreeSet<Capability> {
+    let mut out: BTreeSet<Capability> = scenario.requires.iter().copied().collect();
+    let qos = |out: &mut BTreeSet<Capability>, q: QoS| match q {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => {
+            out.insert(Capability::Qos1);
+        }
+        QoS::ExactlyOnce => {
+            out.insert(Capability::Qos2);
+        }
+    };
+    for client in scenario.clients.values() {
+        if client.protocol == ProtocolVersion::V5 {
+            out.insert(Capability::Mqtt5);
+        }
+        if let Some(will) = &client.will {
+            out.insert(Capability::Will);
+            qos(&mut out, will.qos);
+            if will.retain {
+                out.insert(Capability::Retain);
+            }
+        }
+    }
+    for step in &scenario.steps {
+        match step {
+            Step::Subscribe(s) => {
+                for f in s.all_filters() {
+                    qos(&mut out, f.qos);
+                    if f.filter.contains(['+', '#']) {
+                        out.insert(Capability::Wildcards);
+                    }
+                }
+            }
+            Step::Publish(p) => {
+                qos(&mut out, p.qos);
+                if p.retain {
+                    out.insert(Capability::Retain);
+                }
+            }
+            Step::CrashBroker(c) => {
+                out.insert(Capability::BrokerRestart);
+                if c.power_loss {
+                    out.insert(Capability::PowerLoss);
+                }
+            }
+            Step::RestartBroker(_) => {
+                out.insert(Capability::BrokerRestart);
+            }
+            _ => {}
+        }
+    }
+    if let Some(w) = &scenario.workload {
+        for &q in &w.qos {
+            qos(&mut out, q);
+        }
+        if w.protocol != ProtocolMix::V311 {
+            out.insert(Capability::Mqtt5);
+        }
+        if w.retain > 0.0 {
+            out.insert(Capability::Retain);
+        }
+        if w.wildcards {
+            out.insert(Capability::Wildcards);
+        }
+        if w.wills {
+            out.insert(Capability::Will);
+        }
+    }
+    if let Some(n) = &scenario.nemesis {
+        for f in &n.faults {
+            match f {
+                FaultKind::CrashBroker => {
+                    out.insert(Capability::BrokerRestart);
+                }
+                FaultKind::PowerLoss => {
+                    out.insert(Capability::BrokerRestart);
+                    out.insert(Capability::PowerLoss);
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn restarts_broker(scenario: &Scenario) -> bool {
+    needed(scenario).contains(&Capability::BrokerRestart)
+}
+
+/// (who, keepalive seconds) for every client the scenario defines or generates.
+fn keepalives(scenario: &Scenario) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    match scenario.kind() {
+        Kind::Explicit => {
+            for (name, c) in &scenario.clients {
+                if let Some(secs) = c.keepalive.whole_secs() {
+                    out.push((format!("client {name}"), secs));
+                }
+            }
+        }
+        Kind::Randomised => {
+            if let Some(secs) = scenario
+                .workload
+                .as_ref()
+                .and_then(|w| w.keepalive.whole_secs())
+            {
+                out.push(("the workload".to_string(), secs));
+            }
+        }
+    }
+    out
+}
+
+/// The largest payload a publish step asks for (ids are short; `payload_size` pads them).
+fn biggest_payload(scenario: &Scenario) -> u32 {
+    scenario
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Publish(p) => p.payload_size,
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit_once('\n')
+        .map(|(_, rest)| rest)
+        .unwrap_or(before)
+        .chars()
+        .count()
+        + 1;
+    (line, col)
+}
+
+/// Where a top-level key is written (for errors serde cannot place).
+fn find_key(text: &str, key: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return (i + 1, line.len() - trimmed.len() + 1);
+        }
+    }
+    (1, 1)
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
