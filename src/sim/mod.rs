@@ -133,8 +133,7 @@ pub fn knobs(seed: u64) -> Knobs {
 
 /// Runs one seed of a scenario.
 pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let knobs = Knobs::from_rng(&mut rng);
+    let knobs = knobs(seed);
     let sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
@@ -149,22 +148,23 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         ..Shared::default()
     }));
     let backend = backend::Turmoil::new(sim, shared.clone(), scenario.broker.host.clone());
-    let mut report = execute(backend, scenario, seed, rng, shared);
+    let mut report = execute(backend, scenario, seed, shared);
     judge(scenario, &mut report);
     report
 }
 
-/// Runs one seed of a scenario on `backend` (the step executor both backends share). `rng`
-/// is the run's RNG after the knobs were drawn from it; `shared` is the state the backend's
-/// hosts write the trace into. The report's knobs are the seed's; its failures are the unmet
-/// expectations (no checkers yet, see [`judge`]).
+/// Runs one seed of a scenario on `backend` (the step executor both backends share);
+/// `shared` is the state the backend's hosts write the trace into. Every draw (workload,
+/// nemesis) comes from the seed after its knobs, so a seed means the same schedule on both
+/// backends. The report's failures are the unmet expectations (no checkers yet: [`judge`]).
 pub fn execute<B: Backend>(
     backend: B,
     scenario: &Scenario,
     seed: u64,
-    rng: ChaCha8Rng,
     shared: SharedRef,
 ) -> RunReport {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let _ = Knobs::from_rng(&mut rng);
     let mut runner = Runner {
         backend,
         shared: shared.clone(),
