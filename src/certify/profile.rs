@@ -438,3 +438,263 @@ impl fmt::Display for Profile {
         f.write_str(&self.describe())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(yaml: &str) -> Scenario {
+        crate::scenario::parse("t.yaml", yaml).expect("test scenario parses")
+    }
+
+    fn profile(toml: &str) -> Profile {
+        Profile::from_toml("p.toml", toml).expect("test profile parses")
+    }
+
+    #[test]
+    fn defaults_and_partial_files() {
+        let p = profile("name = \"x\"\npersistence = true\n");
+        assert_eq!(p.name, "x");
+        assert!(p.persistence && p.mqtt5 && p.qos2 && p.retain && p.wildcards && p.will);
+        assert_eq!(p.max_qos, 2);
+        assert_eq!(profile(""), Profile::default());
+        let p = profile(
+            "max_keepalive_secs = 60\nreceive_maximum = 10\nmax_packet_size_bytes = 2048\n\
+             [acl]\nusername = \"u\"\npassword = \"p\"\ndenied_topic = \"d/x\"\n",
+        );
+        assert_eq!(p.max_keepalive_secs, Some(60));
+        assert_eq!(p.acl.as_ref().map(|a| a.denied_topic.as_str()), Some("d/x"));
+        assert!(p.describe().contains("acl user u denied \"d/x\""));
+    }
+
+    #[test]
+    fn bad_files_name_file_line_and_column() {
+        let e = Profile::from_toml("p.toml", "name = \"x\"\nmqtt6 = true\n").unwrap_err();
+        assert!(e.starts_with("p.toml:2:1: "), "{e}");
+        assert!(e.contains("mqtt6"), "{e}");
+        let e = Profile::from_toml("p.toml", "name = \"x\"\nmqtt5 = \"yes\"\n").unwrap_err();
+        assert!(e.starts_with("p.toml:2:9: "), "{e}");
+        let e = Profile::from_toml("p.toml", "\n\n  max_qos = 3\n").unwrap_err();
+        assert!(e.starts_with("p.toml:3:3: max_qos is 0, 1 or 2"), "{e}");
+        let e = Profile::from_toml("p.toml", "receive_maximum = 0\n").unwrap_err();
+        assert!(e.starts_with("p.toml:1:1: receive_maximum"), "{e}");
+        let e = Profile::from_toml("p.toml", "[acl]\nusername = \"u\"\n").unwrap_err();
+        assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn from_file_reads_and_names_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "name = \"b\"\nbogus = 1\n").expect("write");
+        let e = Profile::from_file(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:2:1: ", path.display())), "{e}");
+        let e = Profile::from_file(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot read profile"));
+    }
+
+    #[test]
+    fn shipped_profiles_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/profiles");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("docs/profiles exists") {
+            let path = entry.expect("entry").path();
+            let p = Profile::from_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(
+                Some(p.name.as_str()),
+                path.file_stem().and_then(|s| s.to_str()),
+                "profile name matches its file"
+            );
+            names.push(p.name);
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            ["aedes", "amqtt", "emqx", "mosquitto", "rumqttd", "simqtt"]
+        );
+        let mosquitto = Profile::from_file(&dir.join("mosquitto.toml")).expect("parses");
+        assert!(mosquitto.persistence && mosquitto.mqtt5);
+        let aedes = Profile::from_file(&dir.join("aedes.toml")).expect("parses");
+        assert!(!aedes.mqtt5 && !aedes.persistence);
+    }
+
+    const RESTART: &str = "
+requires: [broker_restart, persistence]
+clients: {c: {clean_session: false}}
+steps:
+  - connect: c
+  - restart_broker:
+";
+
+    #[test]
+    fn restart_needs_the_command_and_persistence_the_profile() {
+        let s = scenario(RESTART);
+        let mut p = Profile::default();
+        let why = p.unmet(&s, false).expect("skipped");
+        assert!(why.contains("broker_restart: no --restart-cmd"), "{why}");
+        assert!(why.contains("persistence: profile default says"), "{why}");
+        p.persistence = true;
+        assert_eq!(p.unmet(&s, true), None);
+    }
+
+    #[test]
+    fn power_loss_is_never_available() {
+        let s = scenario(
+            "clients: {c: {}}\nsteps:\n  - connect: c\n  - crash_broker: {power_loss: true}\n  - restart_broker:\n",
+        );
+        let p = Profile {
+            persistence: true,
+            ..Profile::default()
+        };
+        let why = p.unmet(&s, true).expect("skipped");
+        assert!(why.starts_with("power_loss: "), "{why}");
+        assert!(why.contains("never into a real one"), "{why}");
+    }
+
+    #[test]
+    fn content_is_checked_not_only_requires() {
+        // No `requires:` at all, but a 5.0 client, QoS 2, a retained publish, a wildcard and a
+        // will: each is named.
+        let s = scenario(
+            "
+clients:
+  a: {protocol: v5, will: {topic: w, qos: 1}}
+steps:
+  - connect: a
+  - subscribe: {client: a, filter: 'x/+', qos: 2}
+  - publish: {client: a, topic: x/y, retain: true}
+",
+        );
+        let p = Profile {
+            name: "tiny".into(),
+            mqtt5: false,
+            qos2: false,
+            retain: false,
+            wildcards: false,
+            will: false,
+            ..Profile::default()
+        };
+        let why = p.unmet(&s, true).expect("skipped");
+        for cap in ["mqtt5: ", "qos2: ", "retain: ", "wildcards: ", "will: "] {
+            assert!(why.contains(cap), "{cap} missing from {why}");
+        }
+        assert!(why.contains("profile tiny says the broker does not speak MQTT 5.0"));
+        assert_eq!(Profile::default().unmet(&s, false), None);
+    }
+
+    #[test]
+    fn max_qos_limits_qos_capabilities() {
+        let s = scenario("clients: {a: {}}\nsteps:\n  - connect: a\n  - subscribe: {client: a, filter: t, qos: 1}\n");
+        let p = Profile {
+            max_qos: 0,
+            ..Profile::default()
+        };
+        assert!(p.unmet(&s, false).expect("skipped").starts_with("qos1: "));
+        let p = Profile {
+            max_qos: 1,
+            ..Profile::default()
+        };
+        assert_eq!(p.unmet(&s, false), None);
+    }
+
+    #[test]
+    fn faults_and_kick_are_always_available() {
+        let s = scenario(
+            "
+requires: [kick, connection_faults, link_faults]
+clients: {a: {}}
+steps:
+  - connect: a
+  - kick: a
+  - reset: a
+  - partition: {a: a}
+  - heal:
+",
+        );
+        assert_eq!(Profile::default().unmet(&s, false), None);
+    }
+
+    #[test]
+    fn volatile_broker_scenarios_need_a_broker_that_forgets() {
+        let s = scenario(
+            "requires: [broker_restart]\nbroker: {durable: false}\nclients: {c: {}}\nsteps:\n  - connect: c\n  - crash_broker:\n  - restart_broker:\n",
+        );
+        let keeps = Profile {
+            persistence: true,
+            ..Profile::default()
+        };
+        let why = keeps.unmet(&s, true).expect("skipped");
+        assert!(why.starts_with("volatile broker: "), "{why}");
+        assert_eq!(Profile::default().unmet(&s, true), None);
+    }
+
+    #[test]
+    fn limits_keepalive_and_packet_size() {
+        let s = scenario(
+            "clients: {a: {keepalive: 120s}}\nsteps:\n  - connect: a\n  - publish: {client: a, topic: t, payload_size: 5000}\n",
+        );
+        let p = Profile {
+            max_keepalive_secs: Some(60),
+            max_packet_size_bytes: Some(4096),
+            ..Profile::default()
+        };
+        let why = p.unmet(&s, false).expect("skipped");
+        assert!(
+            why.contains("keepalive: client a asks for a 120s keepalive"),
+            "{why}"
+        );
+        assert!(
+            why.contains("max_packet_size: the scenario publishes 5000-byte payloads"),
+            "{why}"
+        );
+        let roomy = Profile {
+            max_keepalive_secs: Some(120),
+            max_packet_size_bytes: Some(8192),
+            ..Profile::default()
+        };
+        assert_eq!(roomy.unmet(&s, false), None);
+        let w = scenario(
+            "workload: {publishers: 1, subscribers: 1, rate: 1/s, duration: 1s, keepalive: 90s}\n",
+        );
+        assert!(p
+            .unmet(&w, false)
+            .expect("skipped")
+            .contains("the workload asks for a 90s keepalive"));
+    }
+
+    #[test]
+    fn the_library_against_a_plain_broker_skips_only_with_reasons() {
+        // Every library scenario either runs against a fully featured broker without a
+        // restart command, or is skipped for broker_restart / power_loss / persistence.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut stack = vec![dir];
+        let (mut run, mut skipped) = (0, 0);
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).expect("readable") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "yaml") {
+                    continue;
+                }
+                let s = crate::scenario::load(&path).expect("library parses");
+                match Profile::default().unmet(&s, false) {
+                    None => run += 1,
+                    Some(why) => {
+                        skipped += 1;
+                        assert!(
+                            why.split("; ").all(|r| r.starts_with("broker_restart: ")
+                                || r.starts_with("power_loss: ")
+                                || r.starts_with("persistence: ")),
+                            "{}: {why}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+        assert!(run > 50 && skipped > 5, "run {run}, skipped {skipped}");
+    }
+}

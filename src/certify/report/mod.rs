@@ -11,7 +11,344 @@ pub mod junit;
 pub mod markdown;
 pub mod terminal;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
 pub use json::json;
 pub use junit::junit;
 pub use markdown::markdown;
 pub use terminal::terminal;
+
+use crate::certify::{CaseResult, Certification, Grade, Verdict};
+
+/// One scenario's line of the summary: its cases (seeds) by verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScenarioRow {
+    pub scenario: String,
+    /// Cases that ran (passed + failed).
+    pub runs: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    /// SHOULD findings across its runs (they do not fail a case).
+    pub should: usize,
+}
+
+/// Per scenario, in the order the run met them.
+pub fn scenario_rows(cert: &Certification) -> Vec<ScenarioRow> {
+    let mut rows: Vec<ScenarioRow> = Vec::new();
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for case in &cert.cases {
+        let i = *index.entry(&case.scenario).or_insert_with(|| {
+            rows.push(ScenarioRow {
+                scenario: case.scenario.clone(),
+                ..Default::default()
+            });
+            rows.len() - 1
+        });
+        let row = &mut rows[i];
+        match case.verdict {
+            Verdict::Passed => {
+                row.runs += 1;
+                row.passed += 1;
+            }
+            Verdict::Failed => {
+                row.runs += 1;
+                row.failed += 1;
+            }
+            Verdict::Skipped { .. } => row.skipped += 1,
+        }
+        row.should += count_grade(case, Grade::Should);
+    }
+    rows
+}
+
+fn count_grade(case: &CaseResult, grade: Grade) -> usize {
+    case.findings.iter().filter(|f| f.grade == grade).count()
+}
+
+/// Totals over the whole run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub scenarios: usize,
+    pub cases: usize,
+    pub runs: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub must: usize,
+    pub should: usize,
+    pub errors: usize,
+    /// Distinct allowed alternatives the broker chose.
+    pub choices: usize,
+    pub certified: bool,
+}
+
+pub fn summary(cert: &Certification) -> Summary {
+    let rows = scenario_rows(cert);
+    let mut s = Summary {
+        scenarios: rows.len(),
+        cases: cert.cases.len(),
+        certified: cert.certified(),
+        choices: choices(cert).len(),
+        ..Default::default()
+    };
+    for r in &rows {
+        s.runs += r.runs;
+        s.passed += r.passed;
+        s.failed += r.failed;
+        s.skipped += r.skipped;
+    }
+    for case in &cert.cases {
+        s.must += count_grade(case, Grade::Must);
+        s.should += count_grade(case, Grade::Should);
+        s.errors += count_grade(case, Grade::Error);
+    }
+    s
+}
+
+/// An allowed alternative with how often, and in which scenarios, the broker chose it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChoiceTotal {
+    pub checker: String,
+    pub text: String,
+    pub count: usize,
+    pub scenarios: Vec<String>,
+}
+
+/// The choices of every case, merged by (checker, text).
+pub fn choices(cert: &Certification) -> Vec<ChoiceTotal> {
+    let mut merged: BTreeMap<(&str, &str), (usize, BTreeSet<&str>)> = BTreeMap::new();
+    for case in &cert.cases {
+        for c in &case.choices {
+            let e = merged.entry((&c.checker, &c.text)).or_default();
+            e.0 += c.count;
+            e.1.insert(&case.scenario);
+        }
+    }
+    merged
+        .into_iter()
+        .map(|((checker, text), (count, scenarios))| ChoiceTotal {
+            checker: checker.to_string(),
+            text: text.to_string(),
+            count,
+            scenarios: scenarios.into_iter().map(str::to_string).collect(),
+        })
+        .collect()
+}
+
+/// `1m 23.4s`, `850ms`: short and stable.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1000;
+    let tenths = (ms % 1000) / 100;
+    if secs < 60 {
+        return format!("{secs}.{tenths}s");
+    }
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h {m}m {s}s")
+    } else {
+        format!("{m}m {s}.{tenths}s")
+    }
+}
+
+/// A case's name in lists: `scenario seed N` (or `scenario` when skipped).
+pub fn case_name(case: &CaseResult) -> String {
+    match case.seed {
+        Some(seed) => format!("{} seed {seed}", case.scenario),
+        None => case.scenario.clone(),
+    }
+}
+
+pub fn grade_name(grade: Grade) -> &'static str {
+    match grade {
+        Grade::Must => "MUST",
+        Grade::Should => "SHOULD",
+        Grade::Error => "ERROR",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    //! A small certification with one of everything, for the report tests and snapshots.
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::certify::statements::SpecVersion;
+    use crate::certify::{CaseResult, Certification, Choice, Finding, Grade, Verdict};
+    use crate::history::checkers::CheckerName;
+
+    fn case(scenario: &str, seed: Option<u64>, verdict: Verdict) -> CaseResult {
+        CaseResult {
+            scenario: scenario.into(),
+            file: PathBuf::from(format!("scenarios/{scenario}.yaml")),
+            seed,
+            spec: Vec::new(),
+            checkers: Vec::new(),
+            versions: vec![SpecVersion::V311],
+            verdict,
+            findings: Vec::new(),
+            choices: Vec::new(),
+            duration: Duration::from_millis(1500),
+            rerun: format!(
+                "simqtt certify --broker mqtt://127.0.0.1:1883 scenarios/{scenario}.yaml{}",
+                seed.map(|s| format!(" --seed {s}")).unwrap_or_default()
+            ),
+        }
+    }
+
+    pub fn sample() -> Certification {
+        let mut qos1 = case("qos/qos1-basic", Some(0), Verdict::Passed);
+        qos1.spec = vec!["MQTT-4.3.2-2".into()];
+        qos1.checkers = vec![CheckerName::Qos1, CheckerName::Ordering];
+        qos1.choices = vec![Choice {
+            checker: "qos1".into(),
+            text: "QoS 1 message delivered more than once (permitted)".into(),
+            count: 2,
+        }];
+
+        let mut overlap = case("qos/overlapping-subscriptions", Some(0), Verdict::Passed);
+        overlap.spec = vec!["MQTT-3.3.5-1".into()];
+        overlap.checkers = vec![CheckerName::Qos0, CheckerName::Subscription];
+        overlap.choices = vec![Choice {
+            checker: "qos0".into(),
+            text: "one copy per overlapping subscription".into(),
+            count: 1,
+        }];
+
+        let mut qos2 = case("faults/qos2-dropped-pubrec", Some(3), Verdict::Failed);
+        qos2.spec = vec!["MQTT-4.3.3-2".into()];
+        qos2.checkers = vec![CheckerName::Qos2];
+        qos2.findings = vec![Finding {
+            grade: Grade::Must,
+            statement: "MQTT-4.3.3-2".into(),
+            checker: "qos2".into(),
+            owed: "message pub-1 delivered once to sub".into(),
+            observed: "delivered 2 times (a & b <dup>)".into(),
+            excerpt: "  1.200s pub  -> PUBLISH qos=2 id=1 \"pub-1\"\n  1.300s sub  <- PUBLISH qos=2 \"pub-1\"\n  1.900s sub  <- PUBLISH qos=2 \"pub-1\"".into(),
+        }];
+
+        let mut will = case("will/retained-will", Some(0), Verdict::Passed);
+        will.spec = vec!["MQTT-3.1.2-8".into()];
+        will.findings = vec![Finding {
+            grade: Grade::Should,
+            statement: "MQTT-3.1.2-8".into(),
+            checker: "will".into(),
+            owed: "the will within 1s of the connection's end".into(),
+            observed: "the will after 4s".into(),
+            excerpt: String::new(),
+        }];
+
+        let mut restart = case(
+            "session/broker-restart-keeps-session",
+            None,
+            Verdict::Skipped {
+                reason: "broker_restart: no --restart-cmd was given".into(),
+            },
+        );
+        restart.spec = vec!["MQTT-3.1.2-4".into()];
+        restart.duration = Duration::ZERO;
+
+        let mut chaos = case("chaos/qos1-persistent", Some(7), Verdict::Failed);
+        chaos.checkers = vec![CheckerName::Qos1];
+        chaos.findings = vec![Finding {
+            grade: Grade::Error,
+            statement: String::new(),
+            checker: "runner".into(),
+            owed: "step 2 (connect)".into(),
+            observed: "CONNACK 0x05 not authorized".into(),
+            excerpt: String::new(),
+        }];
+
+        Certification {
+            broker: "mqtt://127.0.0.1:1883".into(),
+            broker_version: Some("mosquitto version 2.0.11".into()),
+            profile: "mosquitto, mqtt5, persistence".into(),
+            started: "2026-11-25T23:00:00Z".into(),
+            duration: Duration::from_millis(83_400),
+            simqtt_version: "0.1.0".into(),
+            cases: vec![qos1, overlap, qos2, will, restart, chaos],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_and_summary_count_each_case_once() {
+        let cert = fixture::sample();
+        let rows = scenario_rows(&cert);
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[0].scenario, "qos/qos1-basic");
+        let s = summary(&cert);
+        assert_eq!(
+            (s.cases, s.runs, s.passed, s.failed, s.skipped),
+            (6, 5, 3, 2, 1)
+        );
+        assert_eq!((s.must, s.should, s.errors), (1, 1, 1));
+        assert_eq!(s.choices, 2);
+        assert!(!s.certified);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(human_duration(Duration::from_millis(12_340)), "12.3s");
+        assert_eq!(human_duration(Duration::from_millis(83_400)), "1m 23.4s");
+        assert_eq!(human_duration(Duration::from_secs(3723)), "1h 2m 3s");
+    }
+}
+
+#[cfg(test)]
+mod snapshots {
+    use super::*;
+    use crate::certify::statements::{SpecVersion, Statements};
+
+    /// The sections the fixture's statements live in, so the snapshot stays reviewable while
+    /// still showing pass, fail, skip and both kinds of untested rows.
+    fn small_index() -> Statements {
+        let all = Statements::embedded();
+        let keep = |v: SpecVersion, prefixes: &[&str]| {
+            all.iter(v)
+                .filter(|s| prefixes.iter().any(|p| s.section.starts_with(p)))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        Statements::new(
+            keep(
+                SpecVersion::V311,
+                &["3.1.2.4 ", "3.1.2.5 ", "3.1.2.9 ", "4.3."],
+            ),
+            keep(SpecVersion::V5, &["4.3.3 "]),
+        )
+    }
+
+    fn settings() -> insta::Settings {
+        let mut s = insta::Settings::clone_current();
+        s.set_snapshot_path("../../../snapshots");
+        s.set_prepend_module_to_snapshot(false);
+        s.set_omit_expression(true);
+        s
+    }
+
+    #[test]
+    fn report_snapshots() {
+        let cert = fixture::sample();
+        let index = small_index();
+        assert!(index.len(SpecVersion::V311) > 5 && index.len(SpecVersion::V5) > 3);
+        settings().bind(|| {
+            insta::assert_snapshot!("certify-report-markdown", markdown(&cert, &index));
+            insta::assert_snapshot!("certify-report-junit", junit(&cert));
+            insta::assert_snapshot!("certify-report-terminal", terminal(&cert, &index));
+        });
+    }
+}
