@@ -59,6 +59,8 @@ pub struct Options {
     /// Run only this seed of every scenario.
     pub seed: Option<u64>,
     pub jobs: usize,
+    /// Write each case's trace (JSON lines) here, to read its findings' context in full.
+    pub traces: Option<PathBuf>,
 }
 
 /// One scenario × seed to run, or a scenario to skip.
@@ -290,19 +292,23 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
     };
     let mut report: RunReport = sim::execute(backend, scenario, seed, shared.clone());
     sim::judge(scenario, &mut report);
+    let trace_error = options.traces.as_ref().and_then(|dir| {
+        let path = dir.join(format!("{}-seed{seed}.jsonl", scenario.name));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&path, report.trace.to_jsonl()))
+            .err()
+            .map(|e| format!("writing {}: {e}", path.display()))
+    });
     let leftovers = clean_up(&shared, options, tag);
     let _ = std::fs::remove_dir_all(&dir);
-    let (mut findings, choices) = grade::grade(scenario, &report, Statements::embedded());
+    let (findings, choices) = grade::grade(scenario, &report, Statements::embedded());
+    if let Some(text) = trace_error {
+        tracing::warn!(scenario = %scenario.name, seed, "{text}");
+    }
     if let Err(text) = leftovers {
-        // Not the broker's fault as far as this case goes, but later cases may see the mess.
-        findings.push(Finding {
-            grade: Grade::Should,
-            statement: String::new(),
-            checker: "runner".into(),
-            owed: "the case's sessions and retained messages are removed after it".into(),
-            observed: text,
-            excerpt: String::new(),
-        });
+        // Not a finding about this case (it is judged), but later cases may meet the leftovers
+        // (the foreign-delivery filter keeps them out of their traces).
+        tracing::warn!(scenario = %scenario.name, seed, "cleanup after the case: {text}");
     }
     let failed = findings
         .iter()

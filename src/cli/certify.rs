@@ -53,6 +53,9 @@ pub struct Args {
     /// Write the JSON report to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write every case's trace (JSON lines, one file per scenario × seed) into DIR.
+    #[arg(long, value_name = "DIR")]
+    traces: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: simqtt certify --broker mqtt://HOST:PORT [--username U --password P] \
@@ -90,6 +93,14 @@ pub fn parse_broker(url: &str) -> anyhow::Result<SocketAddr> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Warnings only (a case's cleanup or trace file failing); RUST_LOG may ask for more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let usage = |e: anyhow::Error| {
         eprintln!("simqtt certify: {e:#}\n{USAGE}");
         Ok(ExitCode::from(2))
@@ -142,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         seeds: args.seeds,
         seed: args.seed,
         jobs: args.jobs,
+        traces: args.traces.clone(),
     };
     // Fail fast on an unreachable broker rather than once per case.
     if let Err(e) = std::net::TcpStream::connect_timeout(&broker, std::time::Duration::from_secs(5))
