@@ -169,8 +169,7 @@ pub fn certify(
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "a panic".into());
-                    let mut result =
-                        case_result(case, Verdict::Failed, Duration::ZERO, &options);
+                    let mut result = case_result(case, Verdict::Failed, Duration::ZERO, &options);
                     result.findings.push(Finding {
                         grade: Grade::Error,
                         statement: String::new(),
@@ -261,7 +260,10 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
     }));
     let target = Target {
         broker: options.broker,
-        restart: options.restart_cmd.clone().map(|command| Restart { command }),
+        restart: options
+            .restart_cmd
+            .clone()
+            .map(|command| Restart { command }),
         durable: scenario.broker.durable && options.profile.persistence,
     };
     let error = |text: String| Finding {
@@ -381,7 +383,11 @@ fn clean_up(shared: &SharedRef, options: &Options, tag: &str) -> Result<(), Stri
 }
 
 /// Connects a clean 3.1.1 session with `client_id`, runs `work`, disconnects (bounded).
-async fn connect_and_leave<F, Fut>(options: &Options, client_id: &str, work: F) -> Result<(), String>
+async fn connect_and_leave<F, Fut>(
+    options: &Options,
+    client_id: &str,
+    work: F,
+) -> Result<(), String>
 where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -444,7 +450,10 @@ pub fn broker_version(options: &Options) -> Option<String> {
             }
             None
         };
-        let version = tokio::time::timeout(VERSION_WAIT, wait).await.ok().flatten();
+        let version = tokio::time::timeout(VERSION_WAIT, wait)
+            .await
+            .ok()
+            .flatten();
         client.disconnect().await;
         version
     })
@@ -452,12 +461,18 @@ pub fn broker_version(options: &Options) -> Option<String> {
 
 /// The command that runs just this case again.
 fn rerun(case: &Case, options: &Options) -> String {
-    let mut out = format!("simqtt certify --broker {}", shell_quote(&options.broker_url));
+    let mut out = format!(
+        "simqtt certify --broker {}",
+        shell_quote(&options.broker_url)
+    );
     if let Some(cmd) = &options.restart_cmd {
         out.push_str(&format!(" --restart-cmd {}", shell_quote(cmd)));
     }
     if let Some(p) = &options.profile_file {
-        out.push_str(&format!(" --profile {}", shell_quote(&p.display().to_string())));
+        out.push_str(&format!(
+            " --profile {}",
+            shell_quote(&p.display().to_string())
+        ));
     }
     if options.username.is_some() {
         out.push_str(" --username … --password …");
@@ -553,7 +568,9 @@ mod tests {
     fn tags_are_short_and_lowercase() {
         let id = run_id();
         assert_eq!(id.len(), 4, "{id}");
-        assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         assert_eq!(base36(0), "0");
         assert_eq!(base36(35), "z");
         assert_eq!(base36(36), "10");
@@ -561,7 +578,10 @@ mod tests {
 
     #[test]
     fn shell_quoting() {
-        assert_eq!(shell_quote("mqtt://127.0.0.1:1883"), "mqtt://127.0.0.1:1883");
+        assert_eq!(
+            shell_quote("mqtt://127.0.0.1:1883"),
+            "mqtt://127.0.0.1:1883"
+        );
         assert_eq!(shell_quote("kill 1; start"), "'kill 1; start'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }

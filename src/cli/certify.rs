@@ -73,7 +73,9 @@ pub fn parse_broker(url: &str) -> anyhow::Result<SocketAddr> {
     if rest.is_empty() {
         bail!("--broker {url}: no host");
     }
-    let with_port = if rest.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let with_port = if rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !rest.ends_with(']')
     {
         rest.to_string()
@@ -158,7 +160,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Fail fast on an unreachable broker rather than once per case.
     if let Err(e) = std::net::TcpStream::connect_timeout(&broker, std::time::Duration::from_secs(5))
     {
-        eprintln!("simqtt certify: cannot connect to {} ({broker}): {e}", args.broker);
+        eprintln!(
+            "simqtt certify: cannot connect to {} ({broker}): {e}",
+            args.broker
+        );
         return Ok(ExitCode::from(2));
     }
     let version = runner::broker_version(&options);
