@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::certify::statements::{Actor, Level, Observable, SpecVersion, Statements};
 use crate::certify::{CaseResult, Certification, Grade, Verdict};
-use crate::codec::ProtocolVersion;
+use crate::codec::{ProtocolVersion, QoS};
 use crate::history::checkers::CheckerName;
-use crate::scenario::{ProtocolMix, Scenario};
+use crate::scenario::{ProtocolMix, Scenario, Step};
 
 /// The spec versions a scenario's clients speak (3.1.1 first); 3.1.1 when it has none.
 pub fn scenario_versions(scenario: &Scenario) -> Vec<SpecVersion> {
@@ -49,6 +49,67 @@ pub fn scenario_versions(scenario: &Scenario) -> Vec<SpecVersion> {
         set.insert(SpecVersion::from(ProtocolVersion::V311));
     }
     set.into_iter().collect()
+}
+
+/// The checkers a scenario runs that have something to judge in it: a checker over a trace
+/// with no will, no retained message or no QoS 2 message passes vacuously, and counting that
+/// as testing its statements would overstate coverage. Fill `CaseResult::checkers` with this.
+pub fn relevant_checkers(scenario: &Scenario) -> Vec<CheckerName> {
+    let mut qos_published = BTreeSet::new();
+    let mut retain = false;
+    let mut subscribes = false;
+    let mut repeated_publish = false;
+    let mut publishes: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for step in &scenario.steps {
+        match step {
+            Step::Publish(p) => {
+                qos_published.insert(p.qos);
+                retain |= p.retain;
+                let n = publishes.entry((&p.client, &p.topic)).or_insert(0);
+                *n += p.count;
+                repeated_publish |= *n > 1;
+            }
+            Step::Subscribe(_) => subscribes = true,
+            _ => {}
+        }
+    }
+    let mut wills = false;
+    let mut resubscribe = false;
+    for c in scenario.clients.values() {
+        if let Some(w) = &c.will {
+            wills = true;
+            qos_published.insert(w.qos);
+            retain |= w.retain;
+        }
+        resubscribe |= c.resubscribe;
+    }
+    if let Some(w) = &scenario.workload {
+        qos_published.extend(w.qos.iter().copied());
+        retain |= w.retain > 0.0;
+        wills |= w.wills;
+        resubscribe |= w.resubscribe;
+        subscribes |= w.subscribers > 0;
+        repeated_publish |= w.publishers > 0;
+    }
+    let relevant = |c: CheckerName| match c {
+        CheckerName::Qos0 => qos_published.contains(&QoS::AtMostOnce),
+        CheckerName::Qos1 => {
+            qos_published.contains(&QoS::AtLeastOnce) || qos_published.contains(&QoS::ExactlyOnce)
+        }
+        CheckerName::Qos2 => qos_published.contains(&QoS::ExactlyOnce),
+        CheckerName::Ordering => repeated_publish,
+        CheckerName::Will => wills,
+        CheckerName::Retained => retain,
+        CheckerName::Resubscribe => resubscribe,
+        CheckerName::Subscription => subscribes,
+        // Every CONNACK's Session Present and every delivery's origin are judged.
+        CheckerName::Session | CheckerName::Invented => true,
+    };
+    scenario
+        .checker_list()
+        .into_iter()
+        .filter(|&c| relevant(c))
+        .collect()
 }
 
 /// The statement ids a checker can cite in a violation, per version. Kept in step with the
@@ -643,6 +704,45 @@ mod tests {
         assert!(!client_only.gap());
         let server = status(&c, SpecVersion::V311, "MQTT-4.3.3-2");
         assert!(server.gap());
+    }
+
+    #[test]
+    fn only_checkers_with_material_count_as_testing() {
+        let checkers = |yaml: &str| {
+            relevant_checkers(&crate::scenario::parse("t.yaml", yaml).expect("parses"))
+        };
+        // One QoS 1 message, no will, no retain, no resubscribing client.
+        assert_eq!(
+            checkers(
+                "clients: {a: {}}\nsteps:\n  - connect: a\n  - subscribe: {client: a, filter: t, qos: 1}\n  - publish: {client: a, topic: t, qos: 1}\n"
+            ),
+            [
+                CheckerName::Qos1,
+                CheckerName::Session,
+                CheckerName::Subscription,
+                CheckerName::Invented
+            ]
+        );
+        // A retained QoS 2 will, two messages on one topic, a resubscribing client; the
+        // scenario's own `checkers:` list still bounds the result.
+        assert_eq!(
+            checkers(
+                "checkers: [qos2, will, retained, ordering, resubscribe]\nclients: {a: {resubscribe: true, will: {topic: w, qos: 2, retain: true}}}\nsteps:\n  - connect: a\n  - publish: {client: a, topic: t, count: 2}\n"
+            ),
+            [
+                CheckerName::Qos2,
+                CheckerName::Will,
+                CheckerName::Retained,
+                CheckerName::Ordering,
+                CheckerName::Resubscribe
+            ]
+        );
+        // A randomised workload exercises what it draws.
+        let w = checkers(
+            "workload: {publishers: 2, subscribers: 2, rate: 1/s, duration: 1s, qos: [0, 2], wills: true}\n",
+        );
+        assert!(w.contains(&CheckerName::Qos0) && w.contains(&CheckerName::Qos2));
+        assert!(w.contains(&CheckerName::Will) && !w.contains(&CheckerName::Retained));
     }
 
     #[test]

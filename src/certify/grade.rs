@@ -444,4 +444,43 @@ steps:
         );
         assert_eq!(findings[0].grade, Grade::Must);
     }
+
+    #[test]
+    fn real_simulator_runs_grade_as_the_spec_says() {
+        // The simqtt broker in the simulator: the library's overlapping-subscriptions scenario
+        // passes, and whichever permitted option the broker took is a choice, not a finding.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scenarios/qos/overlapping-subscriptions.yaml");
+        let s = crate::scenario::load(&path).expect("library scenario");
+        let report = crate::sim::run(&s, 1);
+        let (findings, choices) = grade(&s, &report, Statements::embedded());
+        assert!(findings.is_empty(), "{findings:#?}");
+        assert!(
+            choices
+                .iter()
+                .any(|c| c.checker == "qos0" || c.checker == "subscription"),
+            "{choices:#?}"
+        );
+
+        // The same broker with an expectation nothing can meet: the failed step is graded by
+        // the scenario's statements (all MUST) and cites them.
+        let s = scenario(
+            "
+spec: [MQTT-4.3.2-2, MQTT-3.3.5-1]
+clients: {sub: {}, pub: {}}
+steps:
+  - connect: sub
+  - subscribe: {client: sub, filter: a, qos: 1}
+  - connect: pub
+  - expect_messages: {client: sub, within: 1s, messages: [{from: pub, count: 1}]}
+",
+        );
+        let report = crate::sim::run(&s, 1);
+        let (findings, _) = grade(&s, &report, Statements::embedded());
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].grade, Grade::Must);
+        assert_eq!(findings[0].checker, "expect");
+        assert_eq!(findings[0].statement, "MQTT-4.3.2-2, MQTT-3.3.5-1");
+        assert!(!findings[0].observed.is_empty());
+    }
 }

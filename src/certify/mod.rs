@@ -51,7 +51,9 @@ pub enum Grade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub grade: Grade,
-    /// The statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`).
+    /// The statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`). A failed
+    /// `expect` cites its scenario's strongest statements, joined by ", "
+    /// (`Finding::statement_ids` splits them).
     pub statement: String,
     /// The checker (`qos2`, `will`, …), `expect` for a step's expectation, `runner`.
     pub checker: String,
@@ -94,8 +96,10 @@ pub struct CaseResult {
     pub seed: Option<u64>,
     /// The statements the scenario declares it exercises (`spec:`).
     pub spec: Vec<String>,
-    /// The checkers the scenario runs (`scenario.checker_list()`): coverage counts the
-    /// statements each can cite as tested by this case.
+    /// The checkers that judged something in this scenario
+    /// (`coverage::relevant_checkers(scenario)`): coverage counts the statements each can cite
+    /// as tested by this case. (`scenario.checker_list()` would also count checkers that pass
+    /// vacuously, e.g. the will checker in a scenario without wills.)
     #[serde(default)]
     pub checkers: Vec<CheckerName>,
     /// The spec versions its clients speak (`coverage::scenario_versions(scenario)`): the same

@@ -407,7 +407,12 @@ fn biggest_payload(scenario: &Scenario) -> u32 {
 
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // Back off to a character boundary: a span is bytes, and slicing inside a character panics.
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let col = before
         .rsplit_once('\n')
@@ -480,6 +485,16 @@ mod tests {
         assert!(e.starts_with("p.toml:1:1: receive_maximum"), "{e}");
         let e = Profile::from_toml("p.toml", "[acl]\nusername = \"u\"\n").unwrap_err();
         assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn positions_count_characters_and_never_split_one() {
+        assert_eq!(line_col("a\nbé=", 5), (2, 3));
+        // Inside the two bytes of 'é': backs off instead of panicking.
+        assert_eq!(line_col("é", 1), (1, 1));
+        assert_eq!(line_col("ab", 99), (1, 3));
+        let e = Profile::from_toml("p.toml", "name = \"é\"\nmqtt5 = 1\n").unwrap_err();
+        assert!(e.starts_with("p.toml:2:9: "), "{e}");
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //! - `heal` ends blackhole, stall and latency (chunks already delayed are delivered at once;
 //!   lowering the latency likewise caps the wait of chunks already queued).
 //!
+//! Blackhole is the lossy partition (a healed stream has a hole in it); stall is the lossless
+//! one (TCP's retransmission, as the endpoints see it). Without faults the proxy passes
+//! everything on, FIN included (a half-close stays a half-close); an error on one socket resets
+//! the other, and an upstream that refuses the dial gets the client closed.
+//!
 //! Memory is bounded: each direction holds at most `IN_FLIGHT_BYTES_MAX` of delayed bytes and
 //! stops reading (back-pressure to the sender) when it is full; blackholed bytes are dropped as
 //! they are read.
@@ -58,7 +63,7 @@ use tokio::time::{sleep_until, Instant};
 /// ~40 Mbit/s per connection, far beyond what a certification scenario sends.
 pub const IN_FLIGHT_BYTES_MAX: usize = 256 * 1024;
 /// Bytes asked for per read; one read becomes one delayed chunk.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bound on dialling the upstream (loopback answers at once; a remote `--upstream` may not).
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -469,7 +474,11 @@ async fn deliver_when(
         Some(front) if allowed => front,
         _ => return std::future::pending().await,
     };
-    sleep_until(front.due).await;
+    // A due chunk goes without touching the timer: tokio rounds a deadline up to the next
+    // millisecond tick, which cost every chunk ~1 ms with no latency set.
+    if front.due > Instant::now() {
+        sleep_until(front.due).await;
+    }
     let faults = *latest.borrow();
     if faults.stalled || faults.blackholed(way) {
         return std::future::pending().await;

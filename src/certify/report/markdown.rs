@@ -159,6 +159,25 @@ pub fn markdown(cert: &Certification, statements: &Statements) -> String {
         let _ = writeln!(out);
     }
 
+    let _ = writeln!(out, "## Gaps\n");
+    let _ = writeln!(
+        out,
+        "Statements a black-box test can show (observable: yes) that no scenario of this run tested (skipped ones are listed under their statement below, not here).\n"
+    );
+    for v in SpecVersion::ALL {
+        let gaps: Vec<&str> = cov
+            .version(v)
+            .filter(|s| s.observable == Observable::Yes && matches!(s.status, Status::Untested))
+            .map(|s| s.id.as_str())
+            .collect();
+        if gaps.is_empty() {
+            let _ = writeln!(out, "- MQTT {v}: none.");
+        } else {
+            let _ = writeln!(out, "- MQTT {v} ({}): {}", gaps.len(), gaps.join(", "));
+        }
+    }
+    let _ = writeln!(out);
+
     let _ = writeln!(out, "## Normative statements\n");
     let _ = writeln!(
         out,
@@ -248,6 +267,10 @@ fn result_cell(st: &StatementCoverage) -> String {
     }
 }
 
+/// Findings of one grade shown in full per case; the rest of that case's are listed one line
+/// each (a randomised run can break one rule hundreds of times; the first few show how).
+const FINDINGS_IN_FULL_PER_CASE: usize = 5;
+
 fn findings_section(
     out: &mut String,
     cert: &Certification,
@@ -256,15 +279,45 @@ fn findings_section(
     title: &str,
     blurb: &str,
 ) {
-    let _ = writeln!(out, "## {title}\n");
+    let _ = writeln!(
+        out,
+        "## {title}
+"
+    );
     let mut n = 0;
     for case in &cert.cases {
-        for f in case.findings.iter().filter(|f| f.grade == grade) {
+        let of_grade: Vec<&Finding> = case.findings.iter().filter(|f| f.grade == grade).collect();
+        for f in of_grade.iter().take(FINDINGS_IN_FULL_PER_CASE) {
             n += 1;
             if n == 1 {
                 let _ = writeln!(out, "{blurb}\n");
             }
             finding(out, n, case, f, statements);
+        }
+        let rest = &of_grade[of_grade.len().min(FINDINGS_IN_FULL_PER_CASE)..];
+        if !rest.is_empty() {
+            let _ = writeln!(
+                out,
+                "{} more in {} (same seed; the JSON report has each with its trace excerpt):\n",
+                rest.len(),
+                cell(&case_name(case))
+            );
+            for f in rest {
+                n += 1;
+                let cited = if f.statement.is_empty() {
+                    String::new()
+                } else {
+                    format!("[{}] ", f.statement)
+                };
+                let _ = writeln!(
+                    out,
+                    "- {n}. {cited}{}: owed {}; broker did {}",
+                    f.checker,
+                    one_line(&f.owed),
+                    one_line(&f.observed)
+                );
+            }
+            let _ = writeln!(out);
         }
     }
     if n == 0 {
@@ -393,6 +446,21 @@ mod tests {
         let rows = md.lines().filter(|l| l.starts_with("| MQTT-")).count();
         assert_eq!(rows, 141 + 251);
         assert!(md.contains("untested (not observable)"));
+    }
+
+    #[test]
+    fn many_findings_of_one_case_are_shown_in_full_only_first() {
+        let mut cert = fixture::sample();
+        let f = cert.cases[2].findings[0].clone();
+        cert.cases[2].findings = vec![f; FINDINGS_IN_FULL_PER_CASE + 3];
+        let md = markdown(&cert, Statements::embedded());
+        assert_eq!(
+            md.matches("- Owed: message pub-1").count(),
+            FINDINGS_IN_FULL_PER_CASE
+        );
+        assert!(md.contains("3 more in faults/qos2-dropped-pubrec seed 3"));
+        assert!(md.contains("- 8. [MQTT-4.3.3-2] qos2: owed message pub-1 delivered once to sub;"));
+        assert!(md.contains("## Gaps"));
     }
 
     #[test]

@@ -300,6 +300,83 @@ mod tests {
     }
 
     #[test]
+    fn a_certification_built_from_simulator_runs_renders_and_covers() {
+        use crate::certify::coverage::{coverage, relevant_checkers, scenario_versions, Status};
+        use crate::certify::grade::grade;
+        use crate::certify::statements::{SpecVersion, Statements};
+        use crate::certify::CaseResult;
+
+        let statements = Statements::embedded();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut cases = Vec::new();
+        for file in [
+            "scenarios/qos/qos1-basic.yaml",
+            "scenarios/retained/retained-set.yaml",
+            "scenarios/will/will-on-client-crash.yaml",
+        ] {
+            let path = root.join(file);
+            let s = crate::scenario::load(&path).expect("library scenario");
+            let report = crate::sim::run(&s, 0);
+            let (findings, choices) = grade(&s, &report, statements);
+            let failed = findings.iter().any(|f| f.grade != Grade::Should);
+            cases.push(CaseResult {
+                scenario: s.name.clone(),
+                file: path,
+                seed: Some(0),
+                spec: s.spec.clone(),
+                checkers: relevant_checkers(&s),
+                versions: scenario_versions(&s),
+                verdict: if failed {
+                    Verdict::Failed
+                } else {
+                    Verdict::Passed
+                },
+                findings,
+                choices,
+                duration: Duration::from_millis(5),
+                rerun: String::new(),
+            });
+        }
+        let cert = Certification {
+            broker: "sim".into(),
+            broker_version: None,
+            profile: "simqtt".into(),
+            started: "2026-01-01T00:00:00Z".into(),
+            duration: Duration::from_secs(1),
+            simqtt_version: "0".into(),
+            cases,
+        };
+        assert!(cert.certified(), "{:#?}", cert.cases);
+        let cov = coverage(&cert, statements);
+        let passed = |id: &str| {
+            cov.version(SpecVersion::V311)
+                .find(|s| s.id == id)
+                .is_some_and(|s| matches!(s.status, Status::Passed { .. }))
+        };
+        // From `spec:` (qos1-basic) and from the checkers every scenario runs.
+        assert!(passed("MQTT-4.3.2-2"));
+        assert!(passed("MQTT-4.6.0-6"));
+        assert!(passed("MQTT-3.1.2-8"));
+        // Only will-on-client-crash has a will: the others do not count for the will checker.
+        let will = cov
+            .version(SpecVersion::V311)
+            .find(|s| s.id == "MQTT-3.1.2-8")
+            .expect("listed");
+        assert_eq!(will.scenarios.len(), 1, "{:?}", will.scenarios);
+        for text in [
+            terminal(&cert, statements),
+            markdown(&cert, statements),
+            junit(&cert),
+            json(&cert, statements),
+        ] {
+            assert!(!text.is_empty());
+        }
+        assert!(terminal(&cert, statements)
+            .trim_end()
+            .ends_with("certified: yes"));
+    }
+
+    #[test]
     fn durations_read_well() {
         assert_eq!(human_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(human_duration(Duration::from_millis(12_340)), "12.3s");

@@ -10,6 +10,8 @@ use crate::certify::{Certification, Grade};
 
 /// Longest scenario name shown before it is cut (the table stays one line per scenario).
 const NAME_WIDTH_MAX: usize = 60;
+/// Findings listed per case; the reports have the rest.
+const FINDINGS_SHOWN_PER_CASE: usize = 3;
 
 pub fn terminal(cert: &Certification, statements: &Statements) -> String {
     let mut out = String::new();
@@ -87,7 +89,7 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
     if !failing.is_empty() {
         let _ = writeln!(out);
         for case in failing {
-            for f in &case.findings {
+            for f in case.findings.iter().take(FINDINGS_SHOWN_PER_CASE) {
                 let statement = if f.statement.is_empty() {
                     String::new()
                 } else {
@@ -102,6 +104,13 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
                     f.observed
                 );
                 let _ = writeln!(out, "       owed: {}", f.owed);
+            }
+            if case.findings.len() > FINDINGS_SHOWN_PER_CASE {
+                let _ = writeln!(
+                    out,
+                    "       … and {} more findings in this case (see the Markdown or JSON report)",
+                    case.findings.len() - FINDINGS_SHOWN_PER_CASE
+                );
             }
             if case.findings.iter().any(|f| f.grade != Grade::Should) && !case.rerun.is_empty() {
                 let _ = writeln!(out, "       rerun: {}", case.rerun);
@@ -202,5 +211,15 @@ mod tests {
         let text = terminal(&cert, Statements::embedded());
         assert!(text.trim_end().ends_with("certified: yes"));
         assert_eq!(cut("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn long_finding_lists_are_cut() {
+        let mut cert = fixture::sample();
+        let f = cert.cases[2].findings[0].clone();
+        cert.cases[2].findings = vec![f; 10];
+        let text = terminal(&cert, Statements::embedded());
+        assert_eq!(text.matches("MUST   faults/qos2-dropped-pubrec").count(), 3);
+        assert!(text.contains("… and 7 more findings in this case"));
     }
 }
