@@ -20,8 +20,8 @@
 
 pub mod bench;
 pub mod broker;
-pub mod client;
 pub mod certify;
+pub mod client;
 pub mod codec;
 pub mod history;
 pub mod scenario;

@@ -152,9 +152,11 @@ fn volatile_mosquitto_declared_persistent_fails_with_the_lost_session() {
     assert!(stdout.contains("NOT certified"), "{stdout}");
 }
 
-/// Persistence on, but restarted with SIGKILL: mosquitto writes its database only when it
-/// exits cleanly (or every autosave_interval), so the session made since it started is gone.
-/// A real deviation from "persistence" a user would meet after a crash.
+/// Persistence on with mosquitto's default saving (at a clean exit and every
+/// `autosave_interval`, 1800 s), but restarted with SIGKILL, as a crash would: the session made
+/// since it started is gone. A loss a user of that configuration would meet after a crash, and
+/// certify must name it (docs/profiles/mosquitto.toml says how to configure mosquitto so a
+/// kill-based restart keeps everything).
 #[test]
 fn mosquitto_killed_loses_what_it_had_not_saved() {
     let broker = mosquitto(true, "KILL");

@@ -212,7 +212,7 @@ fn case_result(case: &Case, verdict: Verdict, duration: Duration, options: &Opti
         file: case.file.clone(),
         seed: case.seed,
         spec: case.scenario.spec.clone(),
-        checkers: case.scenario.checker_list(),
+        checkers: super::coverage::relevant_checkers(&case.scenario),
         versions: super::coverage::scenario_versions(&case.scenario),
         verdict,
         findings: Vec::new(),
@@ -228,7 +228,7 @@ fn skipped(case: &Case, reason: &str) -> CaseResult {
         file: case.file.clone(),
         seed: None,
         spec: case.scenario.spec.clone(),
-        checkers: case.scenario.checker_list(),
+        checkers: super::coverage::relevant_checkers(&case.scenario),
         versions: super::coverage::scenario_versions(&case.scenario),
         verdict: Verdict::Skipped {
             reason: reason.to_string(),
