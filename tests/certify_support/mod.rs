@@ -32,7 +32,10 @@ impl ScriptedBroker {
              if [ -f {d}/pid ]; then\n\
              \x20 pid=$(cat {d}/pid)\n\
              \x20 kill -{stop_signal} \"$pid\" 2>/dev/null\n\
-             \x20 for i in $(seq 200); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.05; done\n\
+             \x20 # Gone, or a zombie (it has let go of its port; PID 1 may be slow to reap it).\n\
+             \x20 for i in $(seq 200); do\n\
+             \x20   grep -qs '^State:[[:space:]]*[^Z]' /proc/$pid/status || break; sleep 0.05\n\
+             \x20 done\n\
              fi\n\
              {start} >>{d}/broker.log 2>&1 &\n\
              echo $! > {d}/pid\n"
