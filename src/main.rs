@@ -36,6 +36,8 @@ enum Command {
     Bench(cli::bench::Args),
     /// Run scenarios in the simulator, every seed; exit 0 only when all pass.
     Run(cli::run::Args),
+    /// Certify a real broker: the scenario library over TCP, graded by the spec's statements.
+    Certify(cli::certify::Args),
     /// Reproduce one simulated run byte for byte and write its trace.
     Replay(cli::replay::Args),
     /// Forward TCP to a broker with added latency and jitter (the certify fault proxy by hand).
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(args),
         Command::Broker(args) => cli::broker::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::Certify(args) => cli::certify::run(args),
         Command::Replay(args) => cli::replay::run(args),
         Command::Proxy(args) => cli::proxy::run(args),
     };

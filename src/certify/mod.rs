@@ -14,13 +14,16 @@
 //! - [`grade`]: a finished run → graded findings and the alternatives the broker chose;
 //! - [`coverage`]: statement → scenarios that test it, and their verdicts;
 //! - [`report`]: terminal summary, JUnit XML, Markdown, JSON;
-//! - [`runner`]: runs scenarios against the target (phases, seeds, isolation, progress).
+//! - [`runner`]: runs scenarios against the target (phases, seeds, isolation, progress);
+//! - [`tcp`]: the real-TCP backend of the step executor (fault proxies, restart command).
 
 pub mod coverage;
 pub mod grade;
 pub mod profile;
 pub mod report;
+pub mod runner;
 pub mod statements;
+pub mod tcp;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod certify;
 pub mod decode;
 pub mod passwd;
 pub mod proxy;

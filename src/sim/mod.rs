@@ -19,6 +19,8 @@
 //! testing; loss that real TCP would hide is modelled as latency/jitter (`latency`) or as the
 //! fault layer's `delay`.
 
+pub mod backend;
+pub mod isolation;
 pub mod raw;
 pub mod world;
 
@@ -38,6 +40,7 @@ use crate::scenario::{
     SessionMix, Step, WillSpec, Workload,
 };
 use crate::transport::fault::FaultControl;
+pub use backend::Backend;
 use world::{lock, HostCommand, PlannedPublish, Session, Shared, SharedRef};
 
 /// The simulation tick. Measured on this machine: 1 ms ticks cost about 3× the wall time of
@@ -131,9 +134,8 @@ pub fn knobs(seed: u64) -> Knobs {
 
 /// Runs one seed of a scenario.
 pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let knobs = Knobs::from_rng(&mut rng);
-    let mut sim = turmoil::Builder::new()
+    let knobs = knobs(seed);
+    let sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
         .tick_duration(Duration::from_millis(knobs.tick_ms))
@@ -146,15 +148,32 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         seed,
         ..Shared::default()
     }));
+    let backend = backend::Turmoil::new(sim, shared.clone(), scenario.broker.host.clone());
+    let mut report = execute(backend, scenario, seed, shared);
+    judge(scenario, &mut report);
+    report
+}
+
+/// Runs one seed of a scenario on `backend` (the step executor both backends share);
+/// `shared` is the state the backend's hosts write the trace into. Every draw (workload,
+/// nemesis) comes from the seed after its knobs, so a seed means the same schedule on both
+/// backends. The report's failures are the unmet expectations (no checkers yet: [`judge`]).
+pub fn execute<B: Backend>(
+    backend: B,
+    scenario: &Scenario,
+    seed: u64,
+    shared: SharedRef,
+) -> RunReport {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let _ = Knobs::from_rng(&mut rng);
     let mut runner = Runner {
-        sim: &mut sim,
+        backend,
         shared: shared.clone(),
         rng,
         broker_host: scenario.broker.host.clone(),
         client_hosts: Vec::new(),
         failures: Vec::new(),
         broker_up: true,
-        broker_partitioned: false,
         expect_marks: BTreeMap::new(),
     };
     let result = match scenario.kind() {
@@ -173,21 +192,18 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         lock(&shared).record(at, "sim", Event::Note { text });
     }
     let failures = std::mem::take(&mut runner.failures);
-    let simulated = runner.sim.elapsed();
+    let simulated = runner.backend.elapsed();
     drop(runner);
-    drop(sim);
     let trace = std::mem::take(&mut lock(&shared).trace);
-    let mut report = RunReport {
+    RunReport {
         scenario: scenario.name.clone(),
         seed,
-        knobs,
+        knobs: knobs(seed),
         trace,
         failures,
         notes: BTreeMap::new(),
         simulated,
-    };
-    judge(scenario, &mut report);
-    report
+    }
 }
 
 /// Runs the simulation only: the report's failures are the unmet expectations; `judge`
@@ -221,15 +237,14 @@ pub fn judge(scenario: &Scenario, report: &mut RunReport) {
     }
 }
 
-struct Runner<'s, 'a> {
-    sim: &'s mut turmoil::Sim<'a>,
+struct Runner<B: Backend> {
+    backend: B,
     shared: SharedRef,
     rng: ChaCha8Rng,
     broker_host: String,
     client_hosts: Vec<String>,
     failures: Vec<Failure>,
     broker_up: bool,
-    broker_partitioned: bool,
     /// Per client: trace length when its last `expect_messages` ended (later expectations
     /// count deliveries from there).
     expect_marks: BTreeMap<String, usize>,
@@ -237,27 +252,24 @@ struct Runner<'s, 'a> {
 
 type StepResult = Result<(), String>;
 
-impl Runner<'_, '_> {
+impl<B: Backend> Runner<B> {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.sim.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.backend.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn step(&mut self) -> StepResult {
-        if self.sim.elapsed() > RUN_LIMIT {
+        if self.backend.elapsed() > RUN_LIMIT {
             return Err(format!(
                 "the run exceeded {}s of simulated time",
                 RUN_LIMIT.as_secs()
             ));
         }
-        self.sim
-            .step()
-            .map(|_| ())
-            .map_err(|e| format!("a host failed: {e}"))
+        self.backend.step()
     }
 
     fn run_for(&mut self, duration: Duration) -> StepResult {
-        let end = self.sim.elapsed() + duration;
-        while self.sim.elapsed() < end {
+        let end = self.backend.elapsed() + duration;
+        while self.backend.elapsed() < end {
             self.step()?;
         }
         Ok(())
@@ -269,12 +281,12 @@ impl Runner<'_, '_> {
         within: Duration,
         mut done: impl FnMut(&Shared) -> bool,
     ) -> Result<bool, String> {
-        let end = self.sim.elapsed() + within;
+        let end = self.backend.elapsed() + within;
         loop {
             if done(&lock(&self.shared)) {
                 return Ok(true);
             }
-            if self.sim.elapsed() >= end {
+            if self.backend.elapsed() >= end {
                 return Ok(false);
             }
             self.step()?;
@@ -308,18 +320,7 @@ impl Runner<'_, '_> {
     }
 
     fn send(&self, client: &str, command: HostCommand) -> StepResult {
-        let s = lock(&self.shared);
-        let host = s
-            .sessions
-            .get(client)
-            .map(|x| x.host.clone())
-            .ok_or_else(|| format!("no client {client:?}"))?;
-        let tx = s
-            .hosts
-            .get(&host)
-            .ok_or_else(|| format!("client host {host:?} is not running"))?;
-        tx.send(command)
-            .map_err(|_| format!("client host {host:?} stopped"))
+        world::send(&self.shared, client, command)
     }
 
     fn fault(&self, fault: Fault) {
@@ -334,12 +335,6 @@ impl Runner<'_, '_> {
         host_of: impl Fn(&str) -> String,
         durable: bool,
     ) -> StepResult {
-        world::broker_host(
-            self.sim,
-            &self.broker_host.clone(),
-            self.shared.clone(),
-            durable,
-        );
         let mut hosts: Vec<String> = Vec::new();
         {
             let mut s = lock(&self.shared);
@@ -378,9 +373,7 @@ impl Runner<'_, '_> {
                 );
             }
         }
-        for host in &hosts {
-            world::client_host(self.sim, host, self.shared.clone());
-        }
+        self.backend.build(&hosts, durable)?;
         self.client_hosts = hosts;
         self.step()
     }
@@ -423,9 +416,9 @@ impl Runner<'_, '_> {
         })
     }
 
-    fn crash_broker(&mut self, power_loss: bool) {
+    fn crash_broker(&mut self, power_loss: bool) -> StepResult {
         if !self.broker_up {
-            return;
+            return Ok(());
         }
         self.fault(Fault::BrokerCrash { power_loss });
         {
@@ -437,37 +430,8 @@ impl Runner<'_, '_> {
                 }
             }
         }
-        // Cut the broker off before it dies. Dropping a crashed host's runtime drops its tasks
-        // in an order set by tokio's process-wide task ids, so the FINs its sockets would send
-        // come out in an order that differs between runs in one process (and between `run`
-        // and `replay`). Dropped by the partition, they leave no trace; the peers' view of a
-        // crash is then made below in client-name order.
-        for host in self.client_hosts.clone() {
-            self.sim.partition(self.broker_host.as_str(), host.as_str());
-        }
-        self.sim.crash(self.broker_host.as_str());
         self.broker_up = false;
-        if power_loss {
-            // The power goes before anything can leave: peers see no FIN, only silence that
-            // their keepalive must notice. (turmoil drops unsynced writes on every crash; with
-            // the durable broker syncing each write, the two crashes differ on the wire.)
-            self.broker_partitioned = true;
-        } else {
-            // A process crash: the kernel closes its sockets, so every peer sees its
-            // connection close at once.
-            for host in self.client_hosts.clone() {
-                self.sim.repair(self.broker_host.as_str(), host.as_str());
-            }
-            let controls: Vec<Arc<FaultControl>> = lock(&self.shared)
-                .sessions
-                .values()
-                .filter(|s| s.connected || s.attempt_open)
-                .map(|s| s.control.clone())
-                .collect();
-            for control in controls {
-                control.reset();
-            }
-        }
+        self.backend.crash_broker(power_loss)
     }
 
     fn restart_broker(&mut self) -> StepResult {
@@ -475,29 +439,14 @@ impl Runner<'_, '_> {
             return Ok(());
         }
         self.fault(Fault::BrokerRestart);
-        if self.broker_partitioned {
-            for host in self.client_hosts.clone() {
-                self.sim.repair(self.broker_host.as_str(), host.as_str());
-            }
-            self.broker_partitioned = false;
-        }
-        self.sim.bounce(self.broker_host.as_str());
+        self.backend.restart_broker()?;
         self.broker_up = true;
         self.step()
     }
 
     /// Ends every link and connection fault (not crashes).
     fn heal_all(&mut self) {
-        let broker = self.broker_host.clone();
-        let mut endpoints = vec![broker];
-        endpoints.extend(self.client_hosts.clone());
-        for (i, a) in endpoints.iter().enumerate() {
-            for b in &endpoints[i + 1..] {
-                self.sim.repair(a.as_str(), b.as_str());
-                self.sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.0);
-            }
-        }
-        self.broker_partitioned = false;
+        self.backend.heal_links();
         let controls: Vec<Arc<FaultControl>> = lock(&self.shared)
             .sessions
             .values()
@@ -675,7 +624,7 @@ impl Runner<'_, '_> {
                 })?;
             }
             Step::CrashBroker(c) => {
-                self.crash_broker(c.power_loss);
+                self.crash_broker(c.power_loss)?;
                 self.step()?;
             }
             Step::RestartBroker(_) => self.restart_broker()?,
@@ -698,11 +647,7 @@ impl Runner<'_, '_> {
                     b: b.clone(),
                     one_way: p.one_way,
                 });
-                if p.one_way {
-                    self.sim.partition_oneway(a.as_str(), b.as_str());
-                } else {
-                    self.sim.partition(a.as_str(), b.as_str());
-                }
+                self.backend.partition(&a, &b, p.one_way);
             }
             Step::Heal(h) => match (&h.a, &h.b) {
                 (Some(a), Some(b)) => {
@@ -711,8 +656,8 @@ impl Runner<'_, '_> {
                         a: a.clone(),
                         b: b.clone(),
                     });
-                    self.sim.repair(a.as_str(), b.as_str());
-                    self.sim.set_link_fail_rate(a.as_str(), b.as_str(), 0.0);
+                    self.backend.repair(&a, &b);
+                    self.backend.loss(&a, &b, 0.0);
                 }
                 _ => {
                     let broker = self.broker_host.clone();
@@ -732,7 +677,7 @@ impl Runner<'_, '_> {
                     b: b.clone(),
                     rate: l.rate,
                 });
-                self.sim.set_link_fail_rate(a.as_str(), b.as_str(), l.rate);
+                self.backend.loss(&a, &b, l.rate);
             }
             Step::Latency(l) => {
                 let (a, b) = (self.endpoint(&l.a), self.endpoint(&l.b));
@@ -742,13 +687,8 @@ impl Runner<'_, '_> {
                     latency_ms: l.latency.millis,
                     jitter_ms: l.jitter.millis,
                 });
-                self.sim
-                    .set_link_latency(a.as_str(), b.as_str(), l.latency.as_duration());
-                self.sim.set_link_max_message_latency(
-                    a.as_str(),
-                    b.as_str(),
-                    l.latency.as_duration() + l.jitter.as_duration(),
-                );
+                self.backend
+                    .latency(&a, &b, l.latency.as_duration(), l.jitter.as_duration());
             }
             Step::Reset(c) => {
                 self.fault(Fault::Reset {
@@ -812,7 +752,7 @@ impl Runner<'_, '_> {
                     .get(&c.client)
                     .map(|s| s.client_id.clone())
                     .unwrap_or_default();
-                self.send(&c.client, HostCommand::Kick { client_id })?;
+                self.backend.kick(&c.client, &client_id)?;
                 self.step()?;
             }
             Step::Wait(d) => self.run_for(d.as_duration())?,
@@ -1004,16 +944,16 @@ impl Runner<'_, '_> {
         }
         let mut crashed: Vec<String> = Vec::new();
         if let Some(nemesis) = &scenario.nemesis {
-            let end = self.sim.elapsed() + workload.duration.as_duration();
+            let end = self.backend.elapsed() + workload.duration.as_duration();
             let clients: Vec<String> = plan.clients.keys().cloned().collect();
             loop {
                 let gap = nemesis.interval.millis / 2
                     + self.rng.random_range(0..=nemesis.interval.millis.max(1));
-                let start = self.sim.elapsed() + Duration::from_millis(gap);
+                let start = self.backend.elapsed() + Duration::from_millis(gap);
                 if start >= end {
                     break;
                 }
-                self.run_for(start - self.sim.elapsed())?;
+                self.run_for(start - self.backend.elapsed())?;
                 let kind = nemesis.faults[self.rng.random_range(0..nemesis.faults.len())];
                 let target = clients[self.rng.random_range(0..clients.len())].clone();
                 let hold = Duration::from_millis(self.rng.random_range(
@@ -1023,7 +963,7 @@ impl Runner<'_, '_> {
                 self.run_for(hold)?;
                 self.heal_fault(kind, &target, &mut crashed)?;
             }
-            let now = self.sim.elapsed();
+            let now = self.backend.elapsed();
             if now < end {
                 self.run_for(end - now)?;
             }
@@ -1068,11 +1008,7 @@ impl Runner<'_, '_> {
                     b: b.clone(),
                     one_way,
                 });
-                if one_way {
-                    self.sim.partition_oneway(a.as_str(), b.as_str());
-                } else {
-                    self.sim.partition(a.as_str(), b.as_str());
-                }
+                self.backend.partition(&a, &b, one_way);
             }
             FaultKind::Loss => {
                 self.fault(Fault::Loss {
@@ -1080,8 +1016,7 @@ impl Runner<'_, '_> {
                     b: broker.clone(),
                     rate: loss_rate,
                 });
-                self.sim
-                    .set_link_fail_rate(host.as_str(), broker.as_str(), loss_rate);
+                self.backend.loss(&host, &broker, loss_rate);
             }
             FaultKind::Latency => {
                 let latency_ms = self.rng.random_range(20..=300u64);
@@ -1092,19 +1027,15 @@ impl Runner<'_, '_> {
                     latency_ms,
                     jitter_ms,
                 });
-                self.sim.set_link_latency(
-                    host.as_str(),
-                    broker.as_str(),
+                self.backend.latency(
+                    &host,
+                    &broker,
                     Duration::from_millis(latency_ms),
-                );
-                self.sim.set_link_max_message_latency(
-                    host.as_str(),
-                    broker.as_str(),
-                    Duration::from_millis(latency_ms + jitter_ms),
+                    Duration::from_millis(jitter_ms),
                 );
             }
-            FaultKind::CrashBroker => self.crash_broker(false),
-            FaultKind::PowerLoss => self.crash_broker(true),
+            FaultKind::CrashBroker => self.crash_broker(false)?,
+            FaultKind::PowerLoss => self.crash_broker(true)?,
             FaultKind::CrashClient => {
                 if !crashed.iter().any(|c| c == target) {
                     self.fault(Fault::ClientCrash {
@@ -1129,7 +1060,7 @@ impl Runner<'_, '_> {
                     .get(target)
                     .map(|s| s.client_id.clone())
                     .unwrap_or_default();
-                self.send(target, HostCommand::Kick { client_id })?;
+                self.backend.kick(target, &client_id)?;
             }
             FaultKind::Reset => {
                 self.fault(Fault::Reset {
@@ -1220,26 +1151,10 @@ impl Runner<'_, '_> {
                     a: host.clone(),
                     b: broker.clone(),
                 });
-                self.sim.repair(host.as_str(), broker.as_str());
-                self.sim
-                    .set_link_fail_rate(host.as_str(), broker.as_str(), 0.0);
+                self.backend.repair(&host, &broker);
+                self.backend.loss(&host, &broker, 0.0);
                 if kind == FaultKind::Latency {
-                    let (min, max) = {
-                        let k = Knobs::from_rng(&mut ChaCha8Rng::seed_from_u64(
-                            lock(&self.shared).seed,
-                        ));
-                        (k.min_latency_ms, k.max_latency_ms)
-                    };
-                    self.sim.set_link_latency(
-                        host.as_str(),
-                        broker.as_str(),
-                        Duration::from_millis(min),
-                    );
-                    self.sim.set_link_max_message_latency(
-                        host.as_str(),
-                        broker.as_str(),
-                        Duration::from_millis(max),
-                    );
+                    self.backend.reset_latency(&host, &broker);
                 }
             }
             FaultKind::CrashBroker | FaultKind::PowerLoss => self.restart_broker()?,

@@ -24,7 +24,6 @@ use crate::codec::{self, Packet, PacketType, ProtocolVersion};
 use crate::history::Event;
 use crate::scenario::raw::{ack_bytes, ack_send, parse_hex, send_bytes, ExpectRawStep, RawStep};
 use crate::transport::fault::{FaultConnector, FaultControl};
-use crate::transport::sim::SimConnector;
 use crate::transport::Connector;
 
 /// How long a raw step waits for its connection to open and its bytes to be written.
@@ -95,10 +94,6 @@ pub enum RawCommand {
     },
 }
 
-fn now_ms() -> u64 {
-    u64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
-}
-
 fn hex(bytes: &[u8]) -> String {
     let shown: Vec<String> = bytes
         .iter()
@@ -112,11 +107,12 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// The connector raw connections use: the one client sessions are given (see
-/// `world::start`), with a fault layer that leaves the CONNECT as it is.
-fn connector(control: Arc<FaultControl>) -> Arc<dyn Connector> {
+/// The connector raw connections use: the one client sessions are given (`Shared::net`:
+/// turmoil in the simulator, TCP to the host's fault proxy in certification), with a fault
+/// layer that leaves the CONNECT as it is.
+fn connector(inner: Arc<dyn Connector>, control: Arc<FaultControl>) -> Arc<dyn Connector> {
     Arc::new(FaultConnector {
-        inner: Arc::new(SimConnector),
+        inner,
         control,
         on_connect: Box::new(|_| None),
     })
@@ -127,14 +123,21 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
     match command {
         RawCommand::Open { client } => {
             close(shared, host, &client);
-            let (number, control, version, addr) = {
+            let (number, control, version, addr, inner) = {
                 let mut s = lock(shared);
                 let Some(session) = s.sessions.get(&client) else {
                     return;
                 };
                 let control = session.control.clone();
                 let version = session.spec.protocol;
-                let addr = s.broker_addr.clone();
+                // The host's own way to the broker (its fault proxy under certification).
+                let addr = s
+                    .net
+                    .host_addrs
+                    .get(host)
+                    .unwrap_or(&s.broker_addr)
+                    .clone();
+                let inner = s.net.connector.clone();
                 let conn = s.raw.connections.entry(client.clone()).or_default();
                 conn.connection += 1;
                 conn.open = false;
@@ -143,12 +146,12 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
                 conn.writes_done = 0;
                 conn.received.clear();
                 conn.consumed = 0;
-                (conn.connection, control, version, addr)
+                (conn.connection, control, version, addr, inner)
             };
             let shared = shared.clone();
             let host = host.to_string();
             tokio::task::spawn_local(async move {
-                open(shared, host, client, number, control, version, addr).await;
+                open(shared, host, client, number, control, version, addr, inner).await;
             });
         }
         RawCommand::Send { client, bytes } => {
@@ -172,7 +175,7 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
                     text: format!("raw: {client} has no open connection to send on"),
                 }
             };
-            s.record(now_ms(), host, event);
+            s.record_now(host, event);
             if !sent {
                 // Nothing will be written: count it done so the step does not wait.
                 if let Some(c) = s.raw.connections.get_mut(&client) {
@@ -199,9 +202,7 @@ fn close(shared: &SharedRef, host: &str, client: &str) {
     conn.closed = true;
     let number = conn.connection;
     if was_open {
-        s.record(
-            now_ms(),
-            host,
+        s.record_now(host,
             Event::RawClosed {
                 client: client.to_string(),
                 connection: number,
@@ -232,9 +233,7 @@ fn broker_closed(shared: &SharedRef, host: &str, client: &str, number: u32, deta
     conn.closed = true;
     conn.closed_by_broker = true;
     conn.writer = None;
-    s.record(
-        now_ms(),
-        host,
+    s.record_now(host,
         Event::RawClosed {
             client: client.to_string(),
             connection: number,
@@ -252,8 +251,9 @@ async fn open(
     control: Arc<FaultControl>,
     version: ProtocolVersion,
     addr: String,
+    inner: Arc<dyn Connector>,
 ) {
-    let stream = match connector(control).connect(&addr).await {
+    let stream = match connector(inner, control).connect(&addr).await {
         Ok(stream) => stream,
         Err(e) => {
             broker_closed(
@@ -391,9 +391,7 @@ async fn open(
     conn.open = true;
     conn.writer = Some(tx);
     conn.reader = Some(reader.abort_handle());
-    s.record(
-        now_ms(),
-        &host,
+    s.record_now(&host,
         Event::RawOpened {
             client,
             connection: number,
@@ -411,9 +409,7 @@ fn record_received(shared: &SharedRef, host: &str, client: &str, number: u32, mu
         return;
     }
     p.event = s.trace.len();
-    s.record(
-        now_ms(),
-        host,
+    s.record_now(host,
         Event::RawReceived {
             client: client.to_string(),
             connection: number,
@@ -725,7 +721,7 @@ pub fn describe(x: &ExpectRawStep) -> String {
     format!("{} within {}", parts.join(", then "), x.within)
 }
 
-impl Runner<'_, '_> {
+impl<B: super::backend::Backend> Runner<B> {
     fn raw_conn<T>(&self, client: &str, f: impl FnOnce(&RawConn) -> T) -> Option<T> {
         lock(&self.shared).raw.connections.get(client).map(f)
     }
@@ -830,8 +826,8 @@ impl Runner<'_, '_> {
 
     /// The `expect_raw` step.
     pub(super) fn expect_raw(&mut self, i: usize, x: &ExpectRawStep) -> StepResult {
-        let end = self.sim.elapsed() + x.within.as_duration();
-        let remaining = |runner: &Self| end.saturating_sub(runner.sim.elapsed());
+        let end = self.backend.elapsed() + x.within.as_duration();
+        let remaining = |runner: &Self| end.saturating_sub(runner.backend.elapsed());
         let name = x.client.clone();
         let pending = move |s: &super::world::Shared| -> (bool, bool) {
             s.raw

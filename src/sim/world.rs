@@ -16,7 +16,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,10 +36,13 @@ use crate::history::{
     DisconnectCause, Event, Fault, FilterGrant, FilterRequest, Record, Trace, WillInfo,
 };
 use crate::scenario::{ClientSpec, FilterSpec, Persistence};
-use crate::store::fs::SimFs;
+use crate::store::fs::{SharedFs, SimFs};
 use crate::store::{FileStore, MemoryStore, Store, SyncPolicy};
 use crate::transport::fault::{FaultConnector, FaultControl};
 use crate::transport::sim::{SimConnector, SimListener};
+use crate::transport::Connector;
+
+use super::isolation::Isolation;
 
 /// The port the broker listens on.
 pub const BROKER_PORT: u16 = 1883;
@@ -145,6 +148,88 @@ pub struct Shared {
     pub broker_addr: String,
     pub seed: u64,
     pub raw: super::raw::RawState,
+    /// How the client hosts reach the broker, keep their files and tell the time.
+    pub net: ClientNet,
+    /// Topics this run published retained messages on (or registered retained wills for), as
+    /// sent on the wire; kept only under isolation, so a real broker can be cleaned after it.
+    pub retained_topics: BTreeSet<String>,
+}
+
+/// Where the hosts' time comes from.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    /// turmoil's simulated time (deterministic).
+    #[default]
+    Simulated,
+    /// Real time since this instant (a run against a real broker).
+    Real(tokio::time::Instant),
+}
+
+/// What the client hosts' sessions are built from. The default is the simulated world
+/// (turmoil TCP, turmoil's disk, simulated time); certification swaps in real TCP to a fault
+/// proxy per client host, a real directory, the real clock and per-run isolation, and runs the
+/// same host code.
+pub struct ClientNet {
+    /// Opens every session's connections (under the session's fault layer).
+    pub connector: Arc<dyn Connector>,
+    /// Client persistence (`persistence: disk`) lives here, under `dir`.
+    pub fs: SharedFs,
+    pub dir: PathBuf,
+    pub clock: Clock,
+    /// The address a client host's sessions connect to, when not `Shared::broker_addr`
+    /// (certification: that host's fault proxy).
+    pub host_addrs: BTreeMap<String, String>,
+    pub username: Option<String>,
+    pub password: Option<Bytes>,
+    /// Prefixes client ids and topics so runs can share one real broker.
+    pub isolation: Option<Isolation>,
+}
+
+impl Default for ClientNet {
+    fn default() -> ClientNet {
+        ClientNet {
+            connector: Arc::new(SimConnector),
+            fs: Arc::new(SimFs),
+            dir: PathBuf::from(CLIENT_DIR),
+            clock: Clock::Simulated,
+            host_addrs: BTreeMap::new(),
+            username: None,
+            password: None,
+            isolation: None,
+        }
+    }
+}
+
+impl ClientNet {
+    /// The client id sent on the wire.
+    pub fn wire_client_id(&self, client_id: &str) -> String {
+        match &self.isolation {
+            Some(iso) => iso.client_id(client_id),
+            None => client_id.to_string(),
+        }
+    }
+
+    fn wire_topic(&self, topic: &str) -> String {
+        match &self.isolation {
+            Some(iso) => iso.topic(topic),
+            None => topic.to_string(),
+        }
+    }
+
+    fn wire_filter(&self, filter: &str) -> String {
+        match &self.isolation {
+            Some(iso) => iso.filter(filter),
+            None => filter.to_string(),
+        }
+    }
+
+    /// A filter as the scenario wrote it, from its wire form.
+    fn scenario_filter(&self, wire: &str) -> String {
+        match &self.isolation {
+            Some(iso) => iso.unfilter(wire),
+            None => wire.to_string(),
+        }
+    }
 }
 
 pub type SharedRef = Arc<Mutex<Shared>>;
@@ -153,12 +238,39 @@ pub fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Simulated milliseconds since the start (inside a host).
-fn now_ms() -> u64 {
-    u64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+/// Routes a command to the host of `client`.
+pub fn send(shared: &SharedRef, client: &str, command: HostCommand) -> Result<(), String> {
+    let s = lock(shared);
+    let host = s
+        .sessions
+        .get(client)
+        .map(|x| x.host.clone())
+        .ok_or_else(|| format!("no client {client:?}"))?;
+    let tx = s
+        .hosts
+        .get(&host)
+        .ok_or_else(|| format!("client host {host:?} is not running"))?;
+    tx.send(command)
+        .map_err(|_| format!("client host {host:?} stopped"))
 }
 
 impl Shared {
+    /// Milliseconds since the run started, as the hosts see them (simulated time inside a
+    /// turmoil host).
+    pub fn now_ms(&self) -> u64 {
+        let elapsed = match self.net.clock {
+            Clock::Simulated => turmoil::sim_elapsed().unwrap_or_default(),
+            Clock::Real(start) => start.elapsed(),
+        };
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records an event at the hosts' current time.
+    pub fn record_now(&mut self, host: &str, event: Event) {
+        let at = self.now_ms();
+        self.record(at, host, event);
+    }
+
     pub fn record(&mut self, at_ms: u64, host: &str, event: Event) {
         // Hosts run one after another within a tick, each with its own clock reading; keep
         // the trace's times monotonic so "before" in the trace means before in time.
@@ -250,7 +362,8 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
             {
                 let mut s = lock(&shared);
                 s.broker_handle = Some(handle);
-                s.record(now_ms(), "broker", Event::BrokerStarted { durable });
+                let at = s.now_ms();
+                s.record(at, "broker", Event::BrokerStarted { durable });
             }
             broker.run(listener, std::future::pending::<()>()).await?;
             Ok(())
@@ -274,20 +387,26 @@ pub fn client_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef) {
         let shared = shared.clone();
         let name = name.clone();
         async move {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            lock(&shared).hosts.insert(name.clone(), tx);
-            let state = Rc::new(RefCell::new(HostState {
-                name,
-                shared,
-                clients: BTreeMap::new(),
-                publish_locks: BTreeMap::new(),
-            }));
-            while let Some(command) = rx.recv().await {
-                handle(&state, command);
-            }
+            client_host_main(name, shared).await;
             Ok(())
         }
     });
+}
+
+/// The body of a client host (a turmoil host, or a task on a real runtime's `LocalSet`):
+/// registers its command channel and carries out commands until the runner goes away.
+pub async fn client_host_main(name: String, shared: SharedRef) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    lock(&shared).hosts.insert(name.clone(), tx);
+    let state = Rc::new(RefCell::new(HostState {
+        name,
+        shared,
+        clients: BTreeMap::new(),
+        publish_locks: BTreeMap::new(),
+    }));
+    while let Some(command) = rx.recv().await {
+        handle(&state, command);
+    }
 }
 
 fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
@@ -350,9 +469,16 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
                 return;
             };
             let shared = state.borrow().shared.clone();
+            let wire_filters: Vec<String> = {
+                let s = lock(&shared);
+                filters
+                    .iter()
+                    .map(|f| s.net.wire_filter(&f.filter))
+                    .collect()
+            };
             let mut requests = Vec::new();
             let mut wire = Vec::new();
-            for f in &filters {
+            for (f, wire_filter) in filters.iter().zip(&wire_filters) {
                 let request = FilterRequest {
                     filter: f.filter.clone(),
                     qos: f.qos,
@@ -360,7 +486,7 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
                     retain_as_published: f.retain_as_published,
                     retain_handling: f.retain_handling,
                 };
-                let Ok(filter) = TopicFilter::new(&f.filter) else {
+                let Ok(filter) = TopicFilter::new(wire_filter) else {
                     continue;
                 };
                 wire.push((
@@ -391,8 +517,7 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
                         }
                         None => 0,
                     };
-                    s.record(
-                        now_ms(),
+                    s.record_now(
                         &host,
                         Event::Subscribe {
                             client: client.clone(),
@@ -418,15 +543,18 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
             let shared = state.borrow().shared.clone();
             let host = state.borrow().name.clone();
             tokio::task::spawn_local(async move {
-                lock(&shared).record(
-                    now_ms(),
+                lock(&shared).record_now(
                     &host,
                     Event::Unsubscribe {
                         client: client.clone(),
                         filters: filters.clone(),
                     },
                 );
-                let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+                let wire: Vec<String> = {
+                    let s = lock(&shared);
+                    filters.iter().map(|f| s.net.wire_filter(f)).collect()
+                };
+                let refs: Vec<&str> = wire.iter().map(String::as_str).collect();
                 let _ = handle.unsubscribe(&refs).await;
             });
         }
@@ -464,7 +592,7 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
                     handle.disconnect().await;
                 }
                 let mut s = lock(&shared);
-                let at = now_ms();
+                let at = s.now_ms();
                 s.end_connection(
                     &client,
                     at,
@@ -492,7 +620,7 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
             }
             let shared = state.borrow().shared.clone();
             let mut s = lock(&shared);
-            let at = now_ms();
+            let at = s.now_ms();
             s.end_connection(&client, at, DisconnectCause::ClientCrash);
             let keep = s
                 .sessions
@@ -576,8 +704,15 @@ async fn publish_one(state: &Rc<RefCell<HostState>>, client: &str, message: Plan
         Bytes::from(text)
     };
     let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let instance = lock(&shared).sessions.get(client).map(|x| x.instance);
-    let publish = handle.publish(&message.topic, payload, message.qos, message.retain);
+    let (instance, topic) = {
+        let mut s = lock(&shared);
+        let topic = s.net.wire_topic(&message.topic);
+        if message.retain && s.net.isolation.is_some() {
+            s.retained_topics.insert(topic.clone());
+        }
+        (s.sessions.get(client).map(|x| x.instance), topic)
+    };
+    let publish = handle.publish(&topic, payload, message.qos, message.retain);
     tokio::pin!(publish);
     // A full in-flight window waits for acknowledgements; if the client dies meanwhile the
     // wait would never end, so look up every so often whether this instance still lives.
@@ -605,8 +740,7 @@ async fn publish_one(state: &Rc<RefCell<HostState>>, client: &str, message: Plan
                     session.unacked.insert(number, id.clone());
                 }
             }
-            s.record(
-                now_ms(),
+            s.record_now(
                 &host,
                 Event::PublishSent {
                     client: client.to_string(),
@@ -633,32 +767,68 @@ fn will_payload(client: &str, connection: u32) -> String {
     format!("w-{client}-{connection:<WILL_NUMBER_WIDTH$}")
 }
 
+/// A session's view of the network, taken from `ClientNet` when it starts: the client id and
+/// will topic as sent on the wire, and what its connections and files go through.
+struct Wire {
+    connector: Arc<dyn Connector>,
+    fs: SharedFs,
+    dir: PathBuf,
+    username: Option<String>,
+    password: Option<Bytes>,
+    client_id: String,
+    will_topic: Option<String>,
+}
+
 fn start(state: &Rc<RefCell<HostState>>, client: &str) {
     let shared = state.borrow().shared.clone();
     let host = state.borrow().name.clone();
-    let (spec, client_id, control, index, instance, server, seed) = {
+    let (spec, client_id, control, index, instance, server, seed, wire) = {
         let mut s = lock(&shared);
-        let server = s.broker_addr.clone();
+        let server = s
+            .net
+            .host_addrs
+            .get(&host)
+            .unwrap_or(&s.broker_addr)
+            .clone();
         let seed = s.seed;
+        let wire = Wire {
+            connector: s.net.connector.clone(),
+            fs: s.net.fs.clone(),
+            dir: s.net.dir.clone(),
+            username: s.net.username.clone(),
+            password: s.net.password.clone(),
+            client_id: String::new(),
+            will_topic: None,
+        };
         let Some(session) = s.sessions.get_mut(client) else {
             return;
         };
         session.instance += 1;
         session.running = true;
         session.tokens.clear();
+        let spec = session.spec.clone();
+        let client_id = session.client_id.clone();
+        let (control, index, instance) = (session.control.clone(), session.index, session.instance);
+        let wire = Wire {
+            client_id: s.net.wire_client_id(&client_id),
+            will_topic: spec.will.as_ref().map(|w| s.net.wire_topic(&w.topic)),
+            ..wire
+        };
+        if let (Some(topic), Some(true)) = (&wire.will_topic, spec.will.as_ref().map(|w| w.retain))
+        {
+            if s.net.isolation.is_some() {
+                s.retained_topics.insert(topic.clone());
+            }
+        }
         (
-            session.spec.clone(),
-            session.client_id.clone(),
-            session.control.clone(),
-            session.index,
-            session.instance,
-            server,
-            seed,
+            spec, client_id, control, index, instance, server, seed, wire,
         )
     };
     let protocol = spec.protocol;
     let keep_alive_secs = u16::try_from(spec.keepalive.millis / 1000).unwrap_or(u16::MAX);
-    let mut options = ConnectOptions::new(server, client_id.clone());
+    let mut options = ConnectOptions::new(server, wire.client_id.clone());
+    options.username = wire.username.clone();
+    options.password = wire.password.clone();
     options.protocol = protocol;
     options.clean_session = spec.clean_session;
     options.keep_alive_secs = keep_alive_secs;
@@ -691,7 +861,8 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
     });
     let will_empty = spec.will.as_ref().is_some_and(|w| w.empty);
     if let Some(w) = &spec.will {
-        if let Ok(topic) = TopicName::new(&w.topic) {
+        let will_topic = wire.will_topic.as_deref().unwrap_or(&w.topic);
+        if let Ok(topic) = TopicName::new(will_topic) {
             options.will = Some(WillOptions {
                 topic,
                 payload: if w.empty {
@@ -745,7 +916,7 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
                     will.id = format!("w-{client}-{number}");
                 }
             }
-            s.record(now_ms(), &host, event);
+            s.record_now(&host, event);
             (!will_empty).then(|| {
                 (
                     will_template(&client).into_bytes(),
@@ -755,15 +926,15 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
         }
     };
     let connector = Arc::new(FaultConnector {
-        inner: Arc::new(SimConnector),
+        inner: wire.connector.clone(),
         control,
         on_connect: Box::new(on_connect),
     });
     let persistence: Box<dyn ClientPersistence> = match spec.persistence {
         Persistence::Disk => Box::new(FilePersistence::new(
-            Arc::new(SimFs),
-            CLIENT_DIR,
-            &client_id,
+            wire.fs.clone(),
+            &wire.dir,
+            &wire.client_id,
         )),
         Persistence::None => Box::new(MemoryPersistence::new()),
     };
@@ -771,8 +942,7 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
         Ok(pair) => pair,
         Err(error) => {
             let mut s = lock(&shared);
-            s.record(
-                now_ms(),
+            s.record_now(
                 &host,
                 Event::Note {
                     text: format!("client {client} could not start: {error}"),
@@ -817,7 +987,7 @@ fn cause_of(error: &ClientError) -> DisconnectCause {
 }
 
 fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
-    let at = now_ms();
+    let at = s.now_ms();
     let c = client.to_string();
     match kind {
         EventKind::ConnectComplete {
@@ -877,6 +1047,15 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
         }
         EventKind::ReconnectScheduled { .. } => {}
         EventKind::MessageArrived(m) => {
+            let topic = match &s.net.isolation {
+                // Another run's traffic (or a leftover) reaching a wildcard-first filter:
+                // not part of this run, so not in its trace.
+                Some(iso) => match iso.delivered(m.topic.as_str()) {
+                    Some(topic) => topic,
+                    None => return,
+                },
+                None => m.topic.to_string(),
+            };
             let id = payload_id(&m.payload);
             s.record(
                 at,
@@ -884,7 +1063,7 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
                 Event::Delivered {
                     client: c,
                     id,
-                    topic: m.topic.to_string(),
+                    topic,
                     qos: m.qos,
                     retain: m.retain,
                     dup: m.dup,
@@ -956,6 +1135,10 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
             resubscribe,
             ..
         } => {
+            let filters: Vec<String> = filters
+                .iter()
+                .map(|f| s.net.scenario_filter(f.as_str()))
+                .collect();
             let resent = s.sessions.get_mut(client).and_then(|session| {
                 let (requests, connacks) = session.pending_subscribes.remove(&token)?;
                 (connacks != session.connacks).then_some(requests)
@@ -1020,6 +1203,10 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
             s.record(at, host, Event::SubAck { client: c, results });
         }
         EventKind::UnsubscribeComplete { filters, .. } => {
+            let filters: Vec<String> = filters
+                .iter()
+                .map(|f| s.net.scenario_filter(f.as_str()))
+                .collect();
             if let Some(session) = s.sessions.get_mut(client) {
                 session.unsubacks += 1;
                 for f in &filters {
