@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::world::{lock, HostCommand, SharedRef};
 use super::{Failure, Runner, StepResult};
-use crate::codec::{self, Packet, PacketType, ProtocolVersion};
+use crate::codec::{self, MqttStr, Packet, PacketType, ProtocolVersion};
 use crate::history::Event;
 use crate::scenario::raw::{ack_bytes, ack_send, parse_hex, send_bytes, ExpectRawStep, RawStep};
 use crate::transport::fault::{FaultConnector, FaultControl};
@@ -156,6 +156,7 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
         }
         RawCommand::Send { client, bytes } => {
             let mut s = lock(shared);
+            let bytes = isolate_connect(&s.net, bytes);
             let number = s.raw.connections.get(&client).map_or(0, |c| c.connection);
             let text = hex(&bytes);
             let sent = s
@@ -184,6 +185,36 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
             }
         }
         RawCommand::Close { client } => close(shared, host, &client),
+    }
+}
+
+/// Under certification's isolation a raw CONNECT carries the run's wire client id, so its
+/// session is this run's alone (and ended after it) like every session's; any other bytes go
+/// out as written. A CONNECT is recognised only when the bytes are exactly one well-formed
+/// CONNECT: a malformed one is the point of its step and is left alone.
+fn isolate_connect(net: &super::world::ClientNet, bytes: Vec<u8>) -> Vec<u8> {
+    let Some(iso) = &net.isolation else {
+        return bytes;
+    };
+    let buf = bytes::Bytes::from(bytes.clone());
+    // A CONNECT is read in its own protocol version whatever `version` says.
+    let Ok(Some((Packet::Connect(mut connect), used))) =
+        codec::decode_slice(&buf, ProtocolVersion::V5, u32::MAX)
+    else {
+        return bytes;
+    };
+    if used != bytes.len() {
+        return bytes;
+    }
+    let Ok(id) = MqttStr::new(&iso.client_id(connect.client_id.as_str())) else {
+        return bytes;
+    };
+    let protocol = connect.protocol;
+    connect.client_id = id;
+    let mut out = BytesMut::new();
+    match codec::encode(&Packet::Connect(connect), protocol, &mut out) {
+        Ok(()) => out.to_vec(),
+        Err(_) => bytes,
     }
 }
 
