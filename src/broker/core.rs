@@ -121,8 +121,9 @@ struct SessionRuntime {
     persistent: bool,
     /// When an offline session with a finite expiry ends.
     expires_at: Option<Instant>,
-    /// 5.0: a will waiting for its delay interval, and when it is due.
-    pending_will: Option<(Instant, StoredMessage)>,
+    /// 5.0: a will waiting for its delay interval, and when it is due. Boxed: rare, and a
+    /// `StoredMessage` inline would triple every session's entry (memory per connection).
+    pending_will: Option<Box<(Instant, StoredMessage)>>,
 }
 
 /// A connection that has sent a valid CONNECT.
@@ -131,7 +132,9 @@ struct Online {
     client_id: Arc<str>,
     protocol: ProtocolVersion,
     username: Option<String>,
-    will: Option<Will>,
+    /// Boxed: most clients set none, and a `Will` inline would triple every connection's
+    /// entry (memory per idle connection).
+    will: Option<Box<Will>>,
     keep_alive: Duration,
     /// Outgoing QoS 1/2 messages allowed unacknowledged at once.
     inflight_limit: usize,
@@ -566,7 +569,9 @@ impl Core {
                 Timer::WillDelay(client_id) => {
                     let due = self.sessions.get(&client_id).is_some_and(|s| {
                         s.conn.is_none()
-                            && s.pending_will.as_ref().is_some_and(|(at, _)| *at <= now)
+                            && s.pending_will
+                                .as_ref()
+                                .is_some_and(|pending| pending.0 <= now)
                     });
                     if due {
                         self.publish_pending_will(&client_id, now, out);
@@ -864,7 +869,7 @@ impl Core {
                 client_id: client_id.clone(),
                 protocol,
                 username,
-                will,
+                will: will.map(Box::new),
                 keep_alive,
                 inflight_limit,
                 max_packet_size: v5
@@ -1053,7 +1058,7 @@ impl Core {
                 let at = now + Duration::from_secs(delay_secs.into());
                 let message = self.will_message(will, now);
                 if let Some(rt) = self.sessions.get_mut(&client_id) {
-                    rt.pending_will = Some((at, message));
+                    rt.pending_will = Some(Box::new((at, message)));
                 }
                 self.timers
                     .insert((at, Timer::WillDelay(client_id.clone())));
@@ -1085,6 +1090,7 @@ impl Core {
             .sessions
             .get_mut(client_id)
             .and_then(|rt| rt.pending_will.take())
+            .map(|pending| *pending)
         else {
             return;
         };
