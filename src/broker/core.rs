@@ -144,11 +144,12 @@ struct Online {
     connect_expiry_secs: u32,
 }
 
+/// Small on purpose (memory per idle connection): what only an online connection has is boxed.
 #[derive(Debug)]
 struct Conn {
     peer: String,
     last_seen: Instant,
-    online: Option<Online>,
+    online: Option<Box<Online>>,
 }
 
 /// The broker state machine. See the module documentation.
@@ -424,6 +425,15 @@ impl Core {
     pub fn handle(&mut self, conn: ConnId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             // Closed already: whatever the client sent after is ignored [MQTT-3.1.4-5].
+            return;
+        };
+        if c.online.is_none() {
+            // The CONNECT timer (set at `opened`, when `last_seen` was set) has no more work:
+            // drop it now rather than hold an entry per connection until it fires.
+            let at = c.last_seen + Duration::from_secs(self.config.connect_timeout_secs);
+            self.timers.remove(&(at, Timer::ConnectTimeout(conn)));
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.last_seen = now;
@@ -865,7 +875,7 @@ impl Core {
         let inflight_limit = self.config.max_inflight_messages.min(receive_maximum) as usize;
         let keep_alive = Duration::from_secs(connect.keep_alive_secs.into());
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.online = Some(Online {
+            c.online = Some(Box::new(Online {
                 client_id: client_id.clone(),
                 protocol,
                 username,
@@ -876,7 +886,7 @@ impl Core {
                     .then_some(connect.properties.maximum_packet_size.map(|m| m.get()))
                     .flatten(),
                 connect_expiry_secs,
-            });
+            }));
         }
         self.online_count += 1;
         if !keep_alive.is_zero() {
@@ -1185,7 +1195,7 @@ impl Core {
     // ----- packets from a connected client -----
 
     fn online(&self, conn: ConnId) -> Option<&Online> {
-        self.conns.get(&conn)?.online.as_ref()
+        self.conns.get(&conn)?.online.as_deref()
     }
 
     fn on_publish(&mut self, conn: ConnId, publish: Publish, now: Instant, out: &mut Vec<Action>) {

@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::sync::mpsc::error::TrySendError;
@@ -160,6 +161,7 @@ impl Broker {
             next_conn: 1,
             actions: Vec::new(),
             held: BTreeMap::new(),
+            wake: Vec::new(),
         };
         tokio::pin!(shutdown);
         loop {
@@ -292,6 +294,8 @@ struct Driver {
     actions: Vec<Action>,
     /// Connections paused by back-pressure.
     held: BTreeMap<ConnId, Held>,
+    /// Connections given packets by `execute`, woken once it has queued them all.
+    wake: Vec<Waker>,
 }
 
 impl Driver {
@@ -421,7 +425,7 @@ impl Driver {
                 let Some(handle) = self.conns.get(&conn) else {
                     continue;
                 };
-                match handle.try_send(item) {
+                match handle.try_send(item, &mut self.wake) {
                     Ok(()) => {}
                     Err(TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
                         if p.qos_pid == QosPid::AtMostOnce =>
@@ -439,6 +443,11 @@ impl Driver {
             }
             // A connection ended above may have published a will.
             core.flush_store();
+        }
+        // Every packet of this batch is queued: now the connections may write them, each
+        // batch with one system call.
+        for waker in self.wake.drain(..) {
+            waker.wake();
         }
     }
 }
