@@ -49,6 +49,8 @@ pub(super) const READER_CREDIT: usize = 512;
 const IDLE_READ: usize = 2048;
 /// What a busy connection's read buffer grows by; one read takes at most its spare room.
 const READ_CHUNK: usize = 16 * 1024;
+/// The most one read takes (the buffer may have grown larger for a large packet).
+const READ_MAX: usize = 64 * 1024;
 /// Spare room below which the read buffer is grown before the next read.
 const READ_SPARE_MIN: usize = 1024;
 /// A batch written with one `write` call is cut after this many encoded bytes (the rest of the
@@ -236,6 +238,8 @@ struct Connection {
     write_version: ProtocolVersion,
     /// Bytes read and not yet decoded. No allocation while the connection is quiet.
     read_buf: BytesMut,
+    /// A whole packet waits in `read_buf` for credit: the socket is not read meanwhile.
+    frames_waiting: bool,
     /// Encoded packets not yet written (the front is the next byte to write).
     write_buf: BytesMut,
     /// The core's packets taken from the queue and not yet encoded (swapped with the queue's
@@ -282,6 +286,7 @@ pub(super) fn serve(
         read_version: ProtocolVersion::V311,
         write_version: ProtocolVersion::V311,
         read_buf: BytesMut::new(),
+        frames_waiting: false,
         write_buf: BytesMut::new(),
         batch: VecDeque::new(),
         unflushed: false,
@@ -303,6 +308,7 @@ pub(super) fn serve(
                 c.stop_reading(None);
             }
             // Hand the core every whole packet buffered, one credit and one event slot each.
+            c.frames_waiting = false;
             while c.reading {
                 match c.front() {
                     Front::Nothing => break,
@@ -313,7 +319,8 @@ pub(super) fn serve(
                     Front::Frame => {}
                 }
                 if !c.shared.0.credit_available() {
-                    // The core holds enough of ours; the socket is not read until credit returns.
+                    // The core holds enough of ours; the socket is not read until these go.
+                    c.frames_waiting = true;
                     break;
                 }
                 let permit = match c.events.try_reserve() {
@@ -388,10 +395,16 @@ impl Connection {
                 }
             }
         }
-        let has_credit = self.shared.0.credit_available();
-        if self.reading && has_credit {
-            if let Poll::Ready(result) = self.poll_read(cx) {
-                return Poll::Ready(Step::Read(result));
+        // Read only when no whole packet waits in the buffer: reading on while the core is
+        // behind would grow the buffer without bound (a flat-out QoS 0 publisher took 1.4 GiB
+        // that way before this rule).
+        if self.reading {
+            if !self.frames_waiting {
+                if let Poll::Ready(result) = self.poll_read(cx) {
+                    return Poll::Ready(Step::Read(result));
+                }
+            } else if self.shared.0.credit_available() {
+                return Poll::Ready(Step::Woken);
             }
         }
         // Wait for the core; look again after registering, so no wake-up is missed.
@@ -420,7 +433,7 @@ impl Connection {
         if !self.closing && self.shared.0.closed.load(Ordering::SeqCst) {
             return Poll::Ready(Step::Woken);
         }
-        if self.reading && !has_credit && self.shared.0.credit_available() {
+        if self.reading && self.frames_waiting && self.shared.0.credit_available() {
             return Poll::Ready(Step::Woken);
         }
         Poll::Pending
@@ -461,7 +474,7 @@ impl Connection {
         // Zero-filled rather than read into uninitialised memory: no `unsafe`, and a memset of
         // the spare room costs little next to the system call.
         let start = self.read_buf.len();
-        let end = self.read_buf.capacity();
+        let end = self.read_buf.capacity().min(start + READ_MAX);
         self.read_buf.resize(end, 0);
         let mut buf = ReadBuf::new(&mut self.read_buf[start..]);
         let result = Pin::new(&mut self.stream).poll_read(cx, &mut buf);
@@ -710,5 +723,63 @@ mod tests {
         // 536. Tokio rounds a task up to 128 bytes with its ~104-byte header: under 280 keeps
         // the task at 384 bytes.
         assert!(size <= 256, "connection future is {size} bytes");
+    }
+
+    /// A publisher flat out while the core is behind: the task reads its socket only when no
+    /// whole packet waits for credit, so what it has read and not handed over stays within
+    /// about one read. (It once read on regardless and grew its buffer to 1.4 GiB.)
+    #[tokio::test]
+    async fn a_publisher_is_not_read_ahead_of_the_core() {
+        use tokio::io::AsyncWriteExt;
+        const FRAMES: usize = 50_000;
+        // PUBLISH QoS 0, remaining length 10: topic "t" (2 + 1 bytes), payload "payload".
+        let frame = [
+            0x30, 0x0A, 0x00, 0x01, b't', b'p', b'a', b'y', b'l', b'o', b'a', b'd',
+        ];
+        let (broker_side, mut client) = tokio::io::duplex(64 * 1024);
+        // Room for more than the credit, as in the server: credit is what stops the reads.
+        let (events, mut core) = mpsc::channel(4 * READER_CREDIT);
+        let (alive, _alive) = mpsc::channel(1);
+        let (handle, task) = shared(16);
+        let bytes = Arc::new(ByteCounters::default());
+        let stream = Counted {
+            inner: Box::new(broker_side),
+            bytes: bytes.clone(),
+        };
+        tokio::spawn(serve(1, stream, 1024, events, task, alive));
+        tokio::spawn(async move {
+            let chunk: Vec<u8> = frame
+                .iter()
+                .copied()
+                .cycle()
+                .take(1000 * frame.len())
+                .collect();
+            for _ in 0..FRAMES / 1000 {
+                if client.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the stream open until the core has read everything.
+            std::future::pending::<()>().await;
+        });
+        let mut handed = 0usize;
+        let mut most_ahead = 0usize;
+        while handed < FRAMES * frame.len() {
+            match core.recv().await {
+                Some(Event::Packet(_, Packet::Publish(_))) => {}
+                Some(_) => panic!("only PUBLISH packets were sent"),
+                None => panic!("the connection ended early"),
+            }
+            handed += frame.len();
+            handle.give_credit();
+            let read = bytes.received.load(Ordering::Relaxed) as usize;
+            most_ahead = most_ahead.max(read - handed);
+            // A slow core: the connection task gets to run between packets.
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            most_ahead <= READ_MAX + 2 * READER_CREDIT * frame.len(),
+            "read {most_ahead} bytes ahead of the core"
+        );
     }
 }
