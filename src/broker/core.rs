@@ -121,8 +121,9 @@ struct SessionRuntime {
     persistent: bool,
     /// When an offline session with a finite expiry ends.
     expires_at: Option<Instant>,
-    /// 5.0: a will waiting for its delay interval, and when it is due.
-    pending_will: Option<(Instant, StoredMessage)>,
+    /// 5.0: a will waiting for its delay interval, and when it is due. Boxed: rare, and a
+    /// `StoredMessage` inline would triple every session's entry (memory per connection).
+    pending_will: Option<Box<(Instant, StoredMessage)>>,
 }
 
 /// A connection that has sent a valid CONNECT.
@@ -131,7 +132,9 @@ struct Online {
     client_id: Arc<str>,
     protocol: ProtocolVersion,
     username: Option<String>,
-    will: Option<Will>,
+    /// Boxed: most clients set none, and a `Will` inline would triple every connection's
+    /// entry (memory per idle connection).
+    will: Option<Box<Will>>,
     keep_alive: Duration,
     /// Outgoing QoS 1/2 messages allowed unacknowledged at once.
     inflight_limit: usize,
@@ -141,11 +144,12 @@ struct Online {
     connect_expiry_secs: u32,
 }
 
+/// Small on purpose (memory per idle connection): what only an online connection has is boxed.
 #[derive(Debug)]
 struct Conn {
     peer: String,
     last_seen: Instant,
-    online: Option<Online>,
+    online: Option<Box<Online>>,
 }
 
 /// The broker state machine. See the module documentation.
@@ -423,6 +427,15 @@ impl Core {
             // Closed already: whatever the client sent after is ignored [MQTT-3.1.4-5].
             return;
         };
+        if c.online.is_none() {
+            // The CONNECT timer (set at `opened`, when `last_seen` was set) has no more work:
+            // drop it now rather than hold an entry per connection until it fires.
+            let at = c.last_seen + Duration::from_secs(self.config.connect_timeout_secs);
+            self.timers.remove(&(at, Timer::ConnectTimeout(conn)));
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.last_seen = now;
         let Some(online) = &c.online else {
             match packet {
@@ -571,7 +584,9 @@ impl Core {
                 Timer::WillDelay(client_id) => {
                     let due = self.sessions.get(&client_id).is_some_and(|s| {
                         s.conn.is_none()
-                            && s.pending_will.as_ref().is_some_and(|(at, _)| *at <= now)
+                            && s.pending_will
+                                .as_ref()
+                                .is_some_and(|pending| pending.0 <= now)
                     });
                     if due {
                         self.publish_pending_will(&client_id, now, out);
@@ -865,18 +880,18 @@ impl Core {
         let inflight_limit = self.config.max_inflight_messages.min(receive_maximum) as usize;
         let keep_alive = Duration::from_secs(connect.keep_alive_secs.into());
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.online = Some(Online {
+            c.online = Some(Box::new(Online {
                 client_id: client_id.clone(),
                 protocol,
                 username,
-                will,
+                will: will.map(Box::new),
                 keep_alive,
                 inflight_limit,
                 max_packet_size: v5
                     .then_some(connect.properties.maximum_packet_size.map(|m| m.get()))
                     .flatten(),
                 connect_expiry_secs,
-            });
+            }));
         }
         self.online_count += 1;
         if !keep_alive.is_zero() {
@@ -1058,7 +1073,7 @@ impl Core {
                 let at = now + Duration::from_secs(delay_secs.into());
                 let message = self.will_message(will, now);
                 if let Some(rt) = self.sessions.get_mut(&client_id) {
-                    rt.pending_will = Some((at, message));
+                    rt.pending_will = Some(Box::new((at, message)));
                 }
                 self.timers
                     .insert((at, Timer::WillDelay(client_id.clone())));
@@ -1090,6 +1105,7 @@ impl Core {
             .sessions
             .get_mut(client_id)
             .and_then(|rt| rt.pending_will.take())
+            .map(|pending| *pending)
         else {
             return;
         };
@@ -1184,7 +1200,7 @@ impl Core {
     // ----- packets from a connected client -----
 
     fn online(&self, conn: ConnId) -> Option<&Online> {
-        self.conns.get(&conn)?.online.as_ref()
+        self.conns.get(&conn)?.online.as_deref()
     }
 
     fn on_publish(&mut self, conn: ConnId, publish: Publish, now: Instant, out: &mut Vec<Action>) {

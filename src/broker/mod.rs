@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod config;
+mod connection;
 pub mod core;
 pub mod router;
 pub mod server;

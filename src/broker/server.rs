@@ -3,21 +3,23 @@
 //! Shape (DESIGN.md "Performance shape"):
 //! - one task owns the `Core` and is the only one to touch broker state, so no lock exists,
 //!   let alone one held while a message is routed;
-//! - per connection, a reader task decodes packets and a writer task encodes them; they do only
-//!   framing and I/O, so decoding and encoding run beside routing;
-//! - readers hand packets to the core over one bounded channel and wait when it is full, which
-//!   pushes back on fast publishers through TCP;
-//! - back-pressure per publisher: each reader may have at most `READER_CREDIT` packets with the
-//!   core (queued or held) and stops reading its socket beyond that. When a QoS 1/2 PUBLISH
-//!   would overflow an online subscriber's session queue (`Core::publish_blocker`), the driver
-//!   holds it unacknowledged, with whatever that connection sends after it (acknowledgements
-//!   excepted: they only free room), until the subscriber makes room. The publisher's TCP
-//!   window fills and it slows down to the subscriber's pace; nothing acknowledged is dropped.
-//!   A subscriber that makes no room for `slow_subscriber_timeout_secs` is closed as a slow
-//!   consumer (its session keeps its queue), which also breaks wait cycles between clients;
-//! - the core hands packets to each writer over a bounded channel with `try_send`, never
+//! - per connection, one task (`connection::serve`) decodes what the socket brings and encodes
+//!   what the core sends; it does only framing and I/O, so decoding and encoding run beside
+//!   routing;
+//! - connections hand packets to the core over one bounded channel and wait when it is full,
+//!   which pushes back on fast publishers through TCP;
+//! - back-pressure per publisher: each connection may have at most `READER_CREDIT` packets
+//!   with the core (queued or held) and stops reading its socket beyond that. When a QoS 1/2
+//!   PUBLISH would overflow an online subscriber's session queue (`Core::publish_blocker`),
+//!   the driver holds it unacknowledged, with whatever that connection sends after it
+//!   (acknowledgements excepted: they only free room), until the subscriber makes room. The
+//!   publisher's TCP window fills and it slows down to the subscriber's pace; nothing
+//!   acknowledged is dropped. A subscriber that makes no room for
+//!   `slow_subscriber_timeout_secs` is closed as a slow consumer (its session keeps its
+//!   queue), which also breaks wait cycles between clients;
+//! - the core hands packets to each connection through a bounded queue with `try_send`, never
 //!   waiting: a slow subscriber loses QoS 0 messages or its connection, never anyone's time;
-//! - a writer takes everything queued (up to a batch bound) before one flush;
+//! - a connection takes everything queued (up to a batch bound) before one write;
 //! - payloads travel as `Bytes`, shared by every subscriber's copy of a message;
 //! - the store ops of one batch of events are written together (`Core::flush_store`, one
 //!   fsync under `every-write`) before the batch's acknowledgements are handed to writers. The
@@ -30,56 +32,39 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::config::BrokerConfig;
+use super::connection::{self, ConnHandle, Counted, Outbound};
 use super::core::{Action, ClientInfo, ConnId, Core, EndCause};
 use super::stats::{ByteCounters, Stats};
-use crate::codec::{Packet, ProtocolVersion, QosPid};
+use crate::codec::{Packet, QosPid};
 use crate::store::Store;
-use crate::transport::{BoxStream, FramedRead, FramedWrite, Listener, TransportError};
+use crate::transport::{BoxStream, Listener};
 
-/// Events from the connection tasks to the core. Bounded so readers wait when the core is busy.
+/// Events from the connection tasks to the core. Bounded so connections wait when the core is
+/// busy.
 const EVENT_QUEUE: usize = 4096;
 /// Events the core takes in one wake before it runs timers and executes actions again.
 const EVENT_BATCH: usize = 256;
-/// A writer flushes after this many packets or bytes, whichever comes first.
-const WRITE_BATCH_PACKETS: usize = 256;
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
-/// Packets one reader may have with the core (in the event queue or held for back-pressure)
-/// before it stops reading its socket. Bounds what a paused publisher costs the broker (at
-/// most this many packets held). Large enough that a flat-out publisher is not throttled by
-/// the credit round trip itself (64 cost a third of the fan-in QoS 0 rate).
-const READER_CREDIT: usize = 512;
 /// Sockets allowed beyond `max_connections` while they have not sent CONNECT.
 const PENDING_CONNECTIONS: usize = 1024;
-/// A flush that makes no progress for this long means the peer stopped reading (or vanished):
-/// the writer gives up, so a stuck peer cannot hold a socket and its buffers forever.
-const WRITE_STALL: Duration = Duration::from_secs(60);
 /// How long `run` waits at shutdown for writers to flush their last packets.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
-// Nearly every event and outbound item is a packet; boxing it would cost an allocation each.
+/// What connections tell the core.
+// Nearly every event is a packet; boxing it would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
-enum Event {
+pub(super) enum Event {
     Accepted(BoxStream, String),
     Packet(ConnId, Packet),
     Ended(ConnId, EndCause),
-}
-
-#[allow(clippy::large_enum_variant)]
-enum Outbound {
-    Packet(Packet),
-    Protocol(ProtocolVersion),
 }
 
 enum Command {
@@ -176,6 +161,7 @@ impl Broker {
             next_conn: 1,
             actions: Vec::new(),
             held: BTreeMap::new(),
+            wake: Vec::new(),
         };
         tokio::pin!(shutdown);
         loop {
@@ -219,27 +205,16 @@ impl Broker {
                                     let conn = driver.next_conn;
                                     driver.next_conn += 1;
                                     let stream = Counted { inner: stream, bytes: bytes.clone() };
-                                    let (read, write) = tokio::io::split(stream);
-                                    let (out_tx, out_rx) = out_queue(outbound_queue);
-                                    let (cancel_tx, cancel_rx) = oneshot::channel();
-                                    let credit = Arc::new(Credit::default());
-                                    tokio::spawn(read_loop(
+                                    let (handle, task) = connection::shared(outbound_queue);
+                                    tokio::spawn(connection::serve(
                                         conn,
-                                        read,
+                                        stream,
                                         max_packet_size,
                                         events_tx.clone(),
-                                        credit.clone(),
-                                        cancel_rx,
+                                        task,
+                                        alive_tx.clone(),
                                     ));
-                                    tokio::spawn(write_loop(write, out_rx, alive_tx.clone()));
-                                    driver.conns.insert(
-                                        conn,
-                                        ConnIo {
-                                            outbound: out_tx,
-                                            credit,
-                                            _cancel_reader: cancel_tx,
-                                        },
-                                    );
+                                    driver.conns.insert(conn, handle);
                                     core.opened(conn, peer, now);
                                 }
                             }
@@ -301,40 +276,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-struct ConnIo {
-    outbound: OutSender,
-    /// The reader's packets with the core; given back as each is handled.
-    credit: Arc<Credit>,
-    /// Dropping it stops the reader.
-    _cancel_reader: oneshot::Sender<()>,
-}
-
-/// What one reader has handed to the core and the core has not yet handled. Only the reader
-/// takes (it is the only one to wait) and only the core task gives back, so two atomic
-/// operations per packet suffice; `Notify` is touched only at the limit.
-#[derive(Default)]
-struct Credit {
-    taken: AtomicUsize,
-    returned: Notify,
-}
-
-impl Credit {
-    /// Waits until the reader may hand over one more packet, and takes the credit for it.
-    async fn take(&self) {
-        while self.taken.load(Ordering::Acquire) >= READER_CREDIT {
-            // A `give` between the load and here stores a permit, so this cannot miss it.
-            self.returned.notified().await;
-        }
-        self.taken.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn give(&self) {
-        if self.taken.fetch_sub(1, Ordering::AcqRel) == READER_CREDIT {
-            self.returned.notify_one();
-        }
-    }
-}
-
 /// A connection whose PUBLISH waits for room in a subscriber's queue.
 struct Held {
     /// The waiting PUBLISH first, then what the connection sent after it.
@@ -348,17 +289,19 @@ struct Held {
 }
 
 struct Driver {
-    conns: BTreeMap<ConnId, ConnIo>,
+    conns: BTreeMap<ConnId, ConnHandle>,
     next_conn: ConnId,
     actions: Vec<Action>,
     /// Connections paused by back-pressure.
     held: BTreeMap<ConnId, Held>,
+    /// Connections given packets by `execute`, woken once it has queued them all.
+    wake: Vec<Waker>,
 }
 
 impl Driver {
     fn give_credit(&self, conn: ConnId) {
-        if let Some(io) = self.conns.get(&conn) {
-            io.credit.give();
+        if let Some(handle) = self.conns.get(&conn) {
+            handle.give_credit();
         }
     }
 
@@ -474,15 +417,15 @@ impl Driver {
                     Action::Send { conn, packet } => (conn, Outbound::Packet(packet)),
                     Action::SetProtocol { conn, version } => (conn, Outbound::Protocol(version)),
                     Action::Close { conn } => {
-                        // The writer drains what is queued, flushes and shuts the stream down.
+                        // The connection writes what is queued and shuts the stream down.
                         self.conns.remove(&conn);
                         continue;
                     }
                 };
-                let Some(io) = self.conns.get(&conn) else {
+                let Some(handle) = self.conns.get(&conn) else {
                     continue;
                 };
-                match io.outbound.try_send(item) {
+                match handle.try_send(item, &mut self.wake) {
                     Ok(()) => {}
                     Err(TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
                         if p.qos_pid == QosPid::AtMostOnce =>
@@ -501,6 +444,11 @@ impl Driver {
             // A connection ended above may have published a will.
             core.flush_store();
         }
+        // Every packet of this batch is queued: now the connections may write them, each
+        // batch with one system call.
+        for waker in self.wake.drain(..) {
+            waker.wake();
+        }
     }
 }
 
@@ -518,265 +466,5 @@ async fn accept_loop(mut listener: impl Listener, events: mpsc::Sender<Event>) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-async fn read_loop(
-    conn: ConnId,
-    read: tokio::io::ReadHalf<Counted>,
-    max_packet_size: u32,
-    events: mpsc::Sender<Event>,
-    credit: Arc<Credit>,
-    mut cancel: oneshot::Receiver<()>,
-) {
-    // The first packet must be CONNECT, which carries its own protocol level.
-    let mut framed = FramedRead::new(read, ProtocolVersion::V311, max_packet_size);
-    // This future lives as long as the connection, idle or not, so its size is memory per
-    // connection: no packet is held inside a channel's send future (`reserve`, then a sync
-    // send), and each await keeps few locals alive.
-    let cause = loop {
-        let result = tokio::select! {
-            biased;
-            _ = &mut cancel => return,
-            result = framed.read_packet() => result,
-        };
-        let packet = match result {
-            Ok(Some(packet)) => packet,
-            Ok(None) => break EndCause::PeerClosed,
-            Err(TransportError::Decode(error)) => break EndCause::Decode(error),
-            Err(error) => break EndCause::Io(error.to_string()),
-        };
-        if let Packet::Connect(connect) = &packet {
-            framed.version = connect.protocol;
-        }
-        // Out of credit: the core holds enough of ours; stop reading the socket.
-        tokio::select! {
-            biased;
-            _ = &mut cancel => return,
-            _ = credit.take() => {}
-        }
-        let permit = tokio::select! {
-            biased;
-            _ = &mut cancel => return,
-            permit = events.reserve() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        permit.send(Event::Packet(conn, packet));
-    };
-    if let Ok(permit) = events.reserve().await {
-        permit.send(Event::Ended(conn, cause));
-    }
-}
-
-async fn write_loop(
-    write: tokio::io::WriteHalf<Counted>,
-    outbound: OutReceiver,
-    _alive: mpsc::Sender<()>,
-) {
-    let mut framed = FramedWrite::new(write, ProtocolVersion::V311);
-    while let Some(first) = outbound.recv().await {
-        encode_batch(&mut framed, first, &outbound);
-        match tokio::time::timeout(WRITE_STALL, framed.flush()).await {
-            Ok(Ok(())) => {
-                // About to wait: an idle connection keeps no buffers.
-                if outbound.release_if_empty() {
-                    framed.release();
-                }
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "write failed");
-                return;
-            }
-            Err(_) => {
-                tracing::info!("peer stopped reading; dropping its connection");
-                return;
-            }
-        }
-    }
-    let _ = tokio::time::timeout(WRITE_STALL, framed.shutdown()).await;
-}
-
-/// Encodes `first` and whatever else is queued, up to the batch bounds. Not async, so its
-/// locals (packets) are no part of the writer's long-lived future.
-fn encode_batch(
-    framed: &mut FramedWrite<tokio::io::WriteHalf<Counted>>,
-    first: Outbound,
-    outbound: &OutReceiver,
-) {
-    let mut next = Some(first);
-    let mut count = 0;
-    while let Some(item) = next.take() {
-        match item {
-            Outbound::Protocol(version) => framed.version = version,
-            Outbound::Packet(packet) => {
-                if let Err(error) = framed.push(&packet) {
-                    // The core built a packet the version cannot carry: a bug, not input.
-                    tracing::error!(%error, ?packet, "cannot encode packet");
-                }
-            }
-        }
-        count += 1;
-        if count < WRITE_BATCH_PACKETS && framed.pending() < WRITE_BATCH_BYTES {
-            next = outbound.try_recv();
-        }
-    }
-}
-
-/// The core's packets for one connection's writer: a bounded FIFO that allocates nothing until
-/// used and gives its memory back when the writer drains it. (A tokio `mpsc` channel allocates
-/// a block of 32 slots up front, about 7 KB per connection with packets this size.) Only the
-/// core task pushes and only the writer pops; the lock is held for a push or a pop, never
-/// across routing or I/O.
-struct OutQueue {
-    state: Mutex<OutState>,
-    ready: Notify,
-    capacity: usize,
-}
-
-struct OutState {
-    items: VecDeque<Outbound>,
-    /// The sender or the receiver is gone.
-    closed: bool,
-}
-
-struct OutSender(Arc<OutQueue>);
-struct OutReceiver(Arc<OutQueue>);
-
-fn out_queue(capacity: usize) -> (OutSender, OutReceiver) {
-    let queue = Arc::new(OutQueue {
-        state: Mutex::new(OutState {
-            items: VecDeque::new(),
-            closed: false,
-        }),
-        ready: Notify::new(),
-        capacity,
-    });
-    (OutSender(queue.clone()), OutReceiver(queue))
-}
-
-impl OutQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
-        // A panic while holding it cannot leave the queue inconsistent (push/pop only).
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_one();
-    }
-}
-
-impl OutSender {
-    // The item comes back on failure (the caller inspects it); boxing it would cost an
-    // allocation per packet.
-    #[allow(clippy::result_large_err)]
-    fn try_send(&self, item: Outbound) -> Result<(), TrySendError<Outbound>> {
-        let mut state = self.0.lock();
-        if state.closed {
-            return Err(TrySendError::Closed(item));
-        }
-        if state.items.len() >= self.0.capacity {
-            return Err(TrySendError::Full(item));
-        }
-        let was_empty = state.items.is_empty();
-        state.items.push_back(item);
-        drop(state);
-        if was_empty {
-            // Stored as a permit if the writer is not waiting yet, so it cannot be missed.
-            self.0.ready.notify_one();
-        }
-        Ok(())
-    }
-}
-
-impl Drop for OutSender {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-impl OutReceiver {
-    /// The next item; `None` once the sender is gone and everything was taken.
-    async fn recv(&self) -> Option<Outbound> {
-        loop {
-            {
-                let mut state = self.0.lock();
-                if let Some(item) = state.items.pop_front() {
-                    return Some(item);
-                }
-                if state.closed {
-                    return None;
-                }
-            }
-            self.0.ready.notified().await;
-        }
-    }
-
-    fn try_recv(&self) -> Option<Outbound> {
-        self.0.lock().items.pop_front()
-    }
-
-    /// Frees the queue's memory if it is empty; true when it was.
-    fn release_if_empty(&self) -> bool {
-        let mut state = self.0.lock();
-        if !state.items.is_empty() {
-            return false;
-        }
-        if state.items.capacity() > 0 {
-            state.items = VecDeque::new();
-        }
-        true
-    }
-}
-
-impl Drop for OutReceiver {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-/// Counts the bytes a client stream moves, for `$SYS/broker/bytes/...`.
-struct Counted {
-    inner: BoxStream,
-    bytes: Arc<ByteCounters>,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.bytes.add_received(n);
-        }
-        result
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &result {
-            self.bytes.add_sent(*n);
-        }
-        result
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
