@@ -301,7 +301,7 @@ impl Core {
             .state
             .sessions
             .iter()
-            .filter_map(|(id, s)| Some((Arc::from(id.as_str()), s.will.clone()?)))
+            .filter_map(|(id, s)| Some((Arc::from(id.as_str()), *s.will.clone()?)))
             .collect();
         let mut ignored = Vec::new();
         for (client_id, will) in wills {

@@ -677,7 +677,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<DurableState, DecodeError> {
         }
         s.will = match r.u8()? {
             0 => None,
-            1 => Some(r.will()?),
+            1 => Some(Box::new(r.will()?)),
             other => return Err(invalid("will flag", other)),
         };
         state.sessions.insert(client_id, s);

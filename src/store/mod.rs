@@ -91,8 +91,9 @@ pub struct StoredSession {
     pub incoming_qos2: BTreeSet<u16>,
     /// The next packet id to try for an outgoing message.
     pub next_packet_id: u16,
-    /// The will of the connection that holds this session, if it has one.
-    pub will: Option<StoredWill>,
+    /// The will of the connection that holds this session, if it has one (boxed: most sessions
+    /// have none, and this struct is kept per idle connection).
+    pub will: Option<Box<StoredWill>>,
 }
 
 /// The whole durable state.
@@ -344,7 +345,7 @@ impl DurableState {
             }
             StoreOp::WillStored { client_id, will } => {
                 if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.will = Some(will.clone());
+                    s.will = Some(Box::new(will.clone()));
                 }
             }
             StoreOp::WillCleared { client_id } => {

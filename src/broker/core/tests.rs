@@ -701,7 +701,7 @@ fn restart_from_the_store_keeps_sessions_queues_and_wills() {
             restored
                 .apply(StoreOp::WillStored {
                     client_id: id.clone(),
-                    will: w.clone(),
+                    will: (**w).clone(),
                 })
                 .unwrap();
         }
