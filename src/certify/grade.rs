@@ -141,6 +141,17 @@ fn grade_expect(
         .iter()
         .filter_map(|id| statements.resolve(versions, id))
         .collect();
+    if let (true, Some(should)) = (cited.is_empty(), &scenario.should) {
+        return Finding {
+            grade: Grade::Should,
+            statement: String::new(),
+            owed: format!(
+                "{} (a SHOULD of the spec, not numbered: {should})",
+                base.owed
+            ),
+            ..base
+        };
+    }
     if cited.is_empty() {
         let why = if scenario.spec.is_empty() {
             "the scenario names no statement (`spec:`), so its expectation is graded MUST".into()
@@ -362,6 +373,24 @@ steps:
         let (findings, _) = grade(&s, &report(vec![failure("expect", "")], &[]), &index);
         assert_eq!(findings[0].grade, Grade::Must);
         assert_eq!(findings[0].statement, "MQTT-9.0.0-1");
+    }
+
+    #[test]
+    fn expect_testing_an_unnumbered_should_is_graded_should() {
+        let index = Statements::embedded();
+        let s = scenario(
+            "
+spec: []
+should: '§4.7.2: the Server SHOULD prevent $-topic exchange'
+clients: {a: {}}
+steps:
+  - connect: a
+",
+        );
+        let (findings, _) = grade(&s, &report(vec![failure("expect", "")], &[]), &index);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].grade, Grade::Should);
+        assert!(findings[0].owed.contains("§4.7.2"), "{:?}", findings[0]);
     }
 
     #[test]

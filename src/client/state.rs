@@ -1173,7 +1173,12 @@ mod tests {
             panic!("{actions:?}")
         };
         assert_eq!(
-            connect5.will.as_ref().unwrap().properties.will_delay_interval_secs,
+            connect5
+                .will
+                .as_ref()
+                .unwrap()
+                .properties
+                .will_delay_interval_secs,
             Some(5)
         );
         assert_eq!(connect.client_id.as_str(), "c1");

@@ -67,6 +67,11 @@ pub struct Scenario {
     /// Regression files: what the bug was and how it was fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postmortem: Option<String>,
+    /// An un-numbered SHOULD of the specs that the expectations test ("§4.7.2: the Server
+    /// SHOULD prevent …"), for a scenario naming no `spec:` statement (every numbered
+    /// statement is a MUST): certification grades its failed expectations SHOULD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub should: Option<String>,
     /// Explicit scenarios: the clients by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub clients: BTreeMap<String, ClientSpec>,

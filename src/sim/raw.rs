@@ -131,12 +131,7 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
                 let control = session.control.clone();
                 let version = session.spec.protocol;
                 // The host's own way to the broker (its fault proxy under certification).
-                let addr = s
-                    .net
-                    .host_addrs
-                    .get(host)
-                    .unwrap_or(&s.broker_addr)
-                    .clone();
+                let addr = s.net.host_addrs.get(host).unwrap_or(&s.broker_addr).clone();
                 let inner = s.net.connector.clone();
                 let conn = s.raw.connections.entry(client.clone()).or_default();
                 conn.connection += 1;
@@ -233,7 +228,8 @@ fn close(shared: &SharedRef, host: &str, client: &str) {
     conn.closed = true;
     let number = conn.connection;
     if was_open {
-        s.record_now(host,
+        s.record_now(
+            host,
             Event::RawClosed {
                 client: client.to_string(),
                 connection: number,
@@ -264,7 +260,8 @@ fn broker_closed(shared: &SharedRef, host: &str, client: &str, number: u32, deta
     conn.closed = true;
     conn.closed_by_broker = true;
     conn.writer = None;
-    s.record_now(host,
+    s.record_now(
+        host,
         Event::RawClosed {
             client: client.to_string(),
             connection: number,
@@ -422,7 +419,8 @@ async fn open(
     conn.open = true;
     conn.writer = Some(tx);
     conn.reader = Some(reader.abort_handle());
-    s.record_now(&host,
+    s.record_now(
+        &host,
         Event::RawOpened {
             client,
             connection: number,
@@ -440,7 +438,8 @@ fn record_received(shared: &SharedRef, host: &str, client: &str, number: u32, mu
         return;
     }
     p.event = s.trace.len();
-    s.record_now(host,
+    s.record_now(
+        host,
         Event::RawReceived {
             client: client.to_string(),
             connection: number,
