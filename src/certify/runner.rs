@@ -80,11 +80,8 @@ pub struct Case {
 pub fn plan(scenarios: &[(PathBuf, Scenario)], options: &Options) -> Vec<Case> {
     let mut cases = Vec::new();
     for (file, scenario) in scenarios {
-        let raw = scenario
-            .steps
-            .iter()
-            .any(|s| matches!(s, Step::Raw(_) | Step::ExpectRaw(_)));
-        let serial = raw || profile::needed(scenario).contains(&Capability::BrokerRestart);
+        let serial =
+            writes_raw(scenario) || profile::needed(scenario).contains(&Capability::BrokerRestart);
         if let Some(reason) = options
             .profile
             .unmet(scenario, options.restart_cmd.is_some())
@@ -245,6 +242,14 @@ fn skipped(case: &Case, reason: &str) -> CaseResult {
     }
 }
 
+/// Whether the scenario writes raw packets (their client ids and topics are the scenario's).
+fn writes_raw(scenario: &Scenario) -> bool {
+    scenario
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::Raw(_) | Step::ExpectRaw(_)))
+}
+
 /// Runs one case against the broker (blocking; real time) and grades it.
 pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
     let started = Instant::now();
@@ -258,7 +263,13 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
             dir: dir.clone(),
             username: options.username.clone(),
             password: options.password.as_deref().map(super::tcp::password),
-            isolation: Some(Isolation::new(tag)),
+            // Raw packets carry the scenario's topics, which a prefix would not reach: such a
+            // case runs alone (serial phase) with its client ids tagged and topics as written.
+            isolation: Some(if writes_raw(scenario) {
+                Isolation::ids_only(tag)
+            } else {
+                Isolation::new(tag)
+            }),
             ..ClientNet::default()
         },
         ..Shared::default()

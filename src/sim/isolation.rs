@@ -33,6 +33,16 @@ impl Isolation {
         }
     }
 
+    /// Client ids only, topics as written: for a run that has the broker to itself (a
+    /// scenario writing raw packets, whose topic bytes cannot be rewritten; certify runs those
+    /// alone), so every delivery is the run's.
+    pub fn ids_only(tag: &str) -> Isolation {
+        Isolation {
+            tag: tag.to_string(),
+            prefix: String::new(),
+        }
+    }
+
     pub fn tag(&self) -> &str {
         &self.tag
     }
@@ -91,6 +101,16 @@ impl Isolation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_only_keeps_topics_and_every_delivery() {
+        let iso = Isolation::ids_only("t1");
+        assert_eq!(iso.client_id("c"), "t1-c");
+        assert_eq!(iso.topic("a/b"), "a/b");
+        assert_eq!(iso.filter("a/+"), "a/+");
+        assert_eq!(iso.unfilter("a/+"), "a/+");
+        assert_eq!(iso.delivered("x/y").as_deref(), Some("x/y"));
+    }
 
     #[test]
     fn client_ids_are_prefixed_and_hashed_when_long() {
