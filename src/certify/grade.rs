@@ -387,7 +387,7 @@ steps:
   - connect: a
 ",
         );
-        let (findings, _) = grade(&s, &report(vec![failure("expect", "")], &[]), &index);
+        let (findings, _) = grade(&s, &report(vec![failure("expect", "")], &[]), index);
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].grade, Grade::Should);
         assert!(findings[0].owed.contains("§4.7.2"), "{:?}", findings[0]);

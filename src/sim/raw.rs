@@ -146,7 +146,8 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
             let shared = shared.clone();
             let host = host.to_string();
             tokio::task::spawn_local(async move {
-                open(shared, host, client, number, control, version, addr, inner).await;
+                let connector = connector(inner, control);
+                open(shared, host, client, number, connector, version, addr).await;
             });
         }
         RawCommand::Send { client, bytes } => {
@@ -276,12 +277,11 @@ async fn open(
     host: String,
     client: String,
     number: u32,
-    control: Arc<FaultControl>,
+    connector: Arc<dyn Connector>,
     version: ProtocolVersion,
     addr: String,
-    inner: Arc<dyn Connector>,
 ) {
-    let stream = match connector(inner, control).connect(&addr).await {
+    let stream = match connector.connect(&addr).await {
         Ok(stream) => stream,
         Err(e) => {
             broker_closed(
