@@ -187,7 +187,8 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
 /// Under certification's isolation a raw CONNECT carries the run's wire client id, so its
 /// session is this run's alone (and ended after it) like every session's; any other bytes go
 /// out as written. A CONNECT is recognised only when the bytes are exactly one well-formed
-/// CONNECT: a malformed one is the point of its step and is left alone.
+/// CONNECT with a client id: a malformed one, or an empty id, is the point of its step and is
+/// left alone.
 fn isolate_connect(net: &super::world::ClientNet, bytes: Vec<u8>) -> Vec<u8> {
     let Some(iso) = &net.isolation else {
         return bytes;
@@ -199,7 +200,8 @@ fn isolate_connect(net: &super::world::ClientNet, bytes: Vec<u8>) -> Vec<u8> {
     else {
         return bytes;
     };
-    if used != bytes.len() {
+    // An empty id is the point of its step (assigned id, or refusal 0x02 [MQTT-3.1.3-8]).
+    if used != bytes.len() || connect.client_id.is_empty() {
         return bytes;
     }
     let Ok(id) = MqttStr::new(&iso.client_id(connect.client_id.as_str())) else {
