@@ -136,6 +136,22 @@ fn grade_expect(
     base: Finding,
     statements: &Statements,
 ) -> Finding {
+    // A step that names its own statement (raw expectations do) is graded by that one alone
+    // and cites it, not the whole scenario's list.
+    if let Some(own) = statements.resolve(versions, &base.statement) {
+        let grade = match own.level {
+            Level::Must | Level::MustNot => Some(Grade::Must),
+            Level::Should | Level::ShouldNot => Some(Grade::Should),
+            Level::May => None,
+        };
+        if let Some(grade) = grade {
+            return Finding {
+                grade,
+                statement: own.id.clone(),
+                ..base
+            };
+        }
+    }
     let cited: Vec<&Statement> = scenario
         .spec
         .iter()
@@ -373,6 +389,19 @@ steps:
         let (findings, _) = grade(&s, &report(vec![failure("expect", "")], &[]), &index);
         assert_eq!(findings[0].grade, Grade::Must);
         assert_eq!(findings[0].statement, "MQTT-9.0.0-1");
+    }
+
+    #[test]
+    fn expect_naming_its_own_statement_cites_only_that_one() {
+        let index = Statements::embedded();
+        let s = scenario(V311_SCENARIO);
+        let (findings, _) = grade(
+            &s,
+            &report(vec![failure("expect", "MQTT-3.1.3-8")], &[]),
+            index,
+        );
+        assert_eq!(findings[0].grade, Grade::Must);
+        assert_eq!(findings[0].statement, "MQTT-3.1.3-8");
     }
 
     #[test]
