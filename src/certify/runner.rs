@@ -126,15 +126,32 @@ pub fn certify(
     let total = cases.len();
     let mut results: Vec<Option<CaseResult>> = vec![None; total];
     let mut done = 0usize;
-    // Skips first (they take no time), then the parallel phase, then the serial one.
+    // Skips first (they take no time), then the parallel phase, then the raw-packet cases in
+    // waves of cases whose topics cannot meet, then the restarts one at a time.
     let mut parallel = Vec::new();
     let mut serial = Vec::new();
+    let mut waves: Vec<(BTreeSet<String>, Vec<usize>)> = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         if let Some(reason) = &case.skip {
             let result = skipped(case, reason);
             done += 1;
             progress(&result, done, total);
             results[i] = Some(result);
+        } else if case.serial
+            && !profile::needed(&case.scenario).contains(&Capability::BrokerRestart)
+        {
+            // Raw packets keep the scenario's topics, so such cases may share the broker
+            // only with cases whose topics they cannot reach (first topic levels disjoint).
+            match topic_roots(&case.scenario) {
+                Some(roots) => match waves.iter_mut().find(|(used, _)| used.is_disjoint(&roots)) {
+                    Some((used, wave)) => {
+                        used.extend(roots);
+                        wave.push(i);
+                    }
+                    None => waves.push((roots, vec![i])),
+                },
+                None => serial.push(i),
+            }
         } else if case.serial {
             serial.push(i);
         } else {
@@ -143,7 +160,10 @@ pub fn certify(
     }
     let cases = Arc::new(cases);
     let jobs = options.jobs.clamp(1, JOBS_MAX);
-    for (phase, indices) in [(jobs, parallel), (1, serial)] {
+    let mut phases = vec![(jobs, parallel)];
+    phases.extend(waves.into_iter().map(|(_, wave)| (jobs, wave)));
+    phases.push((1, serial));
+    for (phase, indices) in phases {
         if indices.is_empty() {
             continue;
         }
@@ -240,6 +260,63 @@ fn skipped(case: &Case, reason: &str) -> CaseResult {
         duration: Duration::ZERO,
         rerun: String::new(),
     }
+}
+
+/// The first topic levels a scenario's traffic can touch (its publishes, subscriptions, wills
+/// and the topics inside its raw packets), or `None` when it may touch any: a filter that
+/// starts with a wildcard. Raw bytes that do not decode (malformed on purpose) are closed on
+/// by the broker before anything is routed, so they add nothing.
+fn topic_roots(scenario: &Scenario) -> Option<BTreeSet<String>> {
+    let mut topics: Vec<String> = Vec::new();
+    for client in scenario.clients.values() {
+        if let Some(will) = &client.will {
+            topics.push(will.topic.clone());
+        }
+    }
+    for step in &scenario.steps {
+        match step {
+            Step::Publish(p) => topics.push(p.topic.clone()),
+            Step::Subscribe(sub) => topics.extend(sub.all_filters().into_iter().map(|f| f.filter)),
+            Step::Unsubscribe(u) => topics.extend(u.all_filters()),
+            Step::Raw(r) => {
+                let (Some(send), Some(spec)) = (&r.send, scenario.clients.get(&r.client)) else {
+                    continue;
+                };
+                let Ok(bytes) = crate::scenario::raw::send_bytes(send, &r.client, spec) else {
+                    continue;
+                };
+                let buf = bytes::Bytes::from(bytes);
+                let mut at = 0;
+                while let Ok(Some((packet, used))) =
+                    crate::codec::decode_slice(&buf.slice(at..), spec.protocol, u32::MAX)
+                {
+                    at += used;
+                    match packet {
+                        crate::codec::Packet::Publish(p) => topics.push(p.topic.to_string()),
+                        crate::codec::Packet::Subscribe(sub) => {
+                            topics.extend(sub.filters.iter().map(|(f, _)| f.to_string()))
+                        }
+                        crate::codec::Packet::Unsubscribe(u) => {
+                            topics.extend(u.filters.iter().map(|f| f.to_string()))
+                        }
+                        crate::codec::Packet::Connect(c) => {
+                            topics.extend(c.will.map(|w| w.topic.to_string()))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut roots = BTreeSet::new();
+    for topic in topics {
+        if topic.starts_with(['+', '#']) {
+            return None;
+        }
+        roots.insert(topic.split('/').next().unwrap_or_default().to_string());
+    }
+    Some(roots)
 }
 
 /// Whether the scenario writes raw packets (their client ids and topics are the scenario's).
