@@ -192,7 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if progress {
             eprint!(
                 "\r[{done}/{total}] {failed} failed {skipped} skipped  {:<50}",
-                truncate(&case.scenario, 50)
+                super::run::truncate(&case.scenario, 50)
             );
         }
     });
@@ -229,17 +229,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-fn truncate(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_string()
-    } else {
-        text.chars()
-            .take(width.saturating_sub(1))
-            .collect::<String>()
-            + "…"
-    }
 }
 
 #[cfg(test)]

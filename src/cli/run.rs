@@ -259,7 +259,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn truncate(text: &str, width: usize) -> String {
+/// `text` cut to `width` characters with an ellipsis (progress lines and tables).
+pub(crate) fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()
     } else {
