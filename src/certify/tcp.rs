@@ -251,10 +251,7 @@ impl Backend for Tcp {
             self.local
                 .spawn_local(world::client_host_main(host.clone(), self.shared.clone()));
         }
-        let mut s = lock(&self.shared);
-        let at = s.now_ms();
-        s.record(
-            at,
+        lock(&self.shared).record_now(
             "broker",
             Event::BrokerStarted {
                 durable: self.target.durable,
@@ -359,10 +356,7 @@ impl Backend for Tcp {
         for host in &hosts {
             self.apply_stall(host);
         }
-        let mut s = lock(&self.shared);
-        let at = s.now_ms();
-        s.record(
-            at,
+        lock(&self.shared).record_now(
             "broker",
             Event::BrokerStarted {
                 durable: self.target.durable,

@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // A line for scripts and tests that start the broker on port 0.
         println!("simqtt broker listening on {addr}");
         std::io::stdout().flush().ok();
-        broker::run(listener, store, config, shutdown_signal())
+        broker::run(listener, store, config, shutdown_signal("broker"))
             .await
             .context("serving")
     })?;
@@ -102,13 +102,14 @@ fn load_authenticator(config: &BrokerConfig) -> anyhow::Result<broker::auth::Aut
     Ok(authenticator)
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT (Ctrl-C) or SIGTERM; `what` names the program in the warning when SIGTERM cannot
+/// be watched. Shared by `simqtt broker` and `simqtt proxy`.
+pub(crate) async fn shutdown_signal(what: &str) {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
             Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the broker");
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the {what}");
                 let _ = tokio::signal::ctrl_c().await;
                 return;
             }

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.jitter.as_millis()
         );
         std::io::stdout().flush().ok();
-        shutdown_signal().await;
+        super::broker::shutdown_signal("proxy").await;
         drop(proxy);
         anyhow::Ok(())
     })?;
@@ -75,22 +75,5 @@ async fn resolve(upstream: &str) -> anyhow::Result<SocketAddr> {
     match addrs.next() {
         Some(addr) => Ok(addr),
         None => bail!("--upstream {upstream} resolves to no address"),
-    }
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the proxy");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
     }
 }
