@@ -256,3 +256,89 @@ fn slow_qos1_subscriber_slows_publishers_and_loses_nothing_acknowledged() {
         "the test did overload the subscriber"
     );
 }
+
+/// A burst larger than the core's event batch: one publisher pipelines `BURST` QoS 1 messages
+/// without waiting, so its connection hands the core hundreds of packets at once, and a
+/// subscriber acknowledges each delivery at once. Every PUBLISH must be acknowledged and
+/// delivered, every delivery's PUBACK must free its slot: the core once took the event after
+/// each full batch of 256 and dropped it, losing a PUBLISH (never acknowledged) or a PUBACK
+/// (the subscriber's window and its reader's credit shrank for good).
+#[test]
+fn a_burst_beyond_one_event_batch_loses_no_packet() {
+    const BURST: u16 = 3000;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(11)
+        .simulation_duration(Duration::from_secs(60))
+        .build();
+    let slot = Arc::default();
+    broker(&mut sim, slot, 30);
+    let ready = Arc::new(Notify::new());
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+
+    let (sub_ready, sub_delivered) = (ready.clone(), delivered.clone());
+    sim.client("subscriber", async move {
+        let (mut read, mut write) = connect("sub").await?;
+        write
+            .write_packet(&Packet::Subscribe(Subscribe {
+                packet_id: NonZeroU16::new(1).unwrap(),
+                properties: SubscribeProperties::default(),
+                filters: vec![(
+                    TopicFilter::new("burst")?,
+                    SubscriptionOptions::qos(QoS::AtLeastOnce),
+                )],
+            }))
+            .await?;
+        match read.read_packet().await? {
+            Some(Packet::SubAck(_)) => {}
+            other => return Err(format!("expected SUBACK, got {other:?}").into()),
+        }
+        sub_ready.notify_one();
+        while sub_delivered.lock().unwrap().len() < usize::from(BURST) {
+            match read.read_packet().await? {
+                Some(Packet::Publish(p)) => {
+                    let QosPid::AtLeastOnce(id) = p.qos_pid else {
+                        return Err(format!("expected QoS 1, got {:?}", p.qos_pid).into());
+                    };
+                    write.write_packet(&Packet::PubAck(Ack::new(id))).await?;
+                    let payload = String::from_utf8(p.payload.to_vec())?;
+                    sub_delivered.lock().unwrap().push(payload);
+                }
+                other => return Err(format!("expected PUBLISH, got {other:?}").into()),
+            }
+        }
+        Ok(())
+    });
+
+    let pub_acked = acked.clone();
+    sim.client("publisher", async move {
+        ready.notified().await;
+        let (mut read, mut write) = connect("pub").await?;
+        // One write of the whole burst, so the broker reads hundreds of packets at once.
+        for i in 1..=BURST {
+            write.push(&Packet::Publish(Publish {
+                dup: false,
+                qos_pid: QosPid::AtLeastOnce(NonZeroU16::new(i).unwrap()),
+                retain: false,
+                topic: TopicName::new("burst")?,
+                properties: PublishProperties::default().into(),
+                payload: Bytes::from(i.to_string()),
+            }))?;
+        }
+        write.flush().await?;
+        while pub_acked.lock().unwrap().len() < usize::from(BURST) {
+            match read.read_packet().await? {
+                Some(Packet::PubAck(ack)) => {
+                    pub_acked.lock().unwrap().insert(ack.packet_id.get());
+                }
+                other => return Err(format!("expected PUBACK, got {other:?}").into()),
+            }
+        }
+        Ok(())
+    });
+    sim.run().unwrap();
+
+    assert_eq!(acked.lock().unwrap().len(), usize::from(BURST));
+    let want: Vec<String> = (1..=BURST).map(|i| i.to_string()).collect();
+    assert_eq!(*delivered.lock().unwrap(), want, "all delivered, in order");
+}

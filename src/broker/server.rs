@@ -195,7 +195,8 @@ impl Broker {
                 event = events.recv() => {
                     let Some(mut event) = event else { break };
                     let now = Instant::now();
-                    for _ in 0..EVENT_BATCH {
+                    let mut taken = 1;
+                    loop {
                         match event {
                             Event::Accepted(stream, peer) => {
                                 if core.connection_count() >= max_sockets {
@@ -227,8 +228,18 @@ impl Broker {
                                 None => core.ended(conn, cause, now, &mut driver.actions),
                             },
                         }
+                        // Take the next event only if this batch may still handle it: an
+                        // event taken and not handled would be lost (a PUBACK lost this way
+                        // kept a slot of the subscriber's window, and its reader's credit,
+                        // forever).
+                        if taken == EVENT_BATCH {
+                            break;
+                        }
                         match events.try_recv() {
-                            Ok(next) => event = next,
+                            Ok(next) => {
+                                event = next;
+                                taken += 1;
+                            }
                             Err(_) => break,
                         }
                     }
