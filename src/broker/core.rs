@@ -1400,7 +1400,7 @@ impl Core {
                     client_id: client_id.to_string(),
                     packet_id: puback.packet_id,
                 });
-                self.pump(&client_id, now, out);
+                self.pump_after_ack(&client_id, now, out);
             }
             _ => tracing::debug!(conn, id = puback.packet_id, "PUBACK for no QoS 1 message"),
         }
@@ -1421,7 +1421,7 @@ impl Core {
                         client_id: client_id.to_string(),
                         packet_id: id,
                     });
-                    self.pump(&client_id, now, out);
+                    self.pump_after_ack(&client_id, now, out);
                     return;
                 }
                 self.emit(StoreOp::PubRecReceived {
@@ -1455,7 +1455,7 @@ impl Core {
                     client_id: client_id.to_string(),
                     packet_id: pubcomp.packet_id,
                 });
-                self.pump(&client_id, now, out);
+                self.pump_after_ack(&client_id, now, out);
             }
             _ => tracing::debug!(conn, id = pubcomp.packet_id, "PUBCOMP for no PUBREL"),
         }
@@ -1788,6 +1788,31 @@ impl Core {
         });
     }
 
+    /// `pump` after an acknowledgement freed a slot of `client_id`'s window: only once a
+    /// quarter of the window is free (or a QoS 0 message heads the queue). Under load the
+    /// window then refills in runs, which the connection writes with one system call each,
+    /// instead of one message per acknowledgement; the client still has three quarters of its
+    /// window in flight, so nothing waits that could go, and at low load, when nothing is
+    /// queued, `deliver` sends at once as before. Nothing can stall: while messages are queued
+    /// the window holds at least one unacknowledged message, whose acknowledgement calls this
+    /// again.
+    fn pump_after_ack(&mut self, client_id: &Arc<str>, now: Instant, out: &mut Vec<Action>) {
+        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+            return;
+        };
+        let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
+        let Some(session) = self.state.sessions.get(&**client_id) else {
+            return;
+        };
+        let Some(front) = session.queued.front() else {
+            return;
+        };
+        let refill = (limit / 4).max(1);
+        if front.qos == QoS::AtMostOnce || session.outgoing.len() + refill <= limit {
+            self.pump(client_id, now, out);
+        }
+    }
+
     /// Moves queued messages into the in-flight window while it has room.
     fn pump(&mut self, client_id: &Arc<str>, now: Instant, out: &mut Vec<Action>) {
         let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
@@ -1995,9 +2020,11 @@ impl Core {
                 op_client(other).is_none_or(|c| self.sessions.get(c).is_some_and(|s| s.persistent))
             }
         };
-        self.state.apply(&op);
         if durable {
+            self.state.apply(&op);
             self.pending_ops.push(op);
+        } else {
+            self.state.apply_owned(op);
         }
     }
 

@@ -226,6 +226,31 @@ pub trait Store: Send + 'static {
 impl DurableState {
     /// Folds one op into the state. Ops that name a missing session or packet id are ignored:
     /// a log replayed after a crash may hold ops for a session deleted later in the same log.
+    /// `apply` for an op the caller has no further use for: a message it carries is moved
+    /// into the state rather than cloned (the broker's path for every delivery of a
+    /// non-persistent session, whose ops are not written anywhere).
+    pub fn apply_owned(&mut self, op: StoreOp) {
+        match op {
+            StoreOp::Queued { client_id, message } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.queued.push_back(message);
+                }
+            }
+            StoreOp::SentInFlight {
+                client_id,
+                packet_id,
+                message,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.outgoing
+                        .push_back((packet_id.get(), OutgoingState::Publish(message)));
+                    s.next_packet_id = next_id(packet_id.get());
+                }
+            }
+            other => self.apply(&other),
+        }
+    }
+
     pub fn apply(&mut self, op: &StoreOp) {
         match op {
             StoreOp::SessionCreated {
@@ -313,7 +338,12 @@ impl DurableState {
                 packet_id,
             } => {
                 if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.outgoing.retain(|(id, _)| *id != packet_id.get());
+                    // Acknowledgements come mostly in order, so the entry is usually at the
+                    // front: `remove` keeps the order and moves the shorter side, where
+                    // `retain` moved every entry after it (a window's worth per PUBACK).
+                    if let Some(at) = s.outgoing.iter().position(|(id, _)| *id == packet_id.get()) {
+                        s.outgoing.remove(at);
+                    }
                 }
             }
             StoreOp::QueueFrontDropped { client_id } => {
