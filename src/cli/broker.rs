@@ -74,11 +74,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => Box::new(MemoryStore::new()),
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
+    // One thread: the core and every connection task on it (see `BrokerConfig::threads`).
+    // More: the core runs as a task on the workers too, not on this thread inside
+    // `block_on`, from where each event from a connection would be a wake-up across threads.
+    let runtime = match config.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                builder.worker_threads(n);
+            }
+            builder.enable_all().build()
+        }
+    }
+    .context("starting the runtime")?;
+    let serve = async move {
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -89,7 +101,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         broker::run(listener, store, config, shutdown_signal("broker"))
             .await
             .context("serving")
-    })?;
+    };
+    runtime
+        .block_on(async { tokio::spawn(serve).await })
+        .context("the broker task failed")??;
     Ok(ExitCode::SUCCESS)
 }
 
