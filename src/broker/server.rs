@@ -4,8 +4,11 @@
 //! - one task owns the `Core` and is the only one to touch broker state, so no lock exists,
 //!   let alone one held while a message is routed;
 //! - per connection, one task (`connection::serve`) decodes what the socket brings and encodes
-//!   what the core sends; it does only framing and I/O, so decoding and encoding run beside
-//!   routing;
+//!   what the core sends; it does only framing and I/O, so on a multi-threaded runtime
+//!   decoding and encoding run beside routing (`simqtt broker` runs on one thread unless
+//!   `threads` says otherwise: on a small machine shared with its clients that was faster);
+//! - the core takes at most `EVENT_BATCH` events per wake-up, and only takes an event it will
+//!   handle in that batch;
 //! - connections hand packets to the core over one bounded channel and wait when it is full,
 //!   which pushes back on fast publishers through TCP;
 //! - back-pressure per publisher: each connection may have at most `READER_CREDIT` packets
