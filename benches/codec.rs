@@ -45,18 +45,22 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// The best of `rounds()` runs. `round` prepares its input (untimed), then calls the timer it is
-/// given around exactly the work measured.
-fn best(mut round: impl FnMut(&mut dyn FnMut(&mut dyn FnMut()))) -> Duration {
-    let mut best = Duration::MAX;
+/// Times exactly the work it is given, in thread CPU time.
+fn timed(work: impl FnOnce()) -> Duration {
+    let start = thread_cpu_time();
+    work();
+    thread_cpu_time() - start
+}
+
+/// The best of `rounds()` runs of each arm. Each arm prepares its input (untimed) and returns the
+/// time of exactly the work measured. The arms take turns round by round, so a burst of other
+/// work on the machine hits every arm alike instead of all the rounds of one.
+fn best_interleaved<const N: usize>(arms: &mut [&mut dyn FnMut() -> Duration; N]) -> [Duration; N] {
+    let mut best = [Duration::MAX; N];
     for _ in 0..rounds() {
-        let mut elapsed = Duration::MAX;
-        round(&mut |work: &mut dyn FnMut()| {
-            let start = thread_cpu_time();
-            work();
-            elapsed = thread_cpu_time() - start;
-        });
-        best = best.min(elapsed);
+        for (arm, best) in arms.iter_mut().zip(&mut best) {
+            *best = (*best).min(arm());
+        }
     }
     best
 }
@@ -155,38 +159,48 @@ fn main() {
 
         // Inputs and outputs are allocated and touched outside the timed part, and the input
         // buffer outlives it (a guard holds it), so page faults and unmapping are not measured.
-        let simqtt_decode = best(|time| {
-            let mut buf = BytesMut::from(&stream[..]);
-            let guard = buf.split_to(0);
-            time(&mut || assert_eq!(simqtt_decode_all(&mut buf, version), PACKETS));
-            drop(guard);
-        });
-        let simqtt_decode_slice = best(|time| {
-            time(&mut || assert_eq!(simqtt_decode_slice_all(&stream, version), PACKETS));
-        });
-        let rumqttc_decode = best(|time| {
-            let mut buf = BytesMut::from(&stream[..]);
-            let guard = buf.split_to(0);
-            time(&mut || assert_eq!(rumqttc_decode_all(&mut buf), PACKETS));
-            drop(guard);
-        });
-        let mut out = BytesMut::with_capacity(bytes);
-        out.resize(bytes, 0);
-        let simqtt_encode = best(|time| {
-            out.clear();
-            time(&mut || simqtt_encode_all(&packet, version, &mut out));
-            assert_eq!(out.len(), bytes);
-        });
-        let rumqttc_encode = best(|time| {
-            out.clear();
-            time(&mut || rumqttc_encode_all(&theirs, &mut out));
-            assert_eq!(out.len(), bytes);
-        });
+        // One output buffer for both encoders (a RefCell, as both arms hold it), sized and
+        // touched once: neither encoder grows it or faults its pages in.
+        let out = std::cell::RefCell::new(BytesMut::with_capacity(bytes));
+        out.borrow_mut().resize(bytes, 0);
         let mut copy_out = vec![1u8; bytes];
-        let copy = best(|time| {
-            time(&mut || plain_copy(&stream, &mut copy_out));
-            black_box(&copy_out);
-        });
+        let [simqtt_decode, simqtt_decode_slice, rumqttc_decode, simqtt_encode, rumqttc_encode, copy] =
+            best_interleaved(&mut [
+                &mut || {
+                    let mut buf = BytesMut::from(&stream[..]);
+                    let guard = buf.split_to(0);
+                    let time = timed(|| assert_eq!(simqtt_decode_all(&mut buf, version), PACKETS));
+                    drop(guard);
+                    time
+                },
+                &mut || timed(|| assert_eq!(simqtt_decode_slice_all(&stream, version), PACKETS)),
+                &mut || {
+                    let mut buf = BytesMut::from(&stream[..]);
+                    let guard = buf.split_to(0);
+                    let time = timed(|| assert_eq!(rumqttc_decode_all(&mut buf), PACKETS));
+                    drop(guard);
+                    time
+                },
+                &mut || {
+                    let mut out = out.borrow_mut();
+                    out.clear();
+                    let time = timed(|| simqtt_encode_all(&packet, version, &mut out));
+                    assert_eq!(out.len(), bytes);
+                    time
+                },
+                &mut || {
+                    let mut out = out.borrow_mut();
+                    out.clear();
+                    let time = timed(|| rumqttc_encode_all(&theirs, &mut out));
+                    assert_eq!(out.len(), bytes);
+                    time
+                },
+                &mut || {
+                    let time = timed(|| plain_copy(&stream, &mut copy_out));
+                    black_box(&copy_out);
+                    time
+                },
+            ]);
 
         println!(
             "\n{PACKETS} QoS 1 PUBLISH, 31-byte topic, {payload_len}-byte payload \
