@@ -131,7 +131,14 @@ struct Row {
 
 fn main() {
     let version = ProtocolVersion::V311;
+    // `CODEC_BENCH_PAYLOAD=64` (or 1024) runs one size only, for a profiler.
+    let only: Option<usize> = std::env::var("CODEC_BENCH_PAYLOAD")
+        .ok()
+        .and_then(|n| n.parse().ok());
     for payload_len in [64usize, 1024] {
+        if only.is_some_and(|only| only != payload_len) {
+            continue;
+        }
         let publish = samples::bench_publish(payload_len);
         assert_eq!(publish.topic.len(), 31);
         let packet = Packet::Publish(publish.clone());

@@ -34,6 +34,26 @@ pub fn decode(
     version: ProtocolVersion,
     max_packet_size: u32,
 ) -> Result<Option<Packet>, DecodeError> {
+    if let Some((header, plan)) = publish_fast_plan(buf, version, max_packet_size) {
+        // One split of the input and one slice of the frame: two refcount increments, as
+        // for two split_to calls, but the BytesMut bookkeeping runs once.
+        let total = header.header_len + header.remaining;
+        let mut frame = buf.split_to(total).freeze();
+        let topic = frame.slice(plan.topic.clone());
+        bytes::Buf::advance(&mut frame, plan.payload_start);
+        return Ok(Some(fast_publish(header.first, &plan, topic, frame)));
+    }
+    decode_general(buf, version, max_packet_size)
+}
+
+/// `decode` for whatever the fast path does not take: every packet type, errors, incomplete
+/// input. Kept out of line so that the fast path's caller does not pay for its stack frame.
+#[inline(never)]
+fn decode_general(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+) -> Result<Option<Packet>, DecodeError> {
     let Some(header) = fixed_header(buf, version, max_packet_size)? else {
         return Ok(None);
     };
@@ -44,8 +64,6 @@ pub fn decode(
     prefetch_next(buf, total);
     if header.packet_type == PacketType::Publish && !tracing() {
         if let Some(plan) = publish_fast(&buf[..total], header, version) {
-            // One split of the input and one slice of the frame: two refcount increments, as
-            // for two split_to calls, but the BytesMut bookkeeping runs once.
             let mut frame = buf.split_to(total).freeze();
             let topic = frame.slice(plan.topic.clone());
             bytes::Buf::advance(&mut frame, plan.payload_start);
@@ -54,6 +72,52 @@ pub fn decode(
     }
     let frame = buf.split_to(total).freeze();
     decode_frame(header, frame, version).map(Some)
+}
+
+/// The fast path's whole check of a complete PUBLISH at the front of `buf` whose remaining
+/// length takes one or two bytes (every PUBLISH up to 16 KiB) and which has no properties.
+/// `None` for anything else (another type, a longer or non-minimal length, an incomplete or
+/// malformed packet): the general path reads it again and reports the precise error. The fixed
+/// header is checked exactly as `fixed_header` and `packet_type` check it, without building a
+/// `Result` in memory.
+#[inline(always)]
+fn publish_fast_plan(
+    buf: &[u8],
+    version: ProtocolVersion,
+    max_packet_size: u32,
+) -> Option<(FixedHeader, FastPublish)> {
+    if tracing() {
+        return None;
+    }
+    let (&[first, length_1], rest) = buf.split_first_chunk::<2>()?;
+    let qos = (first >> 1) & 0x03;
+    // PUBLISH; not QoS 3 [MQTT-3.3.1-4]; no DUP on QoS 0 [MQTT-3.3.1-2].
+    if first >> 4 != 3 || qos == 3 || (qos == 0 && first & 0x08 != 0) {
+        return None;
+    }
+    let (header_len, remaining) = if length_1 < 0x80 {
+        (2, usize::from(length_1))
+    } else {
+        let &length_2 = rest.first()?;
+        // A third length byte, or a non-minimal second one: the general path.
+        if length_2 >= 0x80 || length_2 == 0 {
+            return None;
+        }
+        (3, usize::from(length_1 & 0x7F) | usize::from(length_2) << 7)
+    };
+    let total = header_len + remaining;
+    if total as u64 > u64::from(max_packet_size) || buf.len() < total {
+        return None;
+    }
+    prefetch_next(buf, total);
+    let header = FixedHeader {
+        first,
+        packet_type: PacketType::Publish,
+        header_len,
+        remaining,
+    };
+    let plan = publish_fast(&buf[..total], header, version)?;
+    Some((header, plan))
 }
 
 /// How many packets ahead `prefetch_next` guesses, assuming the packets that follow are as long
@@ -113,7 +177,7 @@ struct FastPublish {
     qos_pid: QosPid,
 }
 
-#[inline]
+#[inline(always)]
 fn publish_fast(
     packet: &[u8],
     header: FixedHeader,
@@ -188,6 +252,25 @@ fn fast_publish(first: u8, plan: &FastPublish, topic: Bytes, payload: Bytes) -> 
 /// Decodes one packet from the front of `buf` without consuming it: returns the packet and the
 /// number of bytes it occupied.
 pub fn decode_slice(
+    buf: &Bytes,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+) -> Result<Option<(Packet, usize)>, DecodeError> {
+    if let Some((header, plan)) = publish_fast_plan(buf, version, max_packet_size) {
+        let total = header.header_len + header.remaining;
+        let topic = buf.slice(plan.topic.clone());
+        let payload = buf.slice(plan.payload_start..total);
+        return Ok(Some((
+            fast_publish(header.first, &plan, topic, payload),
+            total,
+        )));
+    }
+    decode_slice_slow(buf, version, max_packet_size)
+}
+
+/// `decode_slice` for whatever the fast path does not take (see `decode_general`).
+#[inline(never)]
+fn decode_slice_slow(
     buf: &Bytes,
     version: ProtocolVersion,
     max_packet_size: u32,
