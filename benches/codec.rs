@@ -2,7 +2,8 @@
 //! 64-byte and 1 KiB payloads) with simqtt's codec and, in the same run, with rumqttc's 3.1.1
 //! codec as the baseline; a plain copy of the same bytes is the floor. Each figure is the best
 //! of several rounds of thread CPU time, so a busy machine shows up as noise rather than as a
-//! slow codec.
+//! slow codec, and the arms take turns round by round, so that noise hits them alike.
+//! Figures and what limits them: docs/codec-performance.md.
 //!
 //! Both decoders do the same work: each reads the same bytes from a `BytesMut` made the same way
 //! (copied from the stream and made shared by a zero-length split, untimed; the copy's memory
@@ -11,7 +12,8 @@
 //! (allocated and copied); simqtt's is a validated `Bytes` slice of the same buffer. Each
 //! decoded packet costs simqtt two refcount increments and two decrements (topic and payload),
 //! rumqttc the same plus an allocation. `CODEC_BENCH_ROUNDS=1` under
-//! `valgrind --tool=callgrind` gives repeatable instruction counts for the `*_all` functions.
+//! `valgrind --tool=callgrind` gives repeatable instruction counts for the `*_all` functions;
+//! `CODEC_BENCH_PAYLOAD=64` (or 1024) runs one payload size only.
 
 use std::hint::black_box;
 use std::time::Duration;
