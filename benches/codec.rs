@@ -2,7 +2,8 @@
 //! 64-byte and 1 KiB payloads) with simqtt's codec and, in the same run, with rumqttc's 3.1.1
 //! codec as the baseline; a plain copy of the same bytes is the floor. Each figure is the best
 //! of several rounds of thread CPU time, so a busy machine shows up as noise rather than as a
-//! slow codec.
+//! slow codec, and the arms take turns round by round, so that noise hits them alike.
+//! Figures and what limits them: docs/codec-performance.md.
 //!
 //! Both decoders do the same work: each reads the same bytes from a `BytesMut` made the same way
 //! (copied from the stream and made shared by a zero-length split, untimed; the copy's memory
@@ -11,7 +12,8 @@
 //! (allocated and copied); simqtt's is a validated `Bytes` slice of the same buffer. Each
 //! decoded packet costs simqtt two refcount increments and two decrements (topic and payload),
 //! rumqttc the same plus an allocation. `CODEC_BENCH_ROUNDS=1` under
-//! `valgrind --tool=callgrind` gives repeatable instruction counts for the `*_all` functions.
+//! `valgrind --tool=callgrind` gives repeatable instruction counts for the `*_all` functions;
+//! `CODEC_BENCH_PAYLOAD=64` (or 1024) runs one payload size only.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -45,18 +47,22 @@ fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// The best of `rounds()` runs. `round` prepares its input (untimed), then calls the timer it is
-/// given around exactly the work measured.
-fn best(mut round: impl FnMut(&mut dyn FnMut(&mut dyn FnMut()))) -> Duration {
-    let mut best = Duration::MAX;
+/// Times exactly the work it is given, in thread CPU time.
+fn timed(work: impl FnOnce()) -> Duration {
+    let start = thread_cpu_time();
+    work();
+    thread_cpu_time() - start
+}
+
+/// The best of `rounds()` runs of each arm. Each arm prepares its input (untimed) and returns the
+/// time of exactly the work measured. The arms take turns round by round, so a burst of other
+/// work on the machine hits every arm alike instead of all the rounds of one.
+fn best_interleaved<const N: usize>(arms: &mut [&mut dyn FnMut() -> Duration; N]) -> [Duration; N] {
+    let mut best = [Duration::MAX; N];
     for _ in 0..rounds() {
-        let mut elapsed = Duration::MAX;
-        round(&mut |work: &mut dyn FnMut()| {
-            let start = thread_cpu_time();
-            work();
-            elapsed = thread_cpu_time() - start;
-        });
-        best = best.min(elapsed);
+        for (arm, best) in arms.iter_mut().zip(&mut best) {
+            *best = (*best).min(arm());
+        }
     }
     best
 }
@@ -127,7 +133,14 @@ struct Row {
 
 fn main() {
     let version = ProtocolVersion::V311;
+    // `CODEC_BENCH_PAYLOAD=64` (or 1024) runs one size only, for a profiler.
+    let only: Option<usize> = std::env::var("CODEC_BENCH_PAYLOAD")
+        .ok()
+        .and_then(|n| n.parse().ok());
     for payload_len in [64usize, 1024] {
+        if only.is_some_and(|only| only != payload_len) {
+            continue;
+        }
         let publish = samples::bench_publish(payload_len);
         assert_eq!(publish.topic.len(), 31);
         let packet = Packet::Publish(publish.clone());
@@ -155,38 +168,48 @@ fn main() {
 
         // Inputs and outputs are allocated and touched outside the timed part, and the input
         // buffer outlives it (a guard holds it), so page faults and unmapping are not measured.
-        let simqtt_decode = best(|time| {
-            let mut buf = BytesMut::from(&stream[..]);
-            let guard = buf.split_to(0);
-            time(&mut || assert_eq!(simqtt_decode_all(&mut buf, version), PACKETS));
-            drop(guard);
-        });
-        let simqtt_decode_slice = best(|time| {
-            time(&mut || assert_eq!(simqtt_decode_slice_all(&stream, version), PACKETS));
-        });
-        let rumqttc_decode = best(|time| {
-            let mut buf = BytesMut::from(&stream[..]);
-            let guard = buf.split_to(0);
-            time(&mut || assert_eq!(rumqttc_decode_all(&mut buf), PACKETS));
-            drop(guard);
-        });
-        let mut out = BytesMut::with_capacity(bytes);
-        out.resize(bytes, 0);
-        let simqtt_encode = best(|time| {
-            out.clear();
-            time(&mut || simqtt_encode_all(&packet, version, &mut out));
-            assert_eq!(out.len(), bytes);
-        });
-        let rumqttc_encode = best(|time| {
-            out.clear();
-            time(&mut || rumqttc_encode_all(&theirs, &mut out));
-            assert_eq!(out.len(), bytes);
-        });
+        // One output buffer for both encoders (a RefCell, as both arms hold it), sized and
+        // touched once: neither encoder grows it or faults its pages in.
+        let out = std::cell::RefCell::new(BytesMut::with_capacity(bytes));
+        out.borrow_mut().resize(bytes, 0);
         let mut copy_out = vec![1u8; bytes];
-        let copy = best(|time| {
-            time(&mut || plain_copy(&stream, &mut copy_out));
-            black_box(&copy_out);
-        });
+        let [simqtt_decode, simqtt_decode_slice, rumqttc_decode, simqtt_encode, rumqttc_encode, copy] =
+            best_interleaved(&mut [
+                &mut || {
+                    let mut buf = BytesMut::from(&stream[..]);
+                    let guard = buf.split_to(0);
+                    let time = timed(|| assert_eq!(simqtt_decode_all(&mut buf, version), PACKETS));
+                    drop(guard);
+                    time
+                },
+                &mut || timed(|| assert_eq!(simqtt_decode_slice_all(&stream, version), PACKETS)),
+                &mut || {
+                    let mut buf = BytesMut::from(&stream[..]);
+                    let guard = buf.split_to(0);
+                    let time = timed(|| assert_eq!(rumqttc_decode_all(&mut buf), PACKETS));
+                    drop(guard);
+                    time
+                },
+                &mut || {
+                    let mut out = out.borrow_mut();
+                    out.clear();
+                    let time = timed(|| simqtt_encode_all(&packet, version, &mut out));
+                    assert_eq!(out.len(), bytes);
+                    time
+                },
+                &mut || {
+                    let mut out = out.borrow_mut();
+                    out.clear();
+                    let time = timed(|| rumqttc_encode_all(&theirs, &mut out));
+                    assert_eq!(out.len(), bytes);
+                    time
+                },
+                &mut || {
+                    let time = timed(|| plain_copy(&stream, &mut copy_out));
+                    black_box(&copy_out);
+                    time
+                },
+            ]);
 
         println!(
             "\n{PACKETS} QoS 1 PUBLISH, 31-byte topic, {payload_len}-byte payload \

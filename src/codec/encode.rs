@@ -24,6 +24,15 @@ pub fn encode(
     version: ProtocolVersion,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    // PUBLISH is most of the traffic: measured and written without the general `match`, and
+    // with `measure_publish` inlined its `Ok` stays in a register instead of a `Result` in
+    // memory.
+    if let Packet::Publish(p) = packet {
+        let remaining = measure_publish(p, version)?;
+        out.reserve(1 + var_int_len(remaining) + remaining);
+        write_publish(p, version, remaining, out);
+        return Ok(());
+    }
     let remaining = measure(packet, version)?;
     out.reserve(1 + var_int_len(remaining) + remaining);
     write(packet, version, remaining, out);
@@ -612,7 +621,7 @@ fn short_form(reason: ReasonCode, properties_len: usize) -> usize {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn measure_publish(p: &Publish, version: ProtocolVersion) -> Result<usize, EncodeError> {
     if p.dup && p.qos_pid == QosPid::AtMostOnce {
         return Err(EncodeError::DupOnQoS0);
@@ -696,50 +705,48 @@ fn measure_connect(c: &Connect) -> Result<usize, EncodeError> {
 
 // ---- write: append the bytes (cannot fail) -----------------------------------------------
 
+/// The fixed header and the topic length go out as whole integers built in registers: gathered
+/// byte by byte in a stack array and copied with a variable length (as before), they cost a
+/// `memcpy` call whose wide loads could not be forwarded from the narrow stores that had just
+/// filled the array (a store-forwarding stall on every packet; 0.87x rumqttc at 64 bytes with
+/// the same instruction count).
+#[inline(always)]
+fn write_publish(p: &Publish, version: ProtocolVersion, remaining: usize, out: &mut BytesMut) {
+    let first = 0x30 | (p.qos_pid.qos().as_u8() << 1) | (u8::from(p.dup) << 3) | u8::from(p.retain);
+    // MqttStr guarantees at most 65,535 bytes.
+    let topic_len = u32::from(p.topic.len() as u16);
+    if remaining < 0x80 {
+        // One byte of remaining length: 4 header bytes, one store.
+        out.put_u32(u32::from(first) << 24 | (remaining as u32) << 16 | topic_len);
+    } else if remaining < 0x4000 {
+        // Two bytes of remaining length (up to 16 KiB): 5 header bytes, two stores.
+        out.put_u8(first);
+        let length = (remaining as u32 & 0x7F | 0x80) << 8 | (remaining >> 7) as u32;
+        out.put_u32(length << 16 | topic_len);
+    } else {
+        out.put_u8(first);
+        put_var_int(out, remaining);
+        out.put_u16(topic_len as u16);
+    }
+    out.put_slice(p.topic.as_mqtt_str().as_bytes());
+    if let Some(id) = p.qos_pid.packet_id() {
+        out.put_u16(id.get());
+    }
+    if version == V5 {
+        if p.properties.is_empty() {
+            out.put_u8(0);
+        } else {
+            // Cannot fail: `measure` ran the same computation.
+            let len = publish_properties_len(&p.properties).unwrap_or(0);
+            put_publish_properties(out, &p.properties, len);
+        }
+    }
+    out.put_slice(&p.payload);
+}
+
 fn write(packet: &Packet, version: ProtocolVersion, remaining: usize, out: &mut BytesMut) {
     match packet {
-        Packet::Publish(p) => {
-            let mut first = 0x30 | (p.qos_pid.qos().as_u8() << 1);
-            if p.dup {
-                first |= 0x08;
-            }
-            if p.retain {
-                first |= 0x01;
-            }
-            // Fixed header, topic length: gathered on the stack and appended at once.
-            let mut head = [0u8; 7];
-            head[0] = first;
-            let mut n = 1;
-            let mut value = remaining;
-            loop {
-                let mut byte = (value & 0x7F) as u8;
-                value >>= 7;
-                if value > 0 {
-                    byte |= 0x80;
-                }
-                head[n] = byte;
-                n += 1;
-                if value == 0 {
-                    break;
-                }
-            }
-            head[n..n + 2].copy_from_slice(&(p.topic.len() as u16).to_be_bytes());
-            out.put_slice(&head[..n + 2]);
-            out.put_slice(p.topic.as_mqtt_str().as_bytes());
-            if let Some(id) = p.qos_pid.packet_id() {
-                out.put_slice(&id.get().to_be_bytes());
-            }
-            if version == V5 {
-                if p.properties.is_empty() {
-                    out.put_u8(0);
-                } else {
-                    // Cannot fail: `measure` ran the same computation.
-                    let len = publish_properties_len(&p.properties).unwrap_or(0);
-                    put_publish_properties(out, &p.properties, len);
-                }
-            }
-            out.put_slice(&p.payload);
-        }
+        Packet::Publish(p) => write_publish(p, version, remaining, out),
         Packet::Connect(c) => {
             out.put_u8(0x10);
             put_var_int(out, remaining);

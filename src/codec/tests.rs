@@ -130,12 +130,59 @@ mod properties {
             max in prop_oneof![Just(DEFAULT_MAX_PACKET_SIZE), 0u32..400],
         ) {
             let mut buf = BytesMut::from(&data[..]);
+            // Both fast paths (BytesMut and Bytes) agree with the general path on the first
+            // packet, errors and consumed lengths included.
+            let first = decode(&mut buf, version, max)
+                .map(|packet| packet.map(|packet| (packet, data.len() - buf.len())));
             while let Ok(Some(_)) = decode(&mut buf, version, max) {}
             let data = Bytes::from(data);
-            prop_assert_eq!(
-                decode_slice(&data, version, max),
-                super::super::decode::decode_slice_general(&data, version, max)
-            );
+            let general = super::super::decode::decode_slice_general(&data, version, max);
+            prop_assert_eq!(&first, &general);
+            prop_assert_eq!(decode_slice(&data, version, max), general);
+        }
+
+        /// PUBLISH frames near the fast path's edges: one- and two-byte remaining lengths (and a
+        /// non-minimal two-byte one), topics with wildcards, U+0000 and broken UTF-8, a small
+        /// maximum packet size, and a frame cut short: `decode`, `decode_slice` and the general
+        /// path agree, errors and consumed lengths included.
+        #[test]
+        fn publish_fast_paths_agree_with_the_general_path(
+            version in version(),
+            flags in 0u8..16,
+            topic in proptest::collection::vec(
+                prop_oneof![Just(b'a'), Just(b'/'), Just(b'+'), Just(b'#'), Just(0u8), Just(0xC3u8), any::<u8>()],
+                0..40,
+            ),
+            extra in proptest::collection::vec(any::<u8>(), 0..6),
+            payload_len in 0usize..300,
+            non_minimal in any::<bool>(),
+            max in prop_oneof![Just(DEFAULT_MAX_PACKET_SIZE), 100u32..400],
+            cut in any::<bool>(),
+        ) {
+            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+            body.extend_from_slice(&topic);
+            body.extend_from_slice(&extra);
+            body.resize(body.len() + payload_len, b'x');
+            let len = body.len();
+            let mut data = vec![0x30 | flags];
+            if len < 128 && non_minimal {
+                data.extend_from_slice(&[len as u8 | 0x80, 0]);
+            } else if len < 128 {
+                data.push(len as u8);
+            } else {
+                data.extend_from_slice(&[(len as u8 & 0x7F) | 0x80, (len >> 7) as u8]);
+            }
+            data.extend_from_slice(&body);
+            if cut {
+                data.pop();
+            }
+            let data = Bytes::from(data);
+            let general = super::super::decode::decode_slice_general(&data, version, max);
+            prop_assert_eq!(&decode_slice(&data, version, max), &general);
+            let mut buf = BytesMut::from(&data[..]);
+            let first = decode(&mut buf, version, max)
+                .map(|packet| packet.map(|packet| (packet, data.len() - buf.len())));
+            prop_assert_eq!(&first, &general);
         }
 
         /// Arbitrary bytes after a valid fixed header: the body parser sees every kind of junk.
