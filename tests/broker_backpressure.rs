@@ -53,6 +53,25 @@ async fn connect(client_id: &str) -> Result<(Read, Write), Error> {
     }
 }
 
+/// Connects as "sub" and subscribes to `filter` at QoS 1.
+async fn subscriber(filter: &str) -> Result<(Read, Write), Error> {
+    let (mut read, mut write) = connect("sub").await?;
+    write
+        .write_packet(&Packet::Subscribe(Subscribe {
+            packet_id: NonZeroU16::new(1).unwrap(),
+            properties: SubscribeProperties::default(),
+            filters: vec![(
+                TopicFilter::new(filter)?,
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
+        }))
+        .await?;
+    match read.read_packet().await? {
+        Some(Packet::SubAck(_)) => Ok((read, write)),
+        other => Err(format!("expected SUBACK, got {other:?}").into()),
+    }
+}
+
 /// What the run observed, shared by the simulated clients (turmoil runs them on one thread).
 #[derive(Default)]
 struct Ledger {
@@ -135,21 +154,7 @@ fn slow_subscriber(
     ledger: Arc<Mutex<Ledger>>,
 ) {
     sim.client("subscriber", async move {
-        let (mut read, mut write) = connect("sub").await?;
-        write
-            .write_packet(&Packet::Subscribe(Subscribe {
-                packet_id: NonZeroU16::new(1).unwrap(),
-                properties: SubscribeProperties::default(),
-                filters: vec![(
-                    TopicFilter::new("t/+")?,
-                    SubscriptionOptions::qos(QoS::AtLeastOnce),
-                )],
-            }))
-            .await?;
-        match read.read_packet().await? {
-            Some(Packet::SubAck(_)) => {}
-            other => return Err(format!("expected SUBACK, got {other:?}").into()),
-        }
+        let (mut read, mut write) = subscriber("t/+").await?;
         for _ in 0..PUBLISHERS {
             ready.notify_one();
         }
@@ -278,21 +283,7 @@ fn a_burst_beyond_one_event_batch_loses_no_packet() {
 
     let (sub_ready, sub_delivered) = (ready.clone(), delivered.clone());
     sim.client("subscriber", async move {
-        let (mut read, mut write) = connect("sub").await?;
-        write
-            .write_packet(&Packet::Subscribe(Subscribe {
-                packet_id: NonZeroU16::new(1).unwrap(),
-                properties: SubscribeProperties::default(),
-                filters: vec![(
-                    TopicFilter::new("burst")?,
-                    SubscriptionOptions::qos(QoS::AtLeastOnce),
-                )],
-            }))
-            .await?;
-        match read.read_packet().await? {
-            Some(Packet::SubAck(_)) => {}
-            other => return Err(format!("expected SUBACK, got {other:?}").into()),
-        }
+        let (mut read, mut write) = subscriber("burst").await?;
         sub_ready.notify_one();
         while sub_delivered.lock().unwrap().len() < usize::from(BURST) {
             match read.read_packet().await? {
