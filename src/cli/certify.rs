@@ -96,13 +96,7 @@ pub fn parse_broker(url: &str) -> anyhow::Result<SocketAddr> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Warnings only (a case's cleanup or trace file failing); RUST_LOG may ask for more.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    super::init_logging("warn");
     let usage = |e: anyhow::Error| {
         eprintln!("simqtt certify: {e:#}\n{USAGE}");
         Ok(ExitCode::from(2))
