@@ -12,7 +12,6 @@ use simqtt::certify::profile::Profile;
 use simqtt::certify::runner::{self, Options};
 use simqtt::certify::statements::Statements;
 use simqtt::certify::{report, Verdict};
-use simqtt::scenario::Scenario;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -127,14 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => s,
         Err(e) => return usage(e),
     };
-    let scenarios: Vec<(PathBuf, Scenario)> = scenarios
-        .into_iter()
-        .filter(|(path, s)| {
-            args.filter
-                .as_deref()
-                .is_none_or(|f| s.name.contains(f) || path.to_string_lossy().contains(f))
-        })
-        .collect();
+    let scenarios = super::run::filter_scenarios(scenarios, args.filter.as_deref());
     if scenarios.is_empty() {
         return usage(anyhow::anyhow!("no scenarios under {paths:?}"));
     }

@@ -117,14 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let scenarios: Vec<(PathBuf, Scenario)> = scenarios
-        .into_iter()
-        .filter(|(path, s)| {
-            args.filter
-                .as_deref()
-                .is_none_or(|f| s.name.contains(f) || path.to_string_lossy().contains(f))
-        })
-        .collect();
+    let scenarios = filter_scenarios(scenarios, args.filter.as_deref());
     let mut work = Vec::new();
     for (i, (_, s)) in scenarios.iter().enumerate() {
         let seeds = match args.seed {
@@ -364,6 +357,19 @@ fn junit(
     }
     out.push_str("</testsuites>\n");
     out
+}
+
+/// The scenarios whose name or path contains `filter` (all of them without one).
+pub(super) fn filter_scenarios(
+    scenarios: Vec<(PathBuf, Scenario)>,
+    filter: Option<&str>,
+) -> Vec<(PathBuf, Scenario)> {
+    scenarios
+        .into_iter()
+        .filter(|(path, s)| {
+            filter.is_none_or(|f| s.name.contains(f) || path.to_string_lossy().contains(f))
+        })
+        .collect()
 }
 
 #[cfg(test)]
