@@ -47,11 +47,12 @@ use super::router::{Route, Router};
 use super::stats::{ByteCounters, Stats};
 use crate::codec::{
     self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttStr, Packet,
-    PacketId, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling,
-    SubAck, Subscribe, SubscriptionOptions, TopicName, UnsubAck, Unsubscribe, Will,
+    PacketId, PropertyBox, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode,
+    RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
+    Unsubscribe, Will,
 };
 use crate::store::{
-    DurableState, MessageProperties, OutgoingState, Store, StoreOp, StoredMessage,
+    DurableState, MessageProperties, OutgoingState, Store, StoreOp, StoredMessage, StoredSession,
     StoredSubscription, StoredWill,
 };
 
@@ -113,9 +114,17 @@ enum Timer {
     Sync,
 }
 
-/// Per-session facts that are not durable.
+/// A session's index in `Core::sessions`. Stable while the session lives; a slot is reused
+/// only after its session was dropped (and with it every route naming it). The routing path
+/// reaches a session through this index, never through a search by client id: client ids of
+/// real fleets share long prefixes, and string comparisons in ordered maps were the largest
+/// single cost of a QoS 1 delivery (docs/performance.md).
+type Sid = u32;
+
+/// One session: its durable part and the facts that are not durable.
 #[derive(Debug)]
-struct SessionRuntime {
+struct Session {
+    client_id: Arc<str>,
     conn: Option<ConnId>,
     /// The store holds this session (its ops are logged).
     persistent: bool,
@@ -124,12 +133,17 @@ struct SessionRuntime {
     /// 5.0: a will waiting for its delay interval, and when it is due. Boxed: rare, and a
     /// `StoredMessage` inline would triple every session's entry (memory per connection).
     pending_will: Option<Box<(Instant, StoredMessage)>>,
+    /// The durable part: the fold of the session's store ops (for a persistent session, the
+    /// same fold the store keeps).
+    stored: StoredSession,
 }
 
 /// A connection that has sent a valid CONNECT.
 #[derive(Debug)]
 struct Online {
     client_id: Arc<str>,
+    /// The session this connection holds.
+    sid: Sid,
     protocol: ProtocolVersion,
     username: Option<String>,
     /// Boxed: most clients set none, and a `Will` inline would triple every connection's
@@ -156,11 +170,16 @@ struct Conn {
 pub struct Core {
     config: BrokerConfig,
     store: Box<dyn Store>,
-    state: DurableState,
-    sessions: BTreeMap<Arc<str>, SessionRuntime>,
+    retained: BTreeMap<TopicName, StoredMessage>,
+    /// Every session (clean ones too), by `Sid`; boxed so a free slot costs a pointer.
+    sessions: Vec<Option<Box<Session>>>,
+    /// Slots of `sessions` free for reuse.
+    free_sids: Vec<Sid>,
+    /// Client id → session: used at CONNECT and by commands, never on the routing path.
+    session_ids: BTreeMap<Arc<str>, Sid>,
     conns: BTreeMap<ConnId, Conn>,
     online_count: usize,
-    router: Router,
+    router: Router<Sid>,
     sys_retained: BTreeMap<TopicName, StoredMessage>,
     timers: BTreeSet<(Instant, Timer)>,
     stats: Stats,
@@ -168,12 +187,12 @@ pub struct Core {
     started_at: Instant,
     bytes: Arc<ByteCounters>,
     /// Reused per publish to collect matching subscriptions without allocating.
-    scratch: Vec<(Arc<str>, Route)>,
+    scratch: Vec<(Sid, Route)>,
     /// Ops for the store not yet written (see `flush_store`).
     pending_ops: Vec<StoreOp>,
     /// Sessions whose queue reached `max_queued_messages` (pruned lazily by
     /// `publish_blocker`), so a publish checks subscribers only while some queue is full.
-    full_sessions: BTreeSet<Arc<str>>,
+    full_sessions: BTreeSet<Sid>,
     /// Connections the server stopped reading (back-pressure): exempt from keepalive, since
     /// their silence is the broker's doing.
     paused: BTreeSet<ConnId>,
@@ -182,7 +201,7 @@ pub struct Core {
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("sessions", &self.sessions.len())
+            .field("sessions", &self.session_ids.len())
             .field("conns", &self.conns.len())
             .finish_non_exhaustive()
     }
@@ -194,27 +213,6 @@ fn qos_code(qos: QoS) -> ReasonCode {
         QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
         QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
     }
-}
-
-fn op_client(op: &StoreOp) -> Option<&str> {
-    Some(match op {
-        StoreOp::SessionCreated { client_id, .. }
-        | StoreOp::SessionExpiryChanged { client_id, .. }
-        | StoreOp::SessionDeleted { client_id }
-        | StoreOp::Subscribed { client_id, .. }
-        | StoreOp::Unsubscribed { client_id, .. }
-        | StoreOp::Queued { client_id, .. }
-        | StoreOp::Dequeued { client_id, .. }
-        | StoreOp::SentInFlight { client_id, .. }
-        | StoreOp::PubRecReceived { client_id, .. }
-        | StoreOp::OutgoingCompleted { client_id, .. }
-        | StoreOp::QueueFrontDropped { client_id }
-        | StoreOp::IncomingQos2Received { client_id, .. }
-        | StoreOp::IncomingQos2Released { client_id, .. }
-        | StoreOp::WillStored { client_id, .. }
-        | StoreOp::WillCleared { client_id } => client_id,
-        StoreOp::RetainedSet { .. } | StoreOp::RetainedCleared { .. } => return None,
-    })
 }
 
 fn next_id(id: u16) -> u16 {
@@ -234,13 +232,15 @@ impl Core {
         bytes: Arc<ByteCounters>,
         now: Instant,
     ) -> Core {
-        let state = store.state().clone();
+        let retained = store.state().retained.clone();
         let mut core = Core {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed.unwrap_or(0)),
             config,
             store,
-            state,
-            sessions: BTreeMap::new(),
+            retained,
+            sessions: Vec::new(),
+            free_sids: Vec::new(),
+            session_ids: BTreeMap::new(),
             conns: BTreeMap::new(),
             online_count: 0,
             router: Router::new(),
@@ -254,66 +254,72 @@ impl Core {
             full_sessions: BTreeSet::new(),
             paused: BTreeSet::new(),
         };
-        let loaded: Vec<(String, Option<u32>)> = core
-            .state
+        let loaded: Vec<(String, StoredSession)> = core
+            .store
+            .state()
             .sessions
             .iter()
-            .map(|(id, s)| (id.clone(), s.expiry_interval_secs))
+            .map(|(id, s)| (id.clone(), s.clone()))
             .collect();
-        for (id, expiry) in loaded {
+        let mut wills: Vec<(Sid, StoredWill)> = Vec::new();
+        for (id, stored) in loaded {
             let client_id: Arc<str> = id.as_str().into();
-            for (filter, sub) in &core.state.sessions[&id].subscriptions {
-                core.router.insert(
-                    filter,
-                    &client_id,
-                    Route {
-                        options: sub.options,
-                        subscription_id: sub.subscription_id,
-                    },
-                );
-            }
             // The time the session went offline is not durable; its expiry counts from now.
-            let expires_at = expiry.map(|secs| now + Duration::from_secs(secs.into()));
+            let expires_at = stored
+                .expiry_interval_secs
+                .map(|secs| now + Duration::from_secs(secs.into()));
             if let Some(at) = expires_at {
                 core.timers
                     .insert((at, Timer::SessionExpiry(client_id.clone())));
             }
-            core.sessions.insert(
-                client_id.clone(),
-                SessionRuntime {
-                    conn: None,
-                    persistent: true,
-                    expires_at,
-                    pending_will: None,
-                },
-            );
+            let routes: Vec<(TopicFilter, Route)> = stored
+                .subscriptions
+                .iter()
+                .map(|(filter, sub)| {
+                    let route = Route {
+                        options: sub.options,
+                        subscription_id: sub.subscription_id,
+                    };
+                    (filter.clone(), route)
+                })
+                .collect();
+            let will = stored.will.as_deref().cloned();
+            let sid = core.insert_session(Session {
+                client_id,
+                conn: None,
+                persistent: true,
+                expires_at,
+                pending_will: None,
+                stored,
+            });
+            for (filter, route) in routes {
+                core.router.insert(&filter, &sid, route);
+            }
+            if let Some(will) = will {
+                wills.push((sid, will));
+            }
         }
         tracing::info!(
-            sessions = core.sessions.len(),
-            retained = core.state.retained.len(),
+            sessions = core.session_ids.len(),
+            retained = core.retained.len(),
             "broker state loaded"
         );
         // A stored will belongs to a connection that was open when the broker stopped without
         // a DISCONNECT from the client (a crash): that connection ended uncleanly, so its will
         // is published now [MQTT-3.1.2-8]. The messages it produces are queued for offline
-        // sessions, so no action is lost.
-        let wills: Vec<(Arc<str>, StoredWill)> = core
-            .state
-            .sessions
-            .iter()
-            .filter_map(|(id, s)| Some((Arc::from(id.as_str()), *s.will.clone()?)))
-            .collect();
+        // sessions, so no action is lost. (In client-id order, as the store lists sessions.)
         let mut ignored = Vec::new();
-        for (client_id, will) in wills {
+        for (sid, will) in wills {
             tracing::info!(
-                client_id = &*client_id,
+                client_id = core.client_id(sid),
                 "publishing the will of a connection lost in a restart"
             );
-            core.emit(StoreOp::WillCleared {
-                client_id: client_id.to_string(),
-            });
+            let op = StoreOp::WillCleared {
+                client_id: core.op_id(sid),
+            };
+            core.emit_session(sid, op);
             core.stats.wills_published += 1;
-            core.publish(Some(&client_id), will.message, now, &mut ignored);
+            core.publish(Some(sid), will.message, now, &mut ignored);
         }
         core.flush_store();
         if core.config.sys_interval_secs > 0 {
@@ -326,9 +332,17 @@ impl Core {
         core
     }
 
-    /// The in-memory fold of every session (clean ones included) and retained message.
-    pub fn state(&self) -> &DurableState {
-        &self.state
+    /// The in-memory fold of every session (clean ones included) and retained message, built
+    /// on demand (tests compare it with the store's).
+    pub fn state(&self) -> DurableState {
+        DurableState {
+            sessions: self
+                .session_ids
+                .iter()
+                .filter_map(|(id, &sid)| Some((id.to_string(), self.session(sid)?.stored.clone())))
+                .collect(),
+            retained: self.retained.clone(),
+        }
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -344,20 +358,11 @@ impl Core {
         let mut stats = self.stats.clone();
         stats.uptime_secs = now.saturating_duration_since(self.started_at).as_secs();
         stats.clients_connected = self.online_count as u64;
-        stats.sessions = self.sessions.len() as u64;
-        stats.messages_queued = self
-            .state
-            .sessions
-            .values()
-            .map(|s| s.queued.len() as u64)
-            .sum();
-        stats.messages_inflight = self
-            .state
-            .sessions
-            .values()
-            .map(|s| s.outgoing.len() as u64)
-            .sum();
-        stats.retained = self.state.retained.len() as u64;
+        stats.sessions = self.session_ids.len() as u64;
+        let live = || self.sessions.iter().flatten();
+        stats.messages_queued = live().map(|s| s.stored.queued.len() as u64).sum();
+        stats.messages_inflight = live().map(|s| s.stored.outgoing.len() as u64).sum();
+        stats.retained = self.retained.len() as u64;
         stats.subscriptions = self.router.len() as u64;
         stats.bytes_received = self
             .bytes
@@ -374,7 +379,7 @@ impl Core {
             .iter()
             .filter_map(|(&conn, c)| {
                 let online = c.online.as_ref()?;
-                let session = self.state.sessions.get(&*online.client_id)?;
+                let session = self.session(online.sid)?;
                 Some(ClientInfo {
                     client_id: online.client_id.to_string(),
                     conn,
@@ -382,18 +387,77 @@ impl Core {
                     protocol: online.protocol,
                     username: online.username.clone(),
                     keep_alive_secs: online.keep_alive.as_secs() as u16,
-                    persistent: self
-                        .sessions
-                        .get(&*online.client_id)
-                        .is_some_and(|r| r.persistent),
-                    subscriptions: session.subscriptions.len(),
-                    inflight: session.outgoing.len(),
-                    queued: session.queued.len(),
+                    persistent: session.persistent,
+                    subscriptions: session.stored.subscriptions.len(),
+                    inflight: session.stored.outgoing.len(),
+                    queued: session.stored.queued.len(),
                 })
             })
             .collect();
         out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         out
+    }
+
+    // ----- sessions by index -----
+
+    fn session(&self, sid: Sid) -> Option<&Session> {
+        self.sessions.get(sid as usize)?.as_deref()
+    }
+
+    fn session_mut(&mut self, sid: Sid) -> Option<&mut Session> {
+        self.sessions.get_mut(sid as usize)?.as_deref_mut()
+    }
+
+    fn sid_of(&self, client_id: &str) -> Option<Sid> {
+        self.session_ids.get(client_id).copied()
+    }
+
+    fn client_id(&self, sid: Sid) -> &str {
+        self.session(sid).map_or("", |s| &s.client_id)
+    }
+
+    /// Files a new session under a free index.
+    fn insert_session(&mut self, session: Session) -> Sid {
+        let client_id = session.client_id.clone();
+        let sid = match self.free_sids.pop() {
+            Some(sid) => {
+                self.sessions[sid as usize] = Some(Box::new(session));
+                sid
+            }
+            None => {
+                self.sessions.push(Some(Box::new(session)));
+                (self.sessions.len() - 1) as Sid
+            }
+        };
+        self.session_ids.insert(client_id, sid);
+        sid
+    }
+
+    /// The client id a store op of `sid` carries: its own when the op goes to the store; empty
+    /// (no allocation) for a session kept only in memory, whose ops are applied and dropped.
+    fn op_id(&self, sid: Sid) -> String {
+        match self.session(sid) {
+            Some(s) if s.persistent => s.client_id.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Applies a session op to `sid` and, when the session is persistent, queues it for the
+    /// store (`flush_store`). Build the op's client id with `op_id`.
+    fn emit_session(&mut self, sid: Sid, op: StoreOp) {
+        let Some(session) = self
+            .sessions
+            .get_mut(sid as usize)
+            .and_then(|s| s.as_deref_mut())
+        else {
+            return;
+        };
+        if session.persistent {
+            session.stored.apply(&op);
+            self.pending_ops.push(op);
+        } else {
+            session.stored.apply_owned(op);
+        }
     }
 
     /// Sockets open (connected or still before CONNECT).
@@ -543,7 +607,7 @@ impl Core {
     /// Closes the connection of `client_id` as if its network had failed (its will is
     /// published). False when the client is not connected.
     pub fn kick(&mut self, client_id: &str, now: Instant, out: &mut Vec<Action>) -> bool {
-        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+        let Some(conn) = self.conn_of(client_id) else {
             return false;
         };
         tracing::info!(client_id, conn, "kicked");
@@ -571,25 +635,31 @@ impl Core {
                 }
                 Timer::KeepAlive(conn) => self.check_keep_alive(conn, now, out),
                 Timer::SessionExpiry(client_id) => {
-                    let expired = self.sessions.get(&client_id).is_some_and(|s| {
+                    let Some(sid) = self.sid_of(&client_id) else {
+                        continue;
+                    };
+                    let expired = self.session(sid).is_some_and(|s| {
                         s.conn.is_none() && s.expires_at.is_some_and(|at| at <= now)
                     });
                     if expired {
                         tracing::info!(client_id = &*client_id, "session expired");
                         // A delayed will is due at the latest when its session ends.
-                        self.publish_pending_will(&client_id, now, out);
-                        self.drop_session(&client_id);
+                        self.publish_pending_will(sid, now, out);
+                        self.drop_session(sid);
                     }
                 }
                 Timer::WillDelay(client_id) => {
-                    let due = self.sessions.get(&client_id).is_some_and(|s| {
+                    let Some(sid) = self.sid_of(&client_id) else {
+                        continue;
+                    };
+                    let due = self.session(sid).is_some_and(|s| {
                         s.conn.is_none()
                             && s.pending_will
                                 .as_ref()
                                 .is_some_and(|pending| pending.0 <= now)
                     });
                     if due {
-                        self.publish_pending_will(&client_id, now, out);
+                        self.publish_pending_will(sid, now, out);
                     }
                 }
                 Timer::Sys => {
@@ -618,37 +688,43 @@ impl Core {
         }
         // Forget sessions that made room or went offline.
         let mut full = std::mem::take(&mut self.full_sessions);
-        full.retain(|client| self.queue_full_online(client));
+        full.retain(|&sid| self.queue_full_online(sid));
         self.full_sessions = full;
         if self.full_sessions.is_empty() {
             return None;
         }
-        let publisher = self.online(conn)?.client_id.clone();
+        let publisher = self.online(conn)?.sid;
         let mut blocker = None;
         let full = &self.full_sessions;
-        self.router.for_each_match(&publish.topic, |client, route| {
+        self.router.for_each_match(&publish.topic, |&sid, route| {
             if blocker.is_none()
                 && route.options.qos != QoS::AtMostOnce
-                && **client != *publisher
-                && full.contains(client)
+                && sid != publisher
+                && full.contains(&sid)
             {
-                blocker = Some(client.clone());
+                blocker = Some(sid);
             }
         });
-        blocker
+        Some(self.session(blocker?)?.client_id.clone())
     }
 
-    /// True when `client_id` is online and a QoS 1/2 message to it would overflow its queue.
-    fn queue_full_online(&self, client_id: &str) -> bool {
-        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+    /// True when `sid` is online and a QoS 1/2 message to it would overflow its queue.
+    fn queue_full_online(&self, sid: Sid) -> bool {
+        let Some(session) = self.session(sid) else {
             return false;
         };
-        let Some(session) = self.state.sessions.get(client_id) else {
+        let Some(conn) = session.conn else {
             return false;
         };
+        let stored = &session.stored;
         let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
-        session.queued.len() >= self.config.max_queued_messages
-            && !(session.queued.is_empty() && session.outgoing.len() < limit)
+        stored.queued.len() >= self.config.max_queued_messages
+            && !(stored.queued.is_empty() && stored.outgoing.len() < limit)
+    }
+
+    /// The connection holding `client_id`'s session, if it is online.
+    fn conn_of(&self, client_id: &str) -> Option<ConnId> {
+        self.session(self.sid_of(client_id)?)?.conn
     }
 
     /// The server stopped (`true`) or resumed (`false`) reading `conn` for back-pressure.
@@ -672,7 +748,7 @@ impl Core {
         now: Instant,
         out: &mut Vec<Action>,
     ) -> bool {
-        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+        let Some(conn) = self.conn_of(client_id) else {
             return false;
         };
         self.ended(conn, EndCause::SlowConsumer, now, out);
@@ -694,18 +770,8 @@ impl Core {
             self.send_disconnect_v5(conn, ReasonCode::ServerShuttingDown, out);
             out.push(Action::Close { conn });
             // Not a failure of the client: its will must not fire at the next start either.
-            let client = self.online(conn).map(|o| o.client_id.clone());
-            if let Some(client_id) = client {
-                if self
-                    .state
-                    .sessions
-                    .get(&*client_id)
-                    .is_some_and(|s| s.will.is_some())
-                {
-                    self.emit(StoreOp::WillCleared {
-                        client_id: client_id.to_string(),
-                    });
-                }
+            if let Some(sid) = self.online(conn).map(|o| o.sid) {
+                self.clear_will(sid);
             }
         }
         self.conns.clear();
@@ -786,12 +852,13 @@ impl Core {
                 .min(QoS::from_u8(self.config.max_qos).unwrap_or(QoS::ExactlyOnce));
             w.retain &= self.config.retain_available;
         }
-        let existing_conn = self.sessions.get(&client_id).and_then(|s| s.conn);
+        let existing = self.sid_of(&client_id);
+        let existing_conn = existing.and_then(|sid| self.session(sid)?.conn);
         if existing_conn.is_none() && self.online_count >= self.config.max_connections {
             tracing::warn!(conn, "max_connections reached; refusing CONNECT");
             return self.refuse(conn, protocol, ReasonCode::ServerUnavailable, now, out);
         }
-        if let Some(rt) = self.sessions.get_mut(&client_id) {
+        if let Some(rt) = existing.and_then(|sid| self.session_mut(sid)) {
             if rt.pending_will.take().is_some() {
                 // [MQTT-3.1.3-9 in 5.0] a new connection before the delay ends: no will.
                 tracing::debug!(
@@ -823,54 +890,64 @@ impl Core {
             u32::MAX
         };
         let expiry = (connect_expiry_secs != u32::MAX).then_some(connect_expiry_secs);
-        let exists = self.state.sessions.contains_key(&*client_id);
-        let session_present = exists && !connect.clean_start;
-        if session_present {
-            let current = self.state.sessions[&*client_id].expiry_interval_secs;
-            if current != expiry {
-                self.emit(StoreOp::SessionExpiryChanged {
-                    client_id: client_id.to_string(),
-                    expiry_interval_secs: expiry,
-                });
+        // The session this connection resumes (a `Sid` is taken again after a takeover:
+        // ending the old connection may have dropped a clean session).
+        let existing = self.sid_of(&client_id);
+        let session_present = existing.is_some() && !connect.clean_start;
+        let sid = match existing {
+            Some(sid) if session_present => {
+                let current = self
+                    .session(sid)
+                    .and_then(|s| s.stored.expiry_interval_secs);
+                if current != expiry {
+                    let op = StoreOp::SessionExpiryChanged {
+                        client_id: self.op_id(sid),
+                        expiry_interval_secs: expiry,
+                    };
+                    self.emit_session(sid, op);
+                }
+                sid
             }
-        } else {
-            if exists {
-                // [MQTT-3.1.2-6] a clean start discards the previous session.
-                self.drop_session(&client_id);
-            }
-            self.sessions.insert(
-                client_id.clone(),
-                SessionRuntime {
+            _ => {
+                if let Some(sid) = existing {
+                    // [MQTT-3.1.2-6] a clean start discards the previous session.
+                    self.drop_session(sid);
+                }
+                let persistent = expiry != Some(0);
+                if persistent {
+                    self.pending_ops.push(StoreOp::SessionCreated {
+                        client_id: client_id.to_string(),
+                        expiry_interval_secs: expiry,
+                        protocol_level: protocol.level(),
+                    });
+                }
+                self.insert_session(Session {
+                    client_id: client_id.clone(),
                     conn: None,
-                    persistent: expiry != Some(0),
+                    persistent,
                     expires_at: None,
                     pending_will: None,
-                },
-            );
-            self.emit(StoreOp::SessionCreated {
-                client_id: client_id.to_string(),
-                expiry_interval_secs: expiry,
-                protocol_level: protocol.level(),
-            });
-        }
-        if let Some(rt) = self.sessions.get_mut(&client_id) {
+                    stored: StoredSession::new(expiry, protocol.level()),
+                })
+            }
+        };
+        if let Some(rt) = self.session_mut(sid) {
             rt.conn = Some(conn);
             rt.expires_at = None;
         }
         if let Some(w) = &will {
             // Kept with the session so a broker crash does not lose it (see `Core::new`).
             let message = self.will_message(w, now);
-            self.emit(StoreOp::WillStored {
-                client_id: client_id.to_string(),
+            let op = StoreOp::WillStored {
+                client_id: self.op_id(sid),
                 will: StoredWill {
                     message,
                     delay_interval_secs: w.properties.will_delay_interval_secs.unwrap_or(0),
                 },
-            });
-        } else if self.state.sessions[&*client_id].will.is_some() {
-            self.emit(StoreOp::WillCleared {
-                client_id: client_id.to_string(),
-            });
+            };
+            self.emit_session(sid, op);
+        } else {
+            self.clear_will(sid);
         }
 
         let receive_maximum = connect
@@ -882,6 +959,7 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.online = Some(Box::new(Online {
                 client_id: client_id.clone(),
+                sid,
                 protocol,
                 username,
                 will: will.map(Box::new),
@@ -929,11 +1007,10 @@ impl Core {
         tracing::debug!(client_id = &*client_id, conn, session_present, "connected");
 
         // [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP) and PUBREL, in their order.
-        let resend: Vec<(u16, OutgoingState)> = self.state.sessions[&*client_id]
-            .outgoing
-            .iter()
-            .cloned()
-            .collect();
+        let resend: Vec<(u16, OutgoingState)> = self
+            .session(sid)
+            .map(|s| s.stored.outgoing.iter().cloned().collect())
+            .unwrap_or_default();
         for (id, state) in resend {
             let Some(packet_id) = PacketId::new(id) else {
                 continue;
@@ -942,7 +1019,7 @@ impl Core {
                 OutgoingState::Publish(message) => {
                     let qos_pid = QosPid::new(message.qos, Some(packet_id))
                         .unwrap_or(QosPid::AtLeastOnce(packet_id));
-                    self.send_publish(conn, &client_id, &message, qos_pid, true, now, out);
+                    self.send_publish(conn, sid, &message, qos_pid, true, now, out);
                 }
                 OutgoingState::PubRel => out.push(Action::Send {
                     conn,
@@ -950,7 +1027,7 @@ impl Core {
                 }),
             }
         }
-        self.pump(&client_id, now, out);
+        self.pump(sid, now, out);
     }
 
     /// Answers CONNECT with a refusing CONNACK and closes [MQTT-3.2.2-4] [MQTT-3.2.2-5].
@@ -1031,21 +1108,15 @@ impl Core {
         };
         self.online_count -= 1;
         let client_id = online.client_id;
-        let expiry = self
-            .state
-            .sessions
-            .get(&*client_id)
-            .map(|s| s.expiry_interval_secs);
-        let this_conn = self
-            .sessions
-            .get(&client_id)
-            .is_some_and(|rt| rt.conn == Some(conn));
+        let sid = online.sid;
+        let this_conn = self.session(sid).is_some_and(|rt| rt.conn == Some(conn));
         if this_conn {
+            let expiry = self.session(sid).map(|s| s.stored.expiry_interval_secs);
             match expiry {
-                Some(Some(0)) => self.drop_session(&client_id),
+                Some(Some(0)) => self.drop_session(sid),
                 Some(Some(secs)) => {
                     let at = now + Duration::from_secs(secs.into());
-                    if let Some(rt) = self.sessions.get_mut(&client_id) {
+                    if let Some(rt) = self.session_mut(sid) {
                         rt.conn = None;
                         rt.expires_at = Some(at);
                     }
@@ -1053,7 +1124,7 @@ impl Core {
                         .insert((at, Timer::SessionExpiry(client_id.clone())));
                 }
                 _ => {
-                    if let Some(rt) = self.sessions.get_mut(&client_id) {
+                    if let Some(rt) = self.session_mut(sid) {
                         rt.conn = None;
                     }
                 }
@@ -1065,14 +1136,16 @@ impl Core {
             .and_then(|w| w.properties.will_delay_interval_secs)
             .filter(|_| online.protocol == ProtocolVersion::V5)
             .unwrap_or(0);
-        let session_lives = this_conn && self.sessions.contains_key(&client_id);
+        // The session still lives and is this connection's (a takeover's new connection holds
+        // it under the same `Sid`, but then this one's will is not its business).
+        let session_lives = this_conn && self.session(sid).is_some();
         if publish_will && delay_secs > 0 && session_lives {
             if let Some(will) = &online.will {
                 // Due after the delay, or when the session ends if that comes first (the
                 // session expiry timer publishes it then). It stays in the store meanwhile.
                 let at = now + Duration::from_secs(delay_secs.into());
                 let message = self.will_message(will, now);
-                if let Some(rt) = self.sessions.get_mut(&client_id) {
+                if let Some(rt) = self.session_mut(sid) {
                     rt.pending_will = Some(Box::new((at, message)));
                 }
                 self.timers
@@ -1080,48 +1153,42 @@ impl Core {
                 return;
             }
         }
-        if self
-            .state
-            .sessions
-            .get(&*client_id)
-            .is_some_and(|s| s.will.is_some())
-        {
-            self.emit(StoreOp::WillCleared {
-                client_id: client_id.to_string(),
-            });
+        if this_conn {
+            self.clear_will(sid);
         }
         if publish_will {
             if let Some(will) = online.will {
                 self.stats.wills_published += 1;
                 tracing::debug!(client_id = &*client_id, topic = %will.topic, "publishing will");
                 let message = self.will_message(&will, now);
-                self.publish(Some(&client_id), message, now, out);
+                let publisher = self.sid_of(&client_id);
+                self.publish(publisher, message, now, out);
             }
         }
     }
 
-    fn publish_pending_will(&mut self, client_id: &Arc<str>, now: Instant, out: &mut Vec<Action>) {
+    /// Clears the will stored with `sid`'s session, if it has one.
+    fn clear_will(&mut self, sid: Sid) {
+        if self.session(sid).is_some_and(|s| s.stored.will.is_some()) {
+            let op = StoreOp::WillCleared {
+                client_id: self.op_id(sid),
+            };
+            self.emit_session(sid, op);
+        }
+    }
+
+    fn publish_pending_will(&mut self, sid: Sid, now: Instant, out: &mut Vec<Action>) {
         let Some((_, message)) = self
-            .sessions
-            .get_mut(client_id)
+            .session_mut(sid)
             .and_then(|rt| rt.pending_will.take())
             .map(|pending| *pending)
         else {
             return;
         };
-        if self
-            .state
-            .sessions
-            .get(&**client_id)
-            .is_some_and(|s| s.will.is_some())
-        {
-            self.emit(StoreOp::WillCleared {
-                client_id: client_id.to_string(),
-            });
-        }
+        self.clear_will(sid);
         self.stats.wills_published += 1;
-        tracing::debug!(client_id = &**client_id, topic = %message.topic, "publishing delayed will");
-        self.publish(Some(client_id), message, now, out);
+        tracing::debug!(client_id = self.client_id(sid), topic = %message.topic, "publishing delayed will");
+        self.publish(Some(sid), message, now, out);
     }
 
     fn will_message(&self, will: &Will, now: Instant) -> StoredMessage {
@@ -1144,21 +1211,22 @@ impl Core {
         }
     }
 
-    fn drop_session(&mut self, client_id: &str) {
-        if let Some(session) = self.state.sessions.get(client_id) {
-            let filters: Vec<String> = session
-                .subscriptions
-                .keys()
-                .map(|f| f.to_string())
-                .collect();
-            for filter in filters {
-                self.router.remove(&filter, client_id);
-            }
-            self.emit(StoreOp::SessionDeleted {
-                client_id: client_id.to_string(),
+    /// Forgets `sid`'s session (and its routes); its slot is free from now on.
+    fn drop_session(&mut self, sid: Sid) {
+        let Some(session) = self.sessions.get_mut(sid as usize).and_then(Option::take) else {
+            return;
+        };
+        for filter in session.stored.subscriptions.keys() {
+            self.router.remove(filter, &sid);
+        }
+        if session.persistent {
+            self.pending_ops.push(StoreOp::SessionDeleted {
+                client_id: session.client_id.to_string(),
             });
         }
-        self.sessions.remove(client_id);
+        self.session_ids.remove(&session.client_id);
+        self.full_sessions.remove(&sid);
+        self.free_sids.push(sid);
     }
 
     fn check_keep_alive(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
@@ -1191,7 +1259,7 @@ impl Core {
     fn assign_client_id(&mut self) -> Arc<str> {
         loop {
             let id = format!("simqtt-{:016x}", self.rng.next_u64());
-            if !self.sessions.contains_key(id.as_str()) {
+            if !self.session_ids.contains_key(id.as_str()) {
                 return id.into();
             }
         }
@@ -1207,9 +1275,8 @@ impl Core {
         let Some(online) = self.online(conn) else {
             return;
         };
-        let client_id = online.client_id.clone();
+        let sid = online.sid;
         let v5 = online.protocol == ProtocolVersion::V5;
-        let username = online.username.clone();
         if v5 && publish.properties.topic_alias.is_some() {
             // CONNACK announced no Topic Alias Maximum (so 0).
             return self.violation(
@@ -1249,15 +1316,17 @@ impl Core {
         }
         self.stats.messages_received += 1;
         let allowed = !publish.topic.starts_with('$')
-            && self.config.authenticator.can_publish(
-                username.as_deref(),
-                &client_id,
-                &publish.topic,
-            );
+            && self.online(conn).is_some_and(|o| {
+                self.config.authenticator.can_publish(
+                    o.username.as_deref(),
+                    &o.client_id,
+                    &publish.topic,
+                )
+            });
         if !allowed {
             self.stats.messages_dropped += 1;
             self.stats.dropped_not_authorized += 1;
-            tracing::debug!(client_id = &*client_id, topic = %publish.topic, "publish refused");
+            tracing::debug!(client_id = self.client_id(sid), topic = %publish.topic, "publish refused");
         }
         let refused_code = if allowed {
             ReasonCode::Success
@@ -1285,13 +1354,13 @@ impl Core {
         match qos_pid {
             QosPid::AtMostOnce => {
                 if allowed {
-                    self.publish(Some(&client_id), message, now, out);
+                    self.publish(Some(sid), message, now, out);
                 }
             }
             QosPid::AtLeastOnce(id) => {
                 // Routed (and, for persistent subscribers, stored) before the PUBACK goes out.
                 if allowed {
-                    self.publish(Some(&client_id), message, now, out);
+                    self.publish(Some(sid), message, now, out);
                 }
                 out.push(Action::Send {
                     conn,
@@ -1306,16 +1375,9 @@ impl Core {
                 });
             }
             QosPid::ExactlyOnce(id) => {
-                let seen = self
-                    .state
-                    .sessions
-                    .get(&*client_id)
-                    .is_some_and(|s| s.incoming_qos2.contains(&id.get()));
-                let receiving = self
-                    .state
-                    .sessions
-                    .get(&*client_id)
-                    .map_or(0, |s| s.incoming_qos2.len());
+                let incoming = self.session(sid).map(|s| &s.stored.incoming_qos2);
+                let seen = incoming.is_some_and(|ids| ids.contains(&id.get()));
+                let receiving = incoming.map_or(0, |ids| ids.len());
                 if !seen && receiving >= usize::from(self.config.max_incoming_qos2) {
                     return self.violation(
                         conn,
@@ -1329,12 +1391,13 @@ impl Core {
                     // [MQTT-4.3.3-2] a retransmission: acknowledged again, not delivered again.
                 } else if allowed || !v5 {
                     if allowed {
-                        self.publish(Some(&client_id), message, now, out);
+                        self.publish(Some(sid), message, now, out);
                     }
-                    self.emit(StoreOp::IncomingQos2Received {
-                        client_id: client_id.to_string(),
+                    let op = StoreOp::IncomingQos2Received {
+                        client_id: self.op_id(sid),
                         packet_id: id,
-                    });
+                    };
+                    self.emit_session(sid, op);
                 }
                 // In 5.0 a PUBREC with an error code ends the exchange, so nothing is recorded.
                 out.push(Action::Send {
@@ -1356,18 +1419,17 @@ impl Core {
         let Some(online) = self.online(conn) else {
             return;
         };
-        let client_id = online.client_id.clone();
+        let sid = online.sid;
         let v5 = online.protocol == ProtocolVersion::V5;
         let known = self
-            .state
-            .sessions
-            .get(&*client_id)
-            .is_some_and(|s| s.incoming_qos2.contains(&rel.packet_id.get()));
+            .session(sid)
+            .is_some_and(|s| s.stored.incoming_qos2.contains(&rel.packet_id.get()));
         if known {
-            self.emit(StoreOp::IncomingQos2Released {
-                client_id: client_id.to_string(),
+            let op = StoreOp::IncomingQos2Released {
+                client_id: self.op_id(sid),
                 packet_id: rel.packet_id,
-            });
+            };
+            self.emit_session(sid, op);
         }
         let reason = if known || !v5 {
             ReasonCode::Success
@@ -1380,27 +1442,40 @@ impl Core {
         });
     }
 
-    fn outgoing_state(&self, client_id: &str, id: PacketId) -> Option<&OutgoingState> {
-        self.state
-            .sessions
-            .get(client_id)?
+    fn outgoing_state(&self, sid: Sid, id: PacketId) -> Option<&OutgoingState> {
+        self.session(sid)?
+            .stored
             .outgoing
             .iter()
             .find(|(i, _)| *i == id.get())
             .map(|(_, s)| s)
     }
 
+    /// The outgoing flow `id` of `sid` is complete (PUBACK, PUBCOMP, or a refusing PUBREC):
+    /// its slot of the window is free.
+    fn outgoing_completed(
+        &mut self,
+        conn: ConnId,
+        sid: Sid,
+        id: PacketId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let op = StoreOp::OutgoingCompleted {
+            client_id: self.op_id(sid),
+            packet_id: id,
+        };
+        self.emit_session(sid, op);
+        self.pump_after_ack(conn, sid, now, out);
+    }
+
     fn on_puback(&mut self, conn: ConnId, puback: Ack, now: Instant, out: &mut Vec<Action>) {
-        let Some(client_id) = self.online(conn).map(|o| o.client_id.clone()) else {
+        let Some(sid) = self.online(conn).map(|o| o.sid) else {
             return;
         };
-        match self.outgoing_state(&client_id, puback.packet_id) {
+        match self.outgoing_state(sid, puback.packet_id) {
             Some(OutgoingState::Publish(m)) if m.qos == QoS::AtLeastOnce => {
-                self.emit(StoreOp::OutgoingCompleted {
-                    client_id: client_id.to_string(),
-                    packet_id: puback.packet_id,
-                });
-                self.pump_after_ack(&client_id, now, out);
+                self.outgoing_completed(conn, sid, puback.packet_id, now, out);
             }
             _ => tracing::debug!(conn, id = puback.packet_id, "PUBACK for no QoS 1 message"),
         }
@@ -1410,24 +1485,21 @@ impl Core {
         let Some(online) = self.online(conn) else {
             return;
         };
-        let client_id = online.client_id.clone();
+        let sid = online.sid;
         let v5 = online.protocol == ProtocolVersion::V5;
         let id = pubrec.packet_id;
-        match self.outgoing_state(&client_id, id) {
+        match self.outgoing_state(sid, id) {
             Some(OutgoingState::Publish(m)) if m.qos == QoS::ExactlyOnce => {
                 if v5 && pubrec.reason_code.is_error() {
                     // The receiver refused the message: the flow ends here.
-                    self.emit(StoreOp::OutgoingCompleted {
-                        client_id: client_id.to_string(),
-                        packet_id: id,
-                    });
-                    self.pump_after_ack(&client_id, now, out);
+                    self.outgoing_completed(conn, sid, id, now, out);
                     return;
                 }
-                self.emit(StoreOp::PubRecReceived {
-                    client_id: client_id.to_string(),
+                let op = StoreOp::PubRecReceived {
+                    client_id: self.op_id(sid),
                     packet_id: id,
-                });
+                };
+                self.emit_session(sid, op);
                 out.push(Action::Send {
                     conn,
                     packet: Packet::PubRel(Ack::new(id)),
@@ -1446,16 +1518,12 @@ impl Core {
     }
 
     fn on_pubcomp(&mut self, conn: ConnId, pubcomp: Ack, now: Instant, out: &mut Vec<Action>) {
-        let Some(client_id) = self.online(conn).map(|o| o.client_id.clone()) else {
+        let Some(sid) = self.online(conn).map(|o| o.sid) else {
             return;
         };
-        match self.outgoing_state(&client_id, pubcomp.packet_id) {
+        match self.outgoing_state(sid, pubcomp.packet_id) {
             Some(OutgoingState::PubRel) => {
-                self.emit(StoreOp::OutgoingCompleted {
-                    client_id: client_id.to_string(),
-                    packet_id: pubcomp.packet_id,
-                });
-                self.pump_after_ack(&client_id, now, out);
+                self.outgoing_completed(conn, sid, pubcomp.packet_id, now, out);
             }
             _ => tracing::debug!(conn, id = pubcomp.packet_id, "PUBCOMP for no PUBREL"),
         }
@@ -1472,6 +1540,7 @@ impl Core {
             return;
         };
         let client_id = online.client_id.clone();
+        let sid = online.sid;
         let v5 = online.protocol == ProtocolVersion::V5;
         let username = online.username.clone();
         let max_qos = QoS::from_u8(self.config.max_qos).unwrap_or(QoS::ExactlyOnce);
@@ -1506,27 +1575,26 @@ impl Core {
                 SubscriptionOptions::qos(granted)
             };
             let existed = self
-                .state
-                .sessions
-                .get(&*client_id)
-                .is_some_and(|s| s.subscriptions.contains_key(&filter));
+                .session(sid)
+                .is_some_and(|s| s.stored.subscriptions.contains_key(&filter));
             let subscription_id = if v5 {
                 subscribe.properties.subscription_identifier
             } else {
                 None
             };
             // [MQTT-3.8.4-3] a subscription to the same filter replaces the old one.
-            self.emit(StoreOp::Subscribed {
-                client_id: client_id.to_string(),
+            let op = StoreOp::Subscribed {
+                client_id: self.op_id(sid),
                 filter: filter.clone(),
                 subscription: StoredSubscription {
                     options,
                     subscription_id,
                 },
-            });
+            };
+            self.emit_session(sid, op);
             self.router.insert(
                 &filter,
-                &client_id,
+                &sid,
                 Route {
                     options,
                     subscription_id,
@@ -1541,12 +1609,7 @@ impl Core {
             if send_retained {
                 // [MQTT-3.3.1-6] [MQTT-3.3.1-8] the latest retained message of each matching
                 // topic, with RETAIN set, at the lower of its QoS and the granted one.
-                for m in self
-                    .state
-                    .retained
-                    .values()
-                    .chain(self.sys_retained.values())
-                {
+                for m in self.retained.values().chain(self.sys_retained.values()) {
                     if codec::matches(&filter, &m.topic) {
                         let mut m = m.clone();
                         m.qos = m.qos.min(granted);
@@ -1565,7 +1628,7 @@ impl Core {
             }),
         });
         for message in retained {
-            self.deliver(&client_id, message, now, out);
+            self.deliver(sid, message, now, out);
         }
     }
 
@@ -1573,18 +1636,19 @@ impl Core {
         let Some(online) = self.online(conn) else {
             return;
         };
-        let client_id = online.client_id.clone();
+        let sid = online.sid;
         let v5 = online.protocol == ProtocolVersion::V5;
         let mut codes = Vec::new();
         for filter in unsubscribe.filters {
             // [MQTT-3.10.4-1] compared literally; messages already in flight still complete
             // [MQTT-3.10.4-3] because the session's outgoing state is untouched.
-            let existed = self.router.remove(&filter, &client_id);
+            let existed = self.router.remove(&filter, &sid);
             if existed {
-                self.emit(StoreOp::Unsubscribed {
-                    client_id: client_id.to_string(),
+                let op = StoreOp::Unsubscribed {
+                    client_id: self.op_id(sid),
                     filter,
-                });
+                };
+                self.emit_session(sid, op);
             }
             if v5 {
                 codes.push(if existed {
@@ -1615,7 +1679,7 @@ impl Core {
         let Some(online) = self.online(conn) else {
             return;
         };
-        let client_id = online.client_id.clone();
+        let sid = online.sid;
         if let Some(secs) = disconnect.properties.session_expiry_interval_secs {
             if online.connect_expiry_secs == 0 && secs != 0 {
                 return self.violation(
@@ -1627,10 +1691,11 @@ impl Core {
                 );
             }
             let expiry = (secs != u32::MAX).then_some(secs);
-            self.emit(StoreOp::SessionExpiryChanged {
-                client_id: client_id.to_string(),
+            let op = StoreOp::SessionExpiryChanged {
+                client_id: self.op_id(sid),
                 expiry_interval_secs: expiry,
-            });
+            };
+            self.emit_session(sid, op);
         }
         let keep_will = disconnect.reason_code == ReasonCode::DisconnectWithWillMessage;
         if !keep_will {
@@ -1653,7 +1718,7 @@ impl Core {
     /// store, then every matching subscription [MQTT-4.5.0-1].
     fn publish(
         &mut self,
-        publisher: Option<&str>,
+        publisher: Option<Sid>,
         message: StoredMessage,
         now: Instant,
         out: &mut Vec<Action>,
@@ -1661,14 +1726,15 @@ impl Core {
         if message.retain {
             if message.payload.is_empty() {
                 // [MQTT-3.3.1-10] [MQTT-3.3.1-11] an empty retained message clears the topic.
-                if self.state.retained.contains_key(&message.topic) {
-                    self.emit(StoreOp::RetainedCleared {
+                if self.retained.remove(&message.topic).is_some() {
+                    self.pending_ops.push(StoreOp::RetainedCleared {
                         topic: message.topic.clone(),
                     });
                 }
             } else {
                 // [MQTT-3.3.1-5] [MQTT-3.3.1-7] replaces whatever was retained, QoS 0 included.
-                self.emit(StoreOp::RetainedSet {
+                self.retained.insert(message.topic.clone(), message.clone());
+                self.pending_ops.push(StoreOp::RetainedSet {
                     message: message.clone(),
                 });
             }
@@ -1678,27 +1744,28 @@ impl Core {
 
     fn forward(
         &mut self,
-        publisher: Option<&str>,
+        publisher: Option<Sid>,
         message: StoredMessage,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
         let mut matches = std::mem::take(&mut self.scratch);
         matches.clear();
-        self.router.for_each_match(&message.topic, |client, route| {
-            if route.options.no_local && publisher == Some(&**client) {
+        self.router.for_each_match(&message.topic, |&sid, route| {
+            if route.options.no_local && publisher == Some(sid) {
                 return;
             }
-            matches.push((client.clone(), *route));
+            matches.push((sid, *route));
         });
-        // One copy per client at the highest matching QoS (see the module doc).
-        matches.sort_by(|a, b| a.0.cmp(&b.0));
+        // One copy per client at the highest matching QoS (see the module doc); clients in
+        // session-index order.
+        matches.sort_unstable_by_key(|m| m.0);
         let mut i = 0;
         while i < matches.len() {
-            let client = matches[i].0.clone();
+            let sid = matches[i].0;
             let mut qos = QoS::AtMostOnce;
             let mut retain_as_published = false;
-            while i < matches.len() && matches[i].0 == client {
+            while i < matches.len() && matches[i].0 == sid {
                 qos = qos.max(matches[i].1.options.qos);
                 retain_as_published |= matches[i].1.options.retain_as_published;
                 i += 1;
@@ -1707,88 +1774,79 @@ impl Core {
             copy.qos = copy.qos.min(qos);
             // [MQTT-3.3.1-9] live forwarding clears RETAIN (5.0: unless Retain As Published).
             copy.retain = message.retain && retain_as_published;
-            self.deliver(&client, copy, now, out);
+            self.deliver(sid, copy, now, out);
         }
         self.scratch = matches;
     }
 
-    /// Puts `message` (its QoS already the effective one) on its way to `client_id`: sent now
-    /// if the client is online and its window has room, else queued (bounded).
-    fn deliver(
-        &mut self,
-        client_id: &Arc<str>,
-        message: StoredMessage,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let conn = self.sessions.get(client_id).and_then(|s| s.conn);
-        let Some(session) = self.state.sessions.get(&**client_id) else {
+    /// Puts `message` (its QoS already the effective one) on its way to `sid`: sent now if the
+    /// client is online and its window has room, else queued (bounded).
+    fn deliver(&mut self, sid: Sid, message: StoredMessage, now: Instant, out: &mut Vec<Action>) {
+        let Some(session) = self.session(sid) else {
             return;
         };
-        if let Some(conn) = conn {
+        if let Some(conn) = session.conn {
             if message.qos == QoS::AtMostOnce {
-                self.send_publish(
-                    conn,
-                    client_id,
-                    &message,
-                    QosPid::AtMostOnce,
-                    false,
-                    now,
-                    out,
-                );
+                self.send_publish(conn, sid, &message, QosPid::AtMostOnce, false, now, out);
                 return;
             }
             let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
-            if session.queued.is_empty() && session.outgoing.len() < limit {
-                if !self.deliverable(conn, client_id, &message, now) {
+            let stored = &session.stored;
+            if stored.queued.is_empty() && stored.outgoing.len() < limit {
+                if self.undeliverable(conn, sid, &message, now) {
+                    self.count_undeliverable();
                     return;
                 }
-                let packet_id = alloc_packet_id(&self.state, client_id);
-                self.emit(StoreOp::SentInFlight {
-                    client_id: client_id.to_string(),
-                    packet_id,
-                    message: message.clone(),
-                });
+                let packet_id = alloc_packet_id(stored);
                 let qos_pid = QosPid::new(message.qos, Some(packet_id))
                     .unwrap_or(QosPid::AtLeastOnce(packet_id));
-                self.send_publish(conn, client_id, &message, qos_pid, false, now, out);
+                let packet = self.publish_packet(conn, sid, &message, qos_pid, false, now);
+                let op = StoreOp::SentInFlight {
+                    client_id: self.op_id(sid),
+                    packet_id,
+                    message,
+                };
+                self.emit_session(sid, op);
+                self.stats.messages_sent += 1;
+                out.push(Action::Send { conn, packet });
                 return;
             }
         } else if message.qos == QoS::AtMostOnce && !self.config.queue_qos0_messages {
             return;
         }
-        self.enqueue(client_id, message);
+        self.enqueue(sid, message);
     }
 
-    fn enqueue(&mut self, client_id: &str, message: StoredMessage) {
-        let Some(session) = self.state.sessions.get(client_id) else {
+    fn enqueue(&mut self, sid: Sid, message: StoredMessage) {
+        let Some(session) = self.session(sid) else {
             return;
         };
-        if session.queued.len() + 1 >= self.config.max_queued_messages
-            && message.qos != QoS::AtMostOnce
-        {
-            self.full_sessions.insert(client_id.into());
+        let queued = session.stored.queued.len();
+        if queued + 1 >= self.config.max_queued_messages && message.qos != QoS::AtMostOnce {
+            self.full_sessions.insert(sid);
         }
         if self.config.max_queued_messages == 0 {
             self.stats.messages_dropped += 1;
             self.stats.dropped_queue_full += 1;
             return;
         }
-        if session.queued.len() >= self.config.max_queued_messages {
+        if queued >= self.config.max_queued_messages {
             // Overflow policy: drop the oldest (see `BrokerConfig::max_queued_messages`).
             self.stats.messages_dropped += 1;
             self.stats.dropped_queue_full += 1;
-            self.emit(StoreOp::QueueFrontDropped {
-                client_id: client_id.to_string(),
-            });
+            let op = StoreOp::QueueFrontDropped {
+                client_id: self.op_id(sid),
+            };
+            self.emit_session(sid, op);
         }
-        self.emit(StoreOp::Queued {
-            client_id: client_id.to_string(),
+        let op = StoreOp::Queued {
+            client_id: self.op_id(sid),
             message,
-        });
+        };
+        self.emit_session(sid, op);
     }
 
-    /// `pump` after an acknowledgement freed a slot of `client_id`'s window: only once a
+    /// `pump` after an acknowledgement on `conn` freed a slot of `sid`'s window: only once a
     /// quarter of the window is free (or a QoS 0 message heads the queue). Under load the
     /// window then refills in runs, which the connection writes with one system call each,
     /// instead of one message per acknowledgement; the client still has three quarters of its
@@ -1796,79 +1854,73 @@ impl Core {
     /// queued, `deliver` sends at once as before. Nothing can stall: while messages are queued
     /// the window holds at least one unacknowledged message, whose acknowledgement calls this
     /// again.
-    fn pump_after_ack(&mut self, client_id: &Arc<str>, now: Instant, out: &mut Vec<Action>) {
-        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+    fn pump_after_ack(&mut self, conn: ConnId, sid: Sid, now: Instant, out: &mut Vec<Action>) {
+        let Some(session) = self.session(sid) else {
+            return;
+        };
+        let Some(front) = session.stored.queued.front() else {
             return;
         };
         let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
-        let Some(session) = self.state.sessions.get(&**client_id) else {
-            return;
-        };
-        let Some(front) = session.queued.front() else {
-            return;
-        };
         let refill = (limit / 4).max(1);
-        if front.qos == QoS::AtMostOnce || session.outgoing.len() + refill <= limit {
-            self.pump(client_id, now, out);
+        if front.qos == QoS::AtMostOnce || session.stored.outgoing.len() + refill <= limit {
+            self.pump(sid, now, out);
         }
     }
 
     /// Moves queued messages into the in-flight window while it has room.
-    fn pump(&mut self, client_id: &Arc<str>, now: Instant, out: &mut Vec<Action>) {
-        let Some(conn) = self.sessions.get(client_id).and_then(|s| s.conn) else {
+    fn pump(&mut self, sid: Sid, now: Instant, out: &mut Vec<Action>) {
+        let Some(conn) = self.session(sid).and_then(|s| s.conn) else {
             return;
         };
         let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
         loop {
-            let Some(session) = self.state.sessions.get(&**client_id) else {
+            let Some(session) = self.session(sid) else {
                 return;
             };
-            let Some(front) = session.queued.front() else {
+            let stored = &session.stored;
+            let Some(front) = stored.queued.front() else {
                 return;
             };
-            if front.qos != QoS::AtMostOnce && session.outgoing.len() >= limit {
-                return;
-            }
-            let message = front.clone();
-            if message.qos == QoS::AtMostOnce || !self.deliverable(conn, client_id, &message, now) {
+            if front.qos == QoS::AtMostOnce {
                 // A QoS 0 message leaves the queue as it is sent (it has no in-flight state).
-                self.emit(StoreOp::QueueFrontDropped {
-                    client_id: client_id.to_string(),
-                });
-                if message.qos == QoS::AtMostOnce {
-                    self.send_publish(
-                        conn,
-                        client_id,
-                        &message,
-                        QosPid::AtMostOnce,
-                        false,
-                        now,
-                        out,
-                    );
-                }
+                let message = front.clone();
+                let op = StoreOp::QueueFrontDropped {
+                    client_id: self.op_id(sid),
+                };
+                self.emit_session(sid, op);
+                self.send_publish(conn, sid, &message, QosPid::AtMostOnce, false, now, out);
                 continue;
             }
-            let packet_id = alloc_packet_id(&self.state, client_id);
-            self.emit(StoreOp::Dequeued {
-                client_id: client_id.to_string(),
-                packet_id,
-            });
+            if stored.outgoing.len() >= limit {
+                return;
+            }
+            if self.undeliverable(conn, sid, front, now) {
+                self.count_undeliverable();
+                let op = StoreOp::QueueFrontDropped {
+                    client_id: self.op_id(sid),
+                };
+                self.emit_session(sid, op);
+                continue;
+            }
+            let packet_id = alloc_packet_id(stored);
             let qos_pid =
-                QosPid::new(message.qos, Some(packet_id)).unwrap_or(QosPid::AtLeastOnce(packet_id));
-            self.send_publish(conn, client_id, &message, qos_pid, false, now, out);
+                QosPid::new(front.qos, Some(packet_id)).unwrap_or(QosPid::AtLeastOnce(packet_id));
+            let packet = self.publish_packet(conn, sid, front, qos_pid, false, now);
+            let op = StoreOp::Dequeued {
+                client_id: self.op_id(sid),
+                packet_id,
+            };
+            self.emit_session(sid, op);
+            self.stats.messages_sent += 1;
+            out.push(Action::Send { conn, packet });
         }
     }
 
-    /// False (and counted) for a 5.0 message that expired or exceeds the client's maximum
-    /// packet size; such a message is dropped rather than sent [MQTT-3.3.2-5 in 5.0]
-    /// [MQTT-3.1.2-25 in 5.0].
-    fn deliverable(
-        &mut self,
-        conn: ConnId,
-        client_id: &str,
-        message: &StoredMessage,
-        now: Instant,
-    ) -> bool {
+    /// True for a 5.0 message that expired or exceeds the client's maximum packet size; such
+    /// a message is dropped rather than sent [MQTT-3.3.2-5 in 5.0] [MQTT-3.1.2-25 in 5.0]
+    /// (the caller counts it with `count_undeliverable`).
+    fn undeliverable(&self, conn: ConnId, sid: Sid, message: &StoredMessage, now: Instant) -> bool {
         let expired = message
             .properties
             .expires_at_ms
@@ -1876,24 +1928,24 @@ impl Core {
         let too_large = match self.online(conn).and_then(|o| o.max_packet_size) {
             Some(max) => {
                 let packet =
-                    self.publish_packet(conn, client_id, message, QosPid::AtMostOnce, false, now);
+                    self.publish_packet(conn, sid, message, QosPid::AtMostOnce, false, now);
                 codec::encoded_len(&packet, ProtocolVersion::V5)
                     .map_or(true, |n| n + 2 > max as usize)
             }
             None => false,
         };
-        if expired || too_large {
-            self.stats.messages_dropped += 1;
-            self.stats.dropped_undeliverable += 1;
-            return false;
-        }
-        true
+        expired || too_large
+    }
+
+    fn count_undeliverable(&mut self) {
+        self.stats.messages_dropped += 1;
+        self.stats.dropped_undeliverable += 1;
     }
 
     fn publish_packet(
         &self,
         conn: ConnId,
-        client_id: &str,
+        sid: Sid,
         message: &StoredMessage,
         qos_pid: QosPid,
         dup: bool,
@@ -1906,11 +1958,10 @@ impl Core {
             let p = &message.properties;
             // Subscription identifiers of the client's matching subscriptions (5.0 3.3.4).
             let subscription_identifiers = self
-                .state
-                .sessions
-                .get(client_id)
+                .session(sid)
                 .map(|s| {
-                    s.subscriptions
+                    s.stored
+                        .subscriptions
                         .iter()
                         .filter_map(|(f, sub)| {
                             sub.subscription_id
@@ -1933,8 +1984,9 @@ impl Core {
                 subscription_identifiers,
                 content_type: p.content_type.clone(),
             }
+            .into()
         } else {
-            PublishProperties::default()
+            PropertyBox::none()
         };
         Packet::Publish(Publish {
             // [MQTT-3.3.1-2] never DUP on QoS 0.
@@ -1942,7 +1994,7 @@ impl Core {
             qos_pid,
             retain: message.retain,
             topic: message.topic.clone(),
-            properties: properties.into(),
+            properties,
             payload: message.payload.clone(),
         })
     }
@@ -1951,17 +2003,18 @@ impl Core {
     fn send_publish(
         &mut self,
         conn: ConnId,
-        client_id: &str,
+        sid: Sid,
         message: &StoredMessage,
         qos_pid: QosPid,
         dup: bool,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if qos_pid == QosPid::AtMostOnce && !self.deliverable(conn, client_id, message, now) {
+        if qos_pid == QosPid::AtMostOnce && self.undeliverable(conn, sid, message, now) {
+            self.count_undeliverable();
             return;
         }
-        let packet = self.publish_packet(conn, client_id, message, qos_pid, dup, now);
+        let packet = self.publish_packet(conn, sid, message, qos_pid, dup, now);
         self.stats.messages_sent += 1;
         out.push(Action::Send { conn, packet });
     }
@@ -2008,26 +2061,6 @@ impl Core {
         self.pending_ops.len()
     }
 
-    /// Applies `op` to the in-memory state and, when it concerns a persistent session or a
-    /// retained message, queues it for the store (`flush_store`).
-    fn emit(&mut self, op: StoreOp) {
-        let durable = match &op {
-            StoreOp::SessionCreated {
-                expiry_interval_secs,
-                ..
-            } => *expiry_interval_secs != Some(0),
-            other => {
-                op_client(other).is_none_or(|c| self.sessions.get(c).is_some_and(|s| s.persistent))
-            }
-        };
-        if durable {
-            self.state.apply(&op);
-            self.pending_ops.push(op);
-        } else {
-            self.state.apply_owned(op);
-        }
-    }
-
     fn sync_store(&mut self) {
         self.flush_store();
         if let Err(error) = self.store.sync() {
@@ -2037,8 +2070,7 @@ impl Core {
     }
 }
 
-fn alloc_packet_id(state: &DurableState, client_id: &str) -> PacketId {
-    let session = &state.sessions[client_id];
+fn alloc_packet_id(session: &StoredSession) -> PacketId {
     let mut id = session.next_packet_id.max(1);
     // The in-flight window is far below 65535, so a free id is always found.
     for _ in 0..u16::MAX {

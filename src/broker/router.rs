@@ -1,11 +1,11 @@
 //! The topic router: subscriptions indexed by filter level in a trie, so matching a topic costs
 //! its number of levels (times the wildcard branches), not the number of subscriptions.
 //!
-//! Children are kept in `BTreeMap`s and matches are reported per client in client-id order, so
-//! the order of deliveries never depends on a hasher (determinism, DESIGN.md).
+//! Subscribers are named by a key `C` (the broker uses its dense session index, tests use
+//! client ids). Children and subscribers are kept in `BTreeMap`s, so matches come in key order
+//! and the order of deliveries never depends on a hasher (determinism, DESIGN.md).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::codec::SubscriptionOptions;
 
@@ -16,28 +16,46 @@ pub struct Route {
     pub subscription_id: Option<std::num::NonZeroU32>,
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    children: BTreeMap<Box<str>, Node>,
+#[derive(Debug)]
+struct Node<C> {
+    children: BTreeMap<Box<str>, Node<C>>,
     /// Subscriptions whose filter ends at this node.
-    subscribers: BTreeMap<Arc<str>, Route>,
+    subscribers: BTreeMap<C, Route>,
 }
 
-impl Node {
+impl<C> Default for Node<C> {
+    fn default() -> Self {
+        Node {
+            children: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C: Ord> Node<C> {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.subscribers.is_empty()
     }
 }
 
 /// Filter → subscribers index.
-#[derive(Debug, Default)]
-pub struct Router {
-    root: Node,
+#[derive(Debug)]
+pub struct Router<C> {
+    root: Node<C>,
     count: usize,
 }
 
-impl Router {
-    pub fn new() -> Router {
+impl<C> Default for Router<C> {
+    fn default() -> Self {
+        Router {
+            root: Node::default(),
+            count: 0,
+        }
+    }
+}
+
+impl<C: Ord + Clone> Router<C> {
+    pub fn new() -> Router<C> {
         Router::default()
     }
 
@@ -51,7 +69,7 @@ impl Router {
     }
 
     /// Adds or replaces the subscription of `client` to `filter`. Returns true when it is new.
-    pub fn insert(&mut self, filter: &str, client: &Arc<str>, route: Route) -> bool {
+    pub fn insert(&mut self, filter: &str, client: &C, route: Route) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(level.into()).or_default();
@@ -65,7 +83,7 @@ impl Router {
 
     /// Removes the subscription of `client` to exactly `filter` (no wildcard interpretation
     /// [MQTT-3.10.4-1]). Returns true when it existed. Empty branches are pruned.
-    pub fn remove(&mut self, filter: &str, client: &str) -> bool {
+    pub fn remove(&mut self, filter: &str, client: &C) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
         let removed = remove_in(&mut self.root, &levels, client);
         if removed {
@@ -76,7 +94,7 @@ impl Router {
 
     /// Calls `found(client, route)` for every subscription whose filter matches `topic`. A client
     /// with several matching filters is reported once per filter; the caller merges.
-    pub fn for_each_match(&self, topic: &str, mut found: impl FnMut(&Arc<str>, &Route)) {
+    pub fn for_each_match(&self, topic: &str, mut found: impl FnMut(&C, &Route)) {
         let levels: Vec<&str> = topic.split('/').collect();
         // [MQTT-4.7.2-1] filters starting with a wildcard never match a `$` topic.
         let dollar = topic.starts_with('$');
@@ -84,7 +102,7 @@ impl Router {
     }
 }
 
-fn remove_in(node: &mut Node, levels: &[&str], client: &str) -> bool {
+fn remove_in<C: Ord>(node: &mut Node<C>, levels: &[&str], client: &C) -> bool {
     match levels.split_first() {
         None => node.subscribers.remove(client).is_some(),
         Some((level, rest)) => {
@@ -100,13 +118,13 @@ fn remove_in(node: &mut Node, levels: &[&str], client: &str) -> bool {
     }
 }
 
-fn match_in(
-    node: &Node,
+fn match_in<C>(
+    node: &Node<C>,
     levels: &[&str],
     skip_wildcards: bool,
-    found: &mut impl FnMut(&Arc<str>, &Route),
+    found: &mut impl FnMut(&C, &Route),
 ) {
-    let report = |n: &Node, found: &mut dyn FnMut(&Arc<str>, &Route)| {
+    let report = |n: &Node<C>, found: &mut dyn FnMut(&C, &Route)| {
         for (client, route) in &n.subscribers {
             found(client, route);
         }
@@ -134,6 +152,8 @@ fn match_in(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::codec::{matches, QoS};
 
@@ -144,7 +164,7 @@ mod tests {
         }
     }
 
-    fn matched(router: &Router, topic: &str) -> Vec<String> {
+    fn matched(router: &Router<Arc<str>>, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
         router.for_each_match(topic, |c, r| {
             out.push(format!("{c}:{}", r.options.qos.as_u8()))
@@ -166,10 +186,10 @@ mod tests {
         assert_eq!(matched(&r, "sport/tennis/player1"), ["a:1", "b:0", "b:2"]);
         assert_eq!(matched(&r, "$SYS/broker/uptime"), ["a:0"]);
         assert_eq!(matched(&r, "other"), ["b:0"]);
-        assert!(r.remove("sport/+/player1", "b"));
-        assert!(!r.remove("sport/+/player1", "b"));
+        assert!(r.remove("sport/+/player1", &b));
+        assert!(!r.remove("sport/+/player1", &b));
         assert!(
-            !r.remove("sport/tennis/player1", "a"),
+            !r.remove("sport/tennis/player1", &a),
             "no wildcard interpretation"
         );
         assert_eq!(matched(&r, "sport/tennis/player1"), ["a:1", "b:0"]);

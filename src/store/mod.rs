@@ -223,34 +223,136 @@ pub trait Store: Send + 'static {
     fn sync(&mut self) -> std::io::Result<()>;
 }
 
-impl DurableState {
-    /// Folds one op into the state. Ops that name a missing session or packet id are ignored:
-    /// a log replayed after a crash may hold ops for a session deleted later in the same log.
+impl StoredSession {
+    /// A new, empty session (what `StoreOp::SessionCreated` creates).
+    pub fn new(expiry_interval_secs: Option<u32>, protocol_level: u8) -> StoredSession {
+        StoredSession {
+            expiry_interval_secs,
+            protocol_level,
+            next_packet_id: 1,
+            ..StoredSession::default()
+        }
+    }
+
     /// `apply` for an op the caller has no further use for: a message it carries is moved
-    /// into the state rather than cloned (the broker's path for every delivery of a
+    /// into the session rather than cloned (the broker's path for every delivery of a
     /// non-persistent session, whose ops are not written anywhere).
     pub fn apply_owned(&mut self, op: StoreOp) {
         match op {
-            StoreOp::Queued { client_id, message } => {
-                if let Some(s) = self.sessions.get_mut(&client_id) {
-                    s.queued.push_back(message);
-                }
-            }
+            StoreOp::Queued { message, .. } => self.queued.push_back(message),
             StoreOp::SentInFlight {
-                client_id,
-                packet_id,
-                message,
+                packet_id, message, ..
             } => {
-                if let Some(s) = self.sessions.get_mut(&client_id) {
-                    s.outgoing
-                        .push_back((packet_id.get(), OutgoingState::Publish(message)));
-                    s.next_packet_id = next_id(packet_id.get());
-                }
+                self.outgoing
+                    .push_back((packet_id.get(), OutgoingState::Publish(message)));
+                self.next_packet_id = next_id(packet_id.get());
             }
             other => self.apply(&other),
         }
     }
 
+    /// Folds one op of this session into it; the op's client id is not looked at (the caller
+    /// found the session). Ops that create, delete or do not concern a session are ignored
+    /// here (`DurableState::apply` handles them), as are ops naming a missing packet id.
+    pub fn apply(&mut self, op: &StoreOp) {
+        match op {
+            StoreOp::SessionExpiryChanged {
+                expiry_interval_secs,
+                ..
+            } => self.expiry_interval_secs = *expiry_interval_secs,
+            StoreOp::Subscribed {
+                filter,
+                subscription,
+                ..
+            } => {
+                self.subscriptions
+                    .insert(filter.clone(), subscription.clone());
+            }
+            StoreOp::Unsubscribed { filter, .. } => {
+                self.subscriptions.remove(filter);
+            }
+            StoreOp::Queued { message, .. } => self.queued.push_back(message.clone()),
+            StoreOp::Dequeued { packet_id, .. } => {
+                if let Some(message) = self.queued.pop_front() {
+                    self.outgoing
+                        .push_back((packet_id.get(), OutgoingState::Publish(message)));
+                    self.next_packet_id = next_id(packet_id.get());
+                }
+            }
+            StoreOp::SentInFlight {
+                packet_id, message, ..
+            } => {
+                self.outgoing
+                    .push_back((packet_id.get(), OutgoingState::Publish(message.clone())));
+                self.next_packet_id = next_id(packet_id.get());
+            }
+            StoreOp::PubRecReceived { packet_id, .. } => {
+                if let Some(entry) = self
+                    .outgoing
+                    .iter_mut()
+                    .find(|(id, _)| *id == packet_id.get())
+                {
+                    entry.1 = OutgoingState::PubRel;
+                }
+            }
+            StoreOp::OutgoingCompleted { packet_id, .. } => {
+                // Acknowledgements come mostly in order, so the entry is usually at the
+                // front: `remove` keeps the order and moves the shorter side, where `retain`
+                // moved every entry after it (a window's worth per PUBACK).
+                if let Some(at) = self
+                    .outgoing
+                    .iter()
+                    .position(|(id, _)| *id == packet_id.get())
+                {
+                    self.outgoing.remove(at);
+                }
+            }
+            StoreOp::QueueFrontDropped { .. } => {
+                self.queued.pop_front();
+            }
+            StoreOp::IncomingQos2Received { packet_id, .. } => {
+                self.incoming_qos2.insert(packet_id.get());
+            }
+            StoreOp::IncomingQos2Released { packet_id, .. } => {
+                self.incoming_qos2.remove(&packet_id.get());
+            }
+            StoreOp::WillStored { will, .. } => self.will = Some(Box::new(will.clone())),
+            StoreOp::WillCleared { .. } => self.will = None,
+            StoreOp::SessionCreated { .. }
+            | StoreOp::SessionDeleted { .. }
+            | StoreOp::RetainedSet { .. }
+            | StoreOp::RetainedCleared { .. } => {}
+        }
+    }
+}
+
+impl StoreOp {
+    /// The client whose session the op changes (`None` for retained messages).
+    pub fn client_id(&self) -> Option<&str> {
+        Some(match self {
+            StoreOp::SessionCreated { client_id, .. }
+            | StoreOp::SessionExpiryChanged { client_id, .. }
+            | StoreOp::SessionDeleted { client_id }
+            | StoreOp::Subscribed { client_id, .. }
+            | StoreOp::Unsubscribed { client_id, .. }
+            | StoreOp::Queued { client_id, .. }
+            | StoreOp::Dequeued { client_id, .. }
+            | StoreOp::SentInFlight { client_id, .. }
+            | StoreOp::PubRecReceived { client_id, .. }
+            | StoreOp::OutgoingCompleted { client_id, .. }
+            | StoreOp::QueueFrontDropped { client_id }
+            | StoreOp::IncomingQos2Received { client_id, .. }
+            | StoreOp::IncomingQos2Released { client_id, .. }
+            | StoreOp::WillStored { client_id, .. }
+            | StoreOp::WillCleared { client_id } => client_id,
+            StoreOp::RetainedSet { .. } | StoreOp::RetainedCleared { .. } => return None,
+        })
+    }
+}
+
+impl DurableState {
+    /// Folds one op into the state. Ops that name a missing session or packet id are ignored:
+    /// a log replayed after a crash may hold ops for a session deleted later in the same log.
     pub fn apply(&mut self, op: &StoreOp) {
         match op {
             StoreOp::SessionCreated {
@@ -260,112 +362,11 @@ impl DurableState {
             } => {
                 self.sessions.insert(
                     client_id.clone(),
-                    StoredSession {
-                        expiry_interval_secs: *expiry_interval_secs,
-                        protocol_level: *protocol_level,
-                        next_packet_id: 1,
-                        ..StoredSession::default()
-                    },
+                    StoredSession::new(*expiry_interval_secs, *protocol_level),
                 );
-            }
-            StoreOp::SessionExpiryChanged {
-                client_id,
-                expiry_interval_secs,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.expiry_interval_secs = *expiry_interval_secs;
-                }
             }
             StoreOp::SessionDeleted { client_id } => {
                 self.sessions.remove(client_id);
-            }
-            StoreOp::Subscribed {
-                client_id,
-                filter,
-                subscription,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.subscriptions.insert(filter.clone(), subscription.clone());
-                }
-            }
-            StoreOp::Unsubscribed { client_id, filter } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.subscriptions.remove(filter);
-                }
-            }
-            StoreOp::Queued { client_id, message } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.queued.push_back(message.clone());
-                }
-            }
-            StoreOp::Dequeued {
-                client_id,
-                packet_id,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    if let Some(message) = s.queued.pop_front() {
-                        s.outgoing
-                            .push_back((packet_id.get(), OutgoingState::Publish(message)));
-                        s.next_packet_id = next_id(packet_id.get());
-                    }
-                }
-            }
-            StoreOp::SentInFlight {
-                client_id,
-                packet_id,
-                message,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.outgoing
-                        .push_back((packet_id.get(), OutgoingState::Publish(message.clone())));
-                    s.next_packet_id = next_id(packet_id.get());
-                }
-            }
-            StoreOp::PubRecReceived {
-                client_id,
-                packet_id,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    if let Some(entry) =
-                        s.outgoing.iter_mut().find(|(id, _)| *id == packet_id.get())
-                    {
-                        entry.1 = OutgoingState::PubRel;
-                    }
-                }
-            }
-            StoreOp::OutgoingCompleted {
-                client_id,
-                packet_id,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    // Acknowledgements come mostly in order, so the entry is usually at the
-                    // front: `remove` keeps the order and moves the shorter side, where
-                    // `retain` moved every entry after it (a window's worth per PUBACK).
-                    if let Some(at) = s.outgoing.iter().position(|(id, _)| *id == packet_id.get()) {
-                        s.outgoing.remove(at);
-                    }
-                }
-            }
-            StoreOp::QueueFrontDropped { client_id } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.queued.pop_front();
-                }
-            }
-            StoreOp::IncomingQos2Received {
-                client_id,
-                packet_id,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.incoming_qos2.insert(packet_id.get());
-                }
-            }
-            StoreOp::IncomingQos2Released {
-                client_id,
-                packet_id,
-            } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.incoming_qos2.remove(&packet_id.get());
-                }
             }
             StoreOp::RetainedSet { message } => {
                 self.retained.insert(message.topic.clone(), message.clone());
@@ -373,14 +374,12 @@ impl DurableState {
             StoreOp::RetainedCleared { topic } => {
                 self.retained.remove(topic);
             }
-            StoreOp::WillStored { client_id, will } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.will = Some(Box::new(will.clone()));
-                }
-            }
-            StoreOp::WillCleared { client_id } => {
-                if let Some(s) = self.sessions.get_mut(client_id) {
-                    s.will = None;
+            session_op => {
+                let session = session_op
+                    .client_id()
+                    .and_then(|id| self.sessions.get_mut(id));
+                if let Some(session) = session {
+                    session.apply(session_op);
                 }
             }
         }
