@@ -1207,7 +1207,8 @@ impl Core {
                 correlation_data: will.properties.correlation_data.clone(),
                 user_properties: will.properties.user_properties.clone(),
                 content_type: will.properties.content_type.clone(),
-            },
+            }
+            .into(),
         }
     }
 
@@ -1349,7 +1350,8 @@ impl Core {
                 correlation_data: properties.correlation_data,
                 user_properties: properties.user_properties,
                 content_type: properties.content_type,
-            },
+            }
+            .into(),
         };
         match qos_pid {
             QosPid::AtMostOnce => {
@@ -2027,7 +2029,7 @@ impl Core {
                 payload: Bytes::from(value),
                 qos: QoS::AtMostOnce,
                 retain: true,
-                properties: MessageProperties::default(),
+                properties: PropertyBox::none(),
             };
             // Kept for new subscribers, but never in the durable store: it is recomputed.
             self.sys_retained

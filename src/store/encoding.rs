@@ -88,7 +88,7 @@ fn put_message(out: &mut Vec<u8>, m: &StoredMessage) {
     put_bytes(out, m.topic.as_bytes());
     put_bytes(out, &m.payload);
     let p = &m.properties;
-    let has_properties = *p != MessageProperties::default();
+    let has_properties = !p.is_empty();
     let mut flags = m.qos.as_u8();
     if m.retain {
         flags |= MSG_RETAIN;
@@ -512,7 +512,7 @@ impl<'a> Reader<'a> {
             payload,
             qos,
             retain: flags & MSG_RETAIN != 0,
-            properties,
+            properties: properties.into(),
         })
     }
 
@@ -763,7 +763,7 @@ pub(crate) mod tests {
                 payload,
                 qos,
                 retain,
-                properties,
+                properties: properties.into(),
             })
     }
 
@@ -939,7 +939,7 @@ pub(crate) mod tests {
                 payload: Bytes::from_static(b"hello"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: MessageProperties::default(),
+                properties: Default::default(),
             },
         };
         let mut buf = Vec::new();

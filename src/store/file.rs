@@ -508,7 +508,7 @@ mod tests {
     use crate::codec::{QoS, TopicName};
     use crate::store::encoding::tests::arb_ops;
     use crate::store::fs::{FileSystem, StdFs};
-    use crate::store::{MessageProperties, StoredMessage};
+    use crate::store::StoredMessage;
 
     fn std_fs() -> SharedFs {
         Arc::new(StdFs)
@@ -520,7 +520,7 @@ mod tests {
             payload: Bytes::from(format!("payload {n}")),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: MessageProperties::default(),
+            properties: Default::default(),
         }
     }
 

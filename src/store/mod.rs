@@ -20,7 +20,10 @@ pub use file::{FileStore, FileStoreOptions, Recovery};
 
 use bytes::Bytes;
 
-use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter, TopicName, UserProperty};
+use crate::codec::{
+    EmptyProperties, PacketId, PropertyBox, QoS, SubscriptionOptions, TopicFilter, TopicName,
+    UserProperty,
+};
 
 /// An application message as the broker keeps it (queued, in flight or retained).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +32,10 @@ pub struct StoredMessage {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    /// 5.0 properties that travel with the message.
-    pub properties: MessageProperties,
+    /// 5.0 properties that travel with the message. Boxed, and absent when empty (nearly
+    /// always): inline they made every queued and in-flight message 216 bytes to move, where a
+    /// message without them is 80.
+    pub properties: PropertyBox<MessageProperties>,
 }
 
 /// The 5.0 PUBLISH properties a broker forwards (topic alias and subscription ids are per hop).
@@ -43,6 +48,21 @@ pub struct MessageProperties {
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<UserProperty>,
     pub content_type: Option<crate::codec::MqttStr>,
+}
+
+impl EmptyProperties for MessageProperties {
+    #[inline]
+    fn empty() -> &'static Self {
+        static EMPTY: MessageProperties = MessageProperties {
+            payload_format_utf8: None,
+            expires_at_ms: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+            content_type: None,
+        };
+        &EMPTY
+    }
 }
 
 /// A subscription as stored.
