@@ -36,7 +36,7 @@ use tokio::time::Sleep;
 use super::core::{ConnId, EndCause};
 use super::server::Event;
 use super::stats::ByteCounters;
-use crate::codec::{self, Packet, ProtocolVersion};
+use crate::codec::{self, Packet, PacketId, ProtocolVersion};
 use crate::transport::BoxStream;
 
 /// Packets one connection may have with the core (in the event queue or held for
@@ -152,9 +152,10 @@ impl ConnHandle {
         Ok(())
     }
 
-    /// The core handled one of the connection's packets.
-    pub(super) fn give_credit(&self) {
-        if self.0.credit_taken.fetch_sub(1, Ordering::SeqCst) == READER_CREDIT {
+    /// The core handled `n` of the connection's packets.
+    pub(super) fn give_credit(&self, n: usize) {
+        let before = self.0.credit_taken.fetch_sub(n, Ordering::SeqCst);
+        if before >= READER_CREDIT && before - n < READER_CREDIT {
             // The task may be waiting for exactly this.
             self.0.wake();
         }
@@ -236,6 +237,9 @@ struct Connection {
     max_packet_size: u32,
     read_version: ProtocolVersion,
     write_version: ProtocolVersion,
+    /// A CONNECT was handed to the core: from now on PUBACKs may go in runs (before it, the
+    /// core must see each packet as the first one).
+    connected: bool,
     /// Bytes read and not yet decoded. No allocation while the connection is quiet.
     read_buf: BytesMut,
     /// A whole packet waits in `read_buf` for credit: the socket is not read meanwhile.
@@ -285,6 +289,7 @@ pub(super) fn serve(
         // The first packet must be CONNECT, which carries its own protocol level.
         read_version: ProtocolVersion::V311,
         write_version: ProtocolVersion::V311,
+        connected: false,
         read_buf: BytesMut::new(),
         frames_waiting: false,
         write_buf: BytesMut::new(),
@@ -333,10 +338,25 @@ pub(super) fn serve(
                     },
                     Err(TrySendError::Closed(())) => return,
                 };
+                if c.connected {
+                    if let Some(run) = take_puback_run(&mut c.read_buf) {
+                        // One event (and one credit operation) for a run of plain PUBACKs: a
+                        // QoS 1 subscriber acknowledges every delivery, and one event per
+                        // PUBACK was a channel send, a receive and two atomic credit
+                        // operations per delivery.
+                        let n = usize::from(run.len);
+                        c.shared.0.credit_taken.fetch_add(n, Ordering::SeqCst);
+                        permit.send(Event::PubAcks(conn, run));
+                        continue;
+                    }
+                }
                 c.shared.0.credit_taken.fetch_add(1, Ordering::SeqCst);
                 let decoded = decode_frame(&mut c.read_buf, &mut c.read_version, c.max_packet_size);
                 match decoded {
-                    Ok(packet) => permit.send(Event::Packet(conn, packet)),
+                    Ok(packet) => {
+                        c.connected |= matches!(packet, Packet::Connect(_));
+                        permit.send(Event::Packet(conn, packet))
+                    }
                     Err(cause) => {
                         drop(permit);
                         // Nothing was handed over: the credit goes back at once.
@@ -606,6 +626,48 @@ impl Connection {
     }
 }
 
+/// Most PUBACKs one `Event::PubAcks` carries.
+pub(super) const PUBACK_RUN: usize = 32;
+
+/// Plain PUBACKs in a row (no reason code or properties: the 3.1.1 form, and 5.0 success),
+/// taken from the front of the buffer in order.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PubAckRun {
+    pub(super) ids: [PacketId; PUBACK_RUN],
+    pub(super) len: u8,
+}
+
+impl PubAckRun {
+    pub(super) fn ids(&self) -> &[PacketId] {
+        &self.ids[..usize::from(self.len)]
+    }
+}
+
+/// Takes the plain PUBACKs at the front of `buf` (at least one, at most `PUBACK_RUN`), or
+/// `None` when the front frame is anything else (including a PUBACK with packet id 0, which
+/// the decoder reports as malformed).
+fn take_puback_run(buf: &mut BytesMut) -> Option<PubAckRun> {
+    const PUBACK: [u8; 2] = [0x40, 0x02];
+    let mut run = PubAckRun {
+        ids: [PacketId::MIN; PUBACK_RUN],
+        len: 0,
+    };
+    let mut at = 0;
+    while usize::from(run.len) < PUBACK_RUN && buf.len() >= at + 4 && buf[at..at + 2] == PUBACK {
+        let Some(id) = PacketId::new(u16::from_be_bytes([buf[at + 2], buf[at + 3]])) else {
+            break;
+        };
+        run.ids[usize::from(run.len)] = id;
+        run.len += 1;
+        at += 4;
+    }
+    if run.len == 0 {
+        return None;
+    }
+    buf.advance(at);
+    Some(run)
+}
+
 /// Decodes the whole frame at the front of `buf` (a free function: the caller holds a permit
 /// that borrows another field of the connection).
 fn decode_frame(
@@ -707,6 +769,49 @@ mod tests {
     }
 
     #[test]
+    fn puback_runs_take_only_plain_whole_pubacks_in_order() {
+        let ids = |run: PubAckRun| run.ids().iter().map(|id| id.get()).collect::<Vec<_>>();
+        // Three PUBACKs, then a PUBLISH that stays for the decoder.
+        let mut buf = BytesMut::from(
+            &[
+                0x40, 0x02, 0x00, 0x07, 0x40, 0x02, 0x01, 0x00, 0x40, 0x02, 0x00, 0x05, 0x30, 0x03,
+                0x00, 0x01, b't',
+            ][..],
+        );
+        assert_eq!(take_puback_run(&mut buf).map(ids), Some(vec![7, 256, 5]));
+        assert_eq!(&buf[..], &[0x30, 0x03, 0x00, 0x01, b't']);
+        assert!(
+            take_puback_run(&mut buf).is_none(),
+            "a PUBLISH is no PUBACK"
+        );
+        // Packet id 0 is malformed: left for the decoder, which says so.
+        let mut zero = BytesMut::from(&[0x40, 0x02, 0x00, 0x00][..]);
+        assert!(take_puback_run(&mut zero).is_none());
+        assert_eq!(zero.len(), 4);
+        // A PUBACK after a valid one stops the run at the bad one.
+        let mut mixed = BytesMut::from(&[0x40, 0x02, 0x00, 0x01, 0x40, 0x02, 0x00, 0x00][..]);
+        assert_eq!(take_puback_run(&mut mixed).map(ids), Some(vec![1]));
+        assert_eq!(mixed.len(), 4);
+        // Incomplete, or with a reason code (5.0 form, remaining length 3): not plain.
+        let mut partial = BytesMut::from(&[0x40, 0x02, 0x00][..]);
+        assert!(take_puback_run(&mut partial).is_none());
+        let mut reason = BytesMut::from(&[0x40, 0x03, 0x00, 0x01, 0x10][..]);
+        assert!(take_puback_run(&mut reason).is_none());
+        // A long run is cut at PUBACK_RUN.
+        let mut long = BytesMut::new();
+        for id in 1..=40u16 {
+            long.extend_from_slice(&[0x40, 0x02]);
+            long.extend_from_slice(&id.to_be_bytes());
+        }
+        assert_eq!(take_puback_run(&mut long).map(|r| r.len), Some(32));
+        assert_eq!(
+            take_puback_run(&mut long).map(ids),
+            Some((33..=40).collect())
+        );
+        assert!(long.is_empty());
+    }
+
+    #[test]
     fn an_idle_connection_task_is_small() {
         let (stream, _peer) = tokio::io::duplex(64);
         let (events, _events_rx) = mpsc::channel(1);
@@ -771,7 +876,7 @@ mod tests {
                 None => panic!("the connection ended early"),
             }
             handed += frame.len();
-            handle.give_credit();
+            handle.give_credit(1);
             let read = bytes.received.load(Ordering::Relaxed) as usize;
             most_ahead = most_ahead.max(read - handed);
             // A slow core: the connection task gets to run between packets.

@@ -558,6 +558,39 @@ impl Core {
         }
     }
 
+    /// PUBACKs that came in a row on `conn`: the same as `handle` for each in turn, with the
+    /// connection and session looked up once and the window refilled once at the end.
+    pub fn pubacks(&mut self, conn: ConnId, ids: &[PacketId], now: Instant, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(sid) = c.online.as_ref().map(|o| o.sid) else {
+            // Not connected: the first packet is not CONNECT; `handle` says so and closes.
+            for &id in ids {
+                self.handle(conn, Packet::PubAck(Ack::new(id)), now, out);
+            }
+            return;
+        };
+        c.last_seen = now;
+        let mut completed = false;
+        for &id in ids {
+            match self.outgoing_state(sid, id) {
+                Some(OutgoingState::Publish(m)) if m.qos == QoS::AtLeastOnce => {
+                    let op = StoreOp::OutgoingCompleted {
+                        client_id: self.op_id(sid),
+                        packet_id: id,
+                    };
+                    self.emit_session(sid, op);
+                    completed = true;
+                }
+                _ => tracing::debug!(conn, id, "PUBACK for no QoS 1 message"),
+            }
+        }
+        if completed {
+            self.pump_after_ack(conn, sid, now, out);
+        }
+    }
+
     /// The I/O layer saw `conn` end (or fail). Not preceded by DISCONNECT: the will goes out.
     pub fn ended(&mut self, conn: ConnId, cause: EndCause, now: Instant, out: &mut Vec<Action>) {
         let Some(c) = self.conns.get(&conn) else {

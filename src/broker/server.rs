@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::config::BrokerConfig;
-use super::connection::{self, ConnHandle, Counted, Outbound};
+use super::connection::{self, ConnHandle, Counted, Outbound, PubAckRun};
 use super::core::{Action, ClientInfo, ConnId, Core, EndCause};
 use super::stats::{ByteCounters, Stats};
 use crate::codec::{Packet, QosPid};
@@ -67,6 +67,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 pub(super) enum Event {
     Accepted(BoxStream, String),
     Packet(ConnId, Packet),
+    /// Plain PUBACKs that came in a row (`connection::take_puback_run`).
+    PubAcks(ConnId, PubAckRun),
     Ended(ConnId, EndCause),
 }
 
@@ -225,6 +227,11 @@ impl Broker {
                             Event::Packet(conn, packet) => {
                                 driver.packet(&mut core, conn, packet, now);
                             }
+                            Event::PubAcks(conn, run) => {
+                                // Acknowledgements pass held packets (see `Driver::packet`).
+                                core.pubacks(conn, run.ids(), now, &mut driver.actions);
+                                driver.give_credit(conn, run.ids().len());
+                            }
                             Event::Ended(conn, cause) => match driver.held.get_mut(&conn) {
                                 // After the held packets, in order (a held DISCONNECT first).
                                 Some(held) => held.ended = Some(cause),
@@ -313,9 +320,9 @@ struct Driver {
 }
 
 impl Driver {
-    fn give_credit(&self, conn: ConnId) {
+    fn give_credit(&self, conn: ConnId, n: usize) {
         if let Some(handle) = self.conns.get(&conn) {
-            handle.give_credit();
+            handle.give_credit(n);
         }
     }
 
@@ -352,7 +359,7 @@ impl Driver {
             }
         }
         core.handle(conn, packet, now, &mut self.actions);
-        self.give_credit(conn);
+        self.give_credit(conn, 1);
     }
 
     /// Hands the core the held packets that can go now; resumes connections left with none.
@@ -377,7 +384,7 @@ impl Driver {
                     }
                 }
                 core.handle(conn, packet, now, &mut self.actions);
-                self.give_credit(conn);
+                self.give_credit(conn, 1);
                 progressed = true;
             }
             if blocked {
