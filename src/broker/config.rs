@@ -52,7 +52,12 @@ pub struct BrokerConfig {
     /// bounded too, at `max_connections + 1024`; beyond that new sockets are closed at once.
     pub max_connections: usize,
     /// Outgoing QoS 1/2 messages per client that may await acknowledgement at once (the
-    /// in-flight window). Default 32. A 5.0 client's Receive Maximum lowers it further.
+    /// in-flight window). Default 128. A 5.0 client's Receive Maximum lowers it further. The
+    /// window is what a subscriber can have on the way at once, so it bounds a QoS 1/2
+    /// subscriber's rate to window / round trip, and how many messages go in one write: 32
+    /// held fan-out QoS 1 to 1.1-1.3 M deliveries/s here where 128 gave 1.8 M (and rumqttd,
+    /// measured beside it, runs with 100). It costs nothing while unused; it bounds what is
+    /// resent with DUP after a reconnect.
     pub max_inflight_messages: u16,
     /// Incoming QoS 2 messages per client received (PUBREC sent) and not yet released by
     /// PUBREL. Default 1024. 5.0 clients are told it as Receive Maximum in CONNACK; a client
@@ -126,7 +131,7 @@ impl Default for BrokerConfig {
             acl_file: None,
             max_packet_size: 1024 * 1024,
             max_connections: 100_000,
-            max_inflight_messages: 32,
+            max_inflight_messages: 128,
             max_incoming_qos2: 1024,
             max_queued_messages: 1000,
             queue_qos0_messages: false,
@@ -220,7 +225,7 @@ mod tests {
     fn empty_toml_gives_defaults() {
         let config = BrokerConfig::from_toml("").unwrap();
         assert_eq!(config.listen, "127.0.0.1:1883");
-        assert_eq!(config.max_inflight_messages, 32);
+        assert_eq!(config.max_inflight_messages, 128);
         assert_eq!(config.sync, SyncMode::EveryWrite);
     }
 
