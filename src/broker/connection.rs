@@ -118,6 +118,32 @@ impl Shared {
 pub(super) struct ConnHandle(Arc<Shared>);
 
 impl ConnHandle {
+    /// The connection's queue, locked for one or more `Sender::try_send`s in a row (a window refill queues a run
+    /// of packets for one connection: one lock for the run, not one per packet).
+    pub(super) fn sender(&self) -> Sender<'_> {
+        Sender {
+            capacity: self.0.capacity,
+            queue: self.0.lock(),
+        }
+    }
+
+    /// The core handled `n` of the connection's packets.
+    pub(super) fn give_credit(&self, n: usize) {
+        let before = self.0.credit_taken.fetch_sub(n, Ordering::SeqCst);
+        if before >= READER_CREDIT && before - n < READER_CREDIT {
+            // The task may be waiting for exactly this.
+            self.0.wake();
+        }
+    }
+}
+
+/// `ConnHandle::sender`: the connection's queue, locked.
+pub(super) struct Sender<'a> {
+    capacity: usize,
+    queue: MutexGuard<'a, Queue>,
+}
+
+impl Sender<'_> {
     /// Queues `item` for the connection without waiting. `Full`: the queue holds
     /// `outbound_queue_packets` items; `Closed`: the connection stopped writing.
     ///
@@ -130,15 +156,15 @@ impl ConnHandle {
     // allocation per packet.
     #[allow(clippy::result_large_err)]
     pub(super) fn try_send(
-        &self,
+        &mut self,
         item: Outbound,
         wake: &mut Vec<Waker>,
     ) -> Result<(), TrySendError<Outbound>> {
-        let mut queue = self.0.lock();
+        let queue = &mut *self.queue;
         if queue.writer_gone {
             return Err(TrySendError::Closed(item));
         }
-        if queue.items.len() >= self.0.capacity {
+        if queue.items.len() >= self.capacity {
             return Err(TrySendError::Full(item));
         }
         queue.items.push_back(item);
@@ -150,15 +176,6 @@ impl ConnHandle {
             }
         }
         Ok(())
-    }
-
-    /// The core handled `n` of the connection's packets.
-    pub(super) fn give_credit(&self, n: usize) {
-        let before = self.0.credit_taken.fetch_sub(n, Ordering::SeqCst);
-        if before >= READER_CREDIT && before - n < READER_CREDIT {
-            // The task may be waiting for exactly this.
-            self.0.wake();
-        }
     }
 }
 

@@ -136,6 +136,9 @@ struct Session {
     /// The durable part: the fold of the session's store ops (for a persistent session, the
     /// same fold the store keeps).
     stored: StoredSession,
+    /// `stored.outgoing`'s packet ids climb from front to back in allocation order, so a free
+    /// id is found without a search (see `alloc_packet_id`).
+    ids_ordered: bool,
 }
 
 /// A connection that has sent a valid CONNECT.
@@ -290,6 +293,7 @@ impl Core {
                 persistent: true,
                 expires_at,
                 pending_will: None,
+                ids_ordered: ids_in_order(&stored),
                 stored,
             });
             for (filter, route) in routes {
@@ -442,6 +446,17 @@ impl Core {
         }
     }
 
+    /// Queues the op `make` builds (given the client id) for the store when `sid`'s session is
+    /// persistent. The caller makes the change in memory with the `StoredSession` method that
+    /// folds that op, so the two cannot differ; a delivery to an in-memory session builds no
+    /// op at all.
+    fn log_op(&mut self, sid: Sid, make: impl FnOnce(String) -> StoreOp) {
+        if let Some(session) = self.session(sid).filter(|s| s.persistent) {
+            let op = make(session.client_id.to_string());
+            self.pending_ops.push(op);
+        }
+    }
+
     /// Applies a session op to `sid` and, when the session is persistent, queues it for the
     /// store (`flush_store`). Build the op's client id with `op_id`.
     fn emit_session(&mut self, sid: Sid, op: StoreOp) {
@@ -576,11 +591,13 @@ impl Core {
         for &id in ids {
             match self.outgoing_state(sid, id) {
                 Some(OutgoingState::Publish(m)) if m.qos == QoS::AtLeastOnce => {
-                    let op = StoreOp::OutgoingCompleted {
-                        client_id: self.op_id(sid),
+                    self.log_op(sid, |client_id| StoreOp::OutgoingCompleted {
+                        client_id,
                         packet_id: id,
-                    };
-                    self.emit_session(sid, op);
+                    });
+                    if let Some(session) = self.session_mut(sid) {
+                        session.stored.complete_outgoing(id);
+                    }
                     completed = true;
                 }
                 _ => tracing::debug!(conn, id, "PUBACK for no QoS 1 message"),
@@ -961,6 +978,7 @@ impl Core {
                     expires_at: None,
                     pending_will: None,
                     stored: StoredSession::new(expiry, protocol.level()),
+                    ids_ordered: true,
                 })
             }
         };
@@ -1832,16 +1850,19 @@ impl Core {
                     self.count_undeliverable();
                     return;
                 }
-                let packet_id = alloc_packet_id(stored);
+                let (packet_id, ids_ordered) = alloc_packet_id(stored, session.ids_ordered);
                 let qos_pid = QosPid::new(message.qos, Some(packet_id))
                     .unwrap_or(QosPid::AtLeastOnce(packet_id));
                 let packet = self.publish_packet(conn, sid, &message, qos_pid, false, now);
-                let op = StoreOp::SentInFlight {
-                    client_id: self.op_id(sid),
+                self.log_op(sid, |client_id| StoreOp::SentInFlight {
+                    client_id,
                     packet_id,
-                    message,
-                };
-                self.emit_session(sid, op);
+                    message: message.clone(),
+                });
+                if let Some(session) = self.session_mut(sid) {
+                    session.stored.send_in_flight(packet_id, message);
+                    session.ids_ordered = ids_ordered;
+                }
                 self.stats.messages_sent += 1;
                 out.push(Action::Send { conn, packet });
                 return;
@@ -1905,9 +1926,19 @@ impl Core {
 
     /// Moves queued messages into the in-flight window while it has room.
     fn pump(&mut self, sid: Sid, now: Instant, out: &mut Vec<Action>) {
-        let Some(conn) = self.session(sid).and_then(|s| s.conn) else {
+        let Some(session) = self.session(sid) else {
             return;
         };
+        let Some(conn) = session.conn else {
+            return;
+        };
+        if session.stored.queued.is_empty() {
+            return;
+        }
+        self.pump_window(conn, sid, now, out);
+    }
+
+    fn pump_window(&mut self, conn: ConnId, sid: Sid, now: Instant, out: &mut Vec<Action>) {
         let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
         loop {
             let Some(session) = self.session(sid) else {
@@ -1938,15 +1969,18 @@ impl Core {
                 self.emit_session(sid, op);
                 continue;
             }
-            let packet_id = alloc_packet_id(stored);
+            let (packet_id, ids_ordered) = alloc_packet_id(stored, session.ids_ordered);
             let qos_pid =
                 QosPid::new(front.qos, Some(packet_id)).unwrap_or(QosPid::AtLeastOnce(packet_id));
             let packet = self.publish_packet(conn, sid, front, qos_pid, false, now);
-            let op = StoreOp::Dequeued {
-                client_id: self.op_id(sid),
+            self.log_op(sid, |client_id| StoreOp::Dequeued {
+                client_id,
                 packet_id,
-            };
-            self.emit_session(sid, op);
+            });
+            if let Some(session) = self.session_mut(sid) {
+                session.stored.dequeue(packet_id);
+                session.ids_ordered = ids_ordered;
+            }
             self.stats.messages_sent += 1;
             out.push(Action::Send { conn, packet });
         }
@@ -2105,8 +2139,45 @@ impl Core {
     }
 }
 
-fn alloc_packet_id(session: &StoredSession) -> PacketId {
-    let mut id = session.next_packet_id.max(1);
+/// True when `session`'s in-flight ids climb from front to back (see `alloc_packet_id`), as
+/// the broker that stored them allocated them.
+fn ids_in_order(session: &StoredSession) -> bool {
+    let Some((front, _)) = session.outgoing.front() else {
+        return true;
+    };
+    let from_front = |id: u16| (u32::from(id) + 65535 - u32::from(*front)) % 65535;
+    let ids: Vec<u32> = session
+        .outgoing
+        .iter()
+        .map(|(id, _)| from_front(*id))
+        .collect();
+    ids.windows(2).all(|pair| pair[0] < pair[1])
+}
+
+/// A free packet id for `session`'s next outgoing message, and whether its in-flight ids are
+/// still in allocation order afterwards (`Session::ids_ordered`, which `ordered` says now).
+///
+/// Ids are handed out in turn from `next_packet_id`, so the in-flight ids, front to back,
+/// normally climb (cyclically, over 1..=65535) from the front's id to the back's: every id not
+/// between those two is free, and so is `next_packet_id` once past the back. That answer
+/// costs two comparisons; a search of the window (about 100 bytes per entry) cost 11 % of a
+/// fan-out's time with a 128-message window. The search remains for the rare case where the
+/// ids wrapped round to the front (a message left unacknowledged for 65535 ids), and once it
+/// picks an id among the others the order is gone: the session searches from then on, until
+/// its window empties.
+fn alloc_packet_id(session: &StoredSession, ordered: bool) -> (PacketId, bool) {
+    let candidate = session.next_packet_id.max(1);
+    let (Some((front, _)), Some((back, _))) = (session.outgoing.front(), session.outgoing.back())
+    else {
+        // Nothing in flight: any id is free, and one id is in order.
+        return (PacketId::new(candidate).unwrap_or(PacketId::MIN), true);
+    };
+    // Distance from the front's id, walking up through 65535 and on from 1.
+    let from_front = |id: u16| (u32::from(id) + 65535 - u32::from(*front)) % 65535;
+    if ordered && from_front(candidate) > from_front(*back) {
+        return (PacketId::new(candidate).unwrap_or(PacketId::MIN), true);
+    }
+    let mut id = candidate;
     // The in-flight window is far below 65535, so a free id is always found.
     for _ in 0..u16::MAX {
         if !session.outgoing.iter().any(|(i, _)| *i == id) {
@@ -2114,7 +2185,8 @@ fn alloc_packet_id(session: &StoredSession) -> PacketId {
         }
         id = next_id(id);
     }
-    PacketId::new(id).unwrap_or(PacketId::MIN)
+    let ordered = ordered && from_front(id) > from_front(*back);
+    (PacketId::new(id).unwrap_or(PacketId::MIN), ordered)
 }
 
 fn ack(packet_id: PacketId, reason_code: ReasonCode) -> Ack {

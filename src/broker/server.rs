@@ -431,10 +431,12 @@ impl Driver {
     /// which may answer with more actions.
     fn execute(&mut self, core: &mut Core) {
         let now = Instant::now();
+        let mut batch = Vec::new();
         while !self.actions.is_empty() {
-            let batch = std::mem::take(&mut self.actions);
-            for action in batch {
-                let (conn, item) = match action {
+            std::mem::swap(&mut batch, &mut self.actions);
+            let mut actions = batch.drain(..).peekable();
+            while let Some(action) = actions.next() {
+                let (conn, mut item) = match action {
                     Action::Send { conn, packet } => (conn, Outbound::Packet(packet)),
                     Action::SetProtocol { conn, version } => (conn, Outbound::Protocol(version)),
                     Action::Close { conn } => {
@@ -446,22 +448,32 @@ impl Driver {
                 let Some(handle) = self.conns.get(&conn) else {
                     continue;
                 };
-                match handle.try_send(item, &mut self.wake) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
-                        if p.qos_pid == QosPid::AtMostOnce =>
-                    {
-                        core.qos0_dropped();
+                // The actions for this connection that follow go under one lock.
+                let mut sender = handle.sender();
+                loop {
+                    match sender.try_send(item, &mut self.wake) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
+                            if p.qos_pid == QosPid::AtMostOnce =>
+                        {
+                            core.qos0_dropped();
+                        }
+                        Err(TrySendError::Full(_)) => {
+                            core.ended(conn, EndCause::SlowConsumer, now, &mut self.actions);
+                        }
+                        Err(TrySendError::Closed(_)) => {
+                            let cause = EndCause::Io("connection writer stopped".into());
+                            core.ended(conn, cause, now, &mut self.actions);
+                        }
                     }
-                    Err(TrySendError::Full(_)) => {
-                        core.ended(conn, EndCause::SlowConsumer, now, &mut self.actions);
-                    }
-                    Err(TrySendError::Closed(_)) => {
-                        let cause = EndCause::Io("connection writer stopped".into());
-                        core.ended(conn, cause, now, &mut self.actions);
-                    }
+                    item = match actions.next_if(|a| same_conn_item(a, conn)) {
+                        Some(Action::Send { packet, .. }) => Outbound::Packet(packet),
+                        Some(Action::SetProtocol { version, .. }) => Outbound::Protocol(version),
+                        _ => break,
+                    };
                 }
             }
+            drop(actions);
             // A connection ended above may have published a will.
             core.flush_store();
         }
@@ -470,6 +482,14 @@ impl Driver {
         for waker in self.wake.drain(..) {
             waker.wake();
         }
+    }
+}
+
+/// `action` queues something on `conn` (a close does not: it ends the run).
+fn same_conn_item(action: &Action, conn: ConnId) -> bool {
+    match action {
+        Action::Send { conn: c, .. } | Action::SetProtocol { conn: c, .. } => *c == conn,
+        Action::Close { .. } => false,
     }
 }
 

@@ -262,12 +262,36 @@ impl StoredSession {
             StoreOp::Queued { message, .. } => self.queued.push_back(message),
             StoreOp::SentInFlight {
                 packet_id, message, ..
-            } => {
-                self.outgoing
-                    .push_back((packet_id.get(), OutgoingState::Publish(message)));
-                self.next_packet_id = next_id(packet_id.get());
-            }
+            } => self.send_in_flight(packet_id, message),
             other => self.apply(&other),
+        }
+    }
+
+    /// `StoreOp::SentInFlight`: `message` goes into flight under `packet_id`.
+    pub fn send_in_flight(&mut self, packet_id: PacketId, message: StoredMessage) {
+        self.outgoing
+            .push_back((packet_id.get(), OutgoingState::Publish(message)));
+        self.next_packet_id = next_id(packet_id.get());
+    }
+
+    /// `StoreOp::Dequeued`: the front of the queue goes into flight under `packet_id`.
+    pub fn dequeue(&mut self, packet_id: PacketId) {
+        if let Some(message) = self.queued.pop_front() {
+            self.send_in_flight(packet_id, message);
+        }
+    }
+
+    /// `StoreOp::OutgoingCompleted`: the flow of `packet_id` is over.
+    pub fn complete_outgoing(&mut self, packet_id: PacketId) {
+        // Acknowledgements come mostly in order, so the entry is usually at the front:
+        // `remove` keeps the order and moves the shorter side, where `retain` moved every
+        // entry after it (a window's worth per PUBACK).
+        if let Some(at) = self
+            .outgoing
+            .iter()
+            .position(|(id, _)| *id == packet_id.get())
+        {
+            self.outgoing.remove(at);
         }
     }
 
@@ -292,20 +316,10 @@ impl StoredSession {
                 self.subscriptions.remove(filter);
             }
             StoreOp::Queued { message, .. } => self.queued.push_back(message.clone()),
-            StoreOp::Dequeued { packet_id, .. } => {
-                if let Some(message) = self.queued.pop_front() {
-                    self.outgoing
-                        .push_back((packet_id.get(), OutgoingState::Publish(message)));
-                    self.next_packet_id = next_id(packet_id.get());
-                }
-            }
+            StoreOp::Dequeued { packet_id, .. } => self.dequeue(*packet_id),
             StoreOp::SentInFlight {
                 packet_id, message, ..
-            } => {
-                self.outgoing
-                    .push_back((packet_id.get(), OutgoingState::Publish(message.clone())));
-                self.next_packet_id = next_id(packet_id.get());
-            }
+            } => self.send_in_flight(*packet_id, message.clone()),
             StoreOp::PubRecReceived { packet_id, .. } => {
                 if let Some(entry) = self
                     .outgoing
@@ -315,18 +329,7 @@ impl StoredSession {
                     entry.1 = OutgoingState::PubRel;
                 }
             }
-            StoreOp::OutgoingCompleted { packet_id, .. } => {
-                // Acknowledgements come mostly in order, so the entry is usually at the
-                // front: `remove` keeps the order and moves the shorter side, where `retain`
-                // moved every entry after it (a window's worth per PUBACK).
-                if let Some(at) = self
-                    .outgoing
-                    .iter()
-                    .position(|(id, _)| *id == packet_id.get())
-                {
-                    self.outgoing.remove(at);
-                }
-            }
+            StoreOp::OutgoingCompleted { packet_id, .. } => self.complete_outgoing(*packet_id),
             StoreOp::QueueFrontDropped { .. } => {
                 self.queued.pop_front();
             }

@@ -1157,3 +1157,80 @@ fn a_paused_connection_is_exempt_from_keepalive() {
     );
     assert!(closed(&h.advance(2.0), 1));
 }
+
+/// `alloc_packet_id` against a plain search: over any run of sends and out-of-order
+/// acknowledgements (ids wrap round 65535 many times, some messages stay unacknowledged for
+/// long), every id it gives is free, and while it says the ids are in order they are.
+mod packet_ids {
+    use proptest::prelude::*;
+
+    use super::super::{alloc_packet_id, ids_in_order};
+    use crate::store::{StoredMessage, StoredSession};
+
+    fn message() -> StoredMessage {
+        StoredMessage {
+            topic: crate::codec::TopicName::from_static("t"),
+            payload: bytes::Bytes::new(),
+            qos: crate::codec::QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn ids_are_free_and_order_is_told_right(
+            start in 1u16..=u16::MAX,
+            // (send how many, then acknowledge which entry of the window, as a fraction)
+            steps in proptest::collection::vec((1usize..40, 0.0f64..1.0), 150..300),
+            stuck in any::<bool>(),
+        ) {
+            let mut session = StoredSession::new(None, 4);
+            session.next_packet_id = start;
+            let mut ordered = true;
+            for (sends, which) in steps {
+                for _ in 0..sends {
+                    if session.outgoing.len() >= 128 {
+                        break;
+                    }
+                    let (id, now_ordered) = alloc_packet_id(&session, ordered);
+                    prop_assert!(
+                        !session.outgoing.iter().any(|(i, _)| *i == id.get()),
+                        "id {} is in flight", id
+                    );
+                    session.send_in_flight(id, message());
+                    ordered = now_ordered;
+                    if ordered {
+                        prop_assert!(ids_in_order(&session));
+                    }
+                }
+                // Acknowledge one entry, never the front when it is stuck (so ids wrap
+                // round to it).
+                let len = session.outgoing.len();
+                let first = usize::from(stuck && len > 1);
+                let at = first + ((len - first) as f64 * which) as usize;
+                if at < len {
+                    let id = session.outgoing[at].0;
+                    session.complete_outgoing(crate::codec::PacketId::new(id).unwrap());
+                }
+                // Long runs of sends and acknowledgements: a few hundred ids at a time.
+                for _ in 0..300 {
+                    if session.outgoing.len() <= 1 {
+                        break;
+                    }
+                    let at = usize::from(stuck);
+                    let id = session.outgoing[at.min(session.outgoing.len() - 1)].0;
+                    session.complete_outgoing(crate::codec::PacketId::new(id).unwrap());
+                    let (id, now_ordered) = alloc_packet_id(&session, ordered);
+                    prop_assert!(!session.outgoing.iter().any(|(i, _)| *i == id.get()));
+                    session.send_in_flight(id, message());
+                    ordered = now_ordered;
+                    if ordered {
+                        prop_assert!(ids_in_order(&session));
+                    }
+                }
+            }
+        }
+    }
+}
