@@ -72,6 +72,20 @@ async fn subscriber(filter: &str) -> Result<(Read, Write), Error> {
     }
 }
 
+/// Reads the next packet, which must be a QoS 1 PUBLISH, acknowledges it and gives its payload.
+async fn take_delivery(read: &mut Read, write: &mut Write) -> Result<String, Error> {
+    match read.read_packet().await? {
+        Some(Packet::Publish(p)) => {
+            let QosPid::AtLeastOnce(id) = p.qos_pid else {
+                return Err(format!("expected QoS 1, got {:?}", p.qos_pid).into());
+            };
+            write.write_packet(&Packet::PubAck(Ack::new(id))).await?;
+            Ok(String::from_utf8(p.payload.to_vec())?)
+        }
+        other => Err(format!("expected PUBLISH, got {other:?}").into()),
+    }
+}
+
 /// What the run observed, shared by the simulated clients (turmoil runs them on one thread).
 #[derive(Default)]
 struct Ledger {
@@ -161,17 +175,8 @@ fn slow_subscriber(
         let total = PUBLISHERS * usize::from(PER_PUBLISHER);
         while ledger.lock().unwrap().delivered.len() < total {
             tokio::time::sleep(pace).await;
-            match read.read_packet().await? {
-                Some(Packet::Publish(p)) => {
-                    let QosPid::AtLeastOnce(id) = p.qos_pid else {
-                        return Err(format!("expected QoS 1, got {:?}", p.qos_pid).into());
-                    };
-                    write.write_packet(&Packet::PubAck(Ack::new(id))).await?;
-                    let payload = String::from_utf8(p.payload.to_vec())?;
-                    ledger.lock().unwrap().delivered.push(payload);
-                }
-                other => return Err(format!("expected PUBLISH, got {other:?}").into()),
-            }
+            let payload = take_delivery(&mut read, &mut write).await?;
+            ledger.lock().unwrap().delivered.push(payload);
         }
         Ok(())
     });
@@ -286,17 +291,8 @@ fn a_burst_beyond_one_event_batch_loses_no_packet() {
         let (mut read, mut write) = subscriber("burst").await?;
         sub_ready.notify_one();
         while sub_delivered.lock().unwrap().len() < usize::from(BURST) {
-            match read.read_packet().await? {
-                Some(Packet::Publish(p)) => {
-                    let QosPid::AtLeastOnce(id) = p.qos_pid else {
-                        return Err(format!("expected QoS 1, got {:?}", p.qos_pid).into());
-                    };
-                    write.write_packet(&Packet::PubAck(Ack::new(id))).await?;
-                    let payload = String::from_utf8(p.payload.to_vec())?;
-                    sub_delivered.lock().unwrap().push(payload);
-                }
-                other => return Err(format!("expected PUBLISH, got {other:?}").into()),
-            }
+            let payload = take_delivery(&mut read, &mut write).await?;
+            sub_delivered.lock().unwrap().push(payload);
         }
         Ok(())
     });
