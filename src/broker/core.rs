@@ -1523,15 +1523,8 @@ impl Core {
     }
 
     fn on_puback(&mut self, conn: ConnId, puback: Ack, now: Instant, out: &mut Vec<Action>) {
-        let Some(sid) = self.online(conn).map(|o| o.sid) else {
-            return;
-        };
-        match self.outgoing_state(sid, puback.packet_id) {
-            Some(OutgoingState::Publish(m)) if m.qos == QoS::AtLeastOnce => {
-                self.outgoing_completed(conn, sid, puback.packet_id, now, out);
-            }
-            _ => tracing::debug!(conn, id = puback.packet_id, "PUBACK for no QoS 1 message"),
-        }
+        // A run of one (a PUBACK with a reason code or properties, or one alone).
+        self.pubacks(conn, &[puback.packet_id], now, out);
     }
 
     fn on_pubrec(&mut self, conn: ConnId, pubrec: Ack, now: Instant, out: &mut Vec<Action>) {
