@@ -165,6 +165,7 @@ impl Broker {
             conns: BTreeMap::new(),
             next_conn: 1,
             actions: Vec::new(),
+            executing: Vec::new(),
             held: BTreeMap::new(),
             wake: Vec::new(),
         };
@@ -313,6 +314,9 @@ struct Driver {
     conns: BTreeMap<ConnId, ConnHandle>,
     next_conn: ConnId,
     actions: Vec<Action>,
+    /// The batch `execute` works through (kept, with its capacity, between batches: a vector
+    /// left empty regrew by doubling for every batch of thousands of deliveries).
+    executing: Vec<Action>,
     /// Connections paused by back-pressure.
     held: BTreeMap<ConnId, Held>,
     /// Connections given packets by `execute`, woken once it has queued them all.
@@ -431,10 +435,10 @@ impl Driver {
     /// which may answer with more actions.
     fn execute(&mut self, core: &mut Core) {
         let now = Instant::now();
-        let mut batch = Vec::new();
+        let mut batch = std::mem::take(&mut self.executing);
         while !self.actions.is_empty() {
             std::mem::swap(&mut batch, &mut self.actions);
-            let mut actions = batch.drain(..).peekable();
+            let mut actions = batch.drain(..);
             while let Some(action) = actions.next() {
                 let (conn, mut item) = match action {
                     Action::Send { conn, packet } => (conn, Outbound::Packet(packet)),
@@ -466,7 +470,15 @@ impl Driver {
                             core.ended(conn, cause, now, &mut self.actions);
                         }
                     }
-                    item = match actions.next_if(|a| same_conn_item(a, conn)) {
+                    // Looked at in place (a `Peekable` moved every action through its slot).
+                    if !actions
+                        .as_slice()
+                        .first()
+                        .is_some_and(|a| same_conn_item(a, conn))
+                    {
+                        break;
+                    }
+                    item = match actions.next() {
                         Some(Action::Send { packet, .. }) => Outbound::Packet(packet),
                         Some(Action::SetProtocol { version, .. }) => Outbound::Protocol(version),
                         _ => break,
@@ -477,6 +489,7 @@ impl Driver {
             // A connection ended above may have published a will.
             core.flush_store();
         }
+        self.executing = batch;
         // Every packet of this batch is queued: now the connections may write them, each
         // batch with one system call.
         for waker in self.wake.drain(..) {
