@@ -267,6 +267,115 @@ fn slow_qos1_subscriber_slows_publishers_and_loses_nothing_acknowledged() {
     );
 }
 
+/// Publishes `count` QoS 1 messages on "burst" (payloads "1", "2", ...) in one write once
+/// `ready` is notified, and records the packet ids the broker acknowledges in `acked`.
+fn burst_publisher(
+    sim: &mut turmoil::Sim<'_>,
+    count: u16,
+    ready: Arc<Notify>,
+    acked: Arc<Mutex<BTreeSet<u16>>>,
+) {
+    sim.client("publisher", async move {
+        ready.notified().await;
+        let (mut read, mut write) = connect("pub").await?;
+        // One write of the whole burst, so the broker reads hundreds of packets at once.
+        for i in 1..=count {
+            write.push(&Packet::Publish(Publish {
+                dup: false,
+                qos_pid: QosPid::AtLeastOnce(NonZeroU16::new(i).unwrap()),
+                retain: false,
+                topic: TopicName::new("burst")?,
+                properties: PublishProperties::default().into(),
+                payload: Bytes::from(i.to_string()),
+            }))?;
+        }
+        write.flush().await?;
+        while acked.lock().unwrap().len() < usize::from(count) {
+            match read.read_packet().await? {
+                Some(Packet::PubAck(ack)) => {
+                    acked.lock().unwrap().insert(ack.packet_id.get());
+                }
+                other => return Err(format!("expected PUBACK, got {other:?}").into()),
+            }
+        }
+        Ok(())
+    });
+}
+
+/// A subscriber that acknowledges its whole in-flight window in one write: the broker's
+/// connection hands those PUBACKs to the core as runs (`Event::PubAcks`). Every one must free
+/// its slot: had a run's acknowledgements been lost, the window would stay full after the first
+/// run and the subscriber would wait for ever. A PINGREQ in the middle of each write splits
+/// the run, and is answered.
+#[test]
+fn a_window_acknowledged_in_one_write_frees_every_slot() {
+    const BURST: u16 = 400;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(12)
+        .simulation_duration(Duration::from_secs(60))
+        .build();
+    broker(&mut sim, Arc::default(), 30);
+    let ready = Arc::new(Notify::new());
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let pings = Arc::new(Mutex::new((0usize, 0usize)));
+
+    let (sub_ready, sub_delivered, sub_pings) = (ready.clone(), delivered.clone(), pings.clone());
+    sim.client("subscriber", async move {
+        let (mut read, mut write) = subscriber("burst").await?;
+        sub_ready.notify_one();
+        let mut window = Vec::new();
+        while sub_delivered.lock().unwrap().len() < usize::from(BURST) {
+            // A full window (or what is left), acknowledged in one write.
+            let left = usize::from(BURST) - sub_delivered.lock().unwrap().len();
+            while window.len() < usize::from(MAX_INFLIGHT).min(left) {
+                match read.read_packet().await? {
+                    Some(Packet::Publish(p)) => {
+                        let QosPid::AtLeastOnce(id) = p.qos_pid else {
+                            return Err(format!("expected QoS 1, got {:?}", p.qos_pid).into());
+                        };
+                        window.push(id);
+                        let payload = String::from_utf8(p.payload.to_vec())?;
+                        sub_delivered.lock().unwrap().push(payload);
+                    }
+                    Some(Packet::PingResp) => sub_pings.lock().unwrap().1 += 1,
+                    other => return Err(format!("expected PUBLISH, got {other:?}").into()),
+                }
+            }
+            let half = window.len() / 2;
+            for (i, id) in window.drain(..).enumerate() {
+                if i == half {
+                    write.push(&Packet::PingReq)?;
+                    sub_pings.lock().unwrap().0 += 1;
+                }
+                write.push(&Packet::PubAck(Ack::new(id)))?;
+            }
+            write.flush().await?;
+        }
+        // The last PINGRESP may still be on its way.
+        loop {
+            let (sent, answered) = *sub_pings.lock().unwrap();
+            if answered == sent {
+                break;
+            }
+            match read.read_packet().await? {
+                Some(Packet::PingResp) => sub_pings.lock().unwrap().1 += 1,
+                other => return Err(format!("expected PINGRESP, got {other:?}").into()),
+            }
+        }
+        Ok(())
+    });
+    burst_publisher(&mut sim, BURST, ready, acked.clone());
+    sim.run().unwrap();
+
+    assert_eq!(acked.lock().unwrap().len(), usize::from(BURST));
+    let want: Vec<String> = (1..=BURST).map(|i| i.to_string()).collect();
+    assert_eq!(*delivered.lock().unwrap(), want, "all delivered, in order");
+    let (sent, answered) = *pings.lock().unwrap();
+    assert_eq!(sent, usize::from(BURST) / usize::from(MAX_INFLIGHT));
+    assert_eq!(answered, sent, "every PINGREQ inside a run answered");
+}
+
 /// A burst larger than the core's event batch: one publisher pipelines `BURST` QoS 1 messages
 /// without waiting, so its connection hands the core hundreds of packets at once, and a
 /// subscriber acknowledges each delivery at once. Every PUBLISH must be acknowledged and
@@ -297,32 +406,7 @@ fn a_burst_beyond_one_event_batch_loses_no_packet() {
         Ok(())
     });
 
-    let pub_acked = acked.clone();
-    sim.client("publisher", async move {
-        ready.notified().await;
-        let (mut read, mut write) = connect("pub").await?;
-        // One write of the whole burst, so the broker reads hundreds of packets at once.
-        for i in 1..=BURST {
-            write.push(&Packet::Publish(Publish {
-                dup: false,
-                qos_pid: QosPid::AtLeastOnce(NonZeroU16::new(i).unwrap()),
-                retain: false,
-                topic: TopicName::new("burst")?,
-                properties: PublishProperties::default().into(),
-                payload: Bytes::from(i.to_string()),
-            }))?;
-        }
-        write.flush().await?;
-        while pub_acked.lock().unwrap().len() < usize::from(BURST) {
-            match read.read_packet().await? {
-                Some(Packet::PubAck(ack)) => {
-                    pub_acked.lock().unwrap().insert(ack.packet_id.get());
-                }
-                other => return Err(format!("expected PUBACK, got {other:?}").into()),
-            }
-        }
-        Ok(())
-    });
+    burst_publisher(&mut sim, BURST, ready, acked.clone());
     sim.run().unwrap();
 
     assert_eq!(acked.lock().unwrap().len(), usize::from(BURST));
