@@ -267,6 +267,28 @@ fn slow_qos1_subscriber_slows_publishers_and_loses_nothing_acknowledged() {
     );
 }
 
+/// A simulation (seeded `seed`) with the broker of these tests, for a burst.
+fn burst_sim<'a>(seed: u64) -> turmoil::Sim<'a> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(60))
+        .build();
+    broker(&mut sim, Arc::default(), 30);
+    sim
+}
+
+/// Every message of a burst of `count` was acknowledged to its publisher and delivered once,
+/// in order.
+fn assert_burst_delivered(
+    acked: &Mutex<BTreeSet<u16>>,
+    delivered: &Mutex<Vec<String>>,
+    count: u16,
+) {
+    assert_eq!(acked.lock().unwrap().len(), usize::from(count));
+    let want: Vec<String> = (1..=count).map(|i| i.to_string()).collect();
+    assert_eq!(*delivered.lock().unwrap(), want, "all delivered, in order");
+}
+
 /// Publishes `count` QoS 1 messages on "burst" (payloads "1", "2", ...) in one write once
 /// `ready` is notified, and records the packet ids the broker acknowledges in `acked`.
 fn burst_publisher(
@@ -310,11 +332,7 @@ fn burst_publisher(
 #[test]
 fn a_window_acknowledged_in_one_write_frees_every_slot() {
     const BURST: u16 = 400;
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(12)
-        .simulation_duration(Duration::from_secs(60))
-        .build();
-    broker(&mut sim, Arc::default(), 30);
+    let mut sim = burst_sim(12);
     let ready = Arc::new(Notify::new());
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let delivered = Arc::new(Mutex::new(Vec::new()));
@@ -367,10 +385,7 @@ fn a_window_acknowledged_in_one_write_frees_every_slot() {
     });
     burst_publisher(&mut sim, BURST, ready, acked.clone());
     sim.run().unwrap();
-
-    assert_eq!(acked.lock().unwrap().len(), usize::from(BURST));
-    let want: Vec<String> = (1..=BURST).map(|i| i.to_string()).collect();
-    assert_eq!(*delivered.lock().unwrap(), want, "all delivered, in order");
+    assert_burst_delivered(&acked, &delivered, BURST);
     let (sent, answered) = *pings.lock().unwrap();
     assert_eq!(sent, usize::from(BURST) / usize::from(MAX_INFLIGHT));
     assert_eq!(answered, sent, "every PINGREQ inside a run answered");
@@ -385,12 +400,7 @@ fn a_window_acknowledged_in_one_write_frees_every_slot() {
 #[test]
 fn a_burst_beyond_one_event_batch_loses_no_packet() {
     const BURST: u16 = 3000;
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(11)
-        .simulation_duration(Duration::from_secs(60))
-        .build();
-    let slot = Arc::default();
-    broker(&mut sim, slot, 30);
+    let mut sim = burst_sim(11);
     let ready = Arc::new(Notify::new());
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let delivered = Arc::new(Mutex::new(Vec::new()));
@@ -408,8 +418,5 @@ fn a_burst_beyond_one_event_batch_loses_no_packet() {
 
     burst_publisher(&mut sim, BURST, ready, acked.clone());
     sim.run().unwrap();
-
-    assert_eq!(acked.lock().unwrap().len(), usize::from(BURST));
-    let want: Vec<String> = (1..=BURST).map(|i| i.to_string()).collect();
-    assert_eq!(*delivered.lock().unwrap(), want, "all delivered, in order");
+    assert_burst_delivered(&acked, &delivered, BURST);
 }
