@@ -4,6 +4,8 @@ pub mod bench;
 pub mod broker;
 pub mod certify;
 pub mod decode;
+pub mod format;
+pub mod packet_log;
 pub mod passwd;
 pub mod proxy;
 pub mod pub_cmd;
