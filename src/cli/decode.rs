@@ -146,7 +146,7 @@ fn connack_return_code(code: u8) -> &'static str {
 
 /// The name Wireshark gives a 5.0 reason code in a packet of type `packet_type`.
 fn reason_name(packet_type: u8, code: u8) -> &'static str {
-    let name = match code {
+    match code {
         0x00 => match packet_type {
             9 => "Granted QoS 0",
             14 => "Normal disconnection",
@@ -195,8 +195,7 @@ fn reason_name(packet_type: u8, code: u8) -> &'static str {
         0xA1 => "Subscription Identifiers not supported",
         0xA2 => "Wildcard Subscription not supported",
         _ => "Unknown",
-    };
-    name
+    }
 }
 
 fn property_name(id: u8) -> &'static str {
