@@ -417,11 +417,14 @@ fn json(m: &Fields, clock: &Clock, escaped: bool) -> Option<Json> {
     let payload = if m.payload.is_empty() {
         Json::Null
     } else if escaped {
-        if m.payload.iter().all(|b| (0x20..0x7f).contains(b)) {
-            Json::Str(m.payload.to_vec())
-        } else {
-            Json::Arr(m.payload.iter().map(|b| Json::Num(f64::from(*b))).collect())
-        }
+        // mosquitto 2.0 hands the payload to cJSON as a C string: it ends at the first NUL,
+        // and control characters are escaped.
+        let end = m
+            .payload
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(m.payload.len());
+        Json::Str(m.payload[..end].to_vec())
     } else {
         Json::parse(m.payload)?
     };
@@ -831,6 +834,9 @@ mod tests {
             ),
             "{text}"
         );
+        let (out, _) = render("%j", &fields("t", b"a\tb\x01\0c"), &clock, false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with(",\"payload\":\"a\\tb\\u0001\"}"), "{text}");
         let (_, errors) = render("%J", &fields("t", b"{nope"), &clock, false, false);
         assert_eq!(
             errors,

@@ -459,11 +459,15 @@ impl Outcome {
                 if self.quiet {
                     return Ok(());
                 }
-                eprintln!(
-                    "Error: Publish {} failed: {}.",
-                    self.sent,
-                    simqtt::client::reason_meaning(code, ProtocolVersion::V5)
-                );
+                // mosquitto_pub's words ("Publish 1 failed: Not authorized."), without the
+                // "(reason code 0x87)" reason_meaning adds.
+                let meaning = simqtt::client::reason_meaning(code, ProtocolVersion::V5);
+                let meaning = meaning
+                    .split(" (reason code")
+                    .next()
+                    .unwrap_or(&meaning)
+                    .to_string();
+                eprintln!("Error: Publish {} failed: {meaning}.", self.sent);
                 Ok(())
             }
             Err(e) => Err(Failure::new(format!("Error: {e}"))),
