@@ -340,20 +340,36 @@ fn publish_flags_send_what_mosquitto_pub_sends() {
     let file = file.display().to_string();
     let port = broker.p();
     let cases: Vec<(String, &[u8])> = vec![
-        (format!("-t x/{{T}} -m hello -q 0"), b""),
-        (format!("-t x/{{T}} -m hello -q 1 -r"), b""),
-        (format!("-t x/{{T}} -m hello -q 2 -V 5"), b""),
+        ("-t x/{T} -m hello -q 0".to_string(), b""),
+        ("-t x/{T} -m hello -q 1 -r".to_string(), b""),
+        ("-t x/{T} -m hello -q 2 -V 5".to_string(), b""),
         (format!("-t x/{{T}} -f {file} -q 1"), b""),
-        (format!("-t x/{{T}} -n -r"), b""),
-        (format!("-t x/{{T}} -s"), b"all of\nstdin"),
-        (format!("-t x/{{T}} -l -q 1 -M 2"), b"one\ntwo\nthree\nfour\n"),
-        (format!("-t x/{{T}} -m rep --repeat 3 --repeat-delay 0.1 -q 1"), b""),
+        ("-t x/{T} -n -r".to_string(), b""),
+        ("-t x/{T} -s".to_string(), b"all of\nstdin"),
+        (
+            "-t x/{T} -l -q 1 -M 2".to_string(),
+            b"one\ntwo\nthree\nfour\n",
+        ),
+        (
+            "-t x/{T} -m rep --repeat 3 --repeat-delay 0.1 -q 1".to_string(),
+            b"",
+        ),
         (format!("-L mqtt://127.0.0.1:{port}/x/{{T}} -m by-url"), b""),
-        (format!("-L mqtt://alice:s3cret@127.0.0.1:{port}/x/{{T}} -m as-alice -q 1"), b""),
-        (format!("-t x/{{T}} -m auth -u alice -P s3cret -i {{T}}-id -c -k 30"), b""),
-        (format!("-t x/{{T}} -m v5 -V 5 -x 60 -i {{T}}-id -q 2"), b""),
-        (format!("-t x/{{T}} -m will --will-topic w/{{T}} --will-payload bye --will-qos 1 --will-retain"), b""),
-        (format!("-t x/{{T}} -m quiet --quiet"), b""),
+        (
+            format!("-L mqtt://alice:s3cret@127.0.0.1:{port}/x/{{T}} -m as-alice -q 1"),
+            b"",
+        ),
+        (
+            "-t x/{T} -m auth -u alice -P s3cret -i {T}-id -c -k 30".to_string(),
+            b"",
+        ),
+        ("-t x/{T} -m v5 -V 5 -x 60 -i {T}-id -q 2".to_string(), b""),
+        (
+            "-t x/{T} -m will --will-topic w/{T} --will-payload bye --will-qos 1 --will-retain"
+                .to_string(),
+            b"",
+        ),
+        ("-t x/{T} -m quiet --quiet".to_string(), b""),
     ];
     for (template, stdin) in &cases {
         let mut seen = Vec::new();
