@@ -236,6 +236,14 @@ impl Walk {
             .arg(format!("set -e\n{}\n{exec}{command}", self.path_line))
             .current_dir(self.path())
             .env("SIMQTT", SIMQTT)
+            // scripts/install-peers (which certify-peers runs) checks the repository's venv,
+            // not one in the scratch directory.
+            .env(
+                "SIMQTT_VENV",
+                std::env::var_os("SIMQTT_VENV")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| Path::new(ROOT).join("target/venv")),
+            )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         bash
