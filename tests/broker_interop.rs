@@ -216,6 +216,23 @@ fn sub(broker: &Broker, args: &[&str]) -> Program {
     p
 }
 
+/// The Python that has paho-mqtt 2.x: the venv `scripts/install-peers` makes (Debian's own
+/// python3 may not install packages, and its python3-paho-mqtt is 1.6). Same location rule as
+/// that script: `$SIMQTT_VENV`, else `target/venv` in the repository.
+fn paho_python() -> String {
+    let venv = std::env::var_os("SIMQTT_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-peers (it makes the venv with paho-mqtt 2.x), \
+         or scripts/test, which runs it first",
+        python.display()
+    );
+    python.display().to_string()
+}
+
 fn python(broker: &Broker, script: &str) -> Vec<String> {
     let prologue = r#"
 import sys, time, threading
@@ -265,8 +282,9 @@ def subscribe(c, topic, qos):
 "#;
     let program = format!("{prologue}\n{script}");
     let port = broker.port();
-    let p = Program::start("python3", &["-c", &program, &port]);
-    let name = "python3 (paho)".to_string();
+    let python = paho_python();
+    let p = Program::start(&python, &["-c", &program, &port]);
+    let name = format!("{python} (paho)");
     let err = p.err.clone();
     let (status, out) = p.finish();
     assert!(

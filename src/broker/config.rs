@@ -39,6 +39,8 @@ pub struct BrokerConfig {
     /// Accept clients that send no user name. Default `true`.
     pub allow_anonymous: bool,
     /// Password file (`simqtt passwd` writes it). Default: none (no passwords checked).
+    /// (`simqtt broker` reads a relative path in a config file from the file's directory, as
+    /// it does `acl_file` and `data_dir`.)
     pub password_file: Option<PathBuf>,
     /// ACL file of per-user topic patterns. Default: none (everyone may do everything).
     pub acl_file: Option<PathBuf>,

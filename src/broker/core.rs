@@ -1378,7 +1378,18 @@ impl Core {
         if !allowed {
             self.stats.messages_dropped += 1;
             self.stats.dropped_not_authorized += 1;
-            tracing::debug!(client_id = self.client_id(sid), topic = %publish.topic, "publish refused");
+            let user = self.online(conn).and_then(|o| o.username.as_deref());
+            tracing::info!(
+                client_id = self.client_id(sid),
+                user = user.unwrap_or("(anonymous)"),
+                topic = %publish.topic,
+                "publish refused: {}",
+                if publish.topic.starts_with('$') {
+                    "clients may not publish to $ topics"
+                } else {
+                    "not allowed by the ACL"
+                }
+            );
         }
         let refused_code = if allowed {
             ReasonCode::Success
@@ -1603,6 +1614,12 @@ impl Core {
                 .authenticator
                 .can_subscribe(username.as_deref(), &client_id, &filter)
             {
+                tracing::info!(
+                    client_id = &*client_id,
+                    user = username.as_deref().unwrap_or("(anonymous)"),
+                    topic = %filter,
+                    "subscribe refused: not allowed by the ACL"
+                );
                 // 0x80 is "Failure" in 3.1.1 [MQTT-3.9.3-2].
                 codes.push(if v5 {
                     ReasonCode::NotAuthorized

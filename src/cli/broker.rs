@@ -1,7 +1,7 @@
 //! `simqtt broker`: run the MQTT broker on real TCP until SIGINT or SIGTERM.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -32,8 +32,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            BrokerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+                .with_context(|| format!("reading the config file {}", path.display()))?;
+            let mut config =
+                BrokerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+            relative_to_config(&mut config, path);
+            config
         }
         None => BrokerConfig::default(),
     };
@@ -51,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(0);
         config.rng_seed = Some(nanos ^ u64::from(std::process::id()));
     }
-    config.authenticator = load_authenticator(&config)?;
+    config.authenticator = load_authenticator(&config, args.config.as_deref())?;
 
     let store: Box<dyn Store> = match &config.data_dir {
         Some(dir) => {
@@ -102,13 +105,68 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_authenticator(config: &BrokerConfig) -> anyhow::Result<broker::auth::Authenticator> {
-    let authenticator = broker::auth::Authenticator::from_files(
-        config.password_file.as_deref(),
-        config.acl_file.as_deref(),
-        config.allow_anonymous,
-    )?;
-    Ok(authenticator)
+/// Paths in a config file are relative to the file, not to wherever the broker was started
+/// (as in mosquitto.conf's include_dir and systemd units, a config is moved with its files).
+fn relative_to_config(config: &mut BrokerConfig, file: &Path) {
+    let dir = file.parent().unwrap_or(Path::new(""));
+    for path in [
+        &mut config.password_file,
+        &mut config.acl_file,
+        &mut config.data_dir,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if path.is_relative() {
+            *path = dir.join(&*path);
+        }
+    }
+}
+
+/// Loads the password and ACL files; an error names the setting and the config file that
+/// named the file (`password_file = "pw" in conf/broker.toml: cannot read conf/pw: …`).
+fn load_authenticator(
+    config: &BrokerConfig,
+    config_file: Option<&Path>,
+) -> anyhow::Result<broker::auth::Authenticator> {
+    use broker::auth::{Acl, Authenticator, PasswordFile};
+    let origin = |setting: &str, path: &Path| match config_file {
+        Some(file) => {
+            let written = path
+                .strip_prefix(file.parent().unwrap_or(Path::new("")))
+                .unwrap_or(path);
+            format!(
+                "{setting} = {:?} in {}",
+                written.display().to_string(),
+                file.display()
+            )
+        }
+        None => setting.to_string(),
+    };
+    let read = |setting: &str, path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot read {}: {e}",
+                origin(setting, path),
+                path.display()
+            )
+        })
+    };
+    let passwords = match &config.password_file {
+        Some(path) => Some(
+            PasswordFile::parse(&read("password_file", path)?, path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", origin("password_file", path)))?,
+        ),
+        None => None,
+    };
+    let acl = match &config.acl_file {
+        Some(path) => Some(
+            Acl::parse(&read("acl_file", path)?, path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", origin("acl_file", path)))?,
+        ),
+        None => None,
+    };
+    Ok(Authenticator::new(config.allow_anonymous, passwords, acl))
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM; `what` names the program in the warning when SIGTERM cannot

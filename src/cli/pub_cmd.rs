@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::ArgAction;
 use simqtt::client::{
-    Client, ClientError, ConnectOptions, MemoryPersistence, OpToken, ReconnectOptions,
+    Client, ClientError, Completion, ConnectOptions, MemoryPersistence, OpToken, ReconnectOptions,
     ResubscribePolicy, WillOptions,
 };
 use simqtt::codec::{ProtocolVersion, QoS, TopicName};
@@ -34,16 +34,21 @@ pub struct ConnArgs {
     /// Password (needs -u).
     #[arg(short = 'P', long = "pw", requires = "username")]
     pub password: Option<String>,
-    /// Keep alive in seconds.
+    /// Keep alive in seconds; 0 turns it off (legal MQTT; mosquitto's clients require 5-65535).
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     pub keepalive: u16,
+    /// mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC: host, port (default 1883), user, password
+    /// and topic in one (overrides -h, -p, -u, -P). Only mqtt:// for now.
+    #[arg(short = 'L', long = "url", value_name = "URL")]
+    pub url: Option<String>,
     /// Disable clean session (persistent session; needs -i).
     #[arg(short = 'c', long = "disable-clean-session")]
     pub persistent: bool,
     /// MQTT version: 311 (mqttv311) or 5 (mqttv5).
     #[arg(short = 'V', long = "protocol-version", default_value = "311", value_parser = parse_version)]
     pub version: ProtocolVersion,
-    /// 5.0 session expiry interval in seconds (-1: never). Defaults to -1 with -c, else 0.
+    /// 5.0 session expiry interval in seconds (-1: never); needs -V 5. Defaults to -1 with
+    /// -c, else 0.
     #[arg(short = 'x', long = "session-expiry", allow_negative_numbers = true)]
     pub session_expiry: Option<i64>,
     /// Topic of the will message.
@@ -62,7 +67,8 @@ pub struct ConnArgs {
     /// Longest delay between reconnect attempts, in milliseconds.
     #[arg(long = "reconnect-max-ms", default_value_t = 10_000)]
     pub reconnect_max_ms: u64,
-    /// Print connection events to stderr.
+    /// Print every packet sent and received on stdout, in mosquitto's format
+    /// ("Client ID sending CONNECT", …).
     #[arg(short = 'd', long = "debug")]
     pub debug: bool,
     /// Do not print error messages.
@@ -103,7 +109,7 @@ impl Failure {
     }
 
     pub fn exit(self, quiet: bool) -> ExitCode {
-        if !quiet {
+        if !quiet && !self.message.is_empty() {
             eprintln!("{}", self.message);
         }
         ExitCode::from(self.code)
@@ -129,9 +135,103 @@ pub fn connect_failure(error: ClientError) -> Failure {
     }
 }
 
+/// The parts of an `-L` URL.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Url {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub topic: String,
+}
+
+/// Parses `mqtt://[user[:password]@]host[:port]/topic` as mosquitto's clients do (no
+/// percent-decoding). TLS and WebSocket URLs are refused until simqtt speaks them.
+pub fn parse_url(url: &str) -> Result<Url, Failure> {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let scheme = url[..scheme_end].to_ascii_lowercase();
+    match scheme.as_str() {
+        "mqtt://" => {}
+        "mqtts://" | "wss://" | "ws://" => {
+            let what = if scheme.starts_with("mqtts") {
+                "MQTT over TLS"
+            } else {
+                "MQTT over WebSocket"
+            };
+            return Err(Failure::new(format!(
+                "Error: {scheme} URLs ({what}) are not supported yet; use mqtt://"
+            )));
+        }
+        _ => return Err(Failure::new("Error: Unsupported URL scheme.")),
+    }
+    let rest = &url[scheme_end..];
+    let Some((authority, topic)) = rest.split_once('/') else {
+        return Err(Failure::new(
+            "Error: Invalid URL for -L argument specified - topic missing.",
+        ));
+    };
+    let (credentials, host_port) = match authority.split_once('@') {
+        Some((c, h)) => (Some(c), h),
+        None => (None, authority),
+    };
+    let (username, password) = match credentials {
+        Some(c) => match c.split_once(':') {
+            Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
+            None => (Some(c.to_string()), None),
+        },
+        None => (None, None),
+    };
+    let (host, port) = match host_port.split_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| Failure::new(format!("Error: Invalid port given: {p}")))?,
+        ),
+        None => (host_port, 1883),
+    };
+    Ok(Url {
+        username,
+        password,
+        host: host.to_string(),
+        port,
+        topic: topic.to_string(),
+    })
+}
+
 impl ConnArgs {
+    /// Applies `-L`: host, port, user and password from the URL; returns its topic.
+    pub fn apply_url(&mut self) -> Result<Option<String>, Failure> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let url = parse_url(url)?;
+        self.host = url.host;
+        self.port = url.port;
+        if url.username.is_some() {
+            self.username = url.username;
+            self.password = url.password;
+        }
+        Ok(Some(url.topic))
+    }
+
+    /// The connector: plain TCP, or one that prints the packet log with `-d`.
+    pub fn connector(&self) -> Arc<dyn simqtt::transport::Connector> {
+        if self.debug {
+            Arc::new(super::packet_log::LoggingConnector::new(self.version))
+        } else {
+            Arc::new(TcpConnector)
+        }
+    }
+
     /// The options for this command; `kind` is "pub" or "sub" (for the default id).
     pub fn options(&self, kind: &str) -> Result<ConnectOptions, Failure> {
+        if self.session_expiry.is_some() && self.version != ProtocolVersion::V5 {
+            // mosquitto's clients ignore -x under 3.1.1; a setting that silently does nothing
+            // is refused here instead.
+            return Err(Failure::new(
+                "Error: -x (session expiry interval) is MQTT 5.0 only; add -V 5.",
+            ));
+        }
         if self.persistent && self.id.is_none() {
             return Err(Failure::new(
                 "Error: You must provide a client id if you are using the -c option.",
@@ -193,9 +293,9 @@ impl ConnArgs {
 pub struct Args {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// Topic to publish to.
-    #[arg(short = 't', long = "topic", required = true)]
-    pub topic: String,
+    /// Topic to publish to (or the topic of -L).
+    #[arg(short = 't', long = "topic", required_unless_present = "url")]
+    pub topic: Option<String>,
     /// Message payload.
     #[arg(short = 'm', long = "message")]
     pub message: Option<String>,
@@ -220,6 +320,19 @@ pub struct Args {
     /// Most QoS 1/2 messages in flight at once.
     #[arg(short = 'M', long = "max-inflight", default_value_t = 20)]
     pub max_inflight: u16,
+    /// With -m, -f, -s or -n: publish the message N times, each after the last completed.
+    #[arg(long = "repeat", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Seconds to wait between repeats (fractions allowed).
+    #[arg(long = "repeat-delay", value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_delay)]
+    pub repeat_delay: f64,
+}
+
+fn parse_delay(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a delay in seconds from 0 to 86400")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -233,8 +346,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn publish(args: Args) -> Result<(), Failure> {
-    let topic = args.topic.clone();
+async fn publish(mut args: Args) -> Result<(), Failure> {
+    let url_topic = args.conn.apply_url()?;
+    let topic = url_topic.or(args.topic.clone()).unwrap_or_default();
     if TopicName::new(&topic).is_err() || topic.is_empty() {
         return Err(Failure::new(format!(
             "Error: Invalid publish topic '{topic}', does it contain '+' or '#'?"
@@ -244,26 +358,24 @@ async fn publish(args: Args) -> Result<(), Failure> {
     options.inflight_window = args.max_inflight.max(1);
     let (client, mut events, _) = Client::connect(
         options,
-        Arc::new(TcpConnector),
+        args.conn.connector(),
         Box::new(MemoryPersistence::new()),
     )
     .await
     .map_err(connect_failure)?;
-    if args.conn.debug {
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                eprintln!("{:?}", event.kind);
-            }
-        });
-    } else {
-        // Keep draining so the client never waits on a full event channel.
-        tokio::spawn(async move { while events.recv().await.is_some() {} });
-    }
+    // Keep draining so the client never waits on a full event channel.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
 
     let publish_failure = |e: ClientError| Failure::new(format!("Error: {e}"));
-    let mut tokens: Vec<OpToken> = Vec::new();
-    let payloads: Vec<Bytes> = if let Some(m) = &args.message {
-        vec![Bytes::from(m.clone())]
+    // A message the broker refused (5.0 reason code >= 0x80 in PUBACK or PUBREC, such as
+    // 0x87 Not authorized) is reported by number, like mosquitto_pub's warning; the others
+    // are still sent, and the exit status is 1.
+    let mut outcome = Outcome {
+        quiet: args.conn.quiet,
+        ..Outcome::default()
+    };
+    let payload: Option<Bytes> = if let Some(m) = &args.message {
+        Some(Bytes::from(m.clone()))
     } else if let Some(path) = &args.file {
         let data = std::fs::read(path).map_err(|e| {
             Failure::new(format!(
@@ -271,27 +383,33 @@ async fn publish(args: Args) -> Result<(), Failure> {
                 path.display()
             ))
         })?;
-        vec![Bytes::from(data)]
+        Some(Bytes::from(data))
     } else if args.null_message {
-        vec![Bytes::new()]
+        Some(Bytes::new())
     } else if args.stdin_file {
         let mut data = Vec::new();
         std::io::stdin()
             .read_to_end(&mut data)
             .map_err(|e| Failure::new(format!("Error: reading stdin: {e}")))?;
-        vec![Bytes::from(data)]
+        Some(Bytes::from(data))
     } else {
-        Vec::new()
+        None
     };
-    for payload in payloads {
-        let token = client
-            .publish(&topic, payload, args.qos, args.retain)
-            .await
-            .map_err(publish_failure)?;
-        tokens.push(token);
+    if let Some(payload) = payload {
+        for i in 0..args.repeat {
+            if i > 0 && args.repeat_delay > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(args.repeat_delay)).await;
+            }
+            let token = client
+                .publish(&topic, payload.clone(), args.qos, args.retain)
+                .await
+                .map_err(publish_failure)?;
+            outcome.record(token.wait().await)?;
+        }
     }
     if args.stdin_line {
         // One message per line; the in-flight window paces reading (back-pressure).
+        let mut tokens: std::collections::VecDeque<OpToken> = Default::default();
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         loop {
             let line = lines.next_line().await;
@@ -301,17 +419,58 @@ async fn publish(args: Args) -> Result<(), Failure> {
                 .publish(&topic, line, args.qos, args.retain)
                 .await
                 .map_err(publish_failure)?;
-            tokens.push(token);
+            tokens.push_back(token);
             // Completed tokens need not be kept: wait for the ones at the front that are done.
             if tokens.len() > 4 * usize::from(args.max_inflight.max(1)) {
-                let done = tokens.remove(0);
-                done.wait().await.map_err(publish_failure)?;
+                if let Some(done) = tokens.pop_front() {
+                    outcome.record(done.wait().await)?;
+                }
             }
         }
-    }
-    for token in tokens {
-        token.wait().await.map_err(publish_failure)?;
+        for token in tokens {
+            outcome.record(token.wait().await)?;
+        }
     }
     client.disconnect().await;
+    if outcome.refused > 0 {
+        return Err(Failure {
+            message: String::new(),
+            code: 1,
+        });
+    }
     Ok(())
+}
+
+/// Counts the messages sent and the ones the broker refused.
+#[derive(Default)]
+struct Outcome {
+    quiet: bool,
+    sent: u32,
+    refused: u32,
+}
+
+impl Outcome {
+    fn record(&mut self, result: Result<Completion, ClientError>) -> Result<(), Failure> {
+        self.sent += 1;
+        match result {
+            Ok(_) => Ok(()),
+            Err(ClientError::Rejected(code)) => {
+                self.refused += 1;
+                if self.quiet {
+                    return Ok(());
+                }
+                // mosquitto_pub's words ("Publish 1 failed: Not authorized."), without the
+                // "(reason code 0x87)" reason_meaning adds.
+                let meaning = simqtt::client::reason_meaning(code, ProtocolVersion::V5);
+                let meaning = meaning
+                    .split(" (reason code")
+                    .next()
+                    .unwrap_or(&meaning)
+                    .to_string();
+                eprintln!("Error: Publish {} failed: {meaning}.", self.sent);
+                Ok(())
+            }
+            Err(e) => Err(Failure::new(format!("Error: {e}"))),
+        }
+    }
 }

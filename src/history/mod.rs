@@ -503,15 +503,35 @@ impl Serialize for QoS {
     }
 }
 
+// Both impls refuse inside a visitor rather than after reading the value: serde_yaml places
+// (and names the path of) only the errors raised while it visits a value, so this is what puts
+// a scenario error on the `3` of `qos: 3` under `clients.device.protocol`, not on the map
+// around it.
 impl<'de> Deserialize<'de> for QoS {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<QoS, D::Error> {
-        let value = u8::deserialize(deserializer)?;
-        QoS::from_u8(value).ok_or_else(|| {
-            serde::de::Error::invalid_value(
-                serde::de::Unexpected::Unsigned(value.into()),
-                &"a QoS level: 0, 1 or 2",
-            )
-        })
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = QoS;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a QoS level: 0, 1 or 2")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<QoS, E> {
+                u8::try_from(value)
+                    .ok()
+                    .and_then(QoS::from_u8)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<QoS, E> {
+                match u64::try_from(value) {
+                    Ok(value) => self.visit_u64(value),
+                    Err(_) => Err(E::invalid_value(
+                        serde::de::Unexpected::Signed(value),
+                        &self,
+                    )),
+                }
+            }
+        }
+        deserializer.deserialize_u8(V)
     }
 }
 
@@ -528,15 +548,21 @@ impl<'de> Deserialize<'de> for ProtocolVersion {
     fn deserialize<D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<ProtocolVersion, D::Error> {
-        let value = String::deserialize(deserializer)?;
-        match value.as_str() {
-            "v311" | "3.1.1" => Ok(ProtocolVersion::V311),
-            "v5" | "5" | "5.0" => Ok(ProtocolVersion::V5),
-            other => Err(serde::de::Error::invalid_value(
-                serde::de::Unexpected::Str(other),
-                &"a protocol version: v311 or v5",
-            )),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ProtocolVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a protocol version: v311 or v5")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<ProtocolVersion, E> {
+                match value {
+                    "v311" | "3.1.1" => Ok(ProtocolVersion::V311),
+                    "v5" | "5" | "5.0" => Ok(ProtocolVersion::V5),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
         }
+        deserializer.deserialize_str(V)
     }
 }
 

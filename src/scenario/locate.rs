@@ -74,10 +74,14 @@ pub fn locate(src: &str, path: &[Seg], needle: Option<&str>) -> Option<(usize, u
                 match found {
                     Some(i) => {
                         let l = &region[i];
-                        anchor = Some((l.line, l.col));
                         let skip = key_prefix(&l.text, key).unwrap_or(0);
                         let value = l.text[skip..].trim_start();
                         let value_col = l.col + l.text.len() - value.len();
+                        anchor = Some(if is_scalar(value) {
+                            (l.line, value_col)
+                        } else {
+                            (l.line, l.col)
+                        });
                         let mut next = Vec::new();
                         if !value.is_empty() {
                             next.push(Line {
@@ -107,9 +111,14 @@ pub fn locate(src: &str, path: &[Seg], needle: Option<&str>) -> Option<(usize, u
                             find_token(&l.text, &format!("{key}:")).map(|c| (l.clone(), c))
                         })?;
                         let (l, c) = hit;
-                        anchor = Some((l.line, l.col + c));
                         let rest = l.text[c + key.len() + 1..].to_string();
                         let col = l.col + c + key.len() + 1;
+                        let value = rest.trim_start();
+                        anchor = Some(if is_scalar(value) {
+                            (l.line, col + rest.len() - value.len())
+                        } else {
+                            (l.line, l.col + c)
+                        });
                         region = vec![Line {
                             line: l.line,
                             col,
@@ -158,6 +167,12 @@ pub fn locate(src: &str, path: &[Seg], needle: Option<&str>) -> Option<(usize, u
         }
     }
     anchor
+}
+
+/// A key's value that an error about the key points at: a scalar written on the key's line
+/// (`seeds: 0`, `qos: 3`), not a map or list, which the key itself stands for better.
+fn is_scalar(value: &str) -> bool {
+    !value.is_empty() && !value.starts_with(['{', '[', '#', '|', '>'])
 }
 
 fn is_token_char(c: char) -> bool {
@@ -214,7 +229,13 @@ steps:
                 &[Seg::Key("clients"), Seg::Key("pub"), Seg::Key("keepalive")],
                 None
             ),
-            Some((5, 5))
+            // At the value: an error about a key is about what it says.
+            Some((5, 16))
+        );
+        // A key whose value is a block or a flow map stays at the key.
+        assert_eq!(
+            locate(DOC, &[Seg::Key("clients"), Seg::Key("sub")], None),
+            Some((3, 3))
         );
         assert_eq!(
             locate(DOC, &[Seg::Key("steps"), Seg::Index(0)], Some("sub")),
@@ -238,7 +259,7 @@ steps:
                 ],
                 None
             ),
-            Some((3, 9))
+            Some((3, 24))
         );
     }
 

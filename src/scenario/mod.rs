@@ -15,6 +15,7 @@
 pub mod locate;
 pub mod raw;
 pub mod units;
+mod yaml_errors;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -949,14 +950,7 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioErrors> {
 /// Parses and validates scenario text; `file` names it in errors and gives the default name.
 pub fn parse(file: &str, src: &str) -> Result<Scenario, ScenarioErrors> {
     let mut scenario: Scenario = serde_yaml::from_str(src).map_err(|e| {
-        let (line, col) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        let mut message = e.to_string();
-        if let Some(at) = message.rfind(" at line ") {
-            message.truncate(at);
-        }
+        let (line, col, message) = yaml_errors::explain(src, &e);
         ScenarioErrors(vec![ScenarioError {
             file: file.to_string(),
             line,
@@ -1342,6 +1336,19 @@ fn validate_steps(s: &Scenario, e: &mut Errors) {
                         &path,
                         Some("rate"),
                         "rate is a fraction between 0.0 and 1.0".into(),
+                    );
+                }
+            }
+            Step::ExpectWill(w) => {
+                if s.clients.get(&w.of).is_some_and(|c| c.will.is_none()) {
+                    e.at(
+                        &path,
+                        Some(&w.of),
+                        format!(
+                            "expect_will: client {:?} has no will to deliver; give it one in \
+                             `clients` (will: {{topic: …}})",
+                            w.of
+                        ),
                     );
                 }
             }

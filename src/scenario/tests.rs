@@ -427,7 +427,7 @@ fn unknown_keys_are_refused_with_location_and_expected_keys() {
 
     let e = error("clients: {a: {}}\nsteps:\n  - conect: a\n");
     assert_eq!(e.line, 3, "{e}");
-    assert!(e.message.contains("unknown variant `conect`"), "{e}");
+    assert!(e.message.contains("unknown step `conect`"), "{e}");
     assert!(e.message.contains("connect"), "{e}");
 
     let e = error("steps:\n  - connect: {client: a, clean: true}\n");

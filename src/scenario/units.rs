@@ -43,6 +43,9 @@ impl Dur {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("{text:?} has no unit; expected {DURATION_FORM}"))?;
         let (number, unit) = text.split_at(split);
+        if let Some(fraction) = unit.strip_prefix('.') {
+            return Err(fractional(text, number, fraction));
+        }
         if number.is_empty() {
             return Err(format!("{text:?} is not {DURATION_FORM}"));
         }
@@ -64,6 +67,48 @@ impl Dur {
             .checked_mul(scale)
             .map(Dur::from_millis)
             .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+/// The error for `1.5s`: durations are whole numbers of a unit, and here is the same time in
+/// a smaller unit when there is one.
+fn fractional(text: &str, whole: &str, rest: &str) -> String {
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (fraction, unit) = rest.split_at(digits);
+    let scale: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => 0,
+    };
+    let exact = (|| {
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        let denominator = 10u64.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+        let fraction: u64 = if fraction.is_empty() {
+            0
+        } else {
+            fraction.parse().ok()?
+        };
+        let numerator = whole
+            .checked_mul(denominator)?
+            .checked_add(fraction)?
+            .checked_mul(scale)?;
+        (scale > 0 && numerator % denominator == 0)
+            .then(|| Dur::from_millis(numerator / denominator))
+    })();
+    match exact {
+        Some(dur) => {
+            format!("{text:?} is a fraction; durations are whole numbers of a unit: write {dur}")
+        }
+        None => format!(
+            "{text:?} is a fraction; durations are whole numbers of a unit (ms, s, m or h), \
+             like 1500ms"
+        ),
     }
 }
 
@@ -201,6 +246,12 @@ mod tests {
             );
         }
         assert!(Dur::parse("10").unwrap_err().contains("500ms, 10s"));
+        assert_eq!(
+            Dur::parse("1.5s").unwrap_err(),
+            "\"1.5s\" is a fraction; durations are whole numbers of a unit: write 1500ms"
+        );
+        assert!(Dur::parse("0.5m").unwrap_err().ends_with("write 30s"));
+        assert!(Dur::parse("1.5ms").unwrap_err().ends_with("like 1500ms"));
     }
 
     #[test]
