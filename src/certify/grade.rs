@@ -650,6 +650,115 @@ steps:
         assert!(choices.iter().all(|c| !c.checker.is_empty()));
     }
 
+    /// The steps the citation rules rely on, run on the simqtt broker in the simulator.
+    #[test]
+    fn again_optional_and_premises_behave_as_documented() {
+        let run = |yaml: &str| {
+            let s = scenario(yaml);
+            let report = crate::sim::run(&s, 1);
+            (s, report)
+        };
+        // `again` checks the same CONNACK once more, under its own statement.
+        let (s, report) = run("
+spec: [MQTT-3.2.2-1]
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - expect_raw: {client: r, packet: connack, session_present: true, again: true}
+  - raw: {client: r, send: pingreq}
+  - expect_raw: {client: r, packet: pingresp}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert_eq!(report.failures[0].spec, "MQTT-3.2.2-1");
+        assert!(report.failures[0].owed.starts_with("step 3 (expect_raw)"));
+        // It looked at the CONNACK already taken, not at whatever came next.
+        assert!(
+            report.failures[0]
+                .happened
+                .contains("connack session_present=0"),
+            "{:?}",
+            report.failures[0].happened
+        );
+        let (findings, _) = grade(&s, &report, Statements::embedded());
+        assert_eq!(findings[0].statement, "MQTT-3.2.2-1");
+        // Without `again` the step would have taken the PINGRESP: the next step still gets it.
+        assert!(report
+            .failures
+            .iter()
+            .all(|f| !f.owed.starts_with("step 5")));
+
+        // `optional` without `closed`: nothing by the deadline passes, another packet fails.
+        let (_, report) = run("
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - expect_raw: {client: r, packet: disconnect, optional: true, within: 1s}
+  - raw: {client: r, send: pingreq}
+  - expect_raw: {client: r, packet: disconnect, optional: true, within: 1s}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert!(report.failures[0].owed.starts_with("step 5"));
+        assert!(
+            report.failures[0].happened.contains("pingresp"),
+            "{:#?}",
+            report.failures
+        );
+
+        // A premise that does not hold stops the run: inconclusive, no finding, and the steps
+        // after it (which would fail) are not run.
+        let (s, report) = run("
+spec: [MQTT-3.1.4-4]
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x05, assume: true}
+  - expect_raw: {client: r, closed: true, within: 1s, spec: MQTT-3.1.4-4}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert_eq!(report.failures[0].kind, "sim");
+        assert!(report.failures[0].happened.contains("inconclusive"));
+        let (findings, _) = grade(&s, &report, Statements::embedded());
+        assert_eq!(findings[0].grade, Grade::Error);
+        assert_eq!(findings[0].statement, "");
+        // The simqtt broker names no Server Keep Alive: any bounds hold.
+        let (_, report) = run("
+clients: {r: {host: raw, protocol: v5}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, server_keep_alive: {min: 20s, max: 30s}, assume: true}
+");
+        assert!(report.passed(), "{:#?}", report.failures);
+
+        // `expect_messages` with `again` judges the same deliveries, and says how they arrived.
+        let (_, report) = run("
+spec: [MQTT-4.5.0-1, MQTT-3.8.4-6]
+clients: {sub: {}, pub: {}}
+steps:
+  - connect: sub
+  - subscribe: {client: sub, filter: t, qos: 1}
+  - connect: pub
+  - publish: {client: pub, topic: t, qos: 1, count: 3}
+  - expect_messages: {client: sub, within: 2s, messages: [{from: pub, count: 3}], spec: MQTT-4.5.0-1}
+  - expect_messages: {client: sub, within: 1s, again: true, messages: [{from: pub, qos: 0, count: 3}], spec: MQTT-3.8.4-6}
+");
+        let expect: Vec<&Failure> = report
+            .failures
+            .iter()
+            .filter(|f| f.kind == EXPECT)
+            .collect();
+        assert_eq!(expect.len(), 1, "{:#?}", report.failures);
+        assert_eq!(expect[0].spec, "MQTT-3.8.4-6");
+        assert!(
+            expect[0]
+                .happened
+                .contains("got 0 (otherwise matching: 3 with qos 1)"),
+            "{:?}",
+            expect[0].happened
+        );
+    }
+
     #[test]
     fn v5_scenarios_resolve_v5_ids() {
         // MQTT-4.3.3-10 exists only in 5.0; a v5 scenario's qos2 failure grades MUST.

@@ -301,7 +301,7 @@ impl<B: Backend> Runner<B> {
     }
 
     /// The statement step `step` tests, as the reports show it: ` [MQTT-…]`, or nothing.
-    fn cited(&self, step: usize) -> (String, String) {
+    pub(super) fn cited(&self, step: usize) -> (String, String) {
         let spec = self
             .statements
             .get(step)

@@ -1021,13 +1021,8 @@ impl<B: super::backend::Backend> Runner<B> {
                 i + 1
             ));
         }
-        let (spec, report) = {
-            let spec = self
-                .statements
-                .get(i)
-                .cloned()
-                .flatten()
-                .unwrap_or_default();
+        let (spec, shown) = self.cited(i);
+        let report = {
             let s = lock(&self.shared);
             let mut indices = events;
             if indices.is_empty() {
@@ -1044,12 +1039,12 @@ impl<B: super::backend::Backend> Runner<B> {
                 }
             }
             let mut report = format!(
-                "step {} (expect_raw) [{spec}] {}:\n  owed:     {owed}\n  happened: {happened}\n",
+                "step {} (expect_raw){shown} {}:\n  owed:     {owed}\n  happened: {happened}\n",
                 i + 1,
                 x.client
             );
             report.push_str(&s.trace.excerpt(&indices, 3));
-            (spec, report)
+            report
         };
         let at = self.now_ms();
         lock(&self.shared).record(
@@ -1057,7 +1052,7 @@ impl<B: super::backend::Backend> Runner<B> {
             "sim",
             Event::Note {
                 text: format!(
-                    "expectation failed: step {} (expect_raw) [{spec}]: {owed}; {happened}",
+                    "expectation failed: step {} (expect_raw){shown}: {owed}; {happened}",
                     i + 1
                 ),
             },
