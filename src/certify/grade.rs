@@ -706,6 +706,17 @@ steps:
             report.failures
         );
 
+        // With `closed: true` an optional packet that does not come leaves the close owed.
+        let (_, report) = run("
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - expect_raw: {client: r, packet: disconnect, optional: true, closed: true, within: 1s}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert_eq!(report.failures[0].happened, "the connection was still open");
+
         // A premise that does not hold stops the run: inconclusive, no finding, and the steps
         // after it (which would fail) are not run.
         let (s, report) = run("
