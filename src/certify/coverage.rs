@@ -682,6 +682,28 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_a_finding_cites_is_tested_by_its_case() {
+        // A CONNECT left unanswered cites [MQTT-3.1.4-4] though the file names only 4.3.3-2:
+        // the table shows that statement failed, not untested.
+        let s = Statements::embedded();
+        let failed = case(
+            "qos2-dup",
+            2,
+            Verdict::Failed,
+            vec![finding(Grade::Must, "MQTT-3.1.4-4")],
+        );
+        let c = coverage(&cert(vec![failed]), s);
+        assert!(matches!(
+            status(&c, SpecVersion::V311, "MQTT-3.1.4-4").status,
+            Status::Failed { .. }
+        ));
+        assert!(matches!(
+            status(&c, SpecVersion::V311, "MQTT-4.3.3-2").status,
+            Status::Passed { .. }
+        ));
+    }
+
+    #[test]
     fn checkers_count_as_testing_their_statements() {
         let s = Statements::embedded();
         let mut c5 = case("v5-qos2", 1, Verdict::Passed, vec![]);
