@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::certify::statements::{Actor, Level, Observable, SpecVersion, Statements};
-use crate::certify::{CaseResult, Certification, Grade, Verdict};
+use crate::certify::{CaseResult, Certification, Finding, Grade, Verdict};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::history::checkers::CheckerName;
 use crate::scenario::{ProtocolMix, Scenario, Step};
@@ -222,19 +222,22 @@ pub fn case_statements(
             }
         }
     }
-    for id in &case.spec {
+    // What it names, and what its findings cite (a step's own action, e.g. a CONNECT that got
+    // no CONNACK, cites a statement the scenario need not name).
+    let cited = case.findings.iter().flat_map(Finding::statement_ids);
+    for id in case.spec.iter().map(String::as_str).chain(cited) {
         // In the versions the clients speak; an id only the other version has still counts
         // there, so a mislabelled id is reported rather than dropped.
         let mut found = false;
         for &v in &versions {
             if statements.get(v, id).is_some() {
-                out.insert((v, id.clone()), Via::Spec);
+                out.insert((v, id.to_string()), Via::Spec);
                 found = true;
             }
         }
         if !found {
             if let Some(s) = statements.find(id).first() {
-                out.insert((s.version, id.clone()), Via::Spec);
+                out.insert((s.version, id.to_string()), Via::Spec);
             }
         }
     }
@@ -676,6 +679,28 @@ mod tests {
                 reasons: vec!["qos2-restart: broker_restart: no --restart-cmd".into()]
             }
         );
+    }
+
+    #[test]
+    fn a_statement_a_finding_cites_is_tested_by_its_case() {
+        // A CONNECT left unanswered cites [MQTT-3.1.4-4] though the file names only 4.3.3-2:
+        // the table shows that statement failed, not untested.
+        let s = Statements::embedded();
+        let failed = case(
+            "qos2-dup",
+            2,
+            Verdict::Failed,
+            vec![finding(Grade::Must, "MQTT-3.1.4-4")],
+        );
+        let c = coverage(&cert(vec![failed]), s);
+        assert!(matches!(
+            status(&c, SpecVersion::V311, "MQTT-3.1.4-4").status,
+            Status::Failed { .. }
+        ));
+        assert!(matches!(
+            status(&c, SpecVersion::V311, "MQTT-4.3.3-2").status,
+            Status::Passed { .. }
+        ));
     }
 
     #[test]

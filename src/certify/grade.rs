@@ -1,33 +1,48 @@
 //! A finished run → graded findings and the alternatives the broker chose.
 //!
-//! The grade comes from the spec, never from the checker's opinion:
+//! The grade comes from the spec, never from the checker's opinion, and every finding cites
+//! exactly one statement (or none, and says why):
 //! - a checker failure cites one statement; MUST / MUST NOT → [`Grade::Must`], SHOULD /
 //!   SHOULD NOT → [`Grade::Should`]. A MAY statement can never be broken, so a checker citing
 //!   one (or an id no spec has) is a bug in the checker, reported as [`Grade::Error`] with that
 //!   text rather than held against the broker;
-//! - a failed `expect` step is graded by the strongest statement the scenario names in `spec:`
-//!   (it cites those), MUST when it names none (and says so);
+//! - a failed step cites the one statement the step tests (`Scenario::citation`: its own
+//!   `spec:`, the statement of the runner's own action, or the scenario's only id), read in the
+//!   version its client speaks; MUST when the scenario names none (and says so), SHOULD with
+//!   `should:`;
+//! - what is not the broker's to break is never a finding against it: a step with `note:` (the
+//!   spec permits the other outcome) and a statement that binds only the *sender* of a packet
+//!   cited by a step where the broker only received (it sent nothing the step looks at) become
+//!   notes ([`Choice`]s); a statement only a client is bound by is the harness's own failure
+//!   ([`Grade::Error`]);
 //! - `sim`/`runner` failures (the run itself could not be carried out) → [`Grade::Error`];
 //! - the checkers' notes (the permitted options the broker took) become [`Choice`]s: they pass.
 
+use crate::certify::citations::broker_sends;
 use crate::certify::coverage::scenario_versions;
-use crate::certify::statements::{Level, SpecVersion, Statement, Statements};
+use crate::certify::statements::{Actor, Level, Role, SpecVersion, Statements};
 use crate::certify::{Choice, Finding, Grade};
 use crate::history::checkers::CheckerName;
+use crate::scenario::cite::Citation;
 use crate::scenario::Scenario;
 use crate::sim::{Failure, RunReport};
 
-/// Separates the statement ids of one finding that cites several (an `expect` failure).
-pub const STATEMENT_SEPARATOR: &str = ", ";
+/// The checker name of findings and notes that come from a step (not a trace checker).
+pub const EXPECT: &str = "expect";
 
 impl Finding {
-    /// The statement ids this finding cites (none for an `Error` without one).
+    /// The statement ids this finding cites: one, or none for a finding without one.
     pub fn statement_ids(&self) -> impl Iterator<Item = &str> {
-        self.statement
-            .split(STATEMENT_SEPARATOR)
-            .map(str::trim)
+        Some(self.statement.trim())
             .filter(|s| !s.is_empty())
+            .into_iter()
     }
+}
+
+/// What one failure becomes.
+enum Graded {
+    Finding(Finding),
+    Note(Choice),
 }
 
 /// Grades every failure of a run and turns its notes into choices.
@@ -37,12 +52,8 @@ pub fn grade(
     statements: &Statements,
 ) -> (Vec<Finding>, Vec<Choice>) {
     let versions = scenario_versions(scenario);
-    let findings = report
-        .failures
-        .iter()
-        .map(|f| grade_failure(scenario, &versions, f, statements))
-        .collect();
-    let choices = report
+    let mut findings = Vec::new();
+    let mut choices: Vec<Choice> = report
         .notes
         .iter()
         .map(|(note, &count)| {
@@ -58,6 +69,12 @@ pub fn grade(
             }
         })
         .collect();
+    for f in &report.failures {
+        match grade_failure(scenario, &versions, f, statements) {
+            Graded::Finding(finding) => findings.push(finding),
+            Graded::Note(choice) => choices.push(choice),
+        }
+    }
     (findings, choices)
 }
 
@@ -81,12 +98,19 @@ fn versions_text(versions: &[SpecVersion]) -> String {
         .join(" or ")
 }
 
+/// The step a failure of a step reports: the runner's `owed` starts `step N (keyword)`.
+pub fn failed_step(f: &Failure) -> Option<usize> {
+    let rest = f.owed.strip_prefix("step ")?;
+    let number: usize = rest.split(' ').next()?.parse().ok()?;
+    number.checked_sub(1)
+}
+
 fn grade_failure(
     scenario: &Scenario,
     versions: &[SpecVersion],
     f: &Failure,
     statements: &Statements,
-) -> Finding {
+) -> Graded {
     let base = Finding {
         grade: Grade::Error,
         statement: f.spec.clone(),
@@ -95,14 +119,14 @@ fn grade_failure(
         observed: f.happened.clone(),
         excerpt: f.text.clone(),
     };
-    if f.kind == "expect" {
-        return grade_expect(scenario, versions, base, statements);
+    if f.kind == EXPECT {
+        return grade_expect(scenario, versions, f, base, statements);
     }
     if !is_checker(&f.kind) {
         // `sim`, `runner`: nothing was judged, so nothing is certified.
-        return base;
+        return Graded::Finding(base);
     }
-    match statements.resolve(versions, &f.spec) {
+    Graded::Finding(match statements.resolve(versions, &f.spec) {
         None => Finding {
             grade: Grade::Error,
             observed: format!(
@@ -126,38 +150,98 @@ fn grade_failure(
                 ..base
             },
         },
-    }
+    })
 }
 
-/// An expectation is graded by the statements its scenario says it exercises.
+/// A failed step is graded by the one statement it tests.
 fn grade_expect(
     scenario: &Scenario,
     versions: &[SpecVersion],
+    f: &Failure,
     base: Finding,
     statements: &Statements,
-) -> Finding {
-    // A step that names its own statement (raw expectations do) is graded by that one alone
-    // and cites it, not the whole scenario's list.
-    if let Some(own) = statements.resolve(versions, &base.statement) {
-        let grade = match own.level {
-            Level::Must | Level::MustNot => Some(Grade::Must),
-            Level::Should | Level::ShouldNot => Some(Grade::Should),
-            Level::May => None,
-        };
-        if let Some(grade) = grade {
-            return Finding {
-                grade,
-                statement: own.id.clone(),
-                ..base
-            };
+) -> Graded {
+    let step = failed_step(f).filter(|&i| i < scenario.steps.len());
+    let citation = match step {
+        Some(i) => scenario.citation(i),
+        // Not a step the scenario has: trust what the runner cited.
+        None if f.spec.is_empty() => Citation::None,
+        None => Citation::Statement(f.spec.clone(), crate::scenario::cite::Source::Own),
+    };
+    let note = |why: String| {
+        Graded::Note(Choice {
+            checker: EXPECT.into(),
+            text: format!("{}: {} ({why})", f.owed, f.happened),
+            count: 1,
+        })
+    };
+    let id = match citation {
+        Citation::Note(why) => return note(format!("permitted: {why}")),
+        Citation::None => return Graded::Finding(unnumbered(scenario, versions, base)),
+        Citation::Statement(id, _) => id,
+    };
+    // Read in the version the step's client speaks, then the scenario's others.
+    let mut order: Vec<SpecVersion> = step
+        .map(|i| vec![SpecVersion::from(scenario.step_version(i))])
+        .unwrap_or_default();
+    for &v in versions {
+        if !order.contains(&v) {
+            order.push(v);
         }
     }
-    let cited: Vec<&Statement> = scenario
-        .spec
-        .iter()
-        .filter_map(|id| statements.resolve(versions, id))
-        .collect();
-    if let (true, Some(should)) = (cited.is_empty(), &scenario.should) {
+    let Some(s) = statements.resolve(&order, &id) else {
+        return Graded::Finding(Finding {
+            grade: Grade::Error,
+            statement: id.clone(),
+            observed: format!(
+                "scenario bug: {} cites {id}, which is no statement of MQTT {}; it reported: {}",
+                scenario.name,
+                versions_text(&order),
+                base.observed
+            ),
+            ..base
+        });
+    };
+    let base = Finding {
+        statement: s.id.clone(),
+        ..base
+    };
+    if s.actor == Actor::Client {
+        return Graded::Finding(Finding {
+            grade: Grade::Error,
+            observed: format!(
+                "{} binds the client, not the broker: the harness's own client did not do it, so \
+                 nothing is charged to the broker (it reported: {})",
+                s.id, base.observed
+            ),
+            ..base
+        });
+    }
+    let broker_sent = step.is_none_or(|i| broker_sends(&scenario.steps[i]));
+    if s.role == Role::Sender && !broker_sent {
+        return note(format!(
+            "{} {} binds the sender of the packet; the broker only received it, and no \
+             statement the step names obliges a receiver to refuse it",
+            s.id, s.version
+        ));
+    }
+    Graded::Finding(match grade_of(s.level) {
+        Some(grade) => Finding { grade, ..base },
+        None => Finding {
+            grade: Grade::Error,
+            observed: format!(
+                "scenario bug: {} demands a behaviour {} ({}) only permits (MAY); it reported: {}",
+                scenario.name, s.id, s.version, base.observed
+            ),
+            ..base
+        },
+    })
+}
+
+/// A failed step of a scenario that names no statement: SHOULD with `should:`, else MUST,
+/// saying so.
+fn unnumbered(scenario: &Scenario, versions: &[SpecVersion], base: Finding) -> Finding {
+    if let Some(should) = &scenario.should {
         return Finding {
             grade: Grade::Should,
             statement: String::new(),
@@ -168,66 +252,28 @@ fn grade_expect(
             ..base
         };
     }
-    if cited.is_empty() {
-        let why = if scenario.spec.is_empty() {
-            "the scenario names no statement (`spec:`), so its expectation is graded MUST".into()
-        } else {
-            format!(
-                "none of the scenario's statements ({}) is in the MQTT {} index, so its \
-                 expectation is graded MUST",
-                scenario.spec.join(", "),
-                versions_text(versions)
-            )
-        };
-        return Finding {
-            grade: Grade::Must,
-            statement: String::new(),
-            owed: format!("{} ({why})", base.owed),
-            ..base
-        };
-    }
-    // Strongest first: a mandatory statement outranks a recommendation, which outranks a
-    // permission.
-    let rank = |s: &&Statement| match s.level {
-        Level::Must | Level::MustNot => 0,
-        Level::Should | Level::ShouldNot => 1,
-        Level::May => 2,
+    let known: Vec<&str> = scenario.spec.iter().map(String::as_str).collect();
+    let why = if known.is_empty() {
+        "the scenario names no statement (`spec:`), so its expectation is graded MUST".to_string()
+    } else {
+        format!(
+            "the step names none of the scenario's statements ({}) in MQTT {}, so it is graded MUST",
+            known.join(", "),
+            versions_text(versions)
+        )
     };
-    let strongest = cited.iter().map(rank).min().unwrap_or(0);
-    let ids: Vec<&str> = cited
-        .iter()
-        .filter(|s| rank(s) == strongest)
-        .map(|s| s.id.as_str())
-        .collect();
-    let statement = ids.join(STATEMENT_SEPARATOR);
-    match strongest {
-        0 => Finding {
-            grade: Grade::Must,
-            statement,
-            ..base
-        },
-        1 => Finding {
-            grade: Grade::Should,
-            statement,
-            ..base
-        },
-        _ => Finding {
-            grade: Grade::Error,
-            observed: format!(
-                "scenario bug: {} demands a behaviour its statements ({statement}) only permit \
-                 (MAY); it reported: {}",
-                scenario.name, base.observed
-            ),
-            statement,
-            ..base
-        },
+    Finding {
+        grade: Grade::Must,
+        statement: String::new(),
+        owed: format!("{} ({why})", base.owed),
+        ..base
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certify::statements::{Actor, Observable};
+    use crate::certify::statements::{Observable, Statement};
     use crate::history::Trace;
     use crate::sim::Knobs;
     use std::collections::BTreeMap;
@@ -282,6 +328,7 @@ steps:
             level,
             observable: Observable::Yes,
             summary: "test".into(),
+            role: Role::Any,
         }
     }
 
@@ -359,49 +406,156 @@ steps:
         assert_eq!(findings[0].grade, Grade::Must);
     }
 
-    #[test]
-    fn expect_graded_by_strongest_scenario_statement() {
-        let index = levels_index();
-        let s = scenario(
-            "
-spec: [MQTT-9.0.0-5, MQTT-9.0.0-3, MQTT-9.0.0-4]
-clients: {a: {}}
-steps:
-  - connect: a
-",
-        );
-        let (findings, _) = grade(&s, &report(vec![failure("expect", "")], &[]), &index);
-        assert_eq!(findings[0].grade, Grade::Should);
-        assert_eq!(findings[0].statement, "MQTT-9.0.0-3, MQTT-9.0.0-4");
-        assert_eq!(
-            findings[0].statement_ids().collect::<Vec<_>>(),
-            ["MQTT-9.0.0-3", "MQTT-9.0.0-4"]
-        );
-
-        let s = scenario(
-            "
-spec: [MQTT-9.0.0-3, MQTT-9.0.0-1]
-clients: {a: {}}
-steps:
-  - connect: a
-",
-        );
-        let (findings, _) = grade(&s, &report(vec![failure("expect", "")], &[]), &index);
-        assert_eq!(findings[0].grade, Grade::Must);
-        assert_eq!(findings[0].statement, "MQTT-9.0.0-1");
+    /// A failed step as the runner reports it: `owed` starts `step N (keyword)`.
+    fn step_failure(step: usize, keyword: &str, spec: &str) -> Failure {
+        Failure {
+            kind: "expect".into(),
+            spec: spec.into(),
+            text: format!("step {step} ({keyword}) excerpt"),
+            owed: format!("step {step} ({keyword})"),
+            happened: "what happened".into(),
+        }
     }
 
     #[test]
-    fn expect_naming_its_own_statement_cites_only_that_one() {
+    fn a_failed_step_cites_the_one_statement_it_tests() {
         let index = Statements::embedded();
-        let s = scenario(V311_SCENARIO);
+        let s = scenario(
+            "
+spec: [MQTT-3.2.2-2, MQTT-3.1.2-5]
+clients: {sub: {clean_session: false}, pub: {}}
+steps:
+  - connect: sub
+  - expect_session_present: {client: sub, present: true, spec: MQTT-3.2.2-2}
+  - expect_messages: {client: sub, within: 1s, messages: [{from: pub}], spec: MQTT-3.1.2-5}
+",
+        );
+        // The scenario's step decides, not what the runner wrote into the failure.
         let (findings, _) = grade(
             &s,
-            &report(vec![failure("expect", "MQTT-3.1.3-8")], &[]),
+            &report(
+                vec![step_failure(3, "expect_messages", "MQTT-3.2.2-2")],
+                &[],
+            ),
             index,
         );
+        assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].grade, Grade::Must);
-        assert_eq!(findings[0].statement, "MQTT-3.1.3-8");
+        assert_eq!(findings[0].statement, "MQTT-3.1.2-5");
+        assert_eq!(
+            findings[0].statement_ids().collect::<Vec<_>>(),
+            ["MQTT-3.1.2-5"]
+        );
+        // The runner's own action cites what it tests: a CONNECT left unanswered.
+        let (findings, _) = grade(
+            &s,
+            &report(vec![step_failure(1, "connect", "")], &[]),
+            index,
+        );
+        assert_eq!(findings[0].statement, "MQTT-3.1.4-4");
+        assert_eq!(findings[0].grade, Grade::Must);
+    }
+
+    #[test]
+    fn a_statement_is_read_in_the_version_its_step_speaks() {
+        // MQTT-3.1.2-8 is the will in both versions, MQTT-3.1.2-22 is a client duty in 3.1.1
+        // (password flag) and the server's keepalive close in 5.0: the v5 client's step is
+        // graded by the 5.0 statement although the scenario also speaks 3.1.1.
+        let s = scenario(
+            "
+spec: [MQTT-3.1.2-22, MQTT-3.1.2-8]
+clients: {old: {}, r: {host: raw, protocol: v5, keepalive: 2s}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, closed: true, within: 4s, spec: MQTT-3.1.2-22}
+  - connect: old
+  - expect_session_present: {client: old, present: false, spec: MQTT-3.1.2-8}
+",
+        );
+        let (findings, _) = grade(
+            &s,
+            &report(vec![step_failure(2, "expect_raw", "MQTT-3.1.2-22")], &[]),
+            Statements::embedded(),
+        );
+        assert_eq!(findings[0].grade, Grade::Must, "{findings:#?}");
+        assert_eq!(findings[0].statement, "MQTT-3.1.2-22");
+    }
+
+    #[test]
+    fn a_sender_only_statement_never_fails_the_receiving_broker() {
+        // 5.0 [MQTT-1.5.5-1] binds whoever encodes a Variable Byte Integer. Cited for the
+        // close after a PINGREQ with a two-byte Remaining Length, the broker only received:
+        // a note, never a MUST.
+        let s = scenario(
+            "
+spec: [MQTT-1.5.5-1]
+clients: {r: {host: raw, protocol: v5}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - raw: {client: r, send: \"c0 80 00\"}
+  - expect_raw: {client: r, closed: true, within: 2s}
+",
+        );
+        let (findings, choices) = grade(
+            &s,
+            &report(vec![step_failure(4, "expect_raw", "MQTT-1.5.5-1")], &[]),
+            Statements::embedded(),
+        );
+        assert!(findings.is_empty(), "{findings:#?}");
+        assert_eq!(choices.len(), 1);
+        assert_eq!(choices[0].checker, EXPECT);
+        assert!(choices[0].text.contains("binds the sender"), "{choices:#?}");
+        // The same statement judging what the broker itself sends is its own.
+        let s = scenario(
+            "
+spec: [MQTT-1.5.5-1]
+clients: {r: {host: raw, protocol: v5}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00, max_len: 5}
+",
+        );
+        let (findings, _) = grade(
+            &s,
+            &report(vec![step_failure(2, "expect_raw", "MQTT-1.5.5-1")], &[]),
+            Statements::embedded(),
+        );
+        assert_eq!(findings[0].grade, Grade::Must);
+    }
+
+    #[test]
+    fn a_note_step_and_a_client_duty_are_never_broker_findings() {
+        let s = scenario(
+            "
+spec: [MQTT-3.1.2-23]
+clients: {a: {keepalive: 1s}}
+steps:
+  - connect: a
+  - expect_session_present: {client: a, present: false}
+  - expect_session_present: {client: a, present: false, note: a permitted outcome}
+",
+        );
+        let (findings, choices) = grade(
+            &s,
+            &report(
+                vec![
+                    step_failure(2, "expect_session_present", "MQTT-3.1.2-23"),
+                    step_failure(3, "expect_session_present", ""),
+                ],
+                &[],
+            ),
+            Statements::embedded(),
+        );
+        // 3.1.1 [MQTT-3.1.2-23] is the client's keepalive duty: the harness's, not the broker's.
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].grade, Grade::Error);
+        assert!(findings[0].observed.contains("binds the client"));
+        assert_eq!(choices.len(), 1);
+        assert!(
+            choices[0].text.contains("a permitted outcome"),
+            "{choices:#?}"
+        );
     }
 
     #[test]
@@ -437,10 +591,15 @@ steps:
 
     #[test]
     fn expect_citing_only_may_is_a_scenario_bug() {
-        let s = scenario("spec: [MQTT-9.0.0-5]\nclients: {a: {}}\nsteps:\n  - connect: a\n");
+        let s = scenario(
+            "spec: [MQTT-9.0.0-5]\nclients: {a: {}}\nsteps:\n  - connect: a\n  - expect_session_present: {client: a, present: true}\n",
+        );
         let (findings, _) = grade(
             &s,
-            &report(vec![failure("expect", "")], &[]),
+            &report(
+                vec![step_failure(2, "expect_session_present", "MQTT-9.0.0-5")],
+                &[],
+            ),
             &levels_index(),
         );
         assert_eq!(findings[0].grade, Grade::Error);
@@ -491,6 +650,126 @@ steps:
         assert!(choices.iter().all(|c| !c.checker.is_empty()));
     }
 
+    /// The steps the citation rules rely on, run on the simqtt broker in the simulator.
+    #[test]
+    fn again_optional_and_premises_behave_as_documented() {
+        let run = |yaml: &str| {
+            let s = scenario(yaml);
+            let report = crate::sim::run(&s, 1);
+            (s, report)
+        };
+        // `again` checks the same CONNACK once more, under its own statement.
+        let (s, report) = run("
+spec: [MQTT-3.2.2-1]
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - expect_raw: {client: r, packet: connack, session_present: true, again: true}
+  - raw: {client: r, send: pingreq}
+  - expect_raw: {client: r, packet: pingresp}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert_eq!(report.failures[0].spec, "MQTT-3.2.2-1");
+        assert!(report.failures[0].owed.starts_with("step 3 (expect_raw)"));
+        // It looked at the CONNACK already taken, not at whatever came next.
+        assert!(
+            report.failures[0]
+                .happened
+                .contains("connack session_present=0"),
+            "{:?}",
+            report.failures[0].happened
+        );
+        let (findings, _) = grade(&s, &report, Statements::embedded());
+        assert_eq!(findings[0].statement, "MQTT-3.2.2-1");
+        // Without `again` the step would have taken the PINGRESP: the next step still gets it.
+        assert!(report
+            .failures
+            .iter()
+            .all(|f| !f.owed.starts_with("step 5")));
+
+        // `optional` without `closed`: nothing by the deadline passes, another packet fails.
+        let (_, report) = run("
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - expect_raw: {client: r, packet: disconnect, optional: true, within: 1s}
+  - raw: {client: r, send: pingreq}
+  - expect_raw: {client: r, packet: disconnect, optional: true, within: 1s}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert!(report.failures[0].owed.starts_with("step 5"));
+        assert!(
+            report.failures[0].happened.contains("pingresp"),
+            "{:#?}",
+            report.failures
+        );
+
+        // With `closed: true` an optional packet that does not come leaves the close owed.
+        let (_, report) = run("
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - expect_raw: {client: r, packet: disconnect, optional: true, closed: true, within: 1s}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert_eq!(report.failures[0].happened, "the connection was still open");
+
+        // A premise that does not hold stops the run: inconclusive, no finding, and the steps
+        // after it (which would fail) are not run.
+        let (s, report) = run("
+spec: [MQTT-3.1.4-4]
+clients: {r: {host: raw}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x05, assume: true}
+  - expect_raw: {client: r, closed: true, within: 1s, spec: MQTT-3.1.4-4}
+");
+        assert_eq!(report.failures.len(), 1, "{:#?}", report.failures);
+        assert_eq!(report.failures[0].kind, "sim");
+        assert!(report.failures[0].happened.contains("inconclusive"));
+        let (findings, _) = grade(&s, &report, Statements::embedded());
+        assert_eq!(findings[0].grade, Grade::Error);
+        assert_eq!(findings[0].statement, "");
+        // The simqtt broker names no Server Keep Alive: any bounds hold.
+        let (_, report) = run("
+clients: {r: {host: raw, protocol: v5}}
+steps:
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, server_keep_alive: {min: 20s, max: 30s}, assume: true}
+");
+        assert!(report.passed(), "{:#?}", report.failures);
+
+        // `expect_messages` with `again` judges the same deliveries, and says how they arrived.
+        let (_, report) = run("
+spec: [MQTT-4.5.0-1, MQTT-3.8.4-6]
+clients: {sub: {}, pub: {}}
+steps:
+  - connect: sub
+  - subscribe: {client: sub, filter: t, qos: 1}
+  - connect: pub
+  - publish: {client: pub, topic: t, qos: 1, count: 3}
+  - expect_messages: {client: sub, within: 2s, messages: [{from: pub, count: 3}], spec: MQTT-4.5.0-1}
+  - expect_messages: {client: sub, within: 1s, again: true, messages: [{from: pub, qos: 0, count: 3}], spec: MQTT-3.8.4-6}
+");
+        let expect: Vec<&Failure> = report
+            .failures
+            .iter()
+            .filter(|f| f.kind == EXPECT)
+            .collect();
+        assert_eq!(expect.len(), 1, "{:#?}", report.failures);
+        assert_eq!(expect[0].spec, "MQTT-3.8.4-6");
+        assert!(
+            expect[0]
+                .happened
+                .contains("got 0 (otherwise matching: 3 with qos 1)"),
+            "{:?}",
+            expect[0].happened
+        );
+    }
+
     #[test]
     fn v5_scenarios_resolve_v5_ids() {
         // MQTT-4.3.3-10 exists only in 5.0; a v5 scenario's qos2 failure grades MUST.
@@ -520,25 +799,27 @@ steps:
             "{choices:#?}"
         );
 
-        // The same broker with an expectation nothing can meet: the failed step is graded by
-        // the scenario's statements (all MUST) and cites them.
+        // The same broker with an expectation nothing can meet: the failed step cites the one
+        // statement it names, as the runner reports it too.
         let s = scenario(
             "
-spec: [MQTT-4.3.2-2, MQTT-3.3.5-1]
+spec: [MQTT-4.5.0-1, MQTT-3.3.5-1]
 clients: {sub: {}, pub: {}}
 steps:
   - connect: sub
   - subscribe: {client: sub, filter: a, qos: 1}
   - connect: pub
-  - expect_messages: {client: sub, within: 1s, messages: [{from: pub, count: 1}]}
+  - expect_messages: {client: sub, within: 1s, messages: [{from: pub, count: 1}], spec: MQTT-4.5.0-1}
 ",
         );
         let report = crate::sim::run(&s, 1);
+        assert_eq!(report.failures[0].spec, "MQTT-4.5.0-1");
+        assert!(report.failures[0].text.contains("[MQTT-4.5.0-1]"));
         let (findings, _) = grade(&s, &report, Statements::embedded());
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert_eq!(findings[0].grade, Grade::Must);
         assert_eq!(findings[0].checker, "expect");
-        assert_eq!(findings[0].statement, "MQTT-4.3.2-2, MQTT-3.3.5-1");
+        assert_eq!(findings[0].statement, "MQTT-4.5.0-1");
         assert!(!findings[0].observed.is_empty());
     }
 }

@@ -12,11 +12,14 @@
 //!   scenario is skipped;
 //! - [`statements`]: the normative statement index of both specs (embedded TSV);
 //! - [`grade`]: a finished run → graded findings and the alternatives the broker chose;
+//! - [`citations`]: which statements a step or checker may cite (checked by tests over the
+//!   library), and what the broker does in a step;
 //! - [`coverage`]: statement → scenarios that test it, and their verdicts;
 //! - [`report`]: terminal summary, JUnit XML, Markdown, JSON;
 //! - [`runner`]: runs scenarios against the target (phases, seeds, isolation, progress);
 //! - [`tcp`]: the real-TCP backend of the step executor (fault proxies, restart command).
 
+pub mod citations;
 pub mod coverage;
 pub mod grade;
 pub mod profile;
@@ -51,9 +54,8 @@ pub enum Grade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub grade: Grade,
-    /// The statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`). A failed
-    /// `expect` cites its scenario's strongest statements, joined by ", "
-    /// (`Finding::statement_ids` splits them).
+    /// The one statement broken (`MQTT-4.3.3-2`), or empty when none applies (an `Error`, or a
+    /// step of a scenario that names no statement).
     pub statement: String,
     /// The checker (`qos2`, `will`, …), `expect` for a step's expectation, `runner`.
     pub checker: String,

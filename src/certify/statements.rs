@@ -1,6 +1,7 @@
-//! The normative statements of MQTT 3.1.1 and 5.0, embedded from the index in
-//! `src/certify/spec/*.tsv` (its README says how each column was judged; `scripts/spec-coverage`
-//! reads the same files).
+//! The normative statements of MQTT 3.1.1 and 5.0, embedded from the repository's index in
+//! `src/certify/spec/*.tsv` (its README says how each column was judged, including the `role`
+//! column this repository adds: which side of a packet exchange a statement binds;
+//! `scripts/spec-coverage` reads the same files).
 //!
 //! The same id can name different rules in the two versions (`MQTT-3.3.1-9` is "RETAIN 0 on a
 //! forward" in 3.1.1 and a Retain Handling rule in 5.0), so every lookup takes the version, and
@@ -135,6 +136,52 @@ impl Actor {
     }
 }
 
+/// Which side of a packet exchange a statement binds, as its `actor` takes that side.
+///
+/// A broker is judged in both roles: it receives what a scenario's client sends and sends
+/// what the client receives. A statement that binds only the sender of a packet (how it is
+/// encoded, what it may carry) says nothing about what its receiver must do with a packet that
+/// breaks it; that is the receiver's own statement, where the spec has one (e.g. 3.1.1
+/// [MQTT-4.8.0-1], 5.0 [MQTT-4.13.1-1]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The side that sends the packet or field it is about.
+    Sender,
+    /// The side that receives it: how it validates it, answers it, acts on it.
+    Receiver,
+    /// Both: a content rule and the receiver's duty in one statement.
+    Both,
+    /// Not tied to one side of a packet exchange (state kept, matching, ordering, timing).
+    Any,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "sender" => Role::Sender,
+            "receiver" => Role::Receiver,
+            "both" => Role::Both,
+            "any" => Role::Any,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+            Role::Both => "both",
+            Role::Any => "any",
+        }
+    }
+
+    /// Binds the receiver of the packet it is about (alone or with the sender).
+    pub fn binds_receiver(self) -> bool {
+        !matches!(self, Role::Sender)
+    }
+}
+
 /// Whether a black-box test talking to a broker over the network can show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -178,6 +225,8 @@ pub struct Statement {
     pub observable: Observable,
     /// A short paraphrase (not the normative text).
     pub summary: String,
+    /// Which side of the exchange it binds (the index's last column).
+    pub role: Role,
 }
 
 impl Statement {
@@ -230,8 +279,8 @@ pub fn parse_tsv(version: SpecVersion, text: &str) -> Result<Vec<Statement>, Tsv
             line: line_no,
             message,
         };
-        let [id, section, actor, level, observable, summary] = cols[..] else {
-            return Err(err(format!("expected 6 columns, found {}", cols.len())));
+        let [id, section, actor, level, observable, summary, role] = cols[..] else {
+            return Err(err(format!("expected 7 columns, found {}", cols.len())));
         };
         out.push(Statement {
             version,
@@ -242,6 +291,7 @@ pub fn parse_tsv(version: SpecVersion, text: &str) -> Result<Vec<Statement>, Tsv
             observable: Observable::parse(observable)
                 .ok_or_else(|| err(format!("unknown observable {observable:?}")))?,
             summary: summary.to_string(),
+            role: Role::parse(role).ok_or_else(|| err(format!("unknown role {role:?}")))?,
         });
     }
     Ok(out)
@@ -407,9 +457,9 @@ mod tests {
 
     #[test]
     fn bad_rows_are_refused_with_their_line() {
-        let text = "id\tsection\tactor\tlevel\tobservable\tsummary\n\
-                    MQTT-1.1.1-1\t1.1 X\tserver\tMUST\tyes\tok\n\
-                    MQTT-1.1.1-2\t1.1 X\tserver\tOUGHT\tyes\tbad level\n";
+        let text = "id\tsection\tactor\tlevel\tobservable\tsummary\trole\n\
+                    MQTT-1.1.1-1\t1.1 X\tserver\tMUST\tyes\tok\treceiver\n\
+                    MQTT-1.1.1-2\t1.1 X\tserver\tOUGHT\tyes\tbad level\tsender\n";
         let e = parse_tsv(SpecVersion::V311, text).unwrap_err();
         assert_eq!(e.line, 3);
         assert!(e.message.contains("OUGHT"));
@@ -417,11 +467,60 @@ mod tests {
         assert_eq!(e.line, 1);
         let ok = parse_tsv(
             SpecVersion::V5,
-            "# comment\nMQTT-1.1.1-1\t1.1 X\tclient\tSHOULD NOT\tno\tfine\n",
+            "# comment\nMQTT-1.1.1-1\t1.1 X\tclient\tSHOULD NOT\tno\tfine\tany\n",
         )
         .expect("parses without a header");
         assert_eq!(ok[0].level, Level::ShouldNot);
         assert_eq!(ok[0].observable, Observable::No);
+        assert_eq!(ok[0].role, Role::Any);
+        let e = parse_tsv(
+            SpecVersion::V311,
+            "MQTT-1.1.1-1\t1.1 X\tserver\tMUST\tyes\tok\tsideways\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("sideways"), "{e}");
+        // The six-column form of the shared index is refused: the role is not guessed.
+        let e = parse_tsv(
+            SpecVersion::V311,
+            "MQTT-1.1.1-1\t1.1 X\tserver\tMUST\tyes\tok\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("expected 7 columns"), "{e}");
+    }
+
+    #[test]
+    fn roles_follow_the_statement_text() {
+        let s = Statements::embedded();
+        let role = |v, id| s.get(v, id).expect("listed").role;
+        // 5.0 minimum-length Variable Byte Integer: the encoder's rule only.
+        assert_eq!(role(SpecVersion::V5, "MQTT-1.5.5-1"), Role::Sender);
+        // A Response Topic without wildcards: whoever sends the PUBLISH.
+        assert_eq!(role(SpecVersion::V5, "MQTT-3.3.2-14"), Role::Sender);
+        // 3.1.1 well-formed UTF-8: the sender's rule and the receiver's close in one.
+        assert_eq!(role(SpecVersion::V311, "MQTT-1.5.3-1"), Role::Both);
+        // 5.0 moved the receiver's part out ("is a Malformed Packet", then 4.13).
+        assert_eq!(role(SpecVersion::V5, "MQTT-1.5.4-1"), Role::Sender);
+        assert_eq!(role(SpecVersion::V5, "MQTT-4.13.1-1"), Role::Receiver);
+        assert_eq!(role(SpecVersion::V311, "MQTT-4.8.0-1"), Role::Receiver);
+        assert_eq!(role(SpecVersion::V311, "MQTT-2.2.2-1"), Role::Sender);
+        assert_eq!(role(SpecVersion::V311, "MQTT-2.2.2-2"), Role::Receiver);
+        // Per version counts, as the index README gives them.
+        for (v, sender, receiver, both, any) in [
+            (SpecVersion::V311, 65, 45, 7, 24),
+            (SpecVersion::V5, 153, 62, 6, 30),
+        ] {
+            let count = |r| s.iter(v).filter(|st| st.role == r).count();
+            assert_eq!(
+                (
+                    count(Role::Sender),
+                    count(Role::Receiver),
+                    count(Role::Both),
+                    count(Role::Any)
+                ),
+                (sender, receiver, both, any),
+                "{v}"
+            );
+        }
     }
 
     fn scenario_files(dir: &Path, out: &mut Vec<PathBuf>) {

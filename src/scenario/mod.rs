@@ -12,6 +12,7 @@
 //! cannot say (a step naming an undefined client, a 5.0 option on a 3.1.1 client, a rate of
 //! zero) and places each error with [`locate`] by walking the source along the value's path.
 
+pub mod cite;
 pub mod locate;
 pub mod raw;
 pub mod units;
@@ -632,6 +633,17 @@ pub struct ExpectMessagesStep {
     pub client: String,
     pub messages: Vec<ExpectedMessage>,
     pub within: Dur,
+    /// Judge the deliveries the previous `expect_messages` of this client looked at, again
+    /// (another statement about the same messages), instead of those after it.
+    #[serde(default)]
+    pub again: bool,
+    /// The statement a failure breaks (one id of the scenario's `spec:`); see [`cite`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// The spec permits the other outcome: a failure is reported as a note, never a finding
+    /// (the text says why, e.g. the section that allows it). Excludes `spec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -643,6 +655,13 @@ pub struct ExpectNoMessageStep {
     pub topic: Option<String>,
     #[serde(rename = "for")]
     pub duration: Dur,
+    /// The statement a failure breaks (one id of the scenario's `spec:`); see [`cite`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// The spec permits the other outcome: a failure is reported as a note, never a finding
+    /// (the text says why, e.g. the section that allows it). Excludes `spec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -651,6 +670,13 @@ pub struct ExpectSessionPresentStep {
     pub client: String,
     /// The flag of the client's latest CONNACK.
     pub present: bool,
+    /// The statement a failure breaks (one id of the scenario's `spec:`); see [`cite`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// The spec permits the other outcome: a failure is reported as a note, never a finding
+    /// (the text says why, e.g. the section that allows it). Excludes `spec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -665,6 +691,13 @@ pub struct ExpectWillStep {
     /// The RETAIN flag the delivery must carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<bool>,
+    /// The statement a failure breaks (one id of the scenario's `spec:`); see [`cite`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// The spec permits the other outcome: a failure is reported as a note, never a finding
+    /// (the text says why, e.g. the section that allows it). Excludes `spec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One step of an explicit scenario.
@@ -1067,6 +1100,7 @@ pub fn validate(s: &Scenario, file: &str, src: &str) -> Vec<ScenarioError> {
     }
     validate_clients(s, &mut e);
     validate_steps(s, &mut e);
+    cite::validate(s, &mut e);
     if let Some(w) = &s.workload {
         validate_workload(w, &mut e);
     }

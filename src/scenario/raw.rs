@@ -137,15 +137,50 @@ pub struct ExpectRawStep {
     pub contains: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed: Option<bool>,
-    /// The spec lets the broker close without sending `packet`: if the connection closes
-    /// with nothing, that passes; a packet that arrives must still match.
+    /// The spec lets the broker leave `packet` out: with `closed: true`, a close with nothing
+    /// passes; without `closed`, nothing by the deadline (or a close) passes. A packet that
+    /// arrives must still match.
     #[serde(default)]
     pub optional: bool,
     #[serde(default = "default_within")]
     pub within: Dur,
-    /// The statement a failure breaks (default: the scenario's first `spec:` id).
+    /// The statement a failure breaks (one id of the scenario's `spec:`); see
+    /// [`super::cite`] for the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<String>,
+    /// The spec permits the other outcome: a failure is reported as a note, never a finding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Check the packet the previous `expect_raw` of this client took, again (another
+    /// statement about the same packet), instead of taking the next one.
+    #[serde(default)]
+    pub again: bool,
+    /// A premise of the scenario, not an obligation of the broker: when it does not hold, the
+    /// run stops here and nothing after it is judged (the case is inconclusive).
+    #[serde(default)]
+    pub assume: bool,
+    /// CONNACK: the Server Keep Alive, when the CONNACK carries one, lies within these bounds
+    /// (a CONNACK without one passes). A premise for timing scenarios (with `assume: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_keep_alive: Option<KeepAliveBounds>,
+}
+
+/// Bounds on a Server Keep Alive (whole seconds), either side optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepAliveBounds {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Dur>,
+}
+
+impl KeepAliveBounds {
+    /// Whether a Server Keep Alive of `secs` lies within the bounds.
+    pub fn admits(&self, secs: u16) -> bool {
+        let ms = u64::from(secs) * 1000;
+        self.min.is_none_or(|d| ms >= d.millis) && self.max.is_none_or(|d| ms <= d.millis)
+    }
 }
 
 fn default_within() -> Dur {
@@ -315,11 +350,11 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
         );
     }
     let kind = step.packet.and_then(ExpectedPacket::kind);
-    if step.optional && (kind.is_none() || step.closed != Some(true)) {
+    if step.optional && (kind.is_none() || step.closed == Some(false)) {
         e.at(
             path,
             Some("optional"),
-            "`optional` goes with a `packet` type and `closed: true`".into(),
+            "`optional` goes with a `packet` type (and `closed: true` or no `closed`)".into(),
         );
     }
     let has_reason = step.reason.is_some() || !step.reasons.is_empty();
@@ -403,13 +438,47 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
             "`codes` goes with packet: suback or unsuback".into(),
         );
     }
-    if let Some(id) = &step.spec {
-        if !super::spec_id_ok(id) {
+    if step.again {
+        if kind.is_none() {
             e.at(
                 path,
-                Some(id),
-                format!("{id:?} is not a statement id; expected the form MQTT-3.1.2-4"),
+                Some("again"),
+                "`again` checks a packet once more: it needs a `packet` type".into(),
             );
+        }
+        if step.closed.is_some() || step.optional {
+            e.at(
+                path,
+                Some("again"),
+                "`again` looks at a packet already taken: leave out `closed` and `optional`".into(),
+            );
+        }
+    }
+    if let Some(bounds) = &step.server_keep_alive {
+        if kind != Some(PacketKind::Connack) {
+            e.at(
+                path,
+                Some("server_keep_alive"),
+                "`server_keep_alive` goes with packet: connack".into(),
+            );
+        }
+        for d in [bounds.min, bounds.max].into_iter().flatten() {
+            if d.whole_secs().is_none_or(|s| s > u64::from(u16::MAX)) {
+                e.at(
+                    path,
+                    Some("server_keep_alive"),
+                    "a Server Keep Alive bound is whole seconds up to 65535s, like 20s".into(),
+                );
+            }
+        }
+        if let (Some(min), Some(max)) = (bounds.min, bounds.max) {
+            if min.millis > max.millis {
+                e.at(
+                    path,
+                    Some("server_keep_alive"),
+                    "`min` is above `max`".into(),
+                );
+            }
         }
     }
     if step.within.millis == 0 {

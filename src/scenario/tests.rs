@@ -69,9 +69,11 @@ steps:
       messages:
         - {id: pub-1, qos: 1, retain: false}
         - {from: pub, topic: a/b, count: 9}
-  - expect_no_message: {client: watcher, topic: a/#, for: 500ms}
-  - expect_session_present: {client: sub, present: true}
-  - expect_will: {of: sub, to: watcher, delivered: false, within: 10s, retain: true}
+      spec: MQTT-4.3.2-1
+  - expect_no_message: {client: watcher, topic: a/#, for: 500ms, spec: MQTT-3.1.2-4}
+  - expect_session_present: {client: sub, present: true, spec: MQTT-3.1.2-4}
+  - expect_will: {of: sub, to: watcher, delivered: false, within: 10s, retain: true, note: permitted}
+  - expect_messages: {client: sub, within: 1s, again: true, messages: [{id: pub-1}], spec: MQTT-4.3.2-1}
 "#;
 
 #[test]
@@ -132,7 +134,7 @@ fn every_explicit_field_parses() {
     assert_eq!(s.host_of("watcher").as_deref(), Some("watcher"));
 
     let st = &s.steps;
-    assert_eq!(st.len(), 32);
+    assert_eq!(st.len(), 33);
     assert_eq!(
         st[0],
         Step::Connect(ClientStep {
@@ -307,19 +309,25 @@ fn every_explicit_field_parses() {
     assert_eq!(x.messages[1].from.as_deref(), Some("pub"));
     assert_eq!(x.messages[1].topic.as_deref(), Some("a/b"));
     assert_eq!(x.messages[1].count, 9);
+    assert_eq!(x.spec.as_deref(), Some("MQTT-4.3.2-1"));
+    assert!(!x.again);
     assert_eq!(
         st[29],
         Step::ExpectNoMessage(ExpectNoMessageStep {
             client: "watcher".into(),
             topic: Some("a/#".into()),
-            duration: Dur::from_millis(500)
+            duration: Dur::from_millis(500),
+            spec: Some("MQTT-3.1.2-4".into()),
+            note: None,
         })
     );
     assert_eq!(
         st[30],
         Step::ExpectSessionPresent(ExpectSessionPresentStep {
             client: "sub".into(),
-            present: true
+            present: true,
+            spec: Some("MQTT-3.1.2-4".into()),
+            note: None,
         })
     );
     assert_eq!(
@@ -329,10 +337,16 @@ fn every_explicit_field_parses() {
             to: "watcher".into(),
             delivered: false,
             within: Dur::from_secs(10),
-            retain: Some(true)
+            retain: Some(true),
+            spec: None,
+            note: Some("permitted".into()),
         })
     );
     assert_eq!(st[31].keyword(), "expect_will");
+    let Step::ExpectMessages(x) = &st[32] else {
+        panic!()
+    };
+    assert!(x.again);
 }
 
 const RANDOMISED: &str = r#"
@@ -653,6 +667,62 @@ fn semantic_refusals_name_their_place() {
             "remove `clients`",
             2,
         ),
+        // Citations: an expectation of a scenario naming several statements names its own.
+        (
+            "spec: [MQTT-3.1.2-4, MQTT-3.2.2-2]\nclients: {a: {}}\nsteps:\n  - connect: a\n  - expect_session_present: {client: a, present: true}\n",
+            "say which one this step tests",
+            5,
+        ),
+        (
+            "spec: [MQTT-3.1.2-4]\nclients: {a: {}}\nsteps:\n  - connect: a\n  - expect_session_present: {client: a, present: true, spec: MQTT-3.2.2-2}\n",
+            "does not list",
+            5,
+        ),
+        (
+            "spec: [MQTT-3.2.2-2]\nclients: {a: {}}\nsteps:\n  - connect: a\n  - expect_session_present: {client: a, present: true, spec: MQTT-3.2.2-2, note: why}\n",
+            "not both",
+            5,
+        ),
+        (
+            "clients: {a: {}}\nsteps:\n  - connect: a\n  - expect_session_present: {client: a, present: true, note: ' '}\n",
+            "says why",
+            4,
+        ),
+        (
+            "clients: {a: {}, b: {}}\nsteps:\n  - connect: a\n  - expect_messages: {client: a, within: 1s, again: true, messages: [{from: b}]}\n",
+            "needs an earlier expect_messages",
+            4,
+        ),
+        (
+            "clients: {r: {host: raw}}\nsteps:\n  - raw: {client: r, send: connect}\n  - expect_raw: {client: r, packet: connack, again: true}\n",
+            "same packet type",
+            4,
+        ),
+        (
+            "clients: {r: {host: raw}}\nsteps:\n  - raw: {client: r, send: connect}\n  - expect_raw: {client: r, packet: connack}\n  - expect_raw: {client: r, packet: connack, again: true, closed: true}\n",
+            "leave out `closed`",
+            5,
+        ),
+        (
+            "spec: [MQTT-3.1.4-5]\nclients: {r: {host: raw, protocol: v5}}\nsteps:\n  - raw: {client: r, send: connect}\n  - expect_raw: {client: r, packet: connack, assume: true, spec: MQTT-3.1.4-5}\n",
+            "no obligation",
+            5,
+        ),
+        (
+            "clients: {r: {host: raw, protocol: v5}}\nsteps:\n  - raw: {client: r, send: connect}\n  - expect_raw: {client: r, packet: suback, server_keep_alive: {min: 2s}}\n",
+            "goes with packet: connack",
+            4,
+        ),
+        (
+            "clients: {r: {host: raw, protocol: v5}}\nsteps:\n  - raw: {client: r, send: connect}\n  - expect_raw: {client: r, packet: connack, server_keep_alive: {min: 3s, max: 2s}}\n",
+            "above `max`",
+            4,
+        ),
+        (
+            "clients: {r: {host: raw}}\nsteps:\n  - raw: {client: r, send: connect}\n  - expect_raw: {client: r, packet: connack, optional: true, closed: false}\n",
+            "`optional` goes with",
+            4,
+        ),
     ];
     for (src, fragment, line) in cases {
         let e = error(src);
@@ -726,4 +796,78 @@ fn library_scenarios_parse() {
         }
     }
     assert!(count >= 1, "no scenario files found");
+}
+
+#[test]
+fn each_step_resolves_to_one_statement_or_none() {
+    use cite::{Citation, Source};
+    let s = parse(
+        "c.yaml",
+        "
+spec: [MQTT-3.1.2-4, MQTT-3.2.2-2]
+clients: {a: {clean_session: false}, r: {host: raw, protocol: v5}, b: {}}
+steps:
+  - connect: a
+  - subscribe: {client: a, filter: t, qos: 1}
+  - unsubscribe: {client: a, filter: t}
+  - expect_session_present: {client: a, present: true, spec: MQTT-3.2.2-2}
+  - expect_no_message: {client: a, for: 1s, note: the spec allows either}
+  - raw: {client: r, send: connect}
+  - expect_raw: {client: r, packet: connack, reason: 0x00}
+  - expect_raw: {client: r, packet: connack, again: true, server_keep_alive: {min: 2s}, assume: true}
+  - raw: {client: r, send: pingreq}
+  - expect_raw: {client: r, packet: pingresp}
+  - wait: 1s
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cite = |i: usize| s.citation(i);
+    assert_eq!(
+        cite(0),
+        Citation::Statement("MQTT-3.1.4-4".into(), Source::Inherent)
+    );
+    assert_eq!(
+        cite(1),
+        Citation::Statement("MQTT-3.8.4-1".into(), Source::Inherent)
+    );
+    assert_eq!(
+        cite(2),
+        Citation::Statement("MQTT-3.10.4-4".into(), Source::Inherent)
+    );
+    assert_eq!(
+        cite(3),
+        Citation::Statement("MQTT-3.2.2-2".into(), Source::Own)
+    );
+    assert_eq!(cite(4), Citation::Note("the spec allows either".into()));
+    assert_eq!(cite(5), Citation::None);
+    // The 5.0 client's CONNECT: the 5.0 statement.
+    assert_eq!(
+        cite(6),
+        Citation::Statement("MQTT-3.1.4-5".into(), Source::Inherent)
+    );
+    // A premise is no obligation.
+    assert_eq!(cite(7), Citation::None);
+    assert_eq!(
+        cite(9),
+        Citation::Statement("MQTT-3.12.4-1".into(), Source::Inherent)
+    );
+    assert_eq!(cite(10), Citation::None);
+    assert_eq!(s.step_statement(3).as_deref(), Some("MQTT-3.2.2-2"));
+    // A scenario naming one statement: every other expectation cites it.
+    let one = parse(
+        "o.yaml",
+        "spec: [MQTT-3.2.2-2]\nclients: {a: {}}\nsteps:\n  - connect: a\n  - expect_session_present: {client: a, present: true}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        one.citation(1),
+        Citation::Statement("MQTT-3.2.2-2".into(), Source::Sole)
+    );
+    // None named: no statement (certify grades it MUST and says so).
+    let none = parse(
+        "n.yaml",
+        "clients: {a: {}}\nsteps:\n  - connect: a\n  - expect_session_present: {client: a, present: true}\n",
+    )
+    .unwrap();
+    assert_eq!(none.citation(1), Citation::None);
 }

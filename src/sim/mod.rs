@@ -175,6 +175,8 @@ pub fn execute<B: Backend>(
         failures: Vec::new(),
         broker_up: true,
         expect_marks: BTreeMap::new(),
+        expect_starts: BTreeMap::new(),
+        statements: Vec::new(),
     };
     let result = match scenario.kind() {
         Kind::Explicit => runner.explicit(scenario),
@@ -248,6 +250,11 @@ struct Runner<B: Backend> {
     /// Per client: trace length when its last `expect_messages` ended (later expectations
     /// count deliveries from there).
     expect_marks: BTreeMap<String, usize>,
+    /// Per client: where its last `expect_messages` started counting (`again` counts from
+    /// there too).
+    expect_starts: BTreeMap<String, usize>,
+    /// Per step: the one statement its failure cites (`Scenario::step_statement`).
+    statements: Vec<Option<String>>,
 }
 
 type StepResult = Result<(), String>;
@@ -293,9 +300,28 @@ impl<B: Backend> Runner<B> {
         }
     }
 
+    /// The statement step `step` tests, as the reports show it: ` [MQTT-…]`, or nothing.
+    pub(super) fn cited(&self, step: usize) -> (String, String) {
+        let spec = self
+            .statements
+            .get(step)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        let shown = if spec.is_empty() {
+            String::new()
+        } else {
+            format!(" [{spec}]")
+        };
+        (spec, shown)
+    }
+
+    /// Records a failed step. Its `owed` starts `step N (keyword)`: certification finds the
+    /// step (its statement's version, what the broker did in it) from there.
     fn expect_failure(&mut self, step: usize, keyword: &str, text: String, events: Vec<usize>) {
+        let (spec, shown) = self.cited(step);
         let s = lock(&self.shared);
-        let mut report = format!("step {} ({keyword}): {text}\n", step + 1);
+        let mut report = format!("step {} ({keyword}){shown}: {text}\n", step + 1);
         let mut indices = events;
         if indices.is_empty() && !s.trace.is_empty() {
             indices.push(s.trace.len() - 1);
@@ -307,12 +333,15 @@ impl<B: Backend> Runner<B> {
             at,
             "sim",
             Event::Note {
-                text: format!("expectation failed: step {} ({keyword}): {text}", step + 1),
+                text: format!(
+                    "expectation failed: step {} ({keyword}){shown}: {text}",
+                    step + 1
+                ),
             },
         );
         self.failures.push(Failure {
             kind: "expect".into(),
-            spec: String::new(),
+            spec,
             owed: format!("step {} ({keyword})", step + 1),
             happened: text,
             text: report,
@@ -510,7 +539,9 @@ impl<B: Backend> Runner<B> {
     fn explicit(&mut self, scenario: &Scenario) -> StepResult {
         let host_of = |name: &str| scenario.host_of(name).unwrap_or_else(|| name.to_string());
         self.build(&scenario.clients, host_of, scenario.broker.durable)?;
-        lock(&self.shared).raw.spec = scenario.spec.clone();
+        self.statements = (0..scenario.steps.len())
+            .map(|i| scenario.step_statement(i))
+            .collect();
         for (i, step) in scenario.steps.iter().enumerate() {
             self.explicit_step(i, step)?;
         }
@@ -757,7 +788,12 @@ impl<B: Backend> Runner<B> {
             }
             Step::Wait(d) => self.run_for(d.as_duration())?,
             Step::ExpectMessages(x) => {
-                let from_index = self.expect_marks.get(&x.client).copied().unwrap_or(0);
+                let from_index = if x.again {
+                    self.expect_starts.get(&x.client).copied().unwrap_or(0)
+                } else {
+                    self.expect_marks.get(&x.client).copied().unwrap_or(0)
+                };
+                self.expect_starts.insert(x.client.clone(), from_index);
                 let client = x.client.clone();
                 let wanted = x.messages.clone();
                 let satisfied =
@@ -1258,12 +1294,51 @@ fn unmet(
             if let Some(r) = m.retain {
                 what.push(format!("retain {r}"));
             }
-            out.push(format!(
+            let mut line = format!(
                 "{} message(s) [{}], got {}",
                 m.count,
                 what.join(", "),
                 ids.len()
-            ));
+            );
+            // Messages that match all but the QoS or RETAIN asked for: say how they did
+            // arrive, so "got 0" never hides six deliveries at another QoS.
+            if m.qos.is_some() || m.retain.is_some() {
+                let mut otherwise: BTreeMap<(u8, bool), Vec<&str>> = BTreeMap::new();
+                for (id, topic, qos, retain) in &deliveries {
+                    let rest = m.id.as_deref().is_none_or(|want| want == *id)
+                        && m.from.as_deref().is_none_or(|from| {
+                            id.rsplit_once('-').is_some_and(|(publisher, n)| {
+                                publisher == from && n.parse::<u32>().is_ok()
+                            })
+                        })
+                        && m.topic.as_deref().is_none_or(|t| matches(t, topic));
+                    let differs =
+                        m.qos.is_some_and(|q| q != *qos) || m.retain.is_some_and(|r| r != *retain);
+                    if rest && differs {
+                        let ids = otherwise.entry((qos.as_u8(), *retain)).or_default();
+                        if !ids.contains(id) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                let parts: Vec<String> = otherwise
+                    .iter()
+                    .map(|((qos, retain), ids)| {
+                        let mut how = Vec::new();
+                        if m.qos.is_some() {
+                            how.push(format!("qos {qos}"));
+                        }
+                        if m.retain.is_some() {
+                            how.push(format!("retain {retain}"));
+                        }
+                        format!("{} with {}", ids.len(), how.join(", "))
+                    })
+                    .collect();
+                if !parts.is_empty() {
+                    line.push_str(&format!(" (otherwise matching: {})", parts.join("; ")));
+                }
+            }
+            out.push(line);
         }
     }
     out

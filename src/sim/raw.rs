@@ -48,6 +48,8 @@ pub struct RawPacket {
     pub bytes: Vec<u8>,
     /// The 5.0 properties of `PROPERTY_NAMES` it carries.
     pub properties: Vec<&'static str>,
+    /// A CONNACK's Server Keep Alive (5.0), in seconds.
+    pub server_keep_alive: Option<u16>,
     pub summary: String,
     /// Its record in the trace.
     pub event: usize,
@@ -67,6 +69,8 @@ pub struct RawConn {
     pub received: Vec<RawPacket>,
     /// Packets of `received` already matched by an `expect_raw`.
     pub consumed: usize,
+    /// The packet (index into `received`) the latest `expect_raw` took, for `again`.
+    pub last_taken: Option<usize>,
     writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
     reader: Option<tokio::task::AbortHandle>,
 }
@@ -75,8 +79,6 @@ pub struct RawConn {
 #[derive(Default)]
 pub struct RawState {
     pub connections: BTreeMap<String, RawConn>,
-    /// The scenario's `spec:` ids; an `expect_raw` without its own `spec` cites the first.
-    pub spec: Vec<String>,
 }
 
 /// What the runner asks a client host to do with a raw connection.
@@ -397,6 +399,7 @@ async fn open(
                             publish: None,
                             bytes: buf.to_vec(),
                             properties: Vec::new(),
+                            server_keep_alive: None,
                             summary: format!("undecodable ({e}): {}", hex(&buf)),
                             event: 0,
                         }
@@ -487,9 +490,13 @@ pub fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
         publish: None,
         bytes: Vec::new(),
         properties: Vec::new(),
+        server_keep_alive: None,
         summary: String::new(),
         event: 0,
     };
+    if let Packet::ConnAck(c) = packet {
+        p.server_keep_alive = c.properties.server_keep_alive_secs;
+    }
     let mut has = |present: bool, name: &'static str| {
         if present {
             p.properties.push(name);
@@ -681,6 +688,21 @@ pub fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
             wrong.push(format!("no {name} property"));
         }
     }
+    if let (Some(bounds), Some(secs)) = (&x.server_keep_alive, p.server_keep_alive) {
+        if !bounds.admits(secs) {
+            let mut range = Vec::new();
+            if let Some(min) = bounds.min {
+                range.push(format!("at least {min}"));
+            }
+            if let Some(max) = bounds.max {
+                range.push(format!("at most {max}"));
+            }
+            wrong.push(format!(
+                "no Server Keep Alive, or one of {} (it is {secs}s)",
+                range.join(" and ")
+            ));
+        }
+    }
     for entry in &x.contains {
         let found = entry
             .split('|')
@@ -742,6 +764,18 @@ pub fn describe(x: &ExpectRawStep) -> String {
         }
         if let Some(max) = x.max_len {
             text.push_str(&format!(" of at most {max} bytes"));
+        }
+        if let Some(b) = &x.server_keep_alive {
+            text.push_str(" with no Server Keep Alive, or one");
+            if let Some(min) = b.min {
+                text.push_str(&format!(" of at least {min}"));
+            }
+            if let Some(max) = b.max {
+                text.push_str(&format!(" of at most {max}"));
+            }
+        }
+        if x.again {
+            text.push_str(" (the packet the previous expect_raw took)");
         }
         parts.push(text);
     }
@@ -868,6 +902,25 @@ impl<B: super::backend::Backend> Runner<B> {
                 .map_or((false, true), |c| (c.received.len() > c.consumed, c.closed))
         };
         let mut problem: Option<(String, Vec<usize>)> = None;
+        if x.again {
+            // The packet the previous expect_raw of this client took (none: it took nothing,
+            // an optional packet that did not come, and there is nothing to look at again).
+            let taken = self.raw_conn(&x.client, |c| {
+                c.last_taken.and_then(|i| c.received.get(i).cloned())
+            });
+            if let Some(got) = taken.flatten() {
+                if let Some(text) = mismatch(x, &got) {
+                    problem = Some((format!("got {text}"), vec![got.event]));
+                }
+            }
+            if let Some((happened, events)) = problem {
+                self.raw_failure(i, x, happened, events)?;
+            }
+            return Ok(());
+        }
+        if let Some(c) = lock(&self.shared).raw.connections.get_mut(&x.client) {
+            c.last_taken = None;
+        }
         if let Some(packet) = x.packet {
             let p = pending.clone();
             match packet.kind() {
@@ -880,6 +933,7 @@ impl<B: super::backend::Backend> Runner<B> {
                     match next.flatten() {
                         Some(got) => {
                             if let Some(c) = lock(&self.shared).raw.connections.get_mut(&x.client) {
+                                c.last_taken = Some(c.consumed);
                                 c.consumed += 1;
                             }
                             if let Some(text) = mismatch(x, &got) {
@@ -888,7 +942,10 @@ impl<B: super::backend::Backend> Runner<B> {
                         }
                         None => {
                             let closed = self.raw_conn(&x.client, |c| c.closed).unwrap_or(true);
-                            if !(closed && x.optional) {
+                            // Optional: nothing arriving is no failure of the packet; with
+                            // `closed: true` the close is still owed (checked below, and
+                            // reported as the connection still open).
+                            if !x.optional {
                                 problem = Some((
                                     if closed {
                                         "the connection closed without it".into()
@@ -942,20 +999,31 @@ impl<B: super::backend::Backend> Runner<B> {
             }
         }
         if let Some((happened, events)) = problem {
-            self.raw_failure(i, x, happened, events);
+            self.raw_failure(i, x, happened, events)?;
         }
         Ok(())
     }
 
-    fn raw_failure(&mut self, i: usize, x: &ExpectRawStep, happened: String, events: Vec<usize>) {
+    /// Records a failed `expect_raw`; a failed premise (`assume`) ends the run instead.
+    fn raw_failure(
+        &mut self,
+        i: usize,
+        x: &ExpectRawStep,
+        happened: String,
+        events: Vec<usize>,
+    ) -> StepResult {
         let owed = describe(x);
-        let (spec, report) = {
+        if x.assume {
+            // Not the broker's obligation: what follows assumes it, so nothing after it can
+            // be judged.
+            return Err(format!(
+                "step {} (expect_raw): inconclusive: the scenario assumes {owed}; {happened}; the steps after it were not run",
+                i + 1
+            ));
+        }
+        let (spec, shown) = self.cited(i);
+        let report = {
             let s = lock(&self.shared);
-            let spec = x
-                .spec
-                .clone()
-                .or_else(|| s.raw.spec.first().cloned())
-                .unwrap_or_default();
             let mut indices = events;
             if indices.is_empty() {
                 if let Some(last) = s.trace.records.iter().rposition(|r| {
@@ -971,12 +1039,12 @@ impl<B: super::backend::Backend> Runner<B> {
                 }
             }
             let mut report = format!(
-                "step {} (expect_raw) [{spec}] {}:\n  owed:     {owed}\n  happened: {happened}\n",
+                "step {} (expect_raw){shown} {}:\n  owed:     {owed}\n  happened: {happened}\n",
                 i + 1,
                 x.client
             );
             report.push_str(&s.trace.excerpt(&indices, 3));
-            (spec, report)
+            report
         };
         let at = self.now_ms();
         lock(&self.shared).record(
@@ -984,7 +1052,7 @@ impl<B: super::backend::Backend> Runner<B> {
             "sim",
             Event::Note {
                 text: format!(
-                    "expectation failed: step {} (expect_raw) [{spec}]: {owed}; {happened}",
+                    "expectation failed: step {} (expect_raw){shown}: {owed}; {happened}",
                     i + 1
                 ),
             },
@@ -996,5 +1064,6 @@ impl<B: super::backend::Backend> Runner<B> {
             happened,
             text: report,
         });
+        Ok(())
     }
 }

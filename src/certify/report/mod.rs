@@ -354,7 +354,7 @@ mod tests {
                 .is_some_and(|s| matches!(s.status, Status::Passed { .. }))
         };
         // From `spec:` (qos1-basic) and from the checkers every scenario runs.
-        assert!(passed("MQTT-4.3.2-2"));
+        assert!(passed("MQTT-4.5.0-1"));
         assert!(passed("MQTT-4.6.0-6"));
         assert!(passed("MQTT-3.1.2-8"));
         // Only will-on-client-crash has a will: the others do not count for the will checker.

@@ -325,6 +325,13 @@ pub fn check(model: &Model, out: &mut Outcome) {
             if baseline.empty || crash_may_clear || candidates.iter().any(|w| w.empty) {
                 continue;
             }
+            // A QoS 0 retained message that may have landed last discards the earlier one, and
+            // the broker MAY discard it too at any time (3.1.1 [MQTT-3.3.1-7]; 5.0 §3.3.1.3 says
+            // the same): then no retained message is left, so none is owed.
+            if candidates.iter().any(|w| w.qos == QoS::AtMostOnce) {
+                out.note("no retained message owed: a QoS 0 retained message may have replaced it and been discarded");
+                continue;
+            }
             if candidates.is_empty() {
                 continue;
             }
@@ -422,6 +429,31 @@ mod tests {
         assert_eq!(out.violations.len(), 1);
         assert_eq!(out.violations[0].spec, "MQTT-3.3.1-6");
         assert!(out.violations[0].owed.contains("p-1"));
+    }
+
+    #[test]
+    fn a_qos0_retained_message_may_leave_nothing_retained() {
+        // p-1 (QoS 1) is certain; p-2, a later QoS 0 retained message, may have replaced it and
+        // then been discarded [MQTT-3.3.1-7]: a subscriber that gets neither is not failed.
+        let mut b = publisher();
+        retain(&mut b, "p-1", 4);
+        b.publish_opts("p", "p-2", "r/a", 0, true, 4);
+        b.connect("s", true, false).subscribe("s", "r/+", 1, 1);
+        let out = CheckerName::Retained.run(&b.model());
+        assert!(out.passed(), "{:?}", out.violations);
+        assert!(
+            out.notes.keys().any(|n| n.contains("QoS 0 retained")),
+            "{:?}",
+            out.notes
+        );
+        // Either one delivered is fine too.
+        let mut b = publisher();
+        retain(&mut b, "p-1", 4);
+        b.publish_opts("p", "p-2", "r/a", 0, true, 4);
+        b.connect("s", true, false)
+            .subscribe("s", "r/+", 1, 1)
+            .deliver_opts("s", "p-2", "r/a", 0, true, false);
+        assert!(CheckerName::Retained.run(&b.model()).passed());
     }
 
     #[test]
