@@ -174,16 +174,18 @@ pub fn checker_statements(checker: CheckerName, version: SpecVersion) -> &'stati
         // A clean reconnect holds no subscriptions; resubscribing receives again.
         (CheckerName::Resubscribe, _) => &["MQTT-3.2.2-3", "MQTT-4.5.0-1"],
         // Delivered only through a matching subscription that existed, not after UNSUBSCRIBE
-        // or a clean start, at QoS ≤ granted.
+        // or a clean start, at QoS ≤ granted; overlapping subscriptions at their maximum QoS.
         (CheckerName::Subscription, V311) => &[
             "MQTT-3.1.2-6",
             "MQTT-3.3.2-3",
+            "MQTT-3.3.5-1",
             "MQTT-3.8.4-6",
             "MQTT-3.10.4-2",
         ],
         (CheckerName::Subscription, V5) => &[
             "MQTT-3.1.2-4",
             "MQTT-3.3.2-3",
+            "MQTT-3.3.4-2",
             "MQTT-3.8.4-8",
             "MQTT-3.10.4-2",
         ],

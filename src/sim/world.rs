@@ -123,7 +123,9 @@ pub struct Session {
     pub pending_cause: Option<DisconnectCause>,
     /// Messages numbered so far (ids `<client>-<n>`).
     pub next_message: u32,
-    /// Publish commands' messages handled (handed to the client, or skipped while down).
+    /// Messages publish commands asked for, and how many were handled (handed to the client,
+    /// or skipped while down); the run is quiet only once the two are equal.
+    pub publish_requested: u64,
     pub publish_handled: u64,
     /// Other commands finished (disconnect).
     pub commands_done: u64,
@@ -962,10 +964,17 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
     tokio::task::spawn_local(async move {
         while let Some(event) = events.recv().await {
             let mut s = lock(&shared);
-            if s.sessions.get(&client).map(|x| x.instance) != Some(instance) {
-                break;
+            if s.sessions.get(&client).map(|x| x.instance) == Some(instance) {
+                record_event(&mut s, &client, &host, event.kind);
+            } else if matches!(
+                event.kind,
+                EventKind::PublishSent { .. } | EventKind::ReleaseSent { .. }
+            ) {
+                // A crashed process's application never sees these events, but its wire
+                // writes happened (or were about to): the checkers reason about what reached
+                // the broker, so the trace keeps them.
+                record_event(&mut s, &client, &host, event.kind);
             }
-            record_event(&mut s, &client, &host, event.kind);
         }
     });
 }
@@ -1072,13 +1081,41 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
             );
         }
         EventKind::PublishSent {
-            token, packet_id, ..
+            token,
+            packet_id,
+            dup,
+            ..
         } => {
+            let Some(id) = wire_id(s, client, token, packet_id.map(|p| p.get())) else {
+                return;
+            };
             if let (Some(session), Some(pid)) = (s.sessions.get_mut(client), packet_id) {
-                if let Some(id) = session.tokens.get(&token).cloned() {
-                    session.packet_ids.insert(pid.get(), id);
-                }
+                session.packet_ids.insert(pid.get(), id.clone());
             }
+            s.record(
+                at,
+                host,
+                Event::PublishTransmitted {
+                    client: c,
+                    id,
+                    dup,
+                    packet_id: packet_id.map(|p| p.get()),
+                },
+            );
+        }
+        EventKind::ReleaseSent { token, packet_id } => {
+            let Some(id) = wire_id(s, client, token, Some(packet_id.get())) else {
+                return;
+            };
+            s.record(
+                at,
+                host,
+                Event::ReleaseTransmitted {
+                    client: c,
+                    id,
+                    packet_id: packet_id.get(),
+                },
+            );
         }
         EventKind::DeliveryComplete {
             token,
@@ -1242,6 +1279,18 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
             }
         }
     }
+}
+
+/// The payload id of a message the client writes: by the token `publish` returned, or by
+/// packet id for a flow restored from persistence after a restart (its token is the client's
+/// own).
+fn wire_id(s: &Shared, client: &str, token: u64, packet_id: Option<u16>) -> Option<String> {
+    let session = s.sessions.get(client)?;
+    session
+        .tokens
+        .get(&token)
+        .or_else(|| packet_id.and_then(|p| session.packet_ids.get(&p)))
+        .cloned()
 }
 
 /// Finds and forgets the payload id of a finished QoS 1/2 flow.
