@@ -8,6 +8,8 @@
 //! - a failed `expect` step is graded by the strongest statement the scenario names in `spec:`
 //!   (it cites those), MUST when it names none (and says so);
 //! - `sim`/`runner` failures (the run itself could not be carried out) → [`Grade::Error`];
+//! - a `client` checker failure (simqtt's own client, the instrument, broke a client duty) →
+//!   [`Grade::Error`], a harness error, never a finding against the broker;
 //! - the checkers' notes (the permitted options the broker took) become [`Choice`]s: they pass.
 
 use crate::certify::coverage::scenario_versions;
@@ -101,6 +103,18 @@ fn grade_failure(
     if !is_checker(&f.kind) {
         // `sim`, `runner`: nothing was judged, so nothing is certified.
         return base;
+    }
+    if f.kind == CheckerName::Client.as_str() {
+        // The client checker judges simqtt's own client, the instrument of certification:
+        // its finding says the harness misbehaved, never what the broker under test did.
+        return Finding {
+            grade: Grade::Error,
+            observed: format!(
+                "harness error: simqtt's own client broke a duty of the client ({}), so this                  case cannot judge the broker (it reported: {})",
+                f.spec, f.happened
+            ),
+            ..base
+        };
     }
     match statements.resolve(versions, &f.spec) {
         None => Finding {
@@ -333,6 +347,19 @@ steps:
             .observed
             .starts_with("checker bug: qos1 cites MQTT-9.0.0-5"));
         assert!(findings[0].observed.contains("MAY"));
+    }
+
+    #[test]
+    fn a_client_duty_broken_under_certify_is_a_harness_error_not_a_finding() {
+        let s = scenario(V311_SCENARIO);
+        let (findings, _) = grade(
+            &s,
+            &report(vec![failure("client", "MQTT-3.3.1-1")], &[]),
+            Statements::embedded(),
+        );
+        assert_eq!(findings[0].grade, Grade::Error);
+        assert!(findings[0].observed.starts_with("harness error"));
+        assert_eq!(findings[0].checker, "client");
     }
 
     #[test]
