@@ -388,6 +388,10 @@ fn completion(model: &Model, out: &mut Outcome) {
             out.note("unresolved: unfinished publish, too close to the end of the run");
             continue;
         }
+        if last.is_some_and(|t| flow_packet_dropped(model, message, model.transmissions[t].event)) {
+            out.note("unresolved: unfinished publish, the fault layer may have dropped a packet of its flow");
+            continue;
+        }
         let version = c.protocol;
         match last {
             Some(t) if model.transmissions[t].connection == Some(last_conn) => {
@@ -437,6 +441,42 @@ fn completion(model: &Model, out: &mut Outcome) {
             }
         }
     }
+}
+
+/// Whether a drop the fault layer armed for the publisher can have eaten a packet of this
+/// flow (no TCP loses a packet and keeps the connection, so the flow then waits for the next
+/// reconnect): a PUBLISH or PUBREL it writes, or a PUBACK, PUBREC or PUBCOMP coming back, of
+/// the message's QoS, armed before the flow's last write (`last_write`, a record) and not shown
+/// spent by an acknowledgement of that QoS arriving after it was armed. An armed drop waits
+/// for its packet on whichever connection carries it, until the run's quiet period heals it.
+fn flow_packet_dropped(model: &Model, message: &Message, last_write: usize) -> bool {
+    use crate::history::{Direction, Fault};
+    model.packet_faults.iter().any(|(record, _, fault)| {
+        let Fault::DropPacket {
+            client,
+            direction,
+            packet_type,
+        } = fault
+        else {
+            return false;
+        };
+        let packet = packet_type.to_ascii_lowercase();
+        let relevant = client == &message.publisher
+            && match (direction, packet.as_str(), message.qos) {
+                (Direction::Outbound, "publish", _) => true,
+                (Direction::Outbound, "pubrel", QoS::ExactlyOnce) => true,
+                (Direction::Inbound, "puback", QoS::AtLeastOnce) => true,
+                (Direction::Inbound, "pubrec" | "pubcomp", QoS::ExactlyOnce) => true,
+                _ => false,
+            };
+        let spent = model.messages.iter().any(|m| {
+            m.publisher == message.publisher
+                && m.qos == message.qos
+                && m.acked
+                    .is_some_and(|(ack, _, _)| ack > *record && ack < last_write)
+        });
+        relevant && *record < last_write && !spent
+    })
 }
 
 #[cfg(test)]
@@ -656,6 +696,50 @@ mod tests {
         let out = run(&b);
         assert!(out.passed());
         assert!(out.notes.keys().any(|n| n.contains("too close")));
+    }
+
+    /// qos/qos2-lost-pubcomp-resend-pubrel: the armed PUBCOMP drop outlived the reset and ate
+    /// the answer to the resent PUBREL; the flow waits for a reconnect that never comes.
+    #[test]
+    fn a_flow_whose_packet_the_fault_layer_dropped_is_unresolved() {
+        use crate::history::{Direction, Fault};
+        let mut b = TraceBuilder::new();
+        b.connect("p", false, false)
+            .fault(Fault::DropPacket {
+                client: "p".into(),
+                direction: Direction::Inbound,
+                packet_type: "pubcomp".into(),
+            })
+            .publish("p", "p-1", "t", 2);
+        wire(&mut b, "p-1", false);
+        release(&mut b, "p-1");
+        b.disconnect("p", DisconnectCause::ConnectionReset)
+            .connect("p", false, true);
+        release(&mut b, "p-1");
+        end(&mut b);
+        let out = run(&b);
+        assert!(out.passed(), "{:?}", out.violations);
+        assert!(out.notes.keys().any(|n| n.contains("dropped")));
+
+        // The drop was spent on an earlier flow: this one is stuck for another reason.
+        let mut b = TraceBuilder::new();
+        b.connect("p", false, false)
+            .fault(Fault::DropPacket {
+                client: "p".into(),
+                direction: Direction::Inbound,
+                packet_type: "pubcomp".into(),
+            })
+            .publish("p", "p-0", "t", 2);
+        wire(&mut b, "p-0", false);
+        release(&mut b, "p-0");
+        b.acked("p", "p-0")
+            .disconnect("p", DisconnectCause::ConnectionReset)
+            .connect("p", false, true)
+            .publish("p", "p-1", "t", 2);
+        wire(&mut b, "p-1", false);
+        release(&mut b, "p-1");
+        end(&mut b);
+        assert_eq!(specs(&run(&b)), ["MQTT-4.3.3-2"]);
     }
 
     #[test]
