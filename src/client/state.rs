@@ -97,6 +97,12 @@ pub enum EventKind {
         qos: QoS,
         dup: bool,
     },
+    /// A QoS 1/2 publish was taken into the in-flight state (persisted first) with this packet
+    /// id; from here on it is resent after a restart with its persistence.
+    PublishAccepted {
+        token: Token,
+        packet_id: PacketId,
+    },
     /// A PUBREL of ours was written: after a PUBREC, or resent on reconnect [MQTT-4.4.0-1].
     ReleaseSent {
         token: Token,
@@ -600,6 +606,10 @@ impl ClientState {
             released: false,
         };
         actions.push(Action::Persist(PersistOp::Outgoing(stored.clone())));
+        actions.push(Action::Event(EventKind::PublishAccepted {
+            token,
+            packet_id,
+        }));
         self.insert_outgoing(token, stored, false);
         self.send_queued(now, actions);
     }

@@ -655,8 +655,11 @@ impl Model {
             |a: &str, b: &str, x: &str, y: &str| (a == x && b == y) || (a == y && b == x);
         match fault {
             Fault::Heal { a, b } => {
+                // The runner's heal repairs the link and ends its loss as well.
                 self.close_spans(at, |f| match f {
-                    Fault::Partition { a: x, b: y, .. } => same_link(a, b, x, y),
+                    Fault::Partition { a: x, b: y, .. } | Fault::Loss { a: x, b: y, .. } => {
+                        same_link(a, b, x, y)
+                    }
                     _ => false,
                 });
                 return;

@@ -377,6 +377,7 @@ impl<B: Backend> Runner<B> {
                         publish_handled: 0,
                         commands_done: 0,
                         tokens: BTreeMap::new(),
+                        handed: BTreeMap::new(),
                         packet_ids: BTreeMap::new(),
                         unacked: BTreeMap::new(),
                         requested: BTreeMap::new(),

@@ -107,8 +107,13 @@ fn routes(model: &Model, out: &mut Outcome) {
         let justifying: Vec<&Subscription> =
             model.subscriptions.iter().filter(|s| routes(s)).collect();
         if justifying.is_empty() {
+            // A subscription of an earlier session of the same client id (possibly made under
+            // another of the scenario's names for it).
+            let client_id = &model.epochs[epoch].client_id;
             let ended = model.subscriptions.iter().find(|s| {
-                s.client == delivery.client && s.matches(&delivery.topic) && s.epoch != epoch
+                &model.epochs[s.epoch].client_id == client_id
+                    && s.matches(&delivery.topic)
+                    && s.epoch != epoch
             });
             let unsubscribed = model.subscriptions.iter().find(|s| {
                 s.epoch == epoch && s.matches(&delivery.topic) && s.unsubscribed.is_some()
@@ -412,6 +417,44 @@ mod tests {
             .publish("p", "p-1", "a/b", 0)
             .deliver("s", "p-1", "a/b", 0);
         let out = CheckerName::Subscription.run(&b.model());
+        assert_eq!(out.violations[0].spec, "MQTT-3.1.2-6");
+    }
+
+    #[test]
+    fn old_session_of_the_same_client_id_under_another_name_cites_the_clean_start() {
+        let mut b = TraceBuilder::new();
+        b.ev(crate::history::Event::ConnectAttempt {
+            client: "durable".into(),
+            client_id: "dev".into(),
+            protocol: crate::codec::ProtocolVersion::V311,
+            clean_start: false,
+            keep_alive_secs: 10,
+            session_expiry_secs: None,
+            will: None,
+            resubscribe: false,
+        })
+        .connack("durable", false)
+        .subscribe("durable", "t", 1, 1)
+        .disconnect(
+            "durable",
+            DisconnectCause::ClientDisconnect { with_will: false },
+        );
+        b.ev(crate::history::Event::ConnectAttempt {
+            client: "fresh".into(),
+            client_id: "dev".into(),
+            protocol: crate::codec::ProtocolVersion::V311,
+            clean_start: true,
+            keep_alive_secs: 10,
+            session_expiry_secs: None,
+            will: None,
+            resubscribe: false,
+        })
+        .connack("fresh", false)
+        .connect("p", true, false)
+        .publish_acked("p", "p-1", "t", 1)
+        .deliver("fresh", "p-1", "t", 1);
+        let out = CheckerName::Subscription.run(&b.model());
+        assert_eq!(out.violations.len(), 1);
         assert_eq!(out.violations[0].spec, "MQTT-3.1.2-6");
     }
 
