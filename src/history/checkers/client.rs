@@ -220,7 +220,7 @@ fn resend(model: &Model, conn: usize, out: &mut Outcome) {
         let Some(first) = message.transmissions.iter().find(|t| earlier(t)) else {
             continue;
         };
-        let released = message.releases.iter().any(|t| earlier(t));
+        let released = message.releases.iter().any(earlier);
         in_flight.push((index, released, model.transmissions[*first].event));
     }
     if in_flight.is_empty() {
@@ -462,13 +462,13 @@ fn flow_packet_dropped(model: &Model, message: &Message, last_write: usize) -> b
         };
         let packet = packet_type.to_ascii_lowercase();
         let relevant = client == &message.publisher
-            && match (direction, packet.as_str(), message.qos) {
-                (Direction::Outbound, "publish", _) => true,
-                (Direction::Outbound, "pubrel", QoS::ExactlyOnce) => true,
-                (Direction::Inbound, "puback", QoS::AtLeastOnce) => true,
-                (Direction::Inbound, "pubrec" | "pubcomp", QoS::ExactlyOnce) => true,
-                _ => false,
-            };
+            && matches!(
+                (direction, packet.as_str(), message.qos),
+                (Direction::Outbound, "publish", _)
+                    | (Direction::Outbound, "pubrel", QoS::ExactlyOnce)
+                    | (Direction::Inbound, "puback", QoS::AtLeastOnce)
+                    | (Direction::Inbound, "pubrec" | "pubcomp", QoS::ExactlyOnce)
+            );
         let spent = model.messages.iter().any(|m| {
             m.publisher == message.publisher
                 && m.qos == message.qos
