@@ -21,7 +21,8 @@
 //!   connection and nothing came back, the broker's answer is missing (3.1.1: MQTT-4.3.2-2,
 //!   MQTT-4.3.3-2; 5.0: MQTT-4.3.2-4, MQTT-4.3.3-8, MQTT-4.3.3-11); when it was never written in
 //!   the final session, the client broke its own contract (no MQTT statement: `client
-//!   contract`).
+//!   contract`). A flow the fault layer may have cut by dropping one of its packets (no TCP
+//!   does that and keeps the connection) waits for the next reconnect: unresolved, not judged.
 //!
 //! Who is judged: in `simqtt run` the client and the broker are both simqtt's, and these
 //! findings are bugs in one of them (the client, except the missing answer). In `simqtt
