@@ -117,7 +117,7 @@ fn mosquitto_passes_the_subset_with_persistence() {
         overlapping
             .choices
             .iter()
-            .any(|c| c.checker == "subscription" && c.text.contains("highest QoS")),
+            .any(|c| c.checker == "subscription" && c.text.contains("one copy, at the maximum QoS")),
         "{}",
         describe(overlapping)
     );

@@ -541,8 +541,21 @@ pub fn checker_sections(checker: CheckerName) -> &'static [&'static [u32]] {
         CheckerName::Retained => &[&[3, 3, 1, 3]],
         CheckerName::Session => &[&[3, 1, 2, 4], &[3, 1, 2, 11, 2], &[3, 2, 2]],
         CheckerName::Resubscribe => &[&[3, 2, 2], &[4, 5]],
-        CheckerName::Subscription => &[&[3, 1, 2, 4], &[3, 3, 2, 1], &[3, 8, 4], &[3, 10, 4]],
+        // Matching subscriptions of the current session, the granted QoS, and overlapping
+        // subscriptions at their maximum QoS (3.1.1 §3.3.5 Server response, 5.0 §3.3.4 PUBLISH
+        // Actions).
+        CheckerName::Subscription => &[
+            &[3, 1, 2, 4],
+            &[3, 3, 2, 1],
+            &[3, 3, 4],
+            &[3, 3, 5],
+            &[3, 8, 4],
+            &[3, 10, 4],
+        ],
         CheckerName::Invented => &[&[4, 5], &[4, 7, 3]],
+        // The client's own duties as a sender: DUP, the QoS 1/2 flows, resend on reconnect and
+        // the order of resends.
+        CheckerName::Client => &[&[3, 3, 1, 1], &[4, 3, 2], &[4, 3, 3], &[4, 4], &[4, 6]],
     }
 }
 
@@ -564,7 +577,15 @@ pub fn check_checker(checker: CheckerName, statements: &Statements) -> Vec<Strin
             if !s.level.mandatory() {
                 out.push(format!("{cite}: not a MUST, so a violation is no finding"));
             }
-            if s.actor == Actor::Client {
+            // The client checker judges simqtt's own client (its findings are harness errors,
+            // never the broker's); every other checker judges the broker.
+            if checker == CheckerName::Client {
+                if s.actor == Actor::Server {
+                    out.push(format!(
+                        "{cite}: it binds the server, and the checker judges the client"
+                    ));
+                }
+            } else if s.actor == Actor::Client {
                 out.push(format!(
                     "{cite}: it binds the client, and the checker judges the broker"
                 ));

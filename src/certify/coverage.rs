@@ -104,6 +104,9 @@ pub fn relevant_checkers(scenario: &Scenario) -> Vec<CheckerName> {
         CheckerName::Subscription => subscribes,
         // Every CONNACK's Session Present and every delivery's origin are judged.
         CheckerName::Session | CheckerName::Invented => true,
+        // It judges simqtt's own client, the instrument: nothing it checks is the broker's
+        // statement tested (a finding is a harness error, see `grade`).
+        CheckerName::Client => false,
     };
     scenario
         .checker_list()
@@ -174,21 +177,50 @@ pub fn checker_statements(checker: CheckerName, version: SpecVersion) -> &'stati
         // A clean reconnect holds no subscriptions; resubscribing receives again.
         (CheckerName::Resubscribe, _) => &["MQTT-3.2.2-3", "MQTT-4.5.0-1"],
         // Delivered only through a matching subscription that existed, not after UNSUBSCRIBE
-        // or a clean start, at QoS ≤ granted.
+        // or a clean start, at QoS ≤ granted; overlapping subscriptions at their maximum QoS.
         (CheckerName::Subscription, V311) => &[
             "MQTT-3.1.2-6",
             "MQTT-3.3.2-3",
+            "MQTT-3.3.5-1",
             "MQTT-3.8.4-6",
             "MQTT-3.10.4-2",
         ],
         (CheckerName::Subscription, V5) => &[
             "MQTT-3.1.2-4",
             "MQTT-3.3.2-3",
+            "MQTT-3.3.4-2",
             "MQTT-3.8.4-8",
             "MQTT-3.10.4-2",
         ],
         // Nothing delivered that nobody published.
         (CheckerName::Invented, _) => &["MQTT-4.5.0-1", "MQTT-4.7.3-4"],
+        // The client's own duties as a sender (never counted for a broker: see
+        // `relevant_checkers`): DUP, resend on reconnect in order, and the broker's answer to
+        // what it wrote.
+        (CheckerName::Client, V311) => &[
+            "MQTT-3.3.1-1",
+            "MQTT-3.3.1-2",
+            "MQTT-4.3.2-1",
+            "MQTT-4.3.2-2",
+            "MQTT-4.3.3-1",
+            "MQTT-4.3.3-2",
+            "MQTT-4.4.0-1",
+            "MQTT-4.6.0-1",
+            "MQTT-4.6.0-4",
+        ],
+        (CheckerName::Client, V5) => &[
+            "MQTT-3.3.1-1",
+            "MQTT-3.3.1-2",
+            "MQTT-4.3.2-2",
+            "MQTT-4.3.2-4",
+            "MQTT-4.3.3-2",
+            "MQTT-4.3.3-6",
+            "MQTT-4.3.3-8",
+            "MQTT-4.3.3-11",
+            "MQTT-4.4.0-1",
+            "MQTT-4.6.0-1",
+            "MQTT-4.6.0-4",
+        ],
     }
 }
 
@@ -527,6 +559,10 @@ mod tests {
             (
                 CheckerName::Invented,
                 include_str!("../history/checkers/invented.rs"),
+            ),
+            (
+                CheckerName::Client,
+                include_str!("../history/checkers/client.rs"),
             ),
         ];
         assert_eq!(

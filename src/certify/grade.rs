@@ -16,6 +16,10 @@
 //!   notes ([`Choice`]s); a statement only a client is bound by is the harness's own failure
 //!   ([`Grade::Error`]);
 //! - `sim`/`runner` failures (the run itself could not be carried out) → [`Grade::Error`];
+//! - a `client` checker failure (simqtt's own client, the instrument, broke a client duty) →
+//!   [`Grade::Error`], a harness error, never a finding against the broker; but a PUBLISH or
+//!   PUBREL the broker never answered cites the broker's duty as receiver, and is graded as
+//!   that statement says;
 //! - the checkers' notes (the permitted options the broker took) become [`Choice`]s: they pass.
 
 use crate::certify::citations::broker_sends;
@@ -125,6 +129,30 @@ fn grade_failure(
     if !is_checker(&f.kind) {
         // `sim`, `runner`: nothing was judged, so nothing is certified.
         return Graded::Finding(base);
+    }
+    if f.kind == CheckerName::Client.as_str() {
+        // The client checker judges simqtt's own client, the instrument of certification: its
+        // finding says the harness misbehaved, never what the broker under test did. Except
+        // one: a PUBLISH or PUBREL the client wrote on a healthy connection that the broker
+        // never answered. That statement binds the broker as the receiver of what the client
+        // sent, so it is graded as any other broker finding.
+        let receiver_duty = statements
+            .resolve(versions, &f.spec)
+            .filter(|s| s.role == Role::Receiver && s.actor != Actor::Client);
+        if let Some(s) = receiver_duty {
+            if let Some(grade) = grade_of(s.level) {
+                return Graded::Finding(Finding { grade, ..base });
+            }
+        }
+        return Graded::Finding(Finding {
+            grade: Grade::Error,
+            observed: format!(
+                "harness error: simqtt's own client broke a duty of the client ({}), so this \
+                 case cannot judge the broker (it reported: {})",
+                f.spec, f.happened
+            ),
+            ..base
+        });
     }
     Graded::Finding(match statements.resolve(versions, &f.spec) {
         None => Finding {
@@ -380,6 +408,47 @@ steps:
             .observed
             .starts_with("checker bug: qos1 cites MQTT-9.0.0-5"));
         assert!(findings[0].observed.contains("MAY"));
+    }
+
+    #[test]
+    fn a_client_duty_broken_under_certify_is_a_harness_error_not_a_finding() {
+        let s = scenario(V311_SCENARIO);
+        let (findings, _) = grade(
+            &s,
+            &report(vec![failure("client", "MQTT-3.3.1-1")], &[]),
+            Statements::embedded(),
+        );
+        assert_eq!(findings[0].grade, Grade::Error);
+        assert!(findings[0].observed.starts_with("harness error"));
+        assert_eq!(findings[0].checker, "client");
+    }
+
+    #[test]
+    fn an_unanswered_publish_the_client_checker_finds_is_the_brokers() {
+        // 3.1.1 MQTT-4.3.2-2: the QoS 1 receiver answers PUBACK. The broker is that receiver.
+        let s = scenario(V311_SCENARIO);
+        let (findings, _) = grade(
+            &s,
+            &report(vec![failure("client", "MQTT-4.3.2-2")], &[]),
+            Statements::embedded(),
+        );
+        assert_eq!(findings[0].grade, Grade::Must);
+        assert_eq!(findings[0].statement, "MQTT-4.3.2-2");
+        // 5.0 MQTT-4.3.3-11: PUBREL answered with PUBCOMP.
+        let s = scenario("clients: {a: {protocol: v5}}\nsteps:\n  - connect: a\n");
+        let (findings, _) = grade(
+            &s,
+            &report(vec![failure("client", "MQTT-4.3.3-11")], &[]),
+            Statements::embedded(),
+        );
+        assert_eq!(findings[0].grade, Grade::Must);
+        // 5.0 MQTT-4.3.2-2 is the sender's DUP 0 on a first PUBLISH: the client's own.
+        let (findings, _) = grade(
+            &s,
+            &report(vec![failure("client", "MQTT-4.3.2-2")], &[]),
+            Statements::embedded(),
+        );
+        assert_eq!(findings[0].grade, Grade::Error);
     }
 
     #[test]

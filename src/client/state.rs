@@ -90,12 +90,23 @@ pub enum EventKind {
         failures: u32,
     },
     MessageArrived(Message),
-    /// A PUBLISH of ours was written (first send or resend).
+    /// A PUBLISH of ours was written (first send or resend), with the DUP flag it carries.
     PublishSent {
         token: Token,
         packet_id: Option<PacketId>,
         qos: QoS,
         dup: bool,
+    },
+    /// A QoS 1/2 publish was taken into the in-flight state (persisted first) with this packet
+    /// id; from here on it is resent after a restart with its persistence.
+    PublishAccepted {
+        token: Token,
+        packet_id: PacketId,
+    },
+    /// A PUBREL of ours was written: after a PUBREC, or resent on reconnect [MQTT-4.4.0-1].
+    ReleaseSent {
+        token: Token,
+        packet_id: PacketId,
     },
     /// QoS 0: written; QoS 1: PUBACK; QoS 2: PUBCOMP (or PUBREC accepted before a session
     /// was lost: the broker owns the message then).
@@ -595,6 +606,10 @@ impl ClientState {
             released: false,
         };
         actions.push(Action::Persist(PersistOp::Outgoing(stored.clone())));
+        actions.push(Action::Event(EventKind::PublishAccepted {
+            token,
+            packet_id,
+        }));
         self.insert_outgoing(token, stored, false);
         self.send_queued(now, actions);
     }
@@ -625,6 +640,10 @@ impl ClientState {
             self.on_wire_count += 1;
             let packet = if entry.publish.released {
                 // The broker has the message; only the release is outstanding [MQTT-4.3.3-1].
+                actions.push(Action::Event(EventKind::ReleaseSent {
+                    token: entry.token,
+                    packet_id: entry.publish.packet_id,
+                }));
                 Packet::PubRel(Ack::new(entry.publish.packet_id))
             } else {
                 let dup = entry.sent_in_session;
@@ -958,6 +977,10 @@ impl ClientState {
             entry.publish.released = true;
             actions.push(Action::Persist(PersistOp::Released(id)));
         }
+        actions.push(Action::Event(EventKind::ReleaseSent {
+            token: entry.token,
+            packet_id: id,
+        }));
         self.send(Packet::PubRel(Ack::new(id)), now, actions);
     }
 
@@ -980,7 +1003,12 @@ impl ClientState {
             ))));
             return;
         }
-        let result = if ack.reason_code.is_error() {
+        // A QoS 2 message's fate is decided at PUBREC: a successful PUBREC means the broker took
+        // ownership of it [MQTT-4.3.3-8 (5.0)]. PUBCOMP only ends the packet id's use; its one
+        // error, 0x92 Packet Identifier not found, answers a PUBREL the broker had already
+        // completed (its PUBCOMP was lost and we resent the PUBREL on reconnect), so it does not
+        // refuse the message (5.0 §3.7.2.1).
+        let result = if ack.reason_code.is_error() && qos == QoS::AtLeastOnce {
             Err(ClientError::Rejected(ack.reason_code))
         } else {
             Ok(())
@@ -1646,5 +1674,42 @@ mod tests {
         ));
         let bad = state.handle_packet(Packet::PingReq, now);
         assert!(matches!(bad[..], [Action::Close(ClientError::Protocol(_))]));
+    }
+
+    /// chaos-mixed-v5-wills seed 831: the PUBCOMP was lost, the client resent the PUBREL on
+    /// reconnect, and the broker, which had completed the flow, answered PUBCOMP 0x92. The
+    /// message was accepted at its PUBREC; the flow completes, it is not a refusal. A PUBACK
+    /// with an error code still refuses a QoS 1 message.
+    #[tokio::test(start_paused = true)]
+    async fn pubcomp_packet_id_not_found_after_a_resent_pubrel_completes_the_flow() {
+        let now = Instant::now();
+        let mut o = options();
+        o.protocol = ProtocolVersion::V5;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        state.handle_command(publish_cmd(1, "t", QoS::ExactlyOnce), now);
+        let rec = state.handle_packet(Packet::PubRec(Ack::new(pid(1))), now);
+        assert!(rec
+            .iter()
+            .any(|a| matches!(a, Action::Event(EventKind::ReleaseSent { token: 1, .. }))));
+        state.connection_lost(ClientError::ConnectionClosed);
+        let resumed = connected(&mut state, now, true);
+        assert_eq!(sends(&resumed), vec![Packet::PubRel(Ack::new(pid(1)))]);
+        assert!(resumed
+            .iter()
+            .any(|a| matches!(a, Action::Event(EventKind::ReleaseSent { token: 1, .. }))));
+        let mut comp = Ack::new(pid(1));
+        comp.reason_code = ReasonCode::PacketIdentifierNotFound;
+        let done = state.handle_packet(Packet::PubComp(comp), now);
+        assert_eq!(completion(&done, 1), Some(Ok(Completion::Published)));
+
+        state.handle_command(publish_cmd(2, "t", QoS::AtLeastOnce), now);
+        let mut ack = Ack::new(pid(2));
+        ack.reason_code = ReasonCode::QuotaExceeded;
+        let refused = state.handle_packet(Packet::PubAck(ack), now);
+        assert_eq!(
+            completion(&refused, 2),
+            Some(Err(ClientError::Rejected(ReasonCode::QuotaExceeded)))
+        );
     }
 }

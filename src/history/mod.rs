@@ -207,6 +207,14 @@ pub enum Event {
     /// The broker (re)started. `durable`: state it acknowledged before a crash survives the
     /// restart (sessions, subscriptions, queued messages, retained messages).
     BrokerStarted { durable: bool },
+    /// The simulated network: its tick and the one-way latency bounds on every link before
+    /// faults add to them (recorded first; absent on a real network). A checker uses them to
+    /// tell whether a packet can have reached the broker by some time.
+    Network {
+        tick_ms: u64,
+        latency_min_ms: u64,
+        latency_max_ms: u64,
+    },
     /// The client sent CONNECT.
     ConnectAttempt {
         client: String,
@@ -273,6 +281,23 @@ pub enum Event {
         id: String,
         accepted: bool,
         reason: String,
+    },
+    /// The client wrote a PUBLISH of the message on its connection: the first send or a
+    /// resend, in the order the client wrote them, with the DUP flag as sent. `packet_id` is
+    /// absent for QoS 0.
+    PublishTransmitted {
+        client: String,
+        id: String,
+        dup: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packet_id: Option<u16>,
+    },
+    /// The client wrote a PUBREL for the QoS 2 message: after its PUBREC, or resent on a
+    /// reconnect.
+    ReleaseTransmitted {
+        client: String,
+        id: String,
+        packet_id: u16,
     },
     /// The client gave the message up (its session was discarded, or it crashed without
     /// persistence).
@@ -341,6 +366,8 @@ impl Event {
             | Event::UnsubAck { client, .. }
             | Event::PublishSent { client, .. }
             | Event::PublishAcked { client, .. }
+            | Event::PublishTransmitted { client, .. }
+            | Event::ReleaseTransmitted { client, .. }
             | Event::PublishFailed { client, .. }
             | Event::Delivered { client, .. }
             | Event::Disconnected { client, .. }
@@ -348,7 +375,10 @@ impl Event {
             | Event::RawSent { client, .. }
             | Event::RawReceived { client, .. }
             | Event::RawClosed { client, .. } => Some(client),
-            Event::BrokerStarted { .. } | Event::Fault { .. } | Event::Note { .. } => None,
+            Event::BrokerStarted { .. }
+            | Event::Network { .. }
+            | Event::Fault { .. }
+            | Event::Note { .. } => None,
         }
     }
 }

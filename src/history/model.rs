@@ -37,8 +37,34 @@ pub struct Message {
     pub connection: Option<usize>,
     /// `(record, at_ms, accepted)` of the PUBACK/PUBCOMP.
     pub acked: Option<(usize, u64, bool)>,
+    /// The publisher's connection the PUBACK/PUBCOMP arrived on.
+    pub acked_connection: Option<usize>,
     /// Record of a `PublishFailed`.
     pub failed: Option<usize>,
+    /// The PUBLISH packets the publisher wrote for it, in order (indices into
+    /// `Model::transmissions`).
+    pub transmissions: Vec<usize>,
+    /// The PUBREL packets it wrote for it (QoS 2), in order.
+    pub releases: Vec<usize>,
+}
+
+/// One PUBLISH or PUBREL a client wrote for a message.
+#[derive(Debug, Clone)]
+pub struct Transmission {
+    /// Index of the record (`publish_transmitted`, `release_transmitted`, or for a trace
+    /// without them the `publish_sent`).
+    pub event: usize,
+    pub at_ms: u64,
+    pub message: usize,
+    /// The publisher's connection it went out on; `None` when the trace does not say.
+    pub connection: Option<usize>,
+    pub dup: bool,
+    pub packet_id: Option<u16>,
+    /// A PUBREL rather than a PUBLISH.
+    pub release: bool,
+    /// False for the one send a trace without wire records is assumed to show: the
+    /// `publish_sent` on the connection open then.
+    pub recorded: bool,
 }
 
 impl Message {
@@ -199,6 +225,8 @@ impl Subscription {
 pub struct Delivery {
     pub event: usize,
     pub at_ms: u64,
+    /// The message it carries (by payload id), when someone published it.
+    pub message: Option<usize>,
     pub client: String,
     pub connection: Option<usize>,
     pub epoch: Option<usize>,
@@ -253,6 +281,14 @@ pub struct Model {
     pub will_by_id: BTreeMap<String, usize>,
     /// Armed packet drops and duplications: `(record, at_ms, fault)`.
     pub packet_faults: Vec<(usize, u64, Fault)>,
+    /// Every PUBLISH/PUBREL a client wrote, in trace order.
+    pub transmissions: Vec<Transmission>,
+    /// The trace records the clients' wire writes (`publish_transmitted`).
+    pub wire_recorded: bool,
+    /// `(tick_ms, latency_max_ms)` of a simulated network; `None` on a real one.
+    pub network: Option<(u64, u64)>,
+    /// Latency and delay faults as set: `(at_ms, fault)` (they last until replaced).
+    pub slow_faults: Vec<(u64, Fault)>,
 }
 
 impl Model {
@@ -444,19 +480,79 @@ impl Model {
                         seq: *seq,
                         connection,
                         acked: None,
+                        acked_connection: None,
                         failed: None,
+                        transmissions: Vec::new(),
+                        releases: Vec::new(),
                     });
                     *seq += 1;
                     if !id.is_empty() {
                         m.message_by_id.insert(id.clone(), message);
                     }
                 }
-                Event::PublishAcked { id, accepted, .. } => {
+                Event::PublishAcked {
+                    client,
+                    id,
+                    accepted,
+                    ..
+                } => {
                     if let Some(&message) = m.message_by_id.get(id) {
                         if m.messages[message].acked.is_none() {
                             m.messages[message].acked = Some((index, at, *accepted));
+                            m.messages[message].acked_connection =
+                                current_conn.get(client).copied();
                         }
                     }
+                }
+                Event::PublishTransmitted {
+                    client,
+                    id,
+                    dup,
+                    packet_id,
+                } => {
+                    m.wire_recorded = true;
+                    if let Some(&message) = m.message_by_id.get(id) {
+                        let t = m.transmissions.len();
+                        m.transmissions.push(Transmission {
+                            event: index,
+                            at_ms: at,
+                            message,
+                            connection: current_conn.get(client).copied(),
+                            dup: *dup,
+                            packet_id: *packet_id,
+                            release: false,
+                            recorded: true,
+                        });
+                        m.messages[message].transmissions.push(t);
+                    }
+                }
+                Event::ReleaseTransmitted {
+                    client,
+                    id,
+                    packet_id,
+                } => {
+                    m.wire_recorded = true;
+                    if let Some(&message) = m.message_by_id.get(id) {
+                        let t = m.transmissions.len();
+                        m.transmissions.push(Transmission {
+                            event: index,
+                            at_ms: at,
+                            message,
+                            connection: current_conn.get(client).copied(),
+                            dup: false,
+                            packet_id: Some(*packet_id),
+                            release: true,
+                            recorded: true,
+                        });
+                        m.messages[message].releases.push(t);
+                    }
+                }
+                Event::Network {
+                    tick_ms,
+                    latency_max_ms,
+                    ..
+                } => {
+                    m.network = Some((*tick_ms, *latency_max_ms));
                 }
                 Event::PublishFailed { id, .. } => {
                     if let Some(&message) = m.message_by_id.get(id) {
@@ -475,9 +571,11 @@ impl Model {
                     let connection = current_conn.get(client).copied();
                     let epoch = connection.and_then(|c| m.connections[c].epoch);
                     let delivery = m.deliveries.len();
+                    let message = m.message_by_id.get(id).copied();
                     m.deliveries.push(Delivery {
                         event: index,
                         at_ms: at,
+                        message,
                         client: client.clone(),
                         connection,
                         epoch,
@@ -502,6 +600,25 @@ impl Model {
                 | Event::RawSent { .. }
                 | Event::RawReceived { .. }
                 | Event::RawClosed { .. } => {}
+            }
+        }
+        // A trace without wire records (older traces, hand-written tests): assume each
+        // message went out once, when it was handed over, on the connection open then.
+        if !m.wire_recorded {
+            for message in 0..m.messages.len() {
+                let msg = &m.messages[message];
+                let t = m.transmissions.len();
+                m.transmissions.push(Transmission {
+                    event: msg.event,
+                    at_ms: msg.sent_ms,
+                    message,
+                    connection: msg.connection,
+                    dup: false,
+                    packet_id: None,
+                    release: false,
+                    recorded: false,
+                });
+                m.messages[message].transmissions.push(t);
             }
         }
         // Sessions whose expiry passed before the end of the trace.
@@ -538,8 +655,11 @@ impl Model {
             |a: &str, b: &str, x: &str, y: &str| (a == x && b == y) || (a == y && b == x);
         match fault {
             Fault::Heal { a, b } => {
+                // The runner's heal repairs the link and ends its loss as well.
                 self.close_spans(at, |f| match f {
-                    Fault::Partition { a: x, b: y, .. } => same_link(a, b, x, y),
+                    Fault::Partition { a: x, b: y, .. } | Fault::Loss { a: x, b: y, .. } => {
+                        same_link(a, b, x, y)
+                    }
                     _ => false,
                 });
                 return;
@@ -577,8 +697,13 @@ impl Model {
                 self.packet_faults.push((index, at, fault.clone()));
                 return;
             }
-            // Latency and delay lose nothing; restarts are recorded elsewhere.
-            Fault::Latency { .. } | Fault::Delay { .. } | Fault::BrokerRestart => return,
+            // Latency and delay lose nothing, but slow what crosses the link.
+            Fault::Latency { .. } | Fault::Delay { .. } => {
+                self.slow_faults.push((at, fault.clone()));
+                return;
+            }
+            // Restarts are recorded elsewhere.
+            Fault::BrokerRestart => return,
             _ => {}
         }
         let instant = matches!(fault, Fault::Reset { .. } | Fault::Kick { .. });
@@ -768,6 +893,54 @@ impl Model {
         Some(first.map_or(end, |f| f.min(end)))
     }
 
+    /// The latest time (exclusive of processing) by which something the client wrote at
+    /// `at_ms` has certainly crossed its link to the broker: the network's bound (its largest
+    /// one-way latency and a tick, or [`REAL_NETWORK_BOUND_MS`] on a real network) plus the
+    /// latency and delay faults set on that link by then (a fault lasts until replaced; the
+    /// trace does not show every reset, so this errs long).
+    pub fn crossed_by(&self, client: &str, at_ms: u64) -> u64 {
+        let base = match self.network {
+            Some((tick_ms, max_ms)) => max_ms + tick_ms,
+            None => REAL_NETWORK_BOUND_MS,
+        };
+        let host = self.client_hosts.get(client).map(String::as_str);
+        let mut extra_link = 0;
+        let mut extra_conn = 0;
+        for (start, fault) in &self.slow_faults {
+            if *start > at_ms {
+                break;
+            }
+            match fault {
+                Fault::Latency {
+                    a,
+                    b,
+                    latency_ms,
+                    jitter_ms,
+                } if host.is_some_and(|h| h == a || h == b) => {
+                    // A latency fault replaces the link's bounds.
+                    extra_link = latency_ms + jitter_ms;
+                }
+                Fault::Delay {
+                    client: c,
+                    delay_ms,
+                } if c == client => extra_conn = *delay_ms,
+                _ => {}
+            }
+        }
+        at_ms + base + extra_link + extra_conn
+    }
+
+    /// The PUBACK/PUBCOMP that answered a PUBLISH transmission: the message's acknowledgement,
+    /// when it arrived on the connection the transmission went out on, after it. `(record,
+    /// at_ms)`.
+    pub fn answered(&self, transmission: usize) -> Option<(usize, u64)> {
+        let t = &self.transmissions[transmission];
+        let msg = &self.messages[t.message];
+        let (record, at, _) = msg.acked?;
+        (t.connection.is_some() && msg.acked_connection == t.connection && record > t.event)
+            .then_some((record, at))
+    }
+
     /// The deliveries of a message to one epoch.
     pub fn deliveries_in(&self, message: usize, epoch: usize) -> Vec<usize> {
         self.deliveries_of
@@ -899,6 +1072,11 @@ impl Model {
 
 /// Expiry this close to a reconnect is a race the trace cannot decide.
 const EXPIRY_SLACK_MS: u64 = 1000;
+
+/// On a real network (no `network` record) the trace knows no latency bound; a packet is
+/// taken to have crossed within this. Generous on purpose: the bound only ever turns a verdict
+/// into "either" (a race the trace cannot decide), never into a demand.
+pub const REAL_NETWORK_BOUND_MS: u64 = 1000;
 
 /// A CONNACK reason (`0x00`, `0`, `success`) that accepts the connection.
 pub fn reason_accepts(reason: &str) -> bool {

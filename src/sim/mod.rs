@@ -50,6 +50,8 @@ use world::{lock, HostCommand, PlannedPublish, Session, Shared, SharedRef};
 pub const TICK: Duration = Duration::from_millis(5);
 /// How long a `connect` step waits for its CONNACK, and `subscribe`/`unsubscribe` for theirs.
 const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Longest the quiet period waits for publishers to hand over their last messages.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// Longest a single run may simulate (a bound on a runaway scenario).
 const RUN_LIMIT: Duration = Duration::from_secs(3600);
 /// Epoch of every simulation: fixed, so nothing depends on the wall clock.
@@ -148,6 +150,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         seed,
         ..Shared::default()
     }));
+    lock(&shared).record(
+        0,
+        "sim",
+        Event::Network {
+            tick_ms: knobs.tick_ms,
+            latency_min_ms: knobs.min_latency_ms,
+            latency_max_ms: knobs.max_latency_ms,
+        },
+    );
     let backend = backend::Turmoil::new(sim, shared.clone(), scenario.broker.host.clone());
     let mut report = execute(backend, scenario, seed, shared);
     judge(scenario, &mut report);
@@ -391,9 +402,11 @@ impl<B: Backend> Runner<B> {
                         unsubacks: 0,
                         pending_cause: None,
                         next_message: 0,
+                        publish_requested: 0,
                         publish_handled: 0,
                         commands_done: 0,
                         tokens: BTreeMap::new(),
+                        handed: BTreeMap::new(),
                         packet_ids: BTreeMap::new(),
                         unacked: BTreeMap::new(),
                         requested: BTreeMap::new(),
@@ -509,10 +522,13 @@ impl<B: Backend> Runner<B> {
         wait: bool,
     ) -> StepResult {
         let count = messages.len() as u64;
-        let before = lock(&self.shared)
-            .sessions
-            .get(client)
-            .map_or(0, |s| s.publish_handled);
+        let before = match lock(&self.shared).sessions.get_mut(client) {
+            Some(s) => {
+                s.publish_requested += count;
+                s.publish_handled
+            }
+            None => 0,
+        };
         self.send(
             client,
             HostCommand::Publish {
@@ -559,6 +575,27 @@ impl<B: Backend> Runner<B> {
                 text: "quiesce: faults healed".into(),
             },
         );
+        // A publisher slowed by the faults (a full in-flight window) may still be working
+        // through its messages: the quiet period starts after the last one is handed over, so
+        // the trace never ends with a message acknowledged and its deliveries still in flight.
+        let drained = self.run_until(DRAIN_LIMIT, |s| {
+            s.sessions
+                .values()
+                .all(|x| x.publish_handled >= x.publish_requested)
+        })?;
+        if !drained {
+            let at = self.now_ms();
+            lock(&self.shared).record(
+                at,
+                "sim",
+                Event::Note {
+                    text: format!(
+                        "quiesce: publishers still busy after {}s",
+                        DRAIN_LIMIT.as_secs()
+                    ),
+                },
+            );
+        }
         self.run_for(quiet)
     }
 

@@ -123,7 +123,9 @@ pub struct Session {
     pub pending_cause: Option<DisconnectCause>,
     /// Messages numbered so far (ids `<client>-<n>`).
     pub next_message: u32,
-    /// Publish commands' messages handled (handed to the client, or skipped while down).
+    /// Messages publish commands asked for, and how many were handled (handed to the client,
+    /// or skipped while down); the run is quiet only once the two are equal.
+    pub publish_requested: u64,
     pub publish_handled: u64,
     /// Other commands finished (disconnect).
     pub commands_done: u64,
@@ -131,6 +133,10 @@ pub struct Session {
     pub packet_ids: BTreeMap<u16, String>,
     /// QoS 1/2 messages handed over and not yet finished, by number.
     pub unacked: BTreeMap<u32, String>,
+    /// QoS 1/2 messages handed to a client instance (payload id → instance) that it has not
+    /// yet taken into its in-flight state (`PublishAccepted`): if that instance dies first,
+    /// the message is lost with it.
+    pub handed: BTreeMap<String, u32>,
     /// Latest requested options per filter (for recording automatic resubscribes).
     pub requested: BTreeMap<String, FilterRequest>,
     /// Application SUBSCRIBEs awaiting SUBACK: token → (filters, CONNACKs seen when recorded).
@@ -317,6 +323,7 @@ impl Shared {
             return;
         };
         let ids: Vec<String> = std::mem::take(&mut session.unacked).into_values().collect();
+        session.handed.clear();
         session.tokens.clear();
         session.packet_ids.clear();
         let host = session.host.clone();
@@ -738,6 +745,9 @@ async fn publish_one(state: &Rc<RefCell<HostState>>, client: &str, message: Plan
                 session.tokens.insert(token.token, id.clone());
                 if message.qos != QoS::AtMostOnce {
                     session.unacked.insert(number, id.clone());
+                    if let Some(instance) = instance {
+                        session.handed.insert(id.clone(), instance);
+                    }
                 }
             }
             s.record_now(
@@ -805,7 +815,8 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
         };
         session.instance += 1;
         session.running = true;
-        session.tokens.clear();
+        // Tokens are not cleared: a restarted client's tokens are new, and the dead one's
+        // late wire events still need theirs (`wire_id`).
         let spec = session.spec.clone();
         let client_id = session.client_id.clone();
         let (control, index, instance) = (session.control.clone(), session.index, session.instance);
@@ -962,11 +973,23 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
     tokio::task::spawn_local(async move {
         while let Some(event) = events.recv().await {
             let mut s = lock(&shared);
-            if s.sessions.get(&client).map(|x| x.instance) != Some(instance) {
-                break;
+            if s.sessions.get(&client).map(|x| x.instance) == Some(instance) {
+                record_event(&mut s, &client, &host, event.kind);
+            } else if matches!(
+                event.kind,
+                EventKind::PublishSent { .. }
+                    | EventKind::ReleaseSent { .. }
+                    | EventKind::PublishAccepted { .. }
+            ) {
+                // A crashed process's application never sees these events, but its wire
+                // writes and its persistence happened (or were about to): the checkers reason
+                // about what reached the broker, so the trace keeps them.
+                record_event(&mut s, &client, &host, event.kind);
             }
-            record_event(&mut s, &client, &host, event.kind);
         }
+        // The instance is gone and every event it sent has been read: what it was handed and
+        // never took in is lost with it.
+        lose_unaccepted(&mut lock(&shared), &client, &host, instance);
     });
 }
 
@@ -1072,13 +1095,50 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
             );
         }
         EventKind::PublishSent {
-            token, packet_id, ..
+            token,
+            packet_id,
+            dup,
+            ..
         } => {
+            let Some(id) = wire_id(s, client, token, packet_id.map(|p| p.get())) else {
+                return;
+            };
             if let (Some(session), Some(pid)) = (s.sessions.get_mut(client), packet_id) {
-                if let Some(id) = session.tokens.get(&token).cloned() {
-                    session.packet_ids.insert(pid.get(), id);
-                }
+                session.packet_ids.insert(pid.get(), id.clone());
             }
+            s.record(
+                at,
+                host,
+                Event::PublishTransmitted {
+                    client: c,
+                    id,
+                    dup,
+                    packet_id: packet_id.map(|p| p.get()),
+                },
+            );
+        }
+        EventKind::PublishAccepted { token, packet_id } => {
+            let Some(id) = wire_id(s, client, token, Some(packet_id.get())) else {
+                return;
+            };
+            if let Some(session) = s.sessions.get_mut(client) {
+                session.handed.remove(&id);
+                session.packet_ids.insert(packet_id.get(), id);
+            }
+        }
+        EventKind::ReleaseSent { token, packet_id } => {
+            let Some(id) = wire_id(s, client, token, Some(packet_id.get())) else {
+                return;
+            };
+            s.record(
+                at,
+                host,
+                Event::ReleaseTransmitted {
+                    client: c,
+                    id,
+                    packet_id: packet_id.get(),
+                },
+            );
         }
         EventKind::DeliveryComplete {
             token,
@@ -1242,6 +1302,57 @@ fn record_event(s: &mut Shared, client: &str, host: &str, kind: EventKind) {
             }
         }
     }
+}
+
+/// Fails the messages a client instance was handed and never took into its in-flight state
+/// (it crashed, or stopped, with them still in its request queue): no persistence has them.
+fn lose_unaccepted(s: &mut Shared, client: &str, host: &str, instance: u32) {
+    let Some(session) = s.sessions.get_mut(client) else {
+        return;
+    };
+    let lost: Vec<String> = session
+        .handed
+        .iter()
+        .filter(|(_, &i)| i == instance)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut failed = Vec::new();
+    for id in lost {
+        session.handed.remove(&id);
+        let number = session
+            .unacked
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| *k);
+        if let Some(n) = number {
+            session.unacked.remove(&n);
+            failed.push(id);
+        }
+    }
+    let at = s.now_ms();
+    for id in failed {
+        s.record(
+            at,
+            host,
+            Event::PublishFailed {
+                client: client.to_string(),
+                id,
+                cause: "lost: the client stopped before it took the message in".into(),
+            },
+        );
+    }
+}
+
+/// The payload id of a message the client writes: by the token `publish` returned, or by
+/// packet id for a flow restored from persistence after a restart (its token is the client's
+/// own).
+fn wire_id(s: &Shared, client: &str, token: u64, packet_id: Option<u16>) -> Option<String> {
+    let session = s.sessions.get(client)?;
+    session
+        .tokens
+        .get(&token)
+        .or_else(|| packet_id.and_then(|p| session.packet_ids.get(&p)))
+        .cloned()
 }
 
 /// Finds and forgets the payload id of a finished QoS 1/2 flow.

@@ -6,6 +6,7 @@
 //! copy or one per overlapping subscription, a will on takeover in 3.1.1, order across QoS
 //! levels) it accepts each and records the one observed as a [`Note`].
 
+pub mod client;
 pub mod invented;
 pub mod ordering;
 pub mod qos0;
@@ -39,10 +40,11 @@ pub enum CheckerName {
     Resubscribe,
     Subscription,
     Invented,
+    Client,
 }
 
 impl CheckerName {
-    pub const ALL: [CheckerName; 10] = [
+    pub const ALL: [CheckerName; 11] = [
         CheckerName::Qos0,
         CheckerName::Qos1,
         CheckerName::Qos2,
@@ -53,6 +55,7 @@ impl CheckerName {
         CheckerName::Resubscribe,
         CheckerName::Subscription,
         CheckerName::Invented,
+        CheckerName::Client,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl CheckerName {
             CheckerName::Resubscribe => "resubscribe",
             CheckerName::Subscription => "subscription",
             CheckerName::Invented => "invented",
+            CheckerName::Client => "client",
         }
     }
 
@@ -83,6 +87,7 @@ impl CheckerName {
             CheckerName::Resubscribe => resubscribe::check(model, &mut out),
             CheckerName::Subscription => subscription::check(model, &mut out),
             CheckerName::Invented => invented::check(model, &mut out),
+            CheckerName::Client => client::check(model, &mut out),
         }
         out
     }

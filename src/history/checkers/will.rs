@@ -8,7 +8,9 @@
 //! - Either (recorded): takeover in 3.1.1 (the spec does not say whether the server's closing of
 //!   the old connection publishes the will), a broker crash, a DISCONNECT sent while a fault
 //!   touched the link (the broker may never have seen it), an attempt superseded without a
-//!   recorded cause.
+//!   recorded cause, and a connection the client saw end (keepalive, stream error, its crash)
+//!   when the broker crashed before the close can have crossed the link (`Model::crossed_by`:
+//!   the network's latency bound and the latency faults on the link).
 //!
 //! A required will is owed like a message: to sessions whose subscription was acknowledged
 //! before the connection ended, at min(will QoS, granted). At effective QoS 0 it is owed only
@@ -258,6 +260,29 @@ fn verdict(model: &Model, conn_index: usize, conn: &Connection) -> Verdict {
     if base != Verdict::Required {
         return base;
     }
+    // The client saw its connection end (its keepalive gave up, the stream broke, its host
+    // crashed); the broker learns of it only when the close crosses the link. A broker crash
+    // before that can have happened with the connection still open on the broker's side, and
+    // a crashing broker owes no will for it.
+    let client_side = matches!(
+        cause,
+        Some(
+            DisconnectCause::KeepaliveTimeout
+                | DisconnectCause::NetworkError { .. }
+                | DisconnectCause::ClientCrash
+                | DisconnectCause::ConnectionReset
+        )
+    );
+    if client_side {
+        let noticed_by = model.crossed_by(&conn.client, *end_ms);
+        if model
+            .broker_crashes
+            .iter()
+            .any(|&(_, at)| at >= *end_ms && at <= noticed_by)
+        {
+            return Verdict::Either("a broker crash before the close can have reached it");
+        }
+    }
     // 5.0 Will Delay Interval: a new connection to the session within the delay cancels it,
     // unless that connection starts clean (the session, and with it the delay, ends).
     let delay_ms = conn
@@ -433,6 +458,63 @@ mod tests {
             .disconnect("c", DisconnectCause::KeepaliveTimeout);
         let out = CheckerName::Will.run(&b.model());
         assert!(out.passed(), "{:?}", out.violations);
+    }
+
+    /// chaos-mixed-v5-wills seed 349: the client's keepalive gave up and it closed 15 ms
+    /// before the broker crashed, on links with up to 35 ms of latency. The close may never
+    /// have reached the broker, so the will is not owed; a crash after the close certainly
+    /// arrived leaves it owed.
+    #[test]
+    fn a_broker_crash_before_the_close_can_arrive_makes_the_will_optional() {
+        use crate::history::Event;
+        let build = |crash_after_ms: u64| {
+            let mut b = TraceBuilder::new();
+            b.ev(Event::Network {
+                tick_ms: 5,
+                latency_min_ms: 5,
+                latency_max_ms: 35,
+            });
+            // The subscriber's session outlives the crash (durable broker, persistent).
+            b.connect("s", false, false)
+                .subscribe("s", "status/#", 1, 1);
+            b.connect_opts("c", true, ProtocolVersion::V5, None, will(None))
+                .connack("c", false);
+            b.at(5765)
+                .disconnect("c", DisconnectCause::KeepaliveTimeout)
+                .at(5765 + crash_after_ms)
+                .fault(Fault::BrokerCrash { power_loss: false });
+            b.at(7000).ev(Event::BrokerStarted { durable: true });
+            b.disconnect("s", DisconnectCause::BrokerCrash)
+                .connect("s", false, true);
+            b
+        };
+        let out = CheckerName::Will.run(&build(15).model());
+        assert!(out.passed(), "{:?}", out.violations);
+        assert!(
+            out.notes.keys().any(|n| n.contains("before the close")),
+            "{:?}",
+            out.notes
+        );
+        let out = CheckerName::Will.run(&build(500).model());
+        assert_eq!(out.violations.len(), 1, "{:?}", out.notes);
+        // A latency fault on the client's link stretches the window.
+        let mut b = build(500);
+        b.trace.records.insert(
+            3,
+            crate::history::Record {
+                at_ms: 3,
+                host: "sim".into(),
+                event: Event::Fault {
+                    fault: Fault::Latency {
+                        a: "h-c".into(),
+                        b: "broker".into(),
+                        latency_ms: 600,
+                        jitter_ms: 0,
+                    },
+                },
+            },
+        );
+        assert!(CheckerName::Will.run(&b.model()).passed());
     }
 
     #[test]
