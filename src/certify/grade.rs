@@ -260,6 +260,9 @@ steps:
                 .map(|(n, c)| (n.to_string(), *c))
                 .collect::<BTreeMap<_, _>>(),
             simulated: Duration::from_secs(1),
+            unconfirmed: Vec::new(),
+            nemesis_faults: 0,
+            nemesis_effective: 0,
         }
     }
 

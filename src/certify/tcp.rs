@@ -328,7 +328,7 @@ impl Backend for Tcp {
         }
     }
 
-    fn crash_broker(&mut self, power_loss: bool) -> Result<(), String> {
+    fn crash_broker(&mut self, power_loss: bool) -> Result<crate::sim::Confirmation, String> {
         if power_loss {
             return Err(
                 "a power loss cannot be injected into a real broker from outside (only into the simulated one)"
@@ -347,10 +347,11 @@ impl Backend for Tcp {
         }
         // Let the resets reach the clients before the world pauses for the restart.
         self.step()?;
-        self.run_restart_command()
+        self.run_restart_command()?;
+        Ok(Ok(()))
     }
 
-    fn restart_broker(&mut self) -> Result<(), String> {
+    fn restart_broker(&mut self) -> Result<crate::sim::Confirmation, String> {
         self.down = false;
         let hosts: Vec<String> = self.proxies.keys().cloned().collect();
         for host in &hosts {
@@ -362,7 +363,7 @@ impl Backend for Tcp {
                 durable: self.target.durable,
             },
         );
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn kick(&mut self, client: &str, client_id: &str) -> Result<(), String> {

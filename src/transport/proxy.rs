@@ -44,7 +44,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,8 @@ pub struct ProxyControl {
     faults: watch::Sender<Faults>,
     connections: Arc<AtomicUsize>,
     buffered_bytes: Arc<AtomicUsize>,
+    /// Bytes a blackhole discarded, client to broker and broker to client.
+    discarded: Arc<[AtomicU64; 2]>,
 }
 
 impl ProxyControl {
@@ -122,7 +124,17 @@ impl ProxyControl {
             faults: watch::Sender::new(Faults::default()),
             connections: Arc::new(AtomicUsize::new(0)),
             buffered_bytes: Arc::new(AtomicUsize::new(0)),
+            discarded: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         }
+    }
+
+    /// Bytes blackholes have discarded so far: (client to broker, broker to client). A
+    /// partition took effect when this grew while it was on.
+    pub fn discarded_bytes(&self) -> (u64, u64) {
+        (
+            self.discarded[0].load(Ordering::SeqCst),
+            self.discarded[1].load(Ordering::SeqCst),
+        )
     }
 
     /// Resets every open connection now: both peers get an RST, as when the path crashes.
@@ -283,9 +295,11 @@ async fn accept_loop(
         };
         let rng_seed = seed ^ accepted.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let buffered = control.buffered_bytes.clone();
+        let discarded = control.discarded.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            match proxy_connection(client, upstream, switches, rng_seed, buffered).await {
+            match proxy_connection(client, upstream, switches, rng_seed, buffered, discarded).await
+            {
                 End::UpstreamUnreachable(error) => {
                     tracing::warn!(%peer, %upstream, %error, "proxy cannot reach the upstream; client closed")
                 }
@@ -340,6 +354,8 @@ struct Flow {
     queued_bytes: usize,
     /// The proxy-wide total of `queued_bytes` (`ProxyControl::buffered_bytes`).
     buffered_total: Arc<AtomicUsize>,
+    /// The proxy-wide count of bytes blackholes discarded, per way.
+    discarded: Arc<[AtomicU64; 2]>,
     read_buf: Box<[u8]>,
     /// The source sent FIN.
     source_done: bool,
@@ -351,12 +367,18 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(way: Way, seed: u64, buffered_total: Arc<AtomicUsize>) -> Flow {
+    fn new(
+        way: Way,
+        seed: u64,
+        buffered_total: Arc<AtomicUsize>,
+        discarded: Arc<[AtomicU64; 2]>,
+    ) -> Flow {
         Flow {
             way,
             queue: VecDeque::new(),
             queued_bytes: 0,
             buffered_total,
+            discarded,
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             source_done: false,
             finished: false,
@@ -389,6 +411,7 @@ impl Flow {
     /// drop them when this direction is blackholed.
     fn take_read(&mut self, n: usize, faults: &Faults) {
         if faults.blackholed(self.way) {
+            self.count_discarded(n);
             return;
         }
         let jitter = if faults.jitter.is_zero() {
@@ -428,6 +451,20 @@ impl Flow {
             chunk.due = chunk.due.min(latest);
         }
         self.last_due = self.last_due.min(latest);
+    }
+
+    fn count_discarded(&self, n: usize) {
+        let way = match self.way {
+            Way::ClientToBroker => 0,
+            Way::BrokerToClient => 1,
+        };
+        self.discarded[way].fetch_add(n as u64, Ordering::SeqCst);
+    }
+
+    /// A blackhole began: what was on its way is lost.
+    fn blackholed_queue(&mut self) {
+        self.count_discarded(self.queued_bytes);
+        self.drop_queued();
     }
 
     /// A blackhole began (what was on its way is lost) or the connection ended.
@@ -574,11 +611,22 @@ async fn proxy_connection(
     mut switches: Switches,
     seed: u64,
     buffered_total: Arc<AtomicUsize>,
+    discarded: Arc<[AtomicU64; 2]>,
 ) -> End {
     // Latency is what this proxy is for; Nagle would add its own on top.
     let _ = client.set_nodelay(true);
-    let mut c2b = Flow::new(Way::ClientToBroker, seed, buffered_total.clone());
-    let mut b2c = Flow::new(Way::BrokerToClient, seed.rotate_left(1) ^ 1, buffered_total);
+    let mut c2b = Flow::new(
+        Way::ClientToBroker,
+        seed,
+        buffered_total.clone(),
+        discarded.clone(),
+    );
+    let mut b2c = Flow::new(
+        Way::BrokerToClient,
+        seed.rotate_left(1) ^ 1,
+        buffered_total,
+        discarded,
+    );
 
     let dialled = match wait_for_path(&mut client, &mut switches, &mut c2b).await {
         Ok(()) => dial(upstream, &mut switches).await,
@@ -614,7 +662,7 @@ async fn pump(
         let slowest = now.latency + now.jitter;
         for flow in [&mut *c2b, &mut *b2c] {
             if now.blackholed(flow.way) && !was.blackholed(flow.way) {
-                flow.drop_queued();
+                flow.blackholed_queue();
             }
             if slowest < was.latency + was.jitter {
                 flow.hurry(Instant::now() + slowest);
