@@ -325,6 +325,13 @@ async fn stall_then_unstall_delivers_everything_in_order() {
         "bytes moved during a stall"
     );
     assert_eq!(control.buffered_bytes(), 0, "a stalled proxy reads nothing");
+    // What waits at the stall is seen (a peek), which is how certify confirms a loss.
+    let (held_up, held_down) = control.held_bytes();
+    assert!(
+        held_up > 0,
+        "the bytes waiting at the stall were not counted"
+    );
+    assert_eq!(held_down, 0, "nothing came the other way");
 
     control.unstall();
     let mut back = vec![0; data.len()];

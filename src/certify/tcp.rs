@@ -27,8 +27,9 @@
 //!   by itself. The step executor confirms it by the old connection's end: a broker that does
 //!   not close it makes the case inconclusive.
 //!
-//! A partition is confirmed by the bytes the proxy discarded ([`Backend::link_count`]); the
-//! certify runner's liveness guard reaches in through [`Watch`].
+//! A partition is confirmed by the bytes the proxy discarded, a loss (a stall) by the bytes it
+//! found waiting ([`Backend::link_count`]); the certify runner's liveness guard reaches in
+//! through [`Watch`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -339,12 +340,11 @@ impl Backend for Tcp {
     }
 
     fn link_count(&mut self, host: &str) -> LinkCount {
+        let control = self.proxies.get(host).map(|p| p.control());
         LinkCount {
-            discarded: self
-                .proxies
-                .get(host)
-                .map(|p| p.control().discarded_bytes()),
+            discarded: control.as_ref().map(|c| c.discarded_bytes()),
             from_broker: None,
+            held: control.as_ref().map(|c| c.held_bytes()),
         }
     }
 

@@ -30,6 +30,9 @@ pub struct LinkCount {
     pub discarded: Option<(u64, u64)>,
     /// Bytes the broker wrote toward the host (into the link, whatever became of them).
     pub from_broker: Option<u64>,
+    /// Bytes found waiting at a stalled link (toward the broker, from it): a lossless loss
+    /// (certify's stall) met traffic.
+    pub held: Option<(u64, u64)>,
 }
 
 /// What the step executor needs from a world.
@@ -234,6 +237,7 @@ impl Backend for Turmoil<'_> {
                     .copied()
                     .unwrap_or(0),
             ),
+            held: None,
         }
     }
 

@@ -931,7 +931,11 @@ impl<B: Backend> Runner<B> {
                         }
                     }
                     LinkFault::Loss | LinkFault::Latency => {
-                        if sent + received + from_broker.unwrap_or(0) > 0 {
+                        let held = match (before.backend.held, after.backend.held) {
+                            (Some((t0, f0)), Some((t1, f1))) => t1 - t0 + f1 - f0,
+                            _ => 0,
+                        };
+                        if sent + received + from_broker.unwrap_or(0) + held > 0 {
                             Ok(())
                         } else {
                             Err(format!(
