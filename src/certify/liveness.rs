@@ -227,7 +227,8 @@ enum Request {
     /// Opens the sentinel again (after a deliberate restart); answers when done.
     Reopen(mpsc::Sender<()>),
     /// Periodic checks off (true) or on (false) — a deliberate restart is no incident.
-    Pause(bool),
+    /// Answered once in effect (no check runs any more).
+    Pause(bool, mpsc::Sender<()>),
 }
 
 /// The guard. Dropping it stops the guard's thread.
@@ -360,9 +361,13 @@ impl GuardHandle {
         }
     }
 
-    /// Stops (true) or resumes (false) the periodic checks.
+    /// Stops (true) or resumes (false) the periodic checks; returns once that is in effect,
+    /// so no check that began before overlaps what follows (a restart on purpose).
     pub fn pause(&self, paused: bool) {
-        let _ = self.tx.send(Request::Pause(paused));
+        let (reply, done) = mpsc::channel();
+        if self.tx.send(Request::Pause(paused, reply)).is_ok() {
+            let _ = done.recv();
+        }
     }
 }
 
@@ -392,7 +397,10 @@ impl Prober {
                 runtime.block_on(self.reopen());
                 let _ = reply.send(());
             }
-            Request::Pause(p) => *paused = p,
+            Request::Pause(p, reply) => {
+                *paused = p;
+                let _ = reply.send(());
+            }
         }
     }
 
