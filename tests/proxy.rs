@@ -250,6 +250,8 @@ async fn blackhole_both_ways_loses_bytes_keeps_tcp_up_and_heal_restores_the_same
     assert_eq!(read_exact(&mut server, 8).await, b"after-up");
     assert_eq!(read_exact(&mut client, 10).await, b"after-down");
     assert_eq!(control.buffered_bytes(), 0);
+    // What the blackhole swallowed is counted, each way (a partition proves it took effect).
+    assert_eq!(control.discarded_bytes(), (7, 9));
 }
 
 #[tokio::test]
@@ -276,6 +278,7 @@ async fn blackhole_one_way_leaves_the_other_way_flowing() {
     control.heal();
     server.write_all(b"healed").await.unwrap();
     assert_eq!(read_exact(&mut client, 6).await, b"healed");
+    assert_eq!(control.discarded_bytes(), (9, 9));
 }
 
 #[tokio::test]
@@ -322,6 +325,13 @@ async fn stall_then_unstall_delivers_everything_in_order() {
         "bytes moved during a stall"
     );
     assert_eq!(control.buffered_bytes(), 0, "a stalled proxy reads nothing");
+    // What waits at the stall is seen (a peek), which is how certify confirms a loss.
+    let (held_up, held_down) = control.held_bytes();
+    assert!(
+        held_up > 0,
+        "the bytes waiting at the stall were not counted"
+    );
+    assert_eq!(held_down, 0, "nothing came the other way");
 
     control.unstall();
     let mut back = vec![0; data.len()];

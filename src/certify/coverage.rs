@@ -10,7 +10,7 @@
 //!
 //! Per statement the verdict across the run is, strongest first: failed (some case has a
 //! finding citing it), passed (some case that tests it ran clean of it and of errors),
-//! inconclusive (every case that tests it ran into an `Error`), skipped (every case that tests
+//! inconclusive (every case that tests it ran into an `Error` or was inconclusive), skipped (every case that tests
 //! it was skipped; the reasons), untested (no scenario tests it). With each goes whether a black
 //! box can observe the statement at all, so "untested, not observable from outside" stands apart
 //! from a real gap.
@@ -459,6 +459,8 @@ pub fn coverage(cert: &Certification, statements: &Statements) -> Coverage {
                 Verdict::Skipped { reason } => {
                     skipped.insert(format!("{}: {reason}", case.scenario));
                 }
+                // Ran, but proved nothing (its findings are set aside): never a pass.
+                Verdict::Inconclusive { .. } => errored.push(at(None)),
                 _ => {
                     if let Some(grade) = cites(case, s.version, &s.id, statements) {
                         failed.push(at(Some(grade)));
@@ -596,6 +598,7 @@ mod tests {
             versions: vec![SpecVersion::V311],
             verdict,
             findings,
+            set_aside: Vec::new(),
             choices: Vec::<Choice>::new(),
             duration: Duration::from_millis(10),
             rerun: String::new(),
@@ -622,6 +625,7 @@ mod tests {
             duration: Duration::from_secs(1),
             simqtt_version: "0".into(),
             cases,
+            incidents: Vec::new(),
         }
     }
 

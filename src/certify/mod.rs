@@ -16,12 +16,15 @@
 //!   library), and what the broker does in a step;
 //! - [`coverage`]: statement → scenarios that test it, and their verdicts;
 //! - [`report`]: terminal summary, JUnit XML, Markdown, JSON;
-//! - [`runner`]: runs scenarios against the target (phases, seeds, isolation, progress);
+//! - [`runner`]: runs scenarios against the target (phases, seeds, isolation, progress), and
+//!   handles the broker stopping answering (reruns, the robustness finding, cascades);
+//! - [`liveness`]: the guard that checks the broker still answers well;
 //! - [`tcp`]: the real-TCP backend of the step executor (fault proxies, restart command).
 
 pub mod citations;
 pub mod coverage;
 pub mod grade;
+pub mod liveness;
 pub mod profile;
 pub mod report;
 pub mod runner;
@@ -86,6 +89,55 @@ pub enum Verdict {
     Failed,
     /// Not run: why (an unmet `requires:` and what the profile lacks).
     Skipped { reason: String },
+    /// Ran, but proves nothing either way: a fault or control step of the case did not take
+    /// effect (a kick that disconnected nobody), or the broker stopped answering while the
+    /// case ran and it could not be rerun. Never a pass; the findings the run produced are
+    /// set aside (`CaseResult::set_aside`), not charged to the broker.
+    Inconclusive { reason: String },
+}
+
+/// Findings a run produced that are not charged to the broker, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAside {
+    /// E.g. "step 4 (kick sub) did not take effect", or "cascade: seen after the broker
+    /// degraded (after case X); gone when the case was rerun alone on a restarted broker".
+    pub reason: String,
+    pub findings: Vec<Finding>,
+}
+
+/// The broker stopped answering well during the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    /// `crashed` (new connections refused and held ones dropped) or `degraded` (new
+    /// connections refused or unanswered while held ones live on).
+    pub kind: IncidentKind,
+    /// What the probe saw.
+    pub detail: String,
+    /// The cases that were running (or had just ended) when it happened.
+    pub during: Vec<String>,
+    /// The case (and step) whose input did it, when a rerun alone reproduced it.
+    pub culprit: Option<String>,
+    /// The restart command brought it back (false: no command, or it did not).
+    pub restarted: bool,
+    /// Cases rerun alone on the restarted broker because of it.
+    pub rerun: Vec<String>,
+}
+
+/// How the broker stopped answering well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    Crashed,
+    Degraded,
+}
+
+impl IncidentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::Crashed => "crashed",
+            IncidentKind::Degraded => "degraded",
+        }
+    }
 }
 
 /// One scenario × seed against the broker.
@@ -110,6 +162,10 @@ pub struct CaseResult {
     pub versions: Vec<SpecVersion>,
     pub verdict: Verdict,
     pub findings: Vec<Finding>,
+    /// Findings of this case's runs that are not charged to the broker (an inconclusive
+    /// run's, or a cascade that vanished when the case was rerun alone), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_aside: Vec<SetAside>,
     pub choices: Vec<Choice>,
     /// Wall time the run took.
     #[serde(with = "duration_ms")]
@@ -121,6 +177,10 @@ pub struct CaseResult {
 impl CaseResult {
     pub fn failed(&self) -> bool {
         matches!(self.verdict, Verdict::Failed)
+    }
+
+    pub fn inconclusive(&self) -> bool {
+        matches!(self.verdict, Verdict::Inconclusive { .. })
     }
 }
 
@@ -140,12 +200,16 @@ pub struct Certification {
     /// simqtt's own version (`CARGO_PKG_VERSION`).
     pub simqtt_version: String,
     pub cases: Vec<CaseResult>,
+    /// Every time the broker stopped answering well (crashed or degraded), in order.
+    #[serde(default)]
+    pub incidents: Vec<Incident>,
 }
 
 impl Certification {
-    /// Certified when no case failed (SHOULD findings and skips do not fail it).
+    /// Certified when no case failed and none was inconclusive (SHOULD findings and skips
+    /// with their reasons do not fail it; an inconclusive case certified nothing).
     pub fn certified(&self) -> bool {
-        !self.cases.iter().any(CaseResult::failed)
+        !self.cases.iter().any(|c| c.failed() || c.inconclusive())
     }
 }
 

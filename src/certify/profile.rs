@@ -538,6 +538,7 @@ requires: [broker_restart, persistence]
 clients: {c: {clean_session: false}}
 steps:
   - connect: c
+  - crash_broker:
   - restart_broker:
 ";
 

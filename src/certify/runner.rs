@@ -14,17 +14,18 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use super::grade;
+use super::liveness::{Guard, Health, Reach};
 use super::profile::{self, Profile};
 use super::statements::Statements;
-use super::tcp::{Restart, Target, Tcp};
-use super::{CaseResult, Certification, Finding, Grade, Verdict};
+use super::tcp::{Broke, Restart, Target, Tcp, Watch};
+use super::{CaseResult, Certification, Finding, Grade, Incident, IncidentKind, SetAside, Verdict};
 use crate::client::{Client, ConnectOptions, EventKind, MemoryPersistence};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::scenario::{Capability, Kind, Scenario, Step};
@@ -114,6 +115,16 @@ pub fn plan(scenarios: &[(PathBuf, Scenario)], options: &Options) -> Vec<Case> {
 }
 
 /// Runs every case and grades it. `progress` is called after each case with (done, total).
+///
+/// The liveness guard (`liveness::Guard`) checks the broker after every case and while cases
+/// run. When it stops answering well (crashed, or degraded: new connections refused while old
+/// ones live), no new case starts, the cases in flight stop, the broker is restarted with the
+/// restart command, and every case that ran while it was unwell is rerun alone, with a check
+/// after each of its steps: the one whose input breaks it again gets one MUST robustness
+/// finding (`robustness`) and nothing else; the others get their rerun's verdict, and a
+/// failure of the first run that the rerun does not show is set aside as cascade. Without a
+/// restart command (and a broker that does not come back by itself), those cases and every
+/// later one are inconclusive. Each time is an `Incident` of the report.
 pub fn certify(
     cases: Vec<Case>,
     options: &Options,
@@ -158,11 +169,48 @@ pub fn certify(
             parallel.push(i);
         }
     }
-    let cases = Arc::new(cases);
+    let coord = Arc::new(Coord::default());
+    let guard = {
+        let coord = coord.clone();
+        let reach = Reach {
+            broker: options.broker,
+            username: options.username.clone(),
+            password: options.password.as_deref().map(super::tcp::password),
+            id_prefix: Isolation::new(&run_id).client_id("live"),
+        };
+        match Guard::start(reach, move |health| coord.open_incident(health, None)) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                tracing::warn!(
+                    "liveness guard off: its probes fail from the start ({e}); a broker that stops answering will not be told from one that never did"
+                );
+                None
+            }
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        cases,
+        options: options.clone(),
+        run_id,
+        guard,
+        coord,
+    });
     let jobs = options.jobs.clamp(1, JOBS_MAX);
     let mut phases = vec![(jobs, parallel)];
     phases.extend(waves.into_iter().map(|(_, wave)| (jobs, wave)));
     phases.push((1, serial));
+    let mut take = |rx: mpsc::Receiver<(usize, CaseResult)>,
+                    results: &mut Vec<Option<CaseResult>>| {
+        for (i, result) in rx {
+            // A case rerun after its first result was taken (a culprit found among cases that
+            // had ended just before an incident) replaces it without counting twice.
+            if results[i].is_none() {
+                done += 1;
+                progress(&result, done, total);
+            }
+            results[i] = Some(result);
+        }
+    };
     for (phase, indices) in phases {
         if indices.is_empty() {
             continue;
@@ -172,51 +220,21 @@ pub fn certify(
         let (tx, rx) = mpsc::channel::<(usize, CaseResult)>();
         let mut threads = Vec::new();
         for _ in 0..phase.min(indices.len()) {
-            let (cases, indices, next, tx) =
-                (cases.clone(), indices.clone(), next.clone(), tx.clone());
-            let options = options.clone();
-            let run_id = run_id.clone();
-            threads.push(std::thread::spawn(move || loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&i) = indices.get(k) else { break };
-                let tag = format!("{run_id}{}", base36(i as u64));
-                let case = &cases[i];
-                // A panic in one case is that case's failure, never a silently missing case.
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_case(case, &options, &tag)
-                }))
-                .unwrap_or_else(|panic| {
-                    let text = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "a panic".into());
-                    let mut result = case_result(case, Verdict::Failed, Duration::ZERO, &options);
-                    result.findings.push(Finding {
-                        grade: Grade::Error,
-                        statement: String::new(),
-                        checker: "runner".into(),
-                        owed: "the scenario runs against the broker".into(),
-                        observed: format!("the runner panicked: {text}"),
-                        excerpt: String::new(),
-                    });
-                    result
-                });
-                if tx.send((i, result)).is_err() {
-                    break;
-                }
-            }));
+            let (ctx, indices, next, tx) = (ctx.clone(), indices.clone(), next.clone(), tx.clone());
+            threads.push(std::thread::spawn(move || ctx.worker(&indices, &next, &tx)));
         }
         drop(tx);
-        for (i, result) in rx {
-            done += 1;
-            progress(&result, done, total);
-            results[i] = Some(result);
-        }
+        take(rx, &mut results);
         for t in threads {
             let _ = t.join();
         }
     }
+    // An incident the guard saw after the last case ended.
+    let (tx, rx) = mpsc::channel();
+    ctx.settle(&tx);
+    drop(tx);
+    take(rx, &mut results);
+    let incidents = std::mem::take(&mut lock_coord(&ctx.coord).incidents);
     Certification {
         broker: options.broker_url.clone(),
         broker_version,
@@ -225,7 +243,597 @@ pub fn certify(
         duration: started.elapsed(),
         simqtt_version: env!("CARGO_PKG_VERSION").to_string(),
         cases: results.into_iter().flatten().collect(),
+        incidents,
     }
+}
+
+/// How long before an incident a case may have ended and still be suspected of causing it
+/// (a broker may die a moment after the input that kills it): such a case is rerun alone to
+/// look for the culprit, its result kept unless the rerun breaks the broker again.
+const CULPRIT_GRACE: Duration = Duration::from_secs(3);
+/// Without a restart command: how long to wait for a broker that stopped answering to come
+/// back by itself.
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
+
+/// What the workers share: the cases, the guard and the incident state.
+struct Ctx {
+    cases: Vec<Case>,
+    options: Options,
+    run_id: String,
+    guard: Option<Guard>,
+    coord: Arc<Coord>,
+}
+
+/// The incident state, shared with the guard's thread.
+#[derive(Default)]
+struct Coord {
+    state: Mutex<CoordState>,
+    changed: Condvar,
+    /// Bumped when an incident opens: a run that began under an older value stops.
+    epoch: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct CoordState {
+    /// The incident waiting to be handled.
+    open: Option<Open>,
+    in_flight: BTreeSet<usize>,
+    /// Cases accepted, with when they ended (culprit candidates for an incident soon after).
+    recent: Vec<(usize, Instant)>,
+    /// Results of runs that overlapped an incident: to be redone.
+    suspects: Vec<(usize, CaseResult)>,
+    resolving: bool,
+    /// The broker is down for good: later cases are not run.
+    gave_up: Option<String>,
+    incidents: Vec<Incident>,
+    /// Reruns made so far (each gets its own isolation tag).
+    reruns: u64,
+}
+
+struct Open {
+    health: Health,
+    during: BTreeSet<usize>,
+    candidates: Vec<usize>,
+}
+
+fn lock_coord(coord: &Coord) -> std::sync::MutexGuard<'_, CoordState> {
+    coord.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Coord {
+    /// The broker stopped answering well (seen by the guard, or after case `by`).
+    fn open_incident(&self, health: Health, by: Option<usize>) {
+        let mut st = lock_coord(self);
+        self.open_locked(&mut st, health, by);
+    }
+
+    fn open_locked(&self, st: &mut CoordState, health: Health, by: Option<usize>) {
+        if health.is_well() || st.resolving {
+            // While an incident is handled, its reruns check the broker themselves.
+            return;
+        }
+        match &mut st.open {
+            Some(open) => open.during.extend(by),
+            None => {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                let mut during: BTreeSet<usize> = st.in_flight.clone();
+                during.extend(by);
+                let now = Instant::now();
+                let candidates = st
+                    .recent
+                    .iter()
+                    .filter(|(i, at)| {
+                        now.duration_since(*at) <= CULPRIT_GRACE && !during.contains(i)
+                    })
+                    .map(|(i, _)| *i)
+                    .collect();
+                st.open = Some(Open {
+                    health,
+                    during,
+                    candidates,
+                });
+            }
+        }
+        self.changed.notify_all();
+    }
+}
+
+type Results = mpsc::Sender<(usize, CaseResult)>;
+
+/// A case's run, with what an incident needs after it.
+struct Ran {
+    result: CaseResult,
+    trace: crate::history::Trace,
+    broke: Option<Broke>,
+}
+
+impl Ctx {
+    fn worker(&self, indices: &[usize], next: &AtomicUsize, tx: &Results) {
+        loop {
+            self.wait_ready(tx);
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&i) = indices.get(k) else { break };
+            let case = &self.cases[i];
+            let (epoch, gave_up) = {
+                let mut st = lock_coord(&self.coord);
+                st.in_flight.insert(i);
+                (self.coord.epoch.load(Ordering::SeqCst), st.gave_up.clone())
+            };
+            if let Some(reason) = gave_up {
+                lock_coord(&self.coord).in_flight.remove(&i);
+                let _ = tx.send((i, not_run(case, &self.options, &reason)));
+                continue;
+            }
+            let tag = format!("{}{}", self.run_id, base36(i as u64));
+            let ran = self.run(case, &tag, Some(epoch), false);
+            let health = self.check();
+            let mut st = lock_coord(&self.coord);
+            st.in_flight.remove(&i);
+            let unwell = !health.is_well();
+            self.coord.open_locked(&mut st, health, Some(i));
+            if unwell || self.coord.epoch.load(Ordering::SeqCst) != epoch {
+                st.suspects.push((i, ran.result));
+            } else {
+                let now = Instant::now();
+                st.recent
+                    .retain(|(_, at)| now.duration_since(*at) <= CULPRIT_GRACE);
+                st.recent.push((i, now));
+                let _ = tx.send((i, ran.result));
+            }
+            drop(st);
+            self.settle(tx);
+        }
+        self.settle(tx);
+    }
+
+    /// Waits while an incident is open (handling it once nothing runs any more).
+    fn wait_ready(&self, tx: &Results) {
+        loop {
+            let st = lock_coord(&self.coord);
+            if st.open.is_none() && !st.resolving {
+                return;
+            }
+            if st.open.is_some() && st.in_flight.is_empty() && !st.resolving {
+                drop(st);
+                self.settle(tx);
+                continue;
+            }
+            let _unused = self
+                .coord
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Handles the open incident if no case runs any more (one thread does it).
+    fn settle(&self, tx: &Results) {
+        loop {
+            let (open, suspects) = {
+                let mut st = lock_coord(&self.coord);
+                if st.open.is_none() || !st.in_flight.is_empty() || st.resolving {
+                    return;
+                }
+                st.resolving = true;
+                let open = st.open.take();
+                (open, std::mem::take(&mut st.suspects))
+            };
+            let incident = open.map(|open| self.resolve(open, suspects, tx));
+            let mut st = lock_coord(&self.coord);
+            st.incidents.extend(incident);
+            st.resolving = false;
+            st.recent.clear();
+            self.coord.changed.notify_all();
+        }
+    }
+
+    fn check(&self) -> Health {
+        self.guard.as_ref().map_or(Health::Well, Guard::check)
+    }
+
+    /// Runs a case: `epoch` stops it when an incident opens; `alone` (a rerun during an
+    /// incident) checks the broker after each explicit step and after the run.
+    fn run(&self, case: &Case, tag: &str, epoch: Option<u64>, alone: bool) -> Ran {
+        let mut watch = Watch::default();
+        if let Some(epoch) = epoch {
+            let current = self.coord.epoch.clone();
+            watch.stop = Some(Arc::new(move || current.load(Ordering::SeqCst) != epoch));
+        }
+        if self.guard.is_some() {
+            let guard = self.guard_handle();
+            watch.restarting = Some(Arc::new(move |restarting| {
+                if restarting {
+                    guard.pause(true);
+                } else {
+                    guard.reopen();
+                    guard.pause(false);
+                }
+            }));
+            if alone {
+                let guard = self.guard_handle();
+                watch.after_step = Some(Arc::new(move || match guard.check() {
+                    Health::Well => Ok(()),
+                    other => Err(describe_health(&other)),
+                }));
+            }
+        }
+        let broke = watch.broke.clone();
+        // A panic in one case is that case's failure, never a silently missing case.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_watched(case, &self.options, tag, watch)
+        }));
+        let (result, trace) = outcome.unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            let mut result = case_result(case, Verdict::Failed, Duration::ZERO, &self.options);
+            result.findings.push(Finding {
+                grade: Grade::Error,
+                statement: String::new(),
+                checker: "runner".into(),
+                owed: "the scenario runs against the broker".into(),
+                observed: format!("the runner panicked: {text}"),
+                excerpt: String::new(),
+            });
+            (result, crate::history::Trace::new())
+        });
+        let broke = broke.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ran {
+            result,
+            trace,
+            broke,
+        }
+    }
+
+    fn guard_handle(&self) -> GuardHandle {
+        GuardHandle(self.guard.as_ref().map(Guard::handle))
+    }
+
+    /// Handles one incident: brings the broker back, reruns every suspect alone, finds the
+    /// culprit, sends the final results.
+    fn resolve(
+        &self,
+        open: Open,
+        mut suspects: Vec<(usize, CaseResult)>,
+        tx: &Results,
+    ) -> Incident {
+        let guard = self.guard_handle();
+        guard.pause(true);
+        let kind = match open.health {
+            Health::Degraded(_) => IncidentKind::Degraded,
+            _ => IncidentKind::Crashed,
+        };
+        let detail = open.health.detail().to_string();
+        let name = |i: usize| case_label(&self.cases[i]);
+        let mut incident = Incident {
+            kind,
+            detail: detail.clone(),
+            during: open.during.iter().map(|&i| name(i)).collect(),
+            culprit: None,
+            restarted: false,
+            rerun: Vec::new(),
+        };
+        let mut gave_up = match self.bring_back(kind, &detail) {
+            Ok(restarted) => {
+                incident.restarted = restarted;
+                None
+            }
+            Err(e) => Some(e),
+        };
+        suspects.sort_by_key(|(i, _)| *i);
+        let mut merged = Vec::new();
+        for (i, original) in suspects {
+            let case = &self.cases[i];
+            if let Some(reason) = &gave_up {
+                let _ = tx.send((i, inconclusive(original, reason)));
+                continue;
+            }
+            incident.rerun.push(name(i));
+            let ran = self.rerun(case);
+            match self.culprit(&ran) {
+                Some(broke) => {
+                    let culprit = robustness(case, &ran, broke.as_ref(), kind, &self.options);
+                    incident
+                        .culprit
+                        .get_or_insert_with(|| culprit_name(case, broke.as_ref()));
+                    let _ = tx.send((i, with_fallout(culprit, original)));
+                    match self.bring_back(kind, &detail) {
+                        Ok(restarted) => incident.restarted |= restarted,
+                        Err(e) => gave_up = Some(e),
+                    }
+                }
+                None => merged.push((i, original, ran.result)),
+            }
+        }
+        // A case that ended just before may have dealt the blow (its result stands unless its
+        // rerun alone breaks the broker again).
+        for i in open.candidates {
+            if incident.culprit.is_some() || gave_up.is_some() {
+                break;
+            }
+            let case = &self.cases[i];
+            let ran = self.rerun(case);
+            if let Some(broke) = self.culprit(&ran) {
+                let culprit = robustness(case, &ran, broke.as_ref(), kind, &self.options);
+                incident.culprit = Some(culprit_name(case, broke.as_ref()));
+                incident.rerun.push(name(i));
+                let _ = tx.send((i, culprit));
+                if let Err(e) = self.bring_back(kind, &detail) {
+                    gave_up = Some(e);
+                }
+            }
+        }
+        let after = incident
+            .culprit
+            .clone()
+            .unwrap_or_else(|| format!("while {} ran", incident.during.join(", ")));
+        for (i, original, rerun) in merged {
+            let _ = tx.send((i, cascade(original, rerun, kind, &after)));
+        }
+        if let Some(reason) = gave_up {
+            lock_coord(&self.coord).gave_up = Some(reason);
+        }
+        guard.pause(false);
+        incident
+    }
+
+    /// Reruns a case alone (its own isolation tag), checking the broker after each step.
+    fn rerun(&self, case: &Case) -> Ran {
+        let n = {
+            let mut st = lock_coord(&self.coord);
+            st.reruns += 1;
+            st.reruns
+        };
+        let tag = format!("{}r{}", self.run_id, base36(n));
+        self.run(case, &tag, None, true)
+    }
+
+    /// Whether a rerun alone broke the broker: after a step (`Some(Some(broke))`), or by the
+    /// end of the run (`Some(None)`).
+    fn culprit(&self, ran: &Ran) -> Option<Option<Broke>> {
+        if let Some(broke) = &ran.broke {
+            return Some(Some(broke.clone()));
+        }
+        (!self.check().is_well()).then_some(None)
+    }
+
+    /// Restarts the broker (the restart command), or waits for it to come back by itself.
+    /// `Ok(true)`: restarted by the command; `Ok(false)`: came back by itself.
+    fn bring_back(&self, kind: IncidentKind, detail: &str) -> Result<bool, String> {
+        let guard = self.guard_handle();
+        if let Some(command) = &self.options.restart_cmd {
+            super::tcp::run_restart(command, self.options.broker)
+                .map_err(|e| format!("the broker {} ({detail}) and {e}", kind.as_str()))?;
+            guard.reopen();
+            return match guard.check() {
+                Health::Well => Ok(true),
+                other => Err(format!(
+                    "the broker {} ({detail}) and does not answer well after --restart-cmd: {}",
+                    kind.as_str(),
+                    other.detail()
+                )),
+            };
+        }
+        let deadline = Instant::now() + RECOVERY_WAIT;
+        while Instant::now() < deadline {
+            guard.reopen();
+            if guard.check().is_well() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Err(format!(
+            "the broker {} ({detail}) and did not come back; without --restart-cmd it cannot be restarted and the case rerun",
+            kind.as_str()
+        ))
+    }
+}
+
+/// A guard that may be absent (the guard is off), usable from other threads.
+#[derive(Clone)]
+struct GuardHandle(Option<super::liveness::GuardHandle>);
+
+impl GuardHandle {
+    fn pause(&self, paused: bool) {
+        if let Some(g) = &self.0 {
+            g.pause(paused);
+        }
+    }
+
+    fn reopen(&self) {
+        if let Some(g) = &self.0 {
+            g.reopen();
+        }
+    }
+
+    fn check(&self) -> Health {
+        self.0.as_ref().map_or(Health::Well, |g| g.check())
+    }
+}
+
+fn describe_health(health: &Health) -> String {
+    match health {
+        Health::Well => "answering".into(),
+        Health::Crashed(d) => format!("crashed: {d}"),
+        Health::Degraded(d) => format!("degraded: {d}"),
+    }
+}
+
+/// `scenario seed N`.
+fn case_label(case: &Case) -> String {
+    match case.seed {
+        Some(seed) => format!("{} seed {seed}", case.scenario.name),
+        None => case.scenario.name.clone(),
+    }
+}
+
+fn culprit_name(case: &Case, broke: Option<&Broke>) -> String {
+    match broke {
+        Some(b) => format!(
+            "{} step {} ({})",
+            case_label(case),
+            b.step + 1,
+            case.scenario.steps.get(b.step).map_or("?", Step::keyword)
+        ),
+        None => case_label(case),
+    }
+}
+
+/// The one finding of the case whose input broke the broker: MUST, checker `liveness`. It
+/// cites the statement the breaking input exercises: the `spec` of the first `expect_raw`
+/// after the step (or the scenario's first statement), which tells what the broker owes that
+/// input; a broker that stops answering everyone has failed it in the worst way. With no
+/// statement named, the finding cites none and stands as a robustness failure.
+fn robustness(
+    case: &Case,
+    ran: &Ran,
+    broke: Option<&Broke>,
+    kind: IncidentKind,
+    options: &Options,
+) -> CaseResult {
+    let scenario = &case.scenario;
+    let (observed, statement, excerpt) = match broke {
+        Some(b) => {
+            let step = scenario.steps.get(b.step);
+            let keyword = step.map_or("?", Step::keyword);
+            let records = &ran.trace.records[b.from.min(ran.trace.len())..b.to.min(ran.trace.len())];
+            let sent: Vec<&str> = records
+                .iter()
+                .filter_map(|r| match &r.event {
+                    crate::history::Event::RawSent { bytes, .. } => Some(bytes.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let what = if sent.is_empty() {
+                format!("step {} ({keyword})", b.step + 1)
+            } else {
+                format!(
+                    "step {} ({keyword}), which sent `{}`",
+                    b.step + 1,
+                    sent.join("` then `")
+                )
+            };
+            let statement = scenario.steps[b.step + 1..]
+                .iter()
+                .find_map(|s| match s {
+                    Step::ExpectRaw(x) => Some(x.spec.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .or_else(|| scenario.spec.first().cloned())
+                .unwrap_or_default();
+            let indices: Vec<usize> = (b.from..b.to.min(ran.trace.len())).collect();
+            (
+                format!(
+                    "the broker {} after {what}, when the case was rerun alone: {}",
+                    kind.as_str(),
+                    b.health
+                ),
+                statement,
+                ran.trace.excerpt(&indices, 2),
+            )
+        }
+        None => (
+            format!(
+                "the broker {} during this case, when it was rerun alone (not after one step: a randomised workload, or a delayed effect)",
+                kind.as_str()
+            ),
+            scenario.spec.first().cloned().unwrap_or_default(),
+            String::new(),
+        ),
+    };
+    let mut result = case_result(case, Verdict::Failed, ran.result.duration, options);
+    result.findings.push(Finding {
+        grade: Grade::Must,
+        statement,
+        checker: "liveness".into(),
+        owed: "the broker keeps answering everyone after any input (it may refuse the input and close that one connection)".into(),
+        observed,
+        excerpt,
+    });
+    result
+}
+
+/// The culprit's first run's findings are the fallout of its own blow: set aside.
+fn with_fallout(mut culprit: CaseResult, original: CaseResult) -> CaseResult {
+    let findings: Vec<Finding> = original
+        .findings
+        .into_iter()
+        .chain(original.set_aside.into_iter().flat_map(|s| s.findings))
+        .filter(|f| f.grade != Grade::Should)
+        .collect();
+    if !findings.is_empty() {
+        culprit.set_aside.push(SetAside {
+            reason: "the first run's findings: fallout of the breakage its own input caused".into(),
+            findings,
+        });
+    }
+    culprit
+}
+
+/// The rerun alone is the case's verdict; what the first run (made while the broker was not
+/// well) found and the rerun does not is cascade.
+fn cascade(
+    original: CaseResult,
+    mut rerun: CaseResult,
+    kind: IncidentKind,
+    after: &str,
+) -> CaseResult {
+    let failing: Vec<Finding> = original
+        .findings
+        .into_iter()
+        .filter(|f| f.grade != Grade::Should)
+        .collect();
+    if !failing.is_empty() {
+        let reason = if rerun.failed() {
+            format!(
+                "the first run, made while the broker {} ({after}); superseded by the rerun alone on a restarted broker",
+                kind.as_str()
+            )
+        } else {
+            format!(
+                "cascade: seen while the broker {} ({after}); gone when the case was rerun alone on a restarted broker",
+                kind.as_str()
+            )
+        };
+        rerun.set_aside.push(SetAside {
+            reason,
+            findings: failing,
+        });
+    }
+    rerun
+}
+
+/// A case that ran while the broker stopped answering and could not be rerun.
+fn inconclusive(mut original: CaseResult, reason: &str) -> CaseResult {
+    let findings: Vec<Finding> = std::mem::take(&mut original.findings)
+        .into_iter()
+        .filter(|f| f.grade != Grade::Should)
+        .collect();
+    let why =
+        format!("ran while the broker stopped answering well, and could not be rerun: {reason}");
+    if !findings.is_empty() {
+        original.set_aside.push(SetAside {
+            reason: why.clone(),
+            findings,
+        });
+    }
+    original.verdict = Verdict::Inconclusive { reason: why };
+    original
+}
+
+/// A case not run because the broker is down for good.
+fn not_run(case: &Case, options: &Options, reason: &str) -> CaseResult {
+    case_result(
+        case,
+        Verdict::Inconclusive {
+            reason: format!("not run: {reason}"),
+        },
+        Duration::ZERO,
+        options,
+    )
 }
 
 fn case_result(case: &Case, verdict: Verdict, duration: Duration, options: &Options) -> CaseResult {
@@ -238,6 +846,7 @@ fn case_result(case: &Case, verdict: Verdict, duration: Duration, options: &Opti
         versions: super::coverage::scenario_versions(&case.scenario),
         verdict,
         findings: Vec::new(),
+        set_aside: Vec::new(),
         choices: Vec::new(),
         duration,
         rerun: rerun(case, options),
@@ -256,6 +865,7 @@ fn skipped(case: &Case, reason: &str) -> CaseResult {
             reason: reason.to_string(),
         },
         findings: Vec::new(),
+        set_aside: Vec::new(),
         choices: Vec::new(),
         duration: Duration::ZERO,
         rerun: String::new(),
@@ -329,6 +939,16 @@ fn writes_raw(scenario: &Scenario) -> bool {
 
 /// Runs one case against the broker (blocking; real time) and grades it.
 pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
+    run_watched(case, options, tag, Watch::default()).0
+}
+
+/// Runs one case under the liveness guard's `watch`; the case's result and its trace.
+fn run_watched(
+    case: &Case,
+    options: &Options,
+    tag: &str,
+    watch: Watch,
+) -> (CaseResult, crate::history::Trace) {
     let started = Instant::now();
     let seed = case.seed.unwrap_or(0);
     let scenario = &case.scenario;
@@ -358,6 +978,7 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
             .clone()
             .map(|command| Restart { command }),
         durable: scenario.broker.durable && options.profile.persistence,
+        watch: watch.clone(),
     };
     let error = |text: String| Finding {
         grade: Grade::Error,
@@ -373,7 +994,7 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
             "cannot create the client persistence directory {}: {e}",
             dir.display()
         )));
-        return result;
+        return (result, crate::history::Trace::new());
     }
     let backend = match Tcp::new(shared.clone(), target) {
         Ok(b) => b,
@@ -382,7 +1003,7 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
             result
                 .findings
                 .push(error(format!("cannot start a runtime: {e}")));
-            return result;
+            return (result, crate::history::Trace::new());
         }
     };
     let mut report: RunReport = sim::execute(backend, scenario, seed, shared.clone());
@@ -394,7 +1015,19 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
             .err()
             .map(|e| format!("writing {}: {e}", path.display()))
     });
-    let leftovers = clean_up(&shared, options, tag);
+    // A run stopped because the broker stopped answering well is rerun with a tag of its
+    // own: cleaning up after it would only wait on a broker that does not answer.
+    let stopped = watch.stop.as_ref().is_some_and(|stop| stop())
+        || watch
+            .broke
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+    let leftovers = if stopped {
+        Ok(())
+    } else {
+        clean_up(&shared, options, tag)
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let (findings, choices) = grade::grade(scenario, &report, Statements::embedded());
     if let Some(text) = trace_error {
@@ -408,15 +1041,31 @@ pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
     let failed = findings
         .iter()
         .any(|f| matches!(f.grade, Grade::Must | Grade::Error));
-    let verdict = if failed {
-        Verdict::Failed
-    } else {
-        Verdict::Passed
-    };
-    let mut result = case_result(case, verdict, started.elapsed(), options);
-    result.findings = findings;
+    let inconclusive = report.inconclusive();
+    let mut result = case_result(case, Verdict::Passed, started.elapsed(), options);
     result.choices = choices;
-    result
+    if inconclusive.is_empty() {
+        result.verdict = if failed {
+            Verdict::Failed
+        } else {
+            Verdict::Passed
+        };
+        result.findings = findings;
+    } else {
+        // A fault that did not take effect: what the run found may be its absence.
+        let reason = format!("not confirmed: {}", inconclusive.join("; "));
+        let (kept, aside): (Vec<Finding>, Vec<Finding>) =
+            findings.into_iter().partition(|f| f.grade == Grade::Should);
+        result.findings = kept;
+        if !aside.is_empty() {
+            result.set_aside.push(SetAside {
+                reason: format!("the run is inconclusive ({reason})"),
+                findings: aside,
+            });
+        }
+        result.verdict = Verdict::Inconclusive { reason };
+    }
+    (result, report.trace)
 }
 
 /// Ends every session the case used and clears every retained message it set, so the broker

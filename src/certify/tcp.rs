@@ -17,11 +17,19 @@
 //!   layer, which wraps every connection whatever the connector;
 //! - broker crash → every proxy resets its connections and holds new ones, the restart
 //!   command runs (`sh -c`), the port is awaited; the broker's restart releases the held
-//!   connections. A power loss cannot be injected from outside (refused; certify skips such
-//!   scenarios with that reason);
-//! - kick → a session takeover: a throwaway connection with the session's client id and the
-//!   same clean-session/expiry, closed once it has its CONNACK without acknowledging anything,
-//!   so what the broker sends it is redelivered to the real client, which reconnects by itself.
+//!   connections. Confirmed by a connection held directly to the broker from before the
+//!   command, which the broker must have dropped (it went down), and a new connection answered
+//!   with a CONNACK after it (it came back). A power loss cannot be injected from outside
+//!   (refused; certify skips such scenarios with that reason);
+//! - kick → a session takeover: a throwaway connection with the session's client id, the same
+//!   clean-session/expiry and Keep Alive, closed once it has its CONNACK without acknowledging
+//!   anything, so what the broker sends it is redelivered to the real client, which reconnects
+//!   by itself. The step executor confirms it by the old connection's end: a broker that does
+//!   not close it makes the case inconclusive.
+//!
+//! A partition is confirmed by the bytes the proxy discarded, a loss (a stall) by the bytes it
+//! found waiting ([`Backend::link_count`]); the certify runner's liveness guard reaches in
+//! through [`Watch`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,8 +44,9 @@ use tokio::time::Instant;
 
 use crate::codec::{Connect, ConnectProperties, MqttStr, Packet, ProtocolVersion};
 use crate::history::Event;
+use crate::sim::backend::LinkCount;
 use crate::sim::world::{self, lock, Clock, SharedRef};
-use crate::sim::Backend;
+use crate::sim::{Backend, Confirmation};
 use crate::transport::proxy::{Blackhole, FaultProxy};
 use crate::transport::{FramedRead, FramedWrite};
 
@@ -50,6 +59,8 @@ pub const RESTART_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const RESTART_PORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on a takeover connection's CONNECT → CONNACK.
 const KICK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the connection held across a restart command may take to see its end.
+const DOWN_CONFIRM_WAIT: Duration = Duration::from_secs(2);
 
 /// How the broker under test is restarted.
 #[derive(Debug, Clone)]
@@ -60,13 +71,47 @@ pub struct Restart {
 }
 
 /// The broker under test and what the backend needs to reach it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     pub broker: SocketAddr,
     pub restart: Option<Restart>,
     /// `BrokerStarted { durable }` in the trace: the profile claims persistence and the
     /// scenario wants a durable broker.
     pub durable: bool,
+    /// What the certify runner's liveness guard asks of the run.
+    pub watch: Watch,
+}
+
+/// A yes/no question the runner asks between ticks or steps.
+pub type Ask = Arc<dyn Fn() -> bool + Send + Sync>;
+/// A check that says what went wrong.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The liveness guard's hooks into one run (all optional).
+#[derive(Clone, Default)]
+pub struct Watch {
+    /// True once the broker stopped answering well since the run began: the run stops at its
+    /// next tick (it will be rerun).
+    pub stop: Option<Ask>,
+    /// Asked after each explicit step: does the broker still answer well? An `Err` ends the
+    /// run and is recorded in `broke` with the step and its trace records.
+    pub after_step: Option<Check>,
+    pub broke: Arc<std::sync::Mutex<Option<Broke>>>,
+    /// Told `true` before a restart command runs and `false` once the broker is back, so a
+    /// deliberate restart is no incident.
+    pub restarting: Option<Arc<dyn Fn(bool) + Send + Sync>>,
+}
+
+/// The broker stopped answering well right after an explicit step.
+#[derive(Debug, Clone)]
+pub struct Broke {
+    /// The step (0-based).
+    pub step: usize,
+    /// What the check found.
+    pub health: String,
+    /// The trace records the step made (`from..to`).
+    pub from: usize,
+    pub to: usize,
 }
 
 /// The real-TCP world of one run.
@@ -82,6 +127,10 @@ pub struct Tcp {
     down: bool,
     /// Client hosts whose link has a loss (stall) on.
     lossy: BTreeMap<String, bool>,
+    /// Trace length after the latest explicit step (where the next step's records begin).
+    step_mark: usize,
+    /// Whether the broker answered a new connection after the latest restart command.
+    restarted: Confirmation,
 }
 
 impl Tcp {
@@ -107,7 +156,20 @@ impl Tcp {
             start,
             down: false,
             lossy: BTreeMap::new(),
+            step_mark: 0,
+            restarted: Ok(()),
         })
+    }
+
+    /// How the backend's own connections reach the broker (with the run's credentials).
+    fn reach(&self, what: &str) -> crate::certify::liveness::Reach {
+        let s = lock(&self.shared);
+        crate::certify::liveness::Reach {
+            broker: self.target.broker,
+            username: s.net.username.clone(),
+            password: s.net.password.clone(),
+            id_prefix: s.net.wire_client_id(what),
+        }
     }
 
     /// Runs `future` on this world's runtime (inside its `LocalSet`).
@@ -164,48 +226,51 @@ impl Tcp {
         let Some(restart) = self.target.restart.clone() else {
             return Err("the broker cannot be restarted: no --restart-cmd was given".into());
         };
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&restart.command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("restart command {:?}: {e}", restart.command))?;
-        let deadline = StdInstant::now() + RESTART_COMMAND_TIMEOUT;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if StdInstant::now() < deadline => {
-                    // The world is stopped meanwhile: a restart is a pause for every client.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "restart command {:?} still running after {}s",
-                        restart.command,
-                        RESTART_COMMAND_TIMEOUT.as_secs()
-                    ));
-                }
-                Err(e) => return Err(format!("restart command {:?}: {e}", restart.command)),
-            }
-        };
-        if !status.success() {
-            let mut stderr = String::new();
-            if let Some(mut err) = child.stderr.take() {
-                use std::io::Read;
-                let _ = err.read_to_string(&mut stderr);
-            }
-            return Err(format!(
-                "restart command {:?} failed ({status}): {}",
-                restart.command,
-                stderr.trim()
-            ));
-        }
-        wait_for_port(self.target.broker, RESTART_PORT_TIMEOUT)
+        run_restart(&restart.command, self.target.broker)
     }
+}
+
+/// Runs the restart command (`sh -c`, the world stopped meanwhile: a restart is a pause for
+/// every client) and waits for the broker's port.
+pub fn run_restart(command: &str, broker: SocketAddr) -> Result<(), String> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("restart command {command:?}: {e}"))?;
+    let deadline = StdInstant::now() + RESTART_COMMAND_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if StdInstant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "restart command {command:?} still running after {}s",
+                    RESTART_COMMAND_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("restart command {command:?}: {e}")),
+        }
+    };
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            use std::io::Read;
+            let _ = err.read_to_string(&mut stderr);
+        }
+        return Err(format!(
+            "restart command {command:?} failed ({status}): {}",
+            stderr.trim()
+        ));
+    }
+    wait_for_port(broker, RESTART_PORT_TIMEOUT)
 }
 
 /// Waits until `addr` accepts a TCP connection.
@@ -231,9 +296,56 @@ impl Backend for Tcp {
     }
 
     fn step(&mut self) -> Result<(), String> {
+        if self.target.watch.stop.as_ref().is_some_and(|stop| stop()) {
+            return Err(
+                "the broker stopped answering well while the case ran (the case is rerun)".into(),
+            );
+        }
         // The timer is made inside the runtime (it needs its time driver).
         self.block_on(async { tokio::time::sleep(TICK).await });
         Ok(())
+    }
+
+    fn after_step(&mut self, index: usize) -> Result<(), String> {
+        let from = self.step_mark;
+        self.step_mark = lock(&self.shared).trace.len();
+        let Some(check) = self.target.watch.after_step.clone() else {
+            return Ok(());
+        };
+        // Let what the step wrote reach the broker (and the broker choke on it) first.
+        for _ in 0..4 {
+            self.block_on(async { tokio::time::sleep(TICK).await });
+        }
+        match check() {
+            Ok(()) => Ok(()),
+            Err(health) => {
+                let to = lock(&self.shared).trace.len();
+                *self
+                    .target
+                    .watch
+                    .broke
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Broke {
+                    step: index,
+                    health: health.clone(),
+                    from,
+                    to,
+                });
+                Err(format!(
+                    "the broker stopped answering well after step {}: {health}",
+                    index + 1
+                ))
+            }
+        }
+    }
+
+    fn link_count(&mut self, host: &str) -> LinkCount {
+        let control = self.proxies.get(host).map(|p| p.control());
+        LinkCount {
+            discarded: control.as_ref().map(|c| c.discarded_bytes()),
+            from_broker: None,
+            held: control.as_ref().map(|c| c.held_bytes()),
+        }
     }
 
     fn build(&mut self, client_hosts: &[String], durable: bool) -> Result<(), String> {
@@ -328,13 +440,17 @@ impl Backend for Tcp {
         }
     }
 
-    fn crash_broker(&mut self, power_loss: bool) -> Result<(), String> {
+    fn crash_broker(&mut self, power_loss: bool) -> Result<Confirmation, String> {
         if power_loss {
             return Err(
                 "a power loss cannot be injected into a real broker from outside (only into the simulated one)"
                     .into(),
             );
         }
+        // A connection of our own, straight to the broker: the restart must end it.
+        let reach = self.reach("restart");
+        let held =
+            self.block_on(async { crate::certify::liveness::hold(&reach, &reach.id_prefix).await });
         // The peers see their connections die at once (as with a process crash), and new
         // connections wait at the proxies until the broker is back.
         self.down = true;
@@ -346,11 +462,41 @@ impl Backend for Tcp {
             self.apply_stall(host);
         }
         // Let the resets reach the clients before the world pauses for the restart.
-        self.step()?;
-        self.run_restart_command()
+        self.block_on(async { tokio::time::sleep(TICK).await });
+        if let Some(restarting) = &self.target.watch.restarting {
+            restarting(true);
+        }
+        let command = self.run_restart_command();
+        let went_down = match held {
+            Err(e) => Err(format!(
+                "no connection could be held to the broker before the restart command: {e}"
+            )),
+            Ok(mut held) => {
+                if self.block_on(held.closed_within(DOWN_CONFIRM_WAIT)) {
+                    Ok(())
+                } else {
+                    Err("a connection held to the broker before the restart command was still open after it: the broker did not go down".into())
+                }
+            }
+        };
+        self.restarted = match &command {
+            Ok(()) => {
+                let id = format!("{}-back", reach.id_prefix);
+                self.block_on(async { crate::certify::liveness::answers(&reach, &id).await })
+                    .map_err(|e| {
+                        format!("after the restart command the broker does not answer: {e}")
+                    })
+            }
+            Err(e) => Err(e.clone()),
+        };
+        if let Some(restarting) = &self.target.watch.restarting {
+            restarting(false);
+        }
+        command?;
+        Ok(went_down)
     }
 
-    fn restart_broker(&mut self) -> Result<(), String> {
+    fn restart_broker(&mut self) -> Result<Confirmation, String> {
         self.down = false;
         let hosts: Vec<String> = self.proxies.keys().cloned().collect();
         for host in &hosts {
@@ -362,7 +508,7 @@ impl Backend for Tcp {
                 durable: self.target.durable,
             },
         );
-        Ok(())
+        Ok(self.restarted.clone())
     }
 
     fn kick(&mut self, client: &str, client_id: &str) -> Result<(), String> {
@@ -384,7 +530,9 @@ impl Backend for Tcp {
             Connect {
                 protocol: spec.protocol,
                 clean_start: spec.clean_session,
-                keep_alive_secs: 0,
+                // The client's own: some brokers refuse Keep Alive 0, and the kick is not
+                // about keepalive.
+                keep_alive_secs: u16::try_from(spec.keepalive.millis / 1000).unwrap_or(u16::MAX),
                 properties: ConnectProperties {
                     session_expiry_interval_secs: expiry,
                     ..ConnectProperties::default()

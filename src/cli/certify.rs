@@ -1,6 +1,6 @@
 //! `simqtt certify`: the scenario library against a real broker over TCP, graded by the spec.
-//! Exit 0 when certified (no MUST violation, no case that could not run), 1 when not, 2 on a
-//! usage error (bad broker address, unreadable profile or scenario).
+//! Exit 0 when certified (no MUST violation, no case that could not run, none inconclusive),
+//! 1 when not, 2 on a usage error (bad broker address, unreadable profile or scenario).
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -169,15 +169,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let progress = std::io::stderr().is_terminal();
     let mut failed = 0usize;
     let mut skipped = 0usize;
+    let mut inconclusive = 0usize;
     let cert = runner::certify(cases, &options, version, |case, done, total| {
         match case.verdict {
             Verdict::Failed => failed += 1,
             Verdict::Skipped { .. } => skipped += 1,
+            Verdict::Inconclusive { .. } => inconclusive += 1,
             Verdict::Passed => {}
         }
         if progress {
             eprint!(
-                "\r[{done}/{total}] {failed} failed {skipped} skipped  {:<50}",
+                "\r[{done}/{total}] {failed} failed {inconclusive} inconclusive {skipped} skipped  {:<50}",
                 super::run::truncate(&case.scenario, 50)
             );
         }
@@ -189,10 +191,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     print!("{}", report::terminal(&cert, statements));
     let count = |f: fn(&Verdict) -> bool| cert.cases.iter().filter(|c| f(&c.verdict)).count();
     println!(
-        "{} cases: {} passed, {} failed, {} skipped in {:.1} s; {}",
+        "{} cases: {} passed, {} failed, {} inconclusive, {} skipped in {:.1} s; {}",
         cert.cases.len(),
         count(|v| matches!(v, Verdict::Passed)),
         count(|v| matches!(v, Verdict::Failed)),
+        count(|v| matches!(v, Verdict::Inconclusive { .. })),
         count(|v| matches!(v, Verdict::Skipped { .. })),
         cert.duration.as_secs_f64(),
         if cert.certified() {

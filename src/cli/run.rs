@@ -1,7 +1,8 @@
 //! `simqtt run`: every scenario under the given paths, every seed, in the simulator. Seeds run
 //! in parallel on OS threads (each turmoil simulation is single-threaded inside, so threads
-//! change nothing in a run). Exit 0 only when everything passes; 1 on a failure; 2 when a
-//! scenario file is refused.
+//! change nothing in a run). Exit 0 only when everything passes; 1 on a failure or an
+//! inconclusive run (a fault or control step that did not take effect); 2 when a scenario file
+//! is refused.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use simqtt::scenario::{self, Scenario};
-use simqtt::sim::{self, RunReport};
+use simqtt::sim::{self, Outcome, RunReport};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -168,14 +169,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut results: BTreeMap<usize, Vec<(RunReport, Duration)>> = BTreeMap::new();
     let mut done = 0usize;
     let mut failed = 0usize;
+    let mut inconclusive = 0usize;
     for (file, report, wall) in rx {
         done += 1;
-        if !report.passed() {
-            failed += 1;
+        match report.outcome() {
+            Outcome::Passed => {}
+            Outcome::Failed => failed += 1,
+            Outcome::Inconclusive => inconclusive += 1,
         }
         if progress {
             eprint!(
-                "\r[{done}/{total}] {failed} failed  {:<50}",
+                "\r[{done}/{total}] {failed} failed {inconclusive} inconclusive  {:<50}",
                 truncate(&report.scenario, 50)
             );
         }
@@ -203,7 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         if failing.len() > FAILURES_SHOWN_PER_SCENARIO {
             println!(
-                "... and {} more failing seeds of {}",
+                "... and {} more failing or inconclusive seeds of {}",
                 failing.len() - FAILURES_SHOWN_PER_SCENARIO,
                 s.name
             );
@@ -211,31 +215,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // The summary table.
     println!(
-        "{:<48} {:>6} {:>6} {:>6} {:>10} {:>8}",
-        "scenario", "seeds", "pass", "fail", "sim s", "wall s"
+        "{:<48} {:>6} {:>6} {:>6} {:>7} {:>10} {:>8}",
+        "scenario", "seeds", "pass", "fail", "inconc", "sim s", "wall s"
     );
     let mut sim_total = Duration::ZERO;
     for (file, runs) in &results {
         let (_, s) = &scenarios[*file];
-        let pass = runs.iter().filter(|(r, _)| r.passed()).count();
+        let count = |o: Outcome| runs.iter().filter(|(r, _)| r.outcome() == o).count();
         let sim_s: Duration = runs.iter().map(|(r, _)| r.simulated).sum();
         let wall: Duration = runs.iter().map(|(_, w)| *w).sum();
         sim_total += sim_s;
         println!(
-            "{:<48} {:>6} {:>6} {:>6} {:>10.1} {:>8.2}",
+            "{:<48} {:>6} {:>6} {:>6} {:>7} {:>10.1} {:>8.2}",
             truncate(&s.name, 48),
             runs.len(),
-            pass,
-            runs.len() - pass,
+            count(Outcome::Passed),
+            count(Outcome::Failed),
+            count(Outcome::Inconclusive),
             sim_s.as_secs_f64(),
             wall.as_secs_f64()
         );
     }
     let elapsed = started.elapsed();
     println!(
-        "{} runs, {} passed, {} failed; {:.0} simulated s in {:.1} wall s ({:.0}x) on {jobs} threads",
+        "{} runs, {} passed, {} failed, {inconclusive} inconclusive; {:.0} simulated s in {:.1} wall s ({:.0}x) on {jobs} threads",
         total,
-        total - failed,
+        total - failed - inconclusive,
         failed,
         sim_total.as_secs_f64(),
         elapsed.as_secs_f64(),
@@ -245,7 +250,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::write(path, junit(&scenarios, &results))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if failed == 0 {
+    Ok(if failed == 0 && inconclusive == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -264,15 +269,29 @@ pub(crate) fn truncate(text: &str, width: usize) -> String {
     }
 }
 
-/// The failure report of one run: scenario, seed, knobs, each failure, the replay command.
+/// The failure report of one run: scenario, seed, knobs, why it is inconclusive (a fault
+/// that did not take effect), each failure, the replay command.
 pub fn failure_report(path: &Path, s: &Scenario, report: &RunReport) -> String {
+    let verdict = match report.outcome() {
+        Outcome::Inconclusive => "INCONCLUSIVE",
+        _ => "FAIL",
+    };
     let mut out = format!(
-        "FAIL {} ({}) seed {}\n  knobs: {}\n",
+        "{verdict} {} ({}) seed {}\n  knobs: {}\n",
         s.name,
         path.display(),
         report.seed,
         report.knobs
     );
+    for reason in report.inconclusive() {
+        let _ = writeln!(out, "  not confirmed: {reason}");
+    }
+    if report.outcome() == Outcome::Inconclusive && !report.failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "  (the failures below may be the missing fault's doing, not the broker's or the client's)"
+        );
+    }
     for f in report.failures.iter().take(FAILURES_SHOWN_PER_RUN) {
         let spec = if f.spec.is_empty() {
             String::new()
@@ -325,11 +344,18 @@ fn junit(
     );
     for (file, runs) in results {
         let (path, s) = &scenarios[*file];
-        let failures = runs.iter().filter(|(r, _)| !r.passed()).count();
+        let failures = runs
+            .iter()
+            .filter(|(r, _)| r.outcome() == Outcome::Failed)
+            .count();
+        let errors = runs
+            .iter()
+            .filter(|(r, _)| r.outcome() == Outcome::Inconclusive)
+            .count();
         let time: f64 = runs.iter().map(|(_, w)| w.as_secs_f64()).sum();
         let _ = writeln!(
             out,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" time=\"{time:.3}\">",
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{time:.3}\">",
             xml_escape(&s.name),
             runs.len()
         );
@@ -341,16 +367,29 @@ fn junit(
                 report.seed,
                 wall.as_secs_f64()
             );
-            if report.passed() {
-                out.push_str("/>\n");
-            } else {
-                let first = &report.failures[0];
-                let _ = writeln!(
-                    out,
-                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
-                    xml_escape(&format!("{} {}", first.kind, first.spec)),
-                    xml_escape(&failure_report(path, s, report))
-                );
+            match report.outcome() {
+                Outcome::Passed => out.push_str("/>\n"),
+                Outcome::Failed => {
+                    let first = &report.failures[0];
+                    let _ = writeln!(
+                        out,
+                        ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                        xml_escape(&format!("{} {}", first.kind, first.spec)),
+                        xml_escape(&failure_report(path, s, report))
+                    );
+                }
+                // Not a pass and not a verdict on the broker: the run could not be judged.
+                Outcome::Inconclusive => {
+                    let _ = writeln!(
+                        out,
+                        ">\n      <error type=\"inconclusive\" message=\"{}\">{}</error>\n    </testcase>",
+                        xml_escape(&format!(
+                            "inconclusive: {}",
+                            report.inconclusive().join("; ")
+                        )),
+                        xml_escape(&failure_report(path, s, report))
+                    );
+                }
             }
         }
         out.push_str("  </testsuite>\n");

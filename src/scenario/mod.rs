@@ -509,6 +509,22 @@ pub struct PublishStep {
     /// An empty payload (clears the retained message with `retain: true`).
     #[serde(default)]
     pub empty: bool,
+    /// What the step waits for before the next step runs.
+    #[serde(default, rename = "await")]
+    pub await_: PublishAwait,
+}
+
+/// What a `publish` step waits for before the next step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishAwait {
+    /// The client took every message (queued or written; at the step's `rate`): nothing is
+    /// known yet of the broker.
+    #[default]
+    Accepted,
+    /// Every message's flow completed: PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived, so the
+    /// broker owns the message.
+    Ack,
 }
 
 fn one() -> u32 {
@@ -1101,6 +1117,7 @@ pub fn validate(s: &Scenario, file: &str, src: &str) -> Vec<ScenarioError> {
     validate_clients(s, &mut e);
     validate_steps(s, &mut e);
     cite::validate(s, &mut e);
+    validate_schedule(s, &mut e);
     if let Some(w) = &s.workload {
         validate_workload(w, &mut e);
     }
@@ -1110,6 +1127,17 @@ pub fn validate(s: &Scenario, file: &str, src: &str) -> Vec<ScenarioError> {
                 &[Seg::Key("nemesis"), Seg::Key("faults")],
                 None,
                 "list at least one fault kind".into(),
+            );
+        }
+        let qos0_only = s
+            .workload
+            .as_ref()
+            .is_some_and(|w| w.qos.iter().all(|q| *q == QoS::AtMostOnce));
+        if qos0_only && n.faults.contains(&FaultKind::DuplicatePacket) {
+            e.at(
+                &[Seg::Key("nemesis"), Seg::Key("faults")],
+                Some("duplicate_packet"),
+                "duplicate_packet meets nothing in a QoS 0 workload (a duplicate models a retransmission, and a QoS 0 PUBLISH is never retransmitted); remove it".into(),
             );
         }
         if n.interval.millis == 0 {
@@ -1345,6 +1373,14 @@ fn validate_steps(s: &Scenario, e: &mut Errors) {
                         "`empty` and `payload_size` exclude each other".into(),
                     );
                 }
+                if p.await_ == PublishAwait::Ack && p.qos == QoS::AtMostOnce {
+                    e.at(
+                        &path,
+                        Some("await"),
+                        "await: ack needs qos 1 or 2 (a QoS 0 message is never acknowledged)"
+                            .into(),
+                    );
+                }
             }
             Step::Disconnect(d) => {
                 if d.with_will && version(&d.client) == Some(ProtocolVersion::V311) {
@@ -1410,6 +1446,199 @@ fn validate_steps(s: &Scenario, e: &mut Errors) {
                         e.at(&path, Some("count"), "count must be at least 1".into());
                     }
                 }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Where a client stands at one point of an explicit schedule (see [`validate_schedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// No `connect` yet.
+    Never,
+    /// Connected (or reconnecting on its own after a fault).
+    Up,
+    /// `disconnect` at this step.
+    Disconnected(usize),
+    /// `crash_client` at this step.
+    Crashed(usize),
+    /// A fault at this step ended its connection, and it does not reconnect
+    /// (`reconnect: false`).
+    Lost(usize),
+}
+
+/// Refuses, where the schedule shows it, a step that needs a client connected (or a broker
+/// up) at a point where it cannot be: `publish` on a client never connected, after its
+/// `disconnect` or `crash_client`, or after a fault ended the connection of a client that does
+/// not reconnect; `restart_client` without a crash; `restart_broker` without a crash. Such a
+/// step would do nothing and its case pass without having tested anything.
+///
+/// Raw clients are not `connect`ed: their `raw` steps open a connection of their own, and a
+/// connection fault (`reset`, `stall`, `kick`) on them needs that raw connection open.
+fn validate_schedule(s: &Scenario, e: &mut Errors) {
+    let mut life: BTreeMap<&str, Life> = s
+        .clients
+        .keys()
+        .map(|c| (c.as_str(), Life::Never))
+        .collect();
+    let mut raw_open: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut broker_down: Option<usize> = None;
+    let client_id = |c: &str| {
+        s.clients
+            .get(c)
+            .and_then(|x| x.client_id.clone())
+            .unwrap_or_else(|| c.to_string())
+    };
+    let reconnects = |c: &str| s.clients.get(c).is_none_or(|x| x.reconnect);
+    for (i, step) in s.steps.iter().enumerate() {
+        let kw = step.keyword();
+        let path = [Seg::Key("steps"), Seg::Index(i), Seg::Key(kw)];
+        let why_not = |life: Life, client: &str| -> String {
+            match life {
+                Life::Never => format!("it was never connected (add `- connect: {client}` before)"),
+                Life::Up => String::new(),
+                Life::Disconnected(at) => format!(
+                    "it disconnected at step {} and did not connect again",
+                    at + 1
+                ),
+                Life::Crashed(at) => format!(
+                    "it crashed at step {} (crash_client); restart_client or connect it first",
+                    at + 1
+                ),
+                Life::Lost(at) => format!(
+                    "its connection ended at step {} ({}) and it does not reconnect (reconnect: false)",
+                    at + 1,
+                    s.steps[at].keyword()
+                ),
+            }
+        };
+        // The client must be connected (a session step).
+        let need_up = |e: &mut Errors, client: &str| {
+            let now = life.get(client).copied().unwrap_or(Life::Up);
+            if now != Life::Up {
+                e.at(
+                    &path,
+                    Some(client),
+                    format!(
+                        "step {} ({kw}) needs {client:?} connected, but {}",
+                        i + 1,
+                        why_not(now, client)
+                    ),
+                );
+            }
+        };
+        match step {
+            Step::Subscribe(x) => need_up(e, &x.client),
+            Step::Unsubscribe(x) => need_up(e, &x.client),
+            Step::Publish(x) => need_up(e, &x.client),
+            Step::Disconnect(x) => {
+                need_up(e, &x.client);
+                life.insert(&x.client, Life::Disconnected(i));
+            }
+            Step::CrashClient(x) => {
+                need_up(e, &x.client);
+                life.insert(&x.client, Life::Crashed(i));
+            }
+            Step::RestartClient(x) => {
+                let now = life.get(x.client.as_str()).copied().unwrap_or(Life::Never);
+                if !matches!(now, Life::Crashed(_)) {
+                    e.at(
+                        &path,
+                        Some(&x.client),
+                        format!(
+                            "step {} (restart_client) restarts {:?} after a crash, but it did not crash (crash_client) before; use connect",
+                            i + 1,
+                            x.client
+                        ),
+                    );
+                }
+                life.insert(&x.client, Life::Up);
+            }
+            Step::Connect(x) => {
+                // A session taken over by this CONNECT (same client id) ends; one that does not
+                // reconnect stays down.
+                let id = client_id(&x.client);
+                for (other, state) in life.iter_mut() {
+                    if *other != x.client
+                        && *state == Life::Up
+                        && client_id(other) == id
+                        && !reconnects(other)
+                    {
+                        *state = Life::Lost(i);
+                    }
+                }
+                life.insert(&x.client, Life::Up);
+            }
+            Step::Kick(x) | Step::Reset(x) | Step::Stall(x) => {
+                let raw = raw_open.get(x.client.as_str()).copied().unwrap_or(false);
+                let now = life.get(x.client.as_str()).copied().unwrap_or(Life::Up);
+                if now != Life::Up && !raw {
+                    e.at(
+                        &path,
+                        Some(&x.client),
+                        format!(
+                            "step {} ({kw}) needs a connection of {:?} to act on, but {} (and it has no raw connection open)",
+                            i + 1,
+                            x.client,
+                            why_not(now, &x.client)
+                        ),
+                    );
+                }
+                if !matches!(step, Step::Stall(_)) {
+                    if now == Life::Up && !reconnects(&x.client) {
+                        life.insert(&x.client, Life::Lost(i));
+                    }
+                    raw_open.insert(&x.client, false);
+                }
+            }
+            Step::Raw(r) => {
+                if r.send.is_some() || r.new_connection {
+                    raw_open.insert(&r.client, true);
+                }
+                if r.close {
+                    raw_open.insert(&r.client, false);
+                }
+            }
+            Step::ExpectSessionPresent(x) if life.get(x.client.as_str()) == Some(&Life::Never) => {
+                let text = format!(
+                    "step {} (expect_session_present) reads {:?}'s latest CONNACK, but it was never connected",
+                    i + 1,
+                    x.client
+                );
+                e.at(&path, Some(&x.client), text);
+            }
+            Step::CrashBroker(_) => {
+                if let Some(at) = broker_down {
+                    e.at(
+                        &path,
+                        None,
+                        format!(
+                            "step {} (crash_broker): the broker is already down since step {} (restart_broker first)",
+                            i + 1,
+                            at + 1
+                        ),
+                    );
+                }
+                broker_down = Some(i);
+                for (client, state) in life.iter_mut() {
+                    if *state == Life::Up && !reconnects(client) {
+                        *state = Life::Lost(i);
+                    }
+                }
+            }
+            Step::RestartBroker(_) => {
+                if broker_down.is_none() {
+                    e.at(
+                        &path,
+                        None,
+                        format!(
+                            "step {} (restart_broker): the broker is up (no crash_broker before); a restart needs a crash",
+                            i + 1
+                        ),
+                    );
+                }
+                broker_down = None;
             }
             _ => {}
         }

@@ -42,22 +42,26 @@ steps:
   - unsubscribe: {client: sub, filter: b/+}
   - unsubscribe: {client: sub, filters: [a/#, c]}
   - publish: {client: pub, topic: a/b, qos: 1, retain: true, count: 10, rate: 100/s, payload_size: 64}
-  - publish: {client: pub, topic: a/b, retain: true, empty: true}
+  - publish: {client: pub, topic: a/b, retain: true, empty: true, await: accepted}
+  - publish: {client: pub, topic: a/c, qos: 2, await: ack}
   - disconnect: {client: sub, with_will: true}
   - disconnect: pub
   - crash_broker: {power_loss: true}
+  - restart_broker:
   - crash_broker:
   - restart_broker:
+  - connect: sub
   - crash_client: sub
   - restart_client: {client: sub}
+  - connect: pub
   - partition: {a: sub, b: mqtt, one_way: true}
   - partition: {a: clients}
   - heal: {a: sub, b: mqtt}
   - heal:
   - loss: {a: clients, rate: 0.25}
   - latency: {a: sub, latency: 20ms, jitter: 5ms}
-  - reset: sub
   - stall: {client: sub}
+  - reset: sub
   - delay: {client: sub, by: 50ms}
   - drop_packet: {client: sub, packet: puback, direction: inbound}
   - duplicate_packet: {client: pub, packet: publish}
@@ -134,7 +138,7 @@ fn every_explicit_field_parses() {
     assert_eq!(s.host_of("watcher").as_deref(), Some("watcher"));
 
     let st = &s.steps;
-    assert_eq!(st.len(), 33);
+    assert_eq!(st.len(), 37);
     assert_eq!(
         st[0],
         Step::Connect(ClientStep {
@@ -186,50 +190,53 @@ fn every_explicit_field_parses() {
         (p.qos, p.count, p.rate, p.empty),
         (QoS::AtMostOnce, 1, None, true)
     );
+    assert_eq!(p.await_, PublishAwait::Accepted);
+    let Step::Publish(p) = &st[8] else { panic!() };
+    assert_eq!((p.qos, p.await_), (QoS::ExactlyOnce, PublishAwait::Ack));
     assert_eq!(
-        st[8],
+        st[9],
         Step::Disconnect(DisconnectStep {
             client: "sub".into(),
             with_will: true
         })
     );
     assert_eq!(
-        st[9],
+        st[10],
         Step::Disconnect(DisconnectStep {
             client: "pub".into(),
             with_will: false
         })
     );
     assert_eq!(
-        st[10],
+        st[11],
         Step::CrashBroker(CrashBrokerStep { power_loss: true })
     );
     assert_eq!(
-        st[11],
+        st[13],
         Step::CrashBroker(CrashBrokerStep { power_loss: false })
     );
-    assert_eq!(st[12], Step::RestartBroker(RestartBrokerStep {}));
+    assert_eq!(st[14], Step::RestartBroker(RestartBrokerStep {}));
     assert_eq!(
-        st[13],
+        st[16],
         Step::CrashClient(ClientStep {
             client: "sub".into()
         })
     );
     assert_eq!(
-        st[14],
+        st[17],
         Step::RestartClient(ClientStep {
             client: "sub".into()
         })
     );
     assert_eq!(
-        st[15],
+        st[19],
         Step::Partition(PartitionStep {
             a: "sub".into(),
             b: "mqtt".into(),
             one_way: true
         })
     );
-    let Step::Partition(p) = &st[16] else {
+    let Step::Partition(p) = &st[20] else {
         panic!()
     };
     assert_eq!(
@@ -238,17 +245,17 @@ fn every_explicit_field_parses() {
         "default b is `broker`"
     );
     assert_eq!(
-        st[17],
+        st[21],
         Step::Heal(HealStep {
             a: Some("sub".into()),
             b: Some("mqtt".into())
         })
     );
-    assert_eq!(st[18], Step::Heal(HealStep::default()));
-    let Step::Loss(l) = &st[19] else { panic!() };
+    assert_eq!(st[22], Step::Heal(HealStep::default()));
+    let Step::Loss(l) = &st[23] else { panic!() };
     assert_eq!((l.a.as_str(), l.rate), ("clients", 0.25));
     assert_eq!(
-        st[20],
+        st[24],
         Step::Latency(LatencyStep {
             a: "sub".into(),
             b: "broker".into(),
@@ -257,26 +264,26 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(
-        st[21],
+        st[26],
         Step::Reset(ClientStep {
             client: "sub".into()
         })
     );
     assert_eq!(
-        st[22],
+        st[25],
         Step::Stall(ClientStep {
             client: "sub".into()
         })
     );
     assert_eq!(
-        st[23],
+        st[27],
         Step::Delay(DelayStep {
             client: "sub".into(),
             by: Dur::from_millis(50)
         })
     );
     assert_eq!(
-        st[24],
+        st[28],
         Step::DropPacket(PacketStep {
             client: "sub".into(),
             packet: PacketKind::Puback,
@@ -284,7 +291,7 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(
-        st[25],
+        st[29],
         Step::DuplicatePacket(PacketStep {
             client: "pub".into(),
             packet: PacketKind::Publish,
@@ -292,13 +299,13 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(
-        st[26],
+        st[30],
         Step::Kick(ClientStep {
             client: "pub".into()
         })
     );
-    assert_eq!(st[27], Step::Wait(Dur::from_secs(120)));
-    let Step::ExpectMessages(x) = &st[28] else {
+    assert_eq!(st[31], Step::Wait(Dur::from_secs(120)));
+    let Step::ExpectMessages(x) = &st[32] else {
         panic!()
     };
     assert_eq!(x.within, Dur::from_secs(5));
@@ -312,7 +319,7 @@ fn every_explicit_field_parses() {
     assert_eq!(x.spec.as_deref(), Some("MQTT-4.3.2-1"));
     assert!(!x.again);
     assert_eq!(
-        st[29],
+        st[33],
         Step::ExpectNoMessage(ExpectNoMessageStep {
             client: "watcher".into(),
             topic: Some("a/#".into()),
@@ -322,7 +329,7 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(
-        st[30],
+        st[34],
         Step::ExpectSessionPresent(ExpectSessionPresentStep {
             client: "sub".into(),
             present: true,
@@ -331,7 +338,7 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(
-        st[31],
+        st[35],
         Step::ExpectWill(ExpectWillStep {
             of: "sub".into(),
             to: "watcher".into(),
@@ -342,8 +349,8 @@ fn every_explicit_field_parses() {
             note: Some("permitted".into()),
         })
     );
-    assert_eq!(st[31].keyword(), "expect_will");
-    let Step::ExpectMessages(x) = &st[32] else {
+    assert_eq!(st[35].keyword(), "expect_will");
+    let Step::ExpectMessages(x) = &st[36] else {
         panic!()
     };
     assert!(x.again);
@@ -478,6 +485,116 @@ fn bad_values_are_refused_with_the_expected_form() {
     assert!(e.message.contains("pingreq"), "{e}");
 }
 
+/// Every error of a scenario text, as `line:col message` lines.
+fn errors_of(src: &str) -> Vec<String> {
+    match parse("f.yaml", src) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            e.0.iter()
+                .map(|e| format!("{}:{} {}", e.line, e.col, e.message))
+                .collect()
+        }
+    }
+}
+
+#[test]
+fn steps_on_clients_that_cannot_be_connected_are_refused_where_the_schedule_shows_it() {
+    // Never connected.
+    let e = errors_of("clients: {pub: {}}\nsteps:\n  - publish: {client: pub, topic: a, qos: 1}\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "3:23 step 1 (publish) needs \"pub\" connected, but it was never connected"
+        ),
+        "{e:?}"
+    );
+    // After its disconnect, and after its crash (without a new connect).
+    let e = errors_of(
+        "clients: {c: {}}\nsteps:\n  - connect: c\n  - disconnect: c\n  - subscribe: {client: c, filter: a}\n  - connect: c\n  - crash_client: c\n  - kick: c\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("5:25 step 3 (subscribe)") && e[0].contains("disconnected at step 2"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("8:11 step 6 (kick)") && e[1].contains("crashed at step 5"),
+        "{e:?}"
+    );
+    // A fault ended the connection of a client that does not reconnect.
+    let e = errors_of(
+        "clients: {c: {reconnect: false}}\nsteps:\n  - connect: c\n  - reset: c\n  - publish: {client: c, topic: a}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("its connection ended at step 2 (reset) and it does not reconnect"),
+        "{e:?}"
+    );
+    // A takeover by a client with the same id ends one that does not reconnect.
+    let e = errors_of(
+        "clients:\n  a: {client_id: x, reconnect: false}\n  b: {client_id: x}\nsteps:\n  - connect: a\n  - connect: b\n  - publish: {client: a, topic: t}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("connection ended at step 2 (connect)"),
+        "{e:?}"
+    );
+    // restart_client needs a crash; restart_broker a crashed broker; crash_broker an up one.
+    let e = errors_of(
+        "clients: {c: {}}\nsteps:\n  - connect: c\n  - restart_client: c\n  - restart_broker:\n  - crash_broker:\n  - crash_broker:\n",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].contains("did not crash"), "{e:?}");
+    assert!(e[1].contains("the broker is up"), "{e:?}");
+    assert!(e[2].contains("already down since step 4"), "{e:?}");
+    // Raw clients are never connected: their raw connection is what a fault acts on.
+    assert_eq!(
+        errors_of("clients: {r: {}}\nsteps:\n  - raw: {client: r, send: connect}\n  - reset: r\n"),
+        Vec::<String>::new()
+    );
+    let e = errors_of("clients: {r: {}}\nsteps:\n  - stall: r\n");
+    assert!(e[0].contains("no raw connection open"), "{e:?}");
+}
+
+#[test]
+fn publish_await_is_accepted_or_ack_and_ack_needs_qos_1_or_2() {
+    let s = parse(
+        "f.yaml",
+        "clients: {p: {}}\nsteps:\n  - connect: p\n  - publish: {client: p, topic: a, qos: 1, await: ack}\n  - publish: {client: p, topic: a}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let awaits: Vec<PublishAwait> = s
+        .steps
+        .iter()
+        .filter_map(|x| match x {
+            Step::Publish(p) => Some(p.await_),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(awaits, [PublishAwait::Ack, PublishAwait::Accepted]);
+    let e = errors_of(
+        "clients: {p: {}}\nsteps:\n  - connect: p\n  - publish: {client: p, topic: a, await: ack}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("await: ack needs qos 1 or 2"), "{e:?}");
+    let e = errors_of(
+        "clients: {p: {}}\nsteps:\n  - connect: p\n  - publish: {client: p, topic: a, await: puback}\n",
+    );
+    assert!(e[0].contains("accepted") && e[0].contains("ack"), "{e:?}");
+}
+
+#[test]
+fn duplicate_packet_is_refused_in_a_qos0_workload() {
+    let e = errors_of(
+        "workload: {publishers: 1, subscribers: 1, qos: [0], rate: 1/s, duration: 1s}\nnemesis: {faults: [reset, duplicate_packet], interval: 1s}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("duplicate_packet meets nothing in a QoS 0 workload"),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn undefined_clients_are_refused_before_running() {
     let src = "\
@@ -489,6 +606,7 @@ steps:
   - subscribe:
       client: sbu
       filter: a
+  - connect: pub
   - publish: {client: pub, topic: a}
   - expect_messages: {client: sub, within: 1s, messages: [{from: ghost}]}
 ";
@@ -497,7 +615,7 @@ steps:
     assert_eq!((errors[0].line, errors[0].col), (7, 15));
     assert!(errors[0].message.contains("\"sbu\""));
     assert!(errors[0].message.contains("defined: pub, sub"));
-    assert_eq!(errors[1].line, 10);
+    assert_eq!(errors[1].line, 11);
     assert!(errors[1].message.contains("\"ghost\""));
 }
 

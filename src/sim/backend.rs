@@ -7,15 +7,33 @@
 //!
 //! Endpoints are host names: the broker's host (`scenario.broker.host`) or a client host.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::world::{self, lock, HostCommand, SharedRef};
-use super::Knobs;
+use super::{Confirmation, Knobs};
 use crate::transport::fault::FaultControl;
+use crate::transport::{BoxFuture, BoxStream, Listener};
+
+/// What a backend can count on the link between a client host and the broker, to confirm
+/// that a link fault met traffic (counts only grow).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCount {
+    /// Bytes its partitions discarded (toward the broker, from it): the proof that a cut
+    /// took effect, where the backend's cut is a program that can count.
+    pub discarded: Option<(u64, u64)>,
+    /// Bytes the broker wrote toward the host (into the link, whatever became of them).
+    pub from_broker: Option<u64>,
+    /// Bytes found waiting at a stalled link (toward the broker, from it): a lossless loss
+    /// (certify's stall) met traffic.
+    pub held: Option<(u64, u64)>,
+}
 
 /// What the step executor needs from a world.
 pub trait Backend {
@@ -40,12 +58,27 @@ pub trait Backend {
     fn heal_links(&mut self);
     /// The broker dies; `power_loss`: before anything more leaves it (unsynced writes lost).
     /// The runner has recorded the fault and marked the connected sessions' pending cause.
-    fn crash_broker(&mut self, power_loss: bool) -> Result<(), String>;
-    /// The broker comes back after `crash_broker`.
-    fn restart_broker(&mut self) -> Result<(), String>;
+    /// Returns whether the broker is known to have gone down (`Err(why)` when not).
+    fn crash_broker(&mut self, power_loss: bool) -> Result<Confirmation, String>;
+    /// The broker comes back after `crash_broker`. Returns whether it is known to answer
+    /// again (the runner also waits for its `broker_started` record).
+    fn restart_broker(&mut self) -> Result<Confirmation, String>;
     /// Ends `client`'s connection from the broker side, its session kept (a takeover or the
-    /// broker's admin kick); the client reconnects on its own.
+    /// broker's admin kick); the client reconnects on its own. The runner confirms the kick
+    /// by the connection's end.
     fn kick(&mut self, client: &str, client_id: &str) -> Result<(), String>;
+    /// What the backend can count on the link between client host `host` and the broker
+    /// (the runner adds what the host's clients wrote and read).
+    fn link_count(&mut self, host: &str) -> LinkCount {
+        let _ = host;
+        LinkCount::default()
+    }
+    /// Called after each explicit step (`index`, 0-based); an error ends the run (the
+    /// certify runner stops a case whose broker stopped answering).
+    fn after_step(&mut self, index: usize) -> Result<(), String> {
+        let _ = index;
+        Ok(())
+    }
 }
 
 /// The turmoil world: the simqtt broker on its own host, client hosts, turmoil links.
@@ -138,7 +171,7 @@ impl Backend for Turmoil<'_> {
         self.broker_partitioned = false;
     }
 
-    fn crash_broker(&mut self, power_loss: bool) -> Result<(), String> {
+    fn crash_broker(&mut self, power_loss: bool) -> Result<Confirmation, String> {
         // Cut the broker off before it dies. Dropping a crashed host's runtime drops its tasks
         // in an order set by tokio's process-wide task ids, so the FINs its sockets would send
         // come out in an order that differs between runs in one process (and between `run`
@@ -169,10 +202,15 @@ impl Backend for Turmoil<'_> {
                 control.reset();
             }
         }
-        Ok(())
+        let broker = self.broker_host.clone();
+        Ok(if self.sim.is_host_running(broker.as_str()) {
+            Err("the simulated broker host is still running".into())
+        } else {
+            Ok(())
+        })
     }
 
-    fn restart_broker(&mut self) -> Result<(), String> {
+    fn restart_broker(&mut self) -> Result<Confirmation, String> {
         if self.broker_partitioned {
             for host in &self.client_hosts {
                 self.sim.repair(self.broker_host.as_str(), host.as_str());
@@ -180,7 +218,27 @@ impl Backend for Turmoil<'_> {
             self.broker_partitioned = false;
         }
         self.sim.bounce(self.broker_host.as_str());
-        Ok(())
+        let broker = self.broker_host.clone();
+        Ok(if self.sim.is_host_running(broker.as_str()) {
+            Ok(())
+        } else {
+            Err("the simulated broker host did not start".into())
+        })
+    }
+
+    fn link_count(&mut self, host: &str) -> LinkCount {
+        let ip = self.sim.lookup(host).to_string();
+        LinkCount {
+            discarded: None,
+            from_broker: Some(
+                lock(&self.shared)
+                    .broker_sent
+                    .get(&ip)
+                    .copied()
+                    .unwrap_or(0),
+            ),
+            held: None,
+        }
     }
 
     fn kick(&mut self, client: &str, client_id: &str) -> Result<(), String> {
@@ -192,5 +250,97 @@ impl Backend for Turmoil<'_> {
                 client_id: client_id.to_string(),
             },
         )
+    }
+}
+
+/// The simulated broker's listener, counting what the broker writes to each peer (by IP) into
+/// `Shared::broker_sent`: in the simulator a cut or lossy link loses what enters it, so bytes
+/// the broker wrote toward a host while its link was cut are bytes the cut took.
+pub struct CountingListener<L: Listener> {
+    pub inner: L,
+    pub shared: SharedRef,
+}
+
+impl<L: Listener> Listener for CountingListener<L> {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, String)>> {
+        Box::pin(async move {
+            let (stream, peer) = self.inner.accept().await?;
+            let ip = peer
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| peer.clone());
+            let counted = CountingStream {
+                inner: stream,
+                shared: self.shared.clone(),
+                ip,
+            };
+            Ok((Box::new(counted) as BoxStream, peer))
+        })
+    }
+
+    fn local_addr(&self) -> String {
+        self.inner.local_addr()
+    }
+}
+
+struct CountingStream {
+    inner: BoxStream,
+    shared: SharedRef,
+    ip: String,
+}
+
+impl tokio::io::AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            *lock(&this.shared)
+                .broker_sent
+                .entry(this.ip.clone())
+                .or_insert(0) += *n as u64;
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &result {
+            *lock(&this.shared)
+                .broker_sent
+                .entry(this.ip.clone())
+                .or_insert(0) += *n as u64;
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

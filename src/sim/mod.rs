@@ -36,8 +36,8 @@ use crate::codec::{matches, QoS};
 use crate::history::checkers::{self, CheckerName};
 use crate::history::{Direction, Event, Fault, Trace};
 use crate::scenario::{
-    ClientSpec, FaultKind, FilterSpec, Kind, PacketKind, Persistence, ProtocolMix, Scenario,
-    SessionMix, Step, WillSpec, Workload,
+    ClientSpec, FaultKind, FilterSpec, Kind, PacketKind, Persistence, ProtocolMix, PublishAwait,
+    Scenario, SessionMix, Step, WillSpec, Workload,
 };
 use crate::transport::fault::FaultControl;
 pub use backend::Backend;
@@ -54,6 +54,13 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// Longest a single run may simulate (a bound on a runaway scenario).
 const RUN_LIMIT: Duration = Duration::from_secs(3600);
+/// How long a `kick` or `reset` waits for the connection it hits to end, and a broker restart
+/// for the broker to start again: the bound on confirming that the step took effect. (A
+/// kick over real TCP is a takeover: a new connection's CONNECT and CONNACK come first.)
+const CONFIRM_WAIT: Duration = Duration::from_secs(10);
+/// The error a step returns when a premise (`assume: true`) did not hold: the run stops there
+/// and is inconclusive (the premise is in `unconfirmed`).
+pub(crate) const PREMISE_FAILED: &str = "a premise did not hold";
 /// Epoch of every simulation: fixed, so nothing depends on the wall clock.
 const EPOCH_SECS: u64 = 1_700_000_000;
 
@@ -103,6 +110,39 @@ pub struct Failure {
     pub happened: String,
 }
 
+/// A fault or control step whose effect could not be confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unconfirmed {
+    /// The explicit step (0-based); `None` for a nemesis fault or the final restart.
+    pub step: Option<usize>,
+    /// What was injected, e.g. `kick sub` or `drop_packet pubrec inbound on pub`.
+    pub fault: String,
+    /// Why it cannot be confirmed.
+    pub reason: String,
+    /// Drawn by the randomised nemesis (judged together: see [`RunReport::inconclusive`]).
+    pub nemesis: bool,
+}
+
+impl fmt::Display for Unconfirmed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.step {
+            Some(i) => write!(f, "step {} ({}): {}", i + 1, self.fault, self.reason),
+            None if self.nemesis => write!(f, "nemesis {}: {}", self.fault, self.reason),
+            None => write!(f, "{}: {}", self.fault, self.reason),
+        }
+    }
+}
+
+/// What a run came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed,
+    /// A fault or control step could not be confirmed to have taken effect: the run proves
+    /// nothing either way (its failures may be the fault's absence, its pass vacuous).
+    Inconclusive,
+}
+
 /// The outcome of one seed of one scenario.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -114,11 +154,58 @@ pub struct RunReport {
     /// Permitted behaviours the checkers observed, with counts.
     pub notes: BTreeMap<String, usize>,
     pub simulated: Duration,
+    /// Every fault or control step whose effect was not confirmed (explicit steps and
+    /// nemesis faults alike; [`RunReport::inconclusive`] says which of them make the run
+    /// inconclusive).
+    pub unconfirmed: Vec<Unconfirmed>,
+    /// Faults the randomised nemesis drew, and how many of them took effect.
+    pub nemesis_faults: u32,
+    pub nemesis_effective: u32,
 }
 
 impl RunReport {
+    /// Passed: no failure, and every fault took effect (see [`RunReport::outcome`]).
     pub fn passed(&self) -> bool {
-        self.failures.is_empty()
+        self.outcome() == Outcome::Passed
+    }
+
+    /// Inconclusive wins over failed: with a fault that did not happen, a failure may be its
+    /// absence, not the broker's doing.
+    pub fn outcome(&self) -> Outcome {
+        if !self.inconclusive().is_empty() {
+            Outcome::Inconclusive
+        } else if self.failures.is_empty() {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        }
+    }
+
+    /// Why the run is inconclusive (empty when it is not): every explicit fault or control
+    /// step must take effect; the randomised nemesis, random by nature, may draw a fault that
+    /// meets nothing (a kick of a client that is reconnecting, a drop rule no packet meets
+    /// before its heal), so its run is inconclusive only when none of the faults it drew took
+    /// effect (the run then tested nothing but a quiet workload).
+    pub fn inconclusive(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .unconfirmed
+            .iter()
+            .filter(|u| !u.nemesis)
+            .map(ToString::to_string)
+            .collect();
+        if self.nemesis_faults > 0 && self.nemesis_effective == 0 {
+            out.push(format!(
+                "none of the {} faults the nemesis drew took effect ({})",
+                self.nemesis_faults,
+                self.unconfirmed
+                    .iter()
+                    .filter(|u| u.nemesis)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        out
     }
 }
 
@@ -188,23 +275,44 @@ pub fn execute<B: Backend>(
         expect_marks: BTreeMap::new(),
         expect_starts: BTreeMap::new(),
         statements: Vec::new(),
+        pending: Vec::new(),
+        unconfirmed: Vec::new(),
+        nemesis_faults: 0,
+        nemesis_effective: 0,
+        publishers: Vec::new(),
+        workload_qos: Vec::new(),
     };
     let result = match scenario.kind() {
         Kind::Explicit => runner.explicit(scenario),
         Kind::Randomised => runner.randomised(scenario),
     };
+    // A failed premise stopped the run on purpose; it is recorded as unconfirmed (the run is
+    // inconclusive), not as a failure of the run.
     if let Err(text) = result {
-        let at = runner.now_ms();
-        runner.failures.push(Failure {
-            kind: "sim".into(),
-            spec: String::new(),
-            owed: "the scenario runs to its end".into(),
-            happened: text.clone(),
-            text: text.clone(),
-        });
-        lock(&shared).record(at, "sim", Event::Note { text });
+        if text == PREMISE_FAILED {
+            let at = runner.now_ms();
+            lock(&shared).record(
+                at,
+                "sim",
+                Event::Note {
+                    text: "a premise did not hold: the run stops, inconclusive".into(),
+                },
+            );
+        } else {
+            let at = runner.now_ms();
+            runner.failures.push(Failure {
+                kind: "sim".into(),
+                spec: String::new(),
+                owed: "the scenario runs to its end".into(),
+                happened: text.clone(),
+                text: text.clone(),
+            });
+            lock(&shared).record(at, "sim", Event::Note { text });
+        }
     }
     let failures = std::mem::take(&mut runner.failures);
+    let unconfirmed = std::mem::take(&mut runner.unconfirmed);
+    let (nemesis_faults, nemesis_effective) = (runner.nemesis_faults, runner.nemesis_effective);
     let simulated = runner.backend.elapsed();
     drop(runner);
     let trace = std::mem::take(&mut lock(&shared).trace);
@@ -216,6 +324,9 @@ pub fn execute<B: Backend>(
         failures,
         notes: BTreeMap::new(),
         simulated,
+        unconfirmed,
+        nemesis_faults,
+        nemesis_effective,
     }
 }
 
@@ -266,9 +377,84 @@ struct Runner<B: Backend> {
     expect_starts: BTreeMap<String, usize>,
     /// Per step: the one statement its failure cites (`Scenario::step_statement`).
     statements: Vec<Option<String>>,
+    /// Faults whose effect shows only once traffic met them, settled at their heal (or at
+    /// the end of the steps).
+    pending: Vec<Pending>,
+    unconfirmed: Vec<Unconfirmed>,
+    nemesis_faults: u32,
+    nemesis_effective: u32,
+    /// Randomised scenarios: the publishing clients and the workload's QoS levels (what
+    /// packets a drop or duplicate rule can meet).
+    publishers: Vec<String>,
+    workload_qos: Vec<QoS>,
 }
 
 type StepResult = Result<(), String>;
+
+/// Whether a fault took effect: `Ok(())` confirmed, `Err(why)` not.
+pub type Confirmation = Result<(), String>;
+
+/// A fault waiting for the evidence that it took effect.
+struct Pending {
+    step: Option<usize>,
+    fault: String,
+    evidence: Evidence,
+}
+
+/// What proves a pending fault took effect.
+enum Evidence {
+    /// `client`'s connection ended after trace record `mark` (a nemesis kick or reset, which
+    /// does not wait: the hold that follows gives it the time).
+    Ends { client: String, mark: usize },
+    /// The drop or duplicate rule met its packet.
+    Rule {
+        control: Arc<FaultControl>,
+        id: u64,
+        what: String,
+    },
+    /// Packets were held by a `delay` while it was on.
+    Delayed {
+        control: Arc<FaultControl>,
+        before: u64,
+        client: String,
+    },
+    /// Traffic met a link fault on the link between `host` and the broker.
+    Link {
+        host: String,
+        kind: LinkFault,
+        before: LinkSnapshot,
+    },
+}
+
+/// A link fault, with the ways it cuts (partitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkFault {
+    Partition { to_broker: bool, from_broker: bool },
+    Loss,
+    Latency,
+}
+
+/// What had crossed a client host's link so far (see `Runner::link_snapshot`).
+#[derive(Debug, Clone, Copy, Default)]
+struct LinkSnapshot {
+    /// Bytes the host's sessions and raw connections wrote and read (their fault layers).
+    outbound: u64,
+    inbound: u64,
+    /// What the backend counts on the link.
+    backend: backend::LinkCount,
+}
+
+/// Whether `client`'s connection (session or raw) ended after trace record `mark`.
+fn connection_ended(s: &Shared, client: &str, mark: usize) -> bool {
+    s.trace.records[mark.min(s.trace.len())..]
+        .iter()
+        .any(|r| match &r.event {
+            Event::Disconnected { client: c, .. }
+            | Event::ConnectFailed { client: c, .. }
+            | Event::RawClosed { client: c, .. } => c == client,
+            _ => false,
+        })
+}
 
 impl<B: Backend> Runner<B> {
     fn now_ms(&self) -> u64 {
@@ -458,9 +644,11 @@ impl<B: Backend> Runner<B> {
         })
     }
 
-    fn crash_broker(&mut self, power_loss: bool) -> StepResult {
+    /// The broker dies. Confirmed as the backend can tell (the simulated host stopped; a real
+    /// broker dropped its connections).
+    fn crash_broker(&mut self, power_loss: bool) -> Result<Confirmation, String> {
         if !self.broker_up {
-            return Ok(());
+            return Ok(Err("the broker was already down".into()));
         }
         self.fault(Fault::BrokerCrash { power_loss });
         {
@@ -476,14 +664,30 @@ impl<B: Backend> Runner<B> {
         self.backend.crash_broker(power_loss)
     }
 
-    fn restart_broker(&mut self) -> StepResult {
+    /// The broker comes back. Confirmed when it started again (and answers, where the backend
+    /// can tell).
+    fn restart_broker(&mut self) -> Result<Confirmation, String> {
         if self.broker_up {
-            return Ok(());
+            return Ok(Err("the broker was up: nothing to restart".into()));
         }
         self.fault(Fault::BrokerRestart);
-        self.backend.restart_broker()?;
+        let mark = self.mark();
+        let answered = self.backend.restart_broker()?;
         self.broker_up = true;
-        self.step()
+        self.step()?;
+        let started = self.run_until(CONFIRM_WAIT, move |s| {
+            s.trace.records[mark.min(s.trace.len())..]
+                .iter()
+                .any(|r| matches!(r.event, Event::BrokerStarted { .. }))
+        })?;
+        Ok(if started {
+            answered
+        } else {
+            Err(format!(
+                "the broker did not start again within {}s",
+                CONFIRM_WAIT.as_secs()
+            ))
+        })
     }
 
     /// Ends every link and connection fault (not crashes).
@@ -512,6 +716,299 @@ impl<B: Backend> Runner<B> {
                 s.pending_cause = Some(cause);
             }
         }
+    }
+
+    fn mark(&self) -> usize {
+        lock(&self.shared).trace.len()
+    }
+
+    /// Records whether a fault took effect: always as a trace note for a nemesis fault (the
+    /// run is judged on all of them together), only when it did not for a step.
+    fn confirm(&mut self, step: Option<usize>, nemesis: bool, fault: String, result: Confirmation) {
+        if nemesis {
+            self.nemesis_faults += 1;
+            if result.is_ok() {
+                self.nemesis_effective += 1;
+            }
+        }
+        let text = match &result {
+            Ok(()) if nemesis => Some(format!("nemesis {fault}: took effect")),
+            Ok(()) => None,
+            Err(reason) => Some(format!(
+                "not confirmed: {}",
+                Unconfirmed {
+                    step,
+                    fault: fault.clone(),
+                    reason: reason.clone(),
+                    nemesis,
+                }
+            )),
+        };
+        if let Some(text) = text {
+            let at = self.now_ms();
+            lock(&self.shared).record(at, "sim", Event::Note { text });
+        }
+        if let Err(reason) = result {
+            self.unconfirmed.push(Unconfirmed {
+                step,
+                fault,
+                reason,
+                nemesis,
+            });
+        }
+    }
+
+    /// Whether `client` has a connection a broker-side fault can end: a session past its
+    /// CONNACK, or an open raw connection.
+    fn connected(&self, client: &str) -> bool {
+        let s = lock(&self.shared);
+        s.sessions.get(client).is_some_and(|x| x.connected)
+            || s.raw
+                .connections
+                .get(client)
+                .is_some_and(|c| c.open && !c.closed)
+    }
+
+    /// Waits (bounded) for `client`'s connection to end after trace record `mark`.
+    fn await_end(&mut self, client: &str, mark: usize, what: &str) -> Result<Confirmation, String> {
+        let name = client.to_string();
+        let ended = self.run_until(CONFIRM_WAIT, move |s| connection_ended(s, &name, mark))?;
+        Ok(if ended {
+            Ok(())
+        } else {
+            Err(format!(
+                "{client}'s connection did not end within {}s of the {what}",
+                CONFIRM_WAIT.as_secs()
+            ))
+        })
+    }
+
+    /// The kick: the broker ends the client's connection. Confirmed when it did.
+    fn kick(&mut self, client: &str) -> Result<Confirmation, String> {
+        self.fault(Fault::Kick {
+            client: client.into(),
+        });
+        if !self.connected(client) {
+            return Ok(Err(format!("{client} had no connection to kick")));
+        }
+        self.set_pending(client, crate::history::DisconnectCause::Kicked);
+        let client_id = lock(&self.shared)
+            .sessions
+            .get(client)
+            .map(|s| s.client_id.clone())
+            .unwrap_or_default();
+        let mark = self.mark();
+        self.backend.kick(client, &client_id)?;
+        self.await_end(client, mark, "kick")
+    }
+
+    /// The reset of the client's current connection. Confirmed when the connection ended.
+    fn reset(&mut self, client: &str) -> Result<Confirmation, String> {
+        self.fault(Fault::Reset {
+            client: client.into(),
+        });
+        self.set_pending(client, crate::history::DisconnectCause::ConnectionReset);
+        let mark = self.mark();
+        let reset = self.control(client).is_some_and(|c| c.reset());
+        if !reset {
+            return Ok(Err(format!("{client} had no open connection to reset")));
+        }
+        self.await_end(client, mark, "reset")
+    }
+
+    /// The stall of the client's current connection: in effect at once if there is one.
+    fn stall(&mut self, client: &str) -> Confirmation {
+        self.fault(Fault::Stall {
+            client: client.into(),
+        });
+        if self.control(client).is_some_and(|c| c.stall()) {
+            Ok(())
+        } else {
+            Err(format!("{client} had no open connection to stall"))
+        }
+    }
+
+    /// The client's process dies. Confirmed when a running instance was stopped.
+    fn crash_client(&mut self, client: &str) -> Result<Confirmation, String> {
+        self.fault(Fault::ClientCrash {
+            client: client.into(),
+        });
+        let running = |s: &Shared| s.sessions.get(client).map(|x| (x.running, x.instance));
+        let before = running(&lock(&self.shared));
+        self.send(
+            client,
+            HostCommand::Crash {
+                client: client.into(),
+            },
+        )?;
+        self.step()?;
+        let after = running(&lock(&self.shared));
+        Ok(match (before, after) {
+            (Some((true, a)), Some((false, b))) if b > a => Ok(()),
+            (Some((false, _)), _) => Err(format!("{client} was not running: nothing to crash")),
+            _ => Err(format!("{client}'s process did not stop")),
+        })
+    }
+
+    /// What had crossed the link between `host` and the broker so far.
+    fn link_snapshot(&mut self, host: &str) -> LinkSnapshot {
+        let controls: Vec<Arc<FaultControl>> = lock(&self.shared)
+            .sessions
+            .values()
+            .filter(|x| x.host == host)
+            .map(|x| x.control.clone())
+            .collect();
+        let mut snap = LinkSnapshot {
+            backend: self.backend.link_count(host),
+            ..LinkSnapshot::default()
+        };
+        for c in controls {
+            let n = c.counters();
+            snap.outbound += n.outbound_bytes;
+            snap.inbound += n.inbound_bytes;
+        }
+        snap
+    }
+
+    /// A link fault between `a` and `b` (hosts) begins: waits for traffic to meet it.
+    fn pend_link(&mut self, step: Option<usize>, fault: String, a: &str, b: &str, kind: LinkFault) {
+        let broker = self.broker_host.clone();
+        let (host, kind) = if b == broker && a != broker {
+            (a.to_string(), kind)
+        } else if a == broker && b != broker {
+            // Seen from the client host, the ways swap.
+            let kind = match kind {
+                LinkFault::Partition {
+                    to_broker,
+                    from_broker,
+                } => LinkFault::Partition {
+                    to_broker: from_broker,
+                    from_broker: to_broker,
+                },
+                other => other,
+            };
+            (b.to_string(), kind)
+        } else {
+            let nemesis = step.is_none();
+            self.confirm(
+                step,
+                nemesis,
+                fault,
+                Err(format!(
+                    "{a} - {b} is not a link to the broker: no MQTT traffic crosses it"
+                )),
+            );
+            return;
+        };
+        let before = self.link_snapshot(&host);
+        self.pending.push(Pending {
+            step,
+            fault,
+            evidence: Evidence::Link { host, kind, before },
+        });
+    }
+
+    /// Settles the pending faults `which` selects: each took effect or did not, by now.
+    fn settle(&mut self, which: impl Fn(&Pending) -> bool) {
+        let (now, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| which(p));
+        self.pending = later;
+        for p in now {
+            let result = self.evidence(&p.evidence);
+            self.confirm(p.step, p.step.is_none(), p.fault, result);
+        }
+    }
+
+    fn evidence(&mut self, evidence: &Evidence) -> Confirmation {
+        match evidence {
+            Evidence::Ends { client, mark } => {
+                if connection_ended(&lock(&self.shared), client, *mark) {
+                    Ok(())
+                } else {
+                    Err(format!("{client}'s connection did not end before the heal"))
+                }
+            }
+            Evidence::Rule { control, id, what } => {
+                if control.rule_fired(*id) {
+                    Ok(())
+                } else {
+                    Err(format!("no {what} before the fault was healed"))
+                }
+            }
+            Evidence::Delayed {
+                control,
+                before,
+                client,
+            } => {
+                if control.counters().delayed_packets > *before {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no packet crossed {client}'s connection while the delay was on"
+                    ))
+                }
+            }
+            Evidence::Link { host, kind, before } => {
+                let after = self.link_snapshot(host);
+                let sent = after.outbound - before.outbound;
+                let received = after.inbound - before.inbound;
+                let from_broker = after
+                    .backend
+                    .from_broker
+                    .zip(before.backend.from_broker)
+                    .map(|(a, b)| a - b);
+                match kind {
+                    LinkFault::Partition {
+                        to_broker,
+                        from_broker: cut_from,
+                    } => {
+                        let cut = match (before.backend.discarded, after.backend.discarded) {
+                            // The backend counts what its partition discarded: the proof.
+                            (Some((t0, f0)), Some((t1, f1))) => {
+                                (if *to_broker { t1 - t0 } else { 0 })
+                                    + if *cut_from { f1 - f0 } else { 0 }
+                            }
+                            // Otherwise (the simulator, which loses everything that enters a
+                            // cut link): what was written into the cut ways.
+                            _ => {
+                                (if *to_broker { sent } else { 0 })
+                                    + if *cut_from {
+                                        from_broker.unwrap_or(0)
+                                    } else {
+                                        0
+                                    }
+                            }
+                        };
+                        if cut > 0 {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "nothing was sent across the cut link of {host} while it was cut: there was no traffic to cut"
+                            ))
+                        }
+                    }
+                    LinkFault::Loss | LinkFault::Latency => {
+                        let held = match (before.backend.held, after.backend.held) {
+                            (Some((t0, f0)), Some((t1, f1))) => t1 - t0 + f1 - f0,
+                            _ => 0,
+                        };
+                        if sent + received + from_broker.unwrap_or(0) + held > 0 {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "no traffic crossed the link of {host} while the fault was on"
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles the pending link faults on `host`'s link (of the kinds `kinds` selects).
+    fn settle_link(&mut self, host: &str, kinds: impl Fn(LinkFault) -> bool) {
+        self.settle(|p| matches!(&p.evidence, Evidence::Link { host: h, kind, .. } if h == host && kinds(*kind)));
     }
 
     fn publish(
@@ -549,6 +1046,93 @@ impl<B: Backend> Runner<B> {
         Ok(())
     }
 
+    /// `await: ack`: waits until every message of the step completed its flow (PUBACK or
+    /// PUBCOMP), so the broker owns it. A message never handed over, refused, given up or
+    /// not acknowledged within [`ACK_WAIT`] is an unmet expectation of the step.
+    fn await_acks(
+        &mut self,
+        step: usize,
+        client: &str,
+        ids: Vec<String>,
+        mark: usize,
+    ) -> StepResult {
+        let name = client.to_string();
+        let wanted = ids.clone();
+        let done = move |s: &Shared| -> Vec<(String, Option<String>)> {
+            // Per id: None while open; Some("") acknowledged; Some(why) ended otherwise.
+            let mut out: Vec<(String, Option<String>)> =
+                wanted.iter().map(|id| (id.clone(), None)).collect();
+            let mut handed: Vec<&str> = Vec::new();
+            for r in &s.trace.records[mark.min(s.trace.len())..] {
+                let (c, id, end) = match &r.event {
+                    Event::PublishSent { client, id, .. } => {
+                        if client == &name {
+                            handed.push(id);
+                        }
+                        continue;
+                    }
+                    Event::PublishAcked {
+                        client,
+                        id,
+                        accepted,
+                        reason,
+                    } => (
+                        client,
+                        id,
+                        if *accepted {
+                            String::new()
+                        } else {
+                            format!("refused by the broker ({reason})")
+                        },
+                    ),
+                    Event::PublishFailed { client, id, cause } => {
+                        (client, id, format!("failed: {cause}"))
+                    }
+                    _ => continue,
+                };
+                if c == &name {
+                    if let Some(slot) = out.iter_mut().find(|(w, e)| w == id && e.is_none()) {
+                        slot.1 = Some(end);
+                    }
+                }
+            }
+            // Messages the client never took (it was down) will never complete.
+            let running = s.sessions.get(&name).is_some_and(|x| x.running);
+            for (id, end) in &mut out {
+                if end.is_none() && !running && !handed.contains(&id.as_str()) {
+                    *end = Some("never handed to the client (it was not running)".into());
+                }
+            }
+            out
+        };
+        let check = done.clone();
+        self.run_until(ACK_WAIT, move |s| check(s).iter().all(|(_, e)| e.is_some()))?;
+        let state = done(&lock(&self.shared));
+        let problems: Vec<String> = state
+            .iter()
+            .filter_map(|(id, end)| match end {
+                Some(e) if e.is_empty() => None,
+                Some(e) => Some(format!("{id} {e}")),
+                None => Some(format!(
+                    "{id} not acknowledged within {}s",
+                    ACK_WAIT.as_secs()
+                )),
+            })
+            .collect();
+        if !problems.is_empty() {
+            self.expect_failure(
+                step,
+                "publish",
+                format!(
+                    "await: ack: {} (the step's messages must be the broker's before the next step)",
+                    problems.join("; ")
+                ),
+                vec![],
+            );
+        }
+        Ok(())
+    }
+
     // ----------------------------------------------------------------------------------------
     // Explicit scenarios
 
@@ -560,13 +1144,24 @@ impl<B: Backend> Runner<B> {
             .collect();
         for (i, step) in scenario.steps.iter().enumerate() {
             self.explicit_step(i, step)?;
+            self.backend.after_step(i)?;
         }
         self.quiesce(scenario.quiesce.as_duration())
     }
 
     fn quiesce(&mut self, quiet: Duration) -> StepResult {
+        // What is still pending never meets its traffic now: the faults end here.
+        self.settle(|_| true);
         self.heal_all();
-        self.restart_broker()?;
+        if !self.broker_up {
+            let restarted = self.restart_broker()?;
+            self.confirm(
+                None,
+                false,
+                "restart_broker before the quiet phase".into(),
+                restarted,
+            );
+        }
         let at = self.now_ms();
         lock(&self.shared).record(
             at,
@@ -609,12 +1204,34 @@ impl<B: Backend> Runner<B> {
                         client: c.client.clone(),
                     });
                 }
+                let before = lock(&self.shared)
+                    .sessions
+                    .get(&c.client)
+                    .map_or(0, |x| x.instance);
                 if !self.connect(&c.client, restart)? {
                     self.expect_failure(
                         i,
                         kw,
                         format!("{} got no CONNACK within {}s", c.client, ACK_WAIT.as_secs()),
                         vec![],
+                    );
+                }
+                if restart {
+                    // A new process of the client started (its CONNACK is the expectation
+                    // above, the broker's part).
+                    let started = lock(&self.shared)
+                        .sessions
+                        .get(&c.client)
+                        .is_some_and(|x| x.instance > before && x.running);
+                    self.confirm(
+                        Some(i),
+                        false,
+                        format!("restart_client {}", c.client),
+                        if started {
+                            Ok(())
+                        } else {
+                            Err(format!("{}'s new process did not start", c.client))
+                        },
                     );
                 }
             }
@@ -665,7 +1282,19 @@ impl<B: Backend> Runner<B> {
                     empty: p.empty,
                 };
                 let interval = p.rate.map_or(0, |r| r.interval_ms());
+                let first = lock(&self.shared)
+                    .sessions
+                    .get(&p.client)
+                    .map_or(0, |x| x.next_message)
+                    + 1;
+                let mark = self.mark();
                 self.publish(&p.client, vec![message; p.count as usize], interval, true)?;
+                if p.await_ == PublishAwait::Ack {
+                    let ids: Vec<String> = (first..first + p.count)
+                        .map(|n| format!("{}-{n}", p.client))
+                        .collect();
+                    self.await_acks(i, &p.client, ids, mark)?;
+                }
             }
             Step::Disconnect(d) => {
                 if d.with_will {
@@ -692,21 +1321,27 @@ impl<B: Backend> Runner<B> {
                 })?;
             }
             Step::CrashBroker(c) => {
-                self.crash_broker(c.power_loss)?;
+                let crashed = self.crash_broker(c.power_loss)?;
                 self.step()?;
+                let what = if c.power_loss {
+                    "crash_broker (power loss)"
+                } else {
+                    "crash_broker"
+                };
+                self.confirm(Some(i), false, what.into(), crashed);
             }
-            Step::RestartBroker(_) => self.restart_broker()?,
+            Step::RestartBroker(_) => {
+                let restarted = self.restart_broker()?;
+                self.confirm(Some(i), false, "restart_broker".into(), restarted);
+            }
             Step::CrashClient(c) => {
-                self.fault(Fault::ClientCrash {
-                    client: c.client.clone(),
-                });
-                self.send(
-                    &c.client,
-                    HostCommand::Crash {
-                        client: c.client.clone(),
-                    },
-                )?;
-                self.step()?;
+                let crashed = self.crash_client(&c.client)?;
+                self.confirm(
+                    Some(i),
+                    false,
+                    format!("crash_client {}", c.client),
+                    crashed,
+                );
             }
             Step::Partition(p) => {
                 let (a, b) = (self.endpoint(&p.a), self.endpoint(&p.b));
@@ -716,10 +1351,25 @@ impl<B: Backend> Runner<B> {
                     one_way: p.one_way,
                 });
                 self.backend.partition(&a, &b, p.one_way);
+                let what = format!("partition {a} {} {b}", if p.one_way { "->" } else { "-" });
+                self.pend_link(
+                    Some(i),
+                    what,
+                    &a,
+                    &b,
+                    LinkFault::Partition {
+                        to_broker: true,
+                        from_broker: !p.one_way,
+                    },
+                );
             }
             Step::Heal(h) => match (&h.a, &h.b) {
                 (Some(a), Some(b)) => {
                     let (a, b) = (self.endpoint(a), self.endpoint(b));
+                    // Partitions and loss end here (latency stays until the end).
+                    for host in [&a, &b] {
+                        self.settle_link(host, |k| k != LinkFault::Latency);
+                    }
                     self.fault(Fault::Heal {
                         a: a.clone(),
                         b: b.clone(),
@@ -728,6 +1378,17 @@ impl<B: Backend> Runner<B> {
                     self.backend.loss(&a, &b, 0.0);
                 }
                 _ => {
+                    // Every partition and loss, and every connection fault (delays, drop and
+                    // duplicate rules) ends here.
+                    self.settle(|p| {
+                        !matches!(
+                            p.evidence,
+                            Evidence::Link {
+                                kind: LinkFault::Latency,
+                                ..
+                            }
+                        )
+                    });
                     let broker = self.broker_host.clone();
                     for host in self.client_hosts.clone() {
                         self.fault(Fault::Heal {
@@ -746,6 +1407,9 @@ impl<B: Backend> Runner<B> {
                     rate: l.rate,
                 });
                 self.backend.loss(&a, &b, l.rate);
+                if l.rate > 0.0 {
+                    self.pend_link(Some(i), format!("loss {a} - {b}"), &a, &b, LinkFault::Loss);
+                }
             }
             Step::Latency(l) => {
                 let (a, b) = (self.endpoint(&l.a), self.endpoint(&l.b));
@@ -757,24 +1421,21 @@ impl<B: Backend> Runner<B> {
                 });
                 self.backend
                     .latency(&a, &b, l.latency.as_duration(), l.jitter.as_duration());
+                self.pend_link(
+                    Some(i),
+                    format!("latency {a} - {b}"),
+                    &a,
+                    &b,
+                    LinkFault::Latency,
+                );
             }
             Step::Reset(c) => {
-                self.fault(Fault::Reset {
-                    client: c.client.clone(),
-                });
-                self.set_pending(&c.client, crate::history::DisconnectCause::ConnectionReset);
-                if let Some(control) = self.control(&c.client) {
-                    control.reset();
-                }
-                self.step()?;
+                let reset = self.reset(&c.client)?;
+                self.confirm(Some(i), false, format!("reset {}", c.client), reset);
             }
             Step::Stall(c) => {
-                self.fault(Fault::Stall {
-                    client: c.client.clone(),
-                });
-                if let Some(control) = self.control(&c.client) {
-                    control.stall();
-                }
+                let stalled = self.stall(&c.client);
+                self.confirm(Some(i), false, format!("stall {}", c.client), stalled);
             }
             Step::Delay(d) => {
                 self.fault(Fault::Delay {
@@ -783,6 +1444,18 @@ impl<B: Backend> Runner<B> {
                 });
                 if let Some(control) = self.control(&d.client) {
                     control.set_delay(d.by.as_duration());
+                    if !d.by.as_duration().is_zero() {
+                        let before = control.counters().delayed_packets;
+                        self.pending.push(Pending {
+                            step: Some(i),
+                            fault: format!("delay {}", d.client),
+                            evidence: Evidence::Delayed {
+                                control,
+                                before,
+                                client: d.client.clone(),
+                            },
+                        });
+                    }
                 }
             }
             Step::DropPacket(p) | Step::DuplicatePacket(p) => {
@@ -793,35 +1466,36 @@ impl<B: Backend> Runner<B> {
                     Fault::DropPacket {
                         client: p.client.clone(),
                         direction: p.direction,
-                        packet_type: name,
+                        packet_type: name.clone(),
                     }
                 } else {
                     Fault::DuplicatePacket {
                         client: p.client.clone(),
                         direction: p.direction,
-                        packet_type: name,
+                        packet_type: name.clone(),
                     }
                 });
                 if let Some(control) = self.control(&p.client) {
-                    if drop {
-                        control.drop_next(p.direction, packet_type);
+                    let id = if drop {
+                        control.drop_next(p.direction, packet_type)
                     } else {
-                        control.duplicate_next(p.direction, packet_type);
-                    }
+                        control.duplicate_next(p.direction, packet_type)
+                    };
+                    let way = direction_name(p.direction);
+                    self.pending.push(Pending {
+                        step: Some(i),
+                        fault: format!("{kw} {name} {way} on {}", p.client),
+                        evidence: Evidence::Rule {
+                            control,
+                            id,
+                            what: format!("{name} packet went {way} on {}'s connections", p.client),
+                        },
+                    });
                 }
             }
             Step::Kick(c) => {
-                self.fault(Fault::Kick {
-                    client: c.client.clone(),
-                });
-                self.set_pending(&c.client, crate::history::DisconnectCause::Kicked);
-                let client_id = lock(&self.shared)
-                    .sessions
-                    .get(&c.client)
-                    .map(|s| s.client_id.clone())
-                    .unwrap_or_default();
-                self.backend.kick(&c.client, &client_id)?;
-                self.step()?;
+                let kicked = self.kick(&c.client)?;
+                self.confirm(Some(i), false, format!("kick {}", c.client), kicked);
             }
             Step::Wait(d) => self.run_for(d.as_duration())?,
             Step::ExpectMessages(x) => {
@@ -979,6 +1653,8 @@ impl<B: Backend> Runner<B> {
             return Err("a randomised scenario needs a workload".into());
         };
         let plan = Plan::draw(workload, &mut self.rng);
+        self.publishers = plan.publishers.keys().cloned().collect();
+        self.workload_qos = workload.qos.clone();
         let host_count = workload.hosts.max(1) as usize;
         let hosts: BTreeMap<String, String> = plan
             .clients
@@ -1082,6 +1758,17 @@ impl<B: Backend> Runner<B> {
                     one_way,
                 });
                 self.backend.partition(&a, &b, one_way);
+                let what = format!("partition {a} {} {b}", if one_way { "->" } else { "-" });
+                self.pend_link(
+                    None,
+                    what,
+                    &a,
+                    &b,
+                    LinkFault::Partition {
+                        to_broker: true,
+                        from_broker: !one_way,
+                    },
+                );
             }
             FaultKind::Loss => {
                 self.fault(Fault::Loss {
@@ -1090,6 +1777,10 @@ impl<B: Backend> Runner<B> {
                     rate: loss_rate,
                 });
                 self.backend.loss(&host, &broker, loss_rate);
+                if loss_rate > 0.0 {
+                    let what = format!("loss {host} - {broker}");
+                    self.pend_link(None, what, &host, &broker, LinkFault::Loss);
+                }
             }
             FaultKind::Latency => {
                 let latency_ms = self.rng.random_range(20..=300u64);
@@ -1106,51 +1797,81 @@ impl<B: Backend> Runner<B> {
                     Duration::from_millis(latency_ms),
                     Duration::from_millis(jitter_ms),
                 );
+                let what = format!("latency {host} - {broker}");
+                self.pend_link(None, what, &host, &broker, LinkFault::Latency);
             }
-            FaultKind::CrashBroker => self.crash_broker(false)?,
-            FaultKind::PowerLoss => self.crash_broker(true)?,
+            FaultKind::CrashBroker | FaultKind::PowerLoss => {
+                let crashed = self.crash_broker(kind == FaultKind::PowerLoss)?;
+                let what = if kind == FaultKind::PowerLoss {
+                    "power_loss"
+                } else {
+                    "crash_broker"
+                };
+                self.confirm(None, true, what.into(), crashed);
+            }
             FaultKind::CrashClient => {
-                if !crashed.iter().any(|c| c == target) {
-                    self.fault(Fault::ClientCrash {
-                        client: target.into(),
-                    });
-                    self.send(
-                        target,
-                        HostCommand::Crash {
-                            client: target.into(),
-                        },
-                    )?;
-                    crashed.push(target.into());
+                let what = format!("crash_client {target}");
+                if crashed.iter().any(|c| c == target) {
+                    self.confirm(None, true, what, Err(format!("{target} was already down")));
+                } else {
+                    let result = self.crash_client(target)?;
+                    if result.is_ok() {
+                        crashed.push(target.into());
+                    }
+                    self.confirm(None, true, what, result);
                 }
             }
             FaultKind::Kick => {
                 self.fault(Fault::Kick {
                     client: target.into(),
                 });
-                self.set_pending(target, crate::history::DisconnectCause::Kicked);
-                let client_id = lock(&self.shared)
-                    .sessions
-                    .get(target)
-                    .map(|s| s.client_id.clone())
-                    .unwrap_or_default();
-                self.backend.kick(target, &client_id)?;
+                let what = format!("kick {target}");
+                if self.connected(target) {
+                    self.set_pending(target, crate::history::DisconnectCause::Kicked);
+                    let client_id = lock(&self.shared)
+                        .sessions
+                        .get(target)
+                        .map(|s| s.client_id.clone())
+                        .unwrap_or_default();
+                    let mark = self.mark();
+                    self.backend.kick(target, &client_id)?;
+                    self.pending.push(Pending {
+                        step: None,
+                        fault: what,
+                        evidence: Evidence::Ends {
+                            client: target.into(),
+                            mark,
+                        },
+                    });
+                } else {
+                    let why = format!("{target} had no connection to kick");
+                    self.confirm(None, true, what, Err(why));
+                }
             }
             FaultKind::Reset => {
                 self.fault(Fault::Reset {
                     client: target.into(),
                 });
                 self.set_pending(target, crate::history::DisconnectCause::ConnectionReset);
-                if let Some(c) = control {
-                    c.reset();
+                let what = format!("reset {target}");
+                let mark = self.mark();
+                if control.as_ref().is_some_and(|c| c.reset()) {
+                    self.pending.push(Pending {
+                        step: None,
+                        fault: what,
+                        evidence: Evidence::Ends {
+                            client: target.into(),
+                            mark,
+                        },
+                    });
+                } else {
+                    let why = format!("{target} had no open connection to reset");
+                    self.confirm(None, true, what, Err(why));
                 }
             }
             FaultKind::Stall => {
-                self.fault(Fault::Stall {
-                    client: target.into(),
-                });
-                if let Some(c) = control {
-                    c.stall();
-                }
+                let stalled = self.stall(target);
+                self.confirm(None, true, format!("stall {target}"), stalled);
             }
             FaultKind::Delay => {
                 let delay_ms = self.rng.random_range(50..=1000u64);
@@ -1160,6 +1881,16 @@ impl<B: Backend> Runner<B> {
                 });
                 if let Some(c) = control {
                     c.set_delay(Duration::from_millis(delay_ms));
+                    let before = c.counters().delayed_packets;
+                    self.pending.push(Pending {
+                        step: None,
+                        fault: format!("delay {target}"),
+                        evidence: Evidence::Delayed {
+                            control: c,
+                            before,
+                            client: target.into(),
+                        },
+                    });
                 }
             }
             FaultKind::DropPacket | FaultKind::DuplicatePacket => {
@@ -1171,36 +1902,70 @@ impl<B: Backend> Runner<B> {
                     PacketKind::Pubcomp,
                     PacketKind::Pingresp,
                 ];
-                let packet = KINDS[self.rng.random_range(0..KINDS.len())];
-                let direction = if self.rng.random_bool(0.5) {
+                let k = self.rng.random_range(0..KINDS.len());
+                let drawn = if self.rng.random_bool(0.5) {
                     Direction::Outbound
                 } else {
                     Direction::Inbound
                 };
-                let name = packet.as_str().to_string();
                 let drop = kind == FaultKind::DropPacket;
+                // A rule for a packet the target never carries that way (a PINGRESP sent by a
+                // client, a PUBREC at QoS 1) would meet nothing: take one it carries, from the
+                // same draw (so the seed's later draws stay the same).
+                let publisher = self.publishers.iter().any(|p| p == target);
+                let carried =
+                    |d: Direction| packets_carried(publisher, &self.workload_qos, d, !drop);
+                let (packet, direction) = if carried(drawn).contains(&KINDS[k]) {
+                    (KINDS[k], drawn)
+                } else {
+                    let other = match drawn {
+                        Direction::Outbound => Direction::Inbound,
+                        Direction::Inbound => Direction::Outbound,
+                    };
+                    match (carried(drawn), carried(other)) {
+                        (c, _) if !c.is_empty() => (c[k % c.len()], drawn),
+                        (_, c) if !c.is_empty() => (c[k % c.len()], other),
+                        _ => (KINDS[k], drawn),
+                    }
+                };
+                let name = packet.as_str().to_string();
                 self.fault(if drop {
                     Fault::DropPacket {
                         client: target.into(),
                         direction,
-                        packet_type: name,
+                        packet_type: name.clone(),
                     }
                 } else {
                     Fault::DuplicatePacket {
                         client: target.into(),
                         direction,
-                        packet_type: name,
+                        packet_type: name.clone(),
                     }
                 });
                 if let Some(c) = control {
                     let t = packet.packet_type() as u8;
-                    if drop {
-                        c.drop_next(direction, t);
-                        // A dropped packet is only recovered by a new connection (MQTT
-                        // resends on reconnect); reset this one so the run goes on.
+                    // A dropped packet is only recovered by a new connection (MQTT resends
+                    // on reconnect): the heal resets this one so the run goes on.
+                    let id = if drop {
+                        c.drop_next(direction, t)
                     } else {
-                        c.duplicate_next(direction, t);
-                    }
+                        c.duplicate_next(direction, t)
+                    };
+                    let way = direction_name(direction);
+                    let verb = if drop {
+                        "drop_packet"
+                    } else {
+                        "duplicate_packet"
+                    };
+                    self.pending.push(Pending {
+                        step: None,
+                        fault: format!("{verb} {name} {way} on {target}"),
+                        evidence: Evidence::Rule {
+                            control: c,
+                            id,
+                            what: format!("{name} packet went {way} on {target}'s connections"),
+                        },
+                    });
                 }
             }
         }
@@ -1213,6 +1978,8 @@ impl<B: Backend> Runner<B> {
         target: &str,
         crashed: &mut Vec<String>,
     ) -> StepResult {
+        // The fault ran its time: whatever it was going to meet, it met.
+        self.settle(|p| p.step.is_none());
         let host = self.endpoint(target);
         let broker = self.broker_host.clone();
         match kind {
@@ -1230,7 +1997,13 @@ impl<B: Backend> Runner<B> {
                     self.backend.reset_latency(&host, &broker);
                 }
             }
-            FaultKind::CrashBroker | FaultKind::PowerLoss => self.restart_broker()?,
+            FaultKind::CrashBroker | FaultKind::PowerLoss => {
+                if !self.broker_up {
+                    // Not the nemesis' own fault: every later fault needs the broker back.
+                    let restarted = self.restart_broker()?;
+                    self.confirm(None, false, "restart_broker".into(), restarted);
+                }
+            }
             FaultKind::CrashClient => {
                 if let Some(pos) = crashed.iter().position(|c| c == target) {
                     crashed.remove(pos);
@@ -1271,6 +2044,58 @@ impl<B: Backend> Runner<B> {
             }
         }
         Ok(())
+    }
+}
+
+/// The packets a workload client carries `direction` (outbound: it sends them), so a drop
+/// (or, with `duplicate`, a duplicate) rule on it can meet one. A duplicate never meets a
+/// QoS 0 PUBLISH (the fault layer models a retransmission); a client sends PINGREQ (and
+/// receives PINGRESP) only when idle, which a workload client is only without acknowledgements
+/// to send: a subscriber of QoS 0 alone.
+fn packets_carried(
+    publisher: bool,
+    qos: &[QoS],
+    direction: Direction,
+    duplicate: bool,
+) -> Vec<PacketKind> {
+    let q1 = qos.contains(&QoS::AtLeastOnce);
+    let q2 = qos.contains(&QoS::ExactlyOnce);
+    let publish = !duplicate || q1 || q2;
+    let idle = !q1 && !q2;
+    let mut out = Vec::new();
+    let mut add = |yes: bool, p: PacketKind| {
+        if yes {
+            out.push(p);
+        }
+    };
+    match (publisher, direction) {
+        (true, Direction::Outbound) => {
+            add(publish, PacketKind::Publish);
+            add(q2, PacketKind::Pubrel);
+        }
+        (true, Direction::Inbound) => {
+            add(q1, PacketKind::Puback);
+            add(q2, PacketKind::Pubrec);
+            add(q2, PacketKind::Pubcomp);
+        }
+        (false, Direction::Outbound) => {
+            add(q1, PacketKind::Puback);
+            add(q2, PacketKind::Pubrec);
+            add(q2, PacketKind::Pubcomp);
+        }
+        (false, Direction::Inbound) => {
+            add(publish, PacketKind::Publish);
+            add(q2, PacketKind::Pubrel);
+            add(idle, PacketKind::Pingresp);
+        }
+    }
+    out
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Outbound => "outbound",
+        Direction::Inbound => "inbound",
     }
 }
 
@@ -1517,3 +2342,6 @@ pub fn checker_names(scenario: &Scenario) -> Vec<&'static str> {
         .map(CheckerName::as_str)
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -90,6 +90,10 @@ pub enum RawCommand {
     Send {
         client: String,
         bytes: Vec<u8>,
+        /// The bytes are the CONNECT `send: connect` built from the client's options: it
+        /// carries the run's credentials (certify's `--username/--password`). A CONNECT the
+        /// step wrote as hex goes as written (it may be testing credentials).
+        credentials: bool,
     },
     Close {
         client: String,
@@ -152,9 +156,13 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
                 open(shared, host, client, number, connector, version, addr).await;
             });
         }
-        RawCommand::Send { client, bytes } => {
+        RawCommand::Send {
+            client,
+            bytes,
+            credentials,
+        } => {
             let mut s = lock(shared);
-            let bytes = isolate_connect(&s.net, bytes);
+            let bytes = prepare_connect(&s.net, bytes, credentials);
             let number = s.raw.connections.get(&client).map_or(0, |c| c.connection);
             let text = hex(&bytes);
             let sent = s
@@ -186,15 +194,18 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
     }
 }
 
-/// Under certification's isolation a raw CONNECT carries the run's wire client id, so its
-/// session is this run's alone (and ended after it) like every session's; any other bytes go
-/// out as written. A CONNECT is recognised only when the bytes are exactly one well-formed
-/// CONNECT with a client id: a malformed one, or an empty id, is the point of its step and is
-/// left alone.
-fn isolate_connect(net: &super::world::ClientNet, bytes: Vec<u8>) -> Vec<u8> {
-    let Some(iso) = &net.isolation else {
+/// A raw CONNECT as the run sends it. Under certification's isolation it carries the run's
+/// wire client id, so its session is this run's alone (and ended after it) like every
+/// session's; with `credentials` (a `send: connect`) it carries the run's username and
+/// password. Any other bytes go out as written. A CONNECT is recognised only when the bytes
+/// are exactly one well-formed CONNECT: a malformed one is the point of its step and is left
+/// alone, and so is an empty client id (the point of its step: an assigned id, or refusal
+/// 0x02 [MQTT-3.1.3-8]).
+fn prepare_connect(net: &super::world::ClientNet, bytes: Vec<u8>, credentials: bool) -> Vec<u8> {
+    let add_credentials = credentials && net.username.is_some();
+    if net.isolation.is_none() && !add_credentials {
         return bytes;
-    };
+    }
     let buf = bytes::Bytes::from(bytes.clone());
     // A CONNECT is read in its own protocol version whatever `version` says.
     let Ok(Some((Packet::Connect(mut connect), used))) =
@@ -202,15 +213,25 @@ fn isolate_connect(net: &super::world::ClientNet, bytes: Vec<u8>) -> Vec<u8> {
     else {
         return bytes;
     };
-    // An empty id is the point of its step (assigned id, or refusal 0x02 [MQTT-3.1.3-8]).
-    if used != bytes.len() || connect.client_id.is_empty() {
+    if used != bytes.len() {
         return bytes;
     }
-    let Ok(id) = MqttStr::new(&iso.client_id(connect.client_id.as_str())) else {
-        return bytes;
-    };
+    if let Some(iso) = &net.isolation {
+        if !connect.client_id.is_empty() {
+            let Ok(id) = MqttStr::new(&iso.client_id(connect.client_id.as_str())) else {
+                return bytes;
+            };
+            connect.client_id = id;
+        }
+    }
+    if add_credentials && connect.username.is_none() {
+        let Some(Ok(username)) = net.username.as_deref().map(MqttStr::new) else {
+            return bytes;
+        };
+        connect.username = Some(username);
+        connect.password = net.password.clone();
+    }
     let protocol = connect.protocol;
-    connect.client_id = id;
     let mut out = BytesMut::new();
     match codec::encode(&Packet::Connect(connect), protocol, &mut out) {
         Ok(()) => out.to_vec(),
@@ -833,6 +854,7 @@ impl<B: super::backend::Backend> Runner<B> {
                 .get(&step.client)
                 .map(|s| s.spec.clone())
                 .ok_or_else(|| format!("no client {:?}", step.client))?;
+            let credentials = send.trim() == "connect";
             let bytes = if let Some(ack) = ack_send(send) {
                 let (name, reason) = ack.map_err(|e| format!("step {} (raw): {e}", i + 1))?;
                 // Acknowledge the latest packet the broker sent that this one answers.
@@ -868,6 +890,7 @@ impl<B: super::backend::Backend> Runner<B> {
                 RawCommand::Send {
                     client: step.client.clone(),
                     bytes,
+                    credentials,
                 },
             )?;
             let name = step.client.clone();
@@ -1015,11 +1038,16 @@ impl<B: super::backend::Backend> Runner<B> {
         let owed = describe(x);
         if x.assume {
             // Not the broker's obligation: what follows assumes it, so nothing after it can
-            // be judged.
-            return Err(format!(
-                "step {} (expect_raw): inconclusive: the scenario assumes {owed}; {happened}; the steps after it were not run",
-                i + 1
-            ));
+            // be judged. The run stops and is inconclusive (never a finding, never a pass).
+            self.unconfirmed.push(super::Unconfirmed {
+                step: Some(i),
+                fault: "expect_raw premise".into(),
+                reason: format!(
+                    "the scenario assumes {owed}; {happened}; the steps after it were not run"
+                ),
+                nemesis: false,
+            });
+            return Err(super::PREMISE_FAILED.into());
         }
         let (spec, shown) = self.cited(i);
         let report = {

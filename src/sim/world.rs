@@ -159,6 +159,9 @@ pub struct Shared {
     /// Topics this run published retained messages on (or registered retained wills for), as
     /// sent on the wire; kept only under isolation, so a real broker can be cleaned after it.
     pub retained_topics: BTreeSet<String>,
+    /// Simulated broker only: bytes it wrote to each peer IP (whatever the link did with
+    /// them), the evidence that a cut or lossy link from the broker met traffic.
+    pub broker_sent: BTreeMap<String, u64>,
 }
 
 /// Where the hosts' time comes from.
@@ -372,6 +375,10 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
                 let at = s.now_ms();
                 s.record(at, "broker", Event::BrokerStarted { durable });
             }
+            let listener = super::backend::CountingListener {
+                inner: listener,
+                shared: shared.clone(),
+            };
             broker.run(listener, std::future::pending::<()>()).await?;
             Ok(())
         }

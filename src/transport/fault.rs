@@ -17,9 +17,10 @@
 //! Everything is driven by `tokio::time` (virtual under turmoil) and a mutex that is never
 //! contended (a simulation is single-threaded); no randomness lives here.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -52,6 +53,8 @@ const READ_CHUNK: usize = 16 * 1024;
 struct ConnFlags {
     reset: bool,
     stalled: bool,
+    /// The stream was dropped (the connection is over): nothing left to reset or stall.
+    closed: bool,
     /// Tasks parked on a stall, woken when it ends.
     wakers: Vec<Waker>,
 }
@@ -62,15 +65,34 @@ struct ControlState {
     current: Option<Arc<Mutex<ConnFlags>>>,
     delay: Duration,
     /// Pending "drop the next packet of type T in direction D" rules (type = fixed-header
-    /// nibble), consumed one per matching packet.
-    drop: Vec<(Direction, u8)>,
-    duplicate: Vec<(Direction, u8)>,
+    /// nibble), each with its id, consumed one per matching packet.
+    drop: Vec<(u64, Direction, u8)>,
+    duplicate: Vec<(u64, Direction, u8)>,
+    /// Ids handed out so far; the rules that met their packet.
+    rules: u64,
+    fired: BTreeSet<u64>,
+}
+
+/// What the layer did so far, for confirming that a fault took effect (every count only
+/// grows). Bytes are counted where they meet the inner stream, so they are what really
+/// crossed the connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    /// Bytes written to the inner stream (the wrapped side's sends).
+    pub outbound_bytes: u64,
+    /// Bytes read from the inner stream.
+    pub inbound_bytes: u64,
+    /// Packets held back by a `delay` (released later than they arrived).
+    pub delayed_packets: u64,
 }
 
 /// The nemesis' handle on one client session's connections.
 #[derive(Default)]
 pub struct FaultControl {
     state: Mutex<ControlState>,
+    outbound_bytes: AtomicU64,
+    inbound_bytes: AtomicU64,
+    delayed_packets: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,32 +106,56 @@ impl FaultControl {
         Arc::new(FaultControl::default())
     }
 
-    /// Resets the current connection. False when there is none.
+    /// Resets the current connection. False when there is none (or it is already over).
     pub fn reset(&self) -> bool {
         let state = lock(&self.state);
-        match &state.current {
-            Some(flags) => {
-                let mut f = lock(flags);
-                f.reset = true;
-                for w in f.wakers.drain(..) {
-                    w.wake();
-                }
-                true
-            }
-            None => false,
+        let Some(flags) = &state.current else {
+            return false;
+        };
+        let mut f = lock(flags);
+        if f.closed {
+            return false;
         }
+        f.reset = true;
+        for w in f.wakers.drain(..) {
+            w.wake();
+        }
+        true
     }
 
     /// Stalls the current connection until `unstall` (or until the client gives it up).
+    /// False when there is none (or it is already over): nothing was stalled.
     pub fn stall(&self) -> bool {
         let state = lock(&self.state);
-        match &state.current {
-            Some(flags) => {
-                lock(flags).stalled = true;
-                true
-            }
-            None => false,
+        let Some(flags) = &state.current else {
+            return false;
+        };
+        let mut f = lock(flags);
+        if f.closed {
+            return false;
         }
+        f.stalled = true;
+        true
+    }
+
+    /// Whether the latest connection is still open (its stream not yet dropped).
+    pub fn connection_open(&self) -> bool {
+        let state = lock(&self.state);
+        state.current.as_ref().is_some_and(|f| !lock(f).closed)
+    }
+
+    /// What the layer has done so far.
+    pub fn counters(&self) -> FaultCounters {
+        FaultCounters {
+            outbound_bytes: self.outbound_bytes.load(Ordering::Relaxed),
+            inbound_bytes: self.inbound_bytes.load(Ordering::Relaxed),
+            delayed_packets: self.delayed_packets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the drop or duplicate rule `id` met its packet.
+    pub fn rule_fired(&self, id: u64) -> bool {
+        lock(&self.state).fired.contains(&id)
     }
 
     /// Ends a stall of the current connection.
@@ -130,13 +176,22 @@ impl FaultControl {
     }
 
     /// Drops the next packet of `packet_type` (fixed-header type, 1..=15) going `direction`.
-    pub fn drop_next(&self, direction: Direction, packet_type: u8) {
-        lock(&self.state).drop.push((direction, packet_type));
+    /// Returns the rule's id for [`FaultControl::rule_fired`].
+    pub fn drop_next(&self, direction: Direction, packet_type: u8) -> u64 {
+        let mut state = lock(&self.state);
+        state.rules += 1;
+        let id = state.rules;
+        state.drop.push((id, direction, packet_type));
+        id
     }
 
-    /// Sends the next packet of `packet_type` going `direction` twice.
-    pub fn duplicate_next(&self, direction: Direction, packet_type: u8) {
-        lock(&self.state).duplicate.push((direction, packet_type));
+    /// Sends the next packet of `packet_type` going `direction` twice. Returns the rule's id.
+    pub fn duplicate_next(&self, direction: Direction, packet_type: u8) -> u64 {
+        let mut state = lock(&self.state);
+        state.rules += 1;
+        let id = state.rules;
+        state.duplicate.push((id, direction, packet_type));
+        id
     }
 
     /// Clears every fault (the quiet phase before judging a run).
@@ -184,12 +239,16 @@ impl FaultControl {
         let packet_type = header >> 4;
         let mut state = lock(&self.state);
         let release = Instant::now() + state.delay;
+        if !state.delay.is_zero() {
+            self.delayed_packets.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(i) = state
             .drop
             .iter()
-            .position(|&(d, t)| d == direction && t == packet_type)
+            .position(|&(_, d, t)| d == direction && t == packet_type)
         {
-            state.drop.remove(i);
+            let (id, ..) = state.drop.remove(i);
+            state.fired.insert(id);
             return (0, release);
         }
         // A duplicate models a retransmission, which MQTT makes only at QoS 1 and 2: a QoS 0
@@ -198,9 +257,10 @@ impl FaultControl {
         if let Some(i) = state
             .duplicate
             .iter()
-            .position(|&(d, t)| d == direction && t == packet_type && !qos0_publish)
+            .position(|&(_, d, t)| d == direction && t == packet_type && !qos0_publish)
         {
-            state.duplicate.remove(i);
+            let (id, ..) = state.duplicate.remove(i);
+            state.fired.insert(id);
             return (2, release);
         }
         (1, release)
@@ -360,6 +420,9 @@ impl FaultStream {
                 }
                 Poll::Ready(Ok(n)) => {
                     bytes.advance(n);
+                    self.control
+                        .outbound_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     self.write_queued_bytes = self.write_queued_bytes.saturating_sub(n);
                     if bytes.is_empty() {
                         self.write_queue.pop_front();
@@ -374,6 +437,13 @@ impl FaultStream {
 }
 
 use std::future::Future;
+
+impl Drop for FaultStream {
+    fn drop(&mut self) {
+        // The connection is over: a later reset or stall finds nothing to act on.
+        lock(&self.flags).closed = true;
+    }
+}
 
 impl AsyncRead for FaultStream {
     fn poll_read(
@@ -417,6 +487,9 @@ impl AsyncRead for FaultStream {
                             this.read_queue.push_back((Instant::now(), rest));
                         }
                     } else {
+                        this.control
+                            .inbound_bytes
+                            .fetch_add(filled.len() as u64, Ordering::Relaxed);
                         this.read_raw.extend_from_slice(filled);
                         frame(
                             &mut this.read_raw,
@@ -626,6 +699,36 @@ mod tests {
         assert!(second.write_all(&[0xC0, 0x00]).await.is_err());
     }
 
+    #[tokio::test]
+    async fn counters_and_rules_tell_what_took_effect() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let control = FaultControl::new();
+        assert!(!control.connection_open());
+        assert!(!control.reset(), "no connection: nothing to reset");
+        let dropped = control.drop_next(Direction::Inbound, 4); // PUBACK
+        let unmet = control.drop_next(Direction::Outbound, 10); // UNSUBSCRIBE, never sent
+        let (a, mut peer) = tokio::io::duplex(1024);
+        let mut stream = control.wrap(Box::new(a));
+        assert!(control.connection_open());
+        stream.write_all(&[0xC0, 0x00]).await.unwrap(); // PINGREQ
+        stream.flush().await.unwrap();
+        peer.write_all(&[0x40, 0x02, 0x00, 0x01, 0xD0, 0x00])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [0xD0, 0x00], "the PUBACK was dropped");
+        assert!(control.rule_fired(dropped));
+        assert!(!control.rule_fired(unmet));
+        let c = control.counters();
+        assert_eq!((c.outbound_bytes, c.inbound_bytes), (2, 6));
+        assert_eq!(c.delayed_packets, 0);
+        drop(stream);
+        assert!(!control.connection_open());
+        assert!(!control.stall(), "a closed connection cannot be stalled");
+        assert!(!control.reset());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn delay_holds_packets_for_the_delay() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -640,5 +743,6 @@ mod tests {
         let mut buf = [0u8; 2];
         peer.read_exact(&mut buf).await.unwrap();
         assert_eq!(buf, [0xC0, 0x00]);
+        assert_eq!(control.counters().delayed_packets, 1);
     }
 }

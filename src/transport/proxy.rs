@@ -17,14 +17,17 @@
 //!   bytes meanwhile are swallowed;
 //! - **stall**: nothing is read or delivered either way; the sockets' buffers fill and the
 //!   senders block (loss as TCP shows it). `unstall` resumes without losing a byte. A
-//!   connection accepted while stalled is not dialled upstream until the stall ends;
+//!   connection accepted while stalled is not dialled upstream until the stall ends. What
+//!   waits at a stall is peeked at (not read) once per stall and counted
+//!   (`ProxyControl::held_bytes`), so certify can tell a stall that met traffic;
 //! - **latency**: each chunk is delivered `latency + U[0, jitter]` after it was read, and never
 //!   before the chunk read ahead of it (order is kept per direction);
 //! - `heal` ends blackhole, stall and latency (chunks already delayed are delivered at once;
 //!   lowering the latency likewise caps the wait of chunks already queued).
 //!
 //! Blackhole is the lossy partition (a healed stream has a hole in it); stall is the lossless
-//! one (TCP's retransmission, as the endpoints see it). Without faults the proxy passes
+//! one (TCP's retransmission, as the endpoints see it). Bytes a blackhole discards are counted
+//! (`ProxyControl::discarded_bytes`), so certify can tell a partition that met traffic. Without faults the proxy passes
 //! everything on, FIN included (a half-close stays a half-close); an error on one socket resets
 //! the other, and an upstream that refuses the dial gets the client closed.
 //!
@@ -44,7 +47,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +117,10 @@ pub struct ProxyControl {
     faults: watch::Sender<Faults>,
     connections: Arc<AtomicUsize>,
     buffered_bytes: Arc<AtomicUsize>,
+    /// Bytes a blackhole discarded, client to broker and broker to client.
+    discarded: Arc<[AtomicU64; 2]>,
+    /// Bytes found waiting at a stall (seen without being read), each way.
+    held: Arc<[AtomicU64; 2]>,
 }
 
 impl ProxyControl {
@@ -122,7 +129,28 @@ impl ProxyControl {
             faults: watch::Sender::new(Faults::default()),
             connections: Arc::new(AtomicUsize::new(0)),
             buffered_bytes: Arc::new(AtomicUsize::new(0)),
+            discarded: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+            held: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         }
+    }
+
+    /// Bytes found waiting to cross while a stall held them: (client to broker, broker to
+    /// client), counted once per stall and connection (a peek at what waits, nothing read).
+    /// A stall (certify's loss) met traffic when this grew while it was on.
+    pub fn held_bytes(&self) -> (u64, u64) {
+        (
+            self.held[0].load(Ordering::SeqCst),
+            self.held[1].load(Ordering::SeqCst),
+        )
+    }
+
+    /// Bytes blackholes have discarded so far: (client to broker, broker to client). A
+    /// partition took effect when this grew while it was on.
+    pub fn discarded_bytes(&self) -> (u64, u64) {
+        (
+            self.discarded[0].load(Ordering::SeqCst),
+            self.discarded[1].load(Ordering::SeqCst),
+        )
     }
 
     /// Resets every open connection now: both peers get an RST, as when the path crashes.
@@ -283,9 +311,13 @@ async fn accept_loop(
         };
         let rng_seed = seed ^ accepted.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let buffered = control.buffered_bytes.clone();
+        let counts = Counts {
+            discarded: control.discarded.clone(),
+            held: control.held.clone(),
+        };
         tokio::spawn(async move {
             let _guard = guard;
-            match proxy_connection(client, upstream, switches, rng_seed, buffered).await {
+            match proxy_connection(client, upstream, switches, rng_seed, buffered, counts).await {
                 End::UpstreamUnreachable(error) => {
                     tracing::warn!(%peer, %upstream, %error, "proxy cannot reach the upstream; client closed")
                 }
@@ -340,6 +372,10 @@ struct Flow {
     queued_bytes: usize,
     /// The proxy-wide total of `queued_bytes` (`ProxyControl::buffered_bytes`).
     buffered_total: Arc<AtomicUsize>,
+    /// The proxy-wide counts of bytes discarded and held, per way.
+    counts: Counts,
+    /// What waits at the current stall was counted.
+    held_seen: bool,
     read_buf: Box<[u8]>,
     /// The source sent FIN.
     source_done: bool,
@@ -351,12 +387,14 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(way: Way, seed: u64, buffered_total: Arc<AtomicUsize>) -> Flow {
+    fn new(way: Way, seed: u64, buffered_total: Arc<AtomicUsize>, counts: Counts) -> Flow {
         Flow {
             way,
             queue: VecDeque::new(),
             queued_bytes: 0,
             buffered_total,
+            counts,
+            held_seen: false,
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             source_done: false,
             finished: false,
@@ -389,6 +427,7 @@ impl Flow {
     /// drop them when this direction is blackholed.
     fn take_read(&mut self, n: usize, faults: &Faults) {
         if faults.blackholed(self.way) {
+            self.count_discarded(n);
             return;
         }
         let jitter = if faults.jitter.is_zero() {
@@ -430,6 +469,34 @@ impl Flow {
         self.last_due = self.last_due.min(latest);
     }
 
+    fn way_index(&self) -> usize {
+        match self.way {
+            Way::ClientToBroker => 0,
+            Way::BrokerToClient => 1,
+        }
+    }
+
+    fn count_discarded(&self, n: usize) {
+        self.counts.discarded[self.way_index()].fetch_add(n as u64, Ordering::SeqCst);
+    }
+
+    /// Whether to look (once per stall) at what waits to be read.
+    fn should_peek(&self, faults: &Faults) -> bool {
+        faults.stalled && !self.held_seen && !self.source_done
+    }
+
+    /// A peek at a stall found `n` bytes waiting.
+    fn held(&mut self, n: usize) {
+        self.held_seen = true;
+        self.counts.held[self.way_index()].fetch_add(n as u64, Ordering::SeqCst);
+    }
+
+    /// A blackhole began: what was on its way is lost.
+    fn blackholed_queue(&mut self) {
+        self.count_discarded(self.queued_bytes);
+        self.drop_queued();
+    }
+
     /// A blackhole began (what was on its way is lost) or the connection ended.
     fn drop_queued(&mut self) {
         self.queue.clear();
@@ -443,6 +510,34 @@ impl Drop for Flow {
     fn drop(&mut self) {
         self.drop_queued();
     }
+}
+
+/// The proxy-wide counters a connection adds to.
+#[derive(Clone)]
+struct Counts {
+    discarded: Arc<[AtomicU64; 2]>,
+    held: Arc<[AtomicU64; 2]>,
+}
+
+/// What a read branch got.
+enum Got {
+    Read(usize),
+    /// Bytes seen waiting at a stall (peeked, not read).
+    Held(usize),
+}
+
+/// At a stall (`peek`), looks at what waits without reading it; otherwise `read_when`.
+async fn read_or_peek(
+    allowed: bool,
+    peek: bool,
+    latest: &watch::Receiver<Faults>,
+    source: &mut ReadHalf<'_>,
+    buf: &mut [u8],
+) -> io::Result<Got> {
+    if peek {
+        return source.peek(buf).await.map(Got::Held);
+    }
+    read_when(allowed, latest, source, buf).await.map(Got::Read)
 }
 
 /// Reads into `buf` when allowed; otherwise never completes (the branch stays quiet).
@@ -574,11 +669,22 @@ async fn proxy_connection(
     mut switches: Switches,
     seed: u64,
     buffered_total: Arc<AtomicUsize>,
+    counts: Counts,
 ) -> End {
     // Latency is what this proxy is for; Nagle would add its own on top.
     let _ = client.set_nodelay(true);
-    let mut c2b = Flow::new(Way::ClientToBroker, seed, buffered_total.clone());
-    let mut b2c = Flow::new(Way::BrokerToClient, seed.rotate_left(1) ^ 1, buffered_total);
+    let mut c2b = Flow::new(
+        Way::ClientToBroker,
+        seed,
+        buffered_total.clone(),
+        counts.clone(),
+    );
+    let mut b2c = Flow::new(
+        Way::BrokerToClient,
+        seed.rotate_left(1) ^ 1,
+        buffered_total,
+        counts,
+    );
 
     let dialled = match wait_for_path(&mut client, &mut switches, &mut c2b).await {
         Ok(()) => dial(upstream, &mut switches).await,
@@ -614,7 +720,10 @@ async fn pump(
         let slowest = now.latency + now.jitter;
         for flow in [&mut *c2b, &mut *b2c] {
             if now.blackholed(flow.way) && !was.blackholed(flow.way) {
-                flow.drop_queued();
+                flow.blackholed_queue();
+            }
+            if !now.stalled {
+                flow.held_seen = false;
             }
             if slowest < was.latency + was.jitter {
                 flow.hurry(Instant::now() + slowest);
@@ -641,8 +750,10 @@ async fn pump(
         }
 
         let c2b_read = c2b.can_read(&now);
+        let c2b_peek = c2b.should_peek(&now);
         let c2b_deliver = c2b.can_deliver(&now);
         let b2c_read = b2c.can_read(&now);
+        let b2c_peek = b2c.should_peek(&now);
         let b2c_deliver = b2c.can_deliver(&now);
         let latest = &switches.latest;
         tokio::select! {
@@ -651,17 +762,19 @@ async fn pump(
                     return End::Closed;
                 }
             }
-            read = read_when(c2b_read, latest, &mut client_reader, &mut c2b.read_buf) => {
+            read = read_or_peek(c2b_read, c2b_peek, latest, &mut client_reader, &mut c2b.read_buf) => {
                 match read {
-                    Ok(0) => c2b.source_done = true,
-                    Ok(n) => c2b.take_read(n, &switches.latest()),
+                    Ok(Got::Held(n)) => c2b.held(n),
+                    Ok(Got::Read(0)) => c2b.source_done = true,
+                    Ok(Got::Read(n)) => c2b.take_read(n, &switches.latest()),
                     Err(error) => return End::Failed(error),
                 }
             }
-            read = read_when(b2c_read, latest, &mut broker_reader, &mut b2c.read_buf) => {
+            read = read_or_peek(b2c_read, b2c_peek, latest, &mut broker_reader, &mut b2c.read_buf) => {
                 match read {
-                    Ok(0) => b2c.source_done = true,
-                    Ok(n) => b2c.take_read(n, &switches.latest()),
+                    Ok(Got::Held(n)) => b2c.held(n),
+                    Ok(Got::Read(0)) => b2c.source_done = true,
+                    Ok(Got::Read(n)) => b2c.take_read(n, &switches.latest()),
                     Err(error) => return End::Failed(error),
                 }
             }

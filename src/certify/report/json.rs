@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{choices, summary, ChoiceTotal, Summary};
 use crate::certify::coverage::{coverage, StatementCoverage, Totals};
 use crate::certify::statements::{SpecVersion, Statements};
-use crate::certify::{CaseResult, Certification};
+use crate::certify::{CaseResult, Certification, Incident};
 
 /// Bumped when a field changes meaning or goes away (adding fields does not bump it).
 pub const FORMAT_VERSION: u32 = 1;
@@ -25,6 +25,8 @@ struct Report<'a> {
     simqtt_version: &'a str,
     certified: bool,
     summary: Summary,
+    /// Every time the broker stopped answering well, how, after what, what was done.
+    incidents: &'a [Incident],
     cases: &'a [CaseResult],
     choices: Vec<ChoiceTotal>,
     coverage_totals: BTreeMap<SpecVersion, Totals>,
@@ -43,6 +45,7 @@ pub fn json(cert: &Certification, statements: &Statements) -> String {
         simqtt_version: &cert.simqtt_version,
         certified: cert.certified(),
         summary: summary(cert),
+        incidents: &cert.incidents,
         cases: &cert.cases,
         choices: choices(cert),
         coverage_totals: SpecVersion::ALL
@@ -73,7 +76,7 @@ mod tests {
         assert_eq!(v["certified"], false);
         assert_eq!(v["duration_ms"], 83_400);
         assert_eq!(v["summary"]["must"], 1);
-        assert_eq!(v["cases"].as_array().map(Vec::len), Some(6));
+        assert_eq!(v["cases"].as_array().map(Vec::len), Some(7));
         assert_eq!(v["cases"][2]["verdict"]["status"], "failed");
         assert_eq!(v["cases"][2]["findings"][0]["statement"], "MQTT-4.3.3-2");
         assert_eq!(

@@ -1,21 +1,25 @@
 //! JUnit XML for CI test views: one `<testcase>` per scenario × seed, classname the scenario.
-//! MUST violations are `<failure>`s, runs that could not be judged are `<error>`s, skipped
-//! scenarios carry `<skipped message="reason"/>`, and SHOULD deviations and the allowed
-//! alternatives chosen go to `<system-out>` (they do not fail the case).
+//! MUST violations are `<failure>`s, runs that could not be judged are `<error>`s (inconclusive
+//! cases too, with `type="INCONCLUSIVE"` and the reason), skipped scenarios carry
+//! `<skipped message="reason"/>`, and SHOULD deviations, the allowed alternatives chosen and
+//! the findings set aside go to `<system-out>` (they do not fail the case). When the broker
+//! stopped answering during the run, a `broker_health` property says how and after what.
 //!
 //! The XML is written through a minimal writer that escapes every attribute and text node and
 //! replaces characters XML 1.0 cannot carry (payloads in trace excerpts can hold anything).
 
 use std::fmt::Write;
 
-use super::{case_name, grade_name};
+use super::{case_name, grade_name, health_line};
 use crate::certify::{CaseResult, Certification, Finding, Grade, Verdict};
 
 pub fn junit(cert: &Certification) -> String {
     let tests = cert.cases.len();
     let count = |pred: &dyn Fn(&CaseResult) -> bool| cert.cases.iter().filter(|c| pred(c)).count();
     // A failed case without a MUST violation failed only because it could not be judged.
-    let errored = |c: &CaseResult| c.failed() && !has(c, Grade::Must) && has(c, Grade::Error);
+    let errored = |c: &CaseResult| {
+        c.inconclusive() || (c.failed() && !has(c, Grade::Must) && has(c, Grade::Error))
+    };
     let errors = count(&errored);
     let failures = count(&|c| c.failed() && !errored(c));
     let skipped = count(&|c| matches!(c.verdict, Verdict::Skipped { .. }));
@@ -45,6 +49,9 @@ pub fn junit(cert: &Certification) -> String {
     ];
     if let Some(v) = &cert.broker_version {
         props.insert(1, ("broker_version", v.clone()));
+    }
+    if let Some(health) = health_line(cert) {
+        props.push(("broker_health", health));
     }
     for (name, value) in props {
         w.empty("property", &[("name", name.to_string()), ("value", value)]);
@@ -84,7 +91,17 @@ fn testcase(w: &mut Xml, case: &CaseResult) {
         Verdict::Skipped { reason } => Some(reason),
         _ => None,
     };
-    if failing.is_empty() && deviations.is_empty() && case.choices.is_empty() && skipped.is_none() {
+    let inconclusive = match &case.verdict {
+        Verdict::Inconclusive { reason } => Some(reason),
+        _ => None,
+    };
+    if failing.is_empty()
+        && deviations.is_empty()
+        && case.choices.is_empty()
+        && skipped.is_none()
+        && inconclusive.is_none()
+        && case.set_aside.is_empty()
+    {
         w.empty("testcase", &attrs);
         return;
     }
@@ -92,7 +109,23 @@ fn testcase(w: &mut Xml, case: &CaseResult) {
     if let Some(reason) = skipped {
         w.empty("skipped", &[("message", reason.clone())]);
     }
-    if !failing.is_empty() {
+    if let Some(reason) = inconclusive {
+        // Not a pass, and not a verdict on the broker: the case could not be judged.
+        let mut body = format!("inconclusive: {reason}\n");
+        if !case.rerun.is_empty() {
+            let _ = writeln!(body, "rerun: {}", case.rerun);
+        }
+        w.open(
+            "error",
+            &[
+                ("message", format!("inconclusive: {reason}")),
+                ("type", "INCONCLUSIVE".to_string()),
+            ],
+        );
+        w.text(&body);
+        w.close("error");
+    }
+    if !failing.is_empty() && inconclusive.is_none() {
         // One element for the case (JUnit allows one), naming the first finding and holding
         // them all; a case with a MUST violation is a failure even if it also errored.
         let element = if failing.iter().any(|f| f.grade == Grade::Must) {
@@ -119,8 +152,28 @@ fn testcase(w: &mut Xml, case: &CaseResult) {
         w.text(&body);
         w.close(element);
     }
-    if !deviations.is_empty() || !case.choices.is_empty() {
+    if !deviations.is_empty()
+        || !case.choices.is_empty()
+        || !case.set_aside.is_empty()
+        || (inconclusive.is_some() && !failing.is_empty())
+    {
         let mut body = String::new();
+        // An inconclusive case's remaining findings are SHOULD-only, but say so anyway.
+        for f in failing.iter().filter(|_| inconclusive.is_some()) {
+            body.push_str(&finding_text(f));
+            body.push('\n');
+        }
+        for aside in &case.set_aside {
+            let _ = writeln!(
+                body,
+                "set aside, not charged to the broker: {}",
+                aside.reason
+            );
+            for f in &aside.findings {
+                body.push_str(&finding_text(f));
+                body.push('\n');
+            }
+        }
         for f in &deviations {
             body.push_str(&finding_text(f));
             body.push('\n');
@@ -336,10 +389,10 @@ mod tests {
             cert.cases.len()
         );
         assert_eq!(tags.iter().filter(|t| *t == "failure").count(), 1);
-        assert_eq!(tags.iter().filter(|t| *t == "error").count(), 1);
+        assert_eq!(tags.iter().filter(|t| *t == "error").count(), 2);
         assert_eq!(tags.iter().filter(|t| *t == "skipped").count(), 1);
         assert!(xml.contains(
-            "<testsuites name=\"simqtt certify mqtt://127.0.0.1:1883\" tests=\"6\" failures=\"1\" errors=\"1\" skipped=\"1\""
+            "<testsuites name=\"simqtt certify mqtt://127.0.0.1:1883\" tests=\"7\" failures=\"1\" errors=\"2\" skipped=\"1\""
         ));
         assert!(xml.contains("<skipped message=\"broker_restart: no --restart-cmd was given\"/>"));
         assert!(xml.contains(

@@ -1,12 +1,14 @@
 //! The certification report in Markdown, keyed by the spec's normative statements: a header
-//! (broker, version, date, profile, duration, verdict), the MUST violations, errors and SHOULD
-//! deviations each with scenario, seed, what was owed, what the broker did and the trace
-//! excerpt, the allowed alternatives the broker chose, the skipped scenarios with reasons, and
-//! every statement of both versions with its result, grouped by version and section.
+//! (broker, version, date, profile, duration, the broker's health when it stopped answering,
+//! verdict), the MUST violations, errors and SHOULD deviations each with scenario, seed, what
+//! was owed, what the broker did and the trace excerpt, the inconclusive cases and the
+//! findings set aside (not charged) with why, the allowed alternatives the broker chose, the
+//! skipped scenarios with reasons, and every statement of both versions with its result,
+//! grouped by version and section.
 
 use std::fmt::Write;
 
-use super::{case_name, choices, grade_name, human_duration, summary};
+use super::{case_name, choices, grade_name, health_line, human_duration, incident_text, summary};
 use crate::certify::coverage::{coverage, StatementCoverage, Status, Via};
 use crate::certify::statements::{Observable, SpecVersion, Statements};
 use crate::certify::{CaseResult, Certification, Finding, Grade, Verdict};
@@ -19,11 +21,13 @@ pub fn markdown(cert: &Certification, statements: &Statements) -> String {
         "**CERTIFIED**: no MUST violation, no error".to_string()
     } else {
         format!(
-            "**NOT CERTIFIED**: {} MUST violation{}, {} error{}",
+            "**NOT CERTIFIED**: {} MUST violation{}, {} error{}, {} inconclusive case{}",
             s.must,
             plural(s.must),
             s.errors,
-            plural(s.errors)
+            plural(s.errors),
+            s.inconclusive,
+            plural(s.inconclusive)
         )
     };
     let _ = writeln!(out, "| | |\n|---|---|");
@@ -40,18 +44,35 @@ pub fn markdown(cert: &Certification, statements: &Statements) -> String {
         ("Profile", cert.profile.clone()),
         ("Duration", human_duration(cert.duration)),
         ("simqtt", cert.simqtt_version.clone()),
+        (
+            "Broker health",
+            health_line(cert)
+                .map(|h| format!("**{h}**"))
+                .unwrap_or_else(|| "answered throughout".into()),
+        ),
         ("Verdict", verdict),
     ];
     for (k, v) in rows {
         let _ = writeln!(out, "| {k} | {} |", cell(&v));
     }
     let _ = writeln!(out);
+    if !cert.incidents.is_empty() {
+        let _ = writeln!(out, "## Broker incidents\n");
+        let _ = writeln!(
+            out,
+            "The liveness guard checks between cases and while they run that the broker still answers new connections and held ones. Each time it did not, no finding was charged to the broker for what happened meanwhile: the cases it hit were rerun alone on the restarted broker (inconclusive without a restart command), and the one whose input broke it again carries one MUST robustness finding.\n"
+        );
+        for (n, i) in cert.incidents.iter().enumerate() {
+            let _ = writeln!(out, "{}. {}", n + 1, one_line(&incident_text(i)));
+        }
+        let _ = writeln!(out);
+    }
 
     let _ = writeln!(out, "## Summary\n");
     let _ = writeln!(
         out,
-        "{} scenarios, {} cases (scenario × seed): {} passed, {} failed, {} skipped.\n",
-        s.scenarios, s.cases, s.passed, s.failed, s.skipped
+        "{} scenarios, {} cases (scenario × seed): {} passed, {} failed, {} inconclusive, {} skipped.\n",
+        s.scenarios, s.cases, s.passed, s.failed, s.inconclusive, s.skipped
     );
     let _ = writeln!(
         out,
@@ -113,6 +134,69 @@ pub fn markdown(cert: &Certification, statements: &Statements) -> String {
         "SHOULD deviations",
         "Recommendations the broker does not follow; reported, they do not fail certification.",
     );
+
+    let _ = writeln!(out, "## Inconclusive cases\n");
+    let inconclusive: Vec<(&CaseResult, &String)> = cert
+        .cases
+        .iter()
+        .filter_map(|c| match &c.verdict {
+            Verdict::Inconclusive { reason } => Some((c, reason)),
+            _ => None,
+        })
+        .collect();
+    if inconclusive.is_empty() {
+        let _ = writeln!(out, "None.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "Cases that ran but prove nothing either way: a fault or control step did not take effect, or the broker stopped answering and the case could not be rerun. They are not passes and fail certification.\n"
+        );
+        let _ = writeln!(out, "| Case | Why | Rerun |\n|---|---|---|");
+        for (case, reason) in inconclusive {
+            let _ = writeln!(
+                out,
+                "| {} | {} | `{}` |",
+                cell(&case_name(case)),
+                cell(reason),
+                case.rerun.replace('`', "'").replace('|', "\\|")
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    let _ = writeln!(out, "## Findings set aside\n");
+    let aside: Vec<(&CaseResult, &crate::certify::SetAside)> = cert
+        .cases
+        .iter()
+        .flat_map(|c| c.set_aside.iter().map(move |a| (c, a)))
+        .collect();
+    if aside.is_empty() {
+        let _ = writeln!(out, "None.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "What runs found that is not charged to the broker, and why (an inconclusive run, the fallout of a crash, a cascade that vanished when the case was rerun alone).\n"
+        );
+        for (case, a) in aside {
+            let _ = writeln!(out, "- {}: {}", cell(&case_name(case)), one_line(&a.reason));
+            for f in &a.findings {
+                let cited = if f.statement.is_empty() {
+                    String::new()
+                } else {
+                    format!("[{}] ", f.statement)
+                };
+                let _ = writeln!(
+                    out,
+                    "  - {cited}{} {}: owed {}; observed {}",
+                    grade_name(f.grade),
+                    f.checker,
+                    one_line(&f.owed),
+                    one_line(&f.observed)
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
 
     let _ = writeln!(out, "## Allowed alternatives chosen\n");
     let chosen = choices(cert);
@@ -429,7 +513,9 @@ mod tests {
         assert!(md.contains(
             "| Broker version | mosquitto version 2.0.11 (from `$SYS/broker/version`) |"
         ));
-        assert!(md.contains("| Verdict | **NOT CERTIFIED**: 1 MUST violation, 1 error |"));
+        assert!(md.contains(
+            "| Verdict | **NOT CERTIFIED**: 1 MUST violation, 1 error, 1 inconclusive case |"
+        ));
         assert!(md.contains("### 1. [MQTT-4.3.3-2] faults/qos2-dropped-pubrec seed 3 — MUST"));
         assert!(md.contains("- Owed: message pub-1 delivered once to sub"));
         assert!(md.contains("1.900s sub  <- PUBLISH qos=2 \"pub-1\""));

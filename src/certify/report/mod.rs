@@ -21,17 +21,20 @@ pub use junit::junit;
 pub use markdown::markdown;
 pub use terminal::terminal;
 
-use crate::certify::{CaseResult, Certification, Grade, Verdict};
+use crate::certify::{CaseResult, Certification, Grade, Incident, IncidentKind, Verdict};
 
 /// One scenario's line of the summary: its cases (seeds) by verdict.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScenarioRow {
     pub scenario: String,
-    /// Cases that ran (passed + failed).
+    /// Cases that ran (passed + failed + inconclusive).
     pub runs: usize,
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Ran, but a fault did not take effect or the broker stopped answering: no verdict.
+    #[serde(default)]
+    pub inconclusive: usize,
     /// SHOULD findings across its runs (they do not fail a case).
     pub should: usize,
 }
@@ -59,6 +62,10 @@ pub fn scenario_rows(cert: &Certification) -> Vec<ScenarioRow> {
                 row.failed += 1;
             }
             Verdict::Skipped { .. } => row.skipped += 1,
+            Verdict::Inconclusive { .. } => {
+                row.runs += 1;
+                row.inconclusive += 1;
+            }
         }
         row.should += count_grade(case, Grade::Should);
     }
@@ -78,6 +85,8 @@ pub struct Summary {
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
+    #[serde(default)]
+    pub inconclusive: usize,
     pub must: usize,
     pub should: usize,
     pub errors: usize,
@@ -100,6 +109,7 @@ pub fn summary(cert: &Certification) -> Summary {
         s.passed += r.passed;
         s.failed += r.failed;
         s.skipped += r.skipped;
+        s.inconclusive += r.inconclusive;
     }
     for case in &cert.cases {
         s.must += count_grade(case, Grade::Must);
@@ -166,6 +176,68 @@ pub fn case_name(case: &CaseResult) -> String {
     }
 }
 
+/// The report header's line on the broker's health: `None` when it answered throughout, else
+/// how often it stopped answering well, how, and after what.
+pub fn health_line(cert: &Certification) -> Option<String> {
+    if cert.incidents.is_empty() {
+        return None;
+    }
+    let crashed = cert
+        .incidents
+        .iter()
+        .filter(|i| i.kind == IncidentKind::Crashed)
+        .count();
+    let degraded = cert.incidents.len() - crashed;
+    let mut parts = Vec::new();
+    if crashed > 0 {
+        parts.push(format!("crashed {}", times(crashed)));
+    }
+    if degraded > 0 {
+        parts.push(format!("degraded {}", times(degraded)));
+    }
+    let each: Vec<String> = cert.incidents.iter().map(incident_text).collect();
+    Some(format!(
+        "the broker {} during the run: {}",
+        parts.join(" and "),
+        each.join("; ")
+    ))
+}
+
+fn times(n: usize) -> String {
+    if n == 1 {
+        "once".into()
+    } else {
+        format!("{n} times")
+    }
+}
+
+/// One incident in one line: how, after what, what was done.
+pub fn incident_text(i: &Incident) -> String {
+    let after = match &i.culprit {
+        Some(c) => format!("after {c}"),
+        None if i.during.is_empty() => "between cases (not reproduced by a rerun)".into(),
+        None => format!(
+            "while {} ran (not reproduced when rerun alone)",
+            i.during.join(", ")
+        ),
+    };
+    let then = if i.restarted {
+        format!(
+            "restarted with --restart-cmd; {} case{} rerun alone",
+            i.rerun.len(),
+            if i.rerun.len() == 1 { "" } else { "s" }
+        )
+    } else if i.rerun.is_empty() {
+        "not restarted: the cases it hit are inconclusive".into()
+    } else {
+        format!(
+            "it came back by itself; {} cases rerun alone",
+            i.rerun.len()
+        )
+    };
+    format!("{} {after} ({}); {then}", i.kind.as_str(), i.detail)
+}
+
 pub fn grade_name(grade: Grade) -> &'static str {
     match grade {
         Grade::Must => "MUST",
@@ -182,7 +254,10 @@ pub(crate) mod fixture {
     use std::time::Duration;
 
     use crate::certify::statements::SpecVersion;
-    use crate::certify::{CaseResult, Certification, Choice, Finding, Grade, Verdict};
+    use crate::certify::{
+        CaseResult, Certification, Choice, Finding, Grade, Incident, IncidentKind, SetAside,
+        Verdict,
+    };
     use crate::history::checkers::CheckerName;
 
     fn case(scenario: &str, seed: Option<u64>, verdict: Verdict) -> CaseResult {
@@ -195,6 +270,7 @@ pub(crate) mod fixture {
             versions: vec![SpecVersion::V311],
             verdict,
             findings: Vec::new(),
+            set_aside: Vec::new(),
             choices: Vec::new(),
             duration: Duration::from_millis(1500),
             rerun: format!(
@@ -267,6 +343,26 @@ pub(crate) mod fixture {
             excerpt: String::new(),
         }];
 
+        let mut kick = case(
+            "reconnect/reconnect-after-kick",
+            Some(0),
+            Verdict::Inconclusive {
+                reason: "not confirmed: step 4 (kick sub): sub's connection did not end within 10s of the kick".into(),
+            },
+        );
+        kick.spec = vec!["MQTT-3.1.2-4".into()];
+        kick.set_aside = vec![SetAside {
+            reason: "the run is inconclusive (the kick did not take effect)".into(),
+            findings: vec![Finding {
+                grade: Grade::Must,
+                statement: "MQTT-3.1.2-4".into(),
+                checker: "expect".into(),
+                owed: "step 5 (expect_messages)".into(),
+                observed: "sub did not receive within 10s: 5 message(s) [from pub], got 0".into(),
+                excerpt: String::new(),
+            }],
+        }];
+
         Certification {
             broker: "mqtt://127.0.0.1:1883".into(),
             broker_version: Some("mosquitto version 2.0.11".into()),
@@ -274,7 +370,15 @@ pub(crate) mod fixture {
             started: "2026-11-25T23:00:00Z".into(),
             duration: Duration::from_millis(83_400),
             simqtt_version: "0.1.0".into(),
-            cases: vec![qos1, overlap, qos2, will, restart, chaos],
+            cases: vec![qos1, overlap, qos2, will, restart, chaos, kick],
+            incidents: vec![Incident {
+                kind: IncidentKind::Crashed,
+                detail: "2 of 2 new connections failed (connection refused); the guard's held connection: the connection was closed".into(),
+                during: vec!["topics/raw-bom-kept-v311 seed 0".into(), "qos/raw-flows-v311 seed 0".into()],
+                culprit: Some("topics/raw-bom-kept-v311 seed 0 step 3 (raw)".into()),
+                restarted: true,
+                rerun: vec!["topics/raw-bom-kept-v311 seed 0".into(), "qos/raw-flows-v311 seed 0".into()],
+            }],
         }
     }
 }
@@ -287,12 +391,19 @@ mod tests {
     fn rows_and_summary_count_each_case_once() {
         let cert = fixture::sample();
         let rows = scenario_rows(&cert);
-        assert_eq!(rows.len(), 6);
+        assert_eq!(rows.len(), 7);
         assert_eq!(rows[0].scenario, "qos/qos1-basic");
         let s = summary(&cert);
         assert_eq!(
-            (s.cases, s.runs, s.passed, s.failed, s.skipped),
-            (6, 5, 3, 2, 1)
+            (
+                s.cases,
+                s.runs,
+                s.passed,
+                s.failed,
+                s.skipped,
+                s.inconclusive
+            ),
+            (7, 6, 3, 2, 1, 1)
         );
         assert_eq!((s.must, s.should, s.errors), (1, 1, 1));
         assert_eq!(s.choices, 2);
@@ -332,6 +443,7 @@ mod tests {
                     Verdict::Passed
                 },
                 findings,
+                set_aside: Vec::new(),
                 choices,
                 duration: Duration::from_millis(5),
                 rerun: String::new(),
@@ -345,6 +457,7 @@ mod tests {
             duration: Duration::from_secs(1),
             simqtt_version: "0".into(),
             cases,
+            incidents: Vec::new(),
         };
         assert!(cert.certified(), "{:#?}", cert.cases);
         let cov = coverage(&cert, statements);
@@ -374,6 +487,77 @@ mod tests {
         assert!(terminal(&cert, statements)
             .trim_end()
             .ends_with("certified: yes"));
+    }
+
+    #[test]
+    fn an_inconclusive_case_is_never_a_pass_and_the_header_tells_the_crash() {
+        let mut cert = fixture::sample();
+        cert.cases
+            .retain(|c| c.inconclusive() || c.scenario == "qos/qos1-basic");
+        assert!(!cert.certified(), "an inconclusive case certified nothing");
+        let s = summary(&cert);
+        assert_eq!((s.passed, s.inconclusive, s.must), (1, 1, 0));
+        let health = health_line(&cert).expect("a health line");
+        assert!(
+            health.starts_with("the broker crashed once during the run: crashed after topics/raw-bom-kept-v311 seed 0 step 3 (raw)"),
+            "{health}"
+        );
+        assert!(health.contains("restarted with --restart-cmd; 2 cases rerun alone"));
+        let statements = crate::certify::statements::Statements::embedded();
+        let text = terminal(&cert, statements);
+        assert!(
+            text.contains("BROKER HEALTH: the broker crashed once"),
+            "{text}"
+        );
+        assert!(text.contains("INCONCLUSIVE reconnect/reconnect-after-kick seed 0: not confirmed: step 4 (kick sub)"), "{text}");
+        assert!(
+            text.contains("1 finding set aside, not charged to the broker"),
+            "{text}"
+        );
+        assert!(
+            text.trim_end()
+                .ends_with("certified: no (0 MUST violations, 0 errors, 1 inconclusive case)"),
+            "{text}"
+        );
+        let md = markdown(&cert, statements);
+        assert!(
+            md.contains("| Broker health | **the broker crashed once during the run:"),
+            "{md}"
+        );
+        assert!(md.contains("## Broker incidents"));
+        assert!(
+            md.contains(
+                "| reconnect/reconnect-after-kick seed 0 | not confirmed: step 4 (kick sub)"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("- reconnect/reconnect-after-kick seed 0: the run is inconclusive (the kick did not take effect)"));
+        assert!(md.contains(
+            "| Verdict | **NOT CERTIFIED**: 0 MUST violations, 0 errors, 1 inconclusive case |"
+        ));
+        let xml = junit(&cert);
+        assert!(
+            xml.contains("<error message=\"inconclusive: not confirmed: step 4 (kick sub)"),
+            "{xml}"
+        );
+        assert!(xml.contains("type=\"INCONCLUSIVE\""));
+        assert!(xml.contains("name=\"broker_health\""));
+        assert!(xml.contains("errors=\"1\""));
+        let v: serde_json::Value = serde_json::from_str(&json(&cert, statements)).expect("json");
+        assert_eq!(v["summary"]["inconclusive"], 1);
+        assert_eq!(v["cases"][1]["verdict"]["status"], "inconclusive");
+        assert_eq!(
+            v["cases"][1]["set_aside"][0]["findings"][0]["statement"],
+            "MQTT-3.1.2-4"
+        );
+        assert_eq!(v["incidents"][0]["kind"], "crashed");
+        // The statement the inconclusive case names is not passed by it.
+        let cov = crate::certify::coverage::coverage(&cert, statements);
+        let st = cov
+            .version(crate::certify::statements::SpecVersion::V311)
+            .find(|s| s.id == "MQTT-3.1.2-4")
+            .expect("row");
+        assert_eq!(st.status.name(), "inconclusive");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use super::{case_name, grade_name, human_duration, scenario_rows, summary};
+use super::{case_name, grade_name, health_line, human_duration, scenario_rows, summary};
 use crate::certify::coverage::coverage;
 use crate::certify::statements::{SpecVersion, Statements};
-use crate::certify::{Certification, Grade};
+use crate::certify::{Certification, Grade, Verdict};
 
 /// Longest scenario name shown before it is cut (the table stays one line per scenario).
 const NAME_WIDTH_MAX: usize = 60;
@@ -31,6 +31,9 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
         cert.started,
         human_duration(cert.duration)
     );
+    if let Some(health) = health_line(cert) {
+        let _ = writeln!(out, "BROKER HEALTH: {health}");
+    }
     let _ = writeln!(out);
 
     let rows = scenario_rows(cert);
@@ -40,32 +43,48 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
         .max()
         .unwrap_or(0)
         .clamp("scenario".len(), NAME_WIDTH_MAX);
-    let line = |out: &mut String, name: &str, cols: [String; 5]| {
+    let line = |out: &mut String, name: &str, cols: [String; 6]| {
         let name = cut(name, width);
         let _ = writeln!(
             out,
-            "{name:<width$}  {:>5}  {:>6}  {:>6}  {:>7}  {:>6}",
-            cols[0], cols[1], cols[2], cols[3], cols[4]
+            "{name:<width$}  {:>5}  {:>6}  {:>6}  {:>7}  {:>7}  {:>6}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5]
         );
     };
     line(
         &mut out,
         "scenario",
-        ["runs", "passed", "failed", "skipped", "SHOULD"].map(String::from),
+        ["runs", "passed", "failed", "inconcl", "skipped", "SHOULD"].map(String::from),
     );
     for r in &rows {
         line(
             &mut out,
             &r.scenario,
-            [r.runs, r.passed, r.failed, r.skipped, r.should].map(|n| n.to_string()),
+            [
+                r.runs,
+                r.passed,
+                r.failed,
+                r.inconclusive,
+                r.skipped,
+                r.should,
+            ]
+            .map(|n| n.to_string()),
         );
     }
     let s = summary(cert);
-    let _ = writeln!(out, "{}", "-".repeat(width + 42));
+    let _ = writeln!(out, "{}", "-".repeat(width + 51));
     line(
         &mut out,
         &format!("total ({} scenarios)", s.scenarios),
-        [s.runs, s.passed, s.failed, s.skipped, s.should].map(|n| n.to_string()),
+        [
+            s.runs,
+            s.passed,
+            s.failed,
+            s.inconclusive,
+            s.skipped,
+            s.should,
+        ]
+        .map(|n| n.to_string()),
     );
     let _ = writeln!(out);
     let _ = writeln!(
@@ -118,6 +137,32 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
         }
     }
 
+    let inconclusive: Vec<_> = cert.cases.iter().filter(|c| c.inconclusive()).collect();
+    if !inconclusive.is_empty() {
+        let _ = writeln!(out);
+        for case in inconclusive {
+            if let Verdict::Inconclusive { reason } = &case.verdict {
+                let _ = writeln!(out, "INCONCLUSIVE {}: {reason}", case_name(case));
+            }
+            if !case.rerun.is_empty() {
+                let _ = writeln!(out, "       rerun: {}", case.rerun);
+            }
+        }
+    }
+    let set_aside: usize = cert
+        .cases
+        .iter()
+        .flat_map(|c| &c.set_aside)
+        .map(|s| s.findings.len())
+        .sum();
+    if set_aside > 0 {
+        let _ = writeln!(
+            out,
+            "\n{set_aside} finding{} set aside, not charged to the broker (inconclusive runs, crash fallout, cascades): see the Markdown or JSON report",
+            plural(set_aside)
+        );
+    }
+
     let cov = coverage(cert, statements);
     let _ = writeln!(out);
     for v in SpecVersion::ALL {
@@ -142,11 +187,13 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
     } else {
         let _ = writeln!(
             out,
-            "certified: no ({} MUST violation{}, {} error{})",
+            "certified: no ({} MUST violation{}, {} error{}, {} inconclusive case{})",
             s.must,
             plural(s.must),
             s.errors,
-            plural(s.errors)
+            plural(s.errors),
+            s.inconclusive,
+            plural(s.inconclusive)
         );
     }
     out
@@ -185,15 +232,13 @@ mod tests {
             .find(|l| l.starts_with("faults/qos2-dropped-pubrec"))
             .expect("scenario row");
         let cols: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cols[1..], ["1", "0", "1", "0", "0"]);
+        assert_eq!(cols[1..], ["1", "0", "1", "0", "0", "0"]);
         let total = text
             .lines()
-            .find(|l| l.starts_with("total (6 scenarios)"))
+            .find(|l| l.starts_with("total (7 scenarios)"))
             .expect("total row");
-        assert!(
-            total.ends_with("5       3       2        1       1"),
-            "{total}"
-        );
+        let cols: Vec<&str> = total.split_whitespace().collect();
+        assert_eq!(cols[3..], ["6", "3", "2", "1", "1", "1"], "{total}");
         assert!(text.contains("findings: 1 MUST violation, 1 SHOULD deviation, 1 error; 2 allowed alternatives chosen"));
         assert!(text.contains("MUST   faults/qos2-dropped-pubrec seed 3 [MQTT-4.3.3-2] qos2"));
         assert!(text.contains("rerun: simqtt certify"));
@@ -201,13 +246,14 @@ mod tests {
         assert!(text.contains("MQTT 5.0: 251 statements"));
         assert!(text
             .trim_end()
-            .ends_with("certified: no (1 MUST violation, 1 error)"));
+            .ends_with("certified: no (1 MUST violation, 1 error, 1 inconclusive case)"));
     }
 
     #[test]
     fn a_clean_run_is_certified() {
         let mut cert = fixture::sample();
-        cert.cases.retain(|c| !c.failed());
+        cert.cases.retain(|c| !c.failed() && !c.inconclusive());
+        cert.incidents.clear();
         let text = terminal(&cert, Statements::embedded());
         assert!(text.trim_end().ends_with("certified: yes"));
         assert_eq!(cut("abcdef", 4), "abc…");
