@@ -31,7 +31,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::encoding::{self, FORMAT_VERSION};
-use super::fs::{AppendFile, SharedFs};
+use super::fs::{AppendFile, DirLock, SharedFs};
 use super::{DurableState, Store, StoreOp, SyncPolicy};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"SQMS";
@@ -100,6 +100,8 @@ pub struct FileStore {
     /// later one: the next write compacts instead of appending.
     needs_rewrite: bool,
     recovery: Recovery,
+    /// Held while the store is open: a second store (broker) on the directory is refused.
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -279,6 +281,7 @@ impl FileStore {
     /// damaged snapshot or log header is an error naming the file.
     pub fn open_with(fs: SharedFs, dir: &Path, options: FileStoreOptions) -> io::Result<FileStore> {
         fs.create_dir_all(dir)?;
+        let lock = fs.lock_dir(dir)?;
         let snapshot_path = dir.join("snapshot");
         let log_path = dir.join("log");
         let mut recovery = Recovery::default();
@@ -363,6 +366,7 @@ impl FileStore {
             buffer: Vec::new(),
             needs_rewrite: false,
             recovery,
+            _lock: lock,
         })
     }
 
@@ -559,6 +563,20 @@ mod tests {
         FileStore::open(std_fs(), dir, SyncPolicy::EveryWrite).unwrap()
     }
 
+    /// Opens a copy of the store files in `dir` (which may be held open by a store), as a
+    /// crash at this moment would leave them.
+    fn reopen_copy(dir: &Path) -> (tempfile::TempDir, FileStore) {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != crate::store::fs::LOCK_FILE {
+                std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+            }
+        }
+        let store = reopen(copy.path());
+        (copy, store)
+    }
+
     #[test]
     fn new_store_is_empty_and_reopen_gives_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
@@ -588,10 +606,11 @@ mod tests {
         for op in &ops {
             store.apply(op.clone()).unwrap();
         }
-        // Buffered, not yet written: a reopen now sees nothing.
-        assert_eq!(reopen(dir.path()).state(), &DurableState::default());
+        // Buffered, not yet written: a reopen now (of a copy: the store holds its directory)
+        // sees nothing.
+        assert_eq!(reopen_copy(dir.path()).1.state(), &DurableState::default());
         store.sync().unwrap();
-        assert_eq!(reopen(dir.path()).state(), &fold(&ops));
+        assert_eq!(reopen_copy(dir.path()).1.state(), &fold(&ops));
     }
 
     proptest! {
@@ -983,6 +1002,9 @@ mod tests {
         }
         fn create_dir_all(&self, path: &Path) -> io::Result<()> {
             StdFs.create_dir_all(path)
+        }
+        fn lock_dir(&self, dir: &Path) -> io::Result<crate::store::fs::DirLock> {
+            StdFs.lock_dir(dir)
         }
     }
 

@@ -25,6 +25,69 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Removes `path`; not an error when it does not exist.
     fn remove(&self, path: &Path) -> io::Result<()>;
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Takes the directory `dir` for this process for as long as the returned guard lives, so
+    /// that two stores (two brokers) never write one directory at once. Fails with
+    /// `ErrorKind::WouldBlock`, naming the directory and the holder's pid when known, while
+    /// another holder has it.
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock>;
+}
+
+/// A held directory lock (`FileSystem::lock_dir`); dropping it releases the directory.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: Option<std::fs::File>,
+}
+
+impl DirLock {
+    /// A guard that holds nothing: for file systems with a single user, like a simulated host's.
+    pub fn unshared() -> DirLock {
+        DirLock { _file: None }
+    }
+}
+
+/// The name of the lock file `StdFs::lock_dir` keeps in a data directory (it holds the pid).
+pub const LOCK_FILE: &str = "lock";
+
+/// `flock(2)` on `dir/lock`: released by the kernel when the process ends, however it ends
+/// (kill -9 included), so a stale lock never outlives its broker. The file holds the holder's
+/// pid, for the error the next broker prints.
+fn std_lock_dir(dir: &Path) -> io::Result<DirLock> {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(error);
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim().parse::<u32>() {
+            Ok(pid) => format!(" (pid {pid})"),
+            Err(_) => String::new(),
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "data directory {} is locked by another process{holder}: another simqtt \
+                 broker is using it ({} is held)",
+                dir.display(),
+                path.display()
+            ),
+        ));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(DirLock { _file: Some(file) })
 }
 
 pub type SharedFs = Arc<dyn FileSystem>;
@@ -39,7 +102,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 macro_rules! fs_impl {
-    ($name:ident, $doc:literal, $fs:path, $sync_dir:path) => {
+    ($name:ident, $doc:literal, $fs:path, $sync_dir:path, $lock_dir:path) => {
         #[doc = $doc]
         #[derive(Debug, Clone, Copy, Default)]
         pub struct $name;
@@ -120,6 +183,10 @@ macro_rules! fs_impl {
                 }
                 Ok(())
             }
+
+            fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+                $lock_dir(dir)
+            }
         }
     };
 }
@@ -128,12 +195,24 @@ fn std_sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fs_impl!(StdFs, "The real filesystem.", std::fs, std_sync_dir);
+/// A simulated host's disk belongs to its one broker.
+fn sim_lock_dir(_dir: &Path) -> io::Result<DirLock> {
+    Ok(DirLock::unshared())
+}
+
+fs_impl!(
+    StdFs,
+    "The real filesystem.",
+    std::fs,
+    std_sync_dir,
+    std_lock_dir
+);
 fs_impl!(
     SimFs,
     "turmoil's per-host simulated filesystem (inside a simulation only).",
     turmoil::fs::shim::std::fs,
-    turmoil::fs::shim::std::fs::sync_dir
+    turmoil::fs::shim::std::fs::sync_dir,
+    sim_lock_dir
 );
 
 #[cfg(test)]
@@ -160,5 +239,22 @@ mod tests {
         fs.remove(&snap).unwrap();
         fs.remove(&snap).unwrap();
         assert_eq!(fs.read(&snap).unwrap(), None);
+    }
+
+    #[test]
+    fn a_locked_dir_cannot_be_locked_again_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StdFs.lock_dir(dir.path()).unwrap();
+        // flock belongs to the open file, so a second open in this process conflicts too.
+        let error = StdFs.lock_dir(dir.path()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        let text = error.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(
+            text.contains(&format!("(pid {})", std::process::id())),
+            "{text}"
+        );
+        drop(held);
+        StdFs.lock_dir(dir.path()).unwrap();
     }
 }
