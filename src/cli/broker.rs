@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use simqtt::broker::{self, BrokerConfig, SyncMode};
 use simqtt::store::fs::StdFs;
-use simqtt::store::{FileStore, MemoryStore, Store, SyncPolicy};
+use simqtt::store::{FileStore, FileStoreOptions, MemoryStore, RecoveryMode, Store, SyncPolicy};
 use simqtt::transport::tcp::TcpListener;
 
 #[derive(clap::Args)]
@@ -24,6 +24,12 @@ pub struct Args {
     /// TOML configuration file; docs/broker.toml documents every option with its default.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Start even though the store's log is damaged (damage followed by intact records, which
+    /// the broker otherwise refuses to start with): the log is copied aside (DATA_DIR/log.damaged)
+    /// and the store is rewritten from every intact record; the damaged ones are lost. Meant
+    /// for one start after reading that error; docs/reliability.md says more.
+    #[arg(long)]
+    salvage: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -53,6 +59,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     config.authenticator = load_authenticator(&config)?;
 
+    if args.salvage && config.data_dir.is_none() {
+        anyhow::bail!("--salvage repairs a data directory: give --data-dir (or data_dir)");
+    }
     let store: Box<dyn Store> = match &config.data_dir {
         Some(dir) => {
             let policy = match config.sync {
@@ -61,7 +70,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     interval_ms: config.sync_interval_ms,
                 },
             };
-            let store = FileStore::open(Arc::new(StdFs), dir, policy)
+            let options = FileStoreOptions {
+                sync: policy,
+                recovery: if args.salvage {
+                    RecoveryMode::Salvage
+                } else {
+                    RecoveryMode::Strict
+                },
+                ..FileStoreOptions::default()
+            };
+            let store = FileStore::open_with(Arc::new(StdFs), dir, options)
                 .with_context(|| format!("opening the store in {}", dir.display()))?;
             Box::new(store)
         }
