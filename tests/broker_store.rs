@@ -3,8 +3,6 @@
 //! log (refusal to start, `--salvage`). Each test starts its own `simqtt broker` on a free port
 //! and bounds every wait.
 
-#![allow(dead_code)] // The client helpers serve the disk tests that follow in the next commits.
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -365,4 +363,121 @@ fn a_damaged_log_refuses_to_start_and_salvage_recovers_every_intact_record() {
     let queued = receive_all(&mut subscriber);
     let expected: Vec<String> = (1..=200).map(|i| format!("q/{i}")).collect();
     assert_eq!(queued, expected);
+}
+
+/// What a publisher learned of each message.
+#[derive(Debug, Default)]
+struct Outcome {
+    acknowledged: Vec<u16>,
+    refused: Vec<u16>,
+    /// Connection closed (after DISCONNECT, in 5.0) without an answer.
+    unanswered: Vec<u16>,
+}
+
+/// Issue 14, defect 4: under `every-write`, a store write that fails (here EFBIG, the file size
+/// limit of `ulimit -f`, which behaves like a full disk) used to be logged and the message
+/// acknowledged anyway: 495 of 1,000 acknowledged messages were gone after kill -9.
+#[test]
+fn on_a_full_disk_nothing_is_acknowledged_that_a_kill_9_loses() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The store's files may not grow beyond 64 KiB.
+    let mut command = Broker::command(&data, &[]);
+    // SAFETY: setrlimit between fork and exec touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let broker = Broker::spawn(command);
+    let port = broker.port;
+    let mut subscriber = Client::connect(port, "sub", false, ProtocolVersion::V311);
+    subscriber.subscribe("q/#", QoS::AtLeastOnce);
+    drop(subscriber);
+    thread::sleep(Duration::from_millis(200));
+
+    let payload = Bytes::from(vec![b'x'; 200]);
+    let mut outcome = Outcome::default();
+    let mut publisher = Client::connect(port, "pub", true, ProtocolVersion::V5);
+    for n in 1..=1000u16 {
+        let id = PacketId::new(n).unwrap();
+        publisher.send(&publish(
+            &format!("q/{n}"),
+            payload.clone(),
+            QosPid::AtLeastOnce(id),
+        ));
+        match publisher.recv() {
+            Some(Packet::PubAck(ack)) if ack.packet_id == id => {
+                if ack.reason_code == ReasonCode::Success {
+                    outcome.acknowledged.push(n);
+                } else {
+                    assert_eq!(ack.reason_code, ReasonCode::QuotaExceeded, "message {n}");
+                    outcome.refused.push(n);
+                }
+            }
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::QuotaExceeded, "message {n}");
+                assert!(publisher.recv().is_none(), "open after DISCONNECT");
+                outcome.unanswered.push(n);
+                publisher = Client::connect(port, "pub", true, ProtocolVersion::V5);
+            }
+            other => panic!("message {n}: {other:?}"),
+        }
+    }
+    // 3.1.1 cannot refuse a PUBLISH: the connection closes unacknowledged.
+    let mut old = Client::connect(port, "pub311", true, ProtocolVersion::V311);
+    old.send(&publish(
+        "q/x",
+        payload.clone(),
+        QosPid::AtLeastOnce(PacketId::new(1).unwrap()),
+    ));
+    let old_answer = old.recv();
+    // Everything else is still served.
+    let mut other = Client::connect(port, "other", true, ProtocolVersion::V311);
+    other.subscribe("other/#", QoS::AtMostOnce);
+    broker.wait_for_log("store write failed");
+    let failures_logged = broker.log().matches("store write failed").count();
+    broker.kill9();
+
+    let broker = Broker::start(&data, &[]);
+    let mut subscriber = Client::connect(broker.port, "sub", false, ProtocolVersion::V311);
+    let received = receive_all(&mut subscriber);
+    let lost: Vec<u16> = outcome
+        .acknowledged
+        .iter()
+        .copied()
+        .filter(|n| !received.contains(&format!("q/{n}")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost after kill -9: {lost:?}",
+        lost.len()
+    );
+    println!(
+        "acknowledged {}, refused {}, closed unanswered {}",
+        outcome.acknowledged.len(),
+        outcome.refused.len(),
+        outcome.unanswered.len()
+    );
+    assert!(
+        outcome.acknowledged.len() > 50 && !outcome.refused.is_empty(),
+        "the disk never filled, or filled at once: {outcome:?}"
+    );
+    assert_eq!(old_answer, None, "3.1.1 PUBLISH answered on a full disk");
+    assert_eq!(failures_logged, 1, "the failure is logged once");
+    for n in &outcome.refused {
+        assert!(
+            !received.contains(&format!("q/{n}")),
+            "refused q/{n} delivered"
+        );
+    }
 }

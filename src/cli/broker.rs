@@ -34,6 +34,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::init_logging("info");
+    // A write beyond the file size limit (`ulimit -f`) must fail with EFBIG, which the store
+    // reports like a full disk, rather than kill the broker with SIGXFSZ (whose default action
+    // is to end the process and dump core).
+    // SAFETY: `signal` with SIG_IGN installs no handler code; nothing else is touched.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 
     let mut config = match &args.config {
         Some(path) => {

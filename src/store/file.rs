@@ -144,14 +144,22 @@ pub struct FileStore {
     log: Box<dyn AppendFile>,
     /// Bytes in the log, counting those still in `buffer`.
     log_bytes: u64,
+    /// Bytes of the log handed to the file whole (the end of what may be trusted there).
+    written_bytes: u64,
     /// Bytes of the log known durable (synced): every record written says how many, so that
     /// opening can tell damage to synced bytes (corruption) from a torn unsynced write.
     synced_bytes: u64,
+    /// A write failed part-way: the file may hold a partial record after `written_bytes`,
+    /// which is cut off before the next append.
+    dirty_tail: bool,
     snapshot_bytes: u64,
-    /// Encoded records not yet handed to the file (`Periodic` only).
+    /// Encoded records not yet in the file: under `Periodic` those gathered for one write;
+    /// under `EveryWrite` a batch whose write or sync failed, retried (before anything newer)
+    /// by the next write or `sync` at the same offset.
     buffer: Vec<u8>,
-    /// A write failed part-way, so the log may end in a partial record that would hide every
-    /// later one: the next write compacts instead of appending.
+    /// The log cannot be completed by appending (an op too large for a record, unwritten
+    /// records beyond `MAX_UNWRITTEN_BYTES`, a failed sync under `Periodic`): the next write
+    /// compacts, which writes the whole state.
     needs_rewrite: bool,
     recovery: Recovery,
     /// Held while the store is open: a second store (broker) on the directory is refused.
@@ -623,7 +631,9 @@ impl FileStore {
             generation,
             log,
             log_bytes,
+            written_bytes: log_bytes,
             synced_bytes: log_bytes,
+            dirty_tail: false,
             snapshot_bytes,
             buffer: Vec::new(),
             needs_rewrite: false,
@@ -673,19 +683,22 @@ impl FileStore {
             .write_atomic(&self.log_path, &log_header(self.generation))?;
         self.log = self.fs.open_append(&self.log_path)?;
         self.log_bytes = LOG_HEADER_LEN as u64;
+        self.written_bytes = self.log_bytes;
         self.synced_bytes = self.log_bytes;
+        self.dirty_tail = false;
         self.needs_rewrite = false;
         Ok(())
     }
 
     /// Applies `ops` to the state, then writes their records in one append and (under
-    /// `EveryWrite`) one sync.
+    /// `EveryWrite`) one sync. On error every op is in the state and its record waits in
+    /// `buffer`: the next write or `sync` retries it first.
     fn apply_ops(&mut self, ops: impl IntoIterator<Item = StoreOp>) -> io::Result<()> {
         let before = self.buffer.len();
         let mut encode_error = None;
         for op in ops {
-            // The state changes even when a write fails: the broker carries on from memory,
-            // and the compaction that `needs_rewrite` triggers makes the op durable.
+            // The state changes even when a write fails: the broker carries on from memory
+            // (refusing the acknowledgements that need the write) and the record is retried.
             self.state.apply(&op);
             let (synced, max_len) = (self.synced_bytes, self.options.max_record_bytes);
             if let Err(e) = encode_record(&op, synced, &mut self.buffer, max_len) {
@@ -704,16 +717,7 @@ impl FileStore {
         }
         self.log_bytes += (self.buffer.len() - before) as u64;
         match self.options.sync {
-            SyncPolicy::EveryWrite => {
-                self.write_buffer()?;
-                if let Err(e) = self.log.sync() {
-                    // After a failed fsync the kernel may have dropped the dirty pages: do not
-                    // trust the log, rewrite it on the next write.
-                    self.needs_rewrite = true;
-                    return Err(e);
-                }
-                self.synced_bytes = self.log_bytes;
-            }
+            SyncPolicy::EveryWrite => self.write_and_sync()?,
             SyncPolicy::Periodic { .. } => {
                 if self.buffer.len() >= self.options.write_buffer_bytes {
                     self.write_buffer()?;
@@ -731,18 +735,74 @@ impl FileStore {
         self.log_bytes > self.options.compact_log_bytes.max(self.snapshot_bytes)
     }
 
+    /// `Periodic`: hands `buffer` to the file (no sync).
     fn write_buffer(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let result = self.log.append(&self.buffer);
+        self.append_buffer()?;
+        self.written_bytes += self.buffer.len() as u64;
         self.buffer.clear();
+        Ok(())
+    }
+
+    /// `EveryWrite`: appends `buffer` and syncs; the records leave `buffer` only once synced.
+    fn write_and_sync(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.append_buffer()?;
+        if let Err(e) = self.log.sync() {
+            // After a failed fsync the kernel may have dropped the dirty pages: cut the file
+            // back to what was synced and write these records again next time.
+            self.dirty_tail = true;
+            self.bound_unwritten();
+            return Err(e);
+        }
+        self.written_bytes += self.buffer.len() as u64;
+        self.synced_bytes = self.written_bytes;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Appends `buffer` where the records belong: after a failed write, the file is first cut
+    /// back to what was written whole (a partial record there would hide every later one).
+    fn append_buffer(&mut self) -> io::Result<()> {
+        let result = (|| {
+            if self.dirty_tail {
+                self.fs.truncate(&self.log_path, self.written_bytes)?;
+                self.dirty_tail = false;
+            }
+            let result = self.log.append(&self.buffer);
+            if result.is_err() {
+                self.dirty_tail = true;
+            }
+            result
+        })();
         if result.is_err() {
-            self.needs_rewrite = true;
+            self.bound_unwritten();
         }
         result
     }
+
+    /// Keeps the records waiting for a retry within `MAX_UNWRITTEN_BYTES`: beyond it they are
+    /// dropped and the whole state (which holds their ops) is written once writing works.
+    fn bound_unwritten(&mut self) {
+        if self.buffer.len() > MAX_UNWRITTEN_BYTES {
+            tracing::warn!(
+                unwritten_bytes = self.buffer.len(),
+                "store records waiting for the disk exceed {MAX_UNWRITTEN_BYTES} bytes; the \
+                 whole state will be rewritten instead"
+            );
+            self.buffer = Vec::new();
+            self.needs_rewrite = true;
+        }
+    }
 }
+
+/// Encoded records kept for a retry after failed writes, at most. Beyond it they are dropped
+/// and the next successful write is a compaction (the state holds every op).
+const MAX_UNWRITTEN_BYTES: usize = 64 << 20;
 
 impl Store for FileStore {
     fn state(&self) -> &DurableState {
@@ -761,13 +821,20 @@ impl Store for FileStore {
         if self.needs_rewrite {
             return self.compact();
         }
-        self.write_buffer()?;
-        if let Err(e) = self.log.sync() {
-            self.needs_rewrite = true;
-            return Err(e);
+        match self.options.sync {
+            SyncPolicy::EveryWrite => self.write_and_sync(),
+            SyncPolicy::Periodic { .. } => {
+                self.write_buffer()?;
+                if let Err(e) = self.log.sync() {
+                    // Written pages the kernel failed to sync may be gone, and their records
+                    // are no longer in memory: rewrite the whole state next time.
+                    self.needs_rewrite = true;
+                    return Err(e);
+                }
+                self.synced_bytes = self.written_bytes;
+                Ok(())
+            }
         }
-        self.synced_bytes = self.log_bytes;
-        Ok(())
     }
 }
 
@@ -1448,12 +1515,14 @@ mod tests {
     #[derive(Default)]
     struct FlakyFs {
         fail_next_append: Arc<std::sync::atomic::AtomicBool>,
+        fail_next_sync: Arc<std::sync::atomic::AtomicBool>,
         syncs: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     struct FlakyAppend {
         inner: Box<dyn AppendFile>,
         fail_next_append: Arc<std::sync::atomic::AtomicBool>,
+        fail_next_sync: Arc<std::sync::atomic::AtomicBool>,
         syncs: Arc<std::sync::atomic::AtomicUsize>,
     }
 
@@ -1469,6 +1538,12 @@ mod tests {
             self.inner.append(data)
         }
         fn sync(&mut self) -> io::Result<()> {
+            if self
+                .fail_next_sync
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.sync()
         }
@@ -1482,6 +1557,7 @@ mod tests {
             Ok(Box::new(FlakyAppend {
                 inner: StdFs.open_append(path)?,
                 fail_next_append: self.fail_next_append.clone(),
+                fail_next_sync: self.fail_next_sync.clone(),
                 syncs: self.syncs.clone(),
             }))
         }
@@ -1502,8 +1578,10 @@ mod tests {
         }
     }
 
+    /// A failed write leaves the op in the state and its record waiting; the next write cuts
+    /// the partial record off and writes it again in place (no compaction, nothing skipped).
     #[test]
-    fn a_failed_append_is_repaired_by_the_next_write() {
+    fn a_failed_append_is_retried_in_place_by_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
         let flaky = FlakyFs::default();
         let fail = flaky.fail_next_append.clone();
@@ -1521,11 +1599,82 @@ mod tests {
         for op in &all[6..] {
             store.apply(op.clone()).unwrap();
         }
-        assert_eq!(store.generation(), generation + 1, "repaired by compaction");
+        assert_eq!(store.generation(), generation, "no compaction needed");
+        let log_bytes = store.log_bytes();
+        drop(store);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("log")).unwrap().len(),
+            log_bytes
+        );
+        let reopened = reopen(dir.path());
+        assert_eq!(reopened.state(), &fold(&all));
+        assert_eq!(reopened.recovery().truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_sync_is_retried_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = FlakyFs::default();
+        let fail = flaky.fail_next_sync.clone();
+        let mut store =
+            FileStore::open(Arc::new(flaky), dir.path(), SyncPolicy::EveryWrite).unwrap();
+        let all = ops(6);
+        for op in &all[..3] {
+            store.apply(op.clone()).unwrap();
+        }
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(store.apply(all[3].clone()).is_err());
+        // `sync` alone retries it.
+        store.sync().unwrap();
+        for op in &all[4..] {
+            store.apply(op.clone()).unwrap();
+        }
         drop(store);
         let reopened = reopen(dir.path());
         assert_eq!(reopened.state(), &fold(&all));
         assert_eq!(reopened.recovery().truncated_bytes, 0);
+    }
+
+    /// Issue 14, defect 4, in the store: on a full disk every write fails (ENOSPC) and a crash
+    /// then keeps exactly the ops whose write succeeded; once space returns the next write
+    /// makes every op durable, those that failed included, in order.
+    #[test]
+    fn a_full_disk_fails_writes_until_space_returns_and_then_loses_nothing() {
+        use crate::store::fs::testing::LimitedFs;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = LimitedFs::new(1500);
+        let capacity = fs.capacity.clone();
+        let mut store = FileStore::open(Arc::new(fs), dir.path(), SyncPolicy::EveryWrite).unwrap();
+        let all = ops(100);
+        let mut acknowledged = 0;
+        let mut failures = 0;
+        for (i, op) in all.iter().enumerate() {
+            match store.apply(op.clone()) {
+                Ok(()) => {
+                    assert_eq!(failures, 0, "a write succeeded on a full disk");
+                    acknowledged = i + 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+                    failures += 1;
+                }
+            }
+            if failures == 10 {
+                break;
+            }
+        }
+        assert!(acknowledged > 5 && failures == 10);
+        // A crash now keeps what was acknowledged, and only that.
+        let (_copy, crashed) = reopen_copy(dir.path());
+        assert_eq!(crashed.state(), &fold(&all[..acknowledged]));
+        drop(crashed);
+        // Space returns: the next write takes the waiting records first.
+        capacity.store(1 << 20, std::sync::atomic::Ordering::SeqCst);
+        let applied = acknowledged + failures;
+        store.apply(all[applied].clone()).unwrap();
+        let (_copy, crashed) = reopen_copy(dir.path());
+        assert_eq!(crashed.state(), &fold(&all[..=applied]));
+        assert_eq!(crashed.recovery().truncated_bytes, 0);
     }
 
     #[test]

@@ -215,6 +215,99 @@ fs_impl!(
     sim_lock_dir
 );
 
+/// A file system that fills up: for tests of what the store and the broker do on a full disk.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// `StdFs` holding at most `capacity` bytes of files per directory (the data directory is
+    /// flat). An append beyond it writes what fits and fails with ENOSPC, as a real disk does;
+    /// a whole-file write beyond it fails before writing. Raise `capacity` to free space.
+    #[derive(Clone)]
+    pub(crate) struct LimitedFs {
+        pub capacity: Arc<AtomicU64>,
+    }
+
+    impl LimitedFs {
+        pub fn new(capacity: u64) -> LimitedFs {
+            LimitedFs {
+                capacity: Arc::new(AtomicU64::new(capacity)),
+            }
+        }
+
+        fn room(capacity: &AtomicU64, path: &Path) -> u64 {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let used: u64 = std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.metadata().ok())
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            capacity.load(Ordering::SeqCst).saturating_sub(used)
+        }
+    }
+
+    fn no_space() -> io::Error {
+        io::Error::from_raw_os_error(libc::ENOSPC)
+    }
+
+    struct LimitedAppend {
+        inner: Box<dyn AppendFile>,
+        path: PathBuf,
+        capacity: Arc<AtomicU64>,
+    }
+
+    impl AppendFile for LimitedAppend {
+        fn append(&mut self, data: &[u8]) -> io::Result<()> {
+            let room = LimitedFs::room(&self.capacity, &self.path) as usize;
+            if data.len() > room {
+                self.inner.append(&data[..room])?;
+                return Err(no_space());
+            }
+            self.inner.append(data)
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            self.inner.sync()
+        }
+    }
+
+    impl FileSystem for LimitedFs {
+        fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+            StdFs.read(path)
+        }
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+            Ok(Box::new(LimitedAppend {
+                inner: StdFs.open_append(path)?,
+                path: path.to_path_buf(),
+                capacity: self.capacity.clone(),
+            }))
+        }
+        fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+            if data.len() as u64 > LimitedFs::room(&self.capacity, path) {
+                return Err(no_space());
+            }
+            StdFs.write_atomic(path, data)
+        }
+        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+            StdFs.truncate(path, len)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            StdFs.remove(path)
+        }
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            StdFs.create_dir_all(path)
+        }
+        fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+            StdFs.lock_dir(dir)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
