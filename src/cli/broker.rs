@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use simqtt::broker::{self, BrokerConfig, SyncMode};
 use simqtt::store::fs::StdFs;
-use simqtt::store::{FileStore, FileStoreOptions, MemoryStore, RecoveryMode, Store, SyncPolicy};
+use simqtt::store::{
+    Compaction, FileStore, FileStoreOptions, MemoryStore, RecoveryMode, Store, SyncPolicy,
+};
 use simqtt::transport::tcp::TcpListener;
 
 #[derive(clap::Args)]
@@ -84,6 +86,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     RecoveryMode::Strict
                 },
+                // Snapshots are written off the core, which keeps serving meanwhile.
+                compaction: Compaction::Thread,
                 ..FileStoreOptions::default()
             };
             let store = FileStore::open_with(Arc::new(StdFs), dir, options)

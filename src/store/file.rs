@@ -10,41 +10,52 @@
 //! Layout in the data directory:
 //! - `snapshot`: `"SQMS"`, format version (u8), generation (u64 LE), the encoded
 //!   `DurableState`, CRC-32 (LE) of everything before it. Replaced atomically
-//!   (`FileSystem::write_atomic`). Absent means generation 0 and an empty state.
-//! - `log`: a 17-byte header (`"SQML"`, log format version, generation u64 LE, CRC-32 of those
-//!   13 bytes) written atomically, then records: `RECORD_MAGIC` (4 bytes), payload length
-//!   (u32 LE), CRC-32 (u32 LE) over the length bytes and the payload, payload
-//!   (`encoding::encode_op`). The magic lets a reader find the next record after a damaged one.
-//!   (Format 1 logs, whose records had no magic, are read and rewritten in format 2 at open.)
+//!   (`FileSystem::write_atomic_with`, streamed). Absent means generation 0 and an empty state.
+//! - `log.G`: the ops applied after snapshot G. A 17-byte header (`"SQML"`, log format version,
+//!   generation G u64 LE, CRC-32 of those 13 bytes) written atomically, then records:
+//!   `RECORD_MAGIC` (4 bytes), payload length (u32 LE), the length of this log already synced
+//!   when the record was written (u64 LE), CRC-32 (u32 LE) over both lengths and the payload,
+//!   payload (`encoding::encode_op`). The magic lets a reader find the next record after a
+//!   damaged one; the synced length tells a torn write from damage (below).
+//! - `lock`: the directory lock (`FileSystem::lock_dir`).
 //!
-//! The log holds the ops applied after the snapshot of the same generation. Compaction writes a
-//! snapshot of generation g+1 and then atomically replaces the log with an empty one of
-//! generation g+1. A crash between the two leaves a log of generation g beside a snapshot of
-//! g+1: every op in it is already in the snapshot, so opening discards it. Open therefore never
-//! needs to list the directory.
+//! A `log` file is the single log of the earlier layout, format 1 or 2: read once, then the
+//! store is rewritten in this one.
+//!
+//! Compaction keeps the log from growing without bound, without stopping the broker: when log
+//! G outgrows the snapshot, appends switch to `log.G+1` (made in advance, empty: switching
+//! costs an open) and a job off the core (`Compaction`) folds `snapshot` G and `log.G`, which
+//! nobody writes any more, into `snapshot` G+1, makes the next spare `log.G+2` and removes
+//! `log.G`. A crash anywhere in between leaves files that open: before the new snapshot is
+//! renamed into place, opening replays `log.G` then `log.G+1` (and resumes the job);
+//! afterwards `log.G` is stale and discarded. A log two generations ahead of the snapshot
+//! means a lost snapshot and is an error.
 //!
 //! Damage, as opening reads it:
-//! - a record that does not read (cut short, checksum mismatch) with no intact record after it
-//!   is a torn tail: the last append, cut short by a crash (under `EveryWrite` it was never
-//!   acknowledged; under `Periodic` it was not synced yet). It is truncated with a
-//!   `tracing::warn!` naming the offset and the bytes dropped;
-//! - damaged bytes followed by intact records cannot come from a crash (appends go strictly
-//!   one after the other, and a record is only written after the one before it): it is
-//!   corruption, and opening fails with an error naming the file, the byte offset and the record
-//!   number, changing nothing. `RecoveryMode::Salvage` (`simqtt broker --salvage`) instead
-//!   copies the log aside (`log.damaged`), keeps every intact record (it resumes at the next
-//!   `RECORD_MAGIC` that starts a record whose checksum holds) and rewrites the store from them.
-//!   Skipping an op can change what later ops mean (a dequeue takes whatever is at the front),
-//!   which is why this is never done silently;
+//! - a record that does not read (cut short, checksum mismatch) with no intact record after it,
+//!   or with only records after it that were not synced either (their synced length does not
+//!   reach it: a crash may keep unsynced writes in any order), is a torn tail: the last
+//!   appends, cut short by a crash (under `EveryWrite` never acknowledged; under `Periodic` not
+//!   synced yet). It is truncated with a `tracing::warn!` naming the offset and the bytes
+//!   dropped;
+//! - damage to bytes that a later record says were synced, or a torn log followed by a log with
+//!   records, cannot come from a crash: it is corruption, and opening fails with an error
+//!   naming the file, the record number and its byte offset, changing nothing.
+//!   `RecoveryMode::Salvage` (`simqtt broker --salvage`) instead copies the log aside
+//!   (`log.G.damaged`), keeps every intact record (it resumes at the next `RECORD_MAGIC` that
+//!   starts a record whose checksum holds) and rewrites the store from them. Skipping an op
+//!   can change what later ops mean (a dequeue takes whatever is at the front), which is why
+//!   this is never done silently;
 //! - a snapshot that fails its checksum is an error naming the file: it is written atomically
 //!   and synced, so damage there is not a crash artefact and silently starting empty would lose
 //!   every session.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::encoding::{self, FORMAT_VERSION};
-use super::fs::{AppendFile, DirLock, SharedFs};
+use super::fs::{AppendFile, DirLock, FileSystem, SharedFs};
 use super::{DurableState, Store, StoreOp, SyncPolicy};
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"SQMS";
@@ -59,6 +70,9 @@ const LOG_FORMAT_V1: u8 = 1;
 const RECORD_MAGIC: [u8; 4] = [0xD7, b'S', b'Q', b'R'];
 /// Magic, payload length (u32), synced length (u64), CRC-32 (u32).
 const RECORD_HEADER_LEN: usize = 20;
+/// The top bit of a record's synced length: the log before this one (the one a compaction is
+/// folding into a snapshot) was synced whole when the record was written.
+const PREVIOUS_LOG_SYNCED: u64 = 1 << 63;
 const V1_RECORD_HEADER_LEN: usize = 8;
 /// No op is larger than one MQTT message (at most 256 MiB on the wire) plus its ids; a length
 /// field above this is damage, not data. (`FileStoreOptions::max_record_bytes` may lower it
@@ -80,6 +94,8 @@ pub struct FileStoreOptions {
     pub max_record_bytes: usize,
     /// What opening does with a log whose damage is followed by intact records.
     pub recovery: RecoveryMode,
+    /// Where compaction does its work.
+    pub compaction: Compaction,
 }
 
 /// What `FileStore::open_with` does with a damaged log (damage followed by intact records; a
@@ -103,6 +119,7 @@ impl Default for FileStoreOptions {
             write_buffer_bytes: 64 << 10,
             max_record_bytes: MAX_RECORD_BYTES,
             recovery: RecoveryMode::Strict,
+            compaction: Compaction::Inline,
         }
     }
 }
@@ -129,18 +146,40 @@ pub struct Salvaged {
     pub records_kept: u64,
     /// The damaged stretches skipped: (byte offset, length).
     pub skipped: Vec<(u64, u64)>,
-    /// Where the damaged log was copied before the store was rewritten.
-    pub kept_as: PathBuf,
+    /// Where each damaged log was copied before the store was rewritten.
+    pub kept_as: Vec<PathBuf>,
+}
+
+/// Where compaction does its work (`FileStoreOptions::compaction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compaction {
+    /// Inside the write that makes it due, which returns once the snapshot is written: for
+    /// tests and tools. A broker with a large state would stall for the whole snapshot.
+    #[default]
+    Inline,
+    /// On an OS thread of its own (`simqtt broker`): the write that makes it due only switches
+    /// appends to the next log, which was made in advance.
+    Thread,
+    /// As a task on the current tokio runtime, one step per poll with a timer between steps:
+    /// the simulator's choice (no OS thread, deterministic, and a crash can fall between any
+    /// two steps). Outside a runtime it runs inline.
+    Task,
 }
 
 /// A durable `Store` in a directory, over any `FileSystem` (real or simulated).
 pub struct FileStore {
     fs: SharedFs,
+    dir: PathBuf,
     snapshot_path: PathBuf,
-    log_path: PathBuf,
     options: FileStoreOptions,
     state: DurableState,
-    generation: u64,
+    /// The generation of the newest snapshot on disk (0: none yet).
+    snapshot_gen: u64,
+    snapshot_bytes: u64,
+    /// The generation of the log appended to: `snapshot_gen`, or `snapshot_gen + 1` while the
+    /// snapshot that folds log `snapshot_gen` in is still to be written.
+    log_gen: u64,
+    log_path: PathBuf,
     log: Box<dyn AppendFile>,
     /// Bytes in the log, counting those still in `buffer`.
     log_bytes: u64,
@@ -152,15 +191,28 @@ pub struct FileStore {
     /// A write failed part-way: the file may hold a partial record after `written_bytes`,
     /// which is cut off before the next append.
     dirty_tail: bool,
-    snapshot_bytes: u64,
     /// Encoded records not yet in the file: under `Periodic` those gathered for one write;
     /// under `EveryWrite` a batch whose write or sync failed, retried (before anything newer)
     /// by the next write or `sync` at the same offset.
     buffer: Vec<u8>,
     /// The log cannot be completed by appending (an op too large for a record, unwritten
     /// records beyond `MAX_UNWRITTEN_BYTES`, a failed sync under `Periodic`): the next write
-    /// compacts, which writes the whole state.
+    /// rewrites the whole state from memory (`compact`).
     needs_rewrite: bool,
+    /// `log.{log_gen + 1}` exists and is empty: the next log, made in advance so that
+    /// switching to it costs the core no sync.
+    spare_ready: bool,
+    /// The log before the current one (while a compaction folds it) is synced whole, or there
+    /// is none. Records say so (`PREVIOUS_LOG_SYNCED`), and under `Periodic` the current log is
+    /// never synced before the previous one.
+    previous_log_synced: bool,
+    /// The previous log's handle, kept until it is known synced.
+    previous_log: Option<Box<dyn AppendFile>>,
+    /// The compaction running off the core, if one is.
+    job: Option<Arc<JobState>>,
+    /// While a snapshot is due (`snapshot_gen < log_gen`) and no job runs (the last one
+    /// failed): the log size at which to try again.
+    retry_at_log_bytes: u64,
     recovery: Recovery,
     /// Held while the store is open: a second store (broker) on the directory is refused.
     _lock: DirLock,
@@ -170,11 +222,20 @@ impl std::fmt::Debug for FileStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileStore")
             .field("log", &self.log_path)
-            .field("generation", &self.generation)
+            .field("snapshot_gen", &self.snapshot_gen)
+            .field("log_gen", &self.log_gen)
             .field("log_bytes", &self.log_bytes)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
+}
+
+const SNAPSHOT_FILE: &str = "snapshot";
+/// The log of the layout before logs were numbered (read once, then rewritten).
+const LEGACY_LOG_FILE: &str = "log";
+
+fn log_name(generation: u64) -> String {
+    format!("log.{generation}")
 }
 
 fn data_error(path: &Path, what: impl std::fmt::Display) -> io::Error {
@@ -260,6 +321,8 @@ struct Record {
     op: StoreOp,
     /// The log length the writer knew durable when it wrote this record (0 in format 1).
     synced: u64,
+    /// The previous log was synced whole when this record was written (`PREVIOUS_LOG_SYNCED`).
+    previous_synced: bool,
     /// Where the next record starts.
     next: usize,
 }
@@ -281,7 +344,7 @@ fn read_record(bytes: &[u8], pos: usize, version: u8) -> Result<Record, String> 
         return Err(format!("record header cut short ({} bytes)", rest.len()));
     }
     let len = u32::from_le_bytes(fields[..4].try_into().expect("4 bytes")) as usize;
-    let synced = match covered {
+    let claim = match covered {
         12 => u64::from_le_bytes(fields[4..12].try_into().expect("8 bytes")),
         _ => 0,
     };
@@ -307,7 +370,8 @@ fn read_record(bytes: &[u8], pos: usize, version: u8) -> Result<Record, String> 
     let op = encoding::decode_op(payload).map_err(|e| format!("record does not decode: {e}"))?;
     Ok(Record {
         op,
-        synced,
+        synced: claim & !PREVIOUS_LOG_SYNCED,
+        previous_synced: claim & PREVIOUS_LOG_SYNCED != 0,
         next: pos + header_len + len,
     })
 }
@@ -336,6 +400,8 @@ struct LogScan {
     /// takes with it (records of the same unsynced writes, which may not be replayed without
     /// the ones before them).
     torn_tail: Option<(String, usize)>,
+    /// Some record (kept or not) says the previous log was synced whole before it.
+    previous_synced: bool,
 }
 
 /// Reads every record of a log (after its header) and tells a torn tail from corruption.
@@ -393,12 +459,14 @@ fn scan_records(bytes: &[u8], version: u8) -> LogScan {
         None => (records.len(), bytes.len(), None),
     };
     stretches.truncate(tail.unwrap_or(stretches.len()));
+    let previous_synced = records.iter().any(|r| r.previous_synced);
     records.truncate(kept);
     LogScan {
         ops: records.into_iter().map(|r| r.op).collect(),
         valid_len,
         damaged: stretches,
         torn_tail,
+        previous_synced,
     }
 }
 
@@ -469,7 +537,7 @@ fn parse_log_header(bytes: &[u8]) -> Result<(u8, u64), String> {
 
 /// Copies a damaged `path` (its `bytes`) to the first free name of `path.damaged`,
 /// `path.damaged.1`, ... and returns that name.
-fn keep_aside(fs: &dyn super::fs::FileSystem, path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+fn keep_aside(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -490,6 +558,237 @@ fn keep_aside(fs: &dyn super::fs::FileSystem, path: &Path, bytes: &[u8]) -> io::
     ))
 }
 
+/// Writes the snapshot file of `generation` for `state` atomically, streaming it (a large
+/// state is never encoded into one buffer). Returns its size.
+fn write_snapshot(
+    fs: &dyn FileSystem,
+    path: &Path,
+    generation: u64,
+    state: &DurableState,
+) -> io::Result<u64> {
+    let mut size = 0u64;
+    fs.write_atomic_with(path, &mut |w| {
+        let mut crc = crc32fast::Hasher::new();
+        let mut header = Vec::with_capacity(13);
+        header.extend_from_slice(SNAPSHOT_MAGIC);
+        header.push(FORMAT_VERSION);
+        header.extend_from_slice(&generation.to_le_bytes());
+        crc.update(&header);
+        w.write_all(&header)?;
+        size = header.len() as u64;
+        encoding::encode_state_to(state, &mut |chunk| {
+            crc.update(chunk);
+            size += chunk.len() as u64;
+            w.write_all(chunk)
+        })?;
+        w.write_all(&crc.finalize().to_le_bytes())?;
+        size += 4;
+        Ok(())
+    })?;
+    Ok(size)
+}
+
+/// What a compaction job reports when it ends.
+#[derive(Debug, Default)]
+struct JobOutcome {
+    /// It synced the log it folds.
+    old_log_synced: bool,
+    /// The size of the snapshot it wrote, if it got that far.
+    snapshot_bytes: Option<u64>,
+    /// It made the next spare log.
+    spare_written: bool,
+    error: Option<io::Error>,
+}
+
+/// Shared between a compaction job and its store.
+#[derive(Debug, Default)]
+struct JobState {
+    /// True once the store rewrote itself from memory (or closed): the job writes nothing
+    /// more. The job holds it while it writes (for as long as a snapshot takes), and only the
+    /// rare paths that supersede a job wait for it.
+    superseded: Mutex<bool>,
+    /// Set when the job ends; the core looks at it after writes, never waiting long.
+    outcome: Mutex<Option<JobOutcome>>,
+}
+
+/// The part of a compaction that runs off the core, in steps: fold snapshot `gen` and log
+/// `gen` (both complete and synced, never written again) into the state they make, write it as
+/// snapshot `gen + 1`, make `log.{gen + 2}` (the spare after the log now appended to), remove
+/// log `gen`. It reads the files, not the store's memory, so the core lends it nothing and
+/// waits for nothing. A crash between any two steps leaves a store that opens: until the
+/// snapshot is renamed into place, opening replays log `gen` and then log `gen + 1`;
+/// afterwards log `gen` is stale and discarded.
+struct CompactionJob {
+    fs: SharedFs,
+    dir: PathBuf,
+    gen: u64,
+    shared: Arc<JobState>,
+    step: JobStep,
+    outcome: JobOutcome,
+}
+
+enum JobStep {
+    SyncOldLog,
+    Fold,
+    WriteSnapshot(Box<DurableState>),
+    WriteSpare,
+    RemoveOldLog,
+    Done,
+}
+
+impl CompactionJob {
+    /// Does the next step; false once the job has ended (and reported).
+    fn step(&mut self) -> bool {
+        match std::mem::replace(&mut self.step, JobStep::Done) {
+            JobStep::SyncOldLog => {
+                // Under `Periodic` the core did not wait for it (a sync, not a write: no lock).
+                let path = self.dir.join(log_name(self.gen));
+                match self.fs.open_append(&path).and_then(|mut log| log.sync()) {
+                    Ok(()) => {
+                        self.outcome.old_log_synced = true;
+                        self.step = JobStep::Fold;
+                    }
+                    Err(e) => self.outcome.error = Some(e),
+                }
+            }
+            JobStep::Fold => match self.fold() {
+                Ok(state) => self.step = JobStep::WriteSnapshot(Box::new(state)),
+                Err(e) => self.outcome.error = Some(e),
+            },
+            JobStep::WriteSnapshot(state) => {
+                let path = self.dir.join(SNAPSHOT_FILE);
+                let (fs, generation) = (&self.fs, self.gen + 1);
+                match self.locked(|| write_snapshot(fs.as_ref(), &path, generation, &state)) {
+                    Ok(Some(bytes)) => {
+                        self.outcome.snapshot_bytes = Some(bytes);
+                        self.step = JobStep::WriteSpare;
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.outcome.error = Some(e),
+                }
+            }
+            JobStep::WriteSpare => {
+                let spare = self.gen + 2;
+                let path = self.dir.join(log_name(spare));
+                match self.locked(|| self.fs.write_atomic(&path, &log_header(spare))) {
+                    Ok(Some(())) => {
+                        self.outcome.spare_written = true;
+                        self.step = JobStep::RemoveOldLog;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // The snapshot is written: the store switches to it all the same and
+                        // makes the spare itself when it needs one.
+                        self.outcome.error = Some(e);
+                        self.step = JobStep::RemoveOldLog;
+                    }
+                }
+            }
+            JobStep::RemoveOldLog => {
+                let path = self.dir.join(log_name(self.gen));
+                // Emptied first, here: the core may still hold the file open, and the blocks of
+                // an unlinked file are freed (a long truncate, and discards on some disks) by
+                // whoever closes it last. A log that stays behind, empty or not, is discarded at
+                // the next open.
+                let remove = || {
+                    self.fs.truncate(&path, 0)?;
+                    self.fs.remove(&path)
+                };
+                if let Err(e) = self.locked(remove) {
+                    self.outcome.error.get_or_insert(e);
+                }
+            }
+            JobStep::Done => {
+                let outcome = std::mem::take(&mut self.outcome);
+                *lock(&self.shared.outcome) = Some(outcome);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Snapshot `gen` plus log `gen`: reads only.
+    fn fold(&self) -> io::Result<DurableState> {
+        let snapshot_path = self.dir.join(SNAPSHOT_FILE);
+        let mut state = match self.fs.read(&snapshot_path)? {
+            None if self.gen == 0 => DurableState::default(),
+            None => return Err(data_error(&snapshot_path, "missing")),
+            Some(bytes) => {
+                let (generation, state) =
+                    decode_snapshot(&bytes).map_err(|e| data_error(&snapshot_path, e))?;
+                if generation != self.gen {
+                    return Err(data_error(
+                        &snapshot_path,
+                        format!("generation {generation} where {} was expected", self.gen),
+                    ));
+                }
+                state
+            }
+        };
+        let log_path = self.dir.join(log_name(self.gen));
+        let bytes = self
+            .fs
+            .read(&log_path)?
+            .ok_or_else(|| data_error(&log_path, "missing"))?;
+        let (version, generation) =
+            parse_log_header(&bytes).map_err(|e| data_error(&log_path, e))?;
+        if generation != self.gen {
+            return Err(data_error(&log_path, "generation changed since the switch"));
+        }
+        // Each op is applied as it is read (the state and the file are in memory, not also
+        // every op). The log was complete and synced before the switch: anything that does not
+        // read is damage, and the job fails without writing (the next start says where).
+        let mut pos = LOG_HEADER_LEN;
+        while pos < bytes.len() {
+            let record = read_record(&bytes, pos, version)
+                .map_err(|e| data_error(&log_path, format!("record at byte {pos}: {e}")))?;
+            state.apply(&record.op);
+            pos = record.next;
+        }
+        Ok(state)
+    }
+
+    /// Runs `write` unless the store superseded this job (`Ok(None)`), holding the lock the
+    /// store takes to supersede it: no write of this job happens after that.
+    fn locked<T>(&self, write: impl FnOnce() -> io::Result<T>) -> io::Result<Option<T>> {
+        let superseded = lock(&self.shared.superseded);
+        if *superseded {
+            return Ok(None);
+        }
+        write().map(Some)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Virtual time between the steps of a `Compaction::Task` job: the simulator may crash the
+/// host in between.
+const TASK_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+fn newer_log_error(path: &Path, generation: u64, snapshot_gen: u64) -> io::Error {
+    data_error(
+        path,
+        format!(
+            "log generation {generation} is newer than snapshot generation {snapshot_gen}: the \
+             snapshot it continues is missing"
+        ),
+    )
+}
+
+/// A log file found at open.
+struct FoundLog {
+    gen: u64,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    version: u8,
+    /// The single `log` of the layout before logs were numbered.
+    legacy: bool,
+}
+
 impl FileStore {
     /// Opens (creating if needed) the store in `dir` with default options and `sync`.
     pub fn open(fs: SharedFs, dir: &Path, sync: SyncPolicy) -> io::Result<FileStore> {
@@ -504,18 +803,18 @@ impl FileStore {
     }
 
     /// Opens (creating if needed) the store in `dir`, recovering the state from its snapshot
-    /// and log. A torn log tail (a crash mid-append) is truncated and reported in
+    /// and logs. A torn log tail (a crash mid-append) is truncated and reported in
     /// `recovery()`. Damage followed by intact records is an error naming the file, byte offset
     /// and record, unless `options.recovery` says to salvage. A damaged snapshot or log header
-    /// is an error naming the file.
+    /// is an error naming the file. A compaction that a crash interrupted is resumed.
     pub fn open_with(fs: SharedFs, dir: &Path, options: FileStoreOptions) -> io::Result<FileStore> {
         fs.create_dir_all(dir)?;
         let lock = fs.lock_dir(dir)?;
-        let snapshot_path = dir.join("snapshot");
-        let log_path = dir.join("log");
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
         let mut recovery = Recovery::default();
+        let salvage = options.recovery == RecoveryMode::Salvage;
 
-        let (generation, mut state, snapshot_bytes) = match fs.read(&snapshot_path)? {
+        let (snapshot_gen, mut state, snapshot_bytes) = match fs.read(&snapshot_path)? {
             None => (0, DurableState::default(), 0),
             Some(bytes) => {
                 let (generation, state) =
@@ -523,125 +822,266 @@ impl FileStore {
                 (generation, state, bytes.len() as u64)
             }
         };
-        recovery.generation = generation;
+        recovery.generation = snapshot_gen;
 
-        let mut log_bytes = LOG_HEADER_LEN as u64;
-        // The store is rewritten (snapshot and empty log) before it is used.
+        // The logs to replay, oldest first. Log g holds the ops after snapshot g; the next log
+        // (g + 1) gets records once a compaction started, and log g goes once snapshot g + 1
+        // is written.
+        let mut logs: Vec<FoundLog> = Vec::new();
+        // The store is rewritten (snapshot and fresh logs) from what was read before use.
         let mut rewrite = false;
-        match fs.read(&log_path)? {
-            None => {
-                if generation != 0 {
-                    tracing::warn!(
-                        log = %log_path.display(),
-                        generation,
-                        "store log missing beside a snapshot; starting an empty log"
-                    );
-                }
-                fs.write_atomic(&log_path, &log_header(generation))?;
+        let legacy_path = dir.join(LEGACY_LOG_FILE);
+        let legacy = fs.read(&legacy_path)?;
+        if let Some(bytes) = legacy.clone() {
+            let (version, gen) =
+                parse_log_header(&bytes).map_err(|e| data_error(&legacy_path, e))?;
+            if gen > snapshot_gen {
+                return Err(newer_log_error(&legacy_path, gen, snapshot_gen));
             }
-            Some(bytes) => {
-                let (version, log_generation) =
-                    parse_log_header(&bytes).map_err(|e| data_error(&log_path, e))?;
-                if log_generation < generation {
-                    // A compaction was interrupted after its snapshot was written: the old log
-                    // holds nothing the snapshot lacks.
-                    tracing::info!(
-                        log = %log_path.display(),
-                        log_generation,
-                        generation,
-                        "discarding the log of an interrupted compaction"
-                    );
-                    recovery.stale_log_discarded = true;
-                    fs.write_atomic(&log_path, &log_header(generation))?;
-                } else if log_generation > generation {
-                    return Err(data_error(
-                        &log_path,
-                        format!(
-                            "log generation {log_generation} is newer than snapshot \
-                             generation {generation}: the snapshot it continues is missing"
-                        ),
-                    ));
-                } else {
-                    let scan = scan_records(&bytes, version);
-                    if !scan.damaged.is_empty() {
-                        if options.recovery != RecoveryMode::Salvage {
-                            return Err(damage_error(&log_path, &scan));
-                        }
-                        let kept_as = keep_aside(fs.as_ref(), &log_path, &bytes)?;
-                        let skipped: Vec<(u64, u64)> = scan
-                            .damaged
-                            .iter()
-                            .map(|d| (d.offset as u64, d.len as u64))
-                            .collect();
-                        tracing::warn!(
-                            log = %log_path.display(),
-                            kept_as = %kept_as.display(),
-                            records_kept = scan.ops.len(),
-                            ?skipped,
-                            "salvaging the store log: every intact record is kept, the damaged \
-                             bytes (offset, length) are skipped"
-                        );
-                        recovery.salvaged = Some(Salvaged {
-                            records_kept: scan.ops.len() as u64,
-                            skipped,
-                            kept_as,
-                        });
-                        rewrite = true;
-                    }
-                    for op in &scan.ops {
-                        state.apply(op);
-                    }
-                    recovery.records_replayed = scan.ops.len() as u64;
-                    if let Some((problem, unsynced_records)) = &scan.torn_tail {
-                        let dropped = bytes.len() - scan.valid_len;
-                        tracing::warn!(
-                            log = %log_path.display(),
-                            offset = scan.valid_len,
-                            dropped_bytes = dropped,
-                            records_kept = scan.ops.len(),
-                            unsynced_records,
-                            "store log ends in a torn write ({problem}): the last appends, not yet \
-                             synced, were cut short by a crash; truncating the {dropped} bytes \
-                             from byte {}",
-                            scan.valid_len
-                        );
-                        if !rewrite {
-                            fs.truncate(&log_path, scan.valid_len as u64)?;
-                        }
-                        recovery.truncated_bytes = dropped as u64;
-                    }
-                    if version == LOG_FORMAT_V1 {
-                        // Appends go in the current framing: rewrite the store in it.
-                        tracing::info!(log = %log_path.display(), "upgrading the store log format");
-                        rewrite = true;
-                    }
-                    log_bytes = scan.valid_len as u64;
+            if gen == snapshot_gen {
+                logs.push(FoundLog {
+                    gen,
+                    path: legacy_path.clone(),
+                    bytes,
+                    version,
+                    legacy: true,
+                });
+            }
+            // Read in the layout of this build from now on.
+            rewrite = true;
+        }
+        let mut names = fs.list(dir)?;
+        names.sort();
+        let mut numbered: Vec<(u64, PathBuf)> = names
+            .iter()
+            .filter_map(|n| Some((n.strip_prefix("log.")?.parse().ok()?, dir.join(n))))
+            .collect();
+        numbered.sort();
+        for (gen, path) in numbered {
+            if gen < snapshot_gen {
+                // Folded into the snapshot already (maybe emptied): a compaction ended before
+                // removing it.
+                tracing::info!(log = %path.display(), "discarding a log the snapshot holds");
+                recovery.stale_log_discarded = true;
+                fs.remove(&path)?;
+                continue;
+            }
+            let Some(bytes) = fs.read(&path)? else {
+                continue;
+            };
+            let (version, header_gen) =
+                parse_log_header(&bytes).map_err(|e| data_error(&path, e))?;
+            if header_gen != gen {
+                return Err(data_error(
+                    &path,
+                    format!("its header says generation {header_gen}"),
+                ));
+            }
+            if gen > snapshot_gen + 1 {
+                // Even empty: log g + 2 is made only once snapshot g + 1 is written.
+                return Err(newer_log_error(&path, gen, snapshot_gen));
+            }
+            logs.push(FoundLog {
+                gen,
+                path,
+                bytes,
+                version,
+                legacy: false,
+            });
+        }
+        if logs.iter().any(|l| l.legacy) && logs.iter().any(|l| !l.legacy && l.gen == snapshot_gen)
+        {
+            return Err(data_error(
+                &legacy_path,
+                format!(
+                    "both it and {} continue the snapshot",
+                    log_name(snapshot_gen)
+                ),
+            ));
+        }
+
+        let mut scans: Vec<LogScan> = logs
+            .iter()
+            .map(|l| scan_records(&l.bytes, l.version))
+            .collect();
+        // A torn tail of a log followed by records in the next one: if a record of the next
+        // says this log was synced whole before it, the tail is damage, not a crash. If none
+        // does (`Periodic`: the switch does not wait for a sync), the next log was never synced
+        // either, and all of it belongs to the torn tail: its records follow the lost ones.
+        for i in 0..scans.len() {
+            let (head, later) = scans.split_at_mut(i + 1);
+            let scan = &mut head[i];
+            let later_records = later
+                .iter()
+                .any(|s| !s.ops.is_empty() || !s.damaged.is_empty() || s.torn_tail.is_some());
+            if !later_records || scan.torn_tail.is_none() {
+                continue;
+            }
+            let len = logs[i].bytes.len();
+            if later.iter().any(|s| s.previous_synced) {
+                let (problem, _) = scan.torn_tail.take().expect("checked");
+                scan.damaged.push(DamagedStretch {
+                    offset: scan.valid_len,
+                    len: len - scan.valid_len,
+                    records_before: scan.ops.len(),
+                    problem: format!("{problem}, yet the next log has records written after it"),
+                });
+                scan.valid_len = len;
+            } else {
+                for s in later.iter_mut() {
+                    let dropped = s.ops.len();
+                    s.ops.clear();
+                    s.damaged.clear();
+                    s.valid_len = LOG_HEADER_LEN;
+                    s.torn_tail =
+                        Some(("it continues a log that a crash tore".to_string(), dropped));
                 }
             }
         }
+        let has_records = |scan: &LogScan| !scan.ops.is_empty() || !scan.damaged.is_empty();
+        // Which log was appended to last, and whether one is missing.
+        let base = logs.iter().position(|l| l.gen == snapshot_gen);
+        let next = logs
+            .iter()
+            .position(|l| l.gen == snapshot_gen + 1 && !l.legacy);
+        let next_in_use = next.is_some_and(|i| has_records(&scans[i]));
+        let base_needed = snapshot_gen > 0 || next_in_use;
+        if base.is_none() && base_needed {
+            let missing = dir.join(log_name(snapshot_gen));
+            if !salvage {
+                return Err(data_error(
+                    &missing,
+                    format!(
+                        "missing: the ops after snapshot generation {snapshot_gen} are lost. \
+                         Nothing was changed. To start from what is left, run the broker once \
+                         with --salvage."
+                    ),
+                ));
+            }
+            tracing::warn!(log = %missing.display(), "salvaging without a missing store log");
+            rewrite = true;
+        }
+        if let Some(first) = scans.iter().position(|s| !s.damaged.is_empty()) {
+            if !salvage {
+                return Err(damage_error(&logs[first].path, &scans[first]));
+            }
+            let mut salvaged = Salvaged::default();
+            for (log, scan) in logs.iter().zip(&scans) {
+                if scan.damaged.is_empty() {
+                    continue;
+                }
+                let kept_as = keep_aside(fs.as_ref(), &log.path, &log.bytes)?;
+                let skipped: Vec<(u64, u64)> = scan
+                    .damaged
+                    .iter()
+                    .map(|d| (d.offset as u64, d.len as u64))
+                    .collect();
+                tracing::warn!(
+                    log = %log.path.display(),
+                    kept_as = %kept_as.display(),
+                    records_kept = scan.ops.len(),
+                    ?skipped,
+                    "salvaging the store log: every intact record is kept, the damaged bytes \
+                     (offset, length) are skipped"
+                );
+                salvaged.skipped.extend(skipped);
+                salvaged.kept_as.push(kept_as);
+            }
+            salvaged.records_kept = scans.iter().map(|s| s.ops.len() as u64).sum();
+            recovery.salvaged = Some(salvaged);
+            rewrite = true;
+        }
+        for (log, scan) in logs.iter().zip(&scans) {
+            for op in &scan.ops {
+                state.apply(op);
+            }
+            recovery.records_replayed += scan.ops.len() as u64;
+            if let Some((problem, unsynced_records)) = &scan.torn_tail {
+                let dropped = log.bytes.len() - scan.valid_len;
+                tracing::warn!(
+                    log = %log.path.display(),
+                    offset = scan.valid_len,
+                    dropped_bytes = dropped,
+                    records_kept = scan.ops.len(),
+                    unsynced_records,
+                    "store log ends in a torn write ({problem}): the last appends, not yet \
+                     synced, were cut short by a crash; truncating the {dropped} bytes from \
+                     byte {}",
+                    scan.valid_len
+                );
+                if !rewrite {
+                    fs.truncate(&log.path, scan.valid_len as u64)?;
+                }
+                recovery.truncated_bytes += dropped as u64;
+            }
+            if log.version == LOG_FORMAT_V1 {
+                tracing::info!(log = %log.path.display(), "upgrading the store log format");
+                rewrite = true;
+            }
+        }
+
+        // The log to append to: the next one if it has records (a compaction was running: it
+        // is resumed), else the snapshot's own, made if missing; the other, empty, is the
+        // spare.
+        let (log_gen, log_len) = match (next_in_use, base) {
+            (true, _) => (snapshot_gen + 1, next.map_or(0, |i| scans[i].valid_len)),
+            (false, Some(i)) if !logs[i].legacy => (snapshot_gen, scans[i].valid_len),
+            _ => {
+                let path = dir.join(log_name(snapshot_gen));
+                fs.write_atomic(&path, &log_header(snapshot_gen))?;
+                (snapshot_gen, LOG_HEADER_LEN)
+            }
+        };
+        let log_path = dir.join(log_name(log_gen));
         let mut log = fs.open_append(&log_path)?;
-        // What was read is what later records may call synced.
+        // What was read is what later records may call synced (the previous log too).
         log.sync()?;
+        if log_gen > snapshot_gen && !rewrite {
+            fs.open_append(&dir.join(log_name(snapshot_gen)))?.sync()?;
+        }
+        let spare_ready = !next_in_use && next.is_some();
+        let log_bytes = log_len as u64;
         let mut store = FileStore {
             fs,
+            dir: dir.to_path_buf(),
             snapshot_path,
-            log_path,
             options,
             state,
-            generation,
+            snapshot_gen,
+            snapshot_bytes,
+            log_gen,
+            log_path,
             log,
             log_bytes,
             written_bytes: log_bytes,
             synced_bytes: log_bytes,
             dirty_tail: false,
-            snapshot_bytes,
             buffer: Vec::new(),
             needs_rewrite: false,
+            spare_ready,
+            previous_log_synced: true,
+            previous_log: None,
+            job: None,
+            retry_at_log_bytes: 0,
             recovery,
             _lock: lock,
         };
         if rewrite {
             store.compact()?;
+            if legacy.is_some() {
+                store.fs.remove(&legacy_path)?;
+            }
+        } else {
+            if !store.spare_ready {
+                store.make_spare()?;
+            }
+            if store.snapshot_gen < store.log_gen {
+                tracing::info!(
+                    generation = store.snapshot_gen + 1,
+                    "resuming a store compaction a stop interrupted"
+                );
+                store.start_job();
+            }
         }
         Ok(store)
     }
@@ -651,9 +1091,15 @@ impl FileStore {
         &self.recovery
     }
 
-    /// The current snapshot/log generation (it grows by one per compaction).
+    /// The generation of the log appended to (it grows by one per compaction).
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.log_gen
+    }
+
+    /// The generation of the newest snapshot: `generation()`, or one less while a compaction
+    /// runs.
+    pub fn snapshot_generation(&self) -> u64 {
+        self.snapshot_gen
     }
 
     /// Bytes in the current log (header included, buffered records included).
@@ -661,33 +1107,201 @@ impl FileStore {
         self.log_bytes
     }
 
-    /// Writes the whole state as a new snapshot and starts an empty log. Durable when it
-    /// returns, whatever the sync policy.
+    /// True while a compaction runs off the core.
+    pub fn compacting(&self) -> bool {
+        self.job
+            .as_ref()
+            .is_some_and(|job| lock(&job.outcome).is_none())
+    }
+
+    /// Writes the whole state from memory as a new snapshot and starts a fresh log, on the
+    /// caller's thread. Durable when it returns, whatever the sync policy. A compaction
+    /// running off the core is superseded (this one holds everything it would have).
+    /// Compaction as the log grows does not come here: see `maybe_compact`.
     pub fn compact(&mut self) -> io::Result<()> {
-        // Flush what the old log already holds before it is replaced. On a real disk this is
-        // not needed (those writes belong to the old inode), but turmoil tracks unsynced
-        // writes by path, so without it they would land in the new log after the rename and
-        // corrupt it (found by the Periodic crash test, seed 14). Best effort: when the old log
-        // is broken, this compaction is the repair.
+        self.supersede_job();
+        // Best effort: when the old log is broken, this is the repair.
         let _ = self.log.sync();
-        let next = self.generation + 1;
-        let snapshot = encode_snapshot(next, &self.state);
-        self.fs.write_atomic(&self.snapshot_path, &snapshot)?;
-        // From here the snapshot alone holds the whole state; a crash before the log below is
-        // replaced leaves a stale log that `open` discards.
-        self.generation = next;
-        self.snapshot_bytes = snapshot.len() as u64;
+        let next = self.log_gen + 1;
+        let log_path = self.dir.join(log_name(next));
+        // The log before the snapshot: a snapshot never lacks its log.
+        self.fs.write_atomic(&log_path, &log_header(next))?;
+        let snapshot_bytes =
+            match write_snapshot(self.fs.as_ref(), &self.snapshot_path, next, &self.state) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // Opening refuses a log two generations ahead of the snapshot (it would mean
+                    // a lost snapshot) unless it is the spare, so remove it.
+                    if next > self.snapshot_gen + 1 {
+                        let _ = self.fs.remove(&log_path);
+                    }
+                    return Err(e);
+                }
+            };
+        // From here the snapshot alone holds the whole state; older logs are stale.
+        self.snapshot_gen = next;
+        self.snapshot_bytes = snapshot_bytes;
+        // The snapshot holds every earlier log: none is in play.
+        self.switch_log(next, self.fs.open_append(&log_path)?, true);
         self.buffer.clear();
-        self.needs_rewrite = true;
-        self.fs
-            .write_atomic(&self.log_path, &log_header(self.generation))?;
-        self.log = self.fs.open_append(&self.log_path)?;
+        self.needs_rewrite = false;
+        for old in [next - 1, next.saturating_sub(2)] {
+            if old < next {
+                if let Err(error) = self.fs.remove(&self.dir.join(log_name(old))) {
+                    // Discarded at the next open.
+                    tracing::warn!(%error, "could not remove an old store log");
+                }
+            }
+        }
+        if let Err(error) = self.make_spare() {
+            tracing::warn!(%error, "could not make the next store log ahead of time");
+        }
+        Ok(())
+    }
+
+    /// Appends go to log `generation` (empty), from now on.
+    fn switch_log(&mut self, generation: u64, log: Box<dyn AppendFile>, previous_synced: bool) {
+        self.previous_log_synced = previous_synced;
+        let previous = std::mem::replace(&mut self.log, log);
+        self.previous_log = (!previous_synced).then_some(previous);
+        self.log_gen = generation;
+        self.log_path = self.dir.join(log_name(generation));
         self.log_bytes = LOG_HEADER_LEN as u64;
         self.written_bytes = self.log_bytes;
         self.synced_bytes = self.log_bytes;
         self.dirty_tail = false;
-        self.needs_rewrite = false;
+        self.spare_ready = false;
+    }
+
+    /// Makes `log.{log_gen + 1}`, empty, for the next switch.
+    fn make_spare(&mut self) -> io::Result<()> {
+        let spare = self.log_gen + 1;
+        self.fs
+            .write_atomic(&self.dir.join(log_name(spare)), &log_header(spare))?;
+        self.spare_ready = true;
         Ok(())
+    }
+
+    /// After a write: when the log has outgrown the snapshot (amortised: it grew by at least
+    /// the snapshot's size since the last one), switches appends to the next log and starts
+    /// the job that folds the old one into a new snapshot off the core. The core's share is
+    /// opening the spare log (made in advance).
+    /// Failures here fail no write: they are logged and tried again later.
+    fn maybe_compact(&mut self) {
+        self.poll_job();
+        if self.job.is_some() {
+            return;
+        }
+        if self.snapshot_gen < self.log_gen {
+            // The last job failed: try again once the log has grown some more.
+            if self.log_bytes >= self.retry_at_log_bytes {
+                self.start_job();
+            }
+            return;
+        }
+        let due = self.log_bytes > self.options.compact_log_bytes.max(self.snapshot_bytes);
+        // Records waiting after a failed write belong to this log: no switch until written.
+        if !due || !self.buffer.is_empty() && self.options.sync == SyncPolicy::EveryWrite {
+            return;
+        }
+        if let Err(error) = self.switch_to_next_log() {
+            tracing::warn!(%error, "could not start a store compaction; trying again later");
+            return;
+        }
+        self.start_job();
+    }
+
+    fn switch_to_next_log(&mut self) -> io::Result<()> {
+        // The job reads the old log whole: everything gathered goes to the file first. Under
+        // `EveryWrite` it is synced too (every write is); under `Periodic` the job syncs it
+        // (off the core), or the next `sync` does, whichever comes first.
+        self.write_buffer()?;
+        let synced = self.synced_bytes == self.written_bytes;
+        let next = self.log_gen + 1;
+        if !self.spare_ready {
+            // The slow way (two syncs): the last job could not make it.
+            tracing::debug!(generation = next, "making the next store log on the core");
+            self.make_spare()?;
+        }
+        let log = self.fs.open_append(&self.dir.join(log_name(next)))?;
+        self.switch_log(next, log, synced);
+        Ok(())
+    }
+
+    /// Starts the job that writes snapshot `log_gen` from snapshot and log `snapshot_gen`
+    /// (see `Compaction`).
+    fn start_job(&mut self) {
+        debug_assert_eq!(self.snapshot_gen + 1, self.log_gen);
+        let shared = Arc::new(JobState::default());
+        let mut job = CompactionJob {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            gen: self.snapshot_gen,
+            shared: shared.clone(),
+            step: JobStep::SyncOldLog,
+            outcome: JobOutcome::default(),
+        };
+        self.job = Some(shared);
+        match self.options.compaction {
+            Compaction::Inline => while job.step() {},
+            Compaction::Thread => {
+                let spawned = std::thread::Builder::new()
+                    .name("simqtt-compaction".into())
+                    .spawn(move || while job.step() {});
+                if let Err(error) = spawned {
+                    tracing::warn!(%error, "could not start the compaction thread");
+                    self.job = None;
+                    self.retry_at_log_bytes = self.log_bytes + self.options.compact_log_bytes;
+                }
+            }
+            Compaction::Task => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        while job.step() {
+                            tokio::time::sleep(TASK_STEP_PAUSE).await;
+                        }
+                    });
+                }
+                Err(_) => while job.step() {},
+            },
+        }
+        self.poll_job();
+    }
+
+    /// Takes the outcome of a job that has ended.
+    fn poll_job(&mut self) {
+        let Some(shared) = &self.job else {
+            return;
+        };
+        let Some(outcome) = lock(&shared.outcome).take() else {
+            return;
+        };
+        self.job = None;
+        if let Some(bytes) = outcome.snapshot_bytes {
+            self.snapshot_gen = self.log_gen;
+            self.snapshot_bytes = bytes;
+            tracing::info!(
+                generation = self.snapshot_gen,
+                snapshot_bytes = bytes,
+                "store compacted"
+            );
+        }
+        self.spare_ready |= outcome.spare_written;
+        if outcome.old_log_synced {
+            self.previous_log_synced = true;
+            self.previous_log = None;
+        }
+        if let Some(error) = outcome.error {
+            tracing::warn!(%error, "store compaction failed; trying again as the log grows");
+            self.retry_at_log_bytes = self.log_bytes + self.options.compact_log_bytes;
+        }
+    }
+
+    /// A running job writes nothing more once this returns (it waits for a write in progress).
+    fn supersede_job(&mut self) {
+        if let Some(shared) = self.job.take() {
+            *lock(&shared.superseded) = true;
+        }
     }
 
     /// Applies `ops` to the state, then writes their records in one append and (under
@@ -700,8 +1314,12 @@ impl FileStore {
             // The state changes even when a write fails: the broker carries on from memory
             // (refusing the acknowledgements that need the write) and the record is retried.
             self.state.apply(&op);
-            let (synced, max_len) = (self.synced_bytes, self.options.max_record_bytes);
-            if let Err(e) = encode_record(&op, synced, &mut self.buffer, max_len) {
+            let mut claim = self.synced_bytes;
+            if self.previous_log_synced {
+                claim |= PREVIOUS_LOG_SYNCED;
+            }
+            let max_len = self.options.max_record_bytes;
+            if let Err(e) = encode_record(&op, claim, &mut self.buffer, max_len) {
                 encode_error.get_or_insert(e);
             }
         }
@@ -724,15 +1342,8 @@ impl FileStore {
                 }
             }
         }
-        if self.compaction_due() {
-            // Amortised: the log has grown by at least the snapshot's size since the last one.
-            self.compact()?;
-        }
+        self.maybe_compact();
         Ok(())
-    }
-
-    fn compaction_due(&self) -> bool {
-        self.log_bytes > self.options.compact_log_bytes.max(self.snapshot_bytes)
     }
 
     /// `Periodic`: hands `buffer` to the file (no sync).
@@ -804,6 +1415,13 @@ impl FileStore {
 /// and the next successful write is a compaction (the state holds every op).
 const MAX_UNWRITTEN_BYTES: usize = 64 << 20;
 
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        // The directory lock goes with the store: a job must not write after it.
+        self.supersede_job();
+    }
+}
+
 impl Store for FileStore {
     fn state(&self) -> &DurableState {
         &self.state
@@ -825,6 +1443,13 @@ impl Store for FileStore {
             SyncPolicy::EveryWrite => self.write_and_sync(),
             SyncPolicy::Periodic { .. } => {
                 self.write_buffer()?;
+                self.poll_job();
+                if let Some(previous) = &mut self.previous_log {
+                    // Never the current log before the previous one (see `previous_log_synced`).
+                    previous.sync()?;
+                    self.previous_log_synced = true;
+                    self.previous_log = None;
+                }
                 if let Err(e) = self.log.sync() {
                     // Written pages the kernel failed to sync may be gone, and their records
                     // are no longer in memory: rewrite the whole state next time.
@@ -976,18 +1601,18 @@ mod tests {
         store.apply(last[0].clone()).unwrap();
         let len_after = store.log_bytes();
         drop(store);
-        let log = StdFs.read(&dir.path().join("log")).unwrap().unwrap();
+        let log = StdFs.read(&dir.path().join("log.0")).unwrap().unwrap();
         assert_eq!(log.len() as u64, len_after);
 
         for cut in len_before..len_after {
             let case = tempfile::tempdir().unwrap();
-            std::fs::write(case.path().join("log"), &log[..cut as usize]).unwrap();
+            std::fs::write(case.path().join("log.0"), &log[..cut as usize]).unwrap();
             let mut store = reopen(case.path());
             assert_eq!(store.state(), &fold(before), "cut at {cut}");
             let expect_truncated = cut - len_before;
             assert_eq!(store.recovery().truncated_bytes, expect_truncated);
             assert_eq!(
-                std::fs::metadata(case.path().join("log")).unwrap().len(),
+                std::fs::metadata(case.path().join("log.0")).unwrap().len(),
                 len_before
             );
             // The store carries on appending after the truncation.
@@ -1007,7 +1632,7 @@ mod tests {
             offsets.push(store.log_bytes() as usize);
         }
         drop(store);
-        (std::fs::read(dir.join("log")).unwrap(), offsets)
+        (std::fs::read(dir.join("log.0")).unwrap(), offsets)
     }
 
     fn salvage(dir: &Path) -> io::Result<FileStore> {
@@ -1032,7 +1657,7 @@ mod tests {
                 let mut damaged = log.clone();
                 damaged[byte] ^= 1 << bit;
                 let case = tempfile::tempdir().unwrap();
-                let path = case.path().join("log");
+                let path = case.path().join("log.0");
                 std::fs::write(&path, &damaged).unwrap();
                 let error =
                     FileStore::open(std_fs(), case.path(), SyncPolicy::EveryWrite).unwrap_err();
@@ -1053,8 +1678,8 @@ mod tests {
                 let salvaged = store.recovery().salvaged.clone().unwrap();
                 assert_eq!(salvaged.records_kept, 4);
                 assert_eq!(salvaged.skipped, [(start as u64, (end - start) as u64)]);
-                assert_eq!(salvaged.kept_as, case.path().join("log.damaged"));
-                assert_eq!(std::fs::read(&salvaged.kept_as).unwrap(), damaged);
+                assert_eq!(salvaged.kept_as, [case.path().join("log.0.damaged")]);
+                assert_eq!(std::fs::read(&salvaged.kept_as[0]).unwrap(), damaged);
                 drop(store);
                 // The salvaged store opens normally from now on.
                 assert_eq!(reopen(case.path()).state(), &fold(&without));
@@ -1074,7 +1699,7 @@ mod tests {
                 let mut damaged = log.clone();
                 damaged[byte] ^= 1 << bit;
                 let case = tempfile::tempdir().unwrap();
-                std::fs::write(case.path().join("log"), &damaged).unwrap();
+                std::fs::write(case.path().join("log.0"), &damaged).unwrap();
                 let store = reopen(case.path());
                 assert_eq!(
                     store.state(),
@@ -1109,13 +1734,13 @@ mod tests {
             }
         }
         drop(store);
-        let log = std::fs::read(dir.path().join("log")).unwrap();
+        let log = std::fs::read(dir.path().join("log.0")).unwrap();
         // Records 0-2 were synced (record 3 says so); records 3-5 were not.
         let open_damaged = |record: usize| {
             let mut damaged = log.clone();
             damaged[offsets[record] + RECORD_HEADER_LEN] ^= 1;
             let case = tempfile::tempdir().unwrap();
-            std::fs::write(case.path().join("log"), &damaged).unwrap();
+            std::fs::write(case.path().join("log.0"), &damaged).unwrap();
             let result = FileStore::open(std_fs(), case.path(), SyncPolicy::EveryWrite)
                 .map(|s| (s.state().clone(), s.recovery().truncated_bytes));
             (case, result)
@@ -1156,7 +1781,7 @@ mod tests {
         }));
         let (mut log, offsets) = log_with_offsets(dir.path(), &all);
         log[40] ^= 0x10;
-        std::fs::write(dir.path().join("log"), &log).unwrap();
+        std::fs::write(dir.path().join("log.0"), &log).unwrap();
         let damaged = offsets.iter().rposition(|&o| o <= 40).unwrap();
 
         let error = FileStore::open(std_fs(), dir.path(), SyncPolicy::EveryWrite).unwrap_err();
@@ -1178,40 +1803,37 @@ mod tests {
         assert_eq!(damaged, 0);
         assert_eq!(store.state().retained.len(), 49);
         assert_eq!(store.state().sessions["sub"].queued.len(), 200);
-        assert_eq!(std::fs::read(dir.path().join("log.damaged")).unwrap(), log);
+        assert_eq!(
+            std::fs::read(dir.path().join("log.0.damaged")).unwrap(),
+            log
+        );
     }
 
     #[test]
-    fn salvage_keeps_every_damaged_copy() {
+    fn salvage_never_overwrites_a_damaged_copy_kept_before() {
         let dir = tempfile::tempdir().unwrap();
         let all = ops(4);
         let (log, offsets) = log_with_offsets(dir.path(), &all);
-        let mut first = log.clone();
-        first[offsets[1] + 2] ^= 1;
-        std::fs::write(dir.path().join("log"), &first).unwrap();
-        drop(salvage(dir.path()).unwrap());
-        // Damage the rewritten log's only... the store is a snapshot now: damage a new log.
-        let mut store = reopen(dir.path());
-        for op in ops(3).into_iter().skip(1) {
-            store.apply(op).unwrap();
-        }
-        drop(store);
-        let path = dir.path().join("log");
-        let mut second = std::fs::read(&path).unwrap();
-        second[LOG_HEADER_LEN + 5] ^= 1;
-        std::fs::write(&path, &second).unwrap();
+        let mut damaged = log.clone();
+        damaged[offsets[1] + 2] ^= 1;
+        std::fs::write(dir.path().join("log.0"), &damaged).unwrap();
+        std::fs::write(
+            dir.path().join("log.0.damaged"),
+            b"kept by an earlier salvage",
+        )
+        .unwrap();
         let store = salvage(dir.path()).unwrap();
         assert_eq!(
             store.recovery().salvaged.as_ref().unwrap().kept_as,
-            dir.path().join("log.damaged.1")
+            [dir.path().join("log.0.damaged.1")]
         );
         assert_eq!(
-            std::fs::read(dir.path().join("log.damaged")).unwrap(),
-            first
+            std::fs::read(dir.path().join("log.0.damaged")).unwrap(),
+            b"kept by an earlier salvage"
         );
         assert_eq!(
-            std::fs::read(dir.path().join("log.damaged.1")).unwrap(),
-            second
+            std::fs::read(dir.path().join("log.0.damaged.1")).unwrap(),
+            damaged
         );
     }
 
@@ -1276,7 +1898,7 @@ mod tests {
     fn damaged_log_header_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         drop(write_all(dir.path(), FileStoreOptions::default(), &ops(1)));
-        let path = dir.path().join("log");
+        let path = dir.path().join("log.0");
         let mut log = std::fs::read(&path).unwrap();
         log[6] ^= 1;
         std::fs::write(&path, &log).unwrap();
@@ -1301,29 +1923,244 @@ mod tests {
         assert!(store.recovery().generation > 1);
     }
 
+    /// A compaction job stopped after each of its steps (as a crash would stop it: every
+    /// write is synced) leaves a store that opens with every op, resumes the compaction and
+    /// goes on.
     #[test]
-    fn a_compaction_interrupted_before_the_new_log_loses_nothing() {
+    fn a_compaction_stopped_after_any_step_loses_nothing() {
+        let all = ops(12);
+        for steps in 0..=5 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = write_all(dir.path(), FileStoreOptions::default(), &all[..5]);
+            // What `maybe_compact` does, with the job run by hand.
+            store.switch_to_next_log().unwrap();
+            store.retry_at_log_bytes = u64::MAX;
+            for op in &all[5..9] {
+                store.apply(op.clone()).unwrap();
+            }
+            let shared = Arc::new(JobState::default());
+            let mut job = CompactionJob {
+                fs: store.fs.clone(),
+                dir: dir.path().to_path_buf(),
+                gen: store.snapshot_gen,
+                shared: shared.clone(),
+                step: JobStep::Fold,
+                outcome: JobOutcome::default(),
+            };
+            for step in 0..steps {
+                // The fifth step reports the end.
+                assert_eq!(job.step(), step < 4);
+                assert!(job.outcome.error.is_none(), "{:?}", job.outcome.error);
+            }
+            if steps == 5 {
+                let outcome = lock(&shared.outcome).take().unwrap();
+                assert!(outcome.error.is_none() && outcome.spare_written);
+                assert!(outcome.snapshot_bytes.is_some());
+            }
+            drop(store);
+            let mut store = reopen(dir.path());
+            assert_eq!(
+                store.state(),
+                &fold(&all[..9]),
+                "stopped after {steps} steps"
+            );
+            assert_eq!(store.snapshot_generation(), 1, "resumed and finished");
+            for op in &all[9..] {
+                store.apply(op.clone()).unwrap();
+            }
+            drop(store);
+            assert_eq!(reopen(dir.path()).state(), &fold(&all), "steps {steps}");
+        }
+    }
+
+    /// `StdFs`, except that writing the snapshot waits at a gate (and says it got there).
+    struct GatedFs {
+        entered: std::sync::mpsc::SyncSender<()>,
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl FileSystem for GatedFs {
+        fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+            StdFs.read(path)
+        }
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+            StdFs.open_append(path)
+        }
+        fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+            StdFs.write_atomic(path, data)
+        }
+        fn write_atomic_with(
+            &self,
+            path: &Path,
+            write: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+        ) -> io::Result<()> {
+            if path.ends_with(SNAPSHOT_FILE) {
+                let _ = self.entered.try_send(());
+                let (open, opened) = &*self.gate;
+                let mut open = lock(open);
+                while !*open {
+                    open = opened.wait(open).unwrap();
+                }
+            }
+            StdFs.write_atomic_with(path, write)
+        }
+        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+            StdFs.truncate(path, len)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            StdFs.remove(path)
+        }
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            StdFs.create_dir_all(path)
+        }
+        fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+            StdFs.lock_dir(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            StdFs.list(dir)
+        }
+    }
+
+    /// Issue 14, defect 7: while a snapshot is being written (for as long as that takes), the
+    /// store goes on taking writes: the core never waits for a compaction.
+    #[test]
+    fn writes_go_on_while_a_snapshot_is_being_written() {
         let dir = tempfile::tempdir().unwrap();
-        let all = ops(10);
-        let (first, second) = all.split_at(5);
-        drop(write_all(dir.path(), FileStoreOptions::default(), first));
-        let old_log = std::fs::read(dir.path().join("log")).unwrap();
-        let mut store = reopen(dir.path());
-        for op in second {
+        let (entered, snapshot_started) = std::sync::mpsc::sync_channel(1);
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let fs = GatedFs {
+            entered,
+            gate: gate.clone(),
+        };
+        let options = FileStoreOptions {
+            compact_log_bytes: 300,
+            compaction: Compaction::Thread,
+            ..FileStoreOptions::default()
+        };
+        let mut store = FileStore::open_with(Arc::new(fs), dir.path(), options).unwrap();
+        // Should this test's writes wait for the snapshot, the gate would never open: a
+        // watchdog opens it, and says so.
+        let watchdog = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let (open, opened) = &*gate;
+                let (mut open, _) = opened
+                    .wait_timeout_while(lock(open), std::time::Duration::from_secs(20), |o| !*o)
+                    .unwrap();
+                let by_watchdog = !*open;
+                *open = true;
+                opened.notify_all();
+                by_watchdog
+            })
+        };
+        let all = ops(200);
+        let mut applied = 0;
+        while !store.compacting() {
+            store.apply(all[applied].clone()).unwrap();
+            applied += 1;
+        }
+        snapshot_started
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the job reached the snapshot");
+        for op in &all[applied..] {
             store.apply(op.clone()).unwrap();
         }
-        store.compact().unwrap();
+        store.sync().unwrap();
+        assert!(
+            store.compacting(),
+            "the snapshot was written without its gate"
+        );
+        {
+            let (open, opened) = &*gate;
+            let mut open = lock(open);
+            assert!(!*open, "the watchdog had to open the gate: a write waited");
+            *open = true;
+            opened.notify_all();
+        }
         drop(store);
-        // As if the crash came after the snapshot and before the log was replaced.
-        std::fs::write(dir.path().join("log"), &old_log).unwrap();
-        let mut store = reopen(dir.path());
-        assert!(store.recovery().stale_log_discarded);
-        assert_eq!(store.state(), &fold(&all));
-        store.apply(all[1].clone()).unwrap();
+        assert!(!watchdog.join().unwrap());
+        assert_eq!(reopen(dir.path()).state(), &fold(&all));
+    }
+
+    /// Under `Periodic` the switch to the next log does not wait for a sync of the old one. A
+    /// crash that tears the old log then makes every record of the next one a torn write too
+    /// (they follow the lost ones); once a sync covered the old log, records written after it
+    /// say so, and a damaged old log is corruption.
+    #[test]
+    fn a_torn_log_before_a_log_with_records_is_a_crash_only_before_it_was_synced() {
+        let options = FileStoreOptions {
+            sync: SyncPolicy::Periodic { interval_ms: 100 },
+            write_buffer_bytes: 0,
+            ..FileStoreOptions::default()
+        };
+        let all = ops(8);
+        for synced in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = FileStore::open_with(std_fs(), dir.path(), options).unwrap();
+            for op in &all[..5] {
+                store.apply(op.clone()).unwrap();
+            }
+            let old_len = store.log_bytes();
+            store.switch_to_next_log().unwrap();
+            store.retry_at_log_bytes = u64::MAX;
+            assert!(!store.previous_log_synced);
+            if synced {
+                store.sync().unwrap();
+                assert!(store.previous_log_synced);
+            }
+            for op in &all[5..] {
+                store.apply(op.clone()).unwrap();
+            }
+            drop(store);
+            // The crash tore the last record of the old log.
+            let old = dir.path().join("log.0");
+            let bytes = std::fs::read(&old).unwrap();
+            assert_eq!(bytes.len() as u64, old_len);
+            std::fs::write(&old, &bytes[..bytes.len() - 3]).unwrap();
+            let result = FileStore::open(std_fs(), dir.path(), SyncPolicy::EveryWrite);
+            if synced {
+                let error = result.unwrap_err().to_string();
+                assert!(error.contains("log.0"), "{error}");
+                assert!(error.contains("written after it"), "{error}");
+            } else {
+                let store = result.unwrap();
+                assert_eq!(store.state(), &fold(&all[..4]));
+                assert_eq!(store.generation(), 0, "appends go on in the old log");
+            }
+        }
+    }
+
+    /// `Compaction::Thread`: writes go on while the snapshot is written on its own thread, and
+    /// nothing is lost however the two interleave.
+    #[test]
+    fn compaction_on_a_thread_keeps_every_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = FileStoreOptions {
+            compact_log_bytes: 300,
+            compaction: Compaction::Thread,
+            ..FileStoreOptions::default()
+        };
+        let all = ops(300);
+        let mut store = FileStore::open_with(std_fs(), dir.path(), options).unwrap();
+        let mut saw_a_job = false;
+        for op in &all {
+            store.apply(op.clone()).unwrap();
+            saw_a_job |= store.compacting();
+        }
+        assert!(saw_a_job);
+        // Wait (bounded) for the last job, then one more write takes its outcome.
+        for _ in 0..500 {
+            store.sync().unwrap();
+            store.poll_job();
+            if !store.compacting() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!store.compacting());
+        assert!(store.snapshot_generation() > 1);
         drop(store);
-        let mut expected = all.clone();
-        expected.push(all[1].clone());
-        assert_eq!(reopen(dir.path()).state(), &fold(&expected));
+        assert_eq!(reopen(dir.path()).state(), &fold(&all));
     }
 
     #[test]
@@ -1349,6 +2186,10 @@ mod tests {
         /// The state the restarted host recovered.
         recovered: Option<DurableState>,
         recovery: Recovery,
+        /// A compaction job was running when the host last ran before the crash.
+        compacting: bool,
+        /// Compaction jobs started before the crash.
+        compactions: u64,
     }
 
     /// Runs a host that applies `ops` to a `FileStore` on turmoil's simulated disk (one op per
@@ -1389,8 +2230,14 @@ mod tests {
                         return Ok(());
                     }
                     for (i, op) in ops.iter().enumerate() {
+                        let before = store.generation();
                         store.apply(op.clone())?;
-                        run.lock().unwrap().applied.push(op.clone());
+                        {
+                            let mut run = run.lock().unwrap();
+                            run.applied.push(op.clone());
+                            run.compacting = store.compacting();
+                            run.compactions += store.generation() - before;
+                        }
                         if i % 5 == 4 {
                             store.sync()?;
                             run.lock().unwrap().synced = i + 1;
@@ -1450,6 +2297,42 @@ mod tests {
         }
     }
 
+    /// Compaction as the simulator runs it (`Compaction::Task`: a task, a timer between its
+    /// steps), with crashes at every moment, also in the middle of a compaction.
+    #[test]
+    fn sim_crash_during_a_background_compaction_keeps_exactly_the_synced_ops() {
+        let mut mid_compaction = 0;
+        for seed in 0..40u64 {
+            let ops = seeded_ops(seed, 60);
+            let options = FileStoreOptions {
+                sync: SyncPolicy::EveryWrite,
+                compact_log_bytes: 300,
+                compaction: Compaction::Task,
+                ..FileStoreOptions::default()
+            };
+            let run = crash_run(seed, options, ops);
+            let recovered = run.recovered.expect("the restarted host opened the store");
+            assert_eq!(
+                recovered,
+                fold(&run.applied),
+                "seed {seed}: {} ops applied before the crash",
+                run.applied.len()
+            );
+            assert_eq!(run.recovery.truncated_bytes, 0, "seed {seed}");
+            println!(
+                "seed {seed}: {} ops, {} compactions, compacting at the crash: {}",
+                run.applied.len(),
+                run.compactions,
+                run.compacting
+            );
+            mid_compaction += u32::from(run.compacting);
+        }
+        assert!(
+            mid_compaction >= 3,
+            "only {mid_compaction} crashes fell in a compaction; the test lost its teeth"
+        );
+    }
+
     #[test]
     fn sim_crash_under_periodic_keeps_a_prefix_no_shorter_than_the_last_sync() {
         let mut torn = 0;
@@ -1462,6 +2345,12 @@ mod tests {
                 // Hand every op to the (simulated) OS at once, so a crash finds unsynced and
                 // torn appends in the log.
                 write_buffer_bytes: 0,
+                // Both ways of compacting, in turn.
+                compaction: if seed % 2 == 0 {
+                    Compaction::Inline
+                } else {
+                    Compaction::Task
+                },
                 ..FileStoreOptions::default()
             };
             let run = crash_run(seed, options, ops);
@@ -1576,6 +2465,9 @@ mod tests {
         fn lock_dir(&self, dir: &Path) -> io::Result<crate::store::fs::DirLock> {
             StdFs.lock_dir(dir)
         }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            StdFs.list(dir)
+        }
     }
 
     /// A failed write leaves the op in the state and its record waiting; the next write cuts
@@ -1603,7 +2495,7 @@ mod tests {
         let log_bytes = store.log_bytes();
         drop(store);
         assert_eq!(
-            std::fs::metadata(dir.path().join("log")).unwrap().len(),
+            std::fs::metadata(dir.path().join("log.0")).unwrap().len(),
             log_bytes
         );
         let reopened = reopen(dir.path());

@@ -20,6 +20,19 @@ pub trait FileSystem: Send + Sync + 'static {
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
     /// Replaces `path` with `data` atomically and durably (temporary file, sync, rename).
     fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// `write_atomic` of whatever `write` writes, handed to the file as it comes (a large
+    /// snapshot is never one buffer). The default gathers it first.
+    fn write_atomic_with(
+        &self,
+        path: &Path,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut data = Vec::new();
+        write(&mut data)?;
+        self.write_atomic(path, &data)
+    }
+    /// The names of the entries of `dir` (in no particular order).
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Cuts `path` to `len` bytes (used to drop a torn tail) and syncs it.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Removes `path`; not an error when it does not exist.
@@ -133,12 +146,20 @@ macro_rules! fs_impl {
             }
 
             fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+                self.write_atomic_with(path, &mut |w| w.write_all(data))
+            }
+
+            fn write_atomic_with(
+                &self,
+                path: &Path,
+                write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+            ) -> io::Result<()> {
                 use $fs as f;
                 let tmp = temp_path(path);
                 {
-                    let mut file = f::File::create(&tmp)?;
-                    file.write_all(data)?;
-                    file.sync_all()?;
+                    let mut file = io::BufWriter::with_capacity(1 << 20, f::File::create(&tmp)?);
+                    write(&mut file)?;
+                    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                 }
                 f::rename(&tmp, path)?;
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -186,6 +207,15 @@ macro_rules! fs_impl {
 
             fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
                 $lock_dir(dir)
+            }
+
+            fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+                use $fs as f;
+                let mut names = Vec::new();
+                for entry in f::read_dir(dir)? {
+                    names.push(entry?.file_name().to_string_lossy().into_owned());
+                }
+                Ok(names)
             }
         }
     };
@@ -304,6 +334,9 @@ pub(crate) mod testing {
         }
         fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
             StdFs.lock_dir(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            StdFs.list(dir)
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod encoding;
 pub mod file;
 pub mod fs;
 
-pub use file::{FileStore, FileStoreOptions, Recovery, RecoveryMode, Salvaged};
+pub use file::{Compaction, FileStore, FileStoreOptions, Recovery, RecoveryMode, Salvaged};
 
 use bytes::Bytes;
 
