@@ -2164,6 +2164,29 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_log_is_an_error_and_salvage_starts_from_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = ops(6);
+        let mut store = write_all(dir.path(), FileStoreOptions::default(), &all[..3]);
+        store.compact().unwrap();
+        for op in &all[3..] {
+            store.apply(op.clone()).unwrap();
+        }
+        let log = store.log_path.clone();
+        drop(store);
+        std::fs::remove_file(&log).unwrap();
+        let error = FileStore::open(std_fs(), dir.path(), SyncPolicy::EveryWrite).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(&log.display().to_string()), "{text}");
+        assert!(
+            text.contains("missing") && text.contains("--salvage"),
+            "{text}"
+        );
+        let store = salvage(dir.path()).unwrap();
+        assert_eq!(store.state(), &fold(&all[..3]));
+    }
+
+    #[test]
     fn a_log_newer_than_its_snapshot_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = write_all(dir.path(), FileStoreOptions::default(), &ops(2));
