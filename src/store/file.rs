@@ -2056,6 +2056,7 @@ mod tests {
         let all = ops(200);
         let mut applied = 0;
         while !store.compacting() {
+            assert!(applied < all.len(), "no compaction ran beside the writes");
             store.apply(all[applied].clone()).unwrap();
             applied += 1;
         }
