@@ -92,7 +92,7 @@ fn run(subscribers: u64, qos: QoS, messages: u64) {
                 }
             }
         }
-        core.flush_store();
+        core.flush_store(now, &mut out);
     }
     let secs = start.elapsed().as_secs_f64();
     println!(

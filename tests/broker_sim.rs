@@ -17,7 +17,7 @@ use simqtt::codec::{
     SubscriptionOptions, TopicFilter, TopicName, DEFAULT_MAX_PACKET_SIZE,
 };
 use simqtt::store::fs::{SharedFs, SimFs};
-use simqtt::store::{FileStore, MemoryStore, Store, SyncPolicy};
+use simqtt::store::{Compaction, FileStore, FileStoreOptions, MemoryStore, Store, SyncPolicy};
 use simqtt::transport::sim::{SimConnector, SimListener};
 use simqtt::transport::{BoxStream, Connector, FramedRead, FramedWrite};
 use tokio::sync::Notify;
@@ -309,7 +309,15 @@ fn crash_run(seed: u64) -> Ledger {
         .build();
     sim.host("broker", move || async move {
         let fs: SharedFs = Arc::new(SimFs);
-        let store = FileStore::open(fs, Path::new("/var/lib/simqtt"), SyncPolicy::EveryWrite)?;
+        let options = FileStoreOptions {
+            sync: SyncPolicy::EveryWrite,
+            // Compactions all along the traffic, off the core as the broker runs them, so the
+            // crash falls in one now and then.
+            compact_log_bytes: 2048,
+            compaction: Compaction::Task,
+            ..FileStoreOptions::default()
+        };
+        let store = FileStore::open_with(fs, Path::new("/var/lib/simqtt"), options)?;
         let config = BrokerConfig {
             rng_seed: Some(seed),
             sys_interval_secs: 0,

@@ -199,6 +199,8 @@ pub struct Core {
     /// Connections the server stopped reading (back-pressure): exempt from keepalive, since
     /// their silence is the broker's doing.
     paused: BTreeSet<ConnId>,
+    /// Whether the store writes, and the acknowledgements waiting on it (`store_health.rs`).
+    store_health: store_health::StoreHealth,
 }
 
 impl std::fmt::Debug for Core {
@@ -256,6 +258,7 @@ impl Core {
             pending_ops: Vec::new(),
             full_sessions: BTreeSet::new(),
             paused: BTreeSet::new(),
+            store_health: Default::default(),
         };
         let loaded: Vec<(String, StoredSession)> = core
             .store
@@ -325,7 +328,7 @@ impl Core {
             core.stats.wills_published += 1;
             core.publish(Some(sid), will.message, now, &mut ignored);
         }
-        core.flush_store();
+        core.flush_store(now, &mut Vec::new());
         if core.config.sys_interval_secs > 0 {
             core.timers.insert((now, Timer::Sys));
         }
@@ -373,6 +376,7 @@ impl Core {
             .received
             .load(std::sync::atomic::Ordering::Relaxed);
         stats.bytes_sent = self.bytes.sent.load(std::sync::atomic::Ordering::Relaxed);
+        stats.store_failure = self.store_status();
         stats
     }
 
@@ -500,8 +504,8 @@ impl Core {
         self.timers.first().map(|(at, _)| *at)
     }
 
-    /// A packet decoded on `conn`.
-    pub fn handle(&mut self, conn: ConnId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
+    /// A packet decoded on `conn` (through `handle`, which first weighs the store's health).
+    fn handle_packet(&mut self, conn: ConnId, packet: Packet, now: Instant, out: &mut Vec<Action>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             // Closed already: whatever the client sent after is ignored [MQTT-3.1.4-5].
             return;
@@ -718,7 +722,7 @@ impl Core {
                     self.timers.insert((at, Timer::Sys));
                 }
                 Timer::Sync => {
-                    self.sync_store();
+                    self.sync_store(now, out);
                     let at = now + Duration::from_millis(self.config.sync_interval_ms);
                     self.timers.insert((at, Timer::Sync));
                 }
@@ -814,7 +818,7 @@ impl Core {
 
     /// Closes every connection (5.0 clients are told why), keeps persistent sessions, syncs the
     /// store. Wills are not published: the clients did not fail.
-    pub fn shutdown(&mut self, out: &mut Vec<Action>) {
+    pub fn shutdown(&mut self, now: Instant, out: &mut Vec<Action>) {
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn in conns {
             self.send_disconnect_v5(conn, ReasonCode::ServerShuttingDown, out);
@@ -826,7 +830,7 @@ impl Core {
         }
         self.conns.clear();
         self.online_count = 0;
-        self.sync_store();
+        self.sync_store(now, out);
     }
 
     // ----- connection lifecycle -----
@@ -2117,36 +2121,7 @@ impl Core {
         }
     }
 
-    // ----- the store -----
-
-    /// Writes the store ops gathered since the last call as one batch (group commit: under
-    /// `every-write` one sync for all of them). The I/O layer calls it after every batch of
-    /// events and BEFORE it carries out the resulting actions, so no acknowledgement leaves
-    /// before the state it promises is durable. The core does no I/O between gathering and
-    /// flushing, so a crash cannot fall in between.
-    pub fn flush_store(&mut self) {
-        if self.pending_ops.is_empty() {
-            return;
-        }
-        let ops = std::mem::take(&mut self.pending_ops);
-        if let Err(error) = self.store.apply_batch(ops) {
-            self.stats.store_errors += 1;
-            tracing::error!(%error, "store write failed; carrying on from memory");
-        }
-    }
-
-    /// Ops gathered and not yet written by `flush_store`.
-    pub fn pending_store_ops(&self) -> usize {
-        self.pending_ops.len()
-    }
-
-    fn sync_store(&mut self) {
-        self.flush_store();
-        if let Err(error) = self.store.sync() {
-            self.stats.store_errors += 1;
-            tracing::error!(%error, "store sync failed");
-        }
-    }
+    // ----- the store: `store_health.rs` (flush_store, sync_store, handle) -----
 }
 
 /// True when `session`'s in-flight ids climb from front to back (see `alloc_packet_id`), as
@@ -2214,5 +2189,9 @@ fn disconnect(reason_code: ReasonCode) -> Packet {
     })
 }
 
+mod store_health;
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_store;

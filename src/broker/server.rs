@@ -25,7 +25,8 @@
 //! - a connection takes everything queued (up to a batch bound) before one write;
 //! - payloads travel as `Bytes`, shared by every subscriber's copy of a message;
 //! - the store ops of one batch of events are written together (`Core::flush_store`, one
-//!   fsync under `every-write`) before the batch's acknowledgements are handed to writers. The
+//!   fsync under `every-write`) before the batch's acknowledgements are handed to writers (when
+//!   the write fails, those acknowledgements are withdrawn: `core/store_health.rs`). The
 //!   write runs on the core task: with a file store on a real disk the fsync bounds the rate of
 //!   persistent-session traffic, while the connection tasks keep reading and writing.
 //!
@@ -258,13 +259,15 @@ impl Broker {
             }
             // Subscribers may have made room (acknowledgements, timers, ends).
             driver.resume(&mut core, Instant::now());
-            // Durable first, then the packets that depend on it (acknowledgements).
-            core.flush_store();
+            // Durable first, then the packets that depend on it (acknowledgements; those whose
+            // write failed are withdrawn here).
+            core.flush_store(Instant::now(), &mut driver.actions);
             driver.execute(&mut core);
         }
         acceptor.abort();
-        core.shutdown(&mut driver.actions);
-        core.flush_store();
+        let now = Instant::now();
+        core.shutdown(now, &mut driver.actions);
+        core.flush_store(now, &mut driver.actions);
         driver.execute(&mut core);
         drop(driver);
         drop(alive_tx);
@@ -487,7 +490,7 @@ impl Driver {
             }
             drop(actions);
             // A connection ended above may have published a will.
-            core.flush_store();
+            core.flush_store(now, &mut self.actions);
         }
         self.executing = batch;
         // Every packet of this batch is queued: now the connections may write them, each

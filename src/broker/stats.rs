@@ -59,8 +59,13 @@ pub struct Stats {
     pub subscriptions: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
-    /// Store operations that failed (the broker carries on from memory).
+    /// Store writes that failed (the broker carries on from memory and retries them).
     pub store_errors: u64,
+    /// Acknowledgements refused or withdrawn because the store could not write what they
+    /// promise (docs/reliability.md).
+    pub store_refused: u64,
+    /// Why the store is failing now; `None` while it writes.
+    pub store_failure: Option<String>,
 }
 
 impl Stats {
@@ -157,6 +162,14 @@ impl Stats {
             ),
             ("$SYS/broker/bytes/sent", self.bytes_sent.to_string()),
             ("$SYS/broker/store/errors", self.store_errors.to_string()),
+            ("$SYS/broker/store/refused", self.store_refused.to_string()),
+            (
+                "$SYS/broker/store/status",
+                match &self.store_failure {
+                    None => "ok".to_string(),
+                    Some(error) => format!("failing: {error}"),
+                },
+            ),
         ]
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use simqtt::broker::{self, BrokerConfig, SyncMode};
 use simqtt::store::fs::StdFs;
-use simqtt::store::{FileStore, MemoryStore, Store, SyncPolicy};
+use simqtt::store::{
+    Compaction, FileStore, FileStoreOptions, MemoryStore, RecoveryMode, Store, SyncPolicy,
+};
 use simqtt::transport::tcp::TcpListener;
 
 #[derive(clap::Args)]
@@ -24,10 +26,23 @@ pub struct Args {
     /// TOML configuration file; docs/broker.toml documents every option with its default.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Start even though the store's log is damaged (damage followed by intact records, which
+    /// the broker otherwise refuses to start with): the log is copied aside (DATA_DIR/log.damaged)
+    /// and the store is rewritten from every intact record; the damaged ones are lost. Meant
+    /// for one start after reading that error; docs/reliability.md says more.
+    #[arg(long)]
+    salvage: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::init_logging("info");
+    // A write beyond the file size limit (`ulimit -f`) must fail with EFBIG, which the store
+    // reports like a full disk, rather than kill the broker with SIGXFSZ (whose default action
+    // is to end the process and dump core).
+    // SAFETY: `signal` with SIG_IGN installs no handler code; nothing else is touched.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 
     let mut config = match &args.config {
         Some(path) => {
@@ -56,6 +71,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     config.authenticator = load_authenticator(&config, args.config.as_deref())?;
 
+    if args.salvage && config.data_dir.is_none() {
+        anyhow::bail!("--salvage repairs a data directory: give --data-dir (or data_dir)");
+    }
     let store: Box<dyn Store> = match &config.data_dir {
         Some(dir) => {
             let policy = match config.sync {
@@ -64,7 +82,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     interval_ms: config.sync_interval_ms,
                 },
             };
-            let store = FileStore::open(Arc::new(StdFs), dir, policy)
+            let options = FileStoreOptions {
+                sync: policy,
+                recovery: if args.salvage {
+                    RecoveryMode::Salvage
+                } else {
+                    RecoveryMode::Strict
+                },
+                // Snapshots are written off the core, which keeps serving meanwhile.
+                compaction: Compaction::Thread,
+                ..FileStoreOptions::default()
+            };
+            let store = FileStore::open_with(Arc::new(StdFs), dir, options)
                 .with_context(|| format!("opening the store in {}", dir.display()))?;
             Box::new(store)
         }

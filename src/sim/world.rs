@@ -37,7 +37,7 @@ use crate::history::{
 };
 use crate::scenario::{ClientSpec, FilterSpec, Persistence};
 use crate::store::fs::{SharedFs, SimFs};
-use crate::store::{FileStore, MemoryStore, Store, SyncPolicy};
+use crate::store::{Compaction, FileStore, FileStoreOptions, MemoryStore, Store, SyncPolicy};
 use crate::transport::fault::{FaultConnector, FaultControl};
 use crate::transport::sim::{SimConnector, SimListener};
 use crate::transport::Connector;
@@ -352,10 +352,16 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
         let shared = shared.clone();
         async move {
             let store: Box<dyn Store> = if durable {
-                Box::new(FileStore::open(
+                let options = FileStoreOptions {
+                    sync: SyncPolicy::EveryWrite,
+                    // As `simqtt broker` does, off the core; a task here (no OS thread).
+                    compaction: Compaction::Task,
+                    ..FileStoreOptions::default()
+                };
+                Box::new(FileStore::open_with(
                     Arc::new(SimFs),
                     Path::new(BROKER_DIR),
-                    SyncPolicy::EveryWrite,
+                    options,
                 )?)
             } else {
                 Box::new(MemoryStore::new())

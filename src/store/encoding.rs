@@ -306,31 +306,82 @@ const OUTGOING_PUBREL: u8 = 1;
 
 /// Appends the encoding of the whole state (a snapshot body) to `out`.
 pub fn encode_state(state: &DurableState, out: &mut Vec<u8>) {
-    put_varint(out, state.sessions.len() as u64);
+    let mut sink = |chunk: &[u8]| {
+        out.extend_from_slice(chunk);
+        Ok(())
+    };
+    encode_state_to(state, &mut sink).expect("a vector takes every chunk");
+}
+
+/// Bytes gathered before `encode_state_to` hands them on.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Gathers encoded bytes and hands them to a sink about every `chunk_bytes`.
+struct Chunks<'a> {
+    buf: Vec<u8>,
+    chunk_bytes: usize,
+    sink: &'a mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+}
+
+impl Chunks<'_> {
+    fn maybe_flush(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= self.chunk_bytes {
+            (self.sink)(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// The encoding of `encode_state`, handed to `sink` in chunks (of about a MiB, each message
+/// whole), so that a snapshot of a large state is written without being one buffer.
+pub fn encode_state_to(
+    state: &DurableState,
+    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    encode_state_in_chunks(state, CHUNK_BYTES, sink)
+}
+
+fn encode_state_in_chunks(
+    state: &DurableState,
+    chunk_bytes: usize,
+    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut c = Chunks {
+        buf: Vec::with_capacity(chunk_bytes.min(64 << 10)),
+        chunk_bytes,
+        sink,
+    };
+    put_varint(&mut c.buf, state.sessions.len() as u64);
     for (client_id, s) in &state.sessions {
+        let out = &mut c.buf;
         put_bytes(out, client_id.as_bytes());
         put_opt_u32(out, s.expiry_interval_secs);
         out.push(s.protocol_level);
         put_u16(out, s.next_packet_id);
         put_varint(out, s.subscriptions.len() as u64);
         for (filter, subscription) in &s.subscriptions {
-            put_subscription(out, filter, subscription);
+            put_subscription(&mut c.buf, filter, subscription);
+            c.maybe_flush()?;
         }
-        put_varint(out, s.outgoing.len() as u64);
+        put_varint(&mut c.buf, s.outgoing.len() as u64);
         for (packet_id, state) in &s.outgoing {
-            put_u16(out, *packet_id);
+            put_u16(&mut c.buf, *packet_id);
             match state {
                 OutgoingState::Publish(message) => {
-                    out.push(OUTGOING_PUBLISH);
-                    put_message(out, message);
+                    c.buf.push(OUTGOING_PUBLISH);
+                    put_message(&mut c.buf, message);
                 }
-                OutgoingState::PubRel => out.push(OUTGOING_PUBREL),
+                OutgoingState::PubRel => c.buf.push(OUTGOING_PUBREL),
             }
+            c.maybe_flush()?;
         }
-        put_varint(out, s.queued.len() as u64);
+        put_varint(&mut c.buf, s.queued.len() as u64);
         for message in &s.queued {
-            put_message(out, message);
+            put_message(&mut c.buf, message);
+            c.maybe_flush()?;
         }
+        let out = &mut c.buf;
         put_varint(out, s.incoming_qos2.len() as u64);
         for packet_id in &s.incoming_qos2 {
             put_u16(out, *packet_id);
@@ -342,11 +393,17 @@ pub fn encode_state(state: &DurableState, out: &mut Vec<u8>) {
                 put_will(out, will);
             }
         }
+        c.maybe_flush()?;
     }
-    put_varint(out, state.retained.len() as u64);
+    put_varint(&mut c.buf, state.retained.len() as u64);
     for message in state.retained.values() {
-        put_message(out, message);
+        put_message(&mut c.buf, message);
+        c.maybe_flush()?;
     }
+    if !c.buf.is_empty() {
+        (c.sink)(&c.buf)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -921,6 +978,24 @@ pub(crate) mod tests {
             let mut buf = Vec::new();
             encode_state(&state, &mut buf);
             prop_assert_eq!(decode_state(&buf), Ok(state));
+        }
+
+        #[test]
+        fn a_state_in_chunks_is_the_state_whole(ops in arb_ops(60), chunk in 1usize..200) {
+            let mut state = DurableState::default();
+            for op in &ops {
+                state.apply(op);
+            }
+            let mut whole = Vec::new();
+            encode_state(&state, &mut whole);
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            encode_state_in_chunks(&state, chunk, &mut |c| {
+                chunks.push(c.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            prop_assert!(chunks.iter().all(|c| !c.is_empty()));
+            prop_assert_eq!(chunks.concat(), whole);
         }
 
         #[test]

@@ -16,7 +16,7 @@ pub mod encoding;
 pub mod file;
 pub mod fs;
 
-pub use file::{FileStore, FileStoreOptions, Recovery};
+pub use file::{Compaction, FileStore, FileStoreOptions, Recovery, RecoveryMode, Salvaged};
 
 use bytes::Bytes;
 
@@ -222,8 +222,11 @@ pub trait Store: Send + 'static {
     /// The state after every op applied so far; right after opening, the state recovered from
     /// disk (empty for a new store).
     fn state(&self) -> &DurableState;
-    /// Applies `op` to the state and makes it durable per the sync policy. An I/O error is
-    /// returned (the broker logs it and carries on from memory).
+    /// Applies `op` to the state and makes it durable per the sync policy. On an I/O error the
+    /// op is in the state all the same, and it is not lost for the disk: the next `apply` or
+    /// `sync` writes it (before anything newer) once the disk takes it. Until a call returns
+    /// `Ok`, nothing that depends on the op may be acknowledged (the broker refuses those
+    /// acknowledgements and says so in its log and `$SYS`).
     fn apply(&mut self, op: StoreOp) -> std::io::Result<()>;
     /// Applies several ops as one write (group commit): under `SyncPolicy::EveryWrite` one
     /// sync covers them all, so e.g. a message queued for 100 offline sessions costs one fsync,
@@ -239,7 +242,7 @@ pub trait Store: Send + 'static {
         }
         result
     }
-    /// Forces pending writes to disk.
+    /// Forces pending writes to disk (and retries those that failed).
     fn sync(&mut self) -> std::io::Result<()>;
 }
 

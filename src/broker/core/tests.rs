@@ -6,12 +6,12 @@ use super::*;
 use crate::codec::{ConnectProperties, SubscribeProperties, TopicFilter, WillProperties};
 use crate::store::MemoryStore;
 
-struct Harness {
-    core: Core,
-    now: Instant,
+pub(super) struct Harness {
+    pub(super) core: Core,
+    pub(super) now: Instant,
 }
 
-fn config() -> BrokerConfig {
+pub(super) fn config() -> BrokerConfig {
     BrokerConfig {
         sys_interval_secs: 0,
         sync_interval_ms: 0,
@@ -20,11 +20,11 @@ fn config() -> BrokerConfig {
     }
 }
 
-fn pid(n: u16) -> PacketId {
+pub(super) fn pid(n: u16) -> PacketId {
     NonZeroU16::new(n).unwrap()
 }
 
-fn connect_packet(client_id: &str, clean: bool, protocol: ProtocolVersion) -> Connect {
+pub(super) fn connect_packet(client_id: &str, clean: bool, protocol: ProtocolVersion) -> Connect {
     Connect {
         protocol,
         clean_start: clean,
@@ -37,7 +37,7 @@ fn connect_packet(client_id: &str, clean: bool, protocol: ProtocolVersion) -> Co
     }
 }
 
-fn publish(topic: &str, payload: &str, qos_pid: QosPid, retain: bool) -> Packet {
+pub(super) fn publish(topic: &str, payload: &str, qos_pid: QosPid, retain: bool) -> Packet {
     Packet::Publish(Publish {
         dup: false,
         qos_pid,
@@ -48,7 +48,7 @@ fn publish(topic: &str, payload: &str, qos_pid: QosPid, retain: bool) -> Packet 
     })
 }
 
-fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
+pub(super) fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe {
         packet_id: pid(id),
         properties: SubscribeProperties::default(),
@@ -70,7 +70,7 @@ fn will(topic: &str, payload: &str) -> Will {
 }
 
 /// Packets sent to `conn` among `actions`.
-fn sent(actions: &[Action], conn: ConnId) -> Vec<Packet> {
+pub(super) fn sent(actions: &[Action], conn: ConnId) -> Vec<Packet> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -80,7 +80,7 @@ fn sent(actions: &[Action], conn: ConnId) -> Vec<Packet> {
         .collect()
 }
 
-fn closed(actions: &[Action], conn: ConnId) -> bool {
+pub(super) fn closed(actions: &[Action], conn: ConnId) -> bool {
     actions
         .iter()
         .any(|a| matches!(a, Action::Close { conn: c } if *c == conn))
@@ -104,7 +104,7 @@ fn publishes(actions: &[Action], conn: ConnId) -> Vec<(String, String, u8, bool,
         .collect()
 }
 
-fn connack(actions: &[Action], conn: ConnId) -> Option<ConnAck> {
+pub(super) fn connack(actions: &[Action], conn: ConnId) -> Option<ConnAck> {
     sent(actions, conn).into_iter().find_map(|p| match p {
         Packet::ConnAck(c) => Some(c),
         _ => None,
@@ -112,11 +112,11 @@ fn connack(actions: &[Action], conn: ConnId) -> Option<ConnAck> {
 }
 
 impl Harness {
-    fn new(config: BrokerConfig) -> Harness {
+    pub(super) fn new(config: BrokerConfig) -> Harness {
         Harness::with_store(config, Box::new(MemoryStore::new()))
     }
 
-    fn with_store(config: BrokerConfig, store: Box<dyn Store>) -> Harness {
+    pub(super) fn with_store(config: BrokerConfig, store: Box<dyn Store>) -> Harness {
         let now = Instant::now();
         Harness {
             core: Core::new(config, store, Arc::new(ByteCounters::default()), now),
@@ -124,24 +124,24 @@ impl Harness {
         }
     }
 
-    fn open(&mut self, conn: ConnId) {
+    pub(super) fn open(&mut self, conn: ConnId) {
         self.core.opened(conn, format!("peer-{conn}"), self.now);
     }
 
-    fn send(&mut self, conn: ConnId, packet: Packet) -> Vec<Action> {
+    pub(super) fn send(&mut self, conn: ConnId, packet: Packet) -> Vec<Action> {
         let mut out = Vec::new();
         self.core.handle(conn, packet, self.now, &mut out);
-        self.core.flush_store();
+        self.core.flush_store(self.now, &mut out);
         out
     }
 
-    fn connect_with(&mut self, conn: ConnId, connect: Connect) -> Vec<Action> {
+    pub(super) fn connect_with(&mut self, conn: ConnId, connect: Connect) -> Vec<Action> {
         self.open(conn);
         self.send(conn, Packet::Connect(Box::new(connect)))
     }
 
     /// Connects a 3.1.1 client and returns its session-present flag.
-    fn connect(&mut self, conn: ConnId, client_id: &str, clean: bool) -> bool {
+    pub(super) fn connect(&mut self, conn: ConnId, client_id: &str, clean: bool) -> bool {
         let out = self.connect_with(
             conn,
             connect_packet(client_id, clean, ProtocolVersion::V311),
@@ -151,19 +151,19 @@ impl Harness {
         ack.session_present
     }
 
-    fn end(&mut self, conn: ConnId) -> Vec<Action> {
+    pub(super) fn end(&mut self, conn: ConnId) -> Vec<Action> {
         let mut out = Vec::new();
         self.core
             .ended(conn, EndCause::PeerClosed, self.now, &mut out);
-        self.core.flush_store();
+        self.core.flush_store(self.now, &mut out);
         out
     }
 
-    fn advance(&mut self, secs: f64) -> Vec<Action> {
+    pub(super) fn advance(&mut self, secs: f64) -> Vec<Action> {
         self.now += Duration::from_secs_f64(secs);
         let mut out = Vec::new();
         self.core.on_timer(self.now, &mut out);
-        self.core.flush_store();
+        self.core.flush_store(self.now, &mut out);
         out
     }
 }
@@ -819,7 +819,7 @@ fn kick_and_shutdown() {
     assert_eq!(publishes(&out, 9)[0].1, "kicked");
     assert!(!h.core.kick("k", h.now, &mut out));
     let mut out = Vec::new();
-    h.core.shutdown(&mut out);
+    h.core.shutdown(h.now, &mut out);
     assert!(closed(&out, 9));
     assert!(h.core.clients().is_empty());
 }
@@ -860,7 +860,7 @@ fn store_ops_are_written_as_one_batch_before_actions_run() {
     assert_eq!(sent(&out, 1), [Packet::PubAck(Ack::new(pid(1)))]);
     assert_eq!(h.core.pending_store_ops(), 1);
     assert!(h.core.store().state().sessions["sub"].queued.is_empty());
-    h.core.flush_store();
+    h.core.flush_store(h.now, &mut out);
     assert_eq!(h.core.pending_store_ops(), 0);
     assert_eq!(h.core.store().state().sessions["sub"].queued.len(), 1);
     // Clean sessions never reach the store.
@@ -975,7 +975,7 @@ fn random_operations_keep_invariants() {
                     let mut out = Vec::new();
                     h.core
                         .kick(["x", "y", "z"][rng.random_range(0..3)], h.now, &mut out);
-                    h.core.flush_store();
+                    h.core.flush_store(h.now, &mut out);
                     out
                 }
                 3 => {
