@@ -47,6 +47,17 @@ pub struct BrokerConfig {
     /// A larger packet closes that connection. Default 1048576 (1 MiB). 5.0 clients are told
     /// this in CONNACK (Maximum Packet Size).
     pub max_packet_size: u32,
+    /// Most levels a topic name or filter may have (`a/b/c` has 3; every `/` adds one). A
+    /// SUBSCRIBE filter beyond it is refused (3.1.1 SUBACK 0x80, 5.0 0x8F Topic Filter
+    /// invalid); a PUBLISH beyond it is refused (3.1.1: the connection is closed, 3.1.1 having
+    /// no way to refuse one message; 5.0: PUBACK/PUBREC 0x90 Topic Name invalid at QoS 1/2,
+    /// DISCONNECT 0x90 at QoS 0, which has no acknowledgement to carry it), and so is a CONNECT
+    /// whose will topic is beyond it (5.0 CONNACK 0x90; 3.1.1 closes without CONNACK, none of
+    /// its return codes applying). A stored subscription beyond it is dropped, with a warning,
+    /// when the broker loads its store. Default 128, as EMQX (`max_topic_levels`); mosquitto
+    /// allows 201 (`TOPIC_HIERARCHY_LIMIT`, after CVE-2019-11779). At most 65536, the most a
+    /// 65535-byte topic can have.
+    pub max_topic_levels: usize,
     /// Most clients connected at once; a CONNECT beyond it gets CONNACK "server unavailable"
     /// (3.1.1 code 3, 5.0 0x88). Default 100000. Sockets that have not yet sent CONNECT are
     /// bounded too, at `max_connections + 1024`; beyond that new sockets are closed at once.
@@ -109,6 +120,10 @@ pub struct BrokerConfig {
     pub authenticator: Authenticator,
 }
 
+/// The most levels a topic of 65535 bytes can have: `max_topic_levels` above it would mean the
+/// same.
+const MAX_TOPIC_LEVELS_LIMIT: usize = 65_536;
+
 /// The store's sync policy as the configuration file spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -130,6 +145,7 @@ impl Default for BrokerConfig {
             password_file: None,
             acl_file: None,
             max_packet_size: 1024 * 1024,
+            max_topic_levels: 128,
             max_connections: 100_000,
             max_inflight_messages: 128,
             max_incoming_qos2: 1024,
@@ -209,6 +225,13 @@ impl BrokerConfig {
             if secs > DAY_SECS {
                 return invalid(field, secs.to_string(), "must be at most one day");
             }
+        }
+        if !(1..=MAX_TOPIC_LEVELS_LIMIT).contains(&self.max_topic_levels) {
+            return invalid(
+                "max_topic_levels",
+                self.max_topic_levels.to_string(),
+                "must be from 1 to 65536 (a topic is at most 65535 bytes)",
+            );
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "0".into(), "must be at least 1");

@@ -275,6 +275,30 @@ impl Core {
                 core.timers
                     .insert((at, Timer::SessionExpiry(client_id.clone())));
             }
+            // A subscription beyond `max_topic_levels` (stored before the limit existed, or
+            // under a larger one) is dropped here rather than served: it is what a client
+            // could no longer subscribe to, and loading it must not endanger the broker.
+            let too_deep: Vec<TopicFilter> = stored
+                .subscriptions
+                .keys()
+                .filter(|f| topic_levels(f) > core.config.max_topic_levels)
+                .cloned()
+                .collect();
+            let mut stored = stored;
+            for filter in too_deep {
+                tracing::warn!(
+                    client_id = &*client_id,
+                    levels = topic_levels(&filter),
+                    max_topic_levels = core.config.max_topic_levels,
+                    "dropping a stored subscription with more levels than max_topic_levels"
+                );
+                let op = StoreOp::Unsubscribed {
+                    client_id: id.clone(),
+                    filter,
+                };
+                stored.apply(&op);
+                core.pending_ops.push(op);
+            }
             let routes: Vec<(TopicFilter, Route)> = stored
                 .subscriptions
                 .iter()
@@ -879,6 +903,15 @@ impl Core {
         };
         let mut will = connect.will;
         if let Some(w) = &will {
+            if topic_levels(&w.topic) > self.config.max_topic_levels {
+                tracing::info!(conn, "will topic has more levels than max_topic_levels");
+                if v5 {
+                    return self.refuse(conn, protocol, ReasonCode::TopicNameInvalid, now, out);
+                }
+                // [MQTT-3.2.2-6] no 3.1.1 return code applies: close without CONNACK.
+                self.stats.connections_refused += 1;
+                return self.end_connection(conn, false, now, out);
+            }
             if w.topic.starts_with('$')
                 || !self
                     .config
@@ -1348,6 +1381,9 @@ impl Core {
                 out,
             );
         }
+        if topic_levels(&publish.topic) > self.config.max_topic_levels {
+            return self.topic_too_deep(conn, publish.qos_pid, v5, now, out);
+        }
         if v5 && publish.qos().as_u8() > self.config.max_qos {
             return self.violation(
                 conn,
@@ -1466,6 +1502,35 @@ impl Core {
                 });
             }
         }
+    }
+
+    /// A PUBLISH whose topic has more levels than `max_topic_levels`: never routed. 3.1.1 has
+    /// no way to refuse one message, so the connection is closed; 5.0 answers QoS 1/2 with
+    /// reason 0x90 Topic Name invalid ("not accepted by this Server", 5.0 3.4.2.1) and keeps
+    /// the connection, and closes with DISCONNECT 0x90 at QoS 0, which has no acknowledgement
+    /// to carry a refusal.
+    fn topic_too_deep(
+        &mut self,
+        conn: ConnId,
+        qos_pid: QosPid,
+        v5: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.stats.messages_received += 1;
+        self.stats.messages_dropped += 1;
+        self.stats.dropped_topic_levels += 1;
+        let why = "PUBLISH topic has more levels than max_topic_levels";
+        let packet = match qos_pid {
+            QosPid::AtLeastOnce(id) if v5 => Packet::PubAck(ack(id, ReasonCode::TopicNameInvalid)),
+            QosPid::ExactlyOnce(id) if v5 => {
+                // An error PUBREC ends the exchange: nothing is recorded for the PUBREL.
+                Packet::PubRec(ack(id, ReasonCode::TopicNameInvalid))
+            }
+            _ => return self.violation(conn, ReasonCode::TopicNameInvalid, why, now, out),
+        };
+        tracing::info!(conn, why);
+        out.push(Action::Send { conn, packet });
     }
 
     fn on_pubrel(&mut self, conn: ConnId, rel: Ack, out: &mut Vec<Action>) {
@@ -1596,6 +1661,20 @@ impl Core {
         for (filter, options) in subscribe.filters {
             if v5 && filter.shared().is_some() {
                 codes.push(ReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            if topic_levels(&filter) > self.config.max_topic_levels {
+                // 0x8F: "correctly formed but not allowed for this Client" (5.0 3.9.3);
+                // 0x80 is 3.1.1's only failure code [MQTT-3.9.3-2].
+                tracing::info!(
+                    conn,
+                    "SUBSCRIBE filter has more levels than max_topic_levels"
+                );
+                codes.push(if v5 {
+                    ReasonCode::TopicFilterInvalid
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
                 continue;
             }
             if !self
@@ -2130,6 +2209,11 @@ impl Core {
             tracing::error!(%error, "store sync failed");
         }
     }
+}
+
+/// Levels of a topic name or filter: one more than its `/` separators.
+fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
 /// True when `session`'s in-flight ids climb from front to back (see `alloc_packet_id`), as

@@ -53,6 +53,8 @@ pub struct Stats {
     /// 5.0 message whose expiry interval ran out before it could be sent, or larger than the
     /// client's maximum packet size.
     pub dropped_undeliverable: u64,
+    /// PUBLISH refused because its topic has more levels than `max_topic_levels`.
+    pub dropped_topic_levels: u64,
     pub messages_queued: u64,
     pub messages_inflight: u64,
     pub retained: u64,
@@ -130,6 +132,10 @@ impl Stats {
             (
                 "$SYS/broker/messages/dropped/undeliverable",
                 self.dropped_undeliverable.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/dropped/topic_levels",
+                self.dropped_topic_levels.to_string(),
             ),
             (
                 "$SYS/broker/messages/queued",
