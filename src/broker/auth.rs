@@ -2,8 +2,9 @@
 //! that files written for mosquitto work unchanged.
 //!
 //! Password file: one `user:$7$iterations$base64(salt)$base64(hash)` line per user, where hash
-//! is PBKDF2-HMAC-SHA512 of the password over a 12-byte salt (64 bytes out) — what
-//! `mosquitto_passwd` writes by default. The older `user:$6$base64(salt)$base64(hash)` form
+//! is PBKDF2-HMAC-SHA512 of the password over a 12-byte salt (64 bytes out) — the form
+//! `mosquitto_passwd` writes (with 101 iterations; `simqtt passwd` writes 210,000 by default,
+//! which mosquitto reads as well). The older `user:$6$base64(salt)$base64(hash)` form
 //! (hash = SHA-512 of password then salt, mosquitto 1.6 and earlier) is accepted too. Lines
 //! starting with `#` and blank lines are skipped.
 //!
@@ -72,8 +73,14 @@ pub enum AuthError {
     },
 }
 
-/// mosquitto_passwd's iteration count for PBKDF2-SHA512 (mosquitto 2.0).
-pub const PBKDF2_DEFAULT_ITERATIONS: u32 = 101;
+/// The iteration count `simqtt passwd` writes by default: OWASP's recommendation for
+/// PBKDF2-HMAC-SHA512 (at least 210,000). mosquitto 2.x writes 101 (`PW_DEFAULT_ITERATIONS`)
+/// but reads any count, so these files work with it too. Each CONNECT with a password costs
+/// the broker one such derivation (see `docs/reliability.md`); `simqtt passwd -I` chooses
+/// another count.
+pub const PBKDF2_DEFAULT_ITERATIONS: u32 = 210_000;
+/// mosquitto_passwd's count (mosquitto 2.0): what older files hold, still read.
+pub const PBKDF2_MOSQUITTO_ITERATIONS: u32 = 101;
 /// A larger count in a file is refused: verifying it would stall the broker on every CONNECT.
 pub const PBKDF2_MAX_ITERATIONS: u32 = 10_000_000;
 /// mosquitto only accepts 12-byte salts.
@@ -136,12 +143,25 @@ fn constant_time_eq(a: &[u8; HASH_BYTES], b: &[u8; HASH_BYTES]) -> bool {
 }
 
 impl PasswordHash {
-    /// Hashes `password` as mosquitto_passwd does by default (PBKDF2-SHA512, 101 iterations),
-    /// with a salt drawn from `rng`: a seeded RNG in simulations, the OS only in the CLI.
-    pub fn new<R: rand::RngCore + ?Sized>(password: &[u8], rng: &mut R) -> PasswordHash {
+    /// Hashes `password` with PBKDF2-SHA512 over `iterations` (`PBKDF2_DEFAULT_ITERATIONS`
+    /// unless a test or a low-powered deployment says otherwise), with a salt drawn from
+    /// `rng`: a seeded RNG in simulations, the OS only in the CLI.
+    pub fn new<R: rand::RngCore + ?Sized>(
+        password: &[u8],
+        iterations: u32,
+        rng: &mut R,
+    ) -> PasswordHash {
         let mut salt = [0u8; SALT_BYTES];
         rng.fill_bytes(&mut salt);
-        PasswordHash::with_salt(password, salt, PBKDF2_DEFAULT_ITERATIONS)
+        PasswordHash::with_salt(password, salt, iterations)
+    }
+
+    /// The PBKDF2 iteration count (`None` for a `$6$` SHA-512 hash).
+    pub fn iterations(&self) -> Option<u32> {
+        match self.kind {
+            HashKind::Sha512 => None,
+            HashKind::Pbkdf2Sha512 { iterations } => Some(iterations),
+        }
     }
 
     /// Hashes with a given salt and iteration count (PBKDF2-SHA512).
@@ -710,9 +730,9 @@ carol:$6$VkV2EnRiQie4UKki$+zmuee6KwLDLuEi6ncn4JlJeaZy15HYVc++cc+xFz/+iS4/EgRGswm
     #[test]
     fn our_hashes_round_trip_and_are_deterministic_with_a_seeded_rng() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let hash = PasswordHash::new(b"pw", &mut rng);
+        let hash = PasswordHash::new(b"pw", 1000, &mut rng);
         let text = hash.to_string();
-        assert!(text.starts_with("$7$101$"), "{text}");
+        assert!(text.starts_with("$7$1000$"), "{text}");
         let fields: Vec<&str> = text.split('$').collect();
         assert_eq!(fields[3].len(), 16, "12-byte salt in base64");
         assert_eq!(fields[4].len(), 88, "64-byte hash in padded base64");
@@ -721,9 +741,24 @@ carol:$6$VkV2EnRiQie4UKki$+zmuee6KwLDLuEi6ncn4JlJeaZy15HYVc++cc+xFz/+iS4/EgRGswm
         assert!(parsed.verify(b"pw"));
         assert!(!parsed.verify(b"pW"));
         let mut again = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        assert_eq!(PasswordHash::new(b"pw", &mut again).to_string(), text);
+        assert_eq!(PasswordHash::new(b"pw", 1000, &mut again).to_string(), text);
         let mut other = rand_chacha::ChaCha8Rng::seed_from_u64(8);
-        assert_ne!(PasswordHash::new(b"pw", &mut other).to_string(), text);
+        assert_ne!(PasswordHash::new(b"pw", 1000, &mut other).to_string(), text);
+    }
+
+    /// Issue 14, defect 9: the default work factor is OWASP's for PBKDF2-SHA512, not
+    /// mosquitto's 101, and hashes with any count (old files included) verify.
+    #[test]
+    fn default_work_factor_is_modern_and_old_counts_still_verify() {
+        assert!(PBKDF2_DEFAULT_ITERATIONS >= 210_000);
+        let salt = [3u8; SALT_BYTES];
+        for iterations in [PBKDF2_MOSQUITTO_ITERATIONS, 2, 5000] {
+            let text = PasswordHash::with_salt(b"pw", salt, iterations).to_string();
+            assert!(text.starts_with(&format!("$7${iterations}$")), "{text}");
+            let parsed = PasswordHash::parse(&text).unwrap();
+            assert_eq!(parsed.iterations(), Some(iterations));
+            assert!(parsed.verify(b"pw") && !parsed.verify(b"pW"));
+        }
     }
 
     #[test]
