@@ -42,6 +42,15 @@ pub struct BrokerConfig {
     pub password_file: Option<PathBuf>,
     /// ACL file of per-user topic patterns. Default: none (everyone may do everything).
     pub acl_file: Option<PathBuf>,
+    /// Who may resume or take over the session of a client id. `"same-user"` (default): only
+    /// a client with the user name that created the session (an anonymous session: only an
+    /// anonymous client); anyone else's CONNECT is refused with "not authorized" (3.1.1
+    /// CONNACK 0x05, 5.0 0x87) and the session and its connection are left alone, so another
+    /// user can neither read its queued messages nor disconnect it nor discard it with a clean
+    /// start. `"any-user"`: any authenticated client may (mosquitto's behaviour); the session
+    /// then belongs to the last user that resumed it. A session stored before owners were
+    /// recorded goes to the first client that resumes it.
+    pub session_takeover: SessionTakeover,
 
     /// Largest packet accepted from a client, in bytes (whole packet, fixed header included).
     /// A larger packet closes that connection. Default 1048576 (1 MiB). 5.0 clients are told
@@ -124,6 +133,15 @@ pub struct BrokerConfig {
 /// same.
 const MAX_TOPIC_LEVELS_LIMIT: usize = 65_536;
 
+/// Who may resume or take over a session (`BrokerConfig::session_takeover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionTakeover {
+    #[default]
+    SameUser,
+    AnyUser,
+}
+
 /// The store's sync policy as the configuration file spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -144,6 +162,7 @@ impl Default for BrokerConfig {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            session_takeover: SessionTakeover::SameUser,
             max_packet_size: 1024 * 1024,
             max_topic_levels: 128,
             max_connections: 100_000,

@@ -42,7 +42,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
 use super::auth::AuthOutcome;
-use super::config::BrokerConfig;
+use super::config::{BrokerConfig, SessionTakeover};
 use super::router::{Route, Router};
 use super::stats::{ByteCounters, Stats};
 use crate::codec::{
@@ -52,8 +52,8 @@ use crate::codec::{
     Unsubscribe, Will,
 };
 use crate::store::{
-    DurableState, MessageProperties, OutgoingState, Store, StoreOp, StoredMessage, StoredSession,
-    StoredSubscription, StoredWill,
+    DurableState, MessageProperties, OutgoingState, Owner, Store, StoreOp, StoredMessage,
+    StoredSession, StoredSubscription, StoredWill,
 };
 
 /// A connection, numbered by the server loop in accept order.
@@ -936,6 +936,21 @@ impl Core {
             w.retain &= self.config.retain_available;
         }
         let existing = self.sid_of(&client_id);
+        let owner = Owner::of(username.as_deref());
+        if let Some(current) = existing.and_then(|sid| self.session(sid)?.stored.owner.as_ref()) {
+            if *current != owner && self.config.session_takeover == SessionTakeover::SameUser {
+                // Another user's session: not resumed, not taken over, not discarded by a
+                // clean start (issue 14, defect 3).
+                tracing::warn!(
+                    conn,
+                    client_id = &*client_id,
+                    username = username.as_deref(),
+                    "CONNECT refused: the client id's session belongs to another user"
+                );
+                self.stats.sessions_refused_other_user += 1;
+                return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
+            }
+        }
         let existing_conn = existing.and_then(|sid| self.session(sid)?.conn);
         if existing_conn.is_none() && self.online_count >= self.config.max_connections {
             tracing::warn!(conn, "max_connections reached; refusing CONNECT");
@@ -1018,6 +1033,15 @@ impl Core {
         if let Some(rt) = self.session_mut(sid) {
             rt.conn = Some(conn);
             rt.expires_at = None;
+        }
+        if self.session(sid).and_then(|s| s.stored.owner.as_ref()) != Some(&owner) {
+            // A new session, one stored before owners were recorded, or (`any-user`) one
+            // resumed by another user: it is this user's from now on.
+            let op = StoreOp::SessionOwner {
+                client_id: self.op_id(sid),
+                owner: username.clone(),
+            };
+            self.emit_session(sid, op);
         }
         if let Some(w) = &will {
             // Kept with the session so a broker crash does not lose it (see `Core::new`).

@@ -37,6 +37,8 @@ pub struct Stats {
     pub slow_consumers: u64,
     pub keepalive_timeouts: u64,
     pub takeovers: u64,
+    /// CONNECTs refused because the client id's session belongs to another user.
+    pub sessions_refused_other_user: u64,
     pub wills_published: u64,
     /// PUBLISH packets received from clients.
     pub messages_received: u64,
@@ -107,6 +109,10 @@ impl Stats {
             (
                 "$SYS/broker/connections/keepalive_timeouts",
                 self.keepalive_timeouts.to_string(),
+            ),
+            (
+                "$SYS/broker/connections/refused/other_user",
+                self.sessions_refused_other_user.to_string(),
             ),
             (
                 "$SYS/broker/messages/received",

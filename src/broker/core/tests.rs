@@ -705,6 +705,14 @@ fn restart_from_the_store_keeps_sessions_queues_and_wills() {
                 })
                 .unwrap();
         }
+        if let Some(owner) = &s.owner {
+            restored
+                .apply(StoreOp::SessionOwner {
+                    client_id: id.clone(),
+                    owner: owner.username().map(str::to_string),
+                })
+                .unwrap();
+        }
     }
     assert_eq!(restored.state(), &state);
     let mut h = Harness::with_store(config(), Box::new(restored));
