@@ -31,9 +31,9 @@
 //! subscription can match is readable (mosquitto's `mosquitto_sub_matches_acl`): `a/+` covers
 //! `a/b` and `a/+`, not `a/#`; `a/#` covers `a` itself. mosquitto 2.0 accepts every
 //! subscription and filters each message on delivery; we refuse a subscription that no read
-//! entry covers with 0x80 (the issue asks for it), and the broker should still call `can_read`
-//! per delivered message, because a `deny` entry inside a covered subscription (`topic read
-//! a/#` with `topic deny a/secret`) can only be enforced per message.
+//! entry covers with 0x80 (the issue asks for it), and the broker also calls `can_read` on
+//! every delivery, because a `deny` entry inside a covered subscription (`topic read a/#` with
+//! `topic deny a/secret`) can only be enforced per message.
 //!
 //! Without an ACL file everyone may do everything. Without a password file any user name is
 //! accepted (as in mosquitto); `allow_anonymous` decides about clients without a user name.
@@ -462,15 +462,43 @@ impl Acl {
         want: Want,
         matches: impl Fn(&str) -> bool,
     ) -> bool {
+        if let Some(allowed) = self.check_own(username, want, &matches) {
+            return allowed;
+        }
+        self.check_patterns(username, client_id, want, matches)
+    }
+
+    /// The part of `check` that depends on the user name only: `Some` when the client's own
+    /// entries decide, or when no pattern could (then the answer is no).
+    fn check_own(
+        &self,
+        username: Option<&str>,
+        want: Want,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<bool> {
         let own = match username {
             None => Some(&self.anonymous),
             Some(user) => self.users.get(user),
         };
         if let Some(entries) = own {
             if let Some(allowed) = decide(entries.iter(), want, |e| matches(&e.filter)) {
-                return allowed;
+                return Some(allowed);
             }
         }
+        if self.patterns.is_empty() {
+            return Some(false);
+        }
+        None
+    }
+
+    /// The rest of `check`: the patterns, which may name the client id.
+    fn check_patterns(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        want: Want,
+        matches: impl Fn(&str) -> bool,
+    ) -> bool {
         if self.patterns.is_empty() {
             return false;
         }
@@ -637,6 +665,12 @@ impl Authenticator {
         self.allow_anonymous
     }
 
+    /// An ACL is loaded (without one `can_read` is always true, so the broker's delivery path
+    /// skips the per-delivery check).
+    pub fn has_acl(&self) -> bool {
+        self.acl.is_some()
+    }
+
     /// Checks a CONNECT's user name and password. A password without a user name (5.0 allows
     /// it) is ignored: such a client is anonymous.
     pub fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> AuthOutcome {
@@ -681,14 +715,27 @@ impl Authenticator {
     }
 
     /// May a message on `topic` be delivered to this client? mosquitto's read check; the
-    /// broker calls it per delivered message so that `deny` entries inside a wider
-    /// subscription hold.
+    /// broker calls it on every delivery (live, queued for an offline session, retained at
+    /// SUBSCRIBE, wills, `$SYS`, and in-flight messages resent on reconnect) so that `deny`
+    /// entries inside a wider subscription hold.
     pub fn can_read(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
         match &self.acl {
             None => true,
             Some(acl) => acl.check(username, client_id, Want::Read, |filter| {
                 codec::matches(filter, topic)
             }),
+        }
+    }
+
+    /// `can_read` when the answer does not depend on the client id (the user's own entries
+    /// decide, or no pattern exists); `None` when `can_read` must be asked with the client id.
+    /// Lets the broker decide once per user for a message fanned out to many of its clients.
+    pub fn can_read_as_user(&self, username: Option<&str>, topic: &str) -> Option<bool> {
+        match &self.acl {
+            None => Some(true),
+            Some(acl) => {
+                acl.check_own(username, Want::Read, |filter| codec::matches(filter, topic))
+            }
         }
     }
 }
@@ -1006,6 +1053,36 @@ pattern deny users/%u/locked
         assert!(auth.can_subscribe(Some("eve"), "c", "users/eve/+"));
         assert!(!auth.can_subscribe(Some("eve"), "c", "users/eve/locked"));
         assert!(!auth.can_subscribe(Some("eve"), "c", "users/+/x"));
+    }
+
+    #[test]
+    fn the_user_part_of_a_read_check_agrees_with_the_whole() {
+        let auth = acl_auth();
+        let users = [None, Some("alice"), Some("bob"), Some("carol"), Some("+")];
+        let topics = [
+            "alice/x",
+            "alice/secret",
+            "public/a",
+            "users/carol/inbox",
+            "users/carol/locked",
+            "devices/c/status",
+            "$SYS/broker/load",
+        ];
+        for user in users {
+            for topic in topics {
+                let whole = auth.can_read(user, "c", topic);
+                match auth.can_read_as_user(user, topic) {
+                    Some(answer) => assert_eq!(answer, whole, "{user:?} {topic}"),
+                    None => {} // The patterns decide: asked with the client id.
+                }
+            }
+        }
+        assert_eq!(auth.can_read_as_user(Some("alice"), "alice/x"), Some(true));
+        assert_eq!(auth.can_read_as_user(Some("carol"), "users/carol/x"), None);
+        assert_eq!(
+            Authenticator::allow_all().can_read_as_user(None, "x"),
+            Some(true)
+        );
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub struct Stats {
     pub messages_dropped: u64,
     /// Oldest queued message dropped because a session queue was full.
     pub dropped_queue_full: u64,
-    /// PUBLISH refused by the ACL or aimed at a `$` topic.
+    /// PUBLISH refused by the ACL or aimed at a `$` topic, and deliveries the receiver's ACL
+    /// does not allow it to read.
     pub dropped_not_authorized: u64,
     /// QoS 0 message dropped because the subscriber's connection queue was full.
     pub dropped_slow_consumer: u64,
