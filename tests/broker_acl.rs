@@ -150,7 +150,7 @@ fn deny_holds_live_retained_queued_and_for_wills() {
 #[test]
 fn in_flight_and_queued_messages_are_checked_again_when_they_leave() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = broker(dir.path(), ACL, "");
+    let broker = broker(dir.path(), ACL, "");
     let port = broker.port;
     // user-a receives `user-a/x` at QoS 1 and never acknowledges it (it stays in flight), and
     // `user-a/y` is queued while it is away.
