@@ -93,6 +93,25 @@ pub struct BrokerConfig {
     /// dropped to make room for the new one (counted in `$SYS/broker/messages/dropped`). Either
     /// way the bound is hard.
     pub max_queued_messages: usize,
+    /// Bytes (payload and topic) of the messages held per session beyond the in-flight window;
+    /// the same rules as `max_queued_messages`, whichever bound is reached first (a message is
+    /// taken while the queue is below it, so a queue may pass it by one message). Default
+    /// 67108864 (64 MiB). mosquitto has the same option (unbounded by default).
+    pub max_queued_bytes: usize,
+    /// Bytes (payload and topic) of the outgoing QoS 1/2 messages in flight per session: the
+    /// window stops filling when they reach this, beside `max_inflight_messages` (one message
+    /// always fits, whatever its size). Default 16777216 (16 MiB): a client reading 1 MB
+    /// messages has 16 on the way at once, not 128.
+    pub max_inflight_bytes: usize,
+    /// The broker-wide memory budget for waiting messages: the bytes (payload and topic) of
+    /// every session's queue plus every connection's outbound queue. Past it, a QoS 0 message
+    /// is dropped (counted in `$SYS/broker/messages/dropped/memory`), a message for an offline
+    /// session is dropped (likewise), and a QoS 1/2 PUBLISH that would have to wait in an
+    /// online subscriber's queue holds its publisher (back-pressure, as for a full queue)
+    /// until the budget has room; a subscriber that keeps publishers waiting this way is
+    /// closed by the rule of `slow_subscriber_timeout_secs`. In-flight messages are outside
+    /// it (bounded per session by `max_inflight_bytes`). Default 536870912 (512 MiB).
+    pub max_queued_bytes_total: usize,
     /// Also queue QoS 0 messages for offline persistent sessions. Default `false` (QoS 0 is
     /// at most once; MQTT allows dropping it for an offline client).
     pub queue_qos0_messages: bool,
@@ -101,6 +120,13 @@ pub struct BrokerConfig {
     /// packet closes its connection as a slow consumer (its will is published, its in-flight
     /// messages stay in its session). Default 1024; must exceed `max_inflight_messages`.
     pub outbound_queue_packets: usize,
+    /// Bytes (payload and topic) of the messages buffered per connection between the broker
+    /// and the socket writer: a QoS 0 message that would take them past this is dropped
+    /// (counted in `$SYS/broker/messages/dropped/slow_consumer`; into an empty buffer one
+    /// message always fits). QoS 1/2 messages are not refused here: the in-flight window
+    /// bounds them (`max_inflight_bytes`). A client that reads nothing at all is closed once a
+    /// write has made no progress for 60 s. Default 8388608 (8 MiB).
+    pub outbound_queue_bytes: usize,
     /// Back-pressure bound. A QoS 1/2 PUBLISH that would overflow an online subscriber's
     /// queue (`max_queued_messages`) is not dropped: the broker stops reading that publisher
     /// until the subscriber makes room. A subscriber that makes no room for this many seconds
@@ -169,8 +195,12 @@ impl Default for BrokerConfig {
             max_inflight_messages: 128,
             max_incoming_qos2: 1024,
             max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_inflight_bytes: 16 * 1024 * 1024,
+            max_queued_bytes_total: 512 * 1024 * 1024,
             queue_qos0_messages: false,
             outbound_queue_packets: 1024,
+            outbound_queue_bytes: 8 * 1024 * 1024,
             slow_subscriber_timeout_secs: 30,
             connect_timeout_secs: 10,
             retain_available: true,
@@ -251,6 +281,16 @@ impl BrokerConfig {
                 self.max_topic_levels.to_string(),
                 "must be from 1 to 65536 (a topic is at most 65535 bytes)",
             );
+        }
+        for (field, bytes) in [
+            ("max_queued_bytes", self.max_queued_bytes),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+            ("max_queued_bytes_total", self.max_queued_bytes_total),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+        ] {
+            if bytes == 0 {
+                return invalid(field, "0".into(), "must be at least 1");
+            }
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "0".into(), "must be at least 1");

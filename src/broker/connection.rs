@@ -36,7 +36,7 @@ use tokio::time::Sleep;
 use super::core::{ConnId, EndCause};
 use super::server::Event;
 use super::stats::ByteCounters;
-use crate::codec::{self, Packet, PacketId, ProtocolVersion};
+use crate::codec::{self, Packet, PacketId, ProtocolVersion, QosPid};
 use crate::transport::BoxStream;
 
 /// Packets one connection may have with the core (in the event queue or held for
@@ -44,6 +44,10 @@ use crate::transport::BoxStream;
 /// broker (at most this many packets held). Large enough that a flat-out publisher is not
 /// throttled by the credit round trip itself (64 cost a third of the fan-in QoS 0 rate).
 pub(super) const READER_CREDIT: usize = 512;
+/// Bytes (payload and topic of PUBLISH packets) one connection may have with the core: the
+/// same bound as `READER_CREDIT` for large messages, where 512 held 1 MB PUBLISHes from one
+/// paused publisher would be 512 MB. A packet is always taken while fewer bytes are out.
+pub(super) const READER_CREDIT_BYTES: usize = 4 * 1024 * 1024;
 /// A read on a connection that holds no buffer goes into a stack array this large; a read
 /// that fills it means traffic, and a buffer is allocated.
 const IDLE_READ: usize = 2048;
@@ -78,9 +82,19 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Bound on `queue.items`: `outbound_queue_packets`.
     capacity: usize,
+    /// Bound on `outbound_bytes` for QoS 0 PUBLISH packets: `outbound_queue_bytes`.
+    capacity_bytes: usize,
+    /// Bytes (`outbound_cost`) of the packets queued and not yet encoded by the task (in
+    /// `queue.items` or the task's `batch`). Mirrored into `global.outbound_queued`.
+    outbound_bytes: AtomicUsize,
+    /// The broker's counters: `outbound_queued` is the sum of every connection's
+    /// `outbound_bytes` (the connections' part of the memory budget).
+    global: Arc<ByteCounters>,
     /// Packets handed to the core and not yet handled (see `READER_CREDIT`). Only the task
     /// takes and only the core gives back, so two atomic operations per packet suffice.
     credit_taken: AtomicUsize,
+    /// Their bytes (`inbound_cost`; see `READER_CREDIT_BYTES`).
+    credit_bytes: AtomicUsize,
     /// The core dropped its handle: stop reading, write what is queued, close.
     closed: AtomicBool,
 }
@@ -110,6 +124,17 @@ impl Shared {
 
     fn credit_available(&self) -> bool {
         self.credit_taken.load(Ordering::SeqCst) < READER_CREDIT
+            && self.credit_bytes.load(Ordering::SeqCst) < READER_CREDIT_BYTES
+    }
+
+    /// The task took `item` out of the queue (to encode it, or to drop it).
+    fn outbound_taken(&self, cost: usize) {
+        if cost > 0 {
+            self.outbound_bytes.fetch_sub(cost, Ordering::Relaxed);
+            self.global
+                .outbound_queued
+                .fetch_sub(cost as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -122,15 +147,22 @@ impl ConnHandle {
     /// of packets for one connection: one lock for the run, not one per packet).
     pub(super) fn sender(&self) -> Sender<'_> {
         Sender {
-            capacity: self.0.capacity,
+            shared: &self.0,
             queue: self.0.lock(),
         }
     }
 
-    /// The core handled `n` of the connection's packets.
-    pub(super) fn give_credit(&self, n: usize) {
+    /// The core handled `n` of the connection's packets, carrying `bytes` (`inbound_cost`).
+    pub(super) fn give_credit(&self, n: usize, bytes: usize) {
         let before = self.0.credit_taken.fetch_sub(n, Ordering::SeqCst);
-        if before >= READER_CREDIT && before - n < READER_CREDIT {
+        let before_bytes = if bytes > 0 {
+            self.0.credit_bytes.fetch_sub(bytes, Ordering::SeqCst)
+        } else {
+            0
+        };
+        if (before >= READER_CREDIT && before - n < READER_CREDIT)
+            || (before_bytes >= READER_CREDIT_BYTES && before_bytes - bytes < READER_CREDIT_BYTES)
+        {
             // The task may be waiting for exactly this.
             self.0.wake();
         }
@@ -139,13 +171,15 @@ impl ConnHandle {
 
 /// `ConnHandle::sender`: the connection's queue, locked.
 pub(super) struct Sender<'a> {
-    capacity: usize,
+    shared: &'a Shared,
     queue: MutexGuard<'a, Queue>,
 }
 
 impl Sender<'_> {
     /// Queues `item` for the connection without waiting. `Full`: the queue holds
-    /// `outbound_queue_packets` items; `Closed`: the connection stopped writing.
+    /// `outbound_queue_packets` items, or `item` is a QoS 0 PUBLISH and the queue holds
+    /// messages already while the broker is `over_budget` or this one would take the queued
+    /// bytes past `outbound_queue_bytes`; `Closed`: the connection stopped writing.
     ///
     /// The task is not woken here: if it waits for packets, its waker goes to `wake`, which
     /// the caller wakes after queueing the whole batch of actions. Waking at the first push
@@ -158,14 +192,30 @@ impl Sender<'_> {
     pub(super) fn try_send(
         &mut self,
         item: Outbound,
+        over_budget: bool,
         wake: &mut Vec<Waker>,
     ) -> Result<(), TrySendError<Outbound>> {
         let queue = &mut *self.queue;
         if queue.writer_gone {
             return Err(TrySendError::Closed(item));
         }
-        if queue.items.len() >= self.capacity {
+        if queue.items.len() >= self.shared.capacity {
             return Err(TrySendError::Full(item));
+        }
+        let cost = outbound_cost(&item);
+        if cost > 0 {
+            let queued = self.shared.outbound_bytes.load(Ordering::Relaxed);
+            let qos0 = matches!(&item, Outbound::Packet(Packet::Publish(p)) if p.qos_pid == QosPid::AtMostOnce);
+            if qos0 && queued > 0 && (over_budget || queued + cost > self.shared.capacity_bytes) {
+                return Err(TrySendError::Full(item));
+            }
+            self.shared
+                .outbound_bytes
+                .fetch_add(cost, Ordering::Relaxed);
+            self.shared
+                .global
+                .outbound_queued
+                .fetch_add(cost as u64, Ordering::Relaxed);
         }
         queue.items.push_back(item);
         // One wake per batch: the task takes everything queued when it runs.
@@ -186,8 +236,29 @@ impl Drop for ConnHandle {
     }
 }
 
+/// What a packet counts against the outbound byte bounds: a PUBLISH's payload and topic.
+fn outbound_cost(item: &Outbound) -> usize {
+    match item {
+        Outbound::Packet(packet) => inbound_cost(packet),
+        Outbound::Protocol(_) => 0,
+    }
+}
+
+/// What a packet counts against `READER_CREDIT_BYTES` (and, leaving, the outbound bounds): a
+/// PUBLISH's payload and topic; other packets are small and bounded by the packet counts.
+pub(super) fn inbound_cost(packet: &Packet) -> usize {
+    match packet {
+        Packet::Publish(p) => p.payload.len() + p.topic.len(),
+        _ => 0,
+    }
+}
+
 /// Creates a connection's shared block: the core keeps the handle, the task gets the rest.
-pub(super) fn shared(outbound_queue_packets: usize) -> (ConnHandle, TaskSide) {
+pub(super) fn shared(
+    outbound_queue_packets: usize,
+    outbound_queue_bytes: usize,
+    global: Arc<ByteCounters>,
+) -> (ConnHandle, TaskSide) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
             items: VecDeque::new(),
@@ -196,7 +267,11 @@ pub(super) fn shared(outbound_queue_packets: usize) -> (ConnHandle, TaskSide) {
             wants_items: false,
         }),
         capacity: outbound_queue_packets,
+        capacity_bytes: outbound_queue_bytes,
+        outbound_bytes: AtomicUsize::new(0),
+        global,
         credit_taken: AtomicUsize::new(0),
+        credit_bytes: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
     });
     (ConnHandle(shared.clone()), TaskSide(shared))
@@ -207,10 +282,17 @@ pub(super) fn shared(outbound_queue_packets: usize) -> (ConnHandle, TaskSide) {
 pub(super) struct TaskSide(Arc<Shared>);
 
 impl TaskSide {
+    /// The task stopped writing: what is queued (and, by the caller, the task's own batch) is
+    /// dropped, and its bytes leave the budget.
     fn writer_gone(&self) {
         let mut queue = self.0.lock();
         queue.writer_gone = true;
         queue.items = VecDeque::new();
+        let bytes = self.0.outbound_bytes.swap(0, Ordering::SeqCst);
+        self.0
+            .global
+            .outbound_queued
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -372,6 +454,10 @@ pub(super) fn serve(
                 match decoded {
                     Ok(packet) => {
                         c.connected |= matches!(packet, Packet::Connect(_));
+                        let cost = inbound_cost(&packet);
+                        if cost > 0 {
+                            c.shared.0.credit_bytes.fetch_add(cost, Ordering::SeqCst);
+                        }
                         permit.send(Event::Packet(conn, packet))
                     }
                     Err(cause) => {
@@ -597,6 +683,7 @@ impl Connection {
             self.write_buf.reserve(WRITE_FIRST_BYTES);
         }
         while let Some(item) = self.batch.pop_front() {
+            self.shared.0.outbound_taken(outbound_cost(&item));
             match item {
                 Outbound::Protocol(version) => self.write_version = version,
                 Outbound::Packet(packet) => {
@@ -833,7 +920,7 @@ mod tests {
         let (stream, _peer) = tokio::io::duplex(64);
         let (events, _events_rx) = mpsc::channel(1);
         let (alive, _alive_rx) = mpsc::channel(1);
-        let (_handle, task) = shared(16);
+        let (_handle, task) = shared(16, 1 << 20, Arc::new(ByteCounters::default()));
         let stream = Counted {
             inner: Box::new(stream),
             bytes: Arc::new(ByteCounters::default()),
@@ -862,7 +949,7 @@ mod tests {
         // Room for more than the credit, as in the server: credit is what stops the reads.
         let (events, mut core) = mpsc::channel(4 * READER_CREDIT);
         let (alive, _alive) = mpsc::channel(1);
-        let (handle, task) = shared(16);
+        let (handle, task) = shared(16, 1 << 20, Arc::new(ByteCounters::default()));
         let bytes = Arc::new(ByteCounters::default());
         let stream = Counted {
             inner: Box::new(broker_side),
@@ -893,7 +980,7 @@ mod tests {
                 None => panic!("the connection ended early"),
             }
             handed += frame.len();
-            handle.give_credit(1);
+            handle.give_credit(1, 0);
             let read = bytes.received.load(Ordering::Relaxed) as usize;
             most_ahead = most_ahead.max(read - handed);
             // A slow core: the connection task gets to run between packets.

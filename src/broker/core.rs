@@ -18,13 +18,16 @@
 //! - Will delay (5.0): the will waits for the Will Delay Interval or the end of the session,
 //!   whichever comes first, and any new connection to the session before then cancels it.
 //! - Session queue overflow, online subscriber: back-pressure, not loss. A QoS 1/2 PUBLISH
-//!   that would push an online session's queue past `max_queued_messages` is not accepted:
+//!   that would push an online session's queue past `max_queued_messages` or
+//!   `max_queued_bytes`, or that would have to wait in an online session's queue while the
+//!   broker's budget (`max_queued_bytes_total`) is used up, is not accepted:
 //!   `publish_blocker` names the full session, the server holds the PUBLISH (unacknowledged)
 //!   and stops reading that publisher until the subscriber makes room. So nothing the broker
 //!   acknowledged is dropped for a slow reader. Exceptions, which still drop the OLDEST queued
 //!   message (counted): an offline session (a publisher must not wait days for it), a client
 //!   publishing to its own full queue (waiting on itself would deadlock: its PUBACKs sit
 //!   behind its held PUBLISHes), and messages the broker publishes itself (wills, `$SYS`).
+//!   Past the budget, a message for an offline session (or QoS 0 for any) is dropped instead.
 //! - Unauthorised PUBLISH (ACL, or a `$` topic): acknowledged normally in 3.1.1
 //!   [MQTT-3.3.5-2], with reason 0x87 in 5.0; never delivered; counted.
 //! - Unauthorised delivery: every message is checked against the receiver's ACL read access
@@ -143,6 +146,10 @@ struct Session {
     /// `stored.outgoing`'s packet ids climb from front to back in allocation order, so a free
     /// id is found without a search (see `alloc_packet_id`).
     ids_ordered: bool,
+    /// Bytes (`message_bytes`) of `stored.queued` and of the messages in `stored.outgoing`:
+    /// the per-session byte bounds and the broker's budget (`Core::account`).
+    queued_bytes: usize,
+    inflight_bytes: usize,
 }
 
 /// A connection that has sent a valid CONNECT.
@@ -205,6 +212,9 @@ pub struct Core {
     /// Connections the server stopped reading (back-pressure): exempt from keepalive, since
     /// their silence is the broker's doing.
     paused: BTreeSet<ConnId>,
+    /// The sum of every session's `queued_bytes`: with the connections' outbound bytes
+    /// (`ByteCounters::outbound_queued`), what `max_queued_bytes_total` bounds.
+    queued_bytes_total: usize,
 }
 
 impl std::fmt::Debug for Core {
@@ -262,6 +272,7 @@ impl Core {
             pending_ops: Vec::new(),
             full_sessions: BTreeSet::new(),
             paused: BTreeSet::new(),
+            queued_bytes_total: 0,
         };
         let loaded: Vec<(String, StoredSession)> = core
             .store
@@ -317,6 +328,16 @@ impl Core {
                 })
                 .collect();
             let will = stored.will.as_deref().cloned();
+            let queued_bytes = stored.queued.iter().map(message_bytes).sum();
+            let inflight_bytes = stored
+                .outgoing
+                .iter()
+                .map(|(_, state)| match state {
+                    OutgoingState::Publish(m) => message_bytes(m),
+                    OutgoingState::PubRel => 0,
+                })
+                .sum();
+            core.queued_bytes_total += queued_bytes;
             let sid = core.insert_session(Session {
                 client_id,
                 conn: None,
@@ -325,6 +346,8 @@ impl Core {
                 pending_will: None,
                 ids_ordered: ids_in_order(&stored),
                 stored,
+                queued_bytes,
+                inflight_bytes,
             });
             for (filter, route) in routes {
                 core.router.insert(&filter, &sid, route);
@@ -396,6 +419,12 @@ impl Core {
         let live = || self.sessions.iter().flatten();
         stats.messages_queued = live().map(|s| s.stored.queued.len() as u64).sum();
         stats.messages_inflight = live().map(|s| s.stored.outgoing.len() as u64).sum();
+        stats.queued_bytes = self.queued_bytes_total as u64;
+        stats.inflight_bytes = live().map(|s| s.inflight_bytes as u64).sum();
+        stats.outbound_bytes = self
+            .bytes
+            .outbound_queued
+            .load(std::sync::atomic::Ordering::Relaxed);
         stats.retained = self.retained.len() as u64;
         stats.subscriptions = self.router.len() as u64;
         stats.bytes_received = self
@@ -490,6 +519,7 @@ impl Core {
     /// Applies a session op to `sid` and, when the session is persistent, queues it for the
     /// store (`flush_store`). Build the op's client id with `op_id`.
     fn emit_session(&mut self, sid: Sid, op: StoreOp) {
+        self.account(sid, &op);
         let Some(session) = self
             .sessions
             .get_mut(sid as usize)
@@ -503,6 +533,41 @@ impl Core {
         } else {
             session.stored.apply_owned(op);
         }
+    }
+
+    /// Keeps `sid`'s byte counts (and the broker's total) in step with `op`, about to be
+    /// applied to its session (`emit_session`; the paths that change a session without an op
+    /// count for themselves).
+    fn account(&mut self, sid: Sid, op: &StoreOp) {
+        let Some(session) = self.session(sid) else {
+            return;
+        };
+        let stored = &session.stored;
+        let outgoing = |id: &PacketId| match stored.outgoing.iter().find(|(i, _)| *i == id.get()) {
+            Some((_, OutgoingState::Publish(m))) => message_bytes(m),
+            _ => 0,
+        };
+        let front = || stored.queued.front().map_or(0, message_bytes);
+        let (queued_in, queued_out, inflight_in, inflight_out) = match op {
+            StoreOp::Queued { message, .. } => (message_bytes(message), 0, 0, 0),
+            StoreOp::QueueFrontDropped { .. } => (0, front(), 0, 0),
+            StoreOp::Dequeued { .. } => (0, front(), front(), 0),
+            StoreOp::SentInFlight { message, .. } => (0, 0, message_bytes(message), 0),
+            StoreOp::OutgoingCompleted { packet_id, .. }
+            | StoreOp::PubRecReceived { packet_id, .. } => (0, 0, 0, outgoing(packet_id)),
+            _ => return,
+        };
+        if let Some(session) = self.session_mut(sid) {
+            session.queued_bytes = session.queued_bytes + queued_in - queued_out;
+            session.inflight_bytes = session.inflight_bytes + inflight_in - inflight_out;
+        }
+        self.queued_bytes_total = self.queued_bytes_total + queued_in - queued_out;
+    }
+
+    /// A message of `size` bytes fits `session`'s in-flight byte bound (one always does).
+    fn inflight_bytes_fit(&self, session: &Session, size: usize) -> bool {
+        session.inflight_bytes == 0
+            || session.inflight_bytes + size <= self.config.max_inflight_bytes
     }
 
     /// Sockets open (connected or still before CONNECT).
@@ -621,12 +686,14 @@ impl Core {
         for &id in ids {
             match self.outgoing_state(sid, id) {
                 Some(OutgoingState::Publish(m)) if m.qos == QoS::AtLeastOnce => {
+                    let size = message_bytes(m);
                     self.log_op(sid, |client_id| StoreOp::OutgoingCompleted {
                         client_id,
                         packet_id: id,
                     });
                     if let Some(session) = self.session_mut(sid) {
                         session.stored.complete_outgoing(id);
+                        session.inflight_bytes -= size;
                     }
                     completed = true;
                 }
@@ -763,29 +830,63 @@ impl Core {
     /// and stops reading `conn` until this answers `None`. Never blocks QoS 0, a client's
     /// publish to its own session, or delivery to offline sessions (see the module doc).
     pub fn publish_blocker(&mut self, conn: ConnId, publish: &Publish) -> Option<Arc<str>> {
-        if publish.qos_pid == QosPid::AtMostOnce || self.full_sessions.is_empty() {
+        if publish.qos_pid == QosPid::AtMostOnce {
+            return None;
+        }
+        let over_budget = self.over_budget();
+        if self.full_sessions.is_empty() && !over_budget {
             return None;
         }
         // Forget sessions that made room or went offline.
         let mut full = std::mem::take(&mut self.full_sessions);
         full.retain(|&sid| self.queue_full_online(sid));
         self.full_sessions = full;
-        if self.full_sessions.is_empty() {
+        if self.full_sessions.is_empty() && !over_budget {
             return None;
         }
         let publisher = self.online(conn)?.sid;
         let mut blocker = None;
+        // Past the budget: an online subscriber that would have to queue this message (the
+        // one with the most queued bytes), so healthy subscribers with room in their window
+        // are never the ones waited on.
+        let mut waiting: Option<(usize, Sid)> = None;
         let full = &self.full_sessions;
+        let sessions = &self.sessions;
         self.router.for_each_match(&publish.topic, |&sid, route| {
-            if blocker.is_none()
-                && route.options.qos != QoS::AtMostOnce
-                && sid != publisher
-                && full.contains(&sid)
-            {
+            if blocker.is_some() || route.options.qos == QoS::AtMostOnce || sid == publisher {
+                return;
+            }
+            if full.contains(&sid) {
                 blocker = Some(sid);
+            } else if over_budget {
+                let session = sessions.get(sid as usize).and_then(|s| s.as_deref());
+                if let Some(s) = session.filter(|s| s.conn.is_some()) {
+                    let must_queue = !s.stored.queued.is_empty()
+                        || s.inflight_bytes >= self.config.max_inflight_bytes;
+                    if must_queue && waiting.is_none_or(|(bytes, _)| s.queued_bytes > bytes) {
+                        waiting = Some((s.queued_bytes, sid));
+                    }
+                }
             }
         });
-        Some(self.session(blocker?)?.client_id.clone())
+        let blocker = blocker.or(waiting.map(|(_, sid)| sid))?;
+        Some(self.session(blocker)?.client_id.clone())
+    }
+
+    /// The broker-wide budget for waiting messages is used up (`max_queued_bytes_total`).
+    pub fn over_budget(&self) -> bool {
+        let outbound = self
+            .bytes
+            .outbound_queued
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        self.queued_bytes_total + outbound >= self.config.max_queued_bytes_total
+    }
+
+    /// A QoS 0 PUBLISH for a connection was dropped because the budget is used up.
+    pub fn qos0_dropped_memory(&mut self) {
+        self.stats.messages_sent = self.stats.messages_sent.saturating_sub(1);
+        self.stats.messages_dropped += 1;
+        self.stats.dropped_memory += 1;
     }
 
     /// True when `sid` is online and a QoS 1/2 message to it would overflow its queue.
@@ -798,7 +899,8 @@ impl Core {
         };
         let stored = &session.stored;
         let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
-        stored.queued.len() >= self.config.max_queued_messages
+        (stored.queued.len() >= self.config.max_queued_messages
+            || session.queued_bytes >= self.config.max_queued_bytes)
             && !(stored.queued.is_empty() && stored.outgoing.len() < limit)
     }
 
@@ -1033,6 +1135,8 @@ impl Core {
                     pending_will: None,
                     stored: StoredSession::new(expiry, protocol.level()),
                     ids_ordered: true,
+                    queued_bytes: 0,
+                    inflight_bytes: 0,
                 })
             }
         };
@@ -1340,6 +1444,7 @@ impl Core {
         let Some(session) = self.sessions.get_mut(sid as usize).and_then(Option::take) else {
             return;
         };
+        self.queued_bytes_total -= session.queued_bytes;
         for filter in session.stored.subscriptions.keys() {
             self.router.remove(filter, &sid);
         }
@@ -1968,7 +2073,11 @@ impl Core {
             }
             let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
             let stored = &session.stored;
-            if stored.queued.is_empty() && stored.outgoing.len() < limit {
+            let size = message_bytes(&message);
+            if stored.queued.is_empty()
+                && stored.outgoing.len() < limit
+                && self.inflight_bytes_fit(session, size)
+            {
                 if self.undeliverable(conn, sid, &message, now) {
                     self.count_undeliverable();
                     return;
@@ -1985,6 +2094,7 @@ impl Core {
                 if let Some(session) = self.session_mut(sid) {
                     session.stored.send_in_flight(packet_id, message);
                     session.ids_ordered = ids_ordered;
+                    session.inflight_bytes += size;
                 }
                 self.stats.messages_sent += 1;
                 out.push(Action::Send { conn, packet });
@@ -2000,8 +2110,19 @@ impl Core {
         let Some(session) = self.session(sid) else {
             return;
         };
+        let size = message_bytes(&message);
+        if self.over_budget() && (session.conn.is_none() || message.qos == QoS::AtMostOnce) {
+            // Past the broker's budget nothing more waits for an offline session, nor QoS 0
+            // for anyone (`BrokerConfig::max_queued_bytes_total`). An online session's QoS 1/2
+            // message got here past `publish_blocker`, which holds publishers meanwhile.
+            self.stats.messages_dropped += 1;
+            self.stats.dropped_memory += 1;
+            return;
+        }
         let queued = session.stored.queued.len();
-        if queued + 1 >= self.config.max_queued_messages && message.qos != QoS::AtMostOnce {
+        let full_after = queued + 1 >= self.config.max_queued_messages
+            || session.queued_bytes + size >= self.config.max_queued_bytes;
+        if full_after && message.qos != QoS::AtMostOnce {
             self.full_sessions.insert(sid);
         }
         if self.config.max_queued_messages == 0 {
@@ -2009,8 +2130,13 @@ impl Core {
             self.stats.dropped_queue_full += 1;
             return;
         }
-        if queued >= self.config.max_queued_messages {
-            // Overflow policy: drop the oldest (see `BrokerConfig::max_queued_messages`).
+        // Overflow policy: drop the oldest (see `BrokerConfig::max_queued_messages`) while the
+        // queue is at either bound.
+        while self.session(sid).is_some_and(|s| {
+            !s.stored.queued.is_empty()
+                && (s.stored.queued.len() >= self.config.max_queued_messages
+                    || s.queued_bytes >= self.config.max_queued_bytes)
+        }) {
             self.stats.messages_dropped += 1;
             self.stats.dropped_queue_full += 1;
             let op = StoreOp::QueueFrontDropped {
@@ -2091,7 +2217,9 @@ impl Core {
                 self.send_publish(conn, sid, &message, QosPid::AtMostOnce, false, now, out);
                 continue;
             }
-            if stored.outgoing.len() >= limit {
+            if stored.outgoing.len() >= limit
+                || !self.inflight_bytes_fit(session, message_bytes(front))
+            {
                 return;
             }
             if self.undeliverable(conn, sid, front, now) {
@@ -2106,6 +2234,7 @@ impl Core {
             let qos_pid =
                 QosPid::new(front.qos, Some(packet_id)).unwrap_or(QosPid::AtLeastOnce(packet_id));
             let packet = self.publish_packet(conn, sid, front, qos_pid, false, now);
+            let size = message_bytes(front);
             self.log_op(sid, |client_id| StoreOp::Dequeued {
                 client_id,
                 packet_id,
@@ -2113,7 +2242,10 @@ impl Core {
             if let Some(session) = self.session_mut(sid) {
                 session.stored.dequeue(packet_id);
                 session.ids_ordered = ids_ordered;
+                session.queued_bytes -= size;
+                session.inflight_bytes += size;
             }
+            self.queued_bytes_total -= size;
             self.stats.messages_sent += 1;
             out.push(Action::Send { conn, packet });
         }
@@ -2320,11 +2452,49 @@ impl Core {
     }
 }
 
+#[cfg(test)]
+impl Core {
+    /// Panics unless every session's byte counts and the broker's total are what its queue
+    /// and window hold.
+    fn check_byte_counts(&self) {
+        let mut total = 0;
+        for session in self.sessions.iter().flatten() {
+            let queued: usize = session.stored.queued.iter().map(message_bytes).sum();
+            let inflight: usize = session
+                .stored
+                .outgoing
+                .iter()
+                .map(|(_, state)| match state {
+                    OutgoingState::Publish(m) => message_bytes(m),
+                    OutgoingState::PubRel => 0,
+                })
+                .sum();
+            assert_eq!(
+                session.queued_bytes, queued,
+                "{}: queued bytes",
+                session.client_id
+            );
+            assert_eq!(
+                session.inflight_bytes, inflight,
+                "{}: in-flight bytes",
+                session.client_id
+            );
+            total += queued;
+        }
+        assert_eq!(self.queued_bytes_total, total, "total queued bytes");
+    }
+}
+
 /// What `Core::may_read_memo` remembers while one message is fanned out: the last online
 /// user whose answer did not depend on the client id, and that answer.
 #[derive(Default)]
 struct ReadMemo {
     last: Option<(Option<Arc<str>>, bool)>,
+}
+
+/// What a message counts against the byte bounds: its payload and topic.
+fn message_bytes(message: &StoredMessage) -> usize {
+    message.payload.len() + message.topic.len()
 }
 
 /// Levels of a topic name or filter: one more than its `/` separators.

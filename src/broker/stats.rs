@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct ByteCounters {
     pub received: AtomicU64,
     pub sent: AtomicU64,
+    /// Bytes (payload and topic) of the PUBLISH packets waiting in every connection's outbound
+    /// queue: the connections' part of the broker's memory budget.
+    pub outbound_queued: AtomicU64,
 }
 
 impl ByteCounters {
@@ -56,10 +59,19 @@ pub struct Stats {
     /// 5.0 message whose expiry interval ran out before it could be sent, or larger than the
     /// client's maximum packet size.
     pub dropped_undeliverable: u64,
+    /// Messages dropped because the broker's memory budget (`max_queued_bytes_total`) was used
+    /// up: QoS 0 messages, and messages for offline sessions.
+    pub dropped_memory: u64,
     /// PUBLISH refused because its topic has more levels than `max_topic_levels`.
     pub dropped_topic_levels: u64,
     pub messages_queued: u64,
     pub messages_inflight: u64,
+    /// Bytes (payload and topic) of the messages in session queues.
+    pub queued_bytes: u64,
+    /// Bytes of the QoS 1/2 messages in flight.
+    pub inflight_bytes: u64,
+    /// Bytes of the messages in connections' outbound queues.
+    pub outbound_bytes: u64,
     pub retained: u64,
     pub subscriptions: u64,
     pub bytes_received: u64,
@@ -141,6 +153,10 @@ impl Stats {
                 self.dropped_undeliverable.to_string(),
             ),
             (
+                "$SYS/broker/messages/dropped/memory",
+                self.dropped_memory.to_string(),
+            ),
+            (
                 "$SYS/broker/messages/dropped/topic_levels",
                 self.dropped_topic_levels.to_string(),
             ),
@@ -151,6 +167,18 @@ impl Stats {
             (
                 "$SYS/broker/messages/inflight",
                 self.messages_inflight.to_string(),
+            ),
+            (
+                "$SYS/broker/memory/queued_bytes",
+                self.queued_bytes.to_string(),
+            ),
+            (
+                "$SYS/broker/memory/inflight_bytes",
+                self.inflight_bytes.to_string(),
+            ),
+            (
+                "$SYS/broker/memory/outbound_bytes",
+                self.outbound_bytes.to_string(),
             ),
             (
                 "$SYS/broker/wills/published",
