@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha512};
 
 use crate::codec::{self, TopicFilter};
@@ -245,6 +246,117 @@ impl fmt::Display for PasswordHash {
     }
 }
 
+/// A password check done a slice at a time (`Authenticator::verifier`): PBKDF2 at a modern
+/// work factor takes a few hundred milliseconds, which the broker must not spend in one go on
+/// the task that serves every client. `step` runs at most a given number of iterations.
+pub struct Verifier {
+    work: Work,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Holds password-derived state: keep it out of logs.
+        f.write_str("Verifier(..)")
+    }
+}
+
+enum Work {
+    Done(AuthOutcome),
+    /// PBKDF2-HMAC-SHA512 with one 64-byte block: T = U1 ^ U2 ^ ... ^ Uc, U1 = HMAC(P, S ||
+    /// 1), Ui = HMAC(P, Ui-1) (RFC 8018 5.2), the same as `pbkdf2::pbkdf2_hmac`.
+    Pbkdf2 {
+        prf: Box<Hmac<Sha512>>,
+        u: [u8; HASH_BYTES],
+        t: [u8; HASH_BYTES],
+        left: u32,
+        expected: [u8; HASH_BYTES],
+        /// The outcome when the hash matches (a decoy never yields `Allowed`).
+        on_match: AuthOutcome,
+    },
+}
+
+impl Verifier {
+    fn done(outcome: AuthOutcome) -> Verifier {
+        Verifier {
+            work: Work::Done(outcome),
+        }
+    }
+
+    /// The outcome, once known without more work.
+    pub fn outcome(&self) -> Option<AuthOutcome> {
+        match self.work {
+            Work::Done(outcome) => Some(outcome),
+            Work::Pbkdf2 { .. } => None,
+        }
+    }
+
+    /// Runs at most `iterations` more iterations; the outcome once done.
+    pub fn step(&mut self, iterations: u32) -> Option<AuthOutcome> {
+        if let Work::Pbkdf2 {
+            prf,
+            u,
+            t,
+            left,
+            expected,
+            on_match,
+        } = &mut self.work
+        {
+            for _ in 0..iterations.min(*left) {
+                let mut mac = (**prf).clone();
+                mac.update(&u[..]);
+                u.copy_from_slice(&mac.finalize().into_bytes());
+                for (t, u) in t.iter_mut().zip(u.iter()) {
+                    *t ^= u;
+                }
+                *left -= 1;
+            }
+            if *left == 0 {
+                let outcome = if constant_time_eq(t, expected) {
+                    *on_match
+                } else {
+                    AuthOutcome::BadUserNameOrPassword
+                };
+                self.work = Work::Done(outcome);
+            }
+        }
+        self.outcome()
+    }
+}
+
+impl PasswordHash {
+    /// A `Verifier` of `password` against this hash, answering `on_match` when it matches.
+    fn verifier(&self, password: &[u8], on_match: AuthOutcome) -> Verifier {
+        match self.kind {
+            HashKind::Sha512 => Verifier::done(if self.verify(password) {
+                on_match
+            } else {
+                AuthOutcome::BadUserNameOrPassword
+            }),
+            HashKind::Pbkdf2Sha512 { iterations } => {
+                // HMAC takes a key of any length.
+                let Ok(prf) = Hmac::<Sha512>::new_from_slice(password) else {
+                    return Verifier::done(AuthOutcome::BadUserNameOrPassword);
+                };
+                let mut first = prf.clone();
+                first.update(&self.salt);
+                first.update(&1u32.to_be_bytes());
+                let mut u = [0u8; HASH_BYTES];
+                u.copy_from_slice(&first.finalize().into_bytes());
+                Verifier {
+                    work: Work::Pbkdf2 {
+                        prf: Box::new(prf),
+                        u,
+                        t: u,
+                        left: iterations - 1,
+                        expected: self.hash,
+                        on_match,
+                    },
+                }
+            }
+        }
+    }
+}
+
 /// A loaded password file.
 #[derive(Debug, Clone, Default)]
 pub struct PasswordFile {
@@ -320,6 +432,22 @@ impl PasswordFile {
 
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// `verify` a slice at a time: `Allowed` when `user` is in the file and `password` is
+    /// theirs, else `BadUserNameOrPassword` after as much work as a real check (a decoy hash
+    /// stands in for an unknown user or a missing password).
+    pub fn verifier(&self, user: &str, password: Option<&[u8]>) -> Verifier {
+        match (self.users.get(user), password) {
+            (Some(hash), Some(password)) => hash.verifier(password, AuthOutcome::Allowed),
+            (hash, password) => match hash.or(self.decoy.as_ref()) {
+                Some(decoy) => decoy.verifier(
+                    password.unwrap_or_default(),
+                    AuthOutcome::BadUserNameOrPassword,
+                ),
+                None => Verifier::done(AuthOutcome::BadUserNameOrPassword),
+            },
+        }
     }
 
     /// True when `user` is in the file and `password` is theirs.
@@ -674,17 +802,22 @@ impl Authenticator {
     /// Checks a CONNECT's user name and password. A password without a user name (5.0 allows
     /// it) is ignored: such a client is anonymous.
     pub fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> AuthOutcome {
-        match (username, &self.passwords) {
-            (None, _) if self.allow_anonymous => AuthOutcome::Allowed,
-            (None, _) => AuthOutcome::NotAuthorized,
-            (Some(_), None) => AuthOutcome::Allowed,
-            (Some(user), Some(passwords)) => {
-                if passwords.verify(user, password) {
-                    AuthOutcome::Allowed
-                } else {
-                    AuthOutcome::BadUserNameOrPassword
-                }
+        let mut verifier = self.verifier(username, password);
+        loop {
+            if let Some(outcome) = verifier.step(u32::MAX) {
+                return outcome;
             }
+        }
+    }
+
+    /// `authenticate` a slice at a time (see `Verifier`): the broker's connections step it
+    /// beside the core, so a slow hash holds up only the client being checked.
+    pub fn verifier(&self, username: Option<&str>, password: Option<&[u8]>) -> Verifier {
+        match (username, &self.passwords) {
+            (None, _) if self.allow_anonymous => Verifier::done(AuthOutcome::Allowed),
+            (None, _) => Verifier::done(AuthOutcome::NotAuthorized),
+            (Some(_), None) => Verifier::done(AuthOutcome::Allowed),
+            (Some(user), Some(passwords)) => passwords.verifier(user, password),
         }
     }
 
@@ -806,6 +939,62 @@ carol:$6$VkV2EnRiQie4UKki$+zmuee6KwLDLuEi6ncn4JlJeaZy15HYVc++cc+xFz/+iS4/EgRGswm
             assert_eq!(parsed.iterations(), Some(iterations));
             assert!(parsed.verify(b"pw") && !parsed.verify(b"pW"));
         }
+    }
+
+    /// The sliced check agrees with the one-shot one (and so with mosquitto's hashes) for
+    /// every slice size, right and wrong passwords, unknown users and the `$6$` form.
+    #[test]
+    fn a_sliced_verification_agrees_with_the_whole() {
+        let file = PasswordFile::parse(MOSQUITTO_FILE, path()).unwrap();
+        let cases = [
+            ("alice", Some(&b"s3cret"[..]), AuthOutcome::Allowed),
+            (
+                "alice",
+                Some(b"s3cret "),
+                AuthOutcome::BadUserNameOrPassword,
+            ),
+            ("alice", None, AuthOutcome::BadUserNameOrPassword),
+            ("bob", Some(b"pa:ss word"), AuthOutcome::Allowed),
+            ("carol", Some(b"hunter2"), AuthOutcome::Allowed),
+            (
+                "carol",
+                Some(b"hunter3"),
+                AuthOutcome::BadUserNameOrPassword,
+            ),
+            (
+                "mallory",
+                Some(b"s3cret"),
+                AuthOutcome::BadUserNameOrPassword,
+            ),
+        ];
+        for (user, password, want) in cases {
+            assert_eq!(file.verify(user, password), want == AuthOutcome::Allowed);
+            for slice in [1, 7, 100, 1000] {
+                let mut verifier = file.verifier(user, password);
+                let mut steps = 0;
+                let got = loop {
+                    steps += 1;
+                    if let Some(outcome) = verifier.step(slice) {
+                        break outcome;
+                    }
+                };
+                assert_eq!(got, want, "{user} slice {slice}");
+                if user != "carol" && slice == 7 {
+                    assert!(
+                        steps >= 100 / 7,
+                        "{user}: the work was sliced ({steps} steps)"
+                    );
+                }
+            }
+        }
+        let hash = PasswordHash::with_salt(b"pw", [9; SALT_BYTES], 5000);
+        let mut verifier = hash.verifier(b"pw", AuthOutcome::Allowed);
+        assert_eq!(
+            verifier.step(4998),
+            None,
+            "5000 iterations: the first and 4998 more"
+        );
+        assert_eq!(verifier.step(1), Some(AuthOutcome::Allowed));
     }
 
     #[test]

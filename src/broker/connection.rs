@@ -33,10 +33,11 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Sleep;
 
+use super::auth::{AuthOutcome, Authenticator};
 use super::core::{ConnId, EndCause};
 use super::server::Event;
 use super::stats::ByteCounters;
-use crate::codec::{self, Packet, PacketId, ProtocolVersion, QosPid};
+use crate::codec::{self, Connect, Packet, PacketId, ProtocolVersion, QosPid};
 use crate::transport::BoxStream;
 
 /// Packets one connection may have with the core (in the event queue or held for
@@ -65,6 +66,55 @@ const WRITE_FIRST_BYTES: usize = 4096;
 /// A write that makes no progress for this long means the peer stopped reading (or vanished):
 /// the task stops writing, so a stuck peer cannot hold its buffers forever.
 const WRITE_STALL: Duration = Duration::from_secs(60);
+
+/// PBKDF2 iterations a connection runs between two yields while it checks a password: about
+/// 2 ms here, the longest the core waits for one slice.
+const VERIFY_SLICE_ITERATIONS: u32 = 1024;
+/// Passwords checked at once across all connections: more CONNECTs wait their turn, so a
+/// flood of them (wrong passwords included) delays the core by at most this many slices.
+const VERIFY_SLOTS: usize = 2;
+
+/// Where connections check the password of their CONNECT, beside the core (a hash at a modern
+/// work factor takes a few hundred milliseconds; on the core it stalled every client).
+pub(super) struct Gate {
+    auth: Authenticator,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    pub(super) fn new(auth: Authenticator) -> Gate {
+        Gate {
+            auth,
+            slots: tokio::sync::Semaphore::new(VERIFY_SLOTS),
+        }
+    }
+
+    /// The outcome of `connect`'s credentials when it needs no hashing (no password file, an
+    /// anonymous client).
+    fn decided(&self, connect: &Connect) -> Option<AuthOutcome> {
+        let username = connect.username.as_deref();
+        self.auth
+            .verifier(username, connect.password.as_deref())
+            .outcome()
+    }
+
+    /// The outcome of `connect`'s credentials, computed a slice at a time.
+    async fn check(&self, connect: &Connect) -> AuthOutcome {
+        let username = connect.username.as_deref();
+        let mut verifier = self.auth.verifier(username, connect.password.as_deref());
+        if let Some(outcome) = verifier.outcome() {
+            return outcome;
+        }
+        // The semaphore is never closed; if it were, checking unthrottled is still correct.
+        let _slot = self.slots.acquire().await;
+        loop {
+            if let Some(outcome) = verifier.step(VERIFY_SLICE_ITERATIONS) {
+                return outcome;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
 
 /// What the core sends a connection.
 // Nearly every item is a packet; boxing it would cost an allocation each.
@@ -331,6 +381,8 @@ struct Connection {
     shared: TaskSide,
     /// To the core.
     events: mpsc::Sender<Event>,
+    /// Checks the CONNECT's password.
+    gate: Arc<Gate>,
     /// Held until the last byte is written (see `serve`).
     _alive: mpsc::Sender<()>,
     max_packet_size: u32,
@@ -375,6 +427,7 @@ pub(super) fn serve(
     stream: Counted,
     max_packet_size: u32,
     events: mpsc::Sender<Event>,
+    gate: Arc<Gate>,
     shared: TaskSide,
     alive: mpsc::Sender<()>,
 ) -> impl Future<Output = ()> + Send {
@@ -383,6 +436,7 @@ pub(super) fn serve(
         stream,
         shared,
         events,
+        gate,
         _alive: alive,
         max_packet_size,
         // The first packet must be CONNECT, which carries its own protocol level.
@@ -426,6 +480,29 @@ pub(super) fn serve(
                     // The core holds enough of ours; the socket is not read until these go.
                     c.frames_waiting = true;
                     break;
+                }
+                if !c.connected && c.read_buf.first() == Some(&0x10) {
+                    // The first CONNECT: its password is checked here, beside the core.
+                    let Some(connect) = c.take_connect() else {
+                        continue;
+                    };
+                    let outcome = match c.gate.decided(&connect) {
+                        Some(outcome) => outcome,
+                        // Boxed: the check's state is no part of an idle connection.
+                        None => Box::pin(c.gate.check(&connect)).await,
+                    };
+                    let permit = match c.events.try_reserve() {
+                        Ok(permit) => permit,
+                        Err(TrySendError::Full(())) => match Box::pin(c.events.reserve()).await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                        Err(TrySendError::Closed(())) => return,
+                    };
+                    c.connected = true;
+                    c.shared.0.credit_taken.fetch_add(1, Ordering::SeqCst);
+                    permit.send(Event::Connect(conn, connect, outcome));
+                    continue;
                 }
                 let permit = match c.events.try_reserve() {
                     Ok(permit) => permit,
@@ -667,6 +744,29 @@ impl Connection {
             Ok(Some(_)) => Front::Invalid(EndCause::Io(
                 "internal: frame scan and decoder disagree".into(),
             )),
+        }
+    }
+
+    /// Decodes the CONNECT at the front of the read buffer (a free-standing step, so the
+    /// decoded `Packet`, 256 bytes, is never held across an await of the task); on a bad
+    /// frame, stops reading with the cause.
+    fn take_connect(&mut self) -> Option<Box<Connect>> {
+        match decode_frame(
+            &mut self.read_buf,
+            &mut self.read_version,
+            self.max_packet_size,
+        ) {
+            Ok(Packet::Connect(connect)) => Some(connect),
+            Ok(_) => {
+                self.stop_reading(Some(EndCause::Io(
+                    "internal: a CONNECT frame decoded as another packet".into(),
+                )));
+                None
+            }
+            Err(cause) => {
+                self.stop_reading(Some(cause));
+                None
+            }
         }
     }
 
@@ -925,7 +1025,8 @@ mod tests {
             inner: Box::new(stream),
             bytes: Arc::new(ByteCounters::default()),
         };
-        let future = serve(1, stream, 1024, events, task, alive);
+        let gate = Arc::new(Gate::new(Authenticator::allow_all()));
+        let future = serve(1, stream, 1024, events, gate, task, alive);
         let size = std::mem::size_of_val(&future);
         // Each byte here is paid by every idle connection (issue 7: at most 2 KB in all). It was
         // 232 when written (debug build); the reader and writer tasks it replaced were 944 +
@@ -955,7 +1056,8 @@ mod tests {
             inner: Box::new(broker_side),
             bytes: bytes.clone(),
         };
-        tokio::spawn(serve(1, stream, 1024, events, task, alive));
+        let gate = Arc::new(Gate::new(Authenticator::allow_all()));
+        tokio::spawn(serve(1, stream, 1024, events, gate, task, alive));
         tokio::spawn(async move {
             let chunk: Vec<u8> = frame
                 .iter()

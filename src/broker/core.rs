@@ -215,6 +215,8 @@ pub struct Core {
     /// The sum of every session's `queued_bytes`: with the connections' outbound bytes
     /// (`ByteCounters::outbound_queued`), what `max_queued_bytes_total` bounds.
     queued_bytes_total: usize,
+    /// The credentials check of the CONNECT `handle_connect` is handing to `on_connect`.
+    checked: Option<(ConnId, AuthOutcome)>,
 }
 
 impl std::fmt::Debug for Core {
@@ -273,6 +275,7 @@ impl Core {
             full_sessions: BTreeSet::new(),
             paused: BTreeSet::new(),
             queued_bytes_total: 0,
+            checked: None,
         };
         let loaded: Vec<(String, StoredSession)> = core
             .store
@@ -668,6 +671,22 @@ impl Core {
         }
     }
 
+    /// A CONNECT whose user name and password the connection already checked (stepping
+    /// `Authenticator::verifier` beside the core, so a slow hash holds up no one else): the
+    /// same as `handle`, with that outcome instead of a check here.
+    pub fn handle_connect(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        outcome: AuthOutcome,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.checked = Some((conn, outcome));
+        self.handle(conn, Packet::Connect(connect), now, out);
+        self.checked = None;
+    }
+
     /// PUBACKs that came in a row on `conn`: the same as `handle` for each in turn, with the
     /// connection and session looked up once and the window refilled once at the end.
     pub fn pubacks(&mut self, conn: ConnId, ids: &[PacketId], now: Instant, out: &mut Vec<Action>) {
@@ -991,11 +1010,16 @@ impl Core {
         if username.is_none() && !self.config.allow_anonymous {
             return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
         }
-        match self
-            .config
-            .authenticator
-            .authenticate(username.as_deref(), connect.password.as_deref())
-        {
+        // Checked by the connection already (`handle_connect`), or here.
+        let checked = self.checked.take().filter(|(c, _)| *c == conn);
+        let outcome = match checked {
+            Some((_, outcome)) => outcome,
+            None => self
+                .config
+                .authenticator
+                .authenticate(username.as_deref(), connect.password.as_deref()),
+        };
+        match outcome {
             AuthOutcome::Allowed => {}
             AuthOutcome::BadUserNameOrPassword => {
                 return self.refuse(conn, protocol, ReasonCode::BadUserNameOrPassword, now, out)

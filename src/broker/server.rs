@@ -51,11 +51,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::auth::AuthOutcome;
 use super::config::BrokerConfig;
 use super::connection::{self, inbound_cost, ConnHandle, Counted, Outbound, PubAckRun};
 use super::core::{Action, ClientInfo, ConnId, Core, EndCause};
 use super::stats::{ByteCounters, Stats};
-use crate::codec::{Packet, QosPid};
+use crate::codec::{Connect, Packet, QosPid};
 use crate::store::Store;
 use crate::transport::{BoxStream, Listener};
 
@@ -75,6 +76,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 pub(super) enum Event {
     Accepted(BoxStream, String),
     Packet(ConnId, Packet),
+    /// The first CONNECT, its credentials checked by the connection (`connection::Gate`).
+    Connect(ConnId, Box<Connect>, AuthOutcome),
     /// Plain PUBACKs that came in a row (`connection::take_puback_run`).
     PubAcks(ConnId, PubAckRun),
     Ended(ConnId, EndCause),
@@ -161,6 +164,7 @@ impl Broker {
         let outbound_queue_bytes = config.outbound_queue_bytes;
         let slow_subscriber_timeout = config.slow_subscriber_timeout_secs;
         let max_sockets = config.max_connections.saturating_add(PENDING_CONNECTIONS);
+        let gate = Arc::new(connection::Gate::new(config.authenticator.clone()));
         let mut core = Core::new(config, store, bytes.clone(), Instant::now());
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let acceptor = tokio::spawn(accept_loop(listener, events_tx.clone()));
@@ -231,6 +235,7 @@ impl Broker {
                                         stream,
                                         max_packet_size,
                                         events_tx.clone(),
+                                        gate.clone(),
                                         task,
                                         alive_tx.clone(),
                                     ));
@@ -240,6 +245,11 @@ impl Broker {
                             }
                             Event::Packet(conn, packet) => {
                                 driver.packet(&mut core, conn, packet, now);
+                            }
+                            Event::Connect(conn, connect, outcome) => {
+                                // First on its connection: nothing is held before it.
+                                core.handle_connect(conn, connect, outcome, now, &mut driver.actions);
+                                driver.give_credit(conn, 1, 0);
                             }
                             Event::PubAcks(conn, run) => {
                                 // Acknowledgements pass held packets (see `Driver::packet`).
