@@ -262,17 +262,20 @@ impl fmt::Debug for Verifier {
 
 enum Work {
     Done(AuthOutcome),
-    /// PBKDF2-HMAC-SHA512 with one 64-byte block: T = U1 ^ U2 ^ ... ^ Uc, U1 = HMAC(P, S ||
-    /// 1), Ui = HMAC(P, Ui-1) (RFC 8018 5.2), the same as `pbkdf2::pbkdf2_hmac`.
-    Pbkdf2 {
-        prf: Box<Hmac<Sha512>>,
-        u: [u8; HASH_BYTES],
-        t: [u8; HASH_BYTES],
-        left: u32,
-        expected: [u8; HASH_BYTES],
-        /// The outcome when the hash matches (a decoy never yields `Allowed`).
-        on_match: AuthOutcome,
-    },
+    /// Boxed: a check in progress is rare, and its state is 600 bytes.
+    Pbkdf2(Box<Pbkdf2Work>),
+}
+
+/// PBKDF2-HMAC-SHA512 with one 64-byte block: T = U1 ^ U2 ^ ... ^ Uc, U1 = HMAC(P, S || 1),
+/// Ui = HMAC(P, Ui-1) (RFC 8018 5.2), the same as `pbkdf2::pbkdf2_hmac`.
+struct Pbkdf2Work {
+    prf: Hmac<Sha512>,
+    u: [u8; HASH_BYTES],
+    t: [u8; HASH_BYTES],
+    left: u32,
+    expected: [u8; HASH_BYTES],
+    /// The outcome when the hash matches (a decoy never yields `Allowed`).
+    on_match: AuthOutcome,
 }
 
 impl Verifier {
@@ -286,33 +289,25 @@ impl Verifier {
     pub fn outcome(&self) -> Option<AuthOutcome> {
         match self.work {
             Work::Done(outcome) => Some(outcome),
-            Work::Pbkdf2 { .. } => None,
+            Work::Pbkdf2(_) => None,
         }
     }
 
     /// Runs at most `iterations` more iterations; the outcome once done.
     pub fn step(&mut self, iterations: u32) -> Option<AuthOutcome> {
-        if let Work::Pbkdf2 {
-            prf,
-            u,
-            t,
-            left,
-            expected,
-            on_match,
-        } = &mut self.work
-        {
-            for _ in 0..iterations.min(*left) {
-                let mut mac = (**prf).clone();
-                mac.update(&u[..]);
-                u.copy_from_slice(&mac.finalize().into_bytes());
-                for (t, u) in t.iter_mut().zip(u.iter()) {
+        if let Work::Pbkdf2(w) = &mut self.work {
+            for _ in 0..iterations.min(w.left) {
+                let mut mac = w.prf.clone();
+                mac.update(&w.u);
+                w.u.copy_from_slice(&mac.finalize().into_bytes());
+                for (t, u) in w.t.iter_mut().zip(w.u.iter()) {
                     *t ^= u;
                 }
-                *left -= 1;
+                w.left -= 1;
             }
-            if *left == 0 {
-                let outcome = if constant_time_eq(t, expected) {
-                    *on_match
+            if w.left == 0 {
+                let outcome = if constant_time_eq(&w.t, &w.expected) {
+                    w.on_match
                 } else {
                     AuthOutcome::BadUserNameOrPassword
                 };
@@ -343,14 +338,14 @@ impl PasswordHash {
                 let mut u = [0u8; HASH_BYTES];
                 u.copy_from_slice(&first.finalize().into_bytes());
                 Verifier {
-                    work: Work::Pbkdf2 {
-                        prf: Box::new(prf),
+                    work: Work::Pbkdf2(Box::new(Pbkdf2Work {
+                        prf,
                         u,
                         t: u,
                         left: iterations - 1,
                         expected: self.hash,
                         on_match,
-                    },
+                    })),
                 }
             }
         }
