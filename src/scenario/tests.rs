@@ -7,7 +7,7 @@ const EXPLICIT: &str = r#"
 name: every-field
 description: Uses every explicit field once.
 spec: [MQTT-3.1.2-4, MQTT-4.3.2-1]
-requires: [broker_restart, power_loss, persistence, mqtt5, kick, retain, wildcards, will, qos1, qos2, connection_faults, link_faults]
+requires: [broker_restart, power_loss, persistence, mqtt5, kick, retain, wildcards, will, qos1, qos2, connection_faults, link_faults, acl]
 seeds: 3
 seed: 42
 broker:
@@ -28,6 +28,7 @@ clients:
     reconnect: false
     persistence: disk
     host: clients
+    user: acl
   pub:
     host: clients
   watcher: {}
@@ -69,7 +70,7 @@ steps:
       messages:
         - {id: pub-1, qos: 1, retain: false}
         - {from: pub, topic: a/b, count: 9}
-  - expect_no_message: {client: watcher, topic: a/#, for: 500ms}
+  - expect_no_message: {client: watcher, topic: a/#, for: 500ms, since_start: true}
   - expect_session_present: {client: sub, present: true}
   - expect_will: {of: sub, to: watcher, delivered: false, within: 10s, retain: true}
 "#;
@@ -80,7 +81,8 @@ fn every_explicit_field_parses() {
     assert_eq!(s.name, "every-field");
     assert_eq!(s.description, "Uses every explicit field once.");
     assert_eq!(s.spec, vec!["MQTT-3.1.2-4", "MQTT-4.3.2-1"]);
-    assert_eq!(s.requires.len(), 12);
+    assert_eq!(s.requires.len(), 13);
+    assert_eq!(s.requires[12], Capability::Acl);
     assert_eq!(s.requires[3], Capability::Mqtt5);
     assert_eq!(s.seeds, Some(3));
     assert_eq!(s.default_seeds(), 3);
@@ -122,6 +124,7 @@ fn every_explicit_field_parses() {
     assert!(sub.resubscribe);
     assert!(!sub.reconnect);
     assert_eq!(sub.persistence, Persistence::Disk);
+    assert_eq!(sub.user, Some(ClientUser::Acl));
     assert_eq!(s.host_of("sub").as_deref(), Some("clients"));
     // Defaults.
     let watcher = &s.clients["watcher"];
@@ -312,7 +315,8 @@ fn every_explicit_field_parses() {
         Step::ExpectNoMessage(ExpectNoMessageStep {
             client: "watcher".into(),
             topic: Some("a/#".into()),
-            duration: Dur::from_millis(500)
+            duration: Dur::from_millis(500),
+            since_start: true,
         })
     );
     assert_eq!(
