@@ -880,7 +880,11 @@ impl Core {
             } else if over_budget {
                 let session = sessions.get(sid as usize).and_then(|s| s.as_deref());
                 if let Some(s) = session.filter(|s| s.conn.is_some()) {
+                    // (A 5.0 Receive Maximum below `max_inflight_messages` fills the window
+                    // sooner; its queue then fills and is caught by the first test.)
                     let must_queue = !s.stored.queued.is_empty()
+                        || s.stored.outgoing.len()
+                            >= usize::from(self.config.max_inflight_messages)
                         || s.inflight_bytes >= self.config.max_inflight_bytes;
                     if must_queue && waiting.is_none_or(|(bytes, _)| s.queued_bytes > bytes) {
                         waiting = Some((s.queued_bytes, sid));
