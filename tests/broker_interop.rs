@@ -676,6 +676,10 @@ fn wrong_password_refused_and_acl_enforced() {
             "passwd",
             "-c",
             "-b",
+            // Few iterations: this test is about refusals and the ACL, not the work factor,
+            // and the broker pays one derivation per CONNECT.
+            "-I",
+            "1000",
             passwd.to_str().unwrap(),
             "alice",
             "secret",

@@ -13,27 +13,61 @@ mod certify_support;
 use std::process::Command;
 
 use certify_support::{
-    certify, failures, free_port, library, options, root, scenarios, ScriptedBroker,
+    case, certify, describe, failures, free_port, library, options, passed, root, scenarios,
+    ScriptedBroker,
 };
 use simqtt::broker::{Broker, BrokerConfig};
-use simqtt::certify::profile::Profile;
+use simqtt::certify::profile::{Acl, Profile};
 use simqtt::certify::runner::Options;
 use simqtt::certify::Verdict;
 use simqtt::store::MemoryStore;
 use simqtt::transport::tcp::TcpListener;
 
+/// The ACL of docs/profiles/simqtt.toml's [acl] example: user `certify` with a deny inside an
+/// allowed wildcard, everyone else (anonymous) allowed everything the library uses.
+const ACL_FILE: &str = "\
+topic readwrite #
+topic readwrite $SYS/#
+topic readwrite $app/#
+user certify
+topic readwrite private/#
+topic deny private/x
+";
+
 #[test]
 fn simqtt_broker_passes_the_whole_library_over_tcp() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
+    // With a password file and an ACL, as the profile's [acl] example says, so the `acl`
+    // scenarios run too (few hash iterations: the test is not about the work factor).
+    let d = dir.path().display().to_string();
+    let status = Command::new(env!("CARGO_BIN_EXE_simqtt"))
+        .args(["passwd", "-c", "-b", "-I", "1000"])
+        .arg(format!("{d}/passwd"))
+        .args(["certify", "secret"])
+        .status()
+        .expect("simqtt passwd");
+    assert!(status.success());
+    std::fs::write(format!("{d}/acl"), ACL_FILE).expect("write the ACL");
+    std::fs::write(
+        format!("{d}/broker.toml"),
+        format!("password_file = \"{d}/passwd\"\nacl_file = \"{d}/acl\"\n"),
+    )
+    .expect("write the broker config");
     let start = format!(
-        "{} broker --listen 127.0.0.1:{port} --data-dir {}/data",
+        "{} broker --listen 127.0.0.1:{port} --data-dir {d}/data --config {d}/broker.toml",
         env!("CARGO_BIN_EXE_simqtt"),
-        dir.path().display()
     );
     let broker = ScriptedBroker::start(port, dir, &start, "KILL");
     // Real time dominates (waits and quiet periods), not CPU: many cases at once.
-    let options = options(&broker, "simqtt.toml", 24);
+    let mut options = options(&broker, "simqtt.toml", 24);
+    options.profile.acl = Some(Acl {
+        username: "certify".into(),
+        password: "secret".into(),
+        denied_topic: "private/x".into(),
+        allowed_topic: Some("private/open".into()),
+        readable_filter: Some("private/#".into()),
+    });
     let all = library();
     let cert = certify(&all, &options);
     assert!(
@@ -42,6 +76,17 @@ fn simqtt_broker_passes_the_whole_library_over_tcp() {
         failures(&cert),
         broker.log()
     );
+    // The robustness probes ran (the `acl` ones need the profile's [acl] user) and passed.
+    for name in [
+        "acl-deny-inside-wildcard",
+        "session-resumed-by-another-user",
+        "deep-topic-levels-v311",
+        "deep-topic-levels-v5",
+        "non-reading-subscriber-flood",
+    ] {
+        let c = case(&cert.cases, name);
+        assert!(passed(c), "{name}: {}", describe(c));
+    }
     let ran = cert
         .cases
         .iter()

@@ -44,11 +44,31 @@ pub struct BrokerConfig {
     pub password_file: Option<PathBuf>,
     /// ACL file of per-user topic patterns. Default: none (everyone may do everything).
     pub acl_file: Option<PathBuf>,
+    /// Who may resume or take over the session of a client id. `"same-user"` (default): only
+    /// a client with the user name that created the session (an anonymous session: only an
+    /// anonymous client); anyone else's CONNECT is refused with "not authorized" (3.1.1
+    /// CONNACK 0x05, 5.0 0x87) and the session and its connection are left alone, so another
+    /// user can neither read its queued messages nor disconnect it nor discard it with a clean
+    /// start. `"any-user"`: any authenticated client may (mosquitto's behaviour); the session
+    /// then belongs to the last user that resumed it. A session stored before owners were
+    /// recorded goes to the first client that resumes it.
+    pub session_takeover: SessionTakeover,
 
     /// Largest packet accepted from a client, in bytes (whole packet, fixed header included).
     /// A larger packet closes that connection. Default 1048576 (1 MiB). 5.0 clients are told
     /// this in CONNACK (Maximum Packet Size).
     pub max_packet_size: u32,
+    /// Most levels a topic name or filter may have (`a/b/c` has 3; every `/` adds one). A
+    /// SUBSCRIBE filter beyond it is refused (3.1.1 SUBACK 0x80, 5.0 0x8F Topic Filter
+    /// invalid); a PUBLISH beyond it is refused (3.1.1: the connection is closed, 3.1.1 having
+    /// no way to refuse one message; 5.0: PUBACK/PUBREC 0x90 Topic Name invalid at QoS 1/2,
+    /// DISCONNECT 0x90 at QoS 0, which has no acknowledgement to carry it), and so is a CONNECT
+    /// whose will topic is beyond it (5.0 CONNACK 0x90; 3.1.1 closes without CONNACK, none of
+    /// its return codes applying). A stored subscription beyond it is dropped, with a warning,
+    /// when the broker loads its store. Default 128, as EMQX (`max_topic_levels`); mosquitto
+    /// allows 201 (`TOPIC_HIERARCHY_LIMIT`, after CVE-2019-11779). At most 65536, the most a
+    /// 65535-byte topic can have.
+    pub max_topic_levels: usize,
     /// Most clients connected at once; a CONNECT beyond it gets CONNACK "server unavailable"
     /// (3.1.1 code 3, 5.0 0x88). Default 100000. Sockets that have not yet sent CONNECT are
     /// bounded too, at `max_connections + 1024`; beyond that new sockets are closed at once.
@@ -75,6 +95,25 @@ pub struct BrokerConfig {
     /// dropped to make room for the new one (counted in `$SYS/broker/messages/dropped`). Either
     /// way the bound is hard.
     pub max_queued_messages: usize,
+    /// Bytes (payload and topic) of the messages held per session beyond the in-flight window;
+    /// the same rules as `max_queued_messages`, whichever bound is reached first (a message is
+    /// taken while the queue is below it, so a queue may pass it by one message). Default
+    /// 67108864 (64 MiB). mosquitto has the same option (unbounded by default).
+    pub max_queued_bytes: usize,
+    /// Bytes (payload and topic) of the outgoing QoS 1/2 messages in flight per session: the
+    /// window stops filling when they reach this, beside `max_inflight_messages` (one message
+    /// always fits, whatever its size). Default 16777216 (16 MiB): a client reading 1 MB
+    /// messages has 16 on the way at once, not 128.
+    pub max_inflight_bytes: usize,
+    /// The broker-wide memory budget for waiting messages: the bytes (payload and topic) of
+    /// every session's queue plus every connection's outbound queue. Past it, a QoS 0 message
+    /// is dropped (counted in `$SYS/broker/messages/dropped/memory`), a message for an offline
+    /// session is dropped (likewise), and a QoS 1/2 PUBLISH that would have to wait in an
+    /// online subscriber's queue holds its publisher (back-pressure, as for a full queue)
+    /// until the budget has room; a subscriber that keeps publishers waiting this way is
+    /// closed by the rule of `slow_subscriber_timeout_secs`. In-flight messages are outside
+    /// it (bounded per session by `max_inflight_bytes`). Default 536870912 (512 MiB).
+    pub max_queued_bytes_total: usize,
     /// Also queue QoS 0 messages for offline persistent sessions. Default `false` (QoS 0 is
     /// at most once; MQTT allows dropping it for an offline client).
     pub queue_qos0_messages: bool,
@@ -83,6 +122,13 @@ pub struct BrokerConfig {
     /// packet closes its connection as a slow consumer (its will is published, its in-flight
     /// messages stay in its session). Default 1024; must exceed `max_inflight_messages`.
     pub outbound_queue_packets: usize,
+    /// Bytes (payload and topic) of the messages buffered per connection between the broker
+    /// and the socket writer: a QoS 0 message that would take them past this is dropped
+    /// (counted in `$SYS/broker/messages/dropped/slow_consumer`; into an empty buffer one
+    /// message always fits). QoS 1/2 messages are not refused here: the in-flight window
+    /// bounds them (`max_inflight_bytes`). A client that reads nothing at all is closed once a
+    /// write has made no progress for 60 s. Default 8388608 (8 MiB).
+    pub outbound_queue_bytes: usize,
     /// Back-pressure bound. A QoS 1/2 PUBLISH that would overflow an online subscriber's
     /// queue (`max_queued_messages`) is not dropped: the broker stops reading that publisher
     /// until the subscriber makes room. A subscriber that makes no room for this many seconds
@@ -111,6 +157,19 @@ pub struct BrokerConfig {
     pub authenticator: Authenticator,
 }
 
+/// The most levels a topic of 65535 bytes can have: `max_topic_levels` above it would mean the
+/// same.
+const MAX_TOPIC_LEVELS_LIMIT: usize = 65_536;
+
+/// Who may resume or take over a session (`BrokerConfig::session_takeover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionTakeover {
+    #[default]
+    SameUser,
+    AnyUser,
+}
+
 /// The store's sync policy as the configuration file spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -131,13 +190,19 @@ impl Default for BrokerConfig {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            session_takeover: SessionTakeover::SameUser,
             max_packet_size: 1024 * 1024,
+            max_topic_levels: 128,
             max_connections: 100_000,
             max_inflight_messages: 128,
             max_incoming_qos2: 1024,
             max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_inflight_bytes: 16 * 1024 * 1024,
+            max_queued_bytes_total: 512 * 1024 * 1024,
             queue_qos0_messages: false,
             outbound_queue_packets: 1024,
+            outbound_queue_bytes: 8 * 1024 * 1024,
             slow_subscriber_timeout_secs: 30,
             connect_timeout_secs: 10,
             retain_available: true,
@@ -210,6 +275,23 @@ impl BrokerConfig {
         ] {
             if secs > DAY_SECS {
                 return invalid(field, secs.to_string(), "must be at most one day");
+            }
+        }
+        if !(1..=MAX_TOPIC_LEVELS_LIMIT).contains(&self.max_topic_levels) {
+            return invalid(
+                "max_topic_levels",
+                self.max_topic_levels.to_string(),
+                "must be from 1 to 65536 (a topic is at most 65535 bytes)",
+            );
+        }
+        for (field, bytes) in [
+            ("max_queued_bytes", self.max_queued_bytes),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+            ("max_queued_bytes_total", self.max_queued_bytes_total),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+        ] {
+            if bytes == 0 {
+                return invalid(field, "0".into(), "must be at least 1");
             }
         }
         if self.max_connections == 0 {

@@ -33,10 +33,11 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Sleep;
 
+use super::auth::{AuthOutcome, Authenticator};
 use super::core::{ConnId, EndCause};
 use super::server::Event;
 use super::stats::ByteCounters;
-use crate::codec::{self, Packet, PacketId, ProtocolVersion};
+use crate::codec::{self, Connect, Packet, PacketId, ProtocolVersion, QosPid};
 use crate::transport::BoxStream;
 
 /// Packets one connection may have with the core (in the event queue or held for
@@ -44,6 +45,10 @@ use crate::transport::BoxStream;
 /// broker (at most this many packets held). Large enough that a flat-out publisher is not
 /// throttled by the credit round trip itself (64 cost a third of the fan-in QoS 0 rate).
 pub(super) const READER_CREDIT: usize = 512;
+/// Bytes (payload and topic of PUBLISH packets) one connection may have with the core: the
+/// same bound as `READER_CREDIT` for large messages, where 512 held 1 MB PUBLISHes from one
+/// paused publisher would be 512 MB. A packet is always taken while fewer bytes are out.
+pub(super) const READER_CREDIT_BYTES: usize = 4 * 1024 * 1024;
 /// A read on a connection that holds no buffer goes into a stack array this large; a read
 /// that fills it means traffic, and a buffer is allocated.
 const IDLE_READ: usize = 2048;
@@ -62,6 +67,55 @@ const WRITE_FIRST_BYTES: usize = 4096;
 /// the task stops writing, so a stuck peer cannot hold its buffers forever.
 const WRITE_STALL: Duration = Duration::from_secs(60);
 
+/// PBKDF2 iterations a connection runs between two yields while it checks a password: about
+/// 2 ms here, the longest the core waits for one slice.
+const VERIFY_SLICE_ITERATIONS: u32 = 1024;
+/// Passwords checked at once across all connections: more CONNECTs wait their turn, so a
+/// flood of them (wrong passwords included) delays the core by at most this many slices.
+const VERIFY_SLOTS: usize = 2;
+
+/// Where connections check the password of their CONNECT, beside the core (a hash at a modern
+/// work factor takes a few hundred milliseconds; on the core it stalled every client).
+pub(super) struct Gate {
+    auth: Authenticator,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    pub(super) fn new(auth: Authenticator) -> Gate {
+        Gate {
+            auth,
+            slots: tokio::sync::Semaphore::new(VERIFY_SLOTS),
+        }
+    }
+
+    /// The outcome of `connect`'s credentials when it needs no hashing (no password file, an
+    /// anonymous client).
+    fn decided(&self, connect: &Connect) -> Option<AuthOutcome> {
+        let username = connect.username.as_deref();
+        self.auth
+            .verifier(username, connect.password.as_deref())
+            .outcome()
+    }
+
+    /// The outcome of `connect`'s credentials, computed a slice at a time.
+    async fn check(&self, connect: &Connect) -> AuthOutcome {
+        let username = connect.username.as_deref();
+        let mut verifier = self.auth.verifier(username, connect.password.as_deref());
+        if let Some(outcome) = verifier.outcome() {
+            return outcome;
+        }
+        // The semaphore is never closed; if it were, checking unthrottled is still correct.
+        let _slot = self.slots.acquire().await;
+        loop {
+            if let Some(outcome) = verifier.step(VERIFY_SLICE_ITERATIONS) {
+                return outcome;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// What the core sends a connection.
 // Nearly every item is a packet; boxing it would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
@@ -78,9 +132,19 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Bound on `queue.items`: `outbound_queue_packets`.
     capacity: usize,
+    /// Bound on `outbound_bytes` for QoS 0 PUBLISH packets: `outbound_queue_bytes`.
+    capacity_bytes: usize,
+    /// Bytes (`outbound_cost`) of the packets queued and not yet encoded by the task (in
+    /// `queue.items` or the task's `batch`). Mirrored into `global.outbound_queued`.
+    outbound_bytes: AtomicUsize,
+    /// The broker's counters: `outbound_queued` is the sum of every connection's
+    /// `outbound_bytes` (the connections' part of the memory budget).
+    global: Arc<ByteCounters>,
     /// Packets handed to the core and not yet handled (see `READER_CREDIT`). Only the task
     /// takes and only the core gives back, so two atomic operations per packet suffice.
     credit_taken: AtomicUsize,
+    /// Their bytes (`inbound_cost`; see `READER_CREDIT_BYTES`).
+    credit_bytes: AtomicUsize,
     /// The core dropped its handle: stop reading, write what is queued, close.
     closed: AtomicBool,
 }
@@ -110,6 +174,17 @@ impl Shared {
 
     fn credit_available(&self) -> bool {
         self.credit_taken.load(Ordering::SeqCst) < READER_CREDIT
+            && self.credit_bytes.load(Ordering::SeqCst) < READER_CREDIT_BYTES
+    }
+
+    /// The task took `item` out of the queue (to encode it, or to drop it).
+    fn outbound_taken(&self, cost: usize) {
+        if cost > 0 {
+            self.outbound_bytes.fetch_sub(cost, Ordering::Relaxed);
+            self.global
+                .outbound_queued
+                .fetch_sub(cost as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -122,15 +197,22 @@ impl ConnHandle {
     /// of packets for one connection: one lock for the run, not one per packet).
     pub(super) fn sender(&self) -> Sender<'_> {
         Sender {
-            capacity: self.0.capacity,
+            shared: &self.0,
             queue: self.0.lock(),
         }
     }
 
-    /// The core handled `n` of the connection's packets.
-    pub(super) fn give_credit(&self, n: usize) {
+    /// The core handled `n` of the connection's packets, carrying `bytes` (`inbound_cost`).
+    pub(super) fn give_credit(&self, n: usize, bytes: usize) {
         let before = self.0.credit_taken.fetch_sub(n, Ordering::SeqCst);
-        if before >= READER_CREDIT && before - n < READER_CREDIT {
+        let before_bytes = if bytes > 0 {
+            self.0.credit_bytes.fetch_sub(bytes, Ordering::SeqCst)
+        } else {
+            0
+        };
+        if (before >= READER_CREDIT && before - n < READER_CREDIT)
+            || (before_bytes >= READER_CREDIT_BYTES && before_bytes - bytes < READER_CREDIT_BYTES)
+        {
             // The task may be waiting for exactly this.
             self.0.wake();
         }
@@ -139,13 +221,15 @@ impl ConnHandle {
 
 /// `ConnHandle::sender`: the connection's queue, locked.
 pub(super) struct Sender<'a> {
-    capacity: usize,
+    shared: &'a Shared,
     queue: MutexGuard<'a, Queue>,
 }
 
 impl Sender<'_> {
     /// Queues `item` for the connection without waiting. `Full`: the queue holds
-    /// `outbound_queue_packets` items; `Closed`: the connection stopped writing.
+    /// `outbound_queue_packets` items, or `item` is a QoS 0 PUBLISH and the queue holds
+    /// messages already while the broker is `over_budget` or this one would take the queued
+    /// bytes past `outbound_queue_bytes`; `Closed`: the connection stopped writing.
     ///
     /// The task is not woken here: if it waits for packets, its waker goes to `wake`, which
     /// the caller wakes after queueing the whole batch of actions. Waking at the first push
@@ -158,14 +242,30 @@ impl Sender<'_> {
     pub(super) fn try_send(
         &mut self,
         item: Outbound,
+        over_budget: bool,
         wake: &mut Vec<Waker>,
     ) -> Result<(), TrySendError<Outbound>> {
         let queue = &mut *self.queue;
         if queue.writer_gone {
             return Err(TrySendError::Closed(item));
         }
-        if queue.items.len() >= self.capacity {
+        if queue.items.len() >= self.shared.capacity {
             return Err(TrySendError::Full(item));
+        }
+        let cost = outbound_cost(&item);
+        if cost > 0 {
+            let queued = self.shared.outbound_bytes.load(Ordering::Relaxed);
+            let qos0 = matches!(&item, Outbound::Packet(Packet::Publish(p)) if p.qos_pid == QosPid::AtMostOnce);
+            if qos0 && queued > 0 && (over_budget || queued + cost > self.shared.capacity_bytes) {
+                return Err(TrySendError::Full(item));
+            }
+            self.shared
+                .outbound_bytes
+                .fetch_add(cost, Ordering::Relaxed);
+            self.shared
+                .global
+                .outbound_queued
+                .fetch_add(cost as u64, Ordering::Relaxed);
         }
         queue.items.push_back(item);
         // One wake per batch: the task takes everything queued when it runs.
@@ -186,8 +286,29 @@ impl Drop for ConnHandle {
     }
 }
 
+/// What a packet counts against the outbound byte bounds: a PUBLISH's payload and topic.
+fn outbound_cost(item: &Outbound) -> usize {
+    match item {
+        Outbound::Packet(packet) => inbound_cost(packet),
+        Outbound::Protocol(_) => 0,
+    }
+}
+
+/// What a packet counts against `READER_CREDIT_BYTES` (and, leaving, the outbound bounds): a
+/// PUBLISH's payload and topic; other packets are small and bounded by the packet counts.
+pub(super) fn inbound_cost(packet: &Packet) -> usize {
+    match packet {
+        Packet::Publish(p) => p.payload.len() + p.topic.len(),
+        _ => 0,
+    }
+}
+
 /// Creates a connection's shared block: the core keeps the handle, the task gets the rest.
-pub(super) fn shared(outbound_queue_packets: usize) -> (ConnHandle, TaskSide) {
+pub(super) fn shared(
+    outbound_queue_packets: usize,
+    outbound_queue_bytes: usize,
+    global: Arc<ByteCounters>,
+) -> (ConnHandle, TaskSide) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
             items: VecDeque::new(),
@@ -196,7 +317,11 @@ pub(super) fn shared(outbound_queue_packets: usize) -> (ConnHandle, TaskSide) {
             wants_items: false,
         }),
         capacity: outbound_queue_packets,
+        capacity_bytes: outbound_queue_bytes,
+        outbound_bytes: AtomicUsize::new(0),
+        global,
         credit_taken: AtomicUsize::new(0),
+        credit_bytes: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
     });
     (ConnHandle(shared.clone()), TaskSide(shared))
@@ -207,10 +332,17 @@ pub(super) fn shared(outbound_queue_packets: usize) -> (ConnHandle, TaskSide) {
 pub(super) struct TaskSide(Arc<Shared>);
 
 impl TaskSide {
+    /// The task stopped writing: what is queued (and, by the caller, the task's own batch) is
+    /// dropped, and its bytes leave the budget.
     fn writer_gone(&self) {
         let mut queue = self.0.lock();
         queue.writer_gone = true;
         queue.items = VecDeque::new();
+        let bytes = self.0.outbound_bytes.swap(0, Ordering::SeqCst);
+        self.0
+            .global
+            .outbound_queued
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -249,6 +381,8 @@ struct Connection {
     shared: TaskSide,
     /// To the core.
     events: mpsc::Sender<Event>,
+    /// Checks the CONNECT's password.
+    gate: Arc<Gate>,
     /// Held until the last byte is written (see `serve`).
     _alive: mpsc::Sender<()>,
     max_packet_size: u32,
@@ -293,6 +427,7 @@ pub(super) fn serve(
     stream: Counted,
     max_packet_size: u32,
     events: mpsc::Sender<Event>,
+    gate: Arc<Gate>,
     shared: TaskSide,
     alive: mpsc::Sender<()>,
 ) -> impl Future<Output = ()> + Send {
@@ -301,6 +436,7 @@ pub(super) fn serve(
         stream,
         shared,
         events,
+        gate,
         _alive: alive,
         max_packet_size,
         // The first packet must be CONNECT, which carries its own protocol level.
@@ -345,6 +481,29 @@ pub(super) fn serve(
                     c.frames_waiting = true;
                     break;
                 }
+                if !c.connected && c.read_buf.first() == Some(&0x10) {
+                    // The first CONNECT: its password is checked here, beside the core.
+                    let Some(connect) = c.take_connect() else {
+                        continue;
+                    };
+                    let outcome = match c.gate.decided(&connect) {
+                        Some(outcome) => outcome,
+                        // Boxed: the check's state is no part of an idle connection.
+                        None => Box::pin(c.gate.check(&connect)).await,
+                    };
+                    let permit = match c.events.try_reserve() {
+                        Ok(permit) => permit,
+                        Err(TrySendError::Full(())) => match Box::pin(c.events.reserve()).await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                        Err(TrySendError::Closed(())) => return,
+                    };
+                    c.connected = true;
+                    c.shared.0.credit_taken.fetch_add(1, Ordering::SeqCst);
+                    permit.send(Event::Connect(conn, connect, outcome));
+                    continue;
+                }
                 let permit = match c.events.try_reserve() {
                     Ok(permit) => permit,
                     // Boxed: this future inline (136 bytes) would be part of every idle
@@ -372,6 +531,10 @@ pub(super) fn serve(
                 match decoded {
                     Ok(packet) => {
                         c.connected |= matches!(packet, Packet::Connect(_));
+                        let cost = inbound_cost(&packet);
+                        if cost > 0 {
+                            c.shared.0.credit_bytes.fetch_add(cost, Ordering::SeqCst);
+                        }
                         permit.send(Event::Packet(conn, packet))
                     }
                     Err(cause) => {
@@ -584,6 +747,29 @@ impl Connection {
         }
     }
 
+    /// Decodes the CONNECT at the front of the read buffer (a free-standing step, so the
+    /// decoded `Packet`, 256 bytes, is never held across an await of the task); on a bad
+    /// frame, stops reading with the cause.
+    fn take_connect(&mut self) -> Option<Box<Connect>> {
+        match decode_frame(
+            &mut self.read_buf,
+            &mut self.read_version,
+            self.max_packet_size,
+        ) {
+            Ok(Packet::Connect(connect)) => Some(connect),
+            Ok(_) => {
+                self.stop_reading(Some(EndCause::Io(
+                    "internal: a CONNECT frame decoded as another packet".into(),
+                )));
+                None
+            }
+            Err(cause) => {
+                self.stop_reading(Some(cause));
+                None
+            }
+        }
+    }
+
     /// Encodes the next batch of the core's packets into the (empty) write buffer.
     fn encode_batch(&mut self) {
         if self.batch.is_empty() {
@@ -597,6 +783,7 @@ impl Connection {
             self.write_buf.reserve(WRITE_FIRST_BYTES);
         }
         while let Some(item) = self.batch.pop_front() {
+            self.shared.0.outbound_taken(outbound_cost(&item));
             match item {
                 Outbound::Protocol(version) => self.write_version = version,
                 Outbound::Packet(packet) => {
@@ -833,12 +1020,13 @@ mod tests {
         let (stream, _peer) = tokio::io::duplex(64);
         let (events, _events_rx) = mpsc::channel(1);
         let (alive, _alive_rx) = mpsc::channel(1);
-        let (_handle, task) = shared(16);
+        let (_handle, task) = shared(16, 1 << 20, Arc::new(ByteCounters::default()));
         let stream = Counted {
             inner: Box::new(stream),
             bytes: Arc::new(ByteCounters::default()),
         };
-        let future = serve(1, stream, 1024, events, task, alive);
+        let gate = Arc::new(Gate::new(Authenticator::allow_all()));
+        let future = serve(1, stream, 1024, events, gate, task, alive);
         let size = std::mem::size_of_val(&future);
         // Each byte here is paid by every idle connection (issue 7: at most 2 KB in all). It was
         // 232 when written (debug build); the reader and writer tasks it replaced were 944 +
@@ -862,13 +1050,14 @@ mod tests {
         // Room for more than the credit, as in the server: credit is what stops the reads.
         let (events, mut core) = mpsc::channel(4 * READER_CREDIT);
         let (alive, _alive) = mpsc::channel(1);
-        let (handle, task) = shared(16);
+        let (handle, task) = shared(16, 1 << 20, Arc::new(ByteCounters::default()));
         let bytes = Arc::new(ByteCounters::default());
         let stream = Counted {
             inner: Box::new(broker_side),
             bytes: bytes.clone(),
         };
-        tokio::spawn(serve(1, stream, 1024, events, task, alive));
+        let gate = Arc::new(Gate::new(Authenticator::allow_all()));
+        tokio::spawn(serve(1, stream, 1024, events, gate, task, alive));
         tokio::spawn(async move {
             let chunk: Vec<u8> = frame
                 .iter()
@@ -893,7 +1082,7 @@ mod tests {
                 None => panic!("the connection ended early"),
             }
             handed += frame.len();
-            handle.give_credit(1);
+            handle.give_credit(1, 0);
             let read = bytes.received.load(Ordering::Relaxed) as usize;
             most_ahead = most_ahead.max(read - handed);
             // A slow core: the connection task gets to run between packets.

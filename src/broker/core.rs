@@ -18,15 +18,22 @@
 //! - Will delay (5.0): the will waits for the Will Delay Interval or the end of the session,
 //!   whichever comes first, and any new connection to the session before then cancels it.
 //! - Session queue overflow, online subscriber: back-pressure, not loss. A QoS 1/2 PUBLISH
-//!   that would push an online session's queue past `max_queued_messages` is not accepted:
+//!   that would push an online session's queue past `max_queued_messages` or
+//!   `max_queued_bytes`, or that would have to wait in an online session's queue while the
+//!   broker's budget (`max_queued_bytes_total`) is used up, is not accepted:
 //!   `publish_blocker` names the full session, the server holds the PUBLISH (unacknowledged)
 //!   and stops reading that publisher until the subscriber makes room. So nothing the broker
 //!   acknowledged is dropped for a slow reader. Exceptions, which still drop the OLDEST queued
 //!   message (counted): an offline session (a publisher must not wait days for it), a client
 //!   publishing to its own full queue (waiting on itself would deadlock: its PUBACKs sit
 //!   behind its held PUBLISHes), and messages the broker publishes itself (wills, `$SYS`).
+//!   Past the budget, a message for an offline session (or QoS 0 for any) is dropped instead.
 //! - Unauthorised PUBLISH (ACL, or a `$` topic): acknowledged normally in 3.1.1
 //!   [MQTT-3.3.5-2], with reason 0x87 in 5.0; never delivered; counted.
+//! - Unauthorised delivery: every message is checked against the receiver's ACL read access
+//!   on its way to it (`may_read`: live, queued for an offline session with its owner's ACL,
+//!   retained at SUBSCRIBE, wills, `$SYS`, and again when it leaves the queue or is resent),
+//!   so a `deny` inside an allowed wildcard holds; a refused one is dropped and counted.
 //! - Server shutdown closes connections without publishing wills (the clients did not fail).
 //! - Ordering: messages to one client leave in the order the broker accepted them at each QoS
 //!   [MQTT-4.6.0-6]; a QoS 0 message to an online client is sent at once and may overtake QoS
@@ -42,7 +49,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
 use super::auth::AuthOutcome;
-use super::config::BrokerConfig;
+use super::config::{BrokerConfig, SessionTakeover};
 use super::router::{Route, Router};
 use super::stats::{ByteCounters, Stats};
 use crate::codec::{
@@ -52,8 +59,8 @@ use crate::codec::{
     Unsubscribe, Will,
 };
 use crate::store::{
-    DurableState, MessageProperties, OutgoingState, Store, StoreOp, StoredMessage, StoredSession,
-    StoredSubscription, StoredWill,
+    DurableState, MessageProperties, OutgoingState, Owner, Store, StoreOp, StoredMessage,
+    StoredSession, StoredSubscription, StoredWill,
 };
 
 /// A connection, numbered by the server loop in accept order.
@@ -139,6 +146,10 @@ struct Session {
     /// `stored.outgoing`'s packet ids climb from front to back in allocation order, so a free
     /// id is found without a search (see `alloc_packet_id`).
     ids_ordered: bool,
+    /// Bytes (`message_bytes`) of `stored.queued` and of the messages in `stored.outgoing`:
+    /// the per-session byte bounds and the broker's budget (`Core::account`).
+    queued_bytes: usize,
+    inflight_bytes: usize,
 }
 
 /// A connection that has sent a valid CONNECT.
@@ -148,7 +159,9 @@ struct Online {
     /// The session this connection holds.
     sid: Sid,
     protocol: ProtocolVersion,
-    username: Option<String>,
+    /// Shared, so that a delivery's ACL check can remember the last user it decided for
+    /// (`ReadMemo`) without copying the name.
+    username: Option<Arc<str>>,
     /// Boxed: most clients set none, and a `Will` inline would triple every connection's
     /// entry (memory per idle connection).
     will: Option<Box<Will>>,
@@ -201,6 +214,11 @@ pub struct Core {
     paused: BTreeSet<ConnId>,
     /// Whether the store writes, and the acknowledgements waiting on it (`store_health.rs`).
     store_health: store_health::StoreHealth,
+    /// The sum of every session's `queued_bytes`: with the connections' outbound bytes
+    /// (`ByteCounters::outbound_queued`), what `max_queued_bytes_total` bounds.
+    queued_bytes_total: usize,
+    /// The credentials check of the CONNECT `handle_connect` is handing to `on_connect`.
+    checked: Option<(ConnId, AuthOutcome)>,
 }
 
 impl std::fmt::Debug for Core {
@@ -259,6 +277,8 @@ impl Core {
             full_sessions: BTreeSet::new(),
             paused: BTreeSet::new(),
             store_health: Default::default(),
+            queued_bytes_total: 0,
+            checked: None,
         };
         let loaded: Vec<(String, StoredSession)> = core
             .store
@@ -278,6 +298,30 @@ impl Core {
                 core.timers
                     .insert((at, Timer::SessionExpiry(client_id.clone())));
             }
+            // A subscription beyond `max_topic_levels` (stored before the limit existed, or
+            // under a larger one) is dropped here rather than served: it is what a client
+            // could no longer subscribe to, and loading it must not endanger the broker.
+            let too_deep: Vec<TopicFilter> = stored
+                .subscriptions
+                .keys()
+                .filter(|f| topic_levels(f) > core.config.max_topic_levels)
+                .cloned()
+                .collect();
+            let mut stored = stored;
+            for filter in too_deep {
+                tracing::warn!(
+                    client_id = &*client_id,
+                    levels = topic_levels(&filter),
+                    max_topic_levels = core.config.max_topic_levels,
+                    "dropping a stored subscription with more levels than max_topic_levels"
+                );
+                let op = StoreOp::Unsubscribed {
+                    client_id: id.clone(),
+                    filter,
+                };
+                stored.apply(&op);
+                core.pending_ops.push(op);
+            }
             let routes: Vec<(TopicFilter, Route)> = stored
                 .subscriptions
                 .iter()
@@ -290,6 +334,16 @@ impl Core {
                 })
                 .collect();
             let will = stored.will.as_deref().cloned();
+            let queued_bytes = stored.queued.iter().map(message_bytes).sum();
+            let inflight_bytes = stored
+                .outgoing
+                .iter()
+                .map(|(_, state)| match state {
+                    OutgoingState::Publish(m) => message_bytes(m),
+                    OutgoingState::PubRel => 0,
+                })
+                .sum();
+            core.queued_bytes_total += queued_bytes;
             let sid = core.insert_session(Session {
                 client_id,
                 conn: None,
@@ -298,6 +352,8 @@ impl Core {
                 pending_will: None,
                 ids_ordered: ids_in_order(&stored),
                 stored,
+                queued_bytes,
+                inflight_bytes,
             });
             for (filter, route) in routes {
                 core.router.insert(&filter, &sid, route);
@@ -369,6 +425,12 @@ impl Core {
         let live = || self.sessions.iter().flatten();
         stats.messages_queued = live().map(|s| s.stored.queued.len() as u64).sum();
         stats.messages_inflight = live().map(|s| s.stored.outgoing.len() as u64).sum();
+        stats.queued_bytes = self.queued_bytes_total as u64;
+        stats.inflight_bytes = live().map(|s| s.inflight_bytes as u64).sum();
+        stats.outbound_bytes = self
+            .bytes
+            .outbound_queued
+            .load(std::sync::atomic::Ordering::Relaxed);
         stats.retained = self.retained.len() as u64;
         stats.subscriptions = self.router.len() as u64;
         stats.bytes_received = self
@@ -393,7 +455,7 @@ impl Core {
                     conn,
                     peer: c.peer.clone(),
                     protocol: online.protocol,
-                    username: online.username.clone(),
+                    username: online.username.as_deref().map(str::to_string),
                     keep_alive_secs: online.keep_alive.as_secs() as u16,
                     persistent: session.persistent,
                     subscriptions: session.stored.subscriptions.len(),
@@ -464,6 +526,7 @@ impl Core {
     /// Applies a session op to `sid` and, when the session is persistent, queues it for the
     /// store (`flush_store`). Build the op's client id with `op_id`.
     fn emit_session(&mut self, sid: Sid, op: StoreOp) {
+        self.account(sid, &op);
         let Some(session) = self
             .sessions
             .get_mut(sid as usize)
@@ -477,6 +540,41 @@ impl Core {
         } else {
             session.stored.apply_owned(op);
         }
+    }
+
+    /// Keeps `sid`'s byte counts (and the broker's total) in step with `op`, about to be
+    /// applied to its session (`emit_session`; the paths that change a session without an op
+    /// count for themselves).
+    fn account(&mut self, sid: Sid, op: &StoreOp) {
+        let Some(session) = self.session(sid) else {
+            return;
+        };
+        let stored = &session.stored;
+        let outgoing = |id: &PacketId| match stored.outgoing.iter().find(|(i, _)| *i == id.get()) {
+            Some((_, OutgoingState::Publish(m))) => message_bytes(m),
+            _ => 0,
+        };
+        let front = || stored.queued.front().map_or(0, message_bytes);
+        let (queued_in, queued_out, inflight_in, inflight_out) = match op {
+            StoreOp::Queued { message, .. } => (message_bytes(message), 0, 0, 0),
+            StoreOp::QueueFrontDropped { .. } => (0, front(), 0, 0),
+            StoreOp::Dequeued { .. } => (0, front(), front(), 0),
+            StoreOp::SentInFlight { message, .. } => (0, 0, message_bytes(message), 0),
+            StoreOp::OutgoingCompleted { packet_id, .. }
+            | StoreOp::PubRecReceived { packet_id, .. } => (0, 0, 0, outgoing(packet_id)),
+            _ => return,
+        };
+        if let Some(session) = self.session_mut(sid) {
+            session.queued_bytes = session.queued_bytes + queued_in - queued_out;
+            session.inflight_bytes = session.inflight_bytes + inflight_in - inflight_out;
+        }
+        self.queued_bytes_total = self.queued_bytes_total + queued_in - queued_out;
+    }
+
+    /// A message of `size` bytes fits `session`'s in-flight byte bound (one always does).
+    fn inflight_bytes_fit(&self, session: &Session, size: usize) -> bool {
+        session.inflight_bytes == 0
+            || session.inflight_bytes + size <= self.config.max_inflight_bytes
     }
 
     /// Sockets open (connected or still before CONNECT).
@@ -577,6 +675,22 @@ impl Core {
         }
     }
 
+    /// A CONNECT whose user name and password the connection already checked (stepping
+    /// `Authenticator::verifier` beside the core, so a slow hash holds up no one else): the
+    /// same as `handle`, with that outcome instead of a check here.
+    pub fn handle_connect(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        outcome: AuthOutcome,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.checked = Some((conn, outcome));
+        self.handle(conn, Packet::Connect(connect), now, out);
+        self.checked = None;
+    }
+
     /// PUBACKs that came in a row on `conn`: the same as `handle` for each in turn, with the
     /// connection and session looked up once and the window refilled once at the end.
     pub fn pubacks(&mut self, conn: ConnId, ids: &[PacketId], now: Instant, out: &mut Vec<Action>) {
@@ -595,12 +709,14 @@ impl Core {
         for &id in ids {
             match self.outgoing_state(sid, id) {
                 Some(OutgoingState::Publish(m)) if m.qos == QoS::AtLeastOnce => {
+                    let size = message_bytes(m);
                     self.log_op(sid, |client_id| StoreOp::OutgoingCompleted {
                         client_id,
                         packet_id: id,
                     });
                     if let Some(session) = self.session_mut(sid) {
                         session.stored.complete_outgoing(id);
+                        session.inflight_bytes -= size;
                     }
                     completed = true;
                 }
@@ -737,29 +853,67 @@ impl Core {
     /// and stops reading `conn` until this answers `None`. Never blocks QoS 0, a client's
     /// publish to its own session, or delivery to offline sessions (see the module doc).
     pub fn publish_blocker(&mut self, conn: ConnId, publish: &Publish) -> Option<Arc<str>> {
-        if publish.qos_pid == QosPid::AtMostOnce || self.full_sessions.is_empty() {
+        if publish.qos_pid == QosPid::AtMostOnce {
+            return None;
+        }
+        let over_budget = self.over_budget();
+        if self.full_sessions.is_empty() && !over_budget {
             return None;
         }
         // Forget sessions that made room or went offline.
         let mut full = std::mem::take(&mut self.full_sessions);
         full.retain(|&sid| self.queue_full_online(sid));
         self.full_sessions = full;
-        if self.full_sessions.is_empty() {
+        if self.full_sessions.is_empty() && !over_budget {
             return None;
         }
         let publisher = self.online(conn)?.sid;
         let mut blocker = None;
+        // Past the budget: an online subscriber that would have to queue this message (the
+        // one with the most queued bytes), so healthy subscribers with room in their window
+        // are never the ones waited on.
+        let mut waiting: Option<(usize, Sid)> = None;
         let full = &self.full_sessions;
+        let sessions = &self.sessions;
         self.router.for_each_match(&publish.topic, |&sid, route| {
-            if blocker.is_none()
-                && route.options.qos != QoS::AtMostOnce
-                && sid != publisher
-                && full.contains(&sid)
-            {
+            if blocker.is_some() || route.options.qos == QoS::AtMostOnce || sid == publisher {
+                return;
+            }
+            if full.contains(&sid) {
                 blocker = Some(sid);
+            } else if over_budget {
+                let session = sessions.get(sid as usize).and_then(|s| s.as_deref());
+                if let Some(s) = session.filter(|s| s.conn.is_some()) {
+                    // (A 5.0 Receive Maximum below `max_inflight_messages` fills the window
+                    // sooner; its queue then fills and is caught by the first test.)
+                    let must_queue = !s.stored.queued.is_empty()
+                        || s.stored.outgoing.len()
+                            >= usize::from(self.config.max_inflight_messages)
+                        || s.inflight_bytes >= self.config.max_inflight_bytes;
+                    if must_queue && waiting.is_none_or(|(bytes, _)| s.queued_bytes > bytes) {
+                        waiting = Some((s.queued_bytes, sid));
+                    }
+                }
             }
         });
-        Some(self.session(blocker?)?.client_id.clone())
+        let blocker = blocker.or(waiting.map(|(_, sid)| sid))?;
+        Some(self.session(blocker)?.client_id.clone())
+    }
+
+    /// The broker-wide budget for waiting messages is used up (`max_queued_bytes_total`).
+    pub fn over_budget(&self) -> bool {
+        let outbound = self
+            .bytes
+            .outbound_queued
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        self.queued_bytes_total + outbound >= self.config.max_queued_bytes_total
+    }
+
+    /// A QoS 0 PUBLISH for a connection was dropped because the budget is used up.
+    pub fn qos0_dropped_memory(&mut self) {
+        self.stats.messages_sent = self.stats.messages_sent.saturating_sub(1);
+        self.stats.messages_dropped += 1;
+        self.stats.dropped_memory += 1;
     }
 
     /// True when `sid` is online and a QoS 1/2 message to it would overflow its queue.
@@ -772,7 +926,8 @@ impl Core {
         };
         let stored = &session.stored;
         let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
-        stored.queued.len() >= self.config.max_queued_messages
+        (stored.queued.len() >= self.config.max_queued_messages
+            || session.queued_bytes >= self.config.max_queued_bytes)
             && !(stored.queued.is_empty() && stored.outgoing.len() < limit)
     }
 
@@ -863,11 +1018,16 @@ impl Core {
         if username.is_none() && !self.config.allow_anonymous {
             return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
         }
-        match self
-            .config
-            .authenticator
-            .authenticate(username.as_deref(), connect.password.as_deref())
-        {
+        // Checked by the connection already (`handle_connect`), or here.
+        let checked = self.checked.take().filter(|(c, _)| *c == conn);
+        let outcome = match checked {
+            Some((_, outcome)) => outcome,
+            None => self
+                .config
+                .authenticator
+                .authenticate(username.as_deref(), connect.password.as_deref()),
+        };
+        match outcome {
             AuthOutcome::Allowed => {}
             AuthOutcome::BadUserNameOrPassword => {
                 return self.refuse(conn, protocol, ReasonCode::BadUserNameOrPassword, now, out)
@@ -883,6 +1043,15 @@ impl Core {
         };
         let mut will = connect.will;
         if let Some(w) = &will {
+            if topic_levels(&w.topic) > self.config.max_topic_levels {
+                tracing::info!(conn, "will topic has more levels than max_topic_levels");
+                if v5 {
+                    return self.refuse(conn, protocol, ReasonCode::TopicNameInvalid, now, out);
+                }
+                // [MQTT-3.2.2-6] no 3.1.1 return code applies: close without CONNACK.
+                self.stats.connections_refused += 1;
+                return self.end_connection(conn, false, now, out);
+            }
             if w.topic.starts_with('$')
                 || !self
                     .config
@@ -907,6 +1076,21 @@ impl Core {
             w.retain &= self.config.retain_available;
         }
         let existing = self.sid_of(&client_id);
+        let owner = Owner::of(username.as_deref());
+        if let Some(current) = existing.and_then(|sid| self.session(sid)?.stored.owner.as_ref()) {
+            if *current != owner && self.config.session_takeover == SessionTakeover::SameUser {
+                // Another user's session: not resumed, not taken over, not discarded by a
+                // clean start (issue 14, defect 3).
+                tracing::warn!(
+                    conn,
+                    client_id = &*client_id,
+                    username = username.as_deref(),
+                    "CONNECT refused: the client id's session belongs to another user"
+                );
+                self.stats.sessions_refused_other_user += 1;
+                return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
+            }
+        }
         let existing_conn = existing.and_then(|sid| self.session(sid)?.conn);
         if existing_conn.is_none() && self.online_count >= self.config.max_connections {
             tracing::warn!(conn, "max_connections reached; refusing CONNECT");
@@ -983,12 +1167,23 @@ impl Core {
                     pending_will: None,
                     stored: StoredSession::new(expiry, protocol.level()),
                     ids_ordered: true,
+                    queued_bytes: 0,
+                    inflight_bytes: 0,
                 })
             }
         };
         if let Some(rt) = self.session_mut(sid) {
             rt.conn = Some(conn);
             rt.expires_at = None;
+        }
+        if self.session(sid).and_then(|s| s.stored.owner.as_ref()) != Some(&owner) {
+            // A new session, one stored before owners were recorded, or (`any-user`) one
+            // resumed by another user: it is this user's from now on.
+            let op = StoreOp::SessionOwner {
+                client_id: self.op_id(sid),
+                owner: username.clone(),
+            };
+            self.emit_session(sid, op);
         }
         if let Some(w) = &will {
             // Kept with the session so a broker crash does not lose it (see `Core::new`).
@@ -1016,7 +1211,7 @@ impl Core {
                 client_id: client_id.clone(),
                 sid,
                 protocol,
-                username,
+                username: username.map(Arc::from),
                 will: will.map(Box::new),
                 keep_alive,
                 inflight_limit,
@@ -1071,6 +1266,15 @@ impl Core {
                 continue;
             };
             match state {
+                OutgoingState::Publish(message) if !self.may_read(sid, &message.topic) => {
+                    // Sent under another ACL or user (see `pump_window`): its flow ends here.
+                    self.count_not_readable();
+                    let op = StoreOp::OutgoingCompleted {
+                        client_id: self.op_id(sid),
+                        packet_id,
+                    };
+                    self.emit_session(sid, op);
+                }
                 OutgoingState::Publish(message) => {
                     let qos_pid = QosPid::new(message.qos, Some(packet_id))
                         .unwrap_or(QosPid::AtLeastOnce(packet_id));
@@ -1272,6 +1476,7 @@ impl Core {
         let Some(session) = self.sessions.get_mut(sid as usize).and_then(Option::take) else {
             return;
         };
+        self.queued_bytes_total -= session.queued_bytes;
         for filter in session.stored.subscriptions.keys() {
             self.router.remove(filter, &sid);
         }
@@ -1351,6 +1556,9 @@ impl Core {
                 now,
                 out,
             );
+        }
+        if topic_levels(&publish.topic) > self.config.max_topic_levels {
+            return self.topic_too_deep(conn, publish.qos_pid, v5, now, out);
         }
         if v5 && publish.qos().as_u8() > self.config.max_qos {
             return self.violation(
@@ -1483,6 +1691,35 @@ impl Core {
         }
     }
 
+    /// A PUBLISH whose topic has more levels than `max_topic_levels`: never routed. 3.1.1 has
+    /// no way to refuse one message, so the connection is closed; 5.0 answers QoS 1/2 with
+    /// reason 0x90 Topic Name invalid ("not accepted by this Server", 5.0 3.4.2.1) and keeps
+    /// the connection, and closes with DISCONNECT 0x90 at QoS 0, which has no acknowledgement
+    /// to carry a refusal.
+    fn topic_too_deep(
+        &mut self,
+        conn: ConnId,
+        qos_pid: QosPid,
+        v5: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.stats.messages_received += 1;
+        self.stats.messages_dropped += 1;
+        self.stats.dropped_topic_levels += 1;
+        let why = "PUBLISH topic has more levels than max_topic_levels";
+        let packet = match qos_pid {
+            QosPid::AtLeastOnce(id) if v5 => Packet::PubAck(ack(id, ReasonCode::TopicNameInvalid)),
+            QosPid::ExactlyOnce(id) if v5 => {
+                // An error PUBREC ends the exchange: nothing is recorded for the PUBREL.
+                Packet::PubRec(ack(id, ReasonCode::TopicNameInvalid))
+            }
+            _ => return self.violation(conn, ReasonCode::TopicNameInvalid, why, now, out),
+        };
+        tracing::info!(conn, why);
+        out.push(Action::Send { conn, packet });
+    }
+
     fn on_pubrel(&mut self, conn: ConnId, rel: Ack, out: &mut Vec<Action>) {
         let Some(online) = self.online(conn) else {
             return;
@@ -1613,6 +1850,20 @@ impl Core {
                 codes.push(ReasonCode::SharedSubscriptionsNotSupported);
                 continue;
             }
+            if topic_levels(&filter) > self.config.max_topic_levels {
+                // 0x8F: "correctly formed but not allowed for this Client" (5.0 3.9.3);
+                // 0x80 is 3.1.1's only failure code [MQTT-3.9.3-2].
+                tracing::info!(
+                    conn,
+                    "SUBSCRIBE filter has more levels than max_topic_levels"
+                );
+                codes.push(if v5 {
+                    ReasonCode::TopicFilterInvalid
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
             if !self
                 .config
                 .authenticator
@@ -1678,6 +1929,11 @@ impl Core {
                 // topic, with RETAIN set, at the lower of its QoS and the granted one.
                 for m in self.retained.values().chain(self.sys_retained.values()) {
                     if codec::matches(&filter, &m.topic) {
+                        if !self.may_read(sid, &m.topic) {
+                            self.stats.messages_dropped += 1;
+                            self.stats.dropped_not_authorized += 1;
+                            continue;
+                        }
                         let mut m = m.clone();
                         m.qos = m.qos.min(granted);
                         m.retain = true;
@@ -1827,6 +2083,8 @@ impl Core {
         // One copy per client at the highest matching QoS (see the module doc); clients in
         // session-index order.
         matches.sort_unstable_by_key(|m| m.0);
+        let acl = self.config.authenticator.has_acl();
+        let mut memo = ReadMemo::default();
         let mut i = 0;
         while i < matches.len() {
             let sid = matches[i].0;
@@ -1836,6 +2094,11 @@ impl Core {
                 qos = qos.max(matches[i].1.options.qos);
                 retain_as_published |= matches[i].1.options.retain_as_published;
                 i += 1;
+            }
+            if acl && !self.may_read_memo(sid, &message.topic, &mut memo) {
+                // A `deny` inside the subscription (or an ACL changed since it was made).
+                self.count_not_readable();
+                continue;
             }
             let mut copy = message.clone();
             copy.qos = copy.qos.min(qos);
@@ -1859,7 +2122,11 @@ impl Core {
             }
             let limit = self.online(conn).map_or(0, |o| o.inflight_limit);
             let stored = &session.stored;
-            if stored.queued.is_empty() && stored.outgoing.len() < limit {
+            let size = message_bytes(&message);
+            if stored.queued.is_empty()
+                && stored.outgoing.len() < limit
+                && self.inflight_bytes_fit(session, size)
+            {
                 if self.undeliverable(conn, sid, &message, now) {
                     self.count_undeliverable();
                     return;
@@ -1876,6 +2143,7 @@ impl Core {
                 if let Some(session) = self.session_mut(sid) {
                     session.stored.send_in_flight(packet_id, message);
                     session.ids_ordered = ids_ordered;
+                    session.inflight_bytes += size;
                 }
                 self.stats.messages_sent += 1;
                 out.push(Action::Send { conn, packet });
@@ -1891,8 +2159,19 @@ impl Core {
         let Some(session) = self.session(sid) else {
             return;
         };
+        let size = message_bytes(&message);
+        if self.over_budget() && (session.conn.is_none() || message.qos == QoS::AtMostOnce) {
+            // Past the broker's budget nothing more waits for an offline session, nor QoS 0
+            // for anyone (`BrokerConfig::max_queued_bytes_total`). An online session's QoS 1/2
+            // message got here past `publish_blocker`, which holds publishers meanwhile.
+            self.stats.messages_dropped += 1;
+            self.stats.dropped_memory += 1;
+            return;
+        }
         let queued = session.stored.queued.len();
-        if queued + 1 >= self.config.max_queued_messages && message.qos != QoS::AtMostOnce {
+        let full_after = queued + 1 >= self.config.max_queued_messages
+            || session.queued_bytes + size >= self.config.max_queued_bytes;
+        if full_after && message.qos != QoS::AtMostOnce {
             self.full_sessions.insert(sid);
         }
         if self.config.max_queued_messages == 0 {
@@ -1900,8 +2179,13 @@ impl Core {
             self.stats.dropped_queue_full += 1;
             return;
         }
-        if queued >= self.config.max_queued_messages {
-            // Overflow policy: drop the oldest (see `BrokerConfig::max_queued_messages`).
+        // Overflow policy: drop the oldest (see `BrokerConfig::max_queued_messages`) while the
+        // queue is at either bound.
+        while self.session(sid).is_some_and(|s| {
+            !s.stored.queued.is_empty()
+                && (s.stored.queued.len() >= self.config.max_queued_messages
+                    || s.queued_bytes >= self.config.max_queued_bytes)
+        }) {
             self.stats.messages_dropped += 1;
             self.stats.dropped_queue_full += 1;
             let op = StoreOp::QueueFrontDropped {
@@ -1962,6 +2246,16 @@ impl Core {
             let Some(front) = stored.queued.front() else {
                 return;
             };
+            if !self.may_read(sid, &front.topic) {
+                // Queued under another ACL (before a restart with a new ACL file, or for the
+                // user that held the session before, under `session_takeover = "any-user"`).
+                self.count_not_readable();
+                let op = StoreOp::QueueFrontDropped {
+                    client_id: self.op_id(sid),
+                };
+                self.emit_session(sid, op);
+                continue;
+            }
             if front.qos == QoS::AtMostOnce {
                 // A QoS 0 message leaves the queue as it is sent (it has no in-flight state).
                 let message = front.clone();
@@ -1972,7 +2266,9 @@ impl Core {
                 self.send_publish(conn, sid, &message, QosPid::AtMostOnce, false, now, out);
                 continue;
             }
-            if stored.outgoing.len() >= limit {
+            if stored.outgoing.len() >= limit
+                || !self.inflight_bytes_fit(session, message_bytes(front))
+            {
                 return;
             }
             if self.undeliverable(conn, sid, front, now) {
@@ -1987,6 +2283,7 @@ impl Core {
             let qos_pid =
                 QosPid::new(front.qos, Some(packet_id)).unwrap_or(QosPid::AtLeastOnce(packet_id));
             let packet = self.publish_packet(conn, sid, front, qos_pid, false, now);
+            let size = message_bytes(front);
             self.log_op(sid, |client_id| StoreOp::Dequeued {
                 client_id,
                 packet_id,
@@ -1994,7 +2291,10 @@ impl Core {
             if let Some(session) = self.session_mut(sid) {
                 session.stored.dequeue(packet_id);
                 session.ids_ordered = ids_ordered;
+                session.queued_bytes -= size;
+                session.inflight_bytes += size;
             }
+            self.queued_bytes_total -= size;
             self.stats.messages_sent += 1;
             out.push(Action::Send { conn, packet });
         }
@@ -2018,6 +2318,54 @@ impl Core {
             None => false,
         };
         expired || too_large
+    }
+
+    /// May `sid`'s client receive a message on `topic` (the ACL's read check, issue 14 defect
+    /// 2)? The user is the connection's while the session is online, else the session's
+    /// owner. Always true without an ACL, at the cost of one test.
+    fn may_read(&self, sid: Sid, topic: &str) -> bool {
+        let auth = &self.config.authenticator;
+        if !auth.has_acl() {
+            return true;
+        }
+        let Some(session) = self.session(sid) else {
+            return false;
+        };
+        let username = match session.conn.and_then(|conn| self.online(conn)) {
+            Some(online) => online.username.as_deref(),
+            None => session.stored.owner.as_ref().and_then(Owner::username),
+        };
+        auth.can_read(username, &session.client_id, topic)
+    }
+
+    /// `may_read` for one message fanned out to many sessions: the answer that depends on the
+    /// user only is remembered for the last online user, so a fan-out to clients of one user
+    /// (or to anonymous ones) asks the ACL once, not once per client.
+    fn may_read_memo(&self, sid: Sid, topic: &str, memo: &mut ReadMemo) -> bool {
+        let Some(session) = self.session(sid) else {
+            return false;
+        };
+        let Some(online) = session.conn.and_then(|conn| self.online(conn)) else {
+            return self.may_read(sid, topic);
+        };
+        if let Some((user, answer)) = &memo.last {
+            if *user == online.username {
+                return *answer;
+            }
+        }
+        let auth = &self.config.authenticator;
+        match auth.can_read_as_user(online.username.as_deref(), topic) {
+            Some(answer) => {
+                memo.last = Some((online.username.clone(), answer));
+                answer
+            }
+            None => auth.can_read(online.username.as_deref(), &session.client_id, topic),
+        }
+    }
+
+    fn count_not_readable(&mut self) {
+        self.stats.messages_dropped += 1;
+        self.stats.dropped_not_authorized += 1;
     }
 
     fn count_undeliverable(&mut self) {
@@ -2122,6 +2470,56 @@ impl Core {
     }
 
     // ----- the store: `store_health.rs` (flush_store, sync_store, handle) -----
+}
+
+#[cfg(test)]
+impl Core {
+    /// Panics unless every session's byte counts and the broker's total are what its queue
+    /// and window hold.
+    fn check_byte_counts(&self) {
+        let mut total = 0;
+        for session in self.sessions.iter().flatten() {
+            let queued: usize = session.stored.queued.iter().map(message_bytes).sum();
+            let inflight: usize = session
+                .stored
+                .outgoing
+                .iter()
+                .map(|(_, state)| match state {
+                    OutgoingState::Publish(m) => message_bytes(m),
+                    OutgoingState::PubRel => 0,
+                })
+                .sum();
+            assert_eq!(
+                session.queued_bytes, queued,
+                "{}: queued bytes",
+                session.client_id
+            );
+            assert_eq!(
+                session.inflight_bytes, inflight,
+                "{}: in-flight bytes",
+                session.client_id
+            );
+            total += queued;
+        }
+        assert_eq!(self.queued_bytes_total, total, "total queued bytes");
+    }
+}
+
+/// What `Core::may_read_memo` remembers while one message is fanned out: the last online
+/// user whose answer did not depend on the client id, and that answer.
+#[derive(Default)]
+struct ReadMemo {
+    last: Option<(Option<Arc<str>>, bool)>,
+}
+
+/// What a message counts against the byte bounds: its payload and topic.
+fn message_bytes(message: &StoredMessage) -> usize {
+    message.payload.len() + message.topic.len()
+}
+
+/// Levels of a topic name or filter: one more than its `/` separators.
+fn topic_levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
 /// True when `session`'s in-flight ids climb from front to back (see `alloc_packet_id`), as

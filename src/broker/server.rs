@@ -21,7 +21,15 @@
 //!   `slow_subscriber_timeout_secs` is closed as a slow consumer (its session keeps its
 //!   queue), which also breaks wait cycles between clients;
 //! - the core hands packets to each connection through a bounded queue with `try_send`, never
-//!   waiting: a slow subscriber loses QoS 0 messages or its connection, never anyone's time;
+//!   waiting: a slow subscriber loses QoS 0 messages or its connection, never anyone's time.
+//!   The queue is bounded in packets (`outbound_queue_packets`) and, for QoS 0, in bytes
+//!   (`outbound_queue_bytes`); a reader's packets with the core are bounded in bytes too
+//!   (`READER_CREDIT_BYTES`);
+//! - memory budget: the bytes waiting in session queues and in connections' outbound queues
+//!   are bounded broker-wide (`max_queued_bytes_total`). Past it a QoS 0 message that would
+//!   wait behind others is dropped, a message for an offline session is dropped, and a QoS
+//!   1/2 PUBLISH that would wait in an online subscriber's queue is held like one for a full
+//!   queue (`Core::publish_blocker`), with the same slow-subscriber rule;
 //! - a connection takes everything queued (up to a batch bound) before one write;
 //! - payloads travel as `Bytes`, shared by every subscriber's copy of a message;
 //! - the store ops of one batch of events are written together (`Core::flush_store`, one
@@ -44,11 +52,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::auth::AuthOutcome;
 use super::config::BrokerConfig;
-use super::connection::{self, ConnHandle, Counted, Outbound, PubAckRun};
+use super::connection::{self, inbound_cost, ConnHandle, Counted, Outbound, PubAckRun};
 use super::core::{Action, ClientInfo, ConnId, Core, EndCause};
 use super::stats::{ByteCounters, Stats};
-use crate::codec::{Packet, QosPid};
+use crate::codec::{Connect, Packet, QosPid};
 use crate::store::Store;
 use crate::transport::{BoxStream, Listener};
 
@@ -68,6 +77,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 pub(super) enum Event {
     Accepted(BoxStream, String),
     Packet(ConnId, Packet),
+    /// The first CONNECT, its credentials checked by the connection (`connection::Gate`).
+    Connect(ConnId, Box<Connect>, AuthOutcome),
     /// Plain PUBACKs that came in a row (`connection::take_puback_run`).
     PubAcks(ConnId, PubAckRun),
     Ended(ConnId, EndCause),
@@ -151,8 +162,10 @@ impl Broker {
         let bytes = Arc::new(ByteCounters::default());
         let max_packet_size = config.max_packet_size;
         let outbound_queue = config.outbound_queue_packets;
+        let outbound_queue_bytes = config.outbound_queue_bytes;
         let slow_subscriber_timeout = config.slow_subscriber_timeout_secs;
         let max_sockets = config.max_connections.saturating_add(PENDING_CONNECTIONS);
+        let gate = Arc::new(connection::Gate::new(config.authenticator.clone()));
         let mut core = Core::new(config, store, bytes.clone(), Instant::now());
         let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
         let acceptor = tokio::spawn(accept_loop(listener, events_tx.clone()));
@@ -213,12 +226,17 @@ impl Broker {
                                     let conn = driver.next_conn;
                                     driver.next_conn += 1;
                                     let stream = Counted { inner: stream, bytes: bytes.clone() };
-                                    let (handle, task) = connection::shared(outbound_queue);
+                                    let (handle, task) = connection::shared(
+                                        outbound_queue,
+                                        outbound_queue_bytes,
+                                        bytes.clone(),
+                                    );
                                     tokio::spawn(connection::serve(
                                         conn,
                                         stream,
                                         max_packet_size,
                                         events_tx.clone(),
+                                        gate.clone(),
                                         task,
                                         alive_tx.clone(),
                                     ));
@@ -229,10 +247,15 @@ impl Broker {
                             Event::Packet(conn, packet) => {
                                 driver.packet(&mut core, conn, packet, now);
                             }
+                            Event::Connect(conn, connect, outcome) => {
+                                // First on its connection: nothing is held before it.
+                                core.handle_connect(conn, connect, outcome, now, &mut driver.actions);
+                                driver.give_credit(conn, 1, 0);
+                            }
                             Event::PubAcks(conn, run) => {
                                 // Acknowledgements pass held packets (see `Driver::packet`).
                                 core.pubacks(conn, run.ids(), now, &mut driver.actions);
-                                driver.give_credit(conn, run.ids().len());
+                                driver.give_credit(conn, run.ids().len(), 0);
                             }
                             Event::Ended(conn, cause) => match driver.held.get_mut(&conn) {
                                 // After the held packets, in order (a held DISCONNECT first).
@@ -327,9 +350,9 @@ struct Driver {
 }
 
 impl Driver {
-    fn give_credit(&self, conn: ConnId, n: usize) {
+    fn give_credit(&self, conn: ConnId, n: usize, bytes: usize) {
         if let Some(handle) = self.conns.get(&conn) {
-            handle.give_credit(n);
+            handle.give_credit(n, bytes);
         }
     }
 
@@ -365,8 +388,9 @@ impl Driver {
                 return;
             }
         }
+        let bytes = inbound_cost(&packet);
         core.handle(conn, packet, now, &mut self.actions);
-        self.give_credit(conn, 1);
+        self.give_credit(conn, 1, bytes);
     }
 
     /// Hands the core the held packets that can go now; resumes connections left with none.
@@ -390,8 +414,9 @@ impl Driver {
                         break;
                     }
                 }
+                let bytes = inbound_cost(&packet);
                 core.handle(conn, packet, now, &mut self.actions);
-                self.give_credit(conn, 1);
+                self.give_credit(conn, 1, bytes);
                 progressed = true;
             }
             if blocked {
@@ -458,12 +483,20 @@ impl Driver {
                 // The actions for this connection that follow go under one lock.
                 let mut sender = handle.sender();
                 loop {
-                    match sender.try_send(item, &mut self.wake) {
+                    // Past the broker's budget a QoS 0 message is dropped where it would wait
+                    // (behind others in this queue); into an empty queue it still goes.
+                    let qos0 = matches!(&item, Outbound::Packet(Packet::Publish(p)) if p.qos_pid == QosPid::AtMostOnce);
+                    let over_budget = qos0 && core.over_budget();
+                    match sender.try_send(item, over_budget, &mut self.wake) {
                         Ok(()) => {}
                         Err(TrySendError::Full(Outbound::Packet(Packet::Publish(p))))
                             if p.qos_pid == QosPid::AtMostOnce =>
                         {
-                            core.qos0_dropped();
+                            if over_budget {
+                                core.qos0_dropped_memory();
+                            } else {
+                                core.qos0_dropped();
+                            }
                         }
                         Err(TrySendError::Full(_)) => {
                             core.ended(conn, EndCause::SlowConsumer, now, &mut self.actions);

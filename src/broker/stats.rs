@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct ByteCounters {
     pub received: AtomicU64,
     pub sent: AtomicU64,
+    /// Bytes (payload and topic) of the PUBLISH packets waiting in every connection's outbound
+    /// queue: the connections' part of the broker's memory budget.
+    pub outbound_queued: AtomicU64,
 }
 
 impl ByteCounters {
@@ -37,6 +40,8 @@ pub struct Stats {
     pub slow_consumers: u64,
     pub keepalive_timeouts: u64,
     pub takeovers: u64,
+    /// CONNECTs refused because the client id's session belongs to another user.
+    pub sessions_refused_other_user: u64,
     pub wills_published: u64,
     /// PUBLISH packets received from clients.
     pub messages_received: u64,
@@ -46,15 +51,27 @@ pub struct Stats {
     pub messages_dropped: u64,
     /// Oldest queued message dropped because a session queue was full.
     pub dropped_queue_full: u64,
-    /// PUBLISH refused by the ACL or aimed at a `$` topic.
+    /// PUBLISH refused by the ACL or aimed at a `$` topic, and deliveries the receiver's ACL
+    /// does not allow it to read.
     pub dropped_not_authorized: u64,
     /// QoS 0 message dropped because the subscriber's connection queue was full.
     pub dropped_slow_consumer: u64,
     /// 5.0 message whose expiry interval ran out before it could be sent, or larger than the
     /// client's maximum packet size.
     pub dropped_undeliverable: u64,
+    /// Messages dropped because the broker's memory budget (`max_queued_bytes_total`) was used
+    /// up: QoS 0 messages, and messages for offline sessions.
+    pub dropped_memory: u64,
+    /// PUBLISH refused because its topic has more levels than `max_topic_levels`.
+    pub dropped_topic_levels: u64,
     pub messages_queued: u64,
     pub messages_inflight: u64,
+    /// Bytes (payload and topic) of the messages in session queues.
+    pub queued_bytes: u64,
+    /// Bytes of the QoS 1/2 messages in flight.
+    pub inflight_bytes: u64,
+    /// Bytes of the messages in connections' outbound queues.
+    pub outbound_bytes: u64,
     pub retained: u64,
     pub subscriptions: u64,
     pub bytes_received: u64,
@@ -112,6 +129,10 @@ impl Stats {
                 self.keepalive_timeouts.to_string(),
             ),
             (
+                "$SYS/broker/connections/refused/other_user",
+                self.sessions_refused_other_user.to_string(),
+            ),
+            (
                 "$SYS/broker/messages/received",
                 self.messages_received.to_string(),
             ),
@@ -137,12 +158,32 @@ impl Stats {
                 self.dropped_undeliverable.to_string(),
             ),
             (
+                "$SYS/broker/messages/dropped/memory",
+                self.dropped_memory.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/dropped/topic_levels",
+                self.dropped_topic_levels.to_string(),
+            ),
+            (
                 "$SYS/broker/messages/queued",
                 self.messages_queued.to_string(),
             ),
             (
                 "$SYS/broker/messages/inflight",
                 self.messages_inflight.to_string(),
+            ),
+            (
+                "$SYS/broker/memory/queued_bytes",
+                self.queued_bytes.to_string(),
+            ),
+            (
+                "$SYS/broker/memory/inflight_bytes",
+                self.inflight_bytes.to_string(),
+            ),
+            (
+                "$SYS/broker/memory/outbound_bytes",
+                self.outbound_bytes.to_string(),
             ),
             (
                 "$SYS/broker/wills/published",

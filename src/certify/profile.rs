@@ -11,6 +11,8 @@
 //! username = "certify"
 //! password = "secret"
 //! denied_topic = "private/denied"
+//! allowed_topic = "private/open"   # these two: the `acl` scenarios (scenarios/README.md)
+//! readable_filter = "private/#"
 //! ```
 //!
 //! Every field has a default (a fully featured MQTT 3.1.1 + 5.0 broker without persistence),
@@ -67,11 +69,29 @@ pub struct Profile {
 pub struct Acl {
     pub username: String,
     pub password: String,
-    /// A topic this user may neither publish to nor subscribe to.
+    /// A topic this user may neither publish to nor subscribe to, nor receive.
     pub denied_topic: String,
-    /// A topic this user may use (defaults to none: scenarios use their own topics).
+    /// A topic this user may publish to and receive (defaults to none: scenarios use their own
+    /// topics). The `acl` scenarios need it, matched by `readable_filter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_topic: Option<String>,
+    /// A filter this user may subscribe to that covers `denied_topic` (the deny is inside an
+    /// allowed wildcard, e.g. `topic readwrite private/#` with `topic deny private/x`). The
+    /// `acl` scenarios need it. Other clients (anonymous, or `--username`) must be allowed to
+    /// publish to `denied_topic` and `allowed_topic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readable_filter: Option<String>,
+}
+
+impl Acl {
+    /// The topics the `acl` scenarios name, when the profile declares them all.
+    pub fn topics(&self) -> Option<crate::scenario::AclTopics> {
+        Some(crate::scenario::AclTopics {
+            denied_topic: self.denied_topic.clone(),
+            readable_filter: self.readable_filter.clone()?,
+            allowed_topic: self.allowed_topic.clone()?,
+        })
+    }
 }
 
 impl Default for Profile {
@@ -253,6 +273,17 @@ impl Profile {
                 self.qos2,
                 self.max_qos
             )),
+            Capability::Acl => match &self.acl {
+                None => Some(format!(
+                    "profile {profile} declares no ACL user ([acl] with username, password, \
+                     denied_topic, allowed_topic and readable_filter)"
+                )),
+                Some(acl) if acl.topics().is_none() => Some(format!(
+                    "profile {profile}'s [acl] lacks allowed_topic or readable_filter (a \
+                     filter the user may subscribe to that covers denied_topic)"
+                )),
+                Some(_) => None,
+            },
             // Kick is a session takeover (a second connection with the same client id), and
             // connection and link faults go through the fault proxy: every broker has them.
             _ => None,
@@ -275,6 +306,7 @@ pub fn capability_name(c: Capability) -> &'static str {
         Capability::Qos2 => "qos2",
         Capability::ConnectionFaults => "connection_faults",
         Capability::LinkFaults => "link_faults",
+        Capability::Acl => "acl",
     }
 }
 
@@ -454,6 +486,38 @@ mod tests {
 
     fn profile(toml: &str) -> Profile {
         Profile::from_toml("p.toml", toml).expect("test profile parses")
+    }
+
+    /// An `acl` scenario runs only where the profile declares the whole [acl] table, and
+    /// then with the profile's topics in place of its placeholders.
+    #[test]
+    fn acl_scenarios_need_the_whole_acl_table() {
+        let s = scenario(
+            "requires: [acl]\nclients:\n  r: {user: acl}\nsteps:\n  - connect: r\n  \
+             - subscribe: {client: r, filter: \"{acl.readable_filter}\"}\n",
+        );
+        let none = profile("name = \"b\"\n");
+        assert!(none
+            .unmet(&s, false)
+            .unwrap()
+            .contains("declares no ACL user"));
+        let partial =
+            profile("[acl]\nusername = \"u\"\npassword = \"p\"\ndenied_topic = \"d/x\"\n");
+        assert!(partial
+            .unmet(&s, false)
+            .unwrap()
+            .contains("readable_filter"));
+        let full = profile(
+            "[acl]\nusername = \"u\"\npassword = \"p\"\ndenied_topic = \"d/x\"\n\
+             allowed_topic = \"d/ok\"\nreadable_filter = \"d/#\"\n",
+        );
+        assert_eq!(full.unmet(&s, false), None);
+        let topics = full.acl.as_ref().and_then(Acl::topics).unwrap();
+        let resolved = s.with_acl_topics(&topics);
+        match &resolved.steps[1] {
+            Step::Subscribe(sub) => assert_eq!(sub.filter.as_deref(), Some("d/#")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -681,7 +745,8 @@ steps:
     #[test]
     fn the_library_against_a_plain_broker_skips_only_with_reasons() {
         // Every library scenario either runs against a fully featured broker without a
-        // restart command, or is skipped for broker_restart / power_loss / persistence.
+        // restart command, or is skipped for broker_restart / power_loss / persistence, or
+        // for acl (the default profile declares no ACL user).
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut stack = vec![dir];
         let (mut run, mut skipped) = (0, 0);
@@ -703,7 +768,8 @@ steps:
                         assert!(
                             why.split("; ").all(|r| r.starts_with("broker_restart: ")
                                 || r.starts_with("power_loss: ")
-                                || r.starts_with("persistence: ")),
+                                || r.starts_with("persistence: ")
+                                || r.starts_with("acl: ")),
                             "{}: {why}",
                             path.display()
                         );

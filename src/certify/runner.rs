@@ -11,7 +11,7 @@
 //!   every connection, a concurrent case's too); the rest run `jobs` at a time, each on its own
 //!   OS thread with its own runtime (a real-time run spends its time waiting, not computing).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -81,8 +81,17 @@ pub struct Case {
 pub fn plan(scenarios: &[(PathBuf, Scenario)], options: &Options) -> Vec<Case> {
     let mut cases = Vec::new();
     for (file, scenario) in scenarios {
-        let serial =
-            writes_raw(scenario) || profile::needed(scenario).contains(&Capability::BrokerRestart);
+        // An ACL scenario's topics are the profile's (`scenario::acl`).
+        let resolved;
+        let scenario = match options.profile.acl.as_ref().and_then(|a| a.topics()) {
+            Some(topics) if scenario.uses_acl() => {
+                resolved = scenario.with_acl_topics(&topics);
+                &resolved
+            }
+            _ => scenario,
+        };
+        let serial = topics_as_written(scenario)
+            || profile::needed(scenario).contains(&Capability::BrokerRestart);
         if let Some(reason) = options
             .profile
             .unmet(scenario, options.restart_cmd.is_some())
@@ -937,6 +946,12 @@ fn writes_raw(scenario: &Scenario) -> bool {
         .any(|s| matches!(s, Step::Raw(_) | Step::ExpectRaw(_)))
 }
 
+/// The case's topics go on the wire as the scenario (resolved) writes them: raw packets, whose
+/// bytes isolation cannot rewrite, and ACL scenarios, whose topics are the profile's.
+fn topics_as_written(scenario: &Scenario) -> bool {
+    writes_raw(scenario) || scenario.uses_acl()
+}
+
 /// Runs one case against the broker (blocking; real time) and grades it.
 pub fn run_case(case: &Case, options: &Options, tag: &str) -> CaseResult {
     run_watched(case, options, tag, Watch::default()).0
@@ -960,9 +975,15 @@ fn run_watched(
             dir: dir.clone(),
             username: options.username.clone(),
             password: options.password.as_deref().map(super::tcp::password),
-            // Raw packets carry the scenario's topics, which a prefix would not reach: such a
-            // case runs alone (serial phase) with its client ids tagged and topics as written.
-            isolation: Some(if writes_raw(scenario) {
+            acl_user: options
+                .profile
+                .acl
+                .as_ref()
+                .map(|acl| (acl.username.clone(), super::tcp::password(&acl.password))),
+            // Raw packets carry the scenario's topics, which a prefix would not reach, and an
+            // ACL scenario's are the ones the profile names: such a case runs with its client
+            // ids tagged and topics as written, in a wave of cases whose topics cannot meet.
+            isolation: Some(if topics_as_written(scenario) {
                 Isolation::ids_only(tag)
             } else {
                 Isolation::new(tag)
@@ -1074,11 +1095,17 @@ fn run_watched(
 fn clean_up(shared: &SharedRef, options: &Options, tag: &str) -> Result<(), String> {
     let (client_ids, retained) = {
         let s = lock(shared);
-        let ids: BTreeSet<String> = s
-            .sessions
-            .values()
-            .map(|x| s.net.wire_client_id(&x.client_id))
-            .collect();
+        // A session of the ACL user is ended as that user: the broker may keep a session for
+        // the user that made it (when clients of two users share an id, the ACL user's wins).
+        let mut ids: BTreeMap<String, Option<(String, Bytes)>> = BTreeMap::new();
+        for x in s.sessions.values() {
+            let acl = x.spec.user == Some(crate::scenario::ClientUser::Acl);
+            let user = s.net.acl_user.clone().filter(|_| acl);
+            let entry = ids.entry(s.net.wire_client_id(&x.client_id)).or_default();
+            if entry.is_none() {
+                *entry = user;
+            }
+        }
         (ids, s.retained_topics.clone())
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1089,14 +1116,15 @@ fn clean_up(shared: &SharedRef, options: &Options, tag: &str) -> Result<(), Stri
         let mut errors = Vec::new();
         // A clean-session CONNECT discards whatever session the id had (3.1.1 works with
         // every broker, and ends a 5.0 session as well).
-        for id in &client_ids {
-            if let Err(e) = connect_and_leave(options, id, |_| async { Ok(()) }).await {
+        for (id, user) in &client_ids {
+            let leave = connect_and_leave(options, id, user.as_ref(), |_| async { Ok(()) });
+            if let Err(e) = leave.await {
                 errors.push(format!("ending session {id}: {e}"));
             }
         }
         if !retained.is_empty() {
             let id = Isolation::new(tag).client_id("cleanup");
-            let result = connect_and_leave(options, &id, |client| async move {
+            let result = connect_and_leave(options, &id, None, |client| async move {
                 let mut tokens = Vec::new();
                 for topic in &retained {
                     tokens.push(
@@ -1124,10 +1152,12 @@ fn clean_up(shared: &SharedRef, options: &Options, tag: &str) -> Result<(), Stri
     })
 }
 
-/// Connects a clean 3.1.1 session with `client_id`, runs `work`, disconnects (bounded).
+/// Connects a clean 3.1.1 session with `client_id` (as `user`, else with the run's
+/// credentials), runs `work`, disconnects (bounded).
 async fn connect_and_leave<F, Fut>(
     options: &Options,
     client_id: &str,
+    user: Option<&(String, Bytes)>,
     work: F,
 ) -> Result<(), String>
 where
@@ -1141,6 +1171,10 @@ where
     connect.connect_timeout = Duration::from_secs(5);
     connect.username = options.username.clone();
     connect.password = options.password.as_deref().map(super::tcp::password);
+    if let Some((username, password)) = user {
+        connect.username = Some(username.clone());
+        connect.password = Some(password.clone());
+    }
     let all = async {
         let (client, _events, _) = Client::connect(
             connect,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use rand::TryRngCore;
 use simqtt::broker::auth::{
-    split_password_line, PasswordHash, PBKDF2_DEFAULT_ITERATIONS, SALT_BYTES,
+    split_password_line, PasswordHash, PBKDF2_DEFAULT_ITERATIONS, PBKDF2_MAX_ITERATIONS, SALT_BYTES,
 };
 
 #[derive(clap::Args)]
@@ -22,6 +22,18 @@ pub struct Args {
     /// Delete USER instead of adding or updating it.
     #[arg(short = 'D')]
     delete: bool,
+    /// PBKDF2-SHA512 iterations of the new hash (mosquitto_passwd's -I). The default follows
+    /// OWASP's advice for PBKDF2-SHA512; the broker pays one such derivation per CONNECT with a
+    /// password, and mosquitto 2.x reads any count (its own default is 101).
+    #[arg(
+        short = 'I',
+        long = "iterations",
+        value_name = "COUNT",
+        default_value_t = PBKDF2_DEFAULT_ITERATIONS,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(PBKDF2_MAX_ITERATIONS)),
+        conflicts_with = "delete"
+    )]
+    iterations: u32,
     /// The password file.
     file: PathBuf,
     /// The user name (must not contain `:`).
@@ -100,7 +112,7 @@ fn prompt(label: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn new_hash(password: &str) -> anyhow::Result<PasswordHash> {
+fn new_hash(password: &str, iterations: u32) -> anyhow::Result<PasswordHash> {
     if password.is_empty() {
         bail!("empty password");
     }
@@ -113,7 +125,7 @@ fn new_hash(password: &str) -> anyhow::Result<PasswordHash> {
     Ok(PasswordHash::with_salt(
         password.as_bytes(),
         salt,
-        PBKDF2_DEFAULT_ITERATIONS,
+        iterations,
     ))
 }
 
@@ -178,7 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 first
             }
         };
-        Change::Set(new_hash(&password)?)
+        Change::Set(new_hash(&password, args.iterations)?)
     };
     let (text, found) = edit(existing.as_deref(), &args.user, &change);
     if args.delete && !found {
@@ -231,6 +243,32 @@ mod tests {
         assert!(!found);
     }
 
+    /// Issue 14, defect 9: without -I the hash gets the modern default count; -I sets it.
+    #[test]
+    fn iterations_default_to_the_modern_count_and_i_chooses() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| c.args.iterations);
+        assert_eq!(
+            parse(&["passwd", "-b", "pw", "u", "p"]).unwrap(),
+            PBKDF2_DEFAULT_ITERATIONS
+        );
+        assert_eq!(parse(&["passwd", "-I", "101", "pw", "u"]).unwrap(), 101);
+        assert_eq!(
+            parse(&["passwd", "--iterations", "500000", "pw", "u"]).unwrap(),
+            500_000
+        );
+        assert!(parse(&["passwd", "-I", "0", "pw", "u"]).is_err());
+        assert!(parse(&["passwd", "-I", "10000001", "pw", "u"]).is_err());
+        assert!(parse(&["passwd", "-D", "-I", "5", "pw", "u"]).is_err());
+        let hash = new_hash("p", 1234).unwrap();
+        assert!(hash.to_string().starts_with("$7$1234$"));
+    }
+
     #[test]
     fn user_names_are_checked() {
         assert!(check_user("alice").is_ok());
@@ -247,6 +285,8 @@ mod tests {
             create,
             batch: password.is_some(),
             delete,
+            // Few iterations: the test hashes several passwords (the default is pinned below).
+            iterations: 1000,
             file: file.clone(),
             user: user.into(),
             password: password.map(str::to_string),

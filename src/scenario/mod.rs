@@ -12,6 +12,7 @@
 //! cannot say (a step naming an undefined client, a 5.0 option on a 3.1.1 client, a rate of
 //! zero) and places each error with [`locate`] by walking the source along the value's path.
 
+pub mod acl;
 pub mod cite;
 pub mod locate;
 pub mod raw;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::codec::{PacketType, ProtocolVersion, QoS};
 use crate::history::checkers::CheckerName;
 use crate::history::Direction;
+pub use acl::{AclTopics, ClientUser, SIM_ACL};
 pub use locate::Seg;
 pub use units::{Dur, Rate};
 
@@ -159,6 +161,9 @@ pub enum Capability {
     ConnectionFaults,
     /// Link faults between hosts (partition, loss, latency).
     LinkFaults,
+    /// An ACL user with a deny inside an allowed wildcard (`user: acl` clients, `{acl.…}`
+    /// topics; see `scenario::acl`).
+    Acl,
 }
 
 /// Broker options.
@@ -223,6 +228,9 @@ pub struct ClientSpec {
     /// The turmoil host it runs on; defaults to its name. Clients may share a host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Connect as this user (`acl`: the ACL user); default: the run's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<ClientUser>,
 }
 
 impl Default for ClientSpec {
@@ -238,6 +246,7 @@ impl Default for ClientSpec {
             reconnect: true,
             persistence: Persistence::None,
             host: None,
+            user: None,
         }
     }
 }
@@ -678,6 +687,10 @@ pub struct ExpectNoMessageStep {
     /// (the text says why, e.g. the section that allows it). Excludes `spec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Also count what arrived before the step, from the start of the run: nothing matching
+    /// may ever have arrived (an ACL's deny, say).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub since_start: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1118,6 +1131,7 @@ pub fn validate(s: &Scenario, file: &str, src: &str) -> Vec<ScenarioError> {
     validate_steps(s, &mut e);
     cite::validate(s, &mut e);
     validate_schedule(s, &mut e);
+    acl::validate_acl(s, &mut e);
     if let Some(w) = &s.workload {
         validate_workload(w, &mut e);
     }

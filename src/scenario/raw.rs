@@ -38,7 +38,9 @@ pub const PROPERTY_NAMES: [&str; 6] = [
 pub struct RawStep {
     pub client: String,
     /// Hex bytes (`"c0 00"`; spaces and line breaks ignored), or a packet by name: `connect`
-    /// (built from the client's options), `pingreq`, `disconnect`.
+    /// (built from the client's options), `pingreq`, `disconnect`, or `deep_subscribe N`,
+    /// `deep_unsubscribe N`, `deep_publish N` (packet id 1, QoS 0) on a filter or topic of N
+    /// empty levels (`/` repeated; too long to write out in hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send: Option<String>,
     /// Close the open raw connection (if any) and open a new one before sending.
@@ -234,6 +236,9 @@ pub fn ack_bytes(name: &str, id: u16, reason: Option<u8>) -> Option<Vec<u8>> {
 /// Parses a raw send: a packet name or hex bytes. The acknowledgements in `ACK_SENDS` are
 /// built by the runner from what the broker sent; here they parse to nothing.
 pub fn send_bytes(send: &str, client: &str, spec: &ClientSpec) -> Result<Vec<u8>, String> {
+    if let Some(deep) = deep_bytes(send, spec.protocol) {
+        return deep;
+    }
     match send.trim() {
         "connect" => connect_bytes(client, spec),
         "pingreq" => Ok(vec![0xC0, 0x00]),
@@ -243,6 +248,58 @@ pub fn send_bytes(send: &str, client: &str, spec: &ClientSpec) -> Result<Vec<u8>
         }
         hex => parse_hex(hex),
     }
+}
+
+/// Most levels `deep_*` sends take: a topic of 65,535 bytes has 65,536.
+pub const DEEP_LEVELS_MAX: usize = 65_536;
+
+/// `deep_subscribe N`, `deep_unsubscribe N` or `deep_publish N`: the packet on N empty levels,
+/// or `None` for another send.
+fn deep_bytes(send: &str, protocol: ProtocolVersion) -> Option<Result<Vec<u8>, String>> {
+    let mut words = send.split_whitespace();
+    let name = words.next()?;
+    if !matches!(name, "deep_subscribe" | "deep_unsubscribe" | "deep_publish") {
+        return None;
+    }
+    let levels = match (words.next().map(str::parse::<usize>), words.next()) {
+        (Some(Ok(n)), None) if (1..=DEEP_LEVELS_MAX).contains(&n) => n,
+        _ => {
+            return Some(Err(format!(
+                "{name} takes a number of levels from 1 to {DEEP_LEVELS_MAX}, like `{name} 20000`"
+            )))
+        }
+    };
+    let deep = "/".repeat(levels - 1);
+    let id = crate::codec::PacketId::MIN;
+    let packet = match name {
+        "deep_subscribe" => Packet::Subscribe(crate::codec::Subscribe {
+            packet_id: id,
+            properties: Default::default(),
+            filters: vec![(
+                crate::codec::TopicFilter::new(&deep).ok()?,
+                crate::codec::SubscriptionOptions::qos(QoS::AtMostOnce),
+            )],
+        }),
+        "deep_unsubscribe" => Packet::Unsubscribe(crate::codec::Unsubscribe {
+            packet_id: id,
+            user_properties: Vec::new(),
+            filters: vec![crate::codec::TopicFilter::new(&deep).ok()?],
+        }),
+        _ => Packet::Publish(crate::codec::Publish {
+            dup: false,
+            qos_pid: crate::codec::QosPid::AtMostOnce,
+            retain: false,
+            topic: TopicName::new(&deep).ok()?,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"deep"),
+        }),
+    };
+    let mut out = bytes::BytesMut::new();
+    Some(
+        encode(&packet, protocol, &mut out)
+            .map(|()| out.to_vec())
+            .map_err(|e| format!("encoding {name}: {e}")),
+    )
 }
 
 /// Hex digits in pairs; whitespace is ignored.
@@ -523,5 +580,43 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(send_bytes("pingreq", "r1", &spec).unwrap(), vec![0xC0, 0]);
+    }
+
+    #[test]
+    fn deep_sends_build_packets_on_empty_levels() {
+        for protocol in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let spec = ClientSpec {
+                protocol,
+                ..ClientSpec::default()
+            };
+            for (send, levels) in [
+                ("deep_subscribe 20000", 20_000),
+                ("deep_unsubscribe 3", 3),
+                ("deep_publish 65536", 65_536),
+            ] {
+                let bytes = send_bytes(send, "r", &spec).unwrap();
+                let mut buf = bytes::BytesMut::from(&bytes[..]);
+                let packet = crate::codec::decode(&mut buf, protocol, u32::MAX >> 4)
+                    .unwrap()
+                    .unwrap();
+                let topic = match packet {
+                    Packet::Subscribe(s) => s.filters[0].0.to_string(),
+                    Packet::Unsubscribe(u) => u.filters[0].to_string(),
+                    Packet::Publish(p) => p.topic.to_string(),
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(topic.split('/').count(), levels, "{send}");
+            }
+        }
+        let spec = ClientSpec::default();
+        for bad in [
+            "deep_subscribe",
+            "deep_subscribe 0",
+            "deep_publish 65537",
+            "deep_publish x",
+        ] {
+            let e = send_bytes(bad, "r", &spec).unwrap_err();
+            assert!(e.contains("number of levels"), "{bad}: {e}");
+        }
     }
 }

@@ -7,7 +7,7 @@ const EXPLICIT: &str = r#"
 name: every-field
 description: Uses every explicit field once.
 spec: [MQTT-3.1.2-4, MQTT-4.3.2-1]
-requires: [broker_restart, power_loss, persistence, mqtt5, kick, retain, wildcards, will, qos1, qos2, connection_faults, link_faults]
+requires: [broker_restart, power_loss, persistence, mqtt5, kick, retain, wildcards, will, qos1, qos2, connection_faults, link_faults, acl]
 seeds: 3
 seed: 42
 broker:
@@ -28,6 +28,7 @@ clients:
     reconnect: false
     persistence: disk
     host: clients
+    user: acl
   pub:
     host: clients
   watcher: {}
@@ -74,7 +75,7 @@ steps:
         - {id: pub-1, qos: 1, retain: false}
         - {from: pub, topic: a/b, count: 9}
       spec: MQTT-4.3.2-1
-  - expect_no_message: {client: watcher, topic: a/#, for: 500ms, spec: MQTT-3.1.2-4}
+  - expect_no_message: {client: watcher, topic: a/#, for: 500ms, since_start: true, spec: MQTT-3.1.2-4}
   - expect_session_present: {client: sub, present: true, spec: MQTT-3.1.2-4}
   - expect_will: {of: sub, to: watcher, delivered: false, within: 10s, retain: true, note: permitted}
   - expect_messages: {client: sub, within: 1s, again: true, messages: [{id: pub-1}], spec: MQTT-4.3.2-1}
@@ -86,7 +87,8 @@ fn every_explicit_field_parses() {
     assert_eq!(s.name, "every-field");
     assert_eq!(s.description, "Uses every explicit field once.");
     assert_eq!(s.spec, vec!["MQTT-3.1.2-4", "MQTT-4.3.2-1"]);
-    assert_eq!(s.requires.len(), 12);
+    assert_eq!(s.requires.len(), 13);
+    assert_eq!(s.requires[12], Capability::Acl);
     assert_eq!(s.requires[3], Capability::Mqtt5);
     assert_eq!(s.seeds, Some(3));
     assert_eq!(s.default_seeds(), 3);
@@ -128,6 +130,7 @@ fn every_explicit_field_parses() {
     assert!(sub.resubscribe);
     assert!(!sub.reconnect);
     assert_eq!(sub.persistence, Persistence::Disk);
+    assert_eq!(sub.user, Some(ClientUser::Acl));
     assert_eq!(s.host_of("sub").as_deref(), Some("clients"));
     // Defaults.
     let watcher = &s.clients["watcher"];
@@ -326,6 +329,7 @@ fn every_explicit_field_parses() {
             duration: Dur::from_millis(500),
             spec: Some("MQTT-3.1.2-4".into()),
             note: None,
+            since_start: true,
         })
     );
     assert_eq!(

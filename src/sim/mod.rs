@@ -221,8 +221,39 @@ pub fn knobs(seed: u64) -> Knobs {
     Knobs::from_rng(&mut ChaCha8Rng::seed_from_u64(seed))
 }
 
+/// The simulated broker's checks for a scenario with an ACL user (`scenario::SIM_ACL`): that
+/// user's password (few iterations: a simulation is not an attack) and ACL; everyone else
+/// anonymous, allowed everything.
+fn sim_acl() -> (crate::broker::auth::Authenticator, (String, bytes::Bytes)) {
+    use crate::broker::auth::{Acl, Authenticator, PasswordFile, PasswordHash, SALT_BYTES};
+    let acl = &crate::scenario::SIM_ACL;
+    let hash = PasswordHash::with_salt(acl.password.as_bytes(), [7; SALT_BYTES], 1000);
+    let passwords = PasswordFile::from_entries([(acl.username.to_string(), hash)]);
+    let rules = Acl::parse(acl.acl_file, std::path::Path::new("sim-acl"))
+        .expect("the simulator's ACL parses");
+    (
+        Authenticator::new(true, Some(passwords), Some(rules)),
+        (
+            acl.username.to_string(),
+            bytes::Bytes::from_static(acl.password.as_bytes()),
+        ),
+    )
+}
+
 /// Runs one seed of a scenario.
 pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
+    if scenario.uses_acl() {
+        let resolved = scenario.with_acl_topics(&crate::scenario::SIM_ACL.topics());
+        return run_resolved(&resolved, seed, Some(sim_acl()));
+    }
+    run_resolved(scenario, seed, None)
+}
+
+fn run_resolved(
+    scenario: &Scenario,
+    seed: u64,
+    acl: Option<(crate::broker::auth::Authenticator, (String, bytes::Bytes))>,
+) -> RunReport {
     let knobs = knobs(seed);
     let sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -232,9 +263,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
         .max_message_latency(Duration::from_millis(knobs.max_latency_ms))
         .simulation_duration(RUN_LIMIT + Duration::from_secs(60))
         .build();
+    let (broker_authenticator, acl_user) = acl.unzip();
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
         broker_addr: format!("{}:{}", scenario.broker.host, world::BROKER_PORT),
         seed,
+        broker_authenticator,
+        net: world::ClientNet {
+            acl_user,
+            ..world::ClientNet::default()
+        },
         ..Shared::default()
     }));
     lock(&shared).record(
@@ -1540,7 +1577,11 @@ impl<B: Backend> Runner<B> {
                 }
             }
             Step::ExpectNoMessage(x) => {
-                let from_index = lock(&self.shared).trace.len();
+                let from_index = if x.since_start {
+                    0
+                } else {
+                    lock(&self.shared).trace.len()
+                };
                 self.run_for(x.duration.as_duration())?;
                 let hits: Vec<usize> = {
                     let s = lock(&self.shared);
@@ -1562,9 +1603,14 @@ impl<B: Backend> Runner<B> {
                         i,
                         kw,
                         format!(
-                            "{} received {} message(s) it should not have within {}",
+                            "{} received {} message(s) it should not have {} {}",
                             x.client,
                             hits.len(),
+                            if x.since_start {
+                                "since the start, or within"
+                            } else {
+                                "within"
+                            },
                             x.duration
                         ),
                         hits,
@@ -2260,6 +2306,7 @@ impl Plan {
                     Persistence::None
                 },
                 host: None,
+                user: None,
             }
         };
         for i in 0..w.subscribers {

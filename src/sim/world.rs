@@ -162,6 +162,9 @@ pub struct Shared {
     /// Simulated broker only: bytes it wrote to each peer IP (whatever the link did with
     /// them), the evidence that a cut or lossy link from the broker met traffic.
     pub broker_sent: BTreeMap<String, u64>,
+    /// The simulated broker's password and ACL checks (default: everyone may do everything);
+    /// a scenario with an ACL user gets `scenario::SIM_ACL`'s.
+    pub broker_authenticator: Option<crate::broker::auth::Authenticator>,
 }
 
 /// Where the hosts' time comes from.
@@ -190,6 +193,9 @@ pub struct ClientNet {
     pub host_addrs: BTreeMap<String, String>,
     pub username: Option<String>,
     pub password: Option<Bytes>,
+    /// The credentials of clients with `user: acl` (the profile's `[acl]` user under certify,
+    /// `scenario::SIM_ACL`'s in the simulator).
+    pub acl_user: Option<(String, Bytes)>,
     /// Prefixes client ids and topics so runs can share one real broker.
     pub isolation: Option<Isolation>,
 }
@@ -204,6 +210,7 @@ impl Default for ClientNet {
             host_addrs: BTreeMap::new(),
             username: None,
             password: None,
+            acl_user: None,
             isolation: None,
         }
     }
@@ -366,7 +373,12 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
             } else {
                 Box::new(MemoryStore::new())
             };
+            let authenticator = lock(&shared)
+                .broker_authenticator
+                .clone()
+                .unwrap_or_default();
             let config = BrokerConfig {
+                authenticator,
                 rng_seed: Some(seed),
                 // $SYS publications every few seconds: cheap, and they give `$` topics for
                 // the wildcard scenarios to (not) match [MQTT-4.7.2-1].
@@ -823,8 +835,18 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
             client_id: String::new(),
             will_topic: None,
         };
+        let acl_user = s.net.acl_user.clone();
         let Some(session) = s.sessions.get_mut(client) else {
             return;
+        };
+        // A client with `user: acl` connects as the ACL user instead.
+        let wire = match (session.spec.user, acl_user) {
+            (Some(crate::scenario::ClientUser::Acl), Some((username, password))) => Wire {
+                username: Some(username),
+                password: Some(password),
+                ..wire
+            },
+            _ => wire,
         };
         session.instance += 1;
         session.running = true;

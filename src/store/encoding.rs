@@ -15,7 +15,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 use bytes::Bytes;
 
 use super::{
-    DurableState, MessageProperties, OutgoingState, StoreOp, StoredMessage, StoredSession,
+    DurableState, MessageProperties, OutgoingState, Owner, StoreOp, StoredMessage, StoredSession,
     StoredSubscription, StoredWill,
 };
 use crate::codec::{
@@ -181,6 +181,7 @@ mod tag {
     pub const RETAINED_CLEARED: u8 = 15;
     pub const WILL_STORED: u8 = 16;
     pub const WILL_CLEARED: u8 = 17;
+    pub const SESSION_OWNER: u8 = 18;
 }
 
 /// Appends the encoding of `op` to `out`.
@@ -298,6 +299,11 @@ pub fn encode_op(op: &StoreOp, out: &mut Vec<u8>) {
             out.push(tag::WILL_CLEARED);
             put_bytes(out, client_id.as_bytes());
         }
+        StoreOp::SessionOwner { client_id, owner } => {
+            out.push(tag::SESSION_OWNER);
+            put_bytes(out, client_id.as_bytes());
+            put_owner(out, owner.as_deref());
+        }
     }
 }
 
@@ -400,10 +406,36 @@ fn encode_state_in_chunks(
         put_message(&mut c.buf, message);
         c.maybe_flush()?;
     }
+    // Session owners, after everything else: a snapshot written before owners existed ends
+    // at the retained messages and still reads (its sessions have no owner).
+    let owned: Vec<(&String, &Owner)> = state
+        .sessions
+        .iter()
+        .filter_map(|(id, s)| Some((id, s.owner.as_ref()?)))
+        .collect();
+    if !owned.is_empty() {
+        put_varint(&mut c.buf, owned.len() as u64);
+        for (client_id, owner) in owned {
+            put_bytes(&mut c.buf, client_id.as_bytes());
+            put_owner(&mut c.buf, owner.username());
+            c.maybe_flush()?;
+        }
+    }
     if !c.buf.is_empty() {
         (c.sink)(&c.buf)?;
     }
     Ok(())
+}
+
+/// A session owner: 0 for anonymous, or 1 and the user name.
+fn put_owner(out: &mut Vec<u8>, owner: Option<&str>) {
+    match owner {
+        None => out.push(0),
+        Some(user) => {
+            out.push(1);
+            put_bytes(out, user.as_bytes());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,6 +519,18 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, DecodeError> {
         let b = self.bytes()?;
         String::from_utf8(b.to_vec()).map_err(|e| invalid("client id", e))
+    }
+
+    fn owner(&mut self) -> Result<Owner, DecodeError> {
+        match self.u8()? {
+            0 => Ok(Owner::Anonymous),
+            1 => {
+                let b = self.bytes()?;
+                let user = std::str::from_utf8(b).map_err(|e| invalid("session owner", e))?;
+                Ok(Owner::User(user.into()))
+            }
+            other => Err(invalid("session owner kind", other)),
+        }
     }
 
     fn mqtt_str(&mut self, what: &'static str) -> Result<MqttStr, DecodeError> {
@@ -693,6 +737,10 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, DecodeError> {
         tag::WILL_CLEARED => StoreOp::WillCleared {
             client_id: r.string()?,
         },
+        tag::SESSION_OWNER => StoreOp::SessionOwner {
+            client_id: r.string()?,
+            owner: r.owner()?.username().map(str::to_string),
+        },
         tag => return Err(DecodeError::UnknownOpTag { tag }),
     };
     r.finish()?;
@@ -742,6 +790,16 @@ pub fn decode_state(bytes: &[u8]) -> Result<DurableState, DecodeError> {
     for _ in 0..r.count()? {
         let message = r.message()?;
         state.retained.insert(message.topic.clone(), message);
+    }
+    if r.remaining() > 0 {
+        for _ in 0..r.count()? {
+            let client_id = r.string()?;
+            let owner = r.owner()?;
+            match state.sessions.get_mut(&client_id) {
+                Some(session) => session.owner = Some(owner),
+                None => return Err(invalid("session owner", "names no session")),
+            }
+        }
     }
     r.finish()?;
     Ok(state)
@@ -938,6 +996,8 @@ pub(crate) mod tests {
                 }
             }),
             arb_client().prop_map(|client_id| StoreOp::WillCleared { client_id }),
+            (arb_client(), proptest::option::of("[a-z]{0,8}"))
+                .prop_map(|(client_id, owner)| StoreOp::SessionOwner { client_id, owner }),
         ]
     }
 
@@ -1003,6 +1063,48 @@ pub(crate) mod tests {
             let _ = decode_op(&bytes);
             let _ = decode_state(&bytes);
         }
+    }
+
+    /// A snapshot written before session owners existed (no owner section after the retained
+    /// messages) still reads; one with owners gives them back.
+    #[test]
+    fn snapshots_without_owners_still_read() {
+        let mut state = DurableState::default();
+        for (client_id, owner) in [("a", Some(Some("alice"))), ("b", None), ("c", Some(None))] {
+            state.apply(&StoreOp::SessionCreated {
+                client_id: client_id.into(),
+                expiry_interval_secs: None,
+                protocol_level: 4,
+            });
+            if let Some(owner) = owner {
+                state.apply(&StoreOp::SessionOwner {
+                    client_id: client_id.into(),
+                    owner: owner.map(str::to_string),
+                });
+            }
+        }
+        let mut buf = Vec::new();
+        encode_state(&state, &mut buf);
+        let decoded = decode_state(&buf).unwrap();
+        assert_eq!(
+            decoded.sessions["a"].owner,
+            Some(Owner::User("alice".into()))
+        );
+        assert_eq!(decoded.sessions["b"].owner, None);
+        assert_eq!(decoded.sessions["c"].owner, Some(Owner::Anonymous));
+        // The same state without owners encodes as before: no owner section at all.
+        let mut plain = state.clone();
+        for session in plain.sessions.values_mut() {
+            session.owner = None;
+        }
+        let mut old = Vec::new();
+        encode_state(&plain, &mut old);
+        assert_eq!(
+            buf.len(),
+            old.len() + 1 + (2 + 1 + 6) + (2 + 1),
+            "count, \"a\" user \"alice\", \"c\" anonymous"
+        );
+        assert_eq!(decode_state(&old), Ok(plain));
     }
 
     #[test]

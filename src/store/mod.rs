@@ -114,6 +114,37 @@ pub struct StoredSession {
     /// The will of the connection that holds this session, if it has one (boxed: most sessions
     /// have none, and this struct is kept per idle connection).
     pub will: Option<Box<StoredWill>>,
+    /// Who created the session; `None` in a store written before owners were recorded. The
+    /// broker refuses the session to anyone else (`session_takeover`) and checks deliveries
+    /// to it against this user's ACL while it is offline.
+    pub owner: Option<Owner>,
+}
+
+/// Who created a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A client without a user name.
+    Anonymous,
+    /// A client with this user name.
+    User(Box<str>),
+}
+
+impl Owner {
+    /// The owner a client with `username` would be.
+    pub fn of(username: Option<&str>) -> Owner {
+        match username {
+            None => Owner::Anonymous,
+            Some(user) => Owner::User(user.into()),
+        }
+    }
+
+    /// The user name (`None` for anonymous).
+    pub fn username(&self) -> Option<&str> {
+        match self {
+            Owner::Anonymous => None,
+            Owner::User(user) => Some(user),
+        }
+    }
 }
 
 /// The whole durable state.
@@ -194,6 +225,13 @@ pub enum StoreOp {
     },
     RetainedCleared {
         topic: TopicName,
+    },
+    /// The session belongs to this user (`None`: an anonymous client). Follows
+    /// `SessionCreated`, and records the first owner of a session from a store written before
+    /// owners existed; a separate op so that such logs still read.
+    SessionOwner {
+        client_id: String,
+        owner: Option<String>,
     },
     /// A connection with a Will Message took over the session (replaces any earlier will).
     WillStored {
@@ -344,6 +382,9 @@ impl StoredSession {
             }
             StoreOp::WillStored { will, .. } => self.will = Some(Box::new(will.clone())),
             StoreOp::WillCleared { .. } => self.will = None,
+            StoreOp::SessionOwner { owner, .. } => {
+                self.owner = Some(Owner::of(owner.as_deref()));
+            }
             StoreOp::SessionCreated { .. }
             | StoreOp::SessionDeleted { .. }
             | StoreOp::RetainedSet { .. }
@@ -370,7 +411,8 @@ impl StoreOp {
             | StoreOp::IncomingQos2Received { client_id, .. }
             | StoreOp::IncomingQos2Released { client_id, .. }
             | StoreOp::WillStored { client_id, .. }
-            | StoreOp::WillCleared { client_id } => client_id,
+            | StoreOp::WillCleared { client_id }
+            | StoreOp::SessionOwner { client_id, .. } => client_id,
             StoreOp::RetainedSet { .. } | StoreOp::RetainedCleared { .. } => return None,
         })
     }
