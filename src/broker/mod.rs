@@ -17,7 +17,7 @@ pub mod router;
 pub mod server;
 pub mod stats;
 
-pub use config::{BrokerConfig, ConfigError, SyncMode};
+pub use config::{BrokerConfig, ConfigError, PlantedBug, SyncMode};
 pub use core::{Action, ClientInfo, ConnId, Core, EndCause};
 pub use server::{run, Broker, BrokerHandle};
 pub use stats::Stats;
