@@ -34,7 +34,7 @@ pub fn shrink_and_write(
     println!("shrink: keeping {}", shrunk.target);
     if let (Some(drawn), Some(variant)) = (&shrunk.drawn, &shrunk.variant) {
         println!(
-            "shrink: the drawn plan ({} messages, {} faults) as explicit steps: {} steps, still failing ({variant} timing)",
+            "shrink: the drawn plan ({} messages, {} faults) as explicit steps: {} steps, still failing ({variant})",
             drawn.messages, drawn.faults, shrunk.steps_before
         );
     }

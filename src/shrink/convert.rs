@@ -50,17 +50,13 @@ pub const CALIBRATION_ROUNDS: usize = 3;
 pub enum Variant {
     /// Trace gaps less each step's estimated cost.
     Estimated,
-    /// Estimated, corrected by measuring the explicit run (not in `ALL`: it follows
-    /// `Estimated`).
+    /// Estimated, corrected by measuring the explicit run ([`Conversion::calibrate`]).
     Calibrated,
     /// The trace gaps as they are.
     Raw,
 }
 
 impl Variant {
-    /// Tried in this order.
-    pub const ALL: [Variant; 2] = [Variant::Estimated, Variant::Raw];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Variant::Estimated => "estimated",

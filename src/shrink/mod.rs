@@ -114,6 +114,55 @@ pub fn reproduces(failures: &[Failure], target: &Target) -> bool {
     failures.iter().any(|f| target.matches(f)) && !failures.iter().any(|f| f.kind == "sim")
 }
 
+/// Seeds after the run's own that the explicit form is tried with when it loses the failure
+/// under the run's seed (the explicit run draws its latencies in another order anyway, so
+/// the seed is one more knob of its timing).
+pub const NEARBY_SEEDS: u64 = 4;
+
+/// The first variant of the explicit form that keeps the failure: the run's seed with the
+/// estimated waits, calibrated waits, raw waits; then the nearby seeds with estimated and raw
+/// waits. Returns it (its seed pinned) and a label for the output.
+fn explicit_form(
+    conversion: &convert::Conversion,
+    seed: u64,
+    search: &mut reduce::Search,
+) -> Option<(Scenario, String)> {
+    use convert::Variant;
+    let pinned = |mut s: Scenario, k: u64| {
+        s.seed = Some(k);
+        s
+    };
+    let estimated = conversion.explicit(Variant::Estimated, &[]);
+    if search.interesting(&estimated) {
+        return Some((estimated, "estimated timing".into()));
+    }
+    // Measure where the explicit run put each action and correct its waits.
+    let mut adjust = Vec::new();
+    let mut candidate = estimated;
+    for _ in 0..convert::CALIBRATION_ROUNDS {
+        let trace = sim::run(&candidate, seed).trace;
+        adjust = conversion.calibrate(&candidate, &trace, &adjust);
+        candidate = conversion.explicit(Variant::Estimated, &adjust);
+        if search.interesting(&candidate) {
+            return Some((candidate, "calibrated timing".into()));
+        }
+    }
+    let raw = conversion.explicit(Variant::Raw, &[]);
+    if search.interesting(&raw) {
+        return Some((raw, "raw timing".into()));
+    }
+    for k in 1..=NEARBY_SEEDS {
+        let other = seed.wrapping_add(k);
+        for variant in [Variant::Estimated, Variant::Raw] {
+            let c = pinned(conversion.explicit(variant, &[]), other);
+            if search.interesting(&c) {
+                return Some((c, format!("{} timing, seed {other}", variant.as_str())));
+            }
+        }
+    }
+    None
+}
+
 /// How a shrink is bounded and run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -150,7 +199,7 @@ pub struct Shrunk {
     pub steps_after: usize,
     /// Messages and faults of the randomised run that the explicit form writes out.
     pub drawn: Option<convert::Drawn>,
-    /// Which explicit form kept the failure (see [`convert::Variant`]).
+    /// Which explicit form kept the failure (timing variant and seed).
     pub variant: Option<String>,
     /// Candidate scenarios run.
     pub runs: usize,
@@ -206,70 +255,45 @@ pub fn shrink(
     };
     let oracle = Simulator;
     let mut search = reduce::Search::new(&oracle, seed, target.clone(), options);
-    let (explicit, drawn, variant) =
-        match scenario.kind() {
-            Kind::Explicit => {
-                let mut s = scenario.clone();
-                s.seed = Some(seed);
-                s.seeds = None;
-                search.check_schedule_like(&s);
-                if !search.interesting(&s) {
-                    return Err(ShrinkError::NoFailure(format!(
-                        "{} seed {seed}: the failure does not reproduce",
-                        scenario.name
-                    )));
-                }
-                (s, None, None)
-            }
-            Kind::Randomised => {
-                let conversion = convert::Conversion::new(scenario, seed, &report.trace, &heals)
-                    .map_err(ShrinkError::ConversionLost)?;
-                let drawn = conversion.drawn.clone();
-                let mut kept = None;
-                for variant in convert::Variant::ALL {
-                    let candidate = conversion.explicit(variant, &[]);
-                    if search.interesting(&candidate) {
-                        kept = Some((candidate, variant));
-                        break;
-                    }
-                    if variant == convert::Variant::Estimated {
-                        // Measure where the explicit run put each action and correct its waits.
-                        let mut adjust = Vec::new();
-                        let mut candidate = candidate;
-                        for _ in 0..convert::CALIBRATION_ROUNDS {
-                            let trace = sim::run(&candidate, seed).trace;
-                            adjust = conversion.calibrate(&candidate, &trace, &adjust);
-                            candidate = conversion.explicit(variant, &adjust);
-                            if search.interesting(&candidate) {
-                                kept = Some((candidate.clone(), convert::Variant::Calibrated));
-                                break;
-                            }
-                        }
-                        if kept.is_some() {
-                            break;
-                        }
-                    }
-                }
-                let Some((explicit, variant)) = kept else {
-                    return Err(ShrinkError::ConversionLost(format!(
-                    "{} seed {seed}: the drawn schedule written out as explicit steps ({} steps) \
-                     no longer fails with {target} in any timing variant tried ({}); the \
-                     randomised file and seed still reproduce it",
-                    scenario.name,
-                    conversion.explicit(convert::Variant::Estimated, &[]).steps.len(),
-                    convert::Variant::ALL
-                        .iter()
-                        .map(|v| v.as_str())
-                        .chain(["calibrated"])
-                        .collect::<Vec<_>>()
-                        .join(", ")
+    let (explicit, drawn, variant) = match scenario.kind() {
+        Kind::Explicit => {
+            let mut s = scenario.clone();
+            s.seed = Some(seed);
+            s.seeds = None;
+            search.check_schedule_like(&s);
+            if !search.interesting(&s) {
+                return Err(ShrinkError::NoFailure(format!(
+                    "{} seed {seed}: the failure does not reproduce",
+                    scenario.name
                 )));
-                };
-                (explicit, Some(drawn), Some(variant.as_str().to_string()))
             }
-        };
+            (s, None, None)
+        }
+        Kind::Randomised => {
+            let conversion = convert::Conversion::new(scenario, seed, &report.trace, &heals)
+                .map_err(ShrinkError::ConversionLost)?;
+            let Some((explicit, variant)) = explicit_form(&conversion, seed, &mut search) else {
+                return Err(ShrinkError::ConversionLost(format!(
+                    "{} seed {seed}: the drawn schedule written out as explicit steps ({} \
+                         steps) no longer fails with {target} in any variant tried (timing \
+                         estimated, calibrated or raw; seeds {seed} to {}); the randomised file \
+                         and seed still reproduce it",
+                    scenario.name,
+                    conversion
+                        .explicit(convert::Variant::Estimated, &[])
+                        .steps
+                        .len(),
+                    seed.wrapping_add(NEARBY_SEEDS),
+                )));
+            };
+            (explicit, Some(conversion.drawn.clone()), Some(variant))
+        }
+    };
     let steps_before = explicit.steps.len();
     let minimal = search.reduce(explicit);
+    // The explicit form may have kept the failure under a nearby seed.
+    let input_seed = seed;
+    let seed = minimal.seed.unwrap_or(seed);
     let failures = sim::run(&minimal, seed).failures;
     let minimal_failure = failures
         .iter()
@@ -288,7 +312,7 @@ pub fn shrink(
     minimal.requires = requires_of(&minimal);
     minimal.postmortem = Some(postmortem_text(
         origin,
-        seed,
+        input_seed,
         &target,
         &original,
         &minimal,
@@ -494,6 +518,9 @@ fn postmortem_text(
             " The randomised run's plan ({} messages, {} faults) was written out as {steps_before} explicit steps",
             d.messages, d.faults
         ));
+        if let Some(k) = minimal.seed.filter(|&k| k != seed) {
+            text.push_str(&format!(" (failing with seed {k})"));
+        }
     } else {
         text.push_str(&format!(" The scenario had {steps_before} steps"));
     }

@@ -2,19 +2,30 @@
 //! scenario (so the shrinker never writes a file `simqtt run` refuses, whatever validation
 //! says today) and still fails with the target ([`super::reproduces`]).
 //!
-//! Passes, repeated until a round changes nothing (or the run budget is spent):
-//! 1. cut the tail: the shortest prefix of the steps that still fails (binary search);
-//! 2. remove whole clients with every step that names them;
+//! First, once: cut the tail (the shortest prefix of the steps that still fails, by binary
+//! search), then the head (the longest run of steps after the setup that can go, replaced by
+//! one wait as long as its waits so what follows keeps its times). Then these passes, repeated
+//! until a round changes nothing (or the run budget is spent):
+//! 1. turn faults that act by chance into faults that act for sure (a `loss` into a
+//!    `partition` of the link), then remove whole clients with every step that names them;
+//! 2. remove groups of steps of one kind (every publish of a client, every publish, every
+//!    step of one fault kind);
 //! 3. remove chunks of steps, halving the chunk down to single steps (ddmin's complement
 //!    removal);
-//! 4. merge runs of identical one-message `publish` steps into one with a `count`, then lower
+//! 4. replace an action kept only for the time it takes by a `wait`;
+//! 5. merge runs of identical one-message `publish` steps into one with a `count`, then lower
 //!    counts;
-//! 5. shorten waits (binary search down to the tick), the fault windows among them, and round
+//! 6. shorten waits (binary search down to the tick), the fault windows among them, and round
 //!    them to readable values;
-//! 6. simplify clients (drop options back to their defaults: will, persistence,
+//! 7. simplify clients (drop options back to their defaults: will, persistence,
 //!    resubscription, session kind, protocol, keepalive) and their subscriptions;
-//! 7. shorten the quiet period;
-//! 8. name hosts after their only client.
+//! 8. shorten the quiet period;
+//! 9. name hosts after their only client.
+//!
+//! A result still longer than 8 steps goes through the rounds again with every candidate also
+//! tried under the next three seeds (pinning the one that fails): a failure that hangs on the
+//! seed's draws (which segment a `loss` drops, a latency) may need another seed once the steps
+//! that consumed those draws are gone.
 //!
 //! Candidates of one pass that do not depend on each other are run `jobs` at a time; the
 //! first one in the pass's order that still fails is kept, exactly as a sequential search
@@ -27,6 +38,13 @@ use crate::scenario::{ClientSpec, Dur, Persistence, Scenario, Step};
 
 /// Waits are shortened down to this granularity (the simulation tick).
 const WAIT_GRAIN_MS: u64 = 5;
+/// Which steps a group removal takes out.
+type StepGroup = Box<dyn Fn(&Step) -> bool>;
+
+/// A result longer than this gets a second phase whose candidates may also take one of the
+/// next seeds (`RESEED_SEEDS` in all), when the seed's draws are what the failure hangs on.
+const RESEED_ABOVE_STEPS: usize = 8;
+const RESEED_SEEDS: u64 = 4;
 /// Waits tried in place of an action (`actions_to_waits`).
 const ACTION_WAITS_MS: [u64; 4] = [100, 1000, 5000, 30_000];
 /// Readable values a wait is rounded up to when that still fails.
@@ -41,6 +59,9 @@ pub struct Search<'a> {
     runs: usize,
     /// Candidates already judged, by their YAML.
     memo: BTreeMap<String, bool>,
+    /// Seeds each candidate is tried with (its pinned one and the next ones); more than one
+    /// only in the second phase of `reduce`.
+    reseed: u64,
     /// Refuse candidates whose steps act on clients not running then ([`schedule_ok`]); off
     /// for an input that does so itself.
     check_schedule: bool,
@@ -56,6 +77,7 @@ impl<'a> Search<'a> {
             max_runs: options.max_runs,
             runs: 0,
             memo: BTreeMap::new(),
+            reseed: 1,
             check_schedule: true,
         }
     }
@@ -74,14 +96,45 @@ impl<'a> Search<'a> {
         self.runs < self.max_runs
     }
 
-    /// Whether `s` still fails with the target (run once; remembered).
+    /// Whether `s` still fails with the target (run once with its pinned seed; remembered).
     pub fn interesting(&mut self, s: &Scenario) -> bool {
-        self.first_interesting(std::slice::from_ref(s)).is_some()
+        let reseed = std::mem::replace(&mut self.reseed, 1);
+        let found = self.first_interesting(std::slice::from_ref(s)).is_some();
+        self.reseed = reseed;
+        found
     }
 
-    /// The index of the first candidate (in order) that still fails, running them `jobs` at a
-    /// time and stopping at the first batch that has one.
-    fn first_interesting(&mut self, candidates: &[Scenario]) -> Option<usize> {
+    /// `c` as it still fails: itself, or (when reseeding) itself pinned to a nearby seed.
+    fn accept(&mut self, c: &Scenario) -> Option<Scenario> {
+        self.first_interesting(std::slice::from_ref(c))
+            .map(|(_, s)| s)
+    }
+
+    /// The first candidate (in order) that still fails, with its index: each candidate is
+    /// tried with its pinned seed and, when reseeding, the next `reseed - 1` seeds; they run
+    /// `jobs` at a time, stopping at the first batch that has one.
+    fn first_interesting(&mut self, candidates: &[Scenario]) -> Option<(usize, Scenario)> {
+        let expanded: Vec<(usize, Scenario)> = candidates
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let base = c.seed.unwrap_or(self.seed);
+                (0..self.reseed).map(move |j| {
+                    let mut c = c.clone();
+                    if j > 0 {
+                        c.seed = Some(base.wrapping_add(j));
+                    }
+                    (i, c)
+                })
+            })
+            .collect();
+        let scenarios: Vec<Scenario> = expanded.iter().map(|(_, c)| c.clone()).collect();
+        let k = self.first_in(&scenarios)?;
+        expanded.into_iter().nth(k)
+    }
+
+    /// The index of the first scenario (in order) that still fails.
+    fn first_in(&mut self, candidates: &[Scenario]) -> Option<usize> {
         let mut start = 0;
         while start < candidates.len() {
             // Judge what is known or invalid without running; collect what must run.
@@ -115,9 +168,8 @@ impl<'a> Search<'a> {
                 continue;
             }
             let results = self.run_batch(candidates, &batch);
-            for ((i, text), ok) in batch.iter().zip(&results) {
+            for ((_, text), ok) in batch.iter().zip(&results) {
                 self.memo.insert(text.clone(), *ok);
-                let _ = i;
             }
             if let Some(k) = results.iter().position(|ok| *ok) {
                 return Some(batch[k].0);
@@ -129,7 +181,9 @@ impl<'a> Search<'a> {
 
     fn run_batch(&self, candidates: &[Scenario], batch: &[(usize, String)]) -> Vec<bool> {
         let judge = |i: usize| {
-            let failures = self.oracle.failures(&candidates[i], self.seed);
+            // A candidate runs with its pinned seed (the file will), else the input's.
+            let seed = candidates[i].seed.unwrap_or(self.seed);
+            let failures = self.oracle.failures(&candidates[i], seed);
             reproduces(&failures, &self.target)
         };
         if batch.len() == 1 {
@@ -152,11 +206,27 @@ impl<'a> Search<'a> {
     }
 
     /// Reduces a failing explicit scenario as far as the passes and the budget go.
-    pub fn reduce(&mut self, mut s: Scenario) -> Scenario {
-        s = self.cut_tail(s);
+    pub fn reduce(&mut self, s: Scenario) -> Scenario {
+        let s = self.cut_tail(s);
+        let s = self.cut_head(s);
+        let s = self.rounds(s);
+        if s.steps.len() <= RESEED_ABOVE_STEPS {
+            return s;
+        }
+        // A failure that hangs on the seed's draws (a lost segment, a latency) may need
+        // another seed once steps that consumed those draws are gone.
+        self.reseed = RESEED_SEEDS;
+        let s = self.rounds(s);
+        self.reseed = 1;
+        s
+    }
+
+    fn rounds(&mut self, mut s: Scenario) -> Scenario {
         for _round in 0..4 {
             let before = valid_text(&s, false);
+            s = self.simplify_faults(s);
             s = self.remove_clients(s);
+            s = self.remove_groups(s);
             s = self.remove_chunks(s);
             s = self.actions_to_waits(s);
             s = self.merge_publishes(s);
@@ -191,6 +261,108 @@ impl<'a> Search<'a> {
         prefix(hi)
     }
 
+    /// The longest run of steps after the setup (the first steps that only connect and
+    /// subscribe) that can go, replaced by one wait as long as its waits, so the steps after it
+    /// keep their times (binary search).
+    fn cut_head(&mut self, s: Scenario) -> Scenario {
+        let setup = s
+            .steps
+            .iter()
+            .take_while(|x| matches!(x, Step::Connect(_) | Step::Subscribe(_)))
+            .count();
+        let without = |k: usize| {
+            let mut c = s.clone();
+            let waited: u64 = c.steps[setup..k]
+                .iter()
+                .map(|x| match x {
+                    Step::Wait(d) => d.millis,
+                    _ => 0,
+                })
+                .sum();
+            let wait = (waited > 0).then(|| Step::Wait(Dur::from_millis(waited)));
+            c.steps.splice(setup..k, wait);
+            c
+        };
+        // `lo` steps can go (none, to start with); `hi` cannot.
+        let (mut lo, mut hi) = (setup, s.steps.len());
+        while hi - lo > 1 && self.budget_left() {
+            let mid = lo + (hi - lo) / 2;
+            if self.interesting(&without(mid)) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo > setup {
+            without(lo)
+        } else {
+            s
+        }
+    }
+
+    /// Removes groups of steps of one kind at once: every publish of one client, every
+    /// publish, every step of one fault kind.
+    fn remove_groups(&mut self, mut s: Scenario) -> Scenario {
+        loop {
+            let mut groups: Vec<StepGroup> = Vec::new();
+            groups.push(Box::new(|x: &Step| matches!(x, Step::Publish(_))));
+            for name in s.clients.keys() {
+                let name = name.clone();
+                groups.push(Box::new(
+                    move |x: &Step| matches!(x, Step::Publish(p) if p.client == name),
+                ));
+            }
+            let mut kinds: Vec<&'static str> = s
+                .steps
+                .iter()
+                .filter(|x| !matches!(x, Step::Wait(_) | Step::Publish(_)))
+                .map(Step::keyword)
+                .collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            for kind in kinds {
+                groups.push(Box::new(move |x: &Step| x.keyword() == kind));
+            }
+            let candidates: Vec<Scenario> = groups
+                .iter()
+                .map(|group| {
+                    let mut c = s.clone();
+                    c.steps.retain(|x| !group(x));
+                    c
+                })
+                .filter(|c| c.steps.len() < s.steps.len())
+                .collect();
+            match self.first_interesting(&candidates) {
+                Some((_, c)) => s = c,
+                None => return s,
+            }
+        }
+    }
+
+    /// Faults that act by chance become faults that act for sure, when that still fails: a
+    /// `loss` (which stalls a stream when the seed's draw drops one of its segments) becomes a
+    /// `partition` of the same link.
+    fn simplify_faults(&mut self, mut s: Scenario) -> Scenario {
+        let mut i = 0;
+        while i < s.steps.len() && self.budget_left() {
+            if let Step::Loss(l) = &s.steps[i] {
+                if l.rate > 0.0 {
+                    let mut c = s.clone();
+                    c.steps[i] = Step::Partition(crate::scenario::PartitionStep {
+                        a: l.a.clone(),
+                        b: l.b.clone(),
+                        one_way: false,
+                    });
+                    if let Some(c) = self.accept(&c) {
+                        s = c;
+                    }
+                }
+            }
+            i += 1;
+        }
+        s
+    }
+
     /// Removes each client (in name order) with every step that names it or its own host.
     fn remove_clients(&mut self, mut s: Scenario) -> Scenario {
         let mut i = 0;
@@ -204,8 +376,8 @@ impl<'a> Search<'a> {
                 .map(|name| without_client(&s, name))
                 .collect();
             match self.first_interesting(&candidates) {
-                Some(k) => {
-                    s = candidates[k].clone();
+                Some((k, c)) => {
+                    s = c;
                     i += k;
                 }
                 None => return s,
@@ -230,9 +402,9 @@ impl<'a> Search<'a> {
                     })
                     .collect();
                 match self.first_interesting(&candidates) {
-                    Some(k) => {
+                    Some((k, c)) => {
                         start += k * chunk;
-                        s = candidates[k].clone();
+                        s = c;
                         changed = true;
                     }
                     None => break,
@@ -268,8 +440,8 @@ impl<'a> Search<'a> {
                     c
                 })
                 .collect();
-            if let Some(k) = self.first_interesting(&candidates) {
-                s = candidates[k].clone();
+            if let Some((_, c)) = self.first_interesting(&candidates) {
+                s = c;
             }
             i += 1;
         }
@@ -307,7 +479,7 @@ impl<'a> Search<'a> {
                 let mut merged = first.clone();
                 merged.count = count;
                 c.steps.splice(i..j, [Step::Publish(merged)]);
-                if self.interesting(&c) {
+                if let Some(c) = self.accept(&c) {
                     s = c;
                 }
             }
@@ -329,7 +501,7 @@ impl<'a> Search<'a> {
                 if let Step::Publish(p) = &mut c.steps[i] {
                     p.count = mid;
                 }
-                if self.interesting(&c) {
+                if let Some(c) = self.accept(&c) {
                     hi = mid;
                     s = c;
                 } else {
@@ -352,7 +524,7 @@ impl<'a> Search<'a> {
                     i..i + 2,
                     [Step::Wait(Dur::from_millis(a.millis + b.millis))],
                 );
-                if self.interesting(&c) {
+                if let Some(c) = self.accept(&c) {
                     s = c;
                     continue;
                 }
@@ -372,7 +544,7 @@ impl<'a> Search<'a> {
             while hi - lo > 1 && self.budget_left() {
                 let mid = lo + (hi - lo) / 2;
                 let c = with(&s, mid * WAIT_GRAIN_MS);
-                if self.interesting(&c) {
+                if let Some(c) = self.accept(&c) {
                     hi = mid;
                     s = c;
                 } else {
@@ -392,7 +564,7 @@ impl<'a> Search<'a> {
                     continue;
                 }
                 let c = with(&s, rounded);
-                if self.interesting(&c) {
+                if let Some(c) = self.accept(&c) {
                     s = c;
                     break;
                 }
@@ -431,7 +603,10 @@ impl<'a> Search<'a> {
                 if let Some(spec) = c.clients.get_mut(name) {
                     edit(spec, &default);
                 }
-                if c.clients != s.clients && self.interesting(&c) {
+                if c.clients == s.clients {
+                    continue;
+                }
+                if let Some(c) = self.accept(&c) {
                     s = c;
                 }
             }
@@ -453,7 +628,7 @@ impl<'a> Search<'a> {
                 if let Step::Subscribe(sub) = &mut c.steps[i] {
                     set_filters(sub, &fewer);
                 }
-                if self.interesting(&c) {
+                if let Some(c) = self.accept(&c) {
                     s = c;
                     current = fewer;
                 } else {
@@ -466,8 +641,10 @@ impl<'a> Search<'a> {
                 if let Step::Subscribe(sub) = &mut c.steps[i] {
                     set_filters(sub, &current);
                 }
-                if c != s && self.interesting(&c) {
-                    s = c;
+                if c != s {
+                    if let Some(c) = self.accept(&c) {
+                        s = c;
+                    }
                 }
             }
             i += 1;
@@ -482,7 +659,7 @@ impl<'a> Search<'a> {
             let mid = lo + (hi - lo) / 2;
             let mut c = s.clone();
             c.quiesce = Dur::from_secs(mid);
-            if self.interesting(&c) {
+            if let Some(c) = self.accept(&c) {
                 hi = mid;
                 s = c;
             } else {
@@ -515,7 +692,7 @@ impl<'a> Search<'a> {
             for step in &mut c.steps {
                 rename_endpoint(step, &host, &name);
             }
-            if self.interesting(&c) {
+            if let Some(c) = self.accept(&c) {
                 s = c;
             }
         }
@@ -627,7 +804,9 @@ fn valid_text(s: &Scenario, check_schedule: bool) -> Option<String> {
     if check_schedule && !schedule_ok(s) {
         return None;
     }
-    let text = super::yaml::to_yaml(s).ok()?;
+    // serde_yaml's own layout: cheaper than the compact one, and the same verdict (the
+    // compact text is checked to read back the same before it is written).
+    let text = serde_yaml::to_string(s).ok()?;
     crate::scenario::parse("candidate.yaml", &text).ok()?;
     Some(text)
 }

@@ -147,29 +147,50 @@ fn prune(value: &Value, same: &dyn Fn(&Value) -> bool) -> Value {
     current
 }
 
-fn collect_paths(v: &Value, prefix: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
-    if let Value::Mapping(m) = v {
-        for (k, child) in m {
-            prefix.push(k.clone());
-            out.push(prefix.clone());
-            collect_paths(child, prefix, out);
-            prefix.pop();
+/// A step into a value: a mapping's key or a sequence's index.
+#[derive(Clone)]
+enum Seg {
+    Key(Value),
+    Index(usize),
+}
+
+/// Every mapping entry at any depth (inside sequences too), parents before children.
+fn collect_paths(v: &Value, prefix: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, child) in m {
+                prefix.push(Seg::Key(k.clone()));
+                out.push(prefix.clone());
+                collect_paths(child, prefix, out);
+                prefix.pop();
+            }
         }
+        Value::Sequence(items) => {
+            for (i, child) in items.iter().enumerate() {
+                prefix.push(Seg::Index(i));
+                collect_paths(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {}
     }
 }
 
-fn remove_path(v: &mut Value, path: &[Value]) -> bool {
-    let Some((last, parents)) = path.split_last() else {
+/// Removes the mapping entry at `path`; false if there is none.
+fn remove_path(v: &mut Value, path: &[Seg]) -> bool {
+    let Some((Seg::Key(last), parents)) = path.split_last() else {
         return false;
     };
     let mut at = v;
-    for key in parents {
-        match at {
-            Value::Mapping(m) => match m.get_mut(key) {
-                Some(child) => at = child,
-                None => return false,
-            },
-            _ => return false,
+    for seg in parents {
+        let next = match (at, seg) {
+            (Value::Mapping(m), Seg::Key(k)) => m.get_mut(k),
+            (Value::Sequence(items), Seg::Index(i)) => items.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(child) => at = child,
+            None => return false,
         }
     }
     match at {
