@@ -176,10 +176,12 @@ fn report_finding(f: &Finding, out: &Path, drawn_dir: &Path) -> anyhow::Result<(
 
 fn print_summary(seed: u64, s: &Summary) {
     println!(
-        "explore seed {seed}: {} runs ({} workloads, {} programs), {:.2} simulated hours in {:.1} wall s; {} failed, {} distinct failure{}",
+        "explore seed {seed}: {} runs ({} workload{}, {} program{}), {:.2} simulated hours in {:.1} wall s; {} failed, {} distinct failure{}",
         s.runs,
         s.workloads,
+        if s.workloads == 1 { "" } else { "s" },
         s.programs,
+        if s.programs == 1 { "" } else { "s" },
         s.simulated.as_secs_f64() / 3600.0,
         s.wall.as_secs_f64(),
         s.failed_runs,

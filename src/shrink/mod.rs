@@ -509,14 +509,17 @@ fn postmortem_text(
         text.push_str(&format!(" [{}]", target.statement));
     }
     text.push_str(&format!(
-        " reported that {} (owed: {}).",
+        " reported: {}; owed: {}.",
         original.happened.trim_end_matches('.'),
         original.owed.trim_end_matches('.')
     ));
     if let Some(d) = drawn {
         text.push_str(&format!(
-            " The randomised run's plan ({} messages, {} faults) was written out as {steps_before} explicit steps",
-            d.messages, d.faults
+            " The randomised run's plan ({} message{}, {} fault{}) was written out as {steps_before} explicit steps",
+            d.messages,
+            if d.messages == 1 { "" } else { "s" },
+            d.faults,
+            if d.faults == 1 { "" } else { "s" },
         ));
         if let Some(k) = minimal.seed.filter(|&k| k != seed) {
             text.push_str(&format!(" (failing with seed {k})"));
