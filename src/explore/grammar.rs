@@ -146,6 +146,7 @@ fn workload(rng: &mut ChaCha8Rng, s: &mut Scenario) {
     s.description = "Drawn by simqtt explore: a randomised workload under a drawn nemesis.".into();
     s.broker.durable = rng.random_bool(0.85);
     s.quiesce = Dur::from_secs(rng.random_range(6..=10));
+    s.quiesce = s.quiesce.max(quiet_enough(w.keepalive));
     s.seeds = Some(1);
     if rng.random_bool(0.85) {
         let count = rng.random_range(1..=4usize);
@@ -350,4 +351,15 @@ fn program(rng: &mut ChaCha8Rng, s: &mut Scenario) {
         };
         s.steps.push(step);
     }
+    if let Some(longest) = s.clients.values().map(|c| c.keepalive).max() {
+        s.quiesce = s.quiesce.max(quiet_enough(longest));
+    }
+}
+
+/// A quiet period long enough for keepalive to catch a connection a fault left half open
+/// (under simulated TCP a segment lost to a partition stalls its stream for good, even after
+/// the heal): three keepalive periods and a second, as the library's chaos files do. A
+/// shorter one lets a checker owe a message to a connection nobody could yet see was dead.
+pub fn quiet_enough(keepalive: Dur) -> Dur {
+    Dur::from_millis(keepalive.millis * 3 + 1000)
 }

@@ -133,6 +133,7 @@ fn explicit_form(
         s
     };
     let estimated = conversion.explicit(Variant::Estimated, &[]);
+    search.check_like(&estimated);
     if search.interesting(&estimated) {
         return Some((estimated, "estimated timing".into()));
     }
@@ -260,7 +261,7 @@ pub fn shrink(
             let mut s = scenario.clone();
             s.seed = Some(seed);
             s.seeds = None;
-            search.check_schedule_like(&s);
+            search.check_like(&s);
             if !search.interesting(&s) {
                 return Err(ShrinkError::NoFailure(format!(
                     "{} seed {seed}: the failure does not reproduce",

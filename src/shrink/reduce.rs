@@ -1,6 +1,8 @@
 //! Delta debugging over an explicit scenario. A candidate is kept when it still parses as a
 //! scenario (so the shrinker never writes a file `simqtt run` refuses, whatever validation
-//! says today) and still fails with the target ([`super::reproduces`]).
+//! says today), acts only on clients running at that point of its schedule, gives keepalive no
+//! less time than the input to catch a connection a fault left half open (see
+//! [`quiet_shortfall`]), and still fails with the target ([`super::reproduces`]).
 //!
 //! First, once: cut the tail (the shortest prefix of the steps that still fails, by binary
 //! search), then the head (the longest run of steps after the setup that can go, replaced by
@@ -65,6 +67,8 @@ pub struct Search<'a> {
     /// Refuse candidates whose steps act on clients not running then ([`schedule_ok`]); off
     /// for an input that does so itself.
     check_schedule: bool,
+    /// The most a candidate's quiet period may fall short ([`quiet_shortfall`]): the input's.
+    shortfall: u64,
 }
 
 impl<'a> Search<'a> {
@@ -79,12 +83,15 @@ impl<'a> Search<'a> {
             memo: BTreeMap::new(),
             reseed: 1,
             check_schedule: true,
+            shortfall: 0,
         }
     }
 
-    /// Keeps the schedule check only if `input` passes it.
-    pub fn check_schedule_like(&mut self, input: &Scenario) {
+    /// Takes the checks' measure from the input: the schedule check only if `input` passes
+    /// it, and no candidate's quiet period shorter for its keepalive than the input's.
+    pub fn check_like(&mut self, input: &Scenario) {
         self.check_schedule = schedule_ok(input);
+        self.shortfall = quiet_shortfall(input);
     }
 
     /// Candidate runs so far.
@@ -141,7 +148,9 @@ impl<'a> Search<'a> {
             let mut batch: Vec<(usize, String)> = Vec::new();
             let mut index = start;
             while index < candidates.len() && batch.len() < self.jobs {
-                let Some(text) = valid_text(&candidates[index], self.check_schedule) else {
+                let Some(text) =
+                    valid_text(&candidates[index], self.check_schedule, self.shortfall)
+                else {
                     index += 1;
                     continue;
                 };
@@ -223,7 +232,7 @@ impl<'a> Search<'a> {
 
     fn rounds(&mut self, mut s: Scenario) -> Scenario {
         for _round in 0..4 {
-            let before = valid_text(&s, false);
+            let before = valid_text(&s, false, u64::MAX);
             s = self.simplify_faults(s);
             s = self.remove_clients(s);
             s = self.remove_groups(s);
@@ -235,7 +244,7 @@ impl<'a> Search<'a> {
             s = self.simplify_clients(s);
             s = self.shorten_quiesce(s);
             s = self.name_hosts(s);
-            if valid_text(&s, false) == before || !self.budget_left() {
+            if valid_text(&s, false, u64::MAX) == before || !self.budget_left() {
                 break;
             }
         }
@@ -799,9 +808,31 @@ fn schedule_ok(s: &Scenario) -> bool {
     true
 }
 
+/// How much the quiet period falls short of giving keepalive time to catch a connection that a
+/// link fault or a stall left half open (under simulated TCP a segment lost to a partition
+/// stalls its stream for good), in milliseconds; 0 without such faults. A candidate may not
+/// fall shorter than its input: shortening the quiet period or lengthening a keepalive could
+/// turn the failure into another that only looks the same (a message "never delivered" to a
+/// connection nobody could yet see was dead).
+fn quiet_shortfall(s: &Scenario) -> u64 {
+    let half_open = s
+        .steps
+        .iter()
+        .any(|x| matches!(x, Step::Partition(_) | Step::Loss(_) | Step::Stall(_)));
+    match s.clients.values().map(|c| c.keepalive).max() {
+        Some(k) if half_open && k.millis > 0 => crate::explore::grammar::quiet_enough(k)
+            .millis
+            .saturating_sub(s.quiesce.millis),
+        _ => 0,
+    }
+}
+
 /// The candidate's text if it parses back as a valid scenario; `None` if it is refused.
-fn valid_text(s: &Scenario, check_schedule: bool) -> Option<String> {
+fn valid_text(s: &Scenario, check_schedule: bool, shortfall: u64) -> Option<String> {
     if check_schedule && !schedule_ok(s) {
+        return None;
+    }
+    if quiet_shortfall(s) > shortfall {
         return None;
     }
     // serde_yaml's own layout: cheaper than the compact one, and the same verdict (the
