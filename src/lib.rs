@@ -17,14 +17,18 @@
 //! - [`sim`]: the turmoil world: hosts, seeded fault injection, crash and restart.
 //! - [`certify`]: the scenario library against a real broker over TCP, graded by the spec, with reports.
 //! - [`bench`]: load generator for any broker (throughput, latency, idle connections); real clocks.
+//! - [`shrink`]: a failing run reduced to a minimal explicit scenario (a regression file).
+//! - [`explore`]: randomised scenarios drawn from a grammar, run and judged, failures shrunk.
 
 pub mod bench;
 pub mod broker;
 pub mod certify;
 pub mod client;
 pub mod codec;
+pub mod explore;
 pub mod history;
 pub mod scenario;
+pub mod shrink;
 pub mod sim;
 pub mod store;
 pub mod transport;

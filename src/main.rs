@@ -38,8 +38,10 @@ enum Command {
     Run(cli::run::Args),
     /// Certify a real broker: the scenario library over TCP, graded by the spec's statements.
     Certify(cli::certify::Args),
-    /// Reproduce one simulated run byte for byte and write its trace.
+    /// Reproduce one simulated run byte for byte, write its trace, shrink it (--shrink).
     Replay(cli::replay::Args),
+    /// Draw scenarios from a grammar, run and judge them, shrink every distinct failure.
+    Explore(cli::explore::Args),
     /// Forward TCP to a broker with added latency and jitter (the certify fault proxy by hand).
     Proxy(cli::proxy::Args),
 }
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Certify(args) => cli::certify::run(args),
         Command::Replay(args) => cli::replay::run(args),
+        Command::Explore(args) => cli::explore::run(args),
         Command::Proxy(args) => cli::proxy::run(args),
     };
     match result {

@@ -155,6 +155,42 @@ pub struct BrokerConfig {
     /// `password_file`/`acl_file` into it). Not part of the TOML file.
     #[serde(skip)]
     pub authenticator: Authenticator,
+
+    /// Test-only: a bug planted on purpose, so the shrinker and the explorer can be shown to
+    /// find and shrink a known failure (docs/shrinking.md). Never set by `simqtt broker`; only
+    /// the simulator sets it, from a scenario's hidden `broker: {planted_bug: ...}`. Checked
+    /// only where the bug lives (a restart's load, a keepalive expiry), off every hot path.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// A deliberate broker bug for testing the test tools (see [`BrokerConfig::planted_bug`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlantedBug {
+    /// A restart forgets the QoS 2 packet ids received and not yet released (PUBREC sent, no
+    /// PUBREL yet), so a PUBLISH the client sends again after the restart is delivered again
+    /// [MQTT-4.3.3-2].
+    LoseQos2ReceiveIds,
+    /// A connection closed for keepalive expiry ends without its will [MQTT-3.1.2-8].
+    ForgetWillOnKeepalive,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 2] = [
+        PlantedBug::LoseQos2ReceiveIds,
+        PlantedBug::ForgetWillOnKeepalive,
+    ];
+
+    /// The name a scenario's `broker: {planted_bug: ...}` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlantedBug::LoseQos2ReceiveIds => "lose_qos2_receive_ids",
+            PlantedBug::ForgetWillOnKeepalive => "forget_will_on_keepalive",
+        }
+    }
 }
 
 /// The most levels a topic of 65535 bytes can have: `max_topic_levels` above it would mean the
@@ -210,6 +246,7 @@ impl Default for BrokerConfig {
             sys_interval_secs: 10,
             rng_seed: None,
             authenticator: Authenticator::default(),
+            planted_bug: None,
         }
     }
 }

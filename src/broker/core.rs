@@ -288,7 +288,12 @@ impl Core {
             .map(|(id, s)| (id.clone(), s.clone()))
             .collect();
         let mut wills: Vec<(Sid, StoredWill)> = Vec::new();
-        for (id, stored) in loaded {
+        let forget_qos2 = core.config.planted_bug == Some(super::PlantedBug::LoseQos2ReceiveIds);
+        for (id, mut stored) in loaded {
+            if forget_qos2 {
+                // The planted bug (tests only): QoS 2 receive ids do not survive a restart.
+                stored.incoming_qos2.clear();
+            }
             let client_id: Arc<str> = id.as_str().into();
             // The time the session went offline is not durable; its expiry counts from now.
             let expires_at = stored
@@ -1514,7 +1519,9 @@ impl Core {
             "keepalive expired; closing"
         );
         self.send_disconnect_v5(conn, ReasonCode::KeepAliveTimeout, out);
-        self.end_connection(conn, true, now, out);
+        // The planted bug (tests only) forgets the will here.
+        let forget = self.config.planted_bug == Some(super::PlantedBug::ForgetWillOnKeepalive);
+        self.end_connection(conn, !forget, now, out);
     }
 
     fn assign_client_id(&mut self) -> Arc<str> {

@@ -17,7 +17,7 @@ pub mod router;
 pub mod server;
 pub mod stats;
 
-pub use config::{BrokerConfig, ConfigError, SessionTakeover, SyncMode};
+pub use config::{BrokerConfig, ConfigError, PlantedBug, SessionTakeover, SyncMode};
 pub use core::{Action, ClientInfo, ConnId, Core, EndCause};
 pub use server::{run, Broker, BrokerHandle};
 pub use stats::Stats;

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod broker;
 pub mod certify;
 pub mod decode;
+pub mod explore;
 pub mod format;
 pub mod packet_log;
 pub mod passwd;
@@ -11,6 +12,7 @@ pub mod proxy;
 pub mod pub_cmd;
 pub mod replay;
 pub mod run;
+pub mod shrink_cmd;
 pub mod sub_cmd;
 
 /// Logs to stderr at `default` level unless RUST_LOG says otherwise (the long-running

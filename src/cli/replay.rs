@@ -1,6 +1,7 @@
 //! `simqtt replay FILE --seed N`: one run of one scenario, byte for byte the run `simqtt run`
 //! made with that seed. Prints the seed first, then the knobs derived from it, then the
-//! outcome; `--trace OUT.jsonl` writes the trace as JSON lines.
+//! outcome; `--trace OUT.jsonl` writes the trace as JSON lines; `--shrink` reduces a failing
+//! run to a minimal explicit scenario under `scenarios/regression/`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +20,21 @@ pub struct Args {
     /// Write the trace as JSON lines to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Shrink the failing run to a minimal explicit scenario and write it as a regression
+    /// file (`NNNN-short-name.yaml` in `--out`).
+    #[arg(long)]
+    shrink: bool,
+    /// With --shrink: the failure to keep, as CHECKER or CHECKER:STATEMENT (default: the
+    /// run's first failure).
+    #[arg(long, requires = "shrink")]
+    target: Option<String>,
+    /// With --shrink: where the regression file goes.
+    #[arg(long, requires = "shrink", default_value = "scenarios/regression")]
+    out: PathBuf,
+    /// With --shrink: candidate runs at once (the result does not depend on it; default: the
+    /// number of cores).
+    #[arg(long, short = 'j', requires = "shrink")]
+    jobs: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -46,12 +62,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if report.passed() {
         println!("PASS {} seed {}", scenario.name, args.seed);
-        Ok(ExitCode::SUCCESS)
-    } else {
-        print!(
-            "{}",
-            super::run::failure_report(&args.file, &scenario, &report)
-        );
-        Ok(ExitCode::from(1))
+        if args.shrink {
+            eprintln!("simqtt: nothing to shrink: the run passes");
+            return Ok(ExitCode::from(2));
+        }
+        return Ok(ExitCode::SUCCESS);
     }
+    print!(
+        "{}",
+        super::run::failure_report(&args.file, &scenario, &report)
+    );
+    if args.shrink {
+        let jobs = args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let target = args.target.as_deref().map(simqtt::shrink::Target::parse);
+        let origin = format!("simqtt replay {}", args.file.display());
+        super::shrink_cmd::shrink_and_write(
+            &scenario, args.seed, target, &origin, jobs, &args.out,
+        )?;
+    }
+    Ok(ExitCode::from(1))
 }

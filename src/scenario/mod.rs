@@ -177,6 +177,11 @@ pub struct BrokerSpec {
     /// The broker's turmoil host name.
     #[serde(default = "default_broker_host")]
     pub host: String,
+    /// Maintainers only, not for users: the simulated broker runs with this bug planted, so
+    /// the shrinker and the explorer can be tested on a known failure (docs/shrinking.md).
+    #[doc(hidden)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planted_bug: Option<crate::broker::PlantedBug>,
 }
 
 impl Default for BrokerSpec {
@@ -184,6 +189,7 @@ impl Default for BrokerSpec {
         BrokerSpec {
             durable: true,
             host: default_broker_host(),
+            planted_bug: None,
         }
     }
 }
@@ -794,8 +800,8 @@ impl Step {
         }
     }
 
-    /// Client names the step refers to (for validation).
-    fn clients(&self) -> Vec<&str> {
+    /// Client names the step refers to (for validation, and the shrinker's client removal).
+    pub fn clients(&self) -> Vec<&str> {
         match self {
             Step::Connect(s)
             | Step::CrashClient(s)
@@ -830,7 +836,7 @@ impl Step {
     }
 
     /// Link endpoints the step names.
-    fn endpoints(&self) -> Vec<&str> {
+    pub fn endpoints(&self) -> Vec<&str> {
         match self {
             Step::Partition(s) => vec![&s.a, &s.b],
             Step::Heal(s) => s.a.iter().chain(s.b.iter()).map(String::as_str).collect(),

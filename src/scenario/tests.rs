@@ -97,7 +97,8 @@ fn every_explicit_field_parses() {
         s.broker,
         BrokerSpec {
             durable: false,
-            host: "mqtt".into()
+            host: "mqtt".into(),
+            planted_bug: None,
         }
     );
     assert_eq!(

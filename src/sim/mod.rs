@@ -242,6 +242,12 @@ fn sim_acl() -> (crate::broker::auth::Authenticator, (String, bytes::Bytes)) {
 
 /// Runs one seed of a scenario.
 pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
+    run_observed(scenario, seed).0
+}
+
+/// [`run`], also returning when the nemesis healed each fault it drew (the shrinker writes a
+/// randomised run out as explicit steps from the trace and these).
+pub fn run_observed(scenario: &Scenario, seed: u64) -> (RunReport, Vec<world::NemesisHeal>) {
     if scenario.uses_acl() {
         let resolved = scenario.with_acl_topics(&crate::scenario::SIM_ACL.topics());
         return run_resolved(&resolved, seed, Some(sim_acl()));
@@ -253,7 +259,7 @@ fn run_resolved(
     scenario: &Scenario,
     seed: u64,
     acl: Option<(crate::broker::auth::Authenticator, (String, bytes::Bytes))>,
-) -> RunReport {
+) -> (RunReport, Vec<world::NemesisHeal>) {
     let knobs = knobs(seed);
     let sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -272,6 +278,7 @@ fn run_resolved(
             acl_user,
             ..world::ClientNet::default()
         },
+        planted_bug: scenario.broker.planted_bug,
         ..Shared::default()
     }));
     lock(&shared).record(
@@ -284,9 +291,10 @@ fn run_resolved(
         },
     );
     let backend = backend::Turmoil::new(sim, shared.clone(), scenario.broker.host.clone());
-    let mut report = execute(backend, scenario, seed, shared);
+    let mut report = execute(backend, scenario, seed, shared.clone());
     judge(scenario, &mut report);
-    report
+    let heals = std::mem::take(&mut lock(&shared).nemesis_heals);
+    (report, heals)
 }
 
 /// Runs one seed of a scenario on `backend` (the step executor both backends share);
@@ -1701,13 +1709,7 @@ impl<B: Backend> Runner<B> {
         let plan = Plan::draw(workload, &mut self.rng);
         self.publishers = plan.publishers.keys().cloned().collect();
         self.workload_qos = workload.qos.clone();
-        let host_count = workload.hosts.max(1) as usize;
-        let hosts: BTreeMap<String, String> = plan
-            .clients
-            .keys()
-            .enumerate()
-            .map(|(i, name)| (name.clone(), format!("h{}", i % host_count)))
-            .collect();
+        let hosts = plan_hosts(&plan.clients, workload);
         self.build(
             &plan.clients,
             |name| hosts.get(name).cloned().unwrap_or_else(|| "h0".into()),
@@ -2026,6 +2028,12 @@ impl<B: Backend> Runner<B> {
     ) -> StepResult {
         // The fault ran its time: whatever it was going to meet, it met.
         self.settle(|p| p.step.is_none());
+        let at_ms = self.now_ms();
+        lock(&self.shared).nemesis_heals.push(world::NemesisHeal {
+            at_ms,
+            kind,
+            target: target.to_string(),
+        });
         let host = self.endpoint(target);
         let broker = self.broker_host.clone();
         match kind {
@@ -2379,6 +2387,39 @@ impl Plan {
             publishers,
         }
     }
+}
+
+/// The client hosts a workload spreads its sessions over.
+fn plan_hosts(clients: &BTreeMap<String, ClientSpec>, w: &Workload) -> BTreeMap<String, String> {
+    let host_count = w.hosts.max(1) as usize;
+    clients
+        .keys()
+        .enumerate()
+        .map(|(i, name)| (name.clone(), format!("h{}", i % host_count)))
+        .collect()
+}
+
+/// What a randomised scenario's seed draws before it runs: its clients (each with the `host`
+/// it runs on), and the filters of each subscriber.
+pub struct DrawnClients {
+    pub clients: BTreeMap<String, ClientSpec>,
+    pub subscriptions: BTreeMap<String, Vec<FilterSpec>>,
+}
+
+/// The clients a randomised scenario's seed draws (`None` for an explicit scenario).
+pub fn drawn_clients(scenario: &Scenario, seed: u64) -> Option<DrawnClients> {
+    let workload = scenario.workload.as_ref()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let _ = Knobs::from_rng(&mut rng);
+    let mut plan = Plan::draw(workload, &mut rng);
+    let hosts = plan_hosts(&plan.clients, workload);
+    for (name, spec) in plan.clients.iter_mut() {
+        spec.host = hosts.get(name).cloned();
+    }
+    Some(DrawnClients {
+        clients: plan.clients,
+        subscriptions: plan.subscriptions,
+    })
 }
 
 /// The names of the checkers a run applied (for reports).

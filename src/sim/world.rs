@@ -153,6 +153,12 @@ pub struct Shared {
     pub hosts: BTreeMap<String, mpsc::UnboundedSender<HostCommand>>,
     pub broker_addr: String,
     pub seed: u64,
+    /// Tests only: the bug planted in the simulated broker (`broker: {planted_bug: ...}`).
+    pub planted_bug: Option<crate::broker::PlantedBug>,
+    /// When the randomised nemesis healed each fault it drew. Not every heal leaves a trace
+    /// record (ending a stall or a delay does not), and the shrinker needs them all to write
+    /// the drawn schedule out as explicit steps.
+    pub nemesis_heals: Vec<NemesisHeal>,
     pub raw: super::raw::RawState,
     /// How the client hosts reach the broker, keep their files and tell the time.
     pub net: ClientNet,
@@ -165,6 +171,14 @@ pub struct Shared {
     /// The simulated broker's password and ACL checks (default: everyone may do everything);
     /// a scenario with an ACL user gets `scenario::SIM_ACL`'s.
     pub broker_authenticator: Option<crate::broker::auth::Authenticator>,
+}
+
+/// The nemesis healed a fault of `kind` on `target` (a client name) at `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NemesisHeal {
+    pub at_ms: u64,
+    pub kind: crate::scenario::FaultKind,
+    pub target: String,
 }
 
 /// Where the hosts' time comes from.
@@ -354,7 +368,10 @@ impl Shared {
 /// Registers the broker host. `durable`: a file store on the host's simulated disk that
 /// syncs every write; otherwise a memory store that a crash wipes.
 pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, durable: bool) {
-    let seed = lock(&shared).seed;
+    let (seed, planted_bug) = {
+        let s = lock(&shared);
+        (s.seed, s.planted_bug)
+    };
     sim.host(host, move || {
         let shared = shared.clone();
         async move {
@@ -383,6 +400,7 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
                 // $SYS publications every few seconds: cheap, and they give `$` topics for
                 // the wildcard scenarios to (not) match [MQTT-4.7.2-1].
                 sys_interval_secs: 5,
+                planted_bug,
                 ..BrokerConfig::default()
             };
             let (broker, handle) = Broker::new(store, config);
