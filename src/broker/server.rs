@@ -65,7 +65,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 // Nearly every event is a packet; boxing it would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Event {
-    Accepted(BoxStream, String),
+    /// The stream, the peer's address, the identity the transport vouches for.
+    Accepted(BoxStream, String, Option<String>),
     Packet(ConnId, Packet),
     /// Plain PUBACKs that came in a row (`connection::take_puback_run`).
     PubAcks(ConnId, PubAckRun),
@@ -204,7 +205,7 @@ impl Broker {
                     let mut taken = 1;
                     loop {
                         match event {
-                            Event::Accepted(stream, peer) => {
+                            Event::Accepted(stream, peer, identity) => {
                                 if core.connection_count() >= max_sockets {
                                     tracing::warn!(%peer, "too many sockets; closing at once");
                                     drop(stream);
@@ -223,6 +224,9 @@ impl Broker {
                                     ));
                                     driver.conns.insert(conn, handle);
                                     core.opened(conn, peer, now);
+                                    if let Some(identity) = identity {
+                                        core.set_identity(conn, identity);
+                                    }
                                 }
                             }
                             Event::Packet(conn, packet) => {
@@ -508,9 +512,10 @@ fn same_conn_item(action: &Action, conn: ConnId) -> bool {
 
 async fn accept_loop(mut listener: impl Listener, events: mpsc::Sender<Event>) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                if events.send(Event::Accepted(stream, peer)).await.is_err() {
+        match listener.accept_client().await {
+            Ok(accepted) => {
+                let event = Event::Accepted(accepted.stream, accepted.peer, accepted.identity);
+                if events.send(event).await.is_err() {
                     return;
                 }
             }
