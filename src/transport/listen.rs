@@ -115,7 +115,7 @@ impl Upgrade {
                 let tls = acceptor
                     .accept(stream)
                     .await
-                    .map_err(|e| format!("TLS handshake failed: {}", describe(&e)))?;
+                    .map_err(|e| format!("TLS handshake failed: {}", describe(&e, "client")))?;
                 if self.identity {
                     let name = tls
                         .get_ref()

@@ -2,8 +2,8 @@
 //!
 //! - [`ClientTls`]: what a client trusts and presents (mosquitto_pub's `--cafile`, `--capath`,
 //!   `--cert`, `--key`, `--insecure`, `--tls-version`), turned into a rustls `ClientConfig`;
-//!   [`TlsConnector`] speaks TLS over whatever stream an inner `Connector` opens, so the fault
-//!   proxy and the fault layer below it still see (encrypted) bytes.
+//!   [`connect`] speaks TLS over whatever stream it is given (`url::Endpoint` puts it over a
+//!   connector's streams, so the fault proxy below still sees bytes).
 //! - [`ServerTls`]: a listener's certificate, key and optional client-certificate CA
 //!   (mosquitto's `certfile`, `keyfile`, `cafile`, `require_certificate`, `tls_version`).
 //! - [`common_name`]: the subject CN of a client certificate (`use_identity_as_username`).
@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{BoxFuture, BoxStream, Connector};
+use super::BoxStream;
 
 /// The lowest TLS version a side accepts (mosquitto's `tls_version`, which is a minimum on
 /// both sides). rustls speaks 1.2 and 1.3 only, so `tlsv1.1` is refused rather than quietly
@@ -384,24 +384,29 @@ impl ServerTls {
     }
 }
 
-/// Says what went wrong in a handshake in words, from the error rustls gave.
-pub fn describe(error: &io::Error) -> String {
+/// Says what went wrong in a handshake in words, from the error rustls gave; `peer` is who
+/// presented the certificate ("broker" on the client side, "client" on the server side).
+pub fn describe(error: &io::Error, peer: &str) -> String {
     let Some(tls) = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     else {
         return error.to_string();
     };
+    let hint = match peer {
+        "broker" => " (check --cafile/--capath)",
+        _ => " (check the listener's cafile)",
+    };
     match tls {
         rustls::Error::InvalidCertificate(cert) => match cert {
             CertificateError::UnknownIssuer => {
-                "the peer's certificate is not signed by a trusted CA (unknown issuer: check --cafile/--capath, or the listener's cafile)".into()
+                format!("the {peer}'s certificate is not signed by a trusted CA (unknown issuer){hint}")
             }
             CertificateError::NotValidForName => {
-                "the broker's certificate is not valid for the host name connected to".into()
+                format!("the {peer}'s certificate is not valid for the host name connected to")
             }
             CertificateError::NotValidForNameContext { expected, presented } => format!(
-                "the broker's certificate is not valid for the host name {:?} (it names {}); connect with a name it names, or --insecure",
+                "the {peer}'s certificate is not valid for the host name {:?} (it names {}); connect with a name it names, or --insecure",
                 server_name_text(expected),
                 if presented.is_empty() {
                     "no host".to_string()
@@ -410,15 +415,15 @@ pub fn describe(error: &io::Error) -> String {
                 }
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "the peer's certificate has expired".into()
+                format!("the {peer}'s certificate has expired")
             }
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "the peer's certificate is not valid yet".into()
+                format!("the {peer}'s certificate is not valid yet")
             }
-            other => format!("the peer's certificate was refused: {other:?}"),
+            other => format!("the {peer}'s certificate was refused: {other:?}"),
         },
         rustls::Error::AlertReceived(alert) => {
-            format!("the peer ended the handshake with the alert {alert:?}")
+            format!("the {peer} ended the handshake with the TLS alert {alert:?}")
         }
         rustls::Error::NoCertificatesPresented => {
             "the client presented no certificate, and this listener requires one".into()
@@ -435,50 +440,35 @@ fn server_name_text(name: &ServerName<'_>) -> String {
     }
 }
 
-/// Speaks TLS over the streams `inner` opens, checking the broker's certificate against
-/// `server_name` (the host of the broker URL, whatever address `inner` is given: a fault
-/// proxy's, in certification).
-pub struct TlsConnector {
-    pub inner: Arc<dyn Connector>,
-    pub config: Arc<rustls::ClientConfig>,
-    pub server_name: ServerName<'static>,
+/// The name a broker's certificate is checked against: the host of its URL (an IP address
+/// is checked against the certificate's IP addresses).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .map_err(|e| TlsError::Invalid(format!("{host:?} is not a host name TLS can check ({e})")))
 }
 
-impl TlsConnector {
-    pub fn new(
-        inner: Arc<dyn Connector>,
-        config: Arc<rustls::ClientConfig>,
-        host: &str,
-    ) -> Result<TlsConnector, TlsError> {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_string()).map_err(|e| {
-            TlsError::Invalid(format!("{host:?} is not a host name TLS can check ({e})"))
+/// The client side of a handshake over `stream`; `addr` only names the broker in the error,
+/// which says why in words ([`describe`]).
+pub async fn connect(
+    stream: BoxStream,
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    addr: &str,
+) -> io::Result<BoxStream> {
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, stream)
+        .await
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "TLS handshake with {addr} failed: {}",
+                    describe(&e, "broker")
+                ),
+            )
         })?;
-        Ok(TlsConnector {
-            inner,
-            config,
-            server_name,
-        })
-    }
-}
-
-impl Connector for TlsConnector {
-    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
-        Box::pin(async move {
-            let stream = self.inner.connect(addr).await?;
-            let tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(self.server_name.clone(), stream)
-                .await
-                .map_err(|e| {
-                    let why = describe(&e);
-                    io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        format!("TLS handshake with {addr} failed: {why}"),
-                    )
-                })?;
-            Ok(Box::new(tls) as BoxStream)
-        })
-    }
+    Ok(Box::new(tls))
 }
 
 /// The subject common name (OID 2.5.4.3) of a DER certificate: the first one when there are

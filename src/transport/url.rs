@@ -11,12 +11,13 @@
 //! `--broker`. Ports default as mosquitto (1883/8883) and RFC 6455 (80/443) do.
 
 use std::fmt;
+use std::io;
 use std::sync::Arc;
 
 use super::tcp::TcpConnector;
-use super::tls::{ClientTls, TlsConnector, TlsError};
-use super::ws::{WsConnector, DEFAULT_PATH};
-use super::Connector;
+use super::tls::{self, ClientTls, TlsError};
+use super::ws::{self, DEFAULT_PATH};
+use super::{BoxFuture, BoxStream, Connector};
 
 /// How a broker is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -276,23 +277,78 @@ impl Endpoint {
     /// This endpoint's TLS and WebSocket layers over the streams `inner` opens (whatever
     /// address it is given: a fault proxy's, in certification).
     pub fn wrap(&self, inner: Arc<dyn Connector>) -> Result<Arc<dyn Connector>, TlsError> {
-        let mut connector = inner;
-        if self.scheme.tls() {
-            let config = match &self.tls {
-                Some(c) => c.clone(),
-                None => ClientTls::default().config()?,
-            };
-            connector = Arc::new(TlsConnector::new(connector, config, &self.host)?);
+        if self.scheme == Scheme::Mqtt {
+            return Ok(inner);
         }
-        if self.scheme.websocket() {
-            connector = Arc::new(WsConnector {
-                inner: connector,
-                host: self.addr(),
-                path: self.ws_path.clone(),
-                max_packet_size: self.max_packet_size,
-            });
+        let mut endpoint = self.clone();
+        if endpoint.scheme.tls() && endpoint.tls.is_none() {
+            endpoint.tls = Some(ClientTls::default().config()?);
         }
-        Ok(connector)
+        let server_name = match endpoint.scheme.tls() {
+            true => Some(tls::server_name(&endpoint.host)?),
+            false => None,
+        };
+        Ok(Arc::new(Layered {
+            inner,
+            endpoint,
+            server_name,
+        }))
+    }
+
+    /// TLS and/or the WebSocket upgrade over a connected stream.
+    pub async fn upgrade(&self, stream: BoxStream) -> io::Result<BoxStream> {
+        let server_name = match self.scheme.tls() {
+            true => Some(tls::server_name(&self.host).map_err(invalid)?),
+            false => None,
+        };
+        upgrade(self, server_name.as_ref(), stream, &self.addr()).await
+    }
+}
+
+fn invalid(e: TlsError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
+
+async fn upgrade(
+    endpoint: &Endpoint,
+    server_name: Option<&rustls::pki_types::ServerName<'static>>,
+    mut stream: BoxStream,
+    addr: &str,
+) -> io::Result<BoxStream> {
+    if let Some(name) = server_name {
+        let config = match &endpoint.tls {
+            Some(c) => c.clone(),
+            None => ClientTls::default().config().map_err(invalid)?,
+        };
+        stream = tls::connect(stream, config, name.clone(), addr).await?;
+    }
+    if endpoint.scheme.websocket() {
+        stream = Box::new(
+            ws::connect(
+                stream,
+                &endpoint.addr(),
+                &endpoint.ws_path,
+                endpoint.max_packet_size,
+            )
+            .await?,
+        );
+    }
+    Ok(stream)
+}
+
+/// An endpoint's TLS and WebSocket over the streams of another connector.
+struct Layered {
+    inner: Arc<dyn Connector>,
+    endpoint: Endpoint,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl Connector for Layered {
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
+        Box::pin(async move {
+            let stream = self.inner.connect(addr).await?;
+            upgrade(&self.endpoint, self.server_name.as_ref(), stream, addr).await
+        })
     }
 }
 

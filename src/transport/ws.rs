@@ -7,7 +7,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -18,8 +17,6 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
-
-use super::{BoxFuture, BoxStream, Connector};
 
 /// The WebSocket path brokers serve MQTT on by default (mosquitto, EMQX, HiveMQ).
 pub const DEFAULT_PATH: &str = "/mqtt";
@@ -252,25 +249,6 @@ fn upgrade_error(error: tungstenite::Error) -> String {
             }
         }
         other => other.to_string(),
-    }
-}
-
-/// Speaks WebSocket over the streams `inner` opens (TCP, or TLS for `wss://`).
-pub struct WsConnector {
-    pub inner: Arc<dyn Connector>,
-    /// The `Host` header: the broker URL's host and port.
-    pub host: String,
-    pub path: String,
-    pub max_packet_size: usize,
-}
-
-impl Connector for WsConnector {
-    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
-        Box::pin(async move {
-            let stream = self.inner.connect(addr).await?;
-            let ws = connect(stream, &self.host, &self.path, self.max_packet_size).await?;
-            Ok(Box::new(ws) as BoxStream)
-        })
     }
 }
 
