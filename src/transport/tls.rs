@@ -15,7 +15,9 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -24,6 +26,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::BoxStream;
 
@@ -411,7 +415,11 @@ pub fn describe(error: &io::Error, peer: &str) -> String {
                 if presented.is_empty() {
                     "no host".to_string()
                 } else {
-                    presented.join(", ")
+                    presented
+                        .iter()
+                        .map(|p| plain_name(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -423,12 +431,34 @@ pub fn describe(error: &io::Error, peer: &str) -> String {
             other => format!("the {peer}'s certificate was refused: {other:?}"),
         },
         rustls::Error::AlertReceived(alert) => {
-            format!("the {peer} ended the handshake with the TLS alert {alert:?}")
+            let why = match alert {
+                rustls::AlertDescription::CertificateRequired => {
+                    ": it requires a client certificate (--cert and --key)"
+                }
+                rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::CertificateUnknown => {
+                    ": it refused the client certificate (not signed by a CA it trusts?)"
+                }
+                rustls::AlertDescription::ProtocolVersion => {
+                    ": no TLS version both sides accept (--tls-version)"
+                }
+                _ => "",
+            };
+            format!("the {peer} ended the TLS session with the alert {alert:?}{why}")
         }
         rustls::Error::NoCertificatesPresented => {
             "the client presented no certificate, and this listener requires one".into()
         }
         other => other.to_string(),
+    }
+}
+
+/// `DnsName("localhost")` (how rustls lists the names a certificate presents) as `localhost`.
+fn plain_name(presented: &str) -> &str {
+    match (presented.find("(\""), presented.rfind("\")")) {
+        (Some(start), Some(end)) if start + 2 <= end => &presented[start + 2..end],
+        _ => presented,
     }
 }
 
@@ -449,7 +479,9 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 }
 
 /// The client side of a handshake over `stream`; `addr` only names the broker in the error,
-/// which says why in words ([`describe`]).
+/// which says why in words ([`describe`]), as do later errors of the session (under TLS 1.3 a
+/// broker refuses a client certificate only after the client's side of the handshake is done,
+/// so that refusal comes with the first read).
 pub async fn connect(
     stream: BoxStream,
     config: Arc<rustls::ClientConfig>,
@@ -468,7 +500,49 @@ pub async fn connect(
                 ),
             )
         })?;
-    Ok(Box::new(tls))
+    Ok(Box::new(Described(tls)))
+}
+
+/// A client TLS stream whose errors say what rustls meant, in words.
+struct Described(tokio_rustls::client::TlsStream<BoxStream>);
+
+fn reword(error: io::Error) -> io::Error {
+    if error
+        .get_ref()
+        .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some())
+    {
+        io::Error::new(error.kind(), format!("TLS: {}", describe(&error, "broker")))
+    } else {
+        error
+    }
+}
+
+impl AsyncRead for Described {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf).map_err(reword)
+    }
+}
+
+impl AsyncWrite for Described {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data).map_err(reword)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx).map_err(reword)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx).map_err(reword)
+    }
 }
 
 /// The subject common name (OID 2.5.4.3) of a DER certificate: the first one when there are
