@@ -174,6 +174,23 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_listeners_parse() {
+        let text = include_str!("../../docs/broker.toml");
+        let start = text.find("# --- listeners (example) ---").unwrap();
+        let end = text.find("# --- end of listeners ---").unwrap();
+        let uncommented: String = text[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = crate::broker::BrokerConfig::from_toml(&uncommented).unwrap();
+        let schemes: Vec<_> = config.listeners.iter().map(|l| l.scheme()).collect();
+        assert_eq!(schemes, ["mqtts", "ws", "wss", "mqtts"]);
+        assert!(config.listeners[3].use_identity_as_username);
+    }
+
+    #[test]
     fn settings_that_do_not_fit_together_are_refused() {
         for (text, why) in [
             ("certfile = \"c\"", "go together"),
