@@ -172,6 +172,7 @@ fn certify(fake: Fake, files: &[&str]) -> Certification {
     let options = Options {
         broker_url: format!("mqtt://{addr}"),
         broker: addr,
+        endpoint: Default::default(),
         username: None,
         password: None,
         restart_cmd: None,

@@ -151,6 +151,7 @@ fn in_process_broker_without_restart_command() {
     let options = Options {
         broker_url: format!("mqtt://{addr}"),
         broker: addr,
+        endpoint: Default::default(),
         username: None,
         password: None,
         restart_cmd: None,

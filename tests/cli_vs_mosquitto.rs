@@ -636,16 +636,8 @@ fn documented_differences() {
         Some(0)
     );
     assert_eq!(run(Tool::Simqtt, "pub", &args(&denied), b"").code, Some(0));
-    // -L with a TLS or WebSocket URL: not supported yet, said so.
+    // -L URLs simqtt cannot use (mqtts://, ws:// and wss:// are tests/tls_ws.rs's).
     for (url, said) in [
-        (
-            "mqtts://127.0.0.1/x",
-            "Error: mqtts:// URLs (MQTT over TLS) are not supported yet; use mqtt://",
-        ),
-        (
-            "ws://127.0.0.1/x",
-            "Error: ws:// URLs (MQTT over WebSocket) are not supported yet; use mqtt://",
-        ),
         ("http://127.0.0.1/x", "Error: Unsupported URL scheme."),
         (
             "mqtt://127.0.0.1",

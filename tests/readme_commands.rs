@@ -4,8 +4,11 @@
 //! - each line of a ```sh block runs in bash as written, in a scratch directory that holds the
 //!   repository's `scenarios/`, `docs/` and `scripts/` (so files the commands write stay out of
 //!   the checkout), with `simqtt` on the PATH through the README's own `export PATH=…` line.
-//!   The one change: the port numbers the examples use (1883, 1884, 1885, 18830) become free
-//!   ports, the same one for the same number throughout.
+//!   The one change: the port numbers the examples use (1883, 1884, 1885, 18830, 8883, 8083,
+//!   8084) become free ports, the same one for the same number throughout, in the commands and
+//!   in the config files they copy (`cp`).
+//! - A publish must reach every running subscriber whose filter matches its topic and that is
+//!   connected to the same broker (a broker's ports are the ones it prints at start).
 //! - Long-running commands (`simqtt broker`, `simqtt proxy`, a `simqtt sub` without -C or -W)
 //!   are started, checked to listen or to receive, and stopped at the end.
 //! - The README's two commands for a fresh machine are what CI runs: `.ci/run` must hold them
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const SIMQTT: &str = env!("CARGO_BIN_EXE_simqtt");
 /// The ports the examples name; each becomes a free port.
-const EXAMPLE_PORTS: [&str; 4] = ["18830", "1883", "1884", "1885"];
+const EXAMPLE_PORTS: [&str; 7] = ["18830", "1883", "1884", "1885", "8883", "8083", "8084"];
 
 struct Block {
     lang: String,
@@ -152,6 +155,8 @@ struct Running {
     child: Child,
     stdout: Lines,
     stderr: Lines,
+    /// A broker's listening ports.
+    ports: Vec<u16>,
 }
 
 impl Drop for Running {
@@ -258,11 +263,12 @@ impl Walk {
             .unwrap_or_else(|e| panic!("{command}: {e}"));
         let stdout = Lines::collect(child.stdout.take().unwrap());
         let stderr = Lines::collect(child.stderr.take().unwrap());
-        let running = Running {
+        let mut running = Running {
             command: command.to_string(),
             child,
             stdout,
             stderr,
+            ports: Vec::new(),
         };
         if let Some(ready) = ready {
             assert!(
@@ -271,6 +277,15 @@ impl Walk {
                 running.stdout.text(),
                 running.stderr.text()
             );
+            // A broker prints one line per listener, all before it serves.
+            std::thread::sleep(Duration::from_millis(200));
+            running.ports = running
+                .stdout
+                .text()
+                .lines()
+                .filter_map(|l| l.strip_prefix("simqtt broker listening on "))
+                .filter_map(|rest| rest.split(' ').next()?.rsplit(':').next()?.parse().ok())
+                .collect();
         }
         self.running.push(running);
     }
@@ -327,6 +342,46 @@ impl Walk {
             .collect()
     }
 
+    /// The ports of the running broker that listens on `port` (`None`: no broker does, e.g.
+    /// a proxy's port).
+    fn broker_ports(&self, port: u16) -> Option<&[u16]> {
+        self.running
+            .iter()
+            .find(|r| r.ports.contains(&port))
+            .map(|r| r.ports.as_slice())
+    }
+
+    /// The subscribers a publish must reach: filter matching `topic`, on the publisher's
+    /// broker (any, when the publisher's port is not a broker's).
+    fn subscribers_of(&self, publish: &[&str]) -> Vec<&Running> {
+        let Some(topic) = topic_of(publish) else {
+            return self.subscribers();
+        };
+        let broker = port_of(publish).and_then(|p| self.broker_ports(p));
+        self.subscribers()
+            .into_iter()
+            .filter(|s| {
+                let words: Vec<&str> = s.command.split_whitespace().collect();
+                let matches = topic_of(&words).is_some_and(|f| filter_matches(&f, &topic));
+                let same_broker = match (broker, port_of(&words)) {
+                    (Some(ports), Some(port)) => ports.contains(&port),
+                    _ => true,
+                };
+                matches && same_broker
+            })
+            .collect()
+    }
+
+    /// After `cp SOURCE DEST`: DEST's example ports become the free ones (a config file).
+    fn localize_file(&self, words: &[&str]) {
+        if let Some(dest) = words.last() {
+            let path = self.path().join(dest);
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                std::fs::write(&path, self.localize(&text)).unwrap();
+            }
+        }
+    }
+
     /// Runs one README command and checks what it promises.
     fn step(&mut self, written: &str) {
         let command = self.localize(written);
@@ -351,7 +406,7 @@ impl Walk {
                 // Checked by the publishes that follow: each is repeated until it shows here.
                 self.spawn(&command, None);
             }
-            (Some("simqtt"), Some("pub")) => {
+            (Some("simqtt"), Some("pub")) | (Some("mosquitto_pub"), _) => {
                 let expect = expected_delivery(&words);
                 let times = words
                     .iter()
@@ -359,11 +414,18 @@ impl Walk {
                     .and_then(|i| words.get(i + 1))
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1);
-                if let Some(expect) = expect.filter(|_| !self.subscribers().is_empty()) {
+                if let Some(expect) = expect.filter(|_| !self.subscribers_of(&words).is_empty()) {
                     self.publish_until_received(&command, &expect, times);
                 } else {
                     self.run(&command, None);
                 }
+            }
+            (Some("mkdir"), _) | (Some("openssl"), _) => {
+                self.run(&command, None);
+            }
+            (Some("cp"), _) => {
+                self.run(&command, None);
+                self.localize_file(&words);
             }
             (Some("simqtt"), Some("passwd")) => {
                 self.run(&command, Some("s3cret\ns3cret\n"));
@@ -430,40 +492,30 @@ impl Walk {
         }
     }
 
-    /// Runs `command` (a publish) until every running subscriber prints `line` `times` times.
+    /// Runs `command` (a publish) until every running subscriber it must reach prints `line`
+    /// `times` times.
     fn publish_until_received(&self, command: &str, line: &str, times: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let subscribers = self.subscribers_of(&words);
         loop {
-            let before: Vec<usize> = self
-                .subscribers()
-                .iter()
-                .map(|s| s.stdout.count(line))
-                .collect();
+            let before: Vec<usize> = subscribers.iter().map(|s| s.stdout.count(line)).collect();
             self.run(command, None);
             let received = |i: usize, s: &Running| s.stdout.count(line) >= before[i] + times;
             let wait_until = Instant::now() + Duration::from_secs(2);
             while Instant::now() < wait_until
-                && !self
-                    .subscribers()
-                    .iter()
-                    .enumerate()
-                    .all(|(i, s)| received(i, s))
+                && !subscribers.iter().enumerate().all(|(i, s)| received(i, s))
             {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if self
-                .subscribers()
-                .iter()
-                .enumerate()
-                .all(|(i, s)| received(i, s))
-            {
+            if subscribers.iter().enumerate().all(|(i, s)| received(i, s)) {
                 return;
             }
             // A subscriber that had not subscribed yet missed it: publish again.
             assert!(
                 Instant::now() < deadline,
                 "{command}: the subscribers never printed {line:?} {times} times: {}",
-                self.subscribers()
+                subscribers
                     .iter()
                     .map(|s| format!("{}: {}", s.command, s.stdout.text()))
                     .collect::<Vec<_>>()
@@ -471,6 +523,56 @@ impl Walk {
             );
         }
     }
+}
+
+/// The value of `flag` in a command's words, without shell quotes.
+fn flag_value(words: &[&str], flag: &str) -> Option<String> {
+    words
+        .iter()
+        .position(|w| *w == flag)
+        .and_then(|i| words.get(i + 1))
+        .map(|s| s.trim_matches('\'').trim_matches('"').to_string())
+}
+
+/// The topic (a publish) or filter (a subscription) of a pub/sub command: -t, or -L's path.
+fn topic_of(words: &[&str]) -> Option<String> {
+    flag_value(words, "-t").or_else(|| {
+        flag_value(words, "-L")
+            .and_then(|url| Some(url.split_once("://")?.1.split_once('/')?.1.to_string()))
+    })
+}
+
+/// The broker port a pub/sub command connects to: -p, or -L's port, or its scheme's.
+fn port_of(words: &[&str]) -> Option<u16> {
+    if let Some(p) = flag_value(words, "-p") {
+        return p.parse().ok();
+    }
+    let url = flag_value(words, "-L")?;
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    match authority.rsplit_once(':') {
+        Some((_, port)) => port.parse().ok(),
+        None => Some(match scheme {
+            "mqtts" => 8883,
+            "ws" => 80,
+            "wss" => 443,
+            _ => 1883,
+        }),
+    }
+}
+
+/// MQTT's filter matching (`+` one level, `#` the rest).
+fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match (level, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (l, Some(t)) if l == t => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
 }
 
 /// What `simqtt sub -v` prints for this publish: "TOPIC PAYLOAD".

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::codec::{ProtocolVersion, QoS};
+use crate::transport::url::{BrokerUrl, Endpoint};
 
 /// Largest QoS 1/2 window a publisher may keep: ids are 16-bit and must stay unique while in
 /// flight [MQTT-2.3.1-2], so leave room for the allocator to find a free one.
@@ -76,6 +77,8 @@ pub struct Config {
     pub drain: Duration,
     /// The broker's process id, for its CPU time and RSS from /proc.
     pub broker_pid: Option<u32>,
+    /// TLS and/or WebSocket over each connection (`Endpoint::default()`: plain TCP).
+    pub endpoint: Endpoint,
 }
 
 impl Config {
@@ -101,6 +104,7 @@ impl Config {
             inflight: 100,
             drain: Duration::from_secs(5),
             broker_pid: None,
+            endpoint: Endpoint::default(),
         }
     }
 
@@ -194,50 +198,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// `mqtt://HOST:PORT`, `tcp://HOST:PORT` or `HOST:PORT`; the port defaults to 1883. IPv6 hosts
-/// go in brackets (`mqtt://[::1]:1883`).
+/// `mqtt://HOST:PORT`, `tcp://HOST:PORT` or `HOST:PORT` (port 1883 when omitted), or
+/// `mqtts://`, `ws://`, `wss://` (the transport is `Config::endpoint`'s; see
+/// `transport::url`). IPv6 hosts go in brackets (`mqtt://[::1]:1883`).
 pub fn parse_broker_url(text: &str) -> Result<Target, String> {
-    let rest = if let Some((scheme, rest)) = text.split_once("://") {
-        match scheme {
-            "mqtt" | "tcp" => rest,
-            other => {
-                return Err(format!(
-                    "unsupported scheme {other}:// (the bench speaks plain TCP: mqtt://)"
-                ))
-            }
-        }
-    } else {
-        text
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+    let url = BrokerUrl::parse(text)?;
+    if url.username.is_some() {
+        return Err(format!("{text:?}: the bench sends no user name"));
+    }
+    if !url.scheme.websocket() && url.rest.as_deref().is_some_and(|r| !r.is_empty()) {
         return Err(format!("{text:?} is not mqtt://HOST:PORT"));
     }
-    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| format!("{text:?}: unclosed '['"))?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match rest.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (rest, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{text:?} has no host"));
+    if url.port == 0 {
+        return Err(format!("{text:?}: port must be 1..=65535"));
     }
-    let port = match port {
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{text:?}: port must be 1..=65535"))?,
-        None => 1883,
-    };
     Ok(Target::Broker {
-        host: host.to_string(),
-        port,
+        host: url.host,
+        port: url.port,
     })
 }
 
@@ -276,7 +253,9 @@ mod tests {
         );
         assert_eq!(parse_broker_url("localhost:9"), broker("localhost", 9));
         assert_eq!(parse_broker_url("mqtt://[::1]:1883/"), broker("::1", 1883));
-        assert!(parse_broker_url("mqtts://h:8883").is_err());
+        assert_eq!(parse_broker_url("mqtts://h"), broker("h", 8883));
+        assert_eq!(parse_broker_url("wss://h/mqtt"), broker("h", 443));
+        assert!(parse_broker_url("mqtts://h:8883/x").is_err());
         assert!(parse_broker_url("mqtt://h:0").is_err());
         assert!(parse_broker_url("mqtt://h:99999").is_err());
         assert!(parse_broker_url("mqtt://:1883").is_err());

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use super::wire::Stream;
+use crate::transport::url::Endpoint;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -44,7 +45,9 @@ pub fn source_address(broker: IpAddr, index: usize) -> Option<IpAddr> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
+    endpoint: &Endpoint,
     broker: SocketAddr,
     connections: usize,
     hold: Duration,
@@ -68,7 +71,7 @@ pub async fn run(
     }
     let before = sample(broker_pid)?;
     let started = Instant::now();
-    let mut held: Vec<TcpStream> = Vec::with_capacity(connections);
+    let mut held: Vec<Stream> = Vec::with_capacity(connections);
     let mut failed = 0usize;
     let mut first_error: Option<String> = None;
     let mut handshakes = JoinSet::new();
@@ -77,8 +80,17 @@ pub async fn run(
         while next < connections && handshakes.len() < HANDSHAKES_IN_FLIGHT {
             let source = source_address(broker.ip(), next);
             let client_id = format!("simqtt-bench-{run_id}-c{next}");
+            let endpoint = endpoint.clone();
             handshakes.spawn(async move {
-                wire::open(broker, source, &client_id, protocol, keep_alive_secs).await
+                wire::open(
+                    &endpoint,
+                    broker,
+                    source,
+                    &client_id,
+                    protocol,
+                    keep_alive_secs,
+                )
+                .await
             });
             next += 1;
         }
@@ -102,11 +114,9 @@ pub async fn run(
     let after = sample(broker_pid)?;
     // A connection the broker closed reads EOF (or an error); an open idle one would block.
     let alive_at_end = held
-        .iter()
-        .filter(|stream| {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        })
+        .iter_mut()
+        .map(Stream::idle_and_open)
+        .filter(|open| *open)
         .count();
     let opened = held.len();
     drop(held);

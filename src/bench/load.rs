@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::histogram::Histogram;
 use super::scan::{self, push_ack, scan_frame, scan_header};
-use super::wire::{Session, Template};
+use super::wire::{Session, Template, WriteHalf};
 use super::BenchError;
 use crate::codec::ProtocolVersion;
 
@@ -199,6 +199,8 @@ async fn publish_paced(
         leftover,
     } = session;
     let (mut reader, mut writer) = stream.split();
+    let layered = writer.layered();
+    let mut flushing = false;
     let v5 = plan.protocol == ProtocolVersion::V5;
     let packet_len = plan.template.len();
     let batch_max = (BATCH_BYTES / packet_len).max(1) as u64;
@@ -310,10 +312,11 @@ async fn publish_paced(
                     Ok(())
                 })?;
             }
-            result_write = writer.write(&out[out_offset..]), if writing => {
+            result_write = write_or_flush(&mut writer, if writing { &out[out_offset..] } else { &[] }), if writing || flushing => {
                 let n = result_write.map_err(write_error)?;
+                flushing = layered && n > 0;
                 out_offset += n;
-                if out_offset == out.len() {
+                if n > 0 && out_offset == out.len() {
                     result.sent += out_messages;
                     if Instant::now() <= plan.deadline {
                         result.sent_in_window += out_messages;
@@ -335,6 +338,16 @@ async fn publish_paced(
     };
     let _ = tokio::time::timeout(Duration::from_millis(200), finish).await;
     Ok(result)
+}
+
+/// Writes `data`, or flushes when there is none (returning 0): TLS and WebSocket may hold
+/// written bytes until flushed, and one future keeps `select!` to one borrow of the writer.
+async fn write_or_flush(writer: &mut WriteHalf<'_>, data: &[u8]) -> std::io::Result<usize> {
+    if data.is_empty() {
+        writer.flush().await.map(|()| 0)
+    } else {
+        writer.write(data).await
+    }
 }
 
 fn write_error(source: std::io::Error) -> BenchError {
@@ -422,6 +435,8 @@ pub async fn subscriber(
         leftover,
     } = session;
     let (mut reader, mut writer) = stream.split();
+    let layered = writer.layered();
+    let mut flushing = false;
     let v5 = plan.protocol == ProtocolVersion::V5;
     let mut input = ReadBuffer::new(leftover);
     let mut acks: Vec<u8> = Vec::with_capacity(2 * ACK_BACKLOG_BYTES);
@@ -440,8 +455,11 @@ pub async fn subscriber(
             tokio::select! {
                 biased;
                 _ = plan.stop.changed() => break,
-                result = writer.write(&acks[acks_offset..]), if acks_offset < acks.len() => {
-                    acks_offset += result.map_err(write_error)?;
+                // TLS or WebSocket may hold written bytes until flushed.
+                result = write_or_flush(&mut writer, &acks[acks_offset..]), if acks_offset < acks.len() || flushing => {
+                    let n = result.map_err(write_error)?;
+                    acks_offset += n;
+                    flushing = layered && n > 0;
                     if acks_offset == acks.len() {
                         acks.clear();
                         acks_offset = 0;

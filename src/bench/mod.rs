@@ -246,7 +246,10 @@ pub async fn run(config: &Config) -> Result<Report, BenchError> {
         Target::Broker { host, port } => (
             resolve(host, *port).await?,
             None,
-            format!("mqtt://{host}:{port}"),
+            match config.endpoint.scheme {
+                crate::transport::url::Scheme::Mqtt => format!("mqtt://{host}:{port}"),
+                _ => config.endpoint.url(),
+            },
         ),
         Target::Sink => {
             let sink = Sink::start(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -291,6 +294,7 @@ pub async fn run(config: &Config) -> Result<Report, BenchError> {
             report.publishers = 0;
             report.subscribers = 0;
             let (connections, process) = connections::run(
+                &config.endpoint,
                 broker,
                 config.connections,
                 config.duration,
@@ -346,10 +350,18 @@ async fn open_sessions(
             let filter = filter.map(str::to_string);
             let (protocol, qos) = (config.protocol, config.qos);
             let keep_alive_secs = config.keep_alive_secs();
+            let endpoint = config.endpoint.clone();
             let index = next;
             pending.spawn(async move {
-                let mut session =
-                    wire::open(broker, None, &client_id, protocol, keep_alive_secs).await?;
+                let mut session = wire::open(
+                    &endpoint,
+                    broker,
+                    None,
+                    &client_id,
+                    protocol,
+                    keep_alive_secs,
+                )
+                .await?;
                 if let Some(filter) = filter {
                     wire::subscribe(&mut session, &filter, qos, protocol).await?;
                 }

@@ -5,7 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::scan::{self, scan_frame};
@@ -15,6 +18,8 @@ use crate::codec::{
     PublishProperties, QoS, QosPid, Subscribe, SubscribeProperties, SubscriptionOptions,
     TopicFilter, TopicName,
 };
+use crate::transport::url::{Endpoint, Scheme};
+use crate::transport::BoxStream;
 
 /// How long one handshake (TCP connect + CONNECT/CONNACK, or SUBSCRIBE/SUBACK) may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,17 +28,127 @@ const HANDSHAKE_REPLY_MAX: usize = 64 * 1024;
 
 /// A connected, accepted MQTT session and whatever the broker sent after the awaited reply.
 pub struct Session {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub leftover: Vec<u8>,
 }
+
+/// A connection: plain TCP (the hot loops' halves borrow it without a lock), or TLS and/or
+/// WebSocket over TCP (`tokio::io::split`, which locks per poll; TLS costs far more).
+pub enum Stream {
+    Tcp(TcpStream),
+    Layered(BoxStream),
+}
+
+impl Stream {
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        match self {
+            Stream::Tcp(s) => {
+                let (r, w) = s.split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            Stream::Layered(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Layered(r), WriteHalf::Layered(w))
+            }
+        }
+    }
+
+    /// Still open and idle: a read would wait (the broker closed it: EOF or an error).
+    pub fn idle_and_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        match self {
+            Stream::Tcp(s) => {
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            Stream::Layered(s) => {
+                let mut buf = ReadBuf::new(&mut probe);
+                let mut cx = Context::from_waker(Waker::noop());
+                Pin::new(s).poll_read(&mut cx, &mut buf).is_pending()
+            }
+        }
+    }
+}
+
+macro_rules! delegate_read {
+    ($ty:ty) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Layered(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+    };
+}
+
+macro_rules! delegate_write {
+    ($ty:ty) => {
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                data: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_write(cx, data),
+                    Self::Layered(s) => Pin::new(s).poll_write(cx, data),
+                }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+                    Self::Layered(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Layered(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+pub enum ReadHalf<'a> {
+    Tcp(tokio::net::tcp::ReadHalf<'a>),
+    Layered(tokio::io::ReadHalf<&'a mut BoxStream>),
+}
+
+pub enum WriteHalf<'a> {
+    Tcp(tokio::net::tcp::WriteHalf<'a>),
+    Layered(tokio::io::WriteHalf<&'a mut BoxStream>),
+}
+
+impl WriteHalf<'_> {
+    /// TLS or WebSocket: written bytes may wait in a buffer until flushed.
+    pub fn layered(&self) -> bool {
+        matches!(self, WriteHalf::Layered(_))
+    }
+}
+
+delegate_read!(Stream);
+delegate_write!(Stream);
+delegate_read!(ReadHalf<'_>);
+delegate_write!(WriteHalf<'_>);
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
     let context = context.into();
     move |source| BenchError::Io { context, source }
 }
 
-/// Opens a TCP connection (from `source` if given) and completes CONNECT/CONNACK.
+/// Opens a TCP connection (from `source` if given), TLS and/or WebSocket over it as
+/// `endpoint` says, and completes CONNECT/CONNACK.
 pub async fn open(
+    endpoint: &Endpoint,
     broker: SocketAddr,
     source: Option<IpAddr>,
     client_id: &str,
@@ -61,6 +176,15 @@ pub async fn open(
         stream
             .set_nodelay(true)
             .map_err(io_error("setting TCP_NODELAY"))?;
+        let stream = match endpoint.scheme {
+            Scheme::Mqtt => Stream::Tcp(stream),
+            _ => Stream::Layered(
+                endpoint
+                    .upgrade(Box::new(stream))
+                    .await
+                    .map_err(io_error(format!("connecting to {}", endpoint.url())))?,
+            ),
+        };
         let mut session = Session {
             stream,
             leftover: Vec::new(),
@@ -149,7 +273,7 @@ pub async fn subscribe(
 }
 
 async fn send(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     packet: &Packet,
     protocol: ProtocolVersion,
 ) -> Result<(), BenchError> {
@@ -157,6 +281,11 @@ async fn send(
     codec::encode(packet, protocol, &mut out).map_err(|e| BenchError::Broker(e.to_string()))?;
     stream
         .write_all(&out)
+        .await
+        .map_err(io_error("writing a handshake packet"))?;
+    // TLS and WebSocket may hold the bytes until flushed (TCP's flush does nothing).
+    stream
+        .flush()
         .await
         .map_err(io_error("writing a handshake packet"))
 }

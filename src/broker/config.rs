@@ -6,15 +6,21 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Authenticator;
+use super::listener::ListenerConfig;
 
 /// Every option of the broker. Missing keys in a TOML file take the default shown in each
 /// field's documentation; unknown keys are an error (a misspelt limit must not be ignored).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// Address `simqtt broker` binds. Default `"127.0.0.1:1883"`. `--listen` overrides it.
-    /// (Used by the command only; `broker::run` takes an already bound listener.)
+    /// Address `simqtt broker` binds for plain MQTT over TCP. Default `"127.0.0.1:1883"`.
+    /// `--listen` overrides it; `""` binds none (only the `[[listener]]` tables). (Used by the
+    /// command only; `broker::run` takes an already bound listener.)
     pub listen: String,
+    /// More listeners (`[[listener]]` tables): TLS, WebSocket, WebSocket over TLS, each with
+    /// its own settings (see `ListenerConfig`). Default: none.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
     /// Directory of the durable store. Default: none (an in-memory store; nothing survives a
     /// restart). `--data-dir` overrides it. (Used by the command only.)
     pub data_dir: Option<PathBuf>,
@@ -219,6 +225,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "127.0.0.1:1883".to_string(),
+            listeners: Vec::new(),
             data_dir: None,
             sync: SyncMode::EveryWrite,
             sync_interval_ms: 1000,
@@ -333,6 +340,22 @@ impl BrokerConfig {
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "0".into(), "must be at least 1");
+        }
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            return invalid(
+                "listen",
+                "\"\"".into(),
+                "no listener left: set listen or add a [[listener]]",
+            );
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            listener.check().map_err(|why| {
+                ConfigError::Toml(format!(
+                    "[[listener]] {} (listen = {:?}): {why}",
+                    i + 1,
+                    listener.listen
+                ))
+            })?;
         }
         Ok(())
     }

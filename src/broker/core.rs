@@ -180,6 +180,9 @@ struct Conn {
     peer: String,
     last_seen: Instant,
     online: Option<Box<Online>>,
+    /// The user name the transport vouches for (a TLS client certificate's CN on a listener
+    /// with `use_identity_as_username`): it replaces CONNECT's, and no password is checked.
+    identity: Option<Box<str>>,
 }
 
 /// The broker state machine. See the module documentation.
@@ -596,10 +599,18 @@ impl Core {
                 peer,
                 last_seen: now,
                 online: None,
+                identity: None,
             },
         );
         let at = now + Duration::from_secs(self.config.connect_timeout_secs);
         self.timers.insert((at, Timer::ConnectTimeout(conn)));
+    }
+
+    /// The transport vouches for this connection's user name (see `Conn::identity`).
+    pub fn set_identity(&mut self, conn: ConnId, identity: String) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.identity = Some(identity.into());
+        }
     }
 
     /// The earliest time `on_timer` has work.
@@ -1019,18 +1030,30 @@ impl Core {
                 out,
             );
         }
-        let username = connect.username.as_ref().map(|u| u.to_string());
+        let identity = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.identity.as_deref())
+            .map(str::to_string);
+        let vouched = identity.is_some();
+        let username = identity.or_else(|| connect.username.as_ref().map(|u| u.to_string()));
         if username.is_none() && !self.config.allow_anonymous {
             return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
         }
-        // Checked by the connection already (`handle_connect`), or here.
+        // Checked by the connection already (`handle_connect`), or here. A name the
+        // transport vouches for is not checked against the password file (as mosquitto's
+        // use_identity_as_username); the ACL applies to it all the same.
         let checked = self.checked.take().filter(|(c, _)| *c == conn);
-        let outcome = match checked {
-            Some((_, outcome)) => outcome,
-            None => self
-                .config
-                .authenticator
-                .authenticate(username.as_deref(), connect.password.as_deref()),
+        let outcome = if vouched {
+            AuthOutcome::Allowed
+        } else {
+            match checked {
+                Some((_, outcome)) => outcome,
+                None => self
+                    .config
+                    .authenticator
+                    .authenticate(username.as_deref(), connect.password.as_deref()),
+            }
         };
         match outcome {
             AuthOutcome::Allowed => {}

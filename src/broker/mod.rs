@@ -6,6 +6,7 @@
 //! - [`router`]: the topic trie that finds the subscriptions matching a topic.
 //! - [`server`]: the I/O driver over a transport `Listener`: `run`, `Broker`, `BrokerHandle`.
 //! - [`config`]: `BrokerConfig`, every option with its default (`docs/broker.toml`).
+//! - [`listener`]: the `[[listener]]` tables (TLS, WebSocket ports beside `listen`).
 //! - [`auth`]: password and ACL checks.
 //! - [`stats`]: the counters behind `$SYS/broker/...`.
 
@@ -13,11 +14,13 @@ pub mod auth;
 pub mod config;
 mod connection;
 pub mod core;
+pub mod listener;
 pub mod router;
 pub mod server;
 pub mod stats;
 
 pub use config::{BrokerConfig, ConfigError, PlantedBug, SessionTakeover, SyncMode};
 pub use core::{Action, ClientInfo, ConnId, Core, EndCause};
+pub use listener::{ListenerConfig, ListenerProtocol};
 pub use server::{run, Broker, BrokerHandle};
 pub use stats::Stats;

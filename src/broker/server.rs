@@ -75,7 +75,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 // Nearly every event is a packet; boxing it would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Event {
-    Accepted(BoxStream, String),
+    /// The stream, the peer's address, the identity the transport vouches for.
+    Accepted(BoxStream, String, Option<String>),
     Packet(ConnId, Packet),
     /// The first CONNECT, its credentials checked by the connection (`connection::Gate`).
     Connect(ConnId, Box<Connect>, AuthOutcome),
@@ -218,7 +219,7 @@ impl Broker {
                     let mut taken = 1;
                     loop {
                         match event {
-                            Event::Accepted(stream, peer) => {
+                            Event::Accepted(stream, peer, identity) => {
                                 if core.connection_count() >= max_sockets {
                                     tracing::warn!(%peer, "too many sockets; closing at once");
                                     drop(stream);
@@ -242,6 +243,9 @@ impl Broker {
                                     ));
                                     driver.conns.insert(conn, handle);
                                     core.opened(conn, peer, now);
+                                    if let Some(identity) = identity {
+                                        core.set_identity(conn, identity);
+                                    }
                                 }
                             }
                             Event::Packet(conn, packet) => {
@@ -544,9 +548,10 @@ fn same_conn_item(action: &Action, conn: ConnId) -> bool {
 
 async fn accept_loop(mut listener: impl Listener, events: mpsc::Sender<Event>) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                if events.send(Event::Accepted(stream, peer)).await.is_err() {
+        match listener.accept_client().await {
+            Ok(accepted) => {
+                let event = Event::Accepted(accepted.stream, accepted.peer, accepted.identity);
+                if events.send(event).await.is_err() {
                     return;
                 }
             }

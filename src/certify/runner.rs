@@ -33,7 +33,8 @@ use crate::sim::isolation::Isolation;
 use crate::sim::world::{lock, ClientNet, Shared, SharedRef};
 use crate::sim::{self, RunReport};
 use crate::store::fs::StdFs;
-use crate::transport::tcp::TcpConnector;
+use crate::transport::url::Endpoint;
+use crate::transport::Connector;
 
 /// Bound on one cleanup or probe connection (connect, a few packets, disconnect).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +50,8 @@ pub struct Options {
     /// As the user wrote it (`mqtt://HOST:PORT`), for the report and rerun hints.
     pub broker_url: String,
     pub broker: SocketAddr,
+    /// How to reach it: TCP, TLS, WebSocket (`Endpoint::default()` is plain TCP).
+    pub endpoint: Endpoint,
     pub username: Option<String>,
     pub password: Option<String>,
     pub restart_cmd: Option<String>,
@@ -245,7 +248,7 @@ pub fn certify(
     take(rx, &mut results);
     let incidents = std::mem::take(&mut lock_coord(&ctx.coord).incidents);
     Certification {
-        broker: options.broker_url.clone(),
+        broker: with_transport(options),
         broker_version,
         profile: options.profile.describe(),
         started: rfc3339(started_at),
@@ -994,6 +997,7 @@ fn run_watched(
     }));
     let target = Target {
         broker: options.broker,
+        endpoint: options.endpoint.clone(),
         restart: options
             .restart_cmd
             .clone()
@@ -1178,7 +1182,7 @@ where
     let all = async {
         let (client, _events, _) = Client::connect(
             connect,
-            Arc::new(TcpConnector),
+            connector(options)?,
             Box::new(MemoryPersistence::new()),
         )
         .await
@@ -1190,6 +1194,19 @@ where
     tokio::time::timeout(CLEANUP_TIMEOUT, all)
         .await
         .map_err(|_| format!("timed out after {}s", CLEANUP_TIMEOUT.as_secs()))?
+}
+
+/// A connector to the broker over the run's transport (`Options::endpoint`).
+fn connector(options: &Options) -> Result<Arc<dyn Connector>, String> {
+    options.endpoint.connector().map_err(|e| e.to_string())
+}
+
+/// The broker as the reports name it: the URL, and the transport when it is not plain TCP.
+fn with_transport(options: &Options) -> String {
+    match options.endpoint.scheme {
+        crate::transport::url::Scheme::Mqtt => options.broker_url.clone(),
+        scheme => format!("{} ({})", options.broker_url, scheme.describe()),
+    }
 }
 
 /// The broker's `$SYS/broker/version`, where it offers one.
@@ -1207,7 +1224,7 @@ pub fn broker_version(options: &Options) -> Option<String> {
         connect.password = options.password.as_deref().map(super::tcp::password);
         let (client, mut events, _) = Client::connect(
             connect,
-            Arc::new(TcpConnector),
+            connector(options).ok()?,
             Box::new(MemoryPersistence::new()),
         )
         .await
@@ -1241,6 +1258,10 @@ fn rerun(case: &Case, options: &Options) -> String {
         "simqtt certify --broker {}",
         shell_quote(&options.broker_url)
     );
+    for flag in options.endpoint.tls_flags() {
+        out.push(' ');
+        out.push_str(&shell_quote(&flag));
+    }
     if let Some(cmd) = &options.restart_cmd {
         out.push_str(&format!(" --restart-cmd {}", shell_quote(cmd)));
     }

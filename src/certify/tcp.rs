@@ -48,6 +48,8 @@ use crate::sim::backend::LinkCount;
 use crate::sim::world::{self, lock, Clock, SharedRef};
 use crate::sim::{Backend, Confirmation};
 use crate::transport::proxy::{Blackhole, FaultProxy};
+use crate::transport::url::Endpoint;
+use crate::transport::Connector;
 use crate::transport::{FramedRead, FramedWrite};
 
 /// One step of real time. Short enough that `expect` steps see a delivery promptly, long
@@ -74,6 +76,9 @@ pub struct Restart {
 #[derive(Clone)]
 pub struct Target {
     pub broker: SocketAddr,
+    /// TLS and WebSocket over each connection (to the broker or through a fault proxy,
+    /// which forwards the encrypted bytes: its faults apply below TLS).
+    pub endpoint: Endpoint,
     pub restart: Option<Restart>,
     /// `BrokerStarted { durable }` in the trace: the profile claims persistence and the
     /// scenario wants a durable broker.
@@ -144,7 +149,10 @@ impl Tcp {
         {
             let mut s = lock(&shared);
             s.net.clock = Clock::Real(start);
-            s.net.connector = Arc::new(crate::transport::tcp::TcpConnector);
+            s.net.connector = target
+                .endpoint
+                .connector()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             s.broker_addr = target.broker.to_string();
         }
         Ok(Tcp {
@@ -548,8 +556,9 @@ impl Backend for Tcp {
         };
         let broker = self.target.broker;
         let shared = self.shared.clone();
+        let connector = lock(&self.shared).net.connector.clone();
         self.local.spawn_local(async move {
-            if let Err(e) = takeover(broker, connect).await {
+            if let Err(e) = takeover(connector, broker, connect).await {
                 let mut s = lock(&shared);
                 let at = s.now_ms();
                 s.record(
@@ -568,13 +577,18 @@ impl Backend for Tcp {
 /// Connects with `connect` and waits for the CONNACK, then drops the connection without
 /// acknowledging anything the broker sent (it redelivers that to the session's next
 /// connection).
-async fn takeover(broker: SocketAddr, connect: Connect) -> Result<(), String> {
+async fn takeover(
+    connector: Arc<dyn Connector>,
+    broker: SocketAddr,
+    connect: Connect,
+) -> Result<(), String> {
     let protocol = connect.protocol;
     let work = async {
-        let stream = tokio::net::TcpStream::connect(broker)
+        let stream = connector
+            .connect(&broker.to_string())
             .await
             .map_err(|e| e.to_string())?;
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
         let mut writer = FramedWrite::new(write, protocol);
         writer
             .write_packet(&Packet::Connect(Box::new(connect)))

@@ -25,9 +25,12 @@ pub struct Args {
     /// What to measure.
     #[arg(value_enum)]
     shape: ShapeArg,
-    /// The broker: mqtt://HOST:PORT.
+    /// The broker: mqtt://HOST:PORT, mqtts://HOST:PORT (TLS), ws://HOST:PORT/PATH or
+    /// wss://HOST:PORT/PATH (WebSocket).
     #[arg(long, required_unless_present = "sink", conflicts_with = "sink")]
     broker: Option<String>,
+    #[command(flatten)]
+    tls: super::certify::TlsArgs,
     /// Instead of a broker, an in-process server that only reads: measures the generator.
     #[arg(long)]
     sink: bool,
@@ -82,6 +85,9 @@ impl Args {
             ShapeArg::Connections => Shape::Connections,
         };
         let mut config = Config::new(target, shape);
+        if let Some(url) = &self.broker {
+            config.endpoint = super::certify::endpoint("--broker", url, &self.tls)?;
+        }
         config.qos = QoS::from_u8(self.qos).context("QoS must be 0, 1 or 2")?;
         config.protocol = if self.protocol == "5" {
             ProtocolVersion::V5

@@ -11,7 +11,9 @@ use simqtt::store::fs::StdFs;
 use simqtt::store::{
     Compaction, FileStore, FileStoreOptions, MemoryStore, RecoveryMode, Store, SyncPolicy,
 };
+use simqtt::transport::listen::{self, Listeners};
 use simqtt::transport::tcp::TcpListener;
+use simqtt::transport::Listener;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -116,14 +118,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     .context("starting the runtime")?;
+    let config_file = args.config.clone();
     let serve = async move {
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = simqtt::transport::Listener::local_addr(&listener);
-        // A line for scripts and tests that start the broker on port 0.
-        println!("simqtt broker listening on {addr}");
-        std::io::stdout().flush().ok();
+        let listener = bind_listeners(&config, config_file.as_deref()).await?;
         broker::run(listener, store, config, shutdown_signal("broker"))
             .await
             .context("serving")
@@ -134,18 +131,64 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Binds `listen` and every `[[listener]]`, printing a line for each (scripts and tests that
+/// start the broker on port 0 read the address from it). An error names the listener and the
+/// config file: a TLS file that is missing or does not fit, a port in use.
+async fn bind_listeners(
+    config: &BrokerConfig,
+    config_file: Option<&Path>,
+) -> anyhow::Result<Box<dyn Listener>> {
+    let mut bound: Vec<Box<dyn Listener>> = Vec::new();
+    if !config.listen.is_empty() {
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        println!("simqtt broker listening on {}", listener.local_addr());
+        bound.push(Box::new(listener));
+    }
+    for (i, table) in config.listeners.iter().enumerate() {
+        let name = match config_file {
+            Some(file) => format!(
+                "[[listener]] {} (listen = {:?}) in {}",
+                i + 1,
+                table.listen,
+                file.display()
+            ),
+            None => format!("[[listener]] {} (listen = {:?})", i + 1, table.listen),
+        };
+        let spec = table
+            .spec(config.max_packet_size)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let listener = listen::bind(&spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        println!(
+            "simqtt broker listening on {} ({})",
+            listener.local_addr(),
+            spec.scheme()
+        );
+        bound.push(listener);
+    }
+    std::io::stdout().flush().ok();
+    Ok(match bound.len() {
+        1 => bound.pop().expect("one"),
+        _ => Box::new(Listeners::new(bound)),
+    })
+}
+
 /// Paths in a config file are relative to the file, not to wherever the broker was started
 /// (as in mosquitto.conf's include_dir and systemd units, a config is moved with its files).
 fn relative_to_config(config: &mut BrokerConfig, file: &Path) {
     let dir = file.parent().unwrap_or(Path::new(""));
-    for path in [
+    let mut paths = vec![
         &mut config.password_file,
         &mut config.acl_file,
         &mut config.data_dir,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    ];
+    for listener in &mut config.listeners {
+        paths.extend(listener.paths_mut());
+    }
+    for path in paths.into_iter().flatten() {
         if path.is_relative() {
             *path = dir.join(&*path);
         }

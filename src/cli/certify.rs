@@ -12,14 +12,19 @@ use simqtt::certify::profile::Profile;
 use simqtt::certify::runner::{self, Options};
 use simqtt::certify::statements::Statements;
 use simqtt::certify::{report, Verdict};
+use simqtt::transport::tls::{ClientTls, TlsVersion};
+use simqtt::transport::url::{BrokerUrl, Endpoint};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Scenario files or directories (searched for *.yaml). Default: scenarios/.
     paths: Vec<PathBuf>,
-    /// The broker under test: mqtt://HOST:PORT (port 1883 when omitted).
+    /// The broker under test: mqtt://HOST:PORT (port 1883 when omitted), mqtts://HOST:PORT
+    /// (TLS, 8883), ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (WebSocket, path /mqtt).
     #[arg(long)]
     broker: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[arg(long)]
     username: Option<String>,
     #[arg(long)]
@@ -57,30 +62,81 @@ pub struct Args {
     traces: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: simqtt certify --broker mqtt://HOST:PORT [--username U --password P] \
+const USAGE: &str = "usage: simqtt certify --broker mqtt[s]://HOST:PORT|ws[s]://HOST:PORT/PATH \
+[--cafile FILE] [--cert FILE --key FILE] [--username U --password P] \
 [--restart-cmd 'CMD'] [--profile FILE.toml] [--seeds N] [--jobs J] [--filter P] [--junit FILE] \
 [--report FILE.md] [--json FILE] [PATH...]";
 
-/// `mqtt://HOST:PORT`, `mqtt://HOST` or `HOST:PORT` → an address (IPv4 first).
-pub fn parse_broker(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = match url.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        Some((scheme, _)) => bail!("--broker {url}: scheme {scheme}:// is not supported (mqtt://)"),
-        None => url,
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() {
-        bail!("--broker {url}: no host");
+/// mosquitto's TLS flags, for a `--broker` that names a broker (`certify`, `bench`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// CA certificates (PEM) the broker's certificate must be signed by (mqtts://, wss://;
+    /// default: the system's).
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Directory of CA certificates (PEM files).
+    #[arg(long, value_name = "DIR")]
+    pub capath: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that require one; needs --key.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Do not check that the broker's certificate names its host (the CA still must sign it).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Lowest TLS version to accept: tlsv1.2 (default: 1.2 or 1.3) or tlsv1.3.
+    #[arg(long, value_name = "VERSION", value_parser = TlsVersion::parse)]
+    pub tls_version: Option<TlsVersion>,
+}
+
+impl TlsArgs {
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls {
+            cafile: self.cafile.clone(),
+            capath: self.capath.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            insecure: self.insecure,
+            version: self.tls_version.unwrap_or_default(),
+        }
     }
-    let with_port = if rest
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !rest.ends_with(']')
-    {
-        rest.to_string()
-    } else {
-        format!("{rest}:1883")
-    };
+}
+
+/// `--broker URL` with the TLS flags → how to reach the broker (TLS files read now, so a bad
+/// one is an error before anything runs).
+pub fn endpoint(flag: &str, url: &str, tls: &TlsArgs) -> anyhow::Result<Endpoint> {
+    let parsed = BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
+    if parsed.username.is_some() {
+        bail!("{flag} {url}: give the user name with --username, not in the URL");
+    }
+    if !parsed.scheme.websocket() && parsed.rest.as_deref().is_some_and(|r| !r.is_empty()) {
+        bail!("{flag} {url}: a {}:// URL has no path", parsed.scheme);
+    }
+    Endpoint::new(&parsed, parsed.ws_path(), &tls.client_tls())
+        .map_err(|e| anyhow::anyhow!("{flag} {url}: {e}"))
+}
+
+/// Opens one connection over the endpoint's transport (TCP, TLS handshake, WebSocket
+/// upgrade), so a wrong CA, a host name the certificate does not cover or a wrong path is one
+/// clear error before the run, not a failure in every case.
+pub async fn probe(endpoint: &Endpoint, addr: SocketAddr) -> anyhow::Result<()> {
+    let connector = endpoint.connector()?;
+    let addr = addr.to_string();
+    let connect = connector.connect(&addr);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => bail!("{e}"),
+        Err(_) => bail!("no connection within 5 s"),
+    }
+}
+
+/// `mqtt://HOST:PORT`, `mqtts://HOST`, `ws://HOST:PORT/PATH` or `HOST:PORT` → the broker's
+/// address (IPv4 first).
+pub fn parse_broker(url: &str) -> anyhow::Result<SocketAddr> {
+    let parsed = BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--broker {e}"))?;
+    let with_port = parsed.addr();
     let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
         .with_context(|| format!("--broker {url}: cannot resolve {with_port}"))?
@@ -102,6 +158,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let broker = match parse_broker(&args.broker) {
         Ok(b) => b,
+        Err(e) => return usage(e),
+    };
+    let endpoint = match endpoint("--broker", &args.broker, &args.tls) {
+        Ok(e) => e,
         Err(e) => return usage(e),
     };
     if args.password.is_some() && args.username.is_none() {
@@ -133,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = Options {
         broker_url: args.broker.clone(),
         broker,
+        endpoint: endpoint.clone(),
         username: args.username.clone(),
         password: args.password.clone(),
         restart_cmd: args.restart_cmd.clone(),
@@ -144,10 +205,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         traces: args.traces.clone(),
     };
     // Fail fast on an unreachable broker rather than once per case.
-    if let Err(e) = std::net::TcpStream::connect_timeout(&broker, std::time::Duration::from_secs(5))
-    {
+    // Over the run's transport: a TLS or WebSocket failure is said here once.
+    let probed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?
+        .block_on(probe(&endpoint, broker));
+    if let Err(e) = probed {
         eprintln!(
-            "simqtt certify: cannot connect to {} ({broker}): {e}",
+            "simqtt certify: cannot connect to {} ({broker}): {e:#}",
             args.broker
         );
         return Ok(ExitCode::from(2));
@@ -155,9 +221,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let version = runner::broker_version(&options);
     let cases = runner::plan(&scenarios, &options);
     eprintln!(
-        "certifying {} ({}){}: {} cases from {} scenario files, profile {}",
+        "certifying {} ({}, {}){}: {} cases from {} scenario files, profile {}",
         args.broker,
         broker,
+        endpoint.scheme.describe(),
         version
             .as_deref()
             .map(|v| format!(", {v}"))

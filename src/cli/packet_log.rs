@@ -8,8 +8,8 @@
 //! Client sensor-1 received PUBACK (Mid: 1, RC:0)
 //! ```
 //!
-//! The lines come from the bytes on the socket: a connector wraps each TCP stream and decodes
-//! what passes through it (the client itself is not involved).
+//! The lines come from the bytes on the connection: a connector wraps each stream (above TLS
+//! and WebSocket) and decodes what passes through it (the client itself is not involved).
 
 use std::io;
 use std::pin::Pin;
@@ -18,7 +18,6 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use simqtt::codec::{self, Packet, ProtocolVersion};
-use simqtt::transport::tcp::TcpConnector;
 use simqtt::transport::{BoxFuture, BoxStream, Connector};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -32,14 +31,17 @@ struct LogState {
     qos0_mid: u16,
 }
 
-/// A TCP connector whose streams log their packets.
+/// A connector whose streams log their packets: it wraps the connector that reaches the
+/// broker (TCP, or TLS/WebSocket over it), so it reads the MQTT bytes themselves.
 pub struct LoggingConnector {
+    inner: Arc<dyn Connector>,
     state: Arc<Mutex<LogState>>,
 }
 
 impl LoggingConnector {
-    pub fn new(version: ProtocolVersion) -> LoggingConnector {
+    pub fn new(version: ProtocolVersion, inner: Arc<dyn Connector>) -> LoggingConnector {
         LoggingConnector {
+            inner,
             state: Arc::new(Mutex::new(LogState {
                 name: "(null)".into(),
                 version,
@@ -52,7 +54,7 @@ impl LoggingConnector {
 impl Connector for LoggingConnector {
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
         Box::pin(async move {
-            let stream = TcpConnector.connect(addr).await?;
+            let stream = self.inner.connect(addr).await?;
             Ok(Box::new(Tap {
                 inner: stream,
                 state: self.state.clone(),

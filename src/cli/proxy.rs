@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use simqtt::scenario::Dur;
 use simqtt::transport::proxy::FaultProxy;
+use simqtt::transport::url::BrokerUrl;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,8 +17,10 @@ pub struct Args {
     /// printed on stdout.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1884")]
     listen: SocketAddr,
-    /// The broker to forward to, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The broker to forward to: HOST:PORT or a broker URL (mqtt://, mqtts://, ws://, wss://;
+    /// its port, or the scheme's). The proxy forwards bytes, so TLS and WebSocket pass through
+    /// it: clients speak them to the broker behind.
+    #[arg(long, value_name = "URL")]
     upstream: String,
     /// Delay added to every chunk each way (500ms, 2s).
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
@@ -63,9 +66,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn resolve(upstream: &str) -> anyhow::Result<SocketAddr> {
-    let mut addrs = tokio::net::lookup_host(upstream)
+    let url = BrokerUrl::parse(upstream).map_err(|e| anyhow::anyhow!("--upstream {e}"))?;
+    let addr = url.addr();
+    let mut addrs = tokio::net::lookup_host(&addr)
         .await
-        .with_context(|| format!("resolving --upstream {upstream} (expected HOST:PORT)"))?;
+        .with_context(|| format!("resolving --upstream {upstream} ({addr})"))?;
     match addrs.next() {
         Some(addr) => Ok(addr),
         None => bail!("--upstream {upstream} resolves to no address"),

@@ -2,6 +2,7 @@
 //! Also home of the connection flags `simqtt sub` shares.
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use simqtt::client::{
     ResubscribePolicy, WillOptions,
 };
 use simqtt::codec::{ProtocolVersion, QoS, TopicName};
-use simqtt::transport::tcp::TcpConnector;
+use simqtt::transport::tls::{ClientTls, TlsVersion};
+use simqtt::transport::url::{host_port, BrokerUrl, Endpoint, Scheme};
 use tokio::io::AsyncBufReadExt;
 
 /// Connection flags common to `pub` and `sub`, spelled as mosquitto's clients spell them.
@@ -22,9 +24,9 @@ pub struct ConnArgs {
     /// Broker host (-h as in mosquitto; help is --help only).
     #[arg(short = 'h', long = "host", default_value = "localhost")]
     pub host: String,
-    /// Broker port.
-    #[arg(short = 'p', long = "port", default_value_t = 1883)]
-    pub port: u16,
+    /// Broker port [default: 1883, or 8883 with TLS].
+    #[arg(short = 'p', long = "port")]
+    pub port: Option<u16>,
     /// Client id. Defaults to simqtt_pub_/simqtt_sub_ and the process id.
     #[arg(short = 'i', long = "id")]
     pub id: Option<String>,
@@ -37,10 +39,36 @@ pub struct ConnArgs {
     /// Keep alive in seconds; 0 turns it off (legal MQTT; mosquitto's clients require 5-65535).
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     pub keepalive: u16,
-    /// mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC: host, port (default 1883), user, password
-    /// and topic in one (overrides -h, -p, -u, -P). Only mqtt:// for now.
+    /// mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC: host, port, user, password and topic in
+    /// one (overrides -h, -p, -u, -P). mqtts:// is TLS (port 8883), ws:// and wss:// are
+    /// WebSocket (ports 80 and 443, path /mqtt or --ws-path).
     #[arg(short = 'L', long = "url", value_name = "URL")]
     pub url: Option<String>,
+    /// CA certificates (PEM) the broker's certificate must be signed by; turns TLS on.
+    #[arg(long = "cafile", value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Directory of CA certificates (PEM files); turns TLS on.
+    #[arg(long = "capath", value_name = "DIR")]
+    pub capath: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that require one; needs --key.
+    #[arg(long = "cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Do not check that the broker's certificate names the host connected to (the CA
+    /// still must have signed it).
+    #[arg(long = "insecure")]
+    pub insecure: bool,
+    /// Lowest TLS version to accept: tlsv1.2 (default: 1.2 or 1.3) or tlsv1.3.
+    #[arg(long = "tls-version", value_name = "VERSION", value_parser = TlsVersion::parse)]
+    pub tls_version: Option<TlsVersion>,
+    /// WebSocket path for ws:// and wss:// URLs [default: /mqtt].
+    #[arg(long = "ws-path", value_name = "PATH")]
+    pub ws_path: Option<String>,
+    /// The scheme of -L, once applied.
+    #[arg(skip)]
+    pub scheme: Option<Scheme>,
     /// Disable clean session (persistent session; needs -i).
     #[arg(short = 'c', long = "disable-clean-session")]
     pub persistent: bool,
@@ -138,6 +166,7 @@ pub fn connect_failure(error: ClientError) -> Failure {
 /// The parts of an `-L` URL.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Url {
+    pub scheme: Scheme,
     pub username: Option<String>,
     pub password: Option<String>,
     pub host: String,
@@ -145,56 +174,41 @@ pub struct Url {
     pub topic: String,
 }
 
-/// Parses `mqtt://[user[:password]@]host[:port]/topic` as mosquitto's clients do (no
-/// percent-decoding). TLS and WebSocket URLs are refused until simqtt speaks them.
+/// Parses `SCHEME://[user[:password]@]host[:port]/topic` as mosquitto's clients do (no
+/// percent-decoding), for the schemes mqtt, mqtts, ws and wss.
 pub fn parse_url(url: &str) -> Result<Url, Failure> {
     let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
-    let scheme = url[..scheme_end].to_ascii_lowercase();
-    match scheme.as_str() {
-        "mqtt://" => {}
-        "mqtts://" | "wss://" | "ws://" => {
-            let what = if scheme.starts_with("mqtts") {
-                "MQTT over TLS"
-            } else {
-                "MQTT over WebSocket"
-            };
-            return Err(Failure::new(format!(
-                "Error: {scheme} URLs ({what}) are not supported yet; use mqtt://"
-            )));
-        }
-        _ => return Err(Failure::new("Error: Unsupported URL scheme.")),
+    if !matches!(
+        url[..scheme_end].to_ascii_lowercase().as_str(),
+        "mqtt://" | "mqtts://" | "ws://" | "wss://"
+    ) {
+        return Err(Failure::new("Error: Unsupported URL scheme."));
     }
-    let rest = &url[scheme_end..];
-    let Some((authority, topic)) = rest.split_once('/') else {
+    let parsed = BrokerUrl::parse(url).map_err(|e| {
+        if e.contains("invalid port") {
+            let port = url[scheme_end..]
+                .split('/')
+                .next()
+                .and_then(|a| a.rsplit_once(':'))
+                .map(|(_, p)| p)
+                .unwrap_or("");
+            Failure::new(format!("Error: Invalid port given: {port}"))
+        } else {
+            Failure::new(format!("Error: {e}"))
+        }
+    })?;
+    let Some(topic) = parsed.rest else {
         return Err(Failure::new(
             "Error: Invalid URL for -L argument specified - topic missing.",
         ));
     };
-    let (credentials, host_port) = match authority.split_once('@') {
-        Some((c, h)) => (Some(c), h),
-        None => (None, authority),
-    };
-    let (username, password) = match credentials {
-        Some(c) => match c.split_once(':') {
-            Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
-            None => (Some(c.to_string()), None),
-        },
-        None => (None, None),
-    };
-    let (host, port) = match host_port.split_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| Failure::new(format!("Error: Invalid port given: {p}")))?,
-        ),
-        None => (host_port, 1883),
-    };
     Ok(Url {
-        username,
-        password,
-        host: host.to_string(),
-        port,
-        topic: topic.to_string(),
+        scheme: parsed.scheme,
+        username: parsed.username,
+        password: parsed.password,
+        host: parsed.host,
+        port: parsed.port,
+        topic,
     })
 }
 
@@ -205,8 +219,9 @@ impl ConnArgs {
             return Ok(None);
         };
         let url = parse_url(url)?;
+        self.scheme = Some(url.scheme);
         self.host = url.host;
-        self.port = url.port;
+        self.port = Some(url.port);
         if url.username.is_some() {
             self.username = url.username;
             self.password = url.password;
@@ -214,13 +229,87 @@ impl ConnArgs {
         Ok(Some(url.topic))
     }
 
-    /// The connector: plain TCP, or one that prints the packet log with `-d`.
-    pub fn connector(&self) -> Arc<dyn simqtt::transport::Connector> {
-        if self.debug {
-            Arc::new(super::packet_log::LoggingConnector::new(self.version))
-        } else {
-            Arc::new(TcpConnector)
+    /// The transport: the scheme of -L, else TLS when --cafile or --capath is given (as
+    /// mosquitto's clients), else plain TCP.
+    pub fn scheme(&self) -> Scheme {
+        match self.scheme {
+            Some(scheme) => scheme,
+            None if self.cafile.is_some() || self.capath.is_some() => Scheme::Mqtts,
+            None => Scheme::Mqtt,
         }
+    }
+
+    fn tls(&self) -> ClientTls {
+        ClientTls {
+            cafile: self.cafile.clone(),
+            capath: self.capath.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            insecure: self.insecure,
+            version: self.tls_version.unwrap_or_default(),
+        }
+    }
+
+    /// The connector: TCP, TLS and/or WebSocket as the scheme says, under the packet log of
+    /// `-d` (which reads the MQTT bytes, above TLS and WebSocket). Reads the TLS files now,
+    /// so a missing or bad one is an error before anything connects.
+    pub fn connector(&self) -> Result<Arc<dyn simqtt::transport::Connector>, Failure> {
+        let scheme = self.scheme();
+        let tls_flags = [
+            (self.cert.is_some(), "--cert"),
+            (self.key.is_some(), "--key"),
+            (self.insecure, "--insecure"),
+            (self.tls_version.is_some(), "--tls-version"),
+            (self.cafile.is_some(), "--cafile"),
+            (self.capath.is_some(), "--capath"),
+        ];
+        if !scheme.tls() {
+            if let Some((_, flag)) = tls_flags.iter().find(|(given, _)| *given) {
+                return Err(Failure::new(format!(
+                    "Error: {flag} is a TLS option, and -L {scheme}:// is not TLS; use mqtts:// or wss://"
+                )));
+            }
+        }
+        if self.ws_path.is_some() && !scheme.websocket() {
+            return Err(Failure::new(
+                "Error: --ws-path needs a ws:// or wss:// URL (-L).",
+            ));
+        }
+        let endpoint = Endpoint {
+            scheme,
+            host: self.host.clone(),
+            port: self.port(),
+            ws_path: self
+                .ws_path
+                .clone()
+                .unwrap_or_else(|| simqtt::transport::ws::DEFAULT_PATH.to_string()),
+            tls: match scheme.tls() {
+                true => Some(
+                    self.tls()
+                        .config()
+                        .map_err(|e| Failure::new(format!("Error: {e}")))?,
+                ),
+                false => None,
+            },
+            tls_options: self.tls(),
+            max_packet_size: simqtt::codec::DEFAULT_MAX_PACKET_SIZE as usize,
+        };
+        let connector = endpoint
+            .connector()
+            .map_err(|e| Failure::new(format!("Error: {e}")))?;
+        Ok(if self.debug {
+            Arc::new(super::packet_log::LoggingConnector::new(
+                self.version,
+                connector,
+            ))
+        } else {
+            connector
+        })
+    }
+
+    /// -p, else the scheme's port.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or_else(|| self.scheme().default_port())
     }
 
     /// The options for this command; `kind` is "pub" or "sub" (for the default id).
@@ -241,11 +330,7 @@ impl ConnArgs {
             .id
             .clone()
             .unwrap_or_else(|| format!("simqtt_{kind}_{}", std::process::id()));
-        let server = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
+        let server = host_port(&self.host, self.port());
         let mut options = ConnectOptions::new(server, id);
         options.protocol = self.version;
         options.clean_session = !self.persistent;
@@ -356,13 +441,11 @@ async fn publish(mut args: Args) -> Result<(), Failure> {
     }
     let mut options = args.conn.options("pub")?;
     options.inflight_window = args.max_inflight.max(1);
-    let (client, mut events, _) = Client::connect(
-        options,
-        args.conn.connector(),
-        Box::new(MemoryPersistence::new()),
-    )
-    .await
-    .map_err(connect_failure)?;
+    let connector = args.conn.connector()?;
+    let (client, mut events, _) =
+        Client::connect(options, connector, Box::new(MemoryPersistence::new()))
+            .await
+            .map_err(connect_failure)?;
     // Keep draining so the client never waits on a full event channel.
     tokio::spawn(async move { while events.recv().await.is_some() {} });
 

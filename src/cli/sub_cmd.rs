@@ -108,7 +108,7 @@ async fn subscribe(mut args: Args) -> Result<(), Failure> {
     let options = args.conn.options("sub")?;
     let connect = Client::connect(
         options,
-        args.conn.connector(),
+        args.conn.connector()?,
         Box::new(MemoryPersistence::new()),
     );
     let (client, mut events, _) = match deadline {

@@ -166,6 +166,7 @@ pub fn options(broker: &ScriptedBroker, profile: &str, jobs: usize) -> Options {
     Options {
         broker_url: format!("mqtt://127.0.0.1:{}", broker.port),
         broker: broker.addr(),
+        endpoint: Default::default(),
         username: None,
         password: None,
         restart_cmd: Some(broker.restart_cmd()),
