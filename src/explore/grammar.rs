@@ -19,8 +19,9 @@ use crate::codec::{ProtocolVersion, QoS};
 use crate::history::Direction;
 use crate::scenario::{
     ClientSpec, ClientStep, CrashBrokerStep, Dur, FaultKind, HealStep, Nemesis, PacketKind,
-    PacketStep, PartitionStep, Persistence, ProtocolMix, PublishStep, Rate, RestartBrokerStep,
-    Scenario, SessionMix, Step, SubscribeStep, UnsubscribeStep, WillSpec, Workload,
+    PacketStep, PartitionStep, Persistence, ProtocolMix, PublishAwait, PublishStep, Rate,
+    RestartBrokerStep, Scenario, SessionMix, Step, SubscribeStep, UnsubscribeStep, WillSpec,
+    Workload,
 };
 
 /// Weight of a workload against a program.
@@ -281,6 +282,7 @@ fn program(rng: &mut ChaCha8Rng, s: &mut Scenario) {
                     }),
                     payload_size: None,
                     empty: retain && rng.random_bool(0.2),
+                    await_: PublishAwait::Accepted,
                 })
             }
             "disconnect" if c.running && reachable => {

@@ -525,7 +525,11 @@ pub struct PublishStep {
     #[serde(default)]
     pub empty: bool,
     /// What the step waits for before the next step runs.
-    #[serde(default, rename = "await")]
+    #[serde(
+        default,
+        rename = "await",
+        skip_serializing_if = "PublishAwait::is_accepted"
+    )]
     pub await_: PublishAwait,
 }
 
@@ -540,6 +544,12 @@ pub enum PublishAwait {
     /// Every message's flow completed: PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived, so the
     /// broker owns the message.
     Ack,
+}
+
+impl PublishAwait {
+    fn is_accepted(&self) -> bool {
+        *self == PublishAwait::Accepted
+    }
 }
 
 fn one() -> u32 {

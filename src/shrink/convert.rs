@@ -37,8 +37,8 @@ use std::collections::BTreeMap;
 use crate::history::{Event, Fault, Trace};
 use crate::scenario::{
     ClientStep, CrashBrokerStep, DelayStep, Dur, FaultKind, HealStep, LatencyStep, LossStep,
-    PacketKind, PacketStep, PartitionStep, PublishStep, RestartBrokerStep, Scenario, Step,
-    SubscribeStep,
+    PacketKind, PacketStep, PartitionStep, PublishAwait, PublishStep, RestartBrokerStep, Scenario,
+    Step, SubscribeStep,
 };
 use crate::sim::{self, world::NemesisHeal};
 
@@ -281,6 +281,7 @@ impl Conversion {
                             rate: None,
                             payload_size: None,
                             empty: *payload_len == 0,
+                            await_: PublishAwait::Accepted,
                         })],
                         anchor: Some(Anchor {
                             what: AnchorKind::Publish(client.clone()),
