@@ -37,7 +37,7 @@ fn breaker(name: &str, bytes: &str) -> (PathBuf, String) {
         PathBuf::from(format!("{name}.yaml")),
         format!(
             "description: Sends bytes some brokers do not survive.\n\
-             spec: [MQTT-4.7.3-1, MQTT-4.7.3-2]\n\
+             spec: [MQTT-4.7.3-2]\n\
              clients:\n  r: {{}}\n\
              steps:\n\
              \x20 - raw: {{client: r, send: connect}}\n\

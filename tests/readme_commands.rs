@@ -430,7 +430,7 @@ impl Walk {
             (Some("simqtt"), Some("passwd")) => {
                 self.run(&command, Some("s3cret\ns3cret\n"));
                 let file = std::fs::read_to_string(self.path().join("passwords")).unwrap();
-                assert!(file.starts_with("alice:$7$101$"), "{file}");
+                assert!(file.starts_with("alice:$7$210000$"), "{file}");
             }
             (Some("simqtt"), Some("decode")) => {
                 let out = self.run(&command, None);

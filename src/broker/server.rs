@@ -237,7 +237,7 @@ impl Broker {
                                         stream,
                                         max_packet_size,
                                         events_tx.clone(),
-                                        gate.clone(),
+                                        identity.is_none().then(|| gate.clone()),
                                         task,
                                         alive_tx.clone(),
                                     ));

@@ -151,9 +151,15 @@ fn workload(rng: &mut ChaCha8Rng, s: &mut Scenario) {
     s.seeds = Some(1);
     if rng.random_bool(0.85) {
         let count = rng.random_range(1..=4usize);
+        // A duplicate models a retransmission, which a QoS 0 workload never makes (the
+        // scenario format refuses it there).
+        let qos0_only = w.qos.iter().all(|q| *q == QoS::AtMostOnce);
         let mut faults: Vec<FaultKind> = Vec::new();
         while faults.len() < count {
             let f = pick(rng, &FAULTS);
+            if qos0_only && f == FaultKind::DuplicatePacket {
+                continue;
+            }
             if !faults.contains(&f) {
                 faults.push(f);
             }

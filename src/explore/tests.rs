@@ -9,7 +9,11 @@ fn drawn_scenarios_are_valid_files_and_the_same_for_a_seed_and_index() {
         for index in 0..150 {
             let s = drawn(seed, index, None);
             assert_eq!(s, drawn(seed, index, None), "seed {seed} run {index}");
-            let text = shrink::yaml::to_yaml(&s).unwrap();
+            let text = shrink::yaml::to_yaml(&s).unwrap_or_else(|e| {
+                let plain = serde_yaml::to_string(&s).unwrap();
+                let back = scenario::parse("x.yaml", &plain);
+                panic!("seed {seed} run {index}: {e}\n{plain}\n{back:#?}\n{s:#?}")
+            });
             let back = scenario::parse(&format!("{}.yaml", s.name), &text)
                 .unwrap_or_else(|e| panic!("seed {seed} run {index}: {e}\n{text}"));
             assert_eq!(back, s, "{text}");
