@@ -67,15 +67,27 @@ fn blocks(markdown: &str) -> Vec<Block> {
 fn commands(body: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
-    for line in body.lines() {
-        let line = strip_comment(line);
+    let mut exits = None;
+    for raw in body.lines() {
+        let line = strip_comment(raw);
+        // A command shown failing says so: `# exits 1: why` (kept for `expected_exit`).
+        if let Some(n) = raw[line.len()..]
+            .trim_start_matches(['#', ' '])
+            .strip_prefix("exits ")
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        {
+            exits = Some(n.to_string());
+        }
         if let Some(head) = line.trim_end().strip_suffix('\\') {
             current.push_str(head);
             continue;
         }
         current.push_str(&line);
-        let command = current.trim().to_string();
+        let mut command = current.trim().to_string();
         current.clear();
+        if let Some(n) = exits.take() {
+            command.push_str(&format!(" # exits {n}"));
+        }
         if !command.is_empty() {
             out.push(command);
         }
@@ -292,6 +304,11 @@ impl Walk {
 
     /// Runs to the end; panics unless it exits 0. Returns stdout.
     fn run(&self, command: &str, stdin: Option<&str>) -> String {
+        self.run_expecting(command, stdin, 0).0
+    }
+
+    /// Runs to the end; panics unless it exits with `expected`. Returns stdout and stderr.
+    fn run_expecting(&self, command: &str, stdin: Option<&str>, expected: i32) -> (String, String) {
         let mut child = self
             .bash(command, false)
             .stdin(if stdin.is_some() {
@@ -326,12 +343,12 @@ impl Walk {
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(
-            status.success(),
-            "{command}: {status}\nstdout:\n{}\nstderr:\n{}",
+            status.code() == Some(expected),
+            "{command}: {status}, the README says it exits {expected}\nstdout:\n{}\nstderr:\n{}",
             stdout.text(),
             stderr.text()
         );
-        stdout.text()
+        (stdout.text(), stderr.text())
     }
 
     /// The subscribers still running.
@@ -382,7 +399,8 @@ impl Walk {
         }
     }
 
-    /// Runs one README command and checks what it promises.
+    /// Runs one README command and checks what it promises. A command that is shown failing
+    /// says so in its comment (`# exits 1: ...`).
     fn step(&mut self, written: &str) {
         let command = self.localize(written);
         let words: Vec<&str> = command.split_whitespace().collect();
@@ -443,6 +461,36 @@ impl Walk {
                     assert!(out.contains(field), "{command}: no {field:?} in\n{out}");
                 }
                 assert!(!out.contains("Properties"), "3.1.1 has none:\n{out}");
+            }
+            (Some("simqtt"), Some("run")) if expected_exit(&command) != 0 => {
+                // A run the README shows failing: it fails, and says so.
+                let (out, _) = self.run_expecting(&command, None, expected_exit(&command));
+                assert!(
+                    out.contains("FAIL ") && !out.contains(" 0 failed"),
+                    "{command}:\n{out}"
+                );
+            }
+            (Some("simqtt"), Some("replay")) if words.contains(&"--shrink") => {
+                // It writes the smaller file it reports (into --out), which still fails.
+                let (out, err) = self.run_expecting(&command, None, expected_exit(&command));
+                let text = format!("{out}{err}");
+                let wrote = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("shrink: wrote "))
+                    .unwrap_or_else(|| panic!("{command}: no file written:\n{text}"));
+                let before_after = text
+                    .lines()
+                    .find(|l| l.contains(" steps -> "))
+                    .unwrap_or_else(|| panic!("{command}: no sizes:\n{text}"));
+                let sizes: Vec<usize> = before_after
+                    .split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                assert!(sizes[1] < sizes[0], "{before_after}");
+                if let Some(i) = words.iter().position(|w| *w == "--out") {
+                    assert!(wrote.starts_with(words[i + 1]), "{wrote}");
+                }
+                assert!(self.path().join(wrote.trim()).exists(), "{wrote}");
             }
             (Some("simqtt"), Some("run")) => {
                 let out = self.run(&command, None);
@@ -698,6 +746,10 @@ fn commands_are_read_as_the_shell_reads_them() {
         commands("a 'x/#' -v   # comment\nb \\\n  --c d\n\n# only a comment\n"),
         ["a 'x/#' -v", "b   --c d"]
     );
+    let failing = commands("simqtt run x.yaml   # exits 1: a planted bug\n");
+    assert_eq!(failing, ["simqtt run x.yaml # exits 1"]);
+    assert_eq!(expected_exit(&failing[0]), 1);
+    assert_eq!(expected_exit("simqtt run x.yaml"), 0);
     let walk = Walk::new("export PATH=\"$PWD/target/release:$PATH\"");
     let p = walk.ports["1883"];
     let q = walk.ports["18830"];
@@ -705,4 +757,17 @@ fn commands_are_read_as_the_shell_reads_them() {
         walk.localize("simqtt broker --listen 127.0.0.1:1883 mqtt://h:18830/a/18831"),
         format!("simqtt broker --listen 127.0.0.1:{p} mqtt://h:{q}/a/18831")
     );
+}
+
+/// The exit status a README command's comment promises (`# exits 1: why`); 0 without one.
+fn expected_exit(command: &str) -> i32 {
+    command
+        .split_once(" # exits ")
+        .and_then(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long)]
     shrink: bool,
     /// With --shrink: the failure to keep, as CHECKER or CHECKER:STATEMENT (default: the
-    /// run's first failure).
+    /// run's first checker failure, else its first failed step).
     #[arg(long, requires = "shrink")]
     target: Option<String>,
     /// With --shrink: where the regression file goes.

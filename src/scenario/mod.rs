@@ -1630,6 +1630,37 @@ fn validate_schedule(s: &Scenario, e: &mut Errors) {
                     raw_open.insert(&r.client, false);
                 }
             }
+            // An expectation about a client that never connected holds or fails without the
+            // broker doing anything: no will exists, no message could reach it.
+            Step::ExpectMessages(x) if life.get(x.client.as_str()) == Some(&Life::Never) => {
+                let text = format!(
+                    "step {} (expect_messages) waits for messages to {:?}, but it was never connected (add `- connect: {}` before)",
+                    i + 1,
+                    x.client,
+                    x.client
+                );
+                e.at(&path, Some(&x.client), text);
+            }
+            Step::ExpectNoMessage(x) if life.get(x.client.as_str()) == Some(&Life::Never) => {
+                let text = format!(
+                    "step {} (expect_no_message) would pass for {:?} without testing anything: it was never connected (add `- connect: {}` before)",
+                    i + 1,
+                    x.client,
+                    x.client
+                );
+                e.at(&path, Some(&x.client), text);
+            }
+            Step::ExpectWill(x) => {
+                for (role, client) in [("of", &x.of), ("to", &x.to)] {
+                    if life.get(client.as_str()) == Some(&Life::Never) {
+                        let text = format!(
+                            "step {} (expect_will) names {client:?} ({role}), which was never connected: the expectation would be decided without the broker doing anything (add `- connect: {client}` before)",
+                            i + 1
+                        );
+                        e.at(&path, Some(client), text);
+                    }
+                }
+            }
             Step::ExpectSessionPresent(x) if life.get(x.client.as_str()) == Some(&Life::Never) => {
                 let text = format!(
                     "step {} (expect_session_present) reads {:?}'s latest CONNACK, but it was never connected",

@@ -238,7 +238,17 @@ pub fn shrink(
     let (report, heals) = sim::run_observed(scenario, seed);
     let target = match target {
         Some(t) => t,
-        None => match report.failures.first() {
+        // A checker's failure first: it owes only what the trace shows was promised (a will
+        // after a connection ended without DISCONNECT), so no candidate keeps it by no longer
+        // doing what led to it. A step's expectation is the author's claim about the whole
+        // scenario; with the steps that made it true cut away (the partition that should
+        // trigger the will), it fails just the same on any broker.
+        None => match report
+            .failures
+            .iter()
+            .find(|f| f.kind != "expect")
+            .or(report.failures.first())
+        {
             Some(f) => Target::of(f),
             None => {
                 return Err(ShrinkError::NoFailure(format!(
