@@ -440,7 +440,8 @@ fn describe(record: &Record) -> (String, String, String) {
         } => to_broker(
             client,
             format!(
-                "CONNECT {protocol:?} clean={clean_start} keepalive={keep_alive_secs}s{}",
+                "CONNECT {} clean={clean_start} keepalive={keep_alive_secs}s{}",
+                compact(protocol),
                 will.as_ref()
                     .map(|w| format!(" will {} on {}", w.id, w.topic))
                     .unwrap_or_default()
@@ -621,6 +622,7 @@ fn compact<T: serde::Serialize>(value: &T) -> String {
             }
             out
         }
+        Ok(serde_json::Value::String(s)) => s,
         Ok(other) => other.to_string(),
         Err(_) => String::new(),
     }
@@ -663,6 +665,25 @@ fn mermaid_text(text: &str) -> String {
     }
     out
 }
+
+/// A whole HTML page around `body`: one file with its style inline, no script, nothing
+/// fetched from the network (a CI artefact opens as it is).
+pub fn html_page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n\
+         <style>\n{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n",
+        html_escape(title)
+    )
+}
+
+const HTML_STYLE: &str = "body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }
+tr.bad td { background: #ffe8e8; }
+section.failure { border-top: 2px solid #c33; margin-top: 2em; }
+div.timeline { overflow-x: auto; border: 1px solid #ddd; margin: 0.5em 0 1.5em; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+";
 
 /// Text safe inside HTML (and SVG) elements and attributes.
 pub fn html_escape(text: &str) -> String {

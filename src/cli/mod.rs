@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod pub_cmd;
 pub mod replay;
 pub mod run;
+pub mod run_report;
 pub mod shrink_cmd;
 pub mod sub_cmd;
 
