@@ -284,7 +284,12 @@ impl Timeline {
     /// Plain text, one line per record: time, lanes, what happened; `>` marks the records that
     /// show the violation.
     pub fn text(&self) -> String {
-        let width = self.lanes.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+        let width = self
+            .lanes
+            .iter()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         for entry in &self.entries {
             match entry {
@@ -455,9 +460,7 @@ fn describe(record: &Record) -> (String, String, String) {
             client,
             format!("CONNACK {reason} session_present={session_present}"),
         ),
-        Event::ConnectFailed { client, error } => {
-            note(client, format!("connect failed: {error}"))
-        }
+        Event::ConnectFailed { client, error } => note(client, format!("connect failed: {error}")),
         Event::Subscribe {
             client, filters, ..
         } => to_broker(
@@ -587,10 +590,7 @@ fn describe(record: &Record) -> (String, String, String) {
             connection,
             by,
             detail,
-        } => note(
-            client,
-            format!("raw {connection} closed by {by}: {detail}"),
-        ),
+        } => note(client, format!("raw {connection} closed by {by}: {detail}")),
     }
 }
 

@@ -127,7 +127,9 @@ fn junit_validates_and_names_statement_checker_and_file() {
     validate_junit(&junit);
     let xml = std::fs::read_to_string(&junit).expect("junit");
     assert!(
-        xml.contains("<testsuites name=\"simqtt run\" tests=\"3\" skipped=\"0\" failures=\"1\" errors=\"1\""),
+        xml.contains(
+            "<testsuites name=\"simqtt run\" tests=\"3\" skipped=\"0\" failures=\"1\" errors=\"1\""
+        ),
         "{xml}"
     );
     assert!(
@@ -187,7 +189,15 @@ fn an_empty_shard_exits_0_with_a_note_and_shards_split_seeds() {
     let mut seeds = Vec::new();
     for shard in ["1/2", "2/2"] {
         let junit = dir.path().join("shard.xml");
-        let out = simqtt_run(&[s(&clean), "--seeds", "4", "--shard", shard, "--junit", s(&junit)]);
+        let out = simqtt_run(&[
+            s(&clean),
+            "--seeds",
+            "4",
+            "--shard",
+            shard,
+            "--junit",
+            s(&junit),
+        ]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         let xml = std::fs::read_to_string(&junit).expect("junit");
         let mine: Vec<String> = xml
@@ -252,12 +262,18 @@ fn failures_are_drawn_as_timelines_and_every_failing_seed_is_named() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     // The terminal: the message the failure names, its timeline, every failing seed.
-    assert!(stdout.contains("messages the failures name (1): p0-1"), "{stdout}");
+    assert!(
+        stdout.contains("messages the failures name (1): p0-1"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("timeline of the first failure ([MQTT-4.3.3-2] qos2):"),
         "{stdout}"
     );
-    assert!(stdout.contains("faults → broker  #10 fault broker_crash"), "{stdout}");
+    assert!(
+        stdout.contains("faults → broker  #10 fault broker_crash"),
+        "{stdout}"
+    );
     let failing: Vec<u64> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("FAIL qos2-dup ("))
@@ -289,8 +305,14 @@ fn failures_are_drawn_as_timelines_and_every_failing_seed_is_named() {
         report.contains("```mermaid\nsequenceDiagram\n    participant L0 as s1\n    participant L1 as p0\n    participant L2 as broker\n    participant L3 as faults\n"),
         "{report}"
     );
-    assert!(report.contains("    rect rgb(255, 214, 214)\n    L2->>L0: "), "{report}");
-    assert!(report.contains("Note over L0,L3: happened: 2 copies delivered"), "{report}");
+    assert!(
+        report.contains("    rect rgb(255, 214, 214)\n    L2->>L0: "),
+        "{report}"
+    );
+    assert!(
+        report.contains("Note over L0,L3: happened: 2 copies delivered"),
+        "{report}"
+    );
     // HTML: one file, the same timelines drawn in SVG, nothing fetched, no script.
     let page = std::fs::read_to_string(&html).expect("html");
     assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
@@ -300,7 +322,14 @@ fn failures_are_drawn_as_timelines_and_every_failing_seed_is_named() {
         "{page}"
     );
     assert!(page.contains("fault broker_crash"), "{page}");
-    for forbidden in ["<script", "<link", " src=", "@import", "https://", "http://cdn"] {
+    for forbidden in [
+        "<script",
+        "<link",
+        " src=",
+        "@import",
+        "https://",
+        "http://cdn",
+    ] {
         assert!(!page.contains(forbidden), "{forbidden} in {page}");
     }
     // The same runs give the same bytes: no clock in either report.
@@ -329,5 +358,8 @@ fn without_a_terminal_progress_is_plain_lines() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // No carriage returns or terminal escapes in a log.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains('\r') && !stderr.contains('\u{1b}'), "{stderr:?}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
 }

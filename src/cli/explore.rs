@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use simqtt::broker::PlantedBug;
 use simqtt::explore::{self, Finding, Summary};
 use simqtt::scenario::{Dur, Kind};
-use simqtt::shrink;
+use simqtt::shrink::{self, Target};
 
 /// Without `--runs` or `--duration`, an exploration lasts this long.
 const DEFAULT_DURATION: Duration = Duration::from_secs(60);
@@ -169,9 +169,29 @@ fn report_finding(f: &Finding, out: &Path, drawn_dir: &Path) -> anyhow::Result<(
                 shrunk.runs,
                 path.display()
             );
+            print_timeline(&shrunk.scenario, shrunk.seed, &f.target, "the shrunk run");
+            return Ok(());
         }
     }
+    print_timeline(
+        &f.scenario,
+        f.scenario.seed.unwrap_or(0),
+        &f.target,
+        "the drawn run",
+    );
     Ok(())
+}
+
+/// The timeline of `target`'s failure in `scenario` run with `seed` (run again: a finding
+/// keeps its failure, not its trace; the same seed gives the same trace).
+fn print_timeline(scenario: &simqtt::scenario::Scenario, seed: u64, target: &Target, which: &str) {
+    let report = simqtt::sim::run(scenario, seed);
+    if let Some(failure) = report.failures.iter().find(|f| target.matches(f)) {
+        println!("  timeline of {which}:");
+        for line in super::run::timeline(&report, failure).text().lines() {
+            println!("    {line}");
+        }
+    }
 }
 
 fn print_summary(seed: u64, s: &Summary) {

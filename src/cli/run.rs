@@ -494,7 +494,11 @@ pub fn failure_report(path: &Path, s: &Scenario, report: &RunReport) -> String {
         );
     }
     if let Some(first) = report.failures.first() {
-        let _ = writeln!(out, "  timeline of the first failure ({}):", failure_title(first));
+        let _ = writeln!(
+            out,
+            "  timeline of the first failure ({}):",
+            failure_title(first)
+        );
         for line in timeline(report, first).text().lines() {
             let _ = writeln!(out, "    {line}");
         }

@@ -93,7 +93,10 @@ fn reports_name_their_marked_records_and_message() {
     let report = violation().render(&trace());
     assert_eq!(marked_records(&report), vec![3, 6]);
     assert_eq!(message_of(&report), Some("m-pub-1"));
-    assert_eq!(message_of("step 3 (expect_delivery): nothing arrived"), None);
+    assert_eq!(
+        message_of("step 3 (expect_delivery): nothing arrived"),
+        None
+    );
 }
 
 #[test]
@@ -134,10 +137,16 @@ fn a_timeline_has_client_broker_and_fault_lanes_and_marks_the_violation() {
     );
     // `#` and `;` would end a Mermaid statement or start an entity: written as entities.
     assert!(mermaid.contains("SUBSCRIBE rs/#35; q1"), "{mermaid}");
-    assert!(mermaid.contains("L1-xL2") || mermaid.contains("L0-xL2"), "{mermaid}");
+    assert!(
+        mermaid.contains("L1-xL2") || mermaid.contains("L0-xL2"),
+        "{mermaid}"
+    );
     assert!(mermaid.contains("happened: never delivered"), "{mermaid}");
     let text = t.text();
-    assert!(text.contains(">     0.011s     pub → broker  #3 PUBLISH m-pub-1 pid=1"), "{text}");
+    assert!(
+        text.contains(">     0.011s     pub → broker  #3 PUBLISH m-pub-1 pid=1"),
+        "{text}"
+    );
     let svg = t.svg();
     assert!(svg.starts_with("<svg"), "{svg}");
     assert_eq!(svg.matches("fill=\"#ffd6d6\"").count(), 2, "{svg}");
@@ -148,12 +157,8 @@ fn the_excerpt_of_a_report_draws_the_same_records() {
     let v = violation();
     let trace = trace();
     let report = v.render(&trace);
-    let from_excerpt = Timeline::from_excerpt(
-        "t".into(),
-        v.owed.clone(),
-        v.happened.clone(),
-        &report,
-    );
+    let from_excerpt =
+        Timeline::from_excerpt("t".into(), v.owed.clone(), v.happened.clone(), &report);
     let rows: Vec<usize> = from_excerpt
         .entries
         .iter()
@@ -191,6 +196,9 @@ fn far_records_are_left_out_but_earlier_faults_are_kept() {
         .collect();
     // The broker's start and crash, far before, then the ten records before the last.
     assert_eq!(indices[..2], [0, 4]);
-    assert_eq!(indices[2..], (last - RECORDS_BEFORE..=last).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        indices[2..],
+        (last - RECORDS_BEFORE..=last).collect::<Vec<_>>()[..]
+    );
     assert!(matches!(timeline.entries[1], Entry::Gap { skipped: 3 }));
 }

@@ -556,7 +556,10 @@ mod tests {
         assert!(md.contains("happened: 2 copies delivered"), "{md}");
         let page = html(&cert, statements);
         assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
-        assert_eq!(page.matches("<svg").count(), md.matches("```mermaid").count());
+        assert_eq!(
+            page.matches("<svg").count(),
+            md.matches("```mermaid").count()
+        );
         assert!(page.contains("fill=\"#ffd6d6\""), "{page}");
         // The coverage table, with the statement the finding breaks marked failed.
         assert!(page.contains("<h2>Normative statements</h2>"), "{page}");
