@@ -363,3 +363,69 @@ fn without_a_terminal_progress_is_plain_lines() {
         "{stderr:?}"
     );
 }
+
+#[test]
+fn the_junit_files_of_shards_merge_into_one_report() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let planted = write(dir.path(), "qos2-dup.yaml", PLANTED_QOS2);
+    let clean = write(dir.path(), "clean.yaml", CLEAN);
+    // Five seeds of each file (ten runs) over four shards, and the eleventh shard of an
+    // eleven-machine matrix, which receives nothing.
+    let mut files = Vec::new();
+    let mut failed = 0;
+    for shard in ["1/4", "2/4", "3/4", "4/4", "11/11"] {
+        let junit = dir
+            .path()
+            .join(format!("shard-{}.xml", shard.replace('/', "-")));
+        let out = simqtt_run(&[
+            s(&planted),
+            s(&clean),
+            "--seeds",
+            "5",
+            "--shard",
+            shard,
+            "--junit",
+            s(&junit),
+        ]);
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", text(&out));
+        let xml = std::fs::read_to_string(&junit).expect("junit");
+        failed += xml.matches("<failure ").count();
+        files.push(junit);
+    }
+    let merged = dir.path().join("merged.xml");
+    let out = Command::new(SIMQTT)
+        .arg("junit-merge")
+        .arg("--out")
+        .arg(&merged)
+        .args(&files)
+        .output()
+        .expect("run simqtt junit-merge");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    validate_junit(&merged);
+    let xml = std::fs::read_to_string(&merged).expect("merged");
+    // One suite per scenario, every seed once, the totals of them all.
+    assert_eq!(xml.matches("<testsuite ").count(), 2, "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), 10, "{xml}");
+    assert!(failed > 0, "the planted bug fails some seed");
+    assert!(
+        xml.contains(&format!(
+            "<testsuites name=\"simqtt run\" tests=\"10\" skipped=\"0\" failures=\"{failed}\" errors=\"0\""
+        )),
+        "{xml}"
+    );
+    // A file that is not JUnit is refused, and says which.
+    let bogus = write(dir.path(), "bogus.xml", "not xml at all");
+    let out = Command::new(SIMQTT)
+        .arg("junit-merge")
+        .arg("--out")
+        .arg(dir.path().join("x.xml"))
+        .arg(&bogus)
+        .output()
+        .expect("run simqtt junit-merge");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bogus.xml: not a JUnit report"),
+        "{}",
+        text(&out)
+    );
+}

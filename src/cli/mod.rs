@@ -6,6 +6,7 @@ pub mod certify;
 pub mod decode;
 pub mod explore;
 pub mod format;
+pub mod junit_merge;
 pub mod packet_log;
 pub mod passwd;
 pub mod proxy;
