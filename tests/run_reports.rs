@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod junit_schema;
+
+use junit_schema::validate_junit;
+
 const SIMQTT: &str = env!("CARGO_BIN_EXE_simqtt");
 
 /// A QoS 2 message resent across a broker crash, with the planted bug that forgets QoS 2
@@ -60,59 +64,6 @@ fn text(out: &Output) -> String {
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
-}
-
-/// Validates `xml` against tests/data/junit.xsd, and checks that the totals on `<testsuites>`
-/// and on each `<testsuite>` are the counts of what they hold. Fails (never skips) without
-/// the validator.
-fn validate_junit(xml: &Path) {
-    let venv = std::env::var_os("SIMQTT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv"));
-    let python = venv.join("bin/python");
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/junit.xsd");
-    let script = r#"
-import sys
-try:
-    import xmlschema
-except ImportError:
-    sys.exit("xmlschema is not installed in this venv: run scripts/install-peers")
-from xml.etree import ElementTree
-xmlschema.XMLSchema(sys.argv[1]).validate(sys.argv[2])
-root = ElementTree.parse(sys.argv[2]).getroot()
-def count(cases, tag):
-    return sum(1 for c in cases if c.find(tag) is not None)
-def check(node, cases):
-    want = {"tests": len(cases), "failures": count(cases, "failure"),
-            "errors": count(cases, "error"), "skipped": count(cases, "skipped")}
-    for k, v in want.items():
-        got = int(node.get(k, "0"))
-        if got != v:
-            sys.exit(f"<{node.tag} name={node.get('name')!r}> says {k}={got}, holds {v}")
-check(root, root.findall("./testsuite/testcase"))
-for suite in root.findall("testsuite"):
-    check(suite, suite.findall("testcase"))
-"#;
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(&schema)
-        .arg(xml)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): the JUnit schema check needs the venv with xmlschema that \
-                 scripts/install-peers makes",
-                python.display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "{} does not validate against tests/data/junit.xsd:\n{}{}",
-        xml.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -428,4 +379,40 @@ fn the_junit_files_of_shards_merge_into_one_report() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn shrink_to_writes_a_regression_file_per_failing_scenario() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(dir.path(), "qos2-dup.yaml", PLANTED_QOS2);
+    write(dir.path(), "clean.yaml", CLEAN);
+    let regressions = dir.path().join("regressions");
+    let out = simqtt_run(&[
+        s(dir.path()),
+        "--seeds",
+        "2",
+        "--shrink-to",
+        s(&regressions),
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let files: Vec<PathBuf> = std::fs::read_dir(&regressions)
+        .expect("regressions written")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    // The planted scenario only: the clean one passes.
+    assert_eq!(files.len(), 1, "{files:?}\n{}", text(&out));
+    let name = files[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(name.starts_with("0001-qos2-"), "{name}");
+    // The regression file fails with the statement and checker kept.
+    let junit = dir.path().join("regression.xml");
+    let out = simqtt_run(&[s(&files[0]), "--junit", s(&junit)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    assert!(xml.contains("message=\"[MQTT-4.3.3-2] qos2: "), "{xml}");
 }

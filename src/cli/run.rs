@@ -51,7 +51,15 @@ pub struct Args {
     /// summary, and each failure with its timeline drawn.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+    /// Shrink the first failing seed of each failing scenario into a regression file in DIR
+    /// (as `simqtt replay FILE --seed N --shrink` does), for CI to keep as an artefact.
+    #[arg(long, value_name = "DIR")]
+    shrink_to: Option<PathBuf>,
 }
+
+/// Scenarios one `run --shrink-to` shrinks at most (each shrink takes seconds); the others'
+/// failing seeds are printed, to replay and shrink by hand.
+const SHRINKS_PER_RUN_MAX: usize = 10;
 
 /// Failing seeds reported in full per scenario (the rest are listed by number).
 const FAILURES_SHOWN_PER_SCENARIO: usize = 3;
@@ -292,6 +300,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         sim_total.as_secs_f64() / elapsed.as_secs_f64().max(1e-9)
     );
     outputs.write(&scenarios, &results, elapsed)?;
+    if let Some(dir) = &args.shrink_to {
+        // A failed run, not an inconclusive one: its failure is the broker's or the client's.
+        let first_failures: Vec<(usize, u64)> = results
+            .iter()
+            .filter_map(|(file, runs)| {
+                let run = runs.iter().find(|(r, _)| r.outcome() == Outcome::Failed)?;
+                Some((*file, run.0.seed))
+            })
+            .collect();
+        for (n, (file, seed)) in first_failures.iter().enumerate() {
+            let (path, s) = &scenarios[*file];
+            if n == SHRINKS_PER_RUN_MAX {
+                println!(
+                    "shrink: {} more failing scenarios not shrunk (at most {SHRINKS_PER_RUN_MAX} a run); replay and shrink them by hand",
+                    first_failures.len() - n
+                );
+                break;
+            }
+            println!("shrink: {} seed {seed}", s.name);
+            let origin = format!("simqtt run {}", path.display());
+            super::shrink_cmd::shrink_and_write(s, *seed, None, &origin, jobs, dir)?;
+        }
+    }
     Ok(if failed == 0 && inconclusive == 0 {
         ExitCode::SUCCESS
     } else {
