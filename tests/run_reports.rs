@@ -88,9 +88,7 @@ fn junit_validates_and_names_statement_checker_and_file() {
         "{xml}"
     );
     assert!(
-        xml.contains(&format!(
-            "<testcase name=\"seed 0\" classname=\"qos2-dup\" time=\""
-        )),
+        xml.contains("<testcase name=\"seed 0\" classname=\"qos2-dup\" time=\""),
         "{xml}"
     );
     assert!(
