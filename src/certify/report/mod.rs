@@ -550,6 +550,9 @@ mod tests {
             }],
             incidents: Vec::new(),
         };
+        // The terminal names the message the finding is about.
+        let text = terminal(&cert, statements);
+        assert!(text.contains("\n       messages: p0-1\n"), "{text}");
         let md = markdown(&cert, statements);
         assert!(md.contains("```mermaid\nsequenceDiagram\n"), "{md}");
         assert!(md.contains("rect rgb(255, 214, 214)"), "{md}");
