@@ -322,7 +322,7 @@ impl Timeline {
     /// An inline SVG sequence diagram (no script, no network): lanes as vertical lines,
     /// arrows between them, notes on a lane, marked records on a red band.
     pub fn svg(&self) -> String {
-        const LANE_WIDTH: usize = 190;
+        const LANE_WIDTH: usize = 240;
         const ROW_HEIGHT: usize = 26;
         const TOP: usize = 40;
         const LEFT: usize = 80;
