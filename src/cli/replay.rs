@@ -68,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             scenarios: &scenarios,
             results: &results,
             elapsed: Duration::ZERO,
+            title: "simqtt replay",
         };
         for (path, kind) in [
             (&args.report, super::run_report::Kind::Markdown),

@@ -348,6 +348,7 @@ impl Outputs {
             scenarios,
             results,
             elapsed,
+            title: "simqtt run",
         };
         let files = [
             (&self.junit, run_report::Kind::Junit),

@@ -29,6 +29,8 @@ pub struct Runs<'a> {
     pub results: &'a BTreeMap<usize, Vec<(RunReport, Duration)>>,
     /// Wall time of the whole run (JUnit only).
     pub elapsed: Duration,
+    /// The reports' title: the command (`simqtt run`, `simqtt replay`, `simqtt explore`).
+    pub title: &'a str,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +54,7 @@ impl Runs<'_> {
     /// failure and what happened; an inconclusive run is an `<error>` (it could not be
     /// judged). The text holds the terminal's failure report, timeline included.
     pub fn junit(&self) -> anyhow::Result<String> {
-        let mut report = Report::new("simqtt run");
+        let mut report = Report::new(self.title);
         report.set_time(self.elapsed);
         for (file, runs) in self.results {
             let (path, s) = &self.scenarios[*file];
@@ -155,10 +157,11 @@ impl Runs<'_> {
 
     pub fn markdown(&self) -> String {
         let (runs, passed, failed, inconclusive) = self.totals();
-        let mut out = String::from("# simqtt run\n\n");
+        let mut out = format!("# {}\n\n", self.title);
         let _ = writeln!(
             out,
-            "{runs} runs: {passed} passed, {failed} failed, {inconclusive} inconclusive.\n"
+            "{runs} run{}: {passed} passed, {failed} failed, {inconclusive} inconclusive.\n",
+            plural(runs)
         );
         let _ = writeln!(
             out,
@@ -222,10 +225,11 @@ impl Runs<'_> {
 
     pub fn html(&self) -> String {
         let (runs, passed, failed, inconclusive) = self.totals();
-        let mut body = String::from("<h1>simqtt run</h1>\n");
+        let mut body = format!("<h1>{}</h1>\n", html_escape(self.title));
         let _ = writeln!(
             body,
-            "<p>{runs} runs: {passed} passed, {failed} failed, {inconclusive} inconclusive.</p>"
+            "<p>{runs} run{}: {passed} passed, {failed} failed, {inconclusive} inconclusive.</p>",
+            plural(runs)
         );
         body.push_str(
             "<table>\n<tr><th>Scenario</th><th>File</th><th>Seeds</th><th>Pass</th><th>Fail</th>\
@@ -304,7 +308,7 @@ impl Runs<'_> {
                 );
             }
         }
-        html_page("simqtt run", &body)
+        html_page(self.title, &body)
     }
 }
 
