@@ -248,34 +248,6 @@ fn named(mut scenario: simqtt::scenario::Scenario, path: &Path) -> simqtt::scena
     scenario
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_draw_each_findings_run() {
-        let yaml = "spec: [MQTT-4.3.3-2]\nbroker: {planted_bug: lose_qos2_receive_ids, durable: true}\n\
-                    quiesce: 1s\nclients:\n  p0: {clean_session: false}\n  s1: {clean_session: false}\n\
-                    steps:\n  - connect: s1\n  - subscribe: {client: s1, filter: t/0, qos: 2}\n\
-                    \x20 - connect: p0\n  - publish: {client: p0, topic: t/0, qos: 2}\n  - wait: 15ms\n\
-                    \x20 - crash_broker:\n";
-        let mut s = simqtt::scenario::parse("planted.yaml", yaml).expect("scenario");
-        // As the shrinker hands it over: named by the file it is written to.
-        s.name.clear();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("0001-qos2-planted.yaml");
-        let shown = vec![(path.clone(), named(s, &path), 0)];
-        let (md, html) = (dir.path().join("e.md"), dir.path().join("e.html"));
-        write_reports(&shown, Some(&md), Some(&html)).expect("reports");
-        let md = std::fs::read_to_string(md).expect("md");
-        assert!(md.starts_with("# simqtt explore\n"), "{md}");
-        assert!(md.contains("### FAIL 0001-qos2-planted seed 0"), "{md}");
-        assert!(md.contains("```mermaid\nsequenceDiagram\n"), "{md}");
-        let html = std::fs::read_to_string(html).expect("html");
-        assert_eq!(html.matches("<svg").count(), 1, "{html}");
-    }
-}
-
 /// The timeline of `target`'s failure in `scenario` run with `seed` (run again: a finding
 /// keeps its failure, not its trace; the same seed gives the same trace).
 fn print_timeline(scenario: &simqtt::scenario::Scenario, seed: u64, target: &Target, which: &str) {
@@ -315,5 +287,33 @@ fn print_summary(seed: u64, s: &Summary) {
             if f.hits == 1 { "" } else { "s" },
             f.index
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_draw_each_findings_run() {
+        let yaml = "spec: [MQTT-4.3.3-2]\nbroker: {planted_bug: lose_qos2_receive_ids, durable: true}\n\
+                    quiesce: 1s\nclients:\n  p0: {clean_session: false}\n  s1: {clean_session: false}\n\
+                    steps:\n  - connect: s1\n  - subscribe: {client: s1, filter: t/0, qos: 2}\n\
+                    \x20 - connect: p0\n  - publish: {client: p0, topic: t/0, qos: 2}\n  - wait: 15ms\n\
+                    \x20 - crash_broker:\n";
+        let mut s = simqtt::scenario::parse("planted.yaml", yaml).expect("scenario");
+        // As the shrinker hands it over: named by the file it is written to.
+        s.name.clear();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("0001-qos2-planted.yaml");
+        let shown = vec![(path.clone(), named(s, &path), 0)];
+        let (md, html) = (dir.path().join("e.md"), dir.path().join("e.html"));
+        write_reports(&shown, Some(&md), Some(&html)).expect("reports");
+        let md = std::fs::read_to_string(md).expect("md");
+        assert!(md.starts_with("# simqtt explore\n"), "{md}");
+        assert!(md.contains("### FAIL 0001-qos2-planted seed 0"), "{md}");
+        assert!(md.contains("```mermaid\nsequenceDiagram\n"), "{md}");
+        let html = std::fs::read_to_string(html).expect("html");
+        assert_eq!(html.matches("<svg").count(), 1, "{html}");
     }
 }
