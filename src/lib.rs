@@ -19,6 +19,7 @@
 //! - [`bench`]: load generator for any broker (throughput, latency, idle connections); real clocks.
 //! - [`shrink`]: a failing run reduced to a minimal explicit scenario (a regression file).
 //! - [`explore`]: randomised scenarios drawn from a grammar, run and judged, failures shrunk.
+//! - [`timeline`]: what led to a failure, drawn from its trace (Mermaid, SVG, text) for reports.
 
 pub mod bench;
 pub mod broker;
@@ -31,4 +32,5 @@ pub mod scenario;
 pub mod shrink;
 pub mod sim;
 pub mod store;
+pub mod timeline;
 pub mod transport;

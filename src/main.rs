@@ -42,6 +42,9 @@ enum Command {
     Replay(cli::replay::Args),
     /// Draw scenarios from a grammar, run and judge them, shrink every distinct failure.
     Explore(cli::explore::Args),
+    /// Merge the JUnit files of a sharded run into one (suites of one name merged, totals
+    /// recounted).
+    JunitMerge(cli::junit_merge::Args),
     /// Forward TCP to a broker with added latency and jitter (the certify fault proxy by hand).
     Proxy(cli::proxy::Args),
 }
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Certify(args) => cli::certify::run(args),
         Command::Replay(args) => cli::replay::run(args),
         Command::Explore(args) => cli::explore::run(args),
+        Command::JunitMerge(args) => cli::junit_merge::run(args),
         Command::Proxy(args) => cli::proxy::run(args),
     };
     match result {

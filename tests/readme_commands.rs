@@ -20,12 +20,16 @@
 //! mosquitto must be installed (scripts/install-peers): the certification examples fail, never
 //! skip, without it.
 
+mod junit_schema;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use junit_schema::validate_junit;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const SIMQTT: &str = env!("CARGO_BIN_EXE_simqtt");
@@ -496,9 +500,37 @@ impl Walk {
                 let out = self.run(&command, None);
                 assert!(out.contains(" 0 failed"), "{command}:\n{out}");
                 if let Some(i) = words.iter().position(|w| *w == "--junit") {
-                    let report = std::fs::read_to_string(self.path().join(words[i + 1])).unwrap();
+                    let path = self.path().join(words[i + 1]);
+                    let report = std::fs::read_to_string(&path).unwrap();
                     assert!(report.contains("<testsuite"), "{report}");
+                    validate_junit(&path);
                 }
+                if let Some(i) = words.iter().position(|w| *w == "--report") {
+                    let report = std::fs::read_to_string(self.path().join(words[i + 1])).unwrap();
+                    assert!(report.starts_with("# simqtt run\n"), "{report}");
+                }
+                if let Some(i) = words.iter().position(|w| *w == "--html") {
+                    let page = std::fs::read_to_string(self.path().join(words[i + 1])).unwrap();
+                    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+                }
+            }
+            (Some("simqtt"), Some("junit-merge")) => {
+                self.run(&command, None);
+                let i = words.iter().position(|w| *w == "--out").expect("--out");
+                let path = self.path().join(words[i + 1]);
+                validate_junit(&path);
+                let merged = std::fs::read_to_string(&path).unwrap();
+                // Every input's test cases, in one report.
+                let inputs: usize = words[i + 2..]
+                    .iter()
+                    .map(|f| {
+                        std::fs::read_to_string(self.path().join(f))
+                            .unwrap()
+                            .matches("<testcase ")
+                            .count()
+                    })
+                    .sum();
+                assert_eq!(merged.matches("<testcase ").count(), inputs, "{merged}");
             }
             (Some("simqtt"), Some("replay")) => {
                 let out = self.run(&command, None);
@@ -511,6 +543,11 @@ impl Walk {
                 assert!(out.contains("certified: yes"), "{command}:\n{out}");
                 for file in ["report.md", "report.json", "junit.xml"] {
                     assert!(self.path().join(file).exists(), "{command} wrote no {file}");
+                }
+                validate_junit(&self.path().join("junit.xml"));
+                if let Some(i) = words.iter().position(|w| *w == "--html") {
+                    let page = std::fs::read_to_string(self.path().join(words[i + 1])).unwrap();
+                    assert!(page.contains("<h2>Normative statements</h2>"), "{page}");
                 }
             }
             (Some("simqtt"), Some("bench")) => {

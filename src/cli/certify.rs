@@ -57,6 +57,10 @@ pub struct Args {
     /// Write the JSON report to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report to FILE (one file, no script, no network): each
+    /// finding's timeline drawn, and the coverage table.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Write every case's trace (JSON lines, one file per scenario × seed) into DIR.
     #[arg(long, value_name = "DIR")]
     traces: Option<PathBuf>,
@@ -65,7 +69,7 @@ pub struct Args {
 const USAGE: &str = "usage: simqtt certify --broker mqtt[s]://HOST:PORT|ws[s]://HOST:PORT/PATH \
 [--cafile FILE] [--cert FILE --key FILE] [--username U --password P] \
 [--restart-cmd 'CMD'] [--profile FILE.toml] [--seeds N] [--jobs J] [--filter P] [--junit FILE] \
-[--report FILE.md] [--json FILE] [PATH...]";
+[--report FILE.md] [--json FILE] [--html FILE] [PATH...]";
 
 /// mosquitto's TLS flags, for a `--broker` that names a broker (`certify`, `bench`).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -280,6 +284,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     write(&args.junit, report::junit(&cert))?;
     write(&args.report, report::markdown(&cert, statements))?;
     write(&args.json, report::json(&cert, statements))?;
+    write(&args.html, report::html(&cert, statements))?;
     Ok(if cert.certified() {
         ExitCode::SUCCESS
     } else {

@@ -4,6 +4,7 @@
 //! is written beside the summary (`--drawn`) for `simqtt run`. Exit 0 when nothing failed,
 //! 1 when something did, 2 on bad arguments.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use anyhow::{bail, Context};
 use simqtt::broker::PlantedBug;
 use simqtt::explore::{self, Finding, Summary};
 use simqtt::scenario::{Dur, Kind};
-use simqtt::shrink;
+use simqtt::shrink::{self, Target};
 
 /// Without `--runs` or `--duration`, an exploration lasts this long.
 const DEFAULT_DURATION: Duration = Duration::from_secs(60);
@@ -41,6 +42,13 @@ pub struct Args {
     /// Where the drawn scenario of each distinct failure goes (rerun it with `simqtt run`).
     #[arg(long, default_value = "explore-drawn")]
     drawn: PathBuf,
+    /// Write a Markdown report to FILE: each distinct failure (its shrunk run, or the drawn
+    /// run when it could not shrink) with its timeline as a Mermaid sequence diagram.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write the same as one self-contained HTML file (no script, no network).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Maintainers only: plant a bug in the simulated broker (docs/shrinking.md).
     #[arg(long, hide = true)]
     planted_bug: Option<String>,
@@ -114,12 +122,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let mut write_error: Option<anyhow::Error> = None;
+    // Each finding's file (regression or drawn) and the scenario and seed that fail.
+    let mut shown: Vec<(PathBuf, simqtt::scenario::Scenario, u64)> = Vec::new();
     let mut found = |f: &Finding| {
         if tty {
             eprintln!();
         }
-        if let Err(e) = report_finding(f, &args.out, &args.drawn) {
-            write_error.get_or_insert(e);
+        match report_finding(f, &args.out, &args.drawn) {
+            Ok(entry) => shown.push(entry),
+            Err(e) => {
+                write_error.get_or_insert(e);
+            }
         }
     };
     let summary = explore::explore(&options, &mut progress, &mut found);
@@ -130,6 +143,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
     print_summary(seed, &summary);
+    if args.report.is_some() || args.html.is_some() {
+        write_reports(&shown, args.report.as_deref(), args.html.as_deref())?;
+    }
     Ok(if summary.findings.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -137,7 +153,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn report_finding(f: &Finding, out: &Path, drawn_dir: &Path) -> anyhow::Result<()> {
+/// Prints a finding, writes its files; returns the file that shows it best (the regression
+/// file, else the drawn one) with its scenario and seed.
+fn report_finding(
+    f: &Finding,
+    out: &Path,
+    drawn_dir: &Path,
+) -> anyhow::Result<(PathBuf, simqtt::scenario::Scenario, u64)> {
     let kind = match f.scenario.kind() {
         Kind::Randomised => "workload",
         Kind::Explicit => "program",
@@ -169,9 +191,73 @@ fn report_finding(f: &Finding, out: &Path, drawn_dir: &Path) -> anyhow::Result<(
                 shrunk.runs,
                 path.display()
             );
+            print_timeline(&shrunk.scenario, shrunk.seed, &f.target, "the shrunk run");
+            let scenario = named(shrunk.scenario.clone(), &path);
+            return Ok((path, scenario, shrunk.seed));
+        }
+    }
+    let seed = f.scenario.seed.unwrap_or(0);
+    print_timeline(&f.scenario, seed, &f.target, "the drawn run");
+    let scenario = named(f.scenario.clone(), &drawn_path);
+    Ok((drawn_path, scenario, seed))
+}
+
+/// `--report` and `--html`: each finding's run, replayed (the same seed gives the same trace),
+/// as `simqtt run` reports a failure.
+fn write_reports(
+    shown: &[(PathBuf, simqtt::scenario::Scenario, u64)],
+    report: Option<&Path>,
+    html: Option<&Path>,
+) -> anyhow::Result<()> {
+    let scenarios: Vec<(PathBuf, simqtt::scenario::Scenario)> = shown
+        .iter()
+        .map(|(path, s, _)| (path.clone(), s.clone()))
+        .collect();
+    let results: BTreeMap<usize, Vec<(simqtt::sim::RunReport, Duration)>> = shown
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s, seed))| (i, vec![(simqtt::sim::run(s, *seed), Duration::ZERO)]))
+        .collect();
+    let runs = super::run_report::Runs {
+        scenarios: &scenarios,
+        results: &results,
+        elapsed: Duration::ZERO,
+        title: "simqtt explore",
+    };
+    for (path, kind) in [
+        (report, super::run_report::Kind::Markdown),
+        (html, super::run_report::Kind::Html),
+    ] {
+        if let Some(path) = path {
+            std::fs::write(path, runs.render(kind)?)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     Ok(())
+}
+
+/// A scenario as loading its file would name it (a shrunk or drawn scenario has no name of
+/// its own until then).
+fn named(mut scenario: simqtt::scenario::Scenario, path: &Path) -> simqtt::scenario::Scenario {
+    if scenario.name.is_empty() {
+        scenario.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+    }
+    scenario
+}
+
+/// The timeline of `target`'s failure in `scenario` run with `seed` (run again: a finding
+/// keeps its failure, not its trace; the same seed gives the same trace).
+fn print_timeline(scenario: &simqtt::scenario::Scenario, seed: u64, target: &Target, which: &str) {
+    let report = simqtt::sim::run(scenario, seed);
+    if let Some(failure) = report.failures.iter().find(|f| target.matches(f)) {
+        println!("  timeline of {which}:");
+        for line in super::run::timeline(&report, failure).text().lines() {
+            println!("    {line}");
+        }
+    }
 }
 
 fn print_summary(seed: u64, s: &Summary) {
@@ -201,5 +287,33 @@ fn print_summary(seed: u64, s: &Summary) {
             if f.hits == 1 { "" } else { "s" },
             f.index
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_draw_each_findings_run() {
+        let yaml = "spec: [MQTT-4.3.3-2]\nbroker: {planted_bug: lose_qos2_receive_ids, durable: true}\n\
+                    quiesce: 1s\nclients:\n  p0: {clean_session: false}\n  s1: {clean_session: false}\n\
+                    steps:\n  - connect: s1\n  - subscribe: {client: s1, filter: t/0, qos: 2}\n\
+                    \x20 - connect: p0\n  - publish: {client: p0, topic: t/0, qos: 2}\n  - wait: 15ms\n\
+                    \x20 - crash_broker:\n";
+        let mut s = simqtt::scenario::parse("planted.yaml", yaml).expect("scenario");
+        // As the shrinker hands it over: named by the file it is written to.
+        s.name.clear();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("0001-qos2-planted.yaml");
+        let shown = vec![(path.clone(), named(s, &path), 0)];
+        let (md, html) = (dir.path().join("e.md"), dir.path().join("e.html"));
+        write_reports(&shown, Some(&md), Some(&html)).expect("reports");
+        let md = std::fs::read_to_string(md).expect("md");
+        assert!(md.starts_with("# simqtt explore\n"), "{md}");
+        assert!(md.contains("### FAIL 0001-qos2-planted seed 0"), "{md}");
+        assert!(md.contains("```mermaid\nsequenceDiagram\n"), "{md}");
+        let html = std::fs::read_to_string(html).expect("html");
+        assert_eq!(html.matches("<svg").count(), 1, "{html}");
     }
 }

@@ -6,12 +6,14 @@ pub mod certify;
 pub mod decode;
 pub mod explore;
 pub mod format;
+pub mod junit_merge;
 pub mod packet_log;
 pub mod passwd;
 pub mod proxy;
 pub mod pub_cmd;
 pub mod replay;
 pub mod run;
+pub mod run_report;
 pub mod shrink_cmd;
 pub mod sub_cmd;
 

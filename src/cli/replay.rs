@@ -1,10 +1,13 @@
 //! `simqtt replay FILE --seed N`: one run of one scenario, byte for byte the run `simqtt run`
 //! made with that seed. Prints the seed first, then the knobs derived from it, then the
-//! outcome; `--trace OUT.jsonl` writes the trace as JSON lines; `--shrink` reduces a failing
-//! run to a minimal explicit scenario under `scenarios/regression/`.
+//! outcome and, for a failure, its timeline; `--trace OUT.jsonl` writes the trace as JSON
+//! lines, `--report FILE.md` and `--html FILE` the reports `simqtt run` writes; `--shrink`
+//! reduces a failing run to a minimal explicit scenario under `scenarios/regression/`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use simqtt::scenario;
@@ -20,6 +23,12 @@ pub struct Args {
     /// Write the trace as JSON lines to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Write a Markdown report to FILE (a failure's timeline as a Mermaid sequence diagram).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write a self-contained HTML report to FILE (the timeline drawn; no script, no network).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Shrink the failing run to a minimal explicit scenario and write it as a regression
     /// file (`NNNN-short-name.yaml` in `--out`).
     #[arg(long)]
@@ -51,6 +60,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.trace {
         std::fs::write(path, report.trace.to_jsonl())
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.report.is_some() || args.html.is_some() {
+        let scenarios = [(args.file.clone(), scenario.clone())];
+        let results = BTreeMap::from([(0, vec![(report.clone(), Duration::ZERO)])]);
+        let runs = super::run_report::Runs {
+            scenarios: &scenarios,
+            results: &results,
+            elapsed: Duration::ZERO,
+            title: "simqtt replay",
+        };
+        for (path, kind) in [
+            (&args.report, super::run_report::Kind::Markdown),
+            (&args.html, super::run_report::Kind::Html),
+        ] {
+            if let Some(path) = path {
+                std::fs::write(path, runs.render(kind)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
     }
     for (note, count) in &report.notes {
         println!("note: {note} (x{count})");

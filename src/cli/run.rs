@@ -2,7 +2,8 @@
 //! in parallel on OS threads (each turmoil simulation is single-threaded inside, so threads
 //! change nothing in a run). Exit 0 only when everything passes; 1 on a failure or an
 //! inconclusive run (a fault or control step that did not take effect); 2 when a scenario file
-//! is refused.
+//! is refused (two files of one scenario name included). A `--shard K/N` that receives no
+//! (scenario, seed) run exits 0 with a note: a CI matrix wider than the work is no failure.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use simqtt::scenario::{self, Scenario};
-use simqtt::sim::{self, Outcome, RunReport};
+use simqtt::sim::{self, Failure, Outcome, RunReport};
+use simqtt::timeline::{marked_records, message_of, Timeline};
+
+use super::run_report;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,11 +43,27 @@ pub struct Args {
     /// Write a JUnit XML report to FILE.
     #[arg(long)]
     junit: Option<PathBuf>,
+    /// Write a Markdown report to FILE: the summary, and each failure with its timeline as a
+    /// Mermaid sequence diagram.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write a self-contained HTML report to FILE (one file, no script, no network): the
+    /// summary, and each failure with its timeline drawn.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Shrink the first failing seed of each failing scenario into a regression file in DIR
+    /// (as `simqtt replay FILE --seed N --shrink` does), for CI to keep as an artefact.
+    #[arg(long, value_name = "DIR")]
+    shrink_to: Option<PathBuf>,
 }
 
-/// Failing seeds reported in full per scenario (the rest are counted).
+/// Scenarios one `run --shrink-to` shrinks at most (each shrink takes seconds); the others'
+/// failing seeds are printed, to replay and shrink by hand.
+const SHRINKS_PER_RUN_MAX: usize = 10;
+
+/// Failing seeds reported in full per scenario (the rest are listed by number).
 const FAILURES_SHOWN_PER_SCENARIO: usize = 3;
-/// Failures reported in full per run.
+/// Failures reported in full per run (the rest one line each).
 const FAILURES_SHOWN_PER_RUN: usize = 3;
 
 /// Scenario files under `paths`, sorted, with their parse.
@@ -70,6 +90,22 @@ pub fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Scenario)>> {
                 let _ = writeln!(refused, "{errors}");
             }
         }
+    }
+    // A scenario's name keys its trace files, its JUnit test cases and its regression files:
+    // two files of one name would overwrite each other's traces and merge in CI views.
+    let mut by_name: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
+    for (file, s) in &out {
+        by_name.entry(&s.name).or_default().push(file);
+    }
+    for (name, files) in by_name.iter().filter(|(_, files)| files.len() > 1) {
+        let listed: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let _ = writeln!(
+            refused,
+            "{}: scenario name {name:?} is also the name of {} (names must be unique: rename one \
+             file, or give it a `name:`)",
+            listed[0],
+            listed[1..].join(", ")
+        );
     }
     if !refused.is_empty() {
         bail!("scenario files refused:\n{}", refused.trim_end());
@@ -127,7 +163,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         work.extend(seeds.into_iter().map(|seed| Work { file: i, seed }));
     }
+    let all_runs = work.len();
     if let Some(shard) = &args.shard {
+        // By (scenario, seed), not by file: 100,000 seeds of one scenario spread over the
+        // shards as evenly as 100,000 files would.
         let (index, count) = parse_shard(shard)?;
         work = work
             .into_iter()
@@ -136,7 +175,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|(_, w)| w)
             .collect();
     }
+    let outputs = Outputs {
+        junit: args.junit.clone(),
+        markdown: args.report.clone(),
+        html: args.html.clone(),
+    };
     if work.is_empty() {
+        if let Some(shard) = &args.shard {
+            if all_runs > 0 {
+                // A CI matrix wider than the work leaves some machines nothing to do: that is
+                // no failure of theirs, and their (empty) reports still merge.
+                eprintln!(
+                    "simqtt: shard {shard} received none of the {all_runs} (scenario, seed) runs; nothing to do"
+                );
+                outputs.write(&scenarios, &BTreeMap::new(), Duration::ZERO)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
         eprintln!("simqtt: no scenarios to run under {paths:?}");
         return Ok(ExitCode::from(2));
     }
@@ -165,29 +220,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }));
     }
     drop(tx);
-    let progress = std::io::stderr().is_terminal();
+    let mut progress = Progress::new(total as u64);
     let mut results: BTreeMap<usize, Vec<(RunReport, Duration)>> = BTreeMap::new();
-    let mut done = 0usize;
     let mut failed = 0usize;
     let mut inconclusive = 0usize;
     for (file, report, wall) in rx {
-        done += 1;
         match report.outcome() {
             Outcome::Passed => {}
             Outcome::Failed => failed += 1,
             Outcome::Inconclusive => inconclusive += 1,
         }
-        if progress {
-            eprint!(
-                "\r[{done}/{total}] {failed} failed {inconclusive} inconclusive  {:<50}",
-                truncate(&report.scenario, 50)
-            );
-        }
+        progress.update(failed, inconclusive, &report.scenario);
         results.entry(file).or_default().push((report, wall));
     }
-    if progress {
-        eprintln!();
-    }
+    progress.finish();
     for t in threads {
         let _ = t.join();
     }
@@ -206,10 +252,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{}", failure_report(path, s, report));
         }
         if failing.len() > FAILURES_SHOWN_PER_SCENARIO {
+            // Every failing seed by number, so each can be replayed (and shrunk).
+            let seeds: Vec<String> = failing[FAILURES_SHOWN_PER_SCENARIO..]
+                .iter()
+                .map(|r| r.seed.to_string())
+                .collect();
             println!(
-                "... and {} more failing or inconclusive seeds of {}",
-                failing.len() - FAILURES_SHOWN_PER_SCENARIO,
-                s.name
+                "{} more failing or inconclusive seeds of {}: {}\n  replay one: simqtt replay {} --seed N\n",
+                seeds.len(),
+                s.name,
+                seeds.join(" "),
+                path.display()
             );
         }
     }
@@ -246,15 +299,137 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         elapsed.as_secs_f64(),
         sim_total.as_secs_f64() / elapsed.as_secs_f64().max(1e-9)
     );
-    if let Some(path) = &args.junit {
-        std::fs::write(path, junit(&scenarios, &results))
-            .with_context(|| format!("writing {}", path.display()))?;
+    outputs.write(&scenarios, &results, elapsed)?;
+    if let Some(dir) = &args.shrink_to {
+        // A failed run, not an inconclusive one: its failure is the broker's or the client's.
+        let first_failures: Vec<(usize, u64)> = results
+            .iter()
+            .filter_map(|(file, runs)| {
+                let run = runs.iter().find(|(r, _)| r.outcome() == Outcome::Failed)?;
+                Some((*file, run.0.seed))
+            })
+            .collect();
+        for (n, (file, seed)) in first_failures.iter().enumerate() {
+            let (path, s) = &scenarios[*file];
+            if n == SHRINKS_PER_RUN_MAX {
+                println!(
+                    "shrink: {} more failing scenarios not shrunk (at most {SHRINKS_PER_RUN_MAX} a run); replay and shrink them by hand",
+                    first_failures.len() - n
+                );
+                break;
+            }
+            println!("shrink: {} seed {seed}", s.name);
+            let origin = format!("simqtt run {}", path.display());
+            super::shrink_cmd::shrink_and_write(s, *seed, None, &origin, jobs, dir)?;
+        }
     }
     Ok(if failed == 0 && inconclusive == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The report files a run writes.
+struct Outputs {
+    junit: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+    html: Option<PathBuf>,
+}
+
+impl Outputs {
+    fn write(
+        &self,
+        scenarios: &[(PathBuf, Scenario)],
+        results: &BTreeMap<usize, Vec<(RunReport, Duration)>>,
+        elapsed: Duration,
+    ) -> anyhow::Result<()> {
+        let runs = run_report::Runs {
+            scenarios,
+            results,
+            elapsed,
+            title: "simqtt run",
+        };
+        let files = [
+            (&self.junit, run_report::Kind::Junit),
+            (&self.markdown, run_report::Kind::Markdown),
+            (&self.html, run_report::Kind::Html),
+        ];
+        for (path, kind) in files {
+            if let Some(path) = path {
+                std::fs::write(path, runs.render(kind)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress on stderr while runs finish: a bar on a terminal; elsewhere (CI logs) a plain
+/// line every [`PROGRESS_LINE_INTERVAL`], so a log shows the run is alive without a line per
+/// run or carriage returns.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last_line: Instant,
+}
+
+/// How often a run without a terminal prints its progress line.
+const PROGRESS_LINE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} runs {elapsed_precise} (eta {eta}) {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            total,
+            done: 0,
+            started: now,
+            last_line: now,
+        }
+    }
+
+    fn update(&mut self, failed: usize, inconclusive: usize, scenario: &str) {
+        self.done += 1;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!(
+                    "{failed} failed {inconclusive} inconclusive  {}",
+                    truncate(scenario, 40)
+                ));
+                bar.inc(1);
+            }
+            None => {
+                if self.last_line.elapsed() >= PROGRESS_LINE_INTERVAL {
+                    self.last_line = Instant::now();
+                    eprintln!(
+                        "progress: {}/{} runs, {failed} failed, {inconclusive} inconclusive, {:.0} s",
+                        self.done,
+                        self.total,
+                        self.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// `text` cut to `width` characters with an ellipsis (progress lines and tables).
@@ -267,6 +442,40 @@ pub(crate) fn truncate(text: &str, width: usize) -> String {
             .collect::<String>()
             + "…"
     }
+}
+
+/// `[MQTT-4.3.2-2] qos1`: the statement broken and the checker (or `expect` for a step's
+/// expectation) that found it.
+pub fn failure_title(f: &Failure) -> String {
+    if f.spec.is_empty() {
+        format!("{} (no statement cited)", f.kind)
+    } else {
+        format!("[{}] {}", f.spec, f.kind)
+    }
+}
+
+/// The timeline of one failure of a run, from the run's trace.
+pub fn timeline(report: &RunReport, f: &Failure) -> Timeline {
+    Timeline::from_trace(
+        &report.trace,
+        failure_title(f),
+        f.owed.clone(),
+        f.happened.clone(),
+        &marked_records(&f.text),
+    )
+}
+
+/// The message ids the run's failures name, in order, each once.
+pub fn missing_messages(report: &RunReport) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in &report.failures {
+        if let Some(id) = message_of(&f.text) {
+            if !out.iter().any(|m| m == id) {
+                out.push(id.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// The failure report of one run: scenario, seed, knobs, why it is inconclusive (a fault
@@ -303,12 +512,28 @@ pub fn failure_report(path: &Path, s: &Scenario, report: &RunReport) -> String {
             let _ = writeln!(out, "    {line}");
         }
     }
-    if report.failures.len() > FAILURES_SHOWN_PER_RUN {
+    // The rest one line each: a person sees every failure and every message it names.
+    for f in report.failures.iter().skip(FAILURES_SHOWN_PER_RUN) {
+        let _ = writeln!(out, "  {}: {}", failure_title(f), f.happened);
+    }
+    let messages = missing_messages(report);
+    if !messages.is_empty() {
         let _ = writeln!(
             out,
-            "  ... and {} more failures",
-            report.failures.len() - FAILURES_SHOWN_PER_RUN
+            "  messages the failures name ({}): {}",
+            messages.len(),
+            messages.join(", ")
         );
+    }
+    if let Some(first) = report.failures.first() {
+        let _ = writeln!(
+            out,
+            "  timeline of the first failure ({}):",
+            failure_title(first)
+        );
+        for line in timeline(report, first).text().lines() {
+            let _ = writeln!(out, "    {line}");
+        }
     }
     let _ = writeln!(
         out,
@@ -316,85 +541,6 @@ pub fn failure_report(path: &Path, s: &Scenario, report: &RunReport) -> String {
         path.display(),
         report.seed
     );
-    out
-}
-
-fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn junit(
-    scenarios: &[(PathBuf, Scenario)],
-    results: &BTreeMap<usize, Vec<(RunReport, Duration)>>,
-) -> String {
-    let mut out = String::from(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"simqtt run\">\n",
-    );
-    for (file, runs) in results {
-        let (path, s) = &scenarios[*file];
-        let failures = runs
-            .iter()
-            .filter(|(r, _)| r.outcome() == Outcome::Failed)
-            .count();
-        let errors = runs
-            .iter()
-            .filter(|(r, _)| r.outcome() == Outcome::Inconclusive)
-            .count();
-        let time: f64 = runs.iter().map(|(_, w)| w.as_secs_f64()).sum();
-        let _ = writeln!(
-            out,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{time:.3}\">",
-            xml_escape(&s.name),
-            runs.len()
-        );
-        for (report, wall) in runs {
-            let _ = write!(
-                out,
-                "    <testcase classname=\"{}\" name=\"seed {}\" time=\"{:.3}\"",
-                xml_escape(&s.name),
-                report.seed,
-                wall.as_secs_f64()
-            );
-            match report.outcome() {
-                Outcome::Passed => out.push_str("/>\n"),
-                Outcome::Failed => {
-                    let first = &report.failures[0];
-                    let _ = writeln!(
-                        out,
-                        ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
-                        xml_escape(&format!("{} {}", first.kind, first.spec)),
-                        xml_escape(&failure_report(path, s, report))
-                    );
-                }
-                // Not a pass and not a verdict on the broker: the run could not be judged.
-                Outcome::Inconclusive => {
-                    let _ = writeln!(
-                        out,
-                        ">\n      <error type=\"inconclusive\" message=\"{}\">{}</error>\n    </testcase>",
-                        xml_escape(&format!(
-                            "inconclusive: {}",
-                            report.inconclusive().join("; ")
-                        )),
-                        xml_escape(&failure_report(path, s, report))
-                    );
-                }
-            }
-        }
-        out.push_str("  </testsuite>\n");
-    }
-    out.push_str("</testsuites>\n");
     out
 }
 
@@ -422,10 +568,5 @@ mod tests {
         assert!(parse_shard("0/4").is_err());
         assert!(parse_shard("5/4").is_err());
         assert!(parse_shard("x").is_err());
-    }
-
-    #[test]
-    fn xml_is_escaped() {
-        assert_eq!(xml_escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
     }
 }

@@ -5,42 +5,30 @@
 //! the findings set aside go to `<system-out>` (they do not fail the case). When the broker
 //! stopped answering during the run, a `broker_health` property says how and after what.
 //!
-//! The XML is written through a minimal writer that escapes every attribute and text node and
-//! replaces characters XML 1.0 cannot carry (payloads in trace excerpts can hold anything).
+//! The XML is written by quick-junit (a maintained JUnit writer, shared with `simqtt run`);
+//! [`text`] and [`attribute`] first replace what XML 1.0 cannot carry (payloads in trace
+//! excerpts can hold anything) and keep attributes on one line.
 
 use std::fmt::Write;
+
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite, XmlString,
+};
 
 use super::{case_name, grade_name, health_line};
 use crate::certify::{CaseResult, Certification, Finding, Grade, Verdict};
 
 pub fn junit(cert: &Certification) -> String {
-    let tests = cert.cases.len();
-    let count = |pred: &dyn Fn(&CaseResult) -> bool| cert.cases.iter().filter(|c| pred(c)).count();
-    // A failed case without a MUST violation failed only because it could not be judged.
-    let errored = |c: &CaseResult| {
-        c.inconclusive() || (c.failed() && !has(c, Grade::Must) && has(c, Grade::Error))
-    };
-    let errors = count(&errored);
-    let failures = count(&|c| c.failed() && !errored(c));
-    let skipped = count(&|c| matches!(c.verdict, Verdict::Skipped { .. }));
-    let suite = format!("simqtt certify {}", cert.broker);
-    let time = seconds(cert.duration);
-
-    let mut w = Xml::default();
-    w.raw("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let totals = [
-        ("name", suite.clone()),
-        ("tests", tests.to_string()),
-        ("failures", failures.to_string()),
-        ("errors", errors.to_string()),
-        ("skipped", skipped.to_string()),
-        ("time", time.clone()),
-    ];
-    w.open("testsuites", &totals);
-    let mut attrs = totals.to_vec();
-    attrs.push(("timestamp", cert.started.clone()));
-    w.open("testsuite", &attrs);
-    w.open("properties", &[]);
+    let suite_name = format!("simqtt certify {}", cert.broker);
+    let mut report = Report::new(attribute(&suite_name));
+    report.set_time(cert.duration);
+    let mut suite = TestSuite::new(attribute(&suite_name));
+    suite.set_time(cert.duration);
+    // Kept as written (RFC 3339 from the run's start), not re-parsed into a date type.
+    suite.extra.insert(
+        XmlString::new("timestamp"),
+        XmlString::new(attribute(&cert.started)),
+    );
     let mut props = vec![
         ("broker", cert.broker.clone()),
         ("profile", cert.profile.clone()),
@@ -54,29 +42,20 @@ pub fn junit(cert: &Certification) -> String {
         props.push(("broker_health", health));
     }
     for (name, value) in props {
-        w.empty("property", &[("name", name.to_string()), ("value", value)]);
+        suite.add_property(Property::new(name, attribute(&value)));
     }
-    w.close("properties");
     for case in &cert.cases {
-        testcase(&mut w, case);
+        suite.add_test_case(testcase(case));
     }
-    w.close("testsuite");
-    w.close("testsuites");
-    w.out
+    report.add_test_suite(suite);
+    // Writing into memory fails only on a bug in the writer; say so rather than lose the
+    // report silently.
+    report
+        .to_string()
+        .unwrap_or_else(|e| format!("<!-- simqtt: the JUnit writer failed: {e} -->\n"))
 }
 
-fn has(case: &CaseResult, grade: Grade) -> bool {
-    case.findings.iter().any(|f| f.grade == grade)
-}
-
-fn testcase(w: &mut Xml, case: &CaseResult) {
-    let name = case_name(case);
-    let attrs = [
-        ("classname", case.scenario.clone()),
-        ("name", name),
-        ("file", case.file.display().to_string()),
-        ("time", seconds(case.duration)),
-    ];
+fn testcase(case: &CaseResult) -> TestCase {
     let failing: Vec<&Finding> = case
         .findings
         .iter()
@@ -87,51 +66,33 @@ fn testcase(w: &mut Xml, case: &CaseResult) {
         .iter()
         .filter(|f| f.grade == Grade::Should)
         .collect();
-    let skipped = match &case.verdict {
-        Verdict::Skipped { reason } => Some(reason),
-        _ => None,
-    };
     let inconclusive = match &case.verdict {
         Verdict::Inconclusive { reason } => Some(reason),
         _ => None,
     };
-    if failing.is_empty()
-        && deviations.is_empty()
-        && case.choices.is_empty()
-        && skipped.is_none()
-        && inconclusive.is_none()
-        && case.set_aside.is_empty()
-    {
-        w.empty("testcase", &attrs);
-        return;
-    }
-    w.open("testcase", &attrs);
-    if let Some(reason) = skipped {
-        w.empty("skipped", &[("message", reason.clone())]);
-    }
-    if let Some(reason) = inconclusive {
+    let status = if let Verdict::Skipped { reason } = &case.verdict {
+        let mut status = TestCaseStatus::skipped();
+        status.set_message(attribute(reason));
+        status
+    } else if let Some(reason) = inconclusive {
         // Not a pass, and not a verdict on the broker: the case could not be judged.
         let mut body = format!("inconclusive: {reason}\n");
         if !case.rerun.is_empty() {
             let _ = writeln!(body, "rerun: {}", case.rerun);
         }
-        w.open(
-            "error",
-            &[
-                ("message", format!("inconclusive: {reason}")),
-                ("type", "INCONCLUSIVE".to_string()),
-            ],
-        );
-        w.text(&body);
-        w.close("error");
-    }
-    if !failing.is_empty() && inconclusive.is_none() {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+        status
+            .set_message(attribute(&format!("inconclusive: {reason}")))
+            .set_type("INCONCLUSIVE")
+            .set_description(text(&body));
+        status
+    } else if !failing.is_empty() {
         // One element for the case (JUnit allows one), naming the first finding and holding
         // them all; a case with a MUST violation is a failure even if it also errored.
-        let element = if failing.iter().any(|f| f.grade == Grade::Must) {
-            "failure"
+        let kind = if failing.iter().any(|f| f.grade == Grade::Must) {
+            NonSuccessKind::Failure
         } else {
-            "error"
+            NonSuccessKind::Error
         };
         let first = failing[0];
         let mut body = String::new();
@@ -142,16 +103,22 @@ fn testcase(w: &mut Xml, case: &CaseResult) {
         if !case.rerun.is_empty() {
             let _ = writeln!(body, "rerun: {}", case.rerun);
         }
-        w.open(
-            element,
-            &[
-                ("message", headline(first)),
-                ("type", grade_name(first.grade).to_string()),
-            ],
-        );
-        w.text(&body);
-        w.close(element);
-    }
+        let mut status = TestCaseStatus::non_success(kind);
+        status
+            .set_message(attribute(&headline(first)))
+            .set_type(grade_name(first.grade))
+            .set_description(text(&body));
+        status
+    } else {
+        TestCaseStatus::success()
+    };
+    let mut tc = TestCase::new(attribute(&case_name(case)), status);
+    tc.set_classname(attribute(&case.scenario))
+        .set_time(case.duration);
+    tc.extra.insert(
+        XmlString::new("file"),
+        XmlString::new(attribute(&case.file.display().to_string())),
+    );
     if !deviations.is_empty()
         || !case.choices.is_empty()
         || !case.set_aside.is_empty()
@@ -185,11 +152,9 @@ fn testcase(w: &mut Xml, case: &CaseResult) {
                 c.checker, c.text, c.count
             );
         }
-        w.open("system-out", &[]);
-        w.text(&body);
-        w.close("system-out");
+        tc.set_system_out(text(&body));
     }
-    w.close("testcase");
+    tc
 }
 
 fn headline(f: &Finding) -> String {
@@ -222,84 +187,22 @@ fn finding_text(f: &Finding) -> String {
     s
 }
 
-fn seconds(d: std::time::Duration) -> String {
-    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+/// Text XML 1.0 can carry: the characters it forbids (C0 controls but tab, LF and CR;
+/// U+FFFE, U+FFFF) become U+FFFD, so nothing vanishes without a trace.
+pub fn text(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => c,
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => '\u{FFFD}',
+            c => c,
+        })
+        .collect()
 }
 
-/// A minimal XML writer: elements nest by construction of the calls, and every attribute value
-/// and text node passes through [`escape`].
-#[derive(Default)]
-struct Xml {
-    out: String,
-    depth: usize,
-}
-
-impl Xml {
-    fn raw(&mut self, s: &str) {
-        self.out.push_str(s);
-    }
-
-    fn indent(&mut self) {
-        for _ in 0..self.depth {
-            self.out.push_str("  ");
-        }
-    }
-
-    fn start(&mut self, name: &str, attrs: &[(&str, String)]) {
-        self.indent();
-        self.out.push('<');
-        self.out.push_str(name);
-        for (k, v) in attrs {
-            let _ = write!(self.out, " {k}=\"{}\"", escape(v, true));
-        }
-    }
-
-    fn open(&mut self, name: &str, attrs: &[(&str, String)]) {
-        self.start(name, attrs);
-        self.out.push_str(">\n");
-        self.depth += 1;
-    }
-
-    fn empty(&mut self, name: &str, attrs: &[(&str, String)]) {
-        self.start(name, attrs);
-        self.out.push_str("/>\n");
-    }
-
-    fn text(&mut self, text: &str) {
-        self.out.push_str(&escape(text, false));
-        if !text.ends_with('\n') {
-            self.out.push('\n');
-        }
-    }
-
-    fn close(&mut self, name: &str) {
-        self.depth = self.depth.saturating_sub(1);
-        self.indent();
-        let _ = writeln!(self.out, "</{name}>");
-    }
-}
-
-/// Escapes markup characters; in attributes also quotes and line breaks (which attribute
-/// normalisation would otherwise fold into spaces). Characters XML 1.0 forbids (C0 controls
-/// but tab, LF and CR; U+FFFE/U+FFFF) become U+FFFD.
-pub fn escape(s: &str, attribute: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if attribute => out.push_str("&quot;"),
-            '\'' if attribute => out.push_str("&apos;"),
-            '\n' if attribute => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' if attribute => out.push_str("&#9;"),
-            '\t' | '\n' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
+/// [`text`] on one line: an attribute's line breaks would be folded into spaces by the XML
+/// parser anyway, so fold them here where the reader can see it.
+pub fn attribute(s: &str) -> String {
+    text(&s.replace("\r\n", " ").replace(['\n', '\r', '\t'], " "))
 }
 
 #[cfg(test)]
@@ -392,11 +295,11 @@ mod tests {
         assert_eq!(tags.iter().filter(|t| *t == "error").count(), 2);
         assert_eq!(tags.iter().filter(|t| *t == "skipped").count(), 1);
         assert!(xml.contains(
-            "<testsuites name=\"simqtt certify mqtt://127.0.0.1:1883\" tests=\"7\" failures=\"1\" errors=\"2\" skipped=\"1\""
+            "<testsuites name=\"simqtt certify mqtt://127.0.0.1:1883\" tests=\"7\" skipped=\"1\" failures=\"1\" errors=\"2\""
         ));
         assert!(xml.contains("<skipped message=\"broker_restart: no --restart-cmd was given\"/>"));
         assert!(xml.contains(
-            "classname=\"faults/qos2-dropped-pubrec\" name=\"faults/qos2-dropped-pubrec seed 3\""
+            "name=\"faults/qos2-dropped-pubrec seed 3\" classname=\"faults/qos2-dropped-pubrec\""
         ));
         // The finding's text is escaped, not dropped.
         assert!(xml.contains("delivered 2 times (a &amp; b &lt;dup&gt;)"));
@@ -423,12 +326,8 @@ mod tests {
     }
 
     #[test]
-    fn escaping() {
-        assert_eq!(
-            escape("a<b>&\"c'\n", true),
-            "a&lt;b&gt;&amp;&quot;c&apos;&#10;"
-        );
-        assert_eq!(escape("a<b>&\"c'\n", false), "a&lt;b&gt;&amp;\"c'\n");
-        assert_eq!(escape("\u{7}", false), "\u{FFFD}");
+    fn forbidden_characters_are_replaced_and_attributes_kept_on_one_line() {
+        assert_eq!(text("a\u{7}b\u{FFFF}\n"), "a\u{FFFD}b\u{FFFD}\n");
+        assert_eq!(attribute("a\nb\r\nc\td"), "a b c d");
     }
 }

@@ -1,7 +1,8 @@
 //! The certification report in Markdown, keyed by the spec's normative statements: a header
 //! (broker, version, date, profile, duration, the broker's health when it stopped answering,
 //! verdict), the MUST violations, errors and SHOULD deviations each with scenario, seed, what
-//! was owed, what the broker did and the trace excerpt, the inconclusive cases and the
+//! was owed, what the broker did, its timeline (a Mermaid sequence diagram) and the trace
+//! excerpt, the inconclusive cases and the
 //! findings set aside (not charged) with why, the allowed alternatives the broker chose, the
 //! skipped scenarios with reasons, and every statement of both versions with its result,
 //! grouped by version and section.
@@ -304,7 +305,7 @@ pub fn markdown(cert: &Certification, statements: &Statements) -> String {
 /// checker run covers would otherwise list the whole library).
 const SCENARIOS_SHOWN_MAX: usize = 6;
 
-fn scenario_list(st: &StatementCoverage) -> String {
+pub(super) fn scenario_list(st: &StatementCoverage) -> String {
     let mut names: Vec<String> = st
         .scenarios
         .iter()
@@ -323,7 +324,7 @@ fn scenario_list(st: &StatementCoverage) -> String {
     names.join(", ")
 }
 
-fn result_cell(st: &StatementCoverage) -> String {
+pub(super) fn result_cell(st: &StatementCoverage) -> String {
     match &st.status {
         Status::Passed { cases } => format!("pass ({})", cases.len()),
         Status::Failed { cases } => {
@@ -457,6 +458,9 @@ fn finding(out: &mut String, n: usize, case: &CaseResult, f: &Finding, statement
         let _ = writeln!(out, "- Rerun: `{}`", case.rerun.replace('`', "'"));
     }
     let _ = writeln!(out);
+    if let Some(t) = super::timeline(f) {
+        let _ = writeln!(out, "```mermaid\n{}```\n", t.mermaid());
+    }
     if !f.excerpt.trim().is_empty() {
         let fence = fence_for(&f.excerpt);
         let _ = writeln!(out, "{fence}text\n{}\n{fence}\n", f.excerpt.trim_end());

@@ -2,10 +2,13 @@
 //! - [`terminal`]: the summary table a person reads at the end of a run;
 //! - [`junit`]: JUnit XML, one testcase per scenario × seed, for CI test views;
 //! - [`markdown`]: the full report keyed by the spec's normative statements;
-//! - [`json`]: the same content as the Markdown, for tools.
+//! - [`json`]: the same content as the Markdown, for tools;
+//! - [`html`]: one self-contained HTML file: the summary, each finding's timeline drawn, the
+//!   coverage table.
 //!
 //! Reports are pure functions of their input (no clock, no environment), so they snapshot.
 
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod markdown;
@@ -16,12 +19,26 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use html::html;
 pub use json::json;
 pub use junit::junit;
 pub use markdown::markdown;
 pub use terminal::terminal;
 
-use crate::certify::{CaseResult, Certification, Grade, Incident, IncidentKind, Verdict};
+use crate::certify::{CaseResult, Certification, Finding, Grade, Incident, IncidentKind, Verdict};
+use crate::timeline::Timeline;
+
+/// The timeline of a finding, drawn from the trace records of its excerpt (a report keeps no
+/// more of the trace); `None` when the excerpt holds no records (a runner error).
+pub fn timeline(f: &Finding) -> Option<Timeline> {
+    let title = if f.statement.is_empty() {
+        f.checker.clone()
+    } else {
+        format!("[{}] {}", f.statement, f.checker)
+    };
+    let t = Timeline::from_excerpt(title, f.owed.clone(), f.observed.clone(), &f.excerpt);
+    (!t.entries.is_empty()).then_some(t)
+}
 
 /// One scenario's line of the summary: its cases (seeds) by verdict.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -487,6 +504,75 @@ mod tests {
         assert!(terminal(&cert, statements)
             .trim_end()
             .ends_with("certified: yes"));
+    }
+
+    #[test]
+    fn a_finding_is_drawn_as_a_timeline_in_markdown_and_html() {
+        use crate::certify::coverage::{relevant_checkers, scenario_versions};
+        use crate::certify::grade::grade;
+        use crate::certify::statements::Statements;
+
+        // The planted bug that forgets QoS 2 receive ids on restart (docs/shrinking.md): a
+        // QoS 2 message resent across a broker crash is delivered twice.
+        let yaml = "spec: [MQTT-4.3.3-2]\nbroker: {planted_bug: lose_qos2_receive_ids, durable: true}\n\
+                    quiesce: 1s\nclients:\n  p0: {clean_session: false}\n  s1: {clean_session: false}\n\
+                    steps:\n  - connect: s1\n  - subscribe: {client: s1, filter: t/0, qos: 2}\n\
+                    \x20 - connect: p0\n  - publish: {client: p0, topic: t/0, qos: 2}\n  - wait: 15ms\n\
+                    \x20 - crash_broker:\n";
+        let s = crate::scenario::parse("planted.yaml", yaml).expect("scenario");
+        let statements = Statements::embedded();
+        let run = crate::sim::run(&s, 0);
+        let (findings, choices) = grade(&s, &run, statements);
+        assert!(
+            findings.iter().any(|f| f.grade == Grade::Must),
+            "{findings:#?}"
+        );
+        let cert = Certification {
+            broker: "sim".into(),
+            broker_version: None,
+            profile: "simqtt".into(),
+            started: "2026-01-01T00:00:00Z".into(),
+            duration: Duration::from_secs(1),
+            simqtt_version: "0".into(),
+            cases: vec![CaseResult {
+                scenario: "planted".into(),
+                file: "planted.yaml".into(),
+                seed: Some(0),
+                spec: s.spec.clone(),
+                checkers: relevant_checkers(&s),
+                versions: scenario_versions(&s),
+                verdict: Verdict::Failed,
+                findings,
+                set_aside: Vec::new(),
+                choices,
+                duration: Duration::from_millis(5),
+                rerun: String::new(),
+            }],
+            incidents: Vec::new(),
+        };
+        // The terminal names the message the finding is about.
+        let text = terminal(&cert, statements);
+        assert!(text.contains("\n       messages: p0-1\n"), "{text}");
+        let md = markdown(&cert, statements);
+        assert!(md.contains("```mermaid\nsequenceDiagram\n"), "{md}");
+        assert!(md.contains("rect rgb(255, 214, 214)"), "{md}");
+        assert!(md.contains("happened: 2 copies delivered"), "{md}");
+        let page = html(&cert, statements);
+        assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+        assert_eq!(
+            page.matches("<svg").count(),
+            md.matches("```mermaid").count()
+        );
+        assert!(page.contains("fill=\"#ffd6d6\""), "{page}");
+        // The coverage table, with the statement the finding breaks marked failed.
+        assert!(page.contains("<h2>Normative statements</h2>"), "{page}");
+        assert!(
+            page.contains("<tr class=\"bad\"><td>MQTT-4.3.3-2</td>"),
+            "{page}"
+        );
+        for forbidden in ["<script", "<link", " src=", "@import"] {
+            assert!(!page.contains(forbidden), "{forbidden}");
+        }
     }
 
     #[test]

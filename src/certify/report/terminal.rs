@@ -7,6 +7,7 @@ use super::{case_name, grade_name, health_line, human_duration, scenario_rows, s
 use crate::certify::coverage::coverage;
 use crate::certify::statements::{SpecVersion, Statements};
 use crate::certify::{Certification, Grade, Verdict};
+use crate::timeline::message_of;
 
 /// Longest scenario name shown before it is cut (the table stays one line per scenario).
 const NAME_WIDTH_MAX: usize = 60;
@@ -130,6 +131,16 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
                     "       … and {} more findings in this case (see the Markdown or JSON report)",
                     case.findings.len() - FINDINGS_SHOWN_PER_CASE
                 );
+            }
+            // Every message the case's findings name, the ones cut above included.
+            let mut messages: Vec<&str> = Vec::new();
+            for id in case.findings.iter().filter_map(|f| message_of(&f.excerpt)) {
+                if !messages.contains(&id) {
+                    messages.push(id);
+                }
+            }
+            if !messages.is_empty() {
+                let _ = writeln!(out, "       messages: {}", messages.join(", "));
             }
             if case.findings.iter().any(|f| f.grade != Grade::Should) && !case.rerun.is_empty() {
                 let _ = writeln!(out, "       rerun: {}", case.rerun);
