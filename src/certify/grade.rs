@@ -635,7 +635,7 @@ steps:
     }
 
     /// Recertification of issue 13, mosquitto `session/raw-qos2-outlives-expiry-v5`: the broker
-    /// did not resend the PUBLISH (a MUST finding at step 19), so step 22's raw `pubrec` had
+    /// did not resend the PUBLISH (a MUST finding at step 18), so step 21's raw `pubrec` had
     /// nothing to answer; that runner error is the finding's fallout, not a harness error.
     #[test]
     fn a_sim_error_after_a_failed_expectation_is_set_aside_as_fallout() {
@@ -650,20 +650,20 @@ steps:
         let must = finding(
             Grade::Must,
             EXPECT,
-            "step 19 (expect_raw): PUBLISH",
+            "step 18 (expect_raw): PUBLISH",
             "nothing arrived",
         );
         let after = finding(
             Grade::Error,
             "sim",
             "the scenario runs to its end",
-            "step 22 (raw): pubrec answers a packet with an identifier, and s received none",
+            "step 21 (raw): pubrec answers a packet with an identifier, and s received none",
         );
         let mut findings = vec![must.clone(), after.clone()];
         let aside = fallout_of_findings(&mut findings).expect("set aside");
         assert_eq!(findings, vec![must.clone()]);
         assert_eq!(aside.findings, vec![after.clone()]);
-        assert!(aside.reason.contains("after step 19"), "{}", aside.reason);
+        assert!(aside.reason.contains("after step 18"), "{}", aside.reason);
 
         // Without an earlier failed expectation (or before it) the error stays an error.
         for mut findings in [
