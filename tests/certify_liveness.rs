@@ -94,6 +94,7 @@ fn options(fake: &Fake, restart: bool) -> Options {
     Options {
         broker_url: format!("mqtt://{}", fake.addr()),
         broker: fake.addr(),
+        endpoint: Default::default(),
         username: None,
         password: None,
         restart_cmd: restart.then(|| fake.restart_cmd()),
@@ -313,6 +314,7 @@ fn raw_connects_carry_the_credentials_to_a_broker_that_requires_them() {
     let options = Options {
         broker_url: format!("mqtt://{addr}"),
         broker: addr,
+        endpoint: Default::default(),
         username: Some("certify".into()),
         password: Some("secret".into()),
         restart_cmd: None,

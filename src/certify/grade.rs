@@ -82,6 +82,44 @@ pub fn grade(
     (findings, choices)
 }
 
+/// The step a `sim` error names: the runner reports a step it could not carry out as
+/// `step N (keyword): why` in what happened.
+fn sim_error_step(f: &Finding) -> Option<usize> {
+    if f.checker != "sim" || f.grade != Grade::Error {
+        return None;
+    }
+    let rest = f.observed.strip_prefix("step ")?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Takes out the `sim` errors that are fallout of a broker finding earlier in the same run: a
+/// step the runner could not carry out (e.g. a raw `pubrec` answering a PUBLISH the broker
+/// never sent) after an expectation failed with a MUST or SHOULD finding. The case is already
+/// judged by that finding; the error says only that the scenario could not go on past it,
+/// not that the harness broke, so it is set aside with that reason rather than reported as a
+/// harness error. A `sim` error with no earlier failed expectation stays an error.
+pub fn fallout_of_findings(findings: &mut Vec<Finding>) -> Option<crate::certify::SetAside> {
+    let first = findings
+        .iter()
+        .filter(|f| f.checker == EXPECT && matches!(f.grade, Grade::Must | Grade::Should))
+        .filter_map(|f| {
+            let rest = f.owed.strip_prefix("step ")?;
+            rest.split(' ').next()?.parse::<usize>().ok()
+        })
+        .min()?;
+    let (aside, kept): (Vec<Finding>, Vec<Finding>) = std::mem::take(findings)
+        .into_iter()
+        .partition(|f| sim_error_step(f).is_some_and(|step| step > first));
+    *findings = kept;
+    (!aside.is_empty()).then(|| crate::certify::SetAside {
+        reason: format!(
+            "fallout: the scenario could not go on after step {first} failed (the finding \
+             there); a later step needed what the broker did not do"
+        ),
+        findings: aside,
+    })
+}
+
 fn is_checker(name: &str) -> bool {
     CheckerName::ALL.iter().any(|c| c.as_str() == name)
 }
@@ -594,6 +632,56 @@ steps:
             Statements::embedded(),
         );
         assert_eq!(findings[0].grade, Grade::Must);
+    }
+
+    /// Recertification of issue 13, mosquitto `session/raw-qos2-outlives-expiry-v5`: the broker
+    /// did not resend the PUBLISH (a MUST finding at step 18), so step 21's raw `pubrec` had
+    /// nothing to answer; that runner error is the finding's fallout, not a harness error.
+    #[test]
+    fn a_sim_error_after_a_failed_expectation_is_set_aside_as_fallout() {
+        let finding = |grade: Grade, checker: &str, owed: &str, observed: &str| Finding {
+            grade,
+            statement: String::new(),
+            checker: checker.into(),
+            owed: owed.into(),
+            observed: observed.into(),
+            excerpt: String::new(),
+        };
+        let must = finding(
+            Grade::Must,
+            EXPECT,
+            "step 18 (expect_raw): PUBLISH",
+            "nothing arrived",
+        );
+        let after = finding(
+            Grade::Error,
+            "sim",
+            "the scenario runs to its end",
+            "step 21 (raw): pubrec answers a packet with an identifier, and s received none",
+        );
+        let mut findings = vec![must.clone(), after.clone()];
+        let aside = fallout_of_findings(&mut findings).expect("set aside");
+        assert_eq!(findings, vec![must.clone()]);
+        assert_eq!(aside.findings, vec![after.clone()]);
+        assert!(aside.reason.contains("after step 18"), "{}", aside.reason);
+
+        // Without an earlier failed expectation (or before it) the error stays an error.
+        for mut findings in [
+            vec![after.clone()],
+            vec![
+                finding(
+                    Grade::Must,
+                    EXPECT,
+                    "step 23 (expect_raw): PUBREL",
+                    "nothing arrived",
+                ),
+                after.clone(),
+            ],
+        ] {
+            let before = findings.clone();
+            assert!(fallout_of_findings(&mut findings).is_none());
+            assert_eq!(findings, before);
+        }
     }
 
     #[test]

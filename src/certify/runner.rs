@@ -1054,7 +1054,8 @@ fn run_watched(
         clean_up(&shared, options, tag)
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let (findings, choices) = grade::grade(scenario, &report, Statements::embedded());
+    let (mut findings, choices) = grade::grade(scenario, &report, Statements::embedded());
+    let fallout = grade::fallout_of_findings(&mut findings);
     if let Some(text) = trace_error {
         tracing::warn!(scenario = %scenario.name, seed, "{text}");
     }
@@ -1069,6 +1070,7 @@ fn run_watched(
     let inconclusive = report.inconclusive();
     let mut result = case_result(case, Verdict::Passed, started.elapsed(), options);
     result.choices = choices;
+    result.set_aside.extend(fallout);
     if inconclusive.is_empty() {
         result.verdict = if failed {
             Verdict::Failed

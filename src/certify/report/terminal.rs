@@ -169,7 +169,7 @@ pub fn terminal(cert: &Certification, statements: &Statements) -> String {
     if set_aside > 0 {
         let _ = writeln!(
             out,
-            "\n{set_aside} finding{} set aside, not charged to the broker (inconclusive runs, crash fallout, cascades): see the Markdown or JSON report",
+            "\n{set_aside} finding{} set aside, not charged to the broker (inconclusive runs, crash fallout, cascades, steps that could not run after a finding): see the Markdown or JSON report",
             plural(set_aside)
         );
     }

@@ -389,6 +389,13 @@ fn completion(model: &Model, out: &mut Outcome) {
             out.note("unresolved: unfinished publish, too close to the end of the run");
             continue;
         }
+        if super::lost_bytes_while_up(model, last_conn, last_ms, model.end_ms) {
+            out.note(
+                "unresolved: unfinished publish, a fault discarded bytes on the publisher's \
+                 connection after its last write (§4.2: MQTT needs a lossless stream; nothing is resent before a reconnect)",
+            );
+            continue;
+        }
         if last.is_some_and(|t| flow_packet_dropped(model, message, model.transmissions[t].event)) {
             out.note("unresolved: unfinished publish, the fault layer may have dropped a packet of its flow");
             continue;
@@ -741,6 +748,55 @@ mod tests {
         release(&mut b, "p-1");
         end(&mut b);
         assert_eq!(specs(&run(&b)), ["MQTT-4.3.3-2"]);
+    }
+
+    /// Recertification of issue 13, mosquitto `chaos/mixed-qos-clean-sessions` seed 0: a
+    /// one-way partition (client → broker, 2.2 s, shorter than the keepalive could notice on a
+    /// busy connection) discarded the PUBLISHes the publisher wrote; the connection stayed up,
+    /// nothing resends on it, and the flows were charged to the broker as unanswered.
+    #[test]
+    fn a_flow_written_into_a_partition_the_connection_survived_is_unresolved() {
+        use crate::history::Fault;
+        let partitioned = |one_way: bool| {
+            let mut b = TraceBuilder::new();
+            b.connect("p", true, false)
+                .fault(Fault::Partition {
+                    a: "h-p".into(),
+                    b: "broker".into(),
+                    one_way,
+                })
+                .publish("p", "p-1", "t", 1);
+            wire(&mut b, "p-1", false);
+            let heal = b.now + 100;
+            b.at(heal).fault(Fault::Heal {
+                a: "h-p".into(),
+                b: "broker".into(),
+            });
+            end(&mut b);
+            b
+        };
+        for one_way in [true, false] {
+            let out = run(&partitioned(one_way));
+            assert!(out.passed(), "{:?}", out.violations);
+            assert!(out.notes.keys().any(|n| n.contains("discarded bytes")));
+        }
+        // A partition of another client's link excuses nothing.
+        let mut b = TraceBuilder::new();
+        b.connect("p", true, false)
+            .fault(Fault::Partition {
+                a: "h-q".into(),
+                b: "broker".into(),
+                one_way: true,
+            })
+            .publish("p", "p-1", "t", 1);
+        wire(&mut b, "p-1", false);
+        let heal = b.now + 100;
+        b.at(heal).fault(Fault::Heal {
+            a: "h-q".into(),
+            b: "broker".into(),
+        });
+        end(&mut b);
+        assert_eq!(specs(&run(&b)), ["MQTT-4.3.2-2"]);
     }
 
     #[test]

@@ -293,6 +293,30 @@ pub(crate) fn publish_fault_on_path(
     })
 }
 
+/// Whether connection `conn` stayed up through a fault that discards bytes on its link (a
+/// partition or a loss) at some time in `[from_ms, to_ms]`. MQTT runs over "ordered, lossless"
+/// streams (§4.2, both versions): a connection whose stream lost bytes in the middle and went
+/// on is outside the protocol's premise. Neither side resends on the same connection (5.0
+/// [MQTT-4.4.0-1] forbids it; 3.1.1 resends on reconnect only), so a PUBLISH or an
+/// acknowledgement the fault discarded stays missing until the next reconnect: the peer's
+/// flow, and the broker's in-flight window toward that client, can stay stuck for good
+/// without either side breaking a statement. (Over TCP a partition shorter than the keepalive
+/// detection does exactly this: the recertification of issue 13 saw mosquitto's 20-message
+/// in-flight window toward a subscriber filled by acknowledgements a one-way partition
+/// discarded.)
+pub(crate) fn lost_bytes_while_up(model: &Model, conn: usize, from_ms: u64, to_ms: u64) -> bool {
+    let c = &model.connections[conn];
+    let Some((_, up_ms, _, true)) = c.connack else {
+        return false;
+    };
+    let from = from_ms.max(up_ms);
+    let to = c.end_ms().map_or(to_ms, |end| end.min(to_ms));
+    from <= to
+        && model
+            .affecting(&c.client, from, to)
+            .any(|span| matches!(span.fault, Fault::Partition { .. } | Fault::Loss { .. }))
+}
+
 /// Picks the statement id for the protocol version in use (the ids differ between 3.1.1 and
 /// 5.0 for the same rule).
 pub fn spec_id(version: ProtocolVersion, v311: &str, v5: &str) -> String {

@@ -48,6 +48,14 @@ pub(crate) fn missing(model: &Model, out: &mut Outcome, message: usize, owed: &O
         out.note("unresolved: owed message, subscriber link impaired at the end");
         return;
     }
+    let holder_conn = model.epochs[owed.epoch].connections.last().copied();
+    if holder_conn.is_some_and(|c| super::lost_bytes_while_up(model, c, 0, model.end_ms)) {
+        out.note(
+            "unresolved: owed message, the subscriber's connection lived through a fault that \
+             discarded bytes (§4.2: MQTT needs a lossless stream; nothing is resent before a reconnect)",
+        );
+        return;
+    }
     let sub = &model.subscriptions[owed.subscriptions[0]];
     let mut events = vec![m.event];
     events.extend(m.acked.map(|(e, _, _)| e));
@@ -144,6 +152,34 @@ mod tests {
         b.publish_acked("p", "p-1", "t", 1)
             .fault(Fault::Stall { client: "s".into() });
         assert!(CheckerName::Qos1.run(&b.model()).passed());
+    }
+
+    /// Recertification of issue 13, mosquitto `chaos/mixed-qos-clean-sessions` seed 0: a
+    /// one-way partition (subscriber → broker) discarded 20 acknowledgements on a connection
+    /// that stayed up, which filled mosquitto's in-flight window toward the subscriber (20);
+    /// later messages then waited, legitimately, for a reconnect that never came.
+    #[test]
+    fn owed_to_a_connection_that_lived_through_a_partition_is_unresolved() {
+        let partitioned = |link: &str| {
+            let mut b = base();
+            b.fault(Fault::Partition {
+                a: link.into(),
+                b: "broker".into(),
+                one_way: true,
+            });
+            let heal = b.now + 100;
+            b.at(heal).fault(Fault::Heal {
+                a: link.into(),
+                b: "broker".into(),
+            });
+            b.publish_acked("p", "p-1", "t", 1);
+            CheckerName::Qos1.run(&b.model())
+        };
+        let out = partitioned("h-s");
+        assert!(out.passed(), "{:?}", out.violations);
+        assert!(out.notes.keys().any(|n| n.contains("discarded bytes")));
+        // The publisher's link lost bytes, the subscriber's did not: still owed.
+        assert_eq!(partitioned("h-p").violations.len(), 1);
     }
 
     #[test]
