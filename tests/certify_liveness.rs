@@ -104,7 +104,6 @@ fn options(fake: &Fake, restart: bool) -> Options {
         seed: None,
         jobs: 8,
         traces: None,
-        endpoint: Default::default(),
     }
 }
 
@@ -324,7 +323,6 @@ fn raw_connects_carry_the_credentials_to_a_broker_that_requires_them() {
         seed: None,
         jobs: 4,
         traces: None,
-        endpoint: Default::default(),
     };
     // Raw cases whose CONNECTs are `send: connect`, and a client session beside them.
     let set = scenarios(&[
