@@ -51,6 +51,9 @@ pub struct Profile {
     pub wildcards: bool,
     /// Publishes wills.
     pub will: bool,
+    /// Serves shared subscriptions `$share/{ShareName}/{filter}` (5.0 Shared Subscription
+    /// Available; false for a broker whose CONNACK says 0).
+    pub shared_subscriptions: bool,
     /// The longest Keep Alive the broker accepts as asked; `None` for no limit below 65535 s.
     pub max_keepalive_secs: Option<u16>,
     /// The broker's Receive Maximum (QoS 1/2 PUBLISHes it takes in flight from one client).
@@ -106,6 +109,7 @@ impl Default for Profile {
             retain: true,
             wildcards: true,
             will: true,
+            shared_subscriptions: true,
             max_keepalive_secs: None,
             receive_maximum: None,
             max_packet_size_bytes: None,
@@ -259,6 +263,10 @@ impl Profile {
             Capability::Will if !self.will => Some(format!(
                 "profile {profile} says the broker does not publish wills (will = false)"
             )),
+            Capability::SharedSubscriptions if !self.shared_subscriptions => Some(format!(
+                "profile {profile} says the broker has no shared subscriptions \
+                 (shared_subscriptions = false: its CONNACK says Shared Subscription Available 0)"
+            )),
             Capability::Qos1 if self.max_qos < 1 => Some(format!(
                 "profile {profile} says the broker grants at most QoS {} (max_qos)",
                 self.max_qos
@@ -307,6 +315,7 @@ pub fn capability_name(c: Capability) -> &'static str {
         Capability::ConnectionFaults => "connection_faults",
         Capability::LinkFaults => "link_faults",
         Capability::Acl => "acl",
+        Capability::SharedSubscriptions => "shared_subscriptions",
     }
 }
 
@@ -341,6 +350,9 @@ pub fn needed(scenario: &Scenario) -> BTreeSet<Capability> {
                     qos(&mut out, f.qos);
                     if f.filter.contains(['+', '#']) {
                         out.insert(Capability::Wildcards);
+                    }
+                    if f.filter.starts_with("$share/") {
+                        out.insert(Capability::SharedSubscriptions);
                     }
                 }
             }

@@ -164,6 +164,8 @@ pub enum Capability {
     /// An ACL user with a deny inside an allowed wildcard (`user: acl` clients, `{acl.…}`
     /// topics; see `scenario::acl`).
     Acl,
+    /// Shared subscriptions `$share/{ShareName}/{filter}` (5.0 Shared Subscription Available).
+    SharedSubscriptions,
 }
 
 /// Broker options.

@@ -56,6 +56,19 @@ pub fn check(model: &Model, out: &mut Outcome) {
         if message.topic != delivery.topic || model.retained_copy(d, message) {
             continue;
         }
+        // Ordered topics are promised on non-shared subscriptions [MQTT-4.6.0-6 (5.0)]: a
+        // copy only a shared subscription can have routed is in no stream.
+        let ordinary = model
+            .subscriptions
+            .iter()
+            .any(|s| s.epoch == epoch && s.matches(&message.topic));
+        let shared = model
+            .subscriptions
+            .iter()
+            .any(|s| s.epoch == epoch && s.shared().is_some() && s.matches_any(&message.topic));
+        if shared && !ordinary {
+            continue;
+        }
         let key = (
             epoch,
             message.publisher.clone(),
