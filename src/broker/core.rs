@@ -1076,6 +1076,21 @@ impl Core {
                 return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out)
             }
         }
+        if !v5 && self.server_keep_alive(connect.keep_alive_secs).is_some() {
+            // 3.1.1 cannot be told a Server Keep Alive (mosquitto refuses the same way).
+            tracing::info!(
+                conn,
+                keep_alive_secs = connect.keep_alive_secs,
+                "3.1.1 Keep Alive above max_keepalive_secs; refusing"
+            );
+            return self.refuse(
+                conn,
+                protocol,
+                ReasonCode::ClientIdentifierNotValid,
+                now,
+                out,
+            );
+        }
         let client_id: Arc<str> = if assigned {
             self.assign_client_id()
         } else {
@@ -1245,7 +1260,10 @@ impl Core {
             .receive_maximum
             .map_or(u16::MAX, |r| r.get());
         let inflight_limit = self.config.max_inflight_messages.min(receive_maximum) as usize;
-        let keep_alive = Duration::from_secs(connect.keep_alive_secs.into());
+        // [MQTT-3.2.2-22] the client's Keep Alive, unless CONNACK gives a Server Keep Alive.
+        let server_keep_alive = self.server_keep_alive(connect.keep_alive_secs);
+        let keep_alive_secs = server_keep_alive.unwrap_or(connect.keep_alive_secs);
+        let keep_alive = Duration::from_secs(keep_alive_secs.into());
         if let Some(c) = self.conns.get_mut(&conn) {
             c.online = Some(Box::new(Online {
                 client_id: client_id.clone(),
@@ -1280,6 +1298,7 @@ impl Core {
                 properties.maximum_qos = QoS::from_u8(self.config.max_qos);
             }
             properties.shared_subscription_available = Some(self.config.shared_subscriptions);
+            properties.server_keep_alive_secs = server_keep_alive;
             properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
         }
         out.push(Action::SetProtocol {
@@ -1327,6 +1346,13 @@ impl Core {
             }
         }
         self.pump(sid, now, out);
+    }
+
+    /// The Server Keep Alive a client asking for `asked` seconds gets: `max_keepalive_secs`
+    /// when it asks for more or for none (0); `None` when its own stands.
+    fn server_keep_alive(&self, asked: u16) -> Option<u16> {
+        let max = self.config.max_keepalive_secs?;
+        (asked == 0 || asked > max).then_some(max)
     }
 
     /// Answers CONNECT with a refusing CONNACK and closes [MQTT-3.2.2-4] [MQTT-3.2.2-5].

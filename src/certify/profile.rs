@@ -209,7 +209,22 @@ impl Profile {
                 self.name
             ));
         }
-        if let Some(max) = self.max_keepalive_secs {
+        if let Some(wanted) = scenario.broker.max_keepalive.and_then(|d| d.whole_secs()) {
+            if self.max_keepalive_secs.map(u64::from) != Some(wanted) {
+                reasons.push(format!(
+                    "max_keepalive: the scenario needs a broker whose longest Keep Alive is \
+                     {wanted}s, and profile {} declares {}",
+                    self.name,
+                    self.max_keepalive_secs
+                        .map_or("none".to_string(), |k| format!("max_keepalive_secs {k}"))
+                ));
+            }
+        }
+        // (A scenario that sets `broker.max_keepalive` asks for longer ones on purpose.)
+        if let Some(max) = self
+            .max_keepalive_secs
+            .filter(|_| scenario.broker.max_keepalive.is_none())
+        {
             for (who, secs) in keepalives(scenario) {
                 if secs > u64::from(max) {
                     reasons.push(format!(
@@ -758,7 +773,8 @@ steps:
     fn the_library_against_a_plain_broker_skips_only_with_reasons() {
         // Every library scenario either runs against a fully featured broker without a
         // restart command, or is skipped for broker_restart / power_loss / persistence, or
-        // for acl (the default profile declares no ACL user).
+        // for acl (the default profile declares no ACL user), or for max_keepalive (it
+        // declares no longest Keep Alive).
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut stack = vec![dir];
         let (mut run, mut skipped) = (0, 0);
@@ -781,7 +797,8 @@ steps:
                             why.split("; ").all(|r| r.starts_with("broker_restart: ")
                                 || r.starts_with("power_loss: ")
                                 || r.starts_with("persistence: ")
-                                || r.starts_with("acl: ")),
+                                || r.starts_with("acl: ")
+                                || r.starts_with("max_keepalive: ")),
                             "{}: {why}",
                             path.display()
                         );

@@ -1,4 +1,5 @@
-//! Shared subscriptions (5.0 §4.8.2) in the broker state machine.
+//! Shared subscriptions (5.0 §4.8.2) in the broker state machine, and the other 5.0 features
+//! of issue 17 (Server Keep Alive).
 
 use super::tests::{config, connack, connect_packet, pid, publish, sent, subscribe, Harness};
 use super::*;
@@ -240,4 +241,49 @@ fn membership_and_queued_copies_survive_a_restart() {
         to.push(d[0].0);
     }
     assert_eq!(to, [1, 2, 1, 2]);
+}
+
+/// Server Keep Alive (mosquitto's `max_keepalive`): a 5.0 client asking for more (or none)
+/// is told the maximum and held to it [MQTT-3.2.2-22 is the default it replaces]; a 3.1.1
+/// client asking for more is refused; one asking for less keeps its own.
+#[test]
+fn max_keepalive_is_sent_as_server_keep_alive_and_enforced() {
+    let mut h = Harness::new(BrokerConfig {
+        max_keepalive_secs: Some(10),
+        ..config()
+    });
+    let mut c = connect_packet("long", true, ProtocolVersion::V5);
+    c.keep_alive_secs = 60;
+    let out = h.connect_with(1, c);
+    let ack = connack(&out, 1).unwrap();
+    assert_eq!(ack.properties.server_keep_alive_secs, Some(10));
+    let mut c = connect_packet("none", true, ProtocolVersion::V5);
+    c.keep_alive_secs = 0;
+    let ack = connack(&h.connect_with(2, c), 2).unwrap();
+    assert_eq!(ack.properties.server_keep_alive_secs, Some(10));
+    let mut c = connect_packet("short", true, ProtocolVersion::V5);
+    c.keep_alive_secs = 5;
+    let ack = connack(&h.connect_with(3, c), 3).unwrap();
+    assert_eq!(ack.properties.server_keep_alive_secs, None);
+    // Held to 10 s: silent for 14 s is fine, 15.5 s is not (one and a half times).
+    let out = h.advance(14.0);
+    assert!(!super::tests::closed(&out, 1) && !super::tests::closed(&out, 2));
+    assert!(super::tests::closed(&out, 3), "its own 5 s keepalive");
+    let out = h.advance(1.5);
+    assert!(super::tests::closed(&out, 1) && super::tests::closed(&out, 2));
+    // 3.1.1 cannot be told: refused with 0x02.
+    let mut c = connect_packet("old", true, ProtocolVersion::V311);
+    c.keep_alive_secs = 60;
+    let out = h.connect_with(4, c);
+    assert_eq!(
+        connack(&out, 4).unwrap().reason_code.to_v311_connack(),
+        Some(2)
+    );
+    assert!(super::tests::closed(&out, 4));
+    // Without a maximum nothing changes.
+    let mut h = Harness::new(config());
+    let mut c = connect_packet("long", true, ProtocolVersion::V5);
+    c.keep_alive_secs = 60;
+    let ack = connack(&h.connect_with(1, c), 1).unwrap();
+    assert_eq!(ack.properties.server_keep_alive_secs, None);
 }
