@@ -924,8 +924,41 @@ impl Core {
                 }
             }
         });
-        let blocker = blocker.or(waiting.map(|(_, sid)| sid))?;
+        let blocker = blocker
+            .or(waiting.map(|(_, sid)| sid))
+            .or_else(|| self.shared_blocker(publisher, &publish.topic))?;
         Some(self.session(blocker)?.client_id.clone())
+    }
+
+    /// `publish_blocker` for shared groups: a group whose online members all have a full
+    /// queue (a member with room is picked instead, see `forward_shared`) holds the publisher
+    /// on its first such member, so a message is not dropped from an online member's queue.
+    fn shared_blocker(&mut self, publisher: Sid, topic: &str) -> Option<Sid> {
+        if self.shared.is_empty() {
+            return None;
+        }
+        let mut gids = std::mem::take(&mut self.shared_scratch);
+        gids.clear();
+        self.shared.matching(topic, &mut gids);
+        let mut blocker = None;
+        for &gid in &gids {
+            let mut online = self
+                .shared
+                .members(gid)
+                .filter(|&sid| {
+                    sid != publisher && self.session(sid).is_some_and(|s| s.conn.is_some())
+                })
+                .peekable();
+            let Some(&first) = online.peek() else {
+                continue;
+            };
+            if online.all(|sid| self.full_sessions.contains(&sid)) {
+                blocker = Some(first);
+                break;
+            }
+        }
+        self.shared_scratch = gids;
+        blocker
     }
 
     /// The broker-wide budget for waiting messages is used up (`max_queued_bytes_total`).
@@ -2244,8 +2277,12 @@ impl Core {
                 _ => 0,
             };
             let mut shared = std::mem::take(&mut self.shared);
+            // Online members with room in their queue (QoS 1/2; `shared_blocker` holds the
+            // publisher while none has), who may read the topic.
+            let needs_room = message.qos != QoS::AtMostOnce;
             let picked = shared.pick(gid, strategy, draw, &publisher_id, |sid| {
                 self.session(sid).is_some_and(|s| s.conn.is_some())
+                    && !(needs_room && self.queue_full_online(sid))
                     && self.may_read(sid, &message.topic)
             });
             self.shared = shared;

@@ -121,6 +121,15 @@ impl Groups {
         out.sort_unstable();
     }
 
+    /// The members of `gid`, in session-index order.
+    pub fn members(&self, gid: Gid) -> impl Iterator<Item = Sid> + '_ {
+        self.groups
+            .get(gid as usize)
+            .and_then(Option::as_ref)
+            .into_iter()
+            .flat_map(|g| g.members.keys().copied())
+    }
+
     /// The group's `$share/{ShareName}/{filter}`.
     pub fn filter_of(&self, gid: Gid) -> Option<TopicFilter> {
         Some(self.groups.get(gid as usize)?.as_ref()?.full.clone())

@@ -287,3 +287,47 @@ fn max_keepalive_is_sent_as_server_keep_alive_and_enforced() {
     let ack = connack(&h.connect_with(1, c), 1).unwrap();
     assert_eq!(ack.properties.server_keep_alive_secs, None);
 }
+
+/// Back-pressure: when every
+/// online member's queue is full the publisher is held (`publish_blocker`) rather than a
+/// queued message dropped.
+#[test]
+fn full_members_hold_the_publisher() {
+    let mut h = Harness::new(BrokerConfig {
+        max_inflight_messages: 1,
+        outbound_queue_packets: 16,
+        max_queued_messages: 2,
+        ..config()
+    });
+    v5(&mut h, 9, "pub", 0);
+    v5(&mut h, 1, "a", 0);
+    h.send(1, subscribe(1, &[("$share/g/t", QoS::AtLeastOnce)]));
+    v5(&mut h, 2, "b", 0);
+    h.send(2, subscribe(1, &[("$share/g/t", QoS::AtLeastOnce)]));
+    let probe = |n: u16| Publish {
+        dup: false,
+        qos_pid: QosPid::AtLeastOnce(pid(n)),
+        retain: false,
+        topic: TopicName::new("t").unwrap(),
+        properties: Default::default(),
+        payload: Bytes::from_static(b"m"),
+    };
+    // Nobody acknowledges: a window of 1 and a queue of 2 each hold 6 messages.
+    for n in 1..=6u16 {
+        assert_eq!(h.core.publish_blocker(9, &probe(n)), None, "message {n}");
+        h.send(9, publish("t", "m", QosPid::AtLeastOnce(pid(n)), false));
+    }
+    let clients = h.core.clients();
+    let held: Vec<(usize, usize)> = clients
+        .iter()
+        .filter(|c| c.client_id != "pub")
+        .map(|c| (c.inflight, c.queued))
+        .collect();
+    assert_eq!(
+        held,
+        [(1, 2), (1, 2)],
+        "both members filled, none overflowed"
+    );
+    assert_eq!(h.core.stats(h.now).messages_dropped, 0);
+    assert!(h.core.publish_blocker(9, &probe(7)).is_some());
+}
