@@ -755,3 +755,54 @@ print(s.messages)
         ]
     );
 }
+
+/// Shared subscriptions (5.0 4.8.2) with mosquitto's clients: a 5.0 member and a 3.1.1 member
+/// (accepted as mosquitto and EMQX do) of `$share/g/sh/t` share six QoS 2 messages, each
+/// delivered to exactly one of them (round robin, the default strategy: three each).
+#[test]
+fn mosquitto_shared_subscription_members_share_the_messages() {
+    let broker = Broker::start(&[]);
+    let v5 = sub(
+        &broker,
+        &["-V", "mqttv5", "-q", "2", "-t", "$share/g/sh/t", "-C", "3"],
+    );
+    let v311 = sub(
+        &broker,
+        &[
+            "-V",
+            "mqttv311",
+            "-q",
+            "2",
+            "-t",
+            "$share/g/sh/t",
+            "-C",
+            "3",
+        ],
+    );
+    for i in 0..6 {
+        pub_(
+            &broker,
+            &[
+                "-V",
+                "mqttv5",
+                "-q",
+                "2",
+                "-t",
+                "sh/t",
+                "-m",
+                &format!("m{i}"),
+            ],
+        );
+    }
+    let mut got = Vec::new();
+    for member in [v5, v311] {
+        let (status, out) = member.finish();
+        assert!(status.success());
+        let messages = Program::messages(&out);
+        assert_eq!(messages.len(), 3, "{out:?}");
+        got.extend(messages);
+    }
+    got.sort();
+    let want: Vec<String> = (0..6).map(|i| format!("sh/t m{i}")).collect();
+    assert_eq!(got, want, "each message to exactly one member");
+}

@@ -148,6 +148,19 @@ pub struct BrokerConfig {
     pub retain_available: bool,
     /// Highest QoS granted to a subscription. Default 2.
     pub max_qos: u8,
+    /// The longest Keep Alive the broker lets a client have, in seconds (mosquitto's
+    /// `max_keepalive`). Default: none, each client's own is enforced. With a maximum, a 5.0
+    /// client asking for more (or for 0, no keepalive) is told this value as Server Keep Alive
+    /// in CONNACK and held to it; a 3.1.1 client, which cannot be told, is refused (CONNACK
+    /// 0x02 Identifier rejected, as mosquitto does). 1 to 65535.
+    pub max_keepalive_secs: Option<u16>,
+    /// Serve shared subscriptions `$share/{ShareName}/{filter}` (5.0 §4.8.2; also accepted
+    /// from 3.1.1 clients, as mosquitto and EMQX do). Default `true`. When `false`, 5.0 clients
+    /// are told `Shared Subscription Available 0` and such a SUBSCRIBE gets 0x9E; a 3.1.1
+    /// client's `$share/...` filter is then an ordinary filter.
+    pub shared_subscriptions: bool,
+    /// Which member of a shared subscription group gets each message. Default round-robin.
+    pub shared_subscription_strategy: SharedStrategy,
     /// Seconds between `$SYS/broker/...` statistics publications. Default 10; 0 turns `$SYS`
     /// off.
     pub sys_interval_secs: u64,
@@ -212,6 +225,23 @@ pub enum SessionTakeover {
     AnyUser,
 }
 
+/// How a shared subscription group picks the member for a message
+/// (`BrokerConfig::shared_subscription_strategy`). Each picks among the members whose session
+/// is online (and may read the topic), or, when none is, among all of them (the message then
+/// waits in that member's session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedStrategy {
+    /// The members in turn, in the order their sessions were created.
+    #[default]
+    RoundRobin,
+    /// A member drawn from the broker's seeded generator (`rng_seed`).
+    Random,
+    /// The messages of one publishing client go to one member, chosen by a hash of the
+    /// publisher's client id, for as long as the group's eligible members stay the same.
+    StickyByClient,
+}
+
 /// The store's sync policy as the configuration file spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -250,6 +280,9 @@ impl Default for BrokerConfig {
             connect_timeout_secs: 10,
             retain_available: true,
             max_qos: 2,
+            max_keepalive_secs: None,
+            shared_subscriptions: true,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
             sys_interval_secs: 10,
             rng_seed: None,
             authenticator: Authenticator::default(),
@@ -288,6 +321,13 @@ impl BrokerConfig {
                 "max_packet_size",
                 self.max_packet_size.to_string(),
                 "the smallest packet is 2 bytes",
+            );
+        }
+        if self.max_keepalive_secs == Some(0) {
+            return invalid(
+                "max_keepalive_secs",
+                "0".into(),
+                "must be at least 1 (leave it out for no maximum)",
             );
         }
         if self.max_inflight_messages == 0 {

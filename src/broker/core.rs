@@ -35,6 +35,11 @@
 //!   retained at SUBSCRIBE, wills, `$SYS`, and again when it leaves the queue or is resent),
 //!   so a `deny` inside an allowed wildcard holds; a refused one is dropped and counted.
 //! - Server shutdown closes connections without publishing wills (the clients did not fail).
+//! - Shared subscriptions (5.0 §4.8.2, `shared.rs`): one member per group and message, picked
+//!   by `shared_subscription_strategy` among the online members; a copy given to a member is
+//!   that member's like any other delivery (never moved to another member), and it is apart
+//!   from the copy the same client may get through an ordinary subscription (5.0 4.8.2). The
+//!   shared copy carries its shared subscription's identifier only.
 //! - Ordering: messages to one client leave in the order the broker accepted them at each QoS
 //!   [MQTT-4.6.0-6]; a QoS 0 message to an online client is sent at once and may overtake QoS
 //!   1/2 messages waiting for the in-flight window.
@@ -49,8 +54,9 @@ use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
 use super::auth::AuthOutcome;
-use super::config::{BrokerConfig, SessionTakeover};
+use super::config::{BrokerConfig, SessionTakeover, SharedStrategy};
 use super::router::{Route, Router};
+use super::shared::{Gid, Groups};
 use super::stats::{ByteCounters, Stats};
 use crate::codec::{
     self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttStr, Packet,
@@ -199,6 +205,10 @@ pub struct Core {
     conns: BTreeMap<ConnId, Conn>,
     online_count: usize,
     router: Router<Sid>,
+    /// Shared subscription groups, apart from `router` (`shared.rs`).
+    shared: Groups,
+    /// Reused per publish to collect the matching shared groups.
+    shared_scratch: Vec<Gid>,
     sys_retained: BTreeMap<TopicName, StoredMessage>,
     timers: BTreeSet<(Instant, Timer)>,
     stats: Stats,
@@ -270,6 +280,8 @@ impl Core {
             conns: BTreeMap::new(),
             online_count: 0,
             router: Router::new(),
+            shared: Groups::default(),
+            shared_scratch: Vec::new(),
             sys_retained: BTreeMap::new(),
             timers: BTreeSet::new(),
             stats: Stats::default(),
@@ -364,7 +376,7 @@ impl Core {
                 inflight_bytes,
             });
             for (filter, route) in routes {
-                core.router.insert(&filter, &sid, route);
+                core.add_route(sid, &filter, route);
             }
             if let Some(will) = will {
                 wills.push((sid, will));
@@ -440,7 +452,7 @@ impl Core {
             .outbound_queued
             .load(std::sync::atomic::Ordering::Relaxed);
         stats.retained = self.retained.len() as u64;
-        stats.subscriptions = self.router.len() as u64;
+        stats.subscriptions = (self.router.len() + self.shared.len()) as u64;
         stats.bytes_received = self
             .bytes
             .received
@@ -912,8 +924,41 @@ impl Core {
                 }
             }
         });
-        let blocker = blocker.or(waiting.map(|(_, sid)| sid))?;
+        let blocker = blocker
+            .or(waiting.map(|(_, sid)| sid))
+            .or_else(|| self.shared_blocker(publisher, &publish.topic))?;
         Some(self.session(blocker)?.client_id.clone())
+    }
+
+    /// `publish_blocker` for shared groups: a group whose online members all have a full
+    /// queue (a member with room is picked instead, see `forward_shared`) holds the publisher
+    /// on its first such member, so a message is not dropped from an online member's queue.
+    fn shared_blocker(&mut self, publisher: Sid, topic: &str) -> Option<Sid> {
+        if self.shared.is_empty() {
+            return None;
+        }
+        let mut gids = std::mem::take(&mut self.shared_scratch);
+        gids.clear();
+        self.shared.matching(topic, &mut gids);
+        let mut blocker = None;
+        for &gid in &gids {
+            let mut online = self
+                .shared
+                .members(gid)
+                .filter(|&sid| {
+                    sid != publisher && self.session(sid).is_some_and(|s| s.conn.is_some())
+                })
+                .peekable();
+            let Some(&first) = online.peek() else {
+                continue;
+            };
+            if online.all(|sid| self.full_sessions.contains(&sid)) {
+                blocker = Some(first);
+                break;
+            }
+        }
+        self.shared_scratch = gids;
+        blocker
     }
 
     /// The broker-wide budget for waiting messages is used up (`max_queued_bytes_total`).
@@ -1063,6 +1108,21 @@ impl Core {
             AuthOutcome::NotAuthorized => {
                 return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out)
             }
+        }
+        if !v5 && self.server_keep_alive(connect.keep_alive_secs).is_some() {
+            // 3.1.1 cannot be told a Server Keep Alive (mosquitto refuses the same way).
+            tracing::info!(
+                conn,
+                keep_alive_secs = connect.keep_alive_secs,
+                "3.1.1 Keep Alive above max_keepalive_secs; refusing"
+            );
+            return self.refuse(
+                conn,
+                protocol,
+                ReasonCode::ClientIdentifierNotValid,
+                now,
+                out,
+            );
         }
         let client_id: Arc<str> = if assigned {
             self.assign_client_id()
@@ -1233,7 +1293,10 @@ impl Core {
             .receive_maximum
             .map_or(u16::MAX, |r| r.get());
         let inflight_limit = self.config.max_inflight_messages.min(receive_maximum) as usize;
-        let keep_alive = Duration::from_secs(connect.keep_alive_secs.into());
+        // [MQTT-3.2.2-22] the client's Keep Alive, unless CONNACK gives a Server Keep Alive.
+        let server_keep_alive = self.server_keep_alive(connect.keep_alive_secs);
+        let keep_alive_secs = server_keep_alive.unwrap_or(connect.keep_alive_secs);
+        let keep_alive = Duration::from_secs(keep_alive_secs.into());
         if let Some(c) = self.conns.get_mut(&conn) {
             c.online = Some(Box::new(Online {
                 client_id: client_id.clone(),
@@ -1267,7 +1330,8 @@ impl Core {
             if self.config.max_qos < 2 {
                 properties.maximum_qos = QoS::from_u8(self.config.max_qos);
             }
-            properties.shared_subscription_available = Some(false);
+            properties.shared_subscription_available = Some(self.config.shared_subscriptions);
+            properties.server_keep_alive_secs = server_keep_alive;
             properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
         }
         out.push(Action::SetProtocol {
@@ -1315,6 +1379,13 @@ impl Core {
             }
         }
         self.pump(sid, now, out);
+    }
+
+    /// The Server Keep Alive a client asking for `asked` seconds gets: `max_keepalive_secs`
+    /// when it asks for more or for none (0); `None` when its own stands.
+    fn server_keep_alive(&self, asked: u16) -> Option<u16> {
+        let max = self.config.max_keepalive_secs?;
+        (asked == 0 || asked > max).then_some(max)
     }
 
     /// Answers CONNECT with a refusing CONNACK and closes [MQTT-3.2.2-4] [MQTT-3.2.2-5].
@@ -1494,6 +1565,7 @@ impl Core {
                 correlation_data: will.properties.correlation_data.clone(),
                 user_properties: will.properties.user_properties.clone(),
                 content_type: will.properties.content_type.clone(),
+                shared_filter: None,
             }
             .into(),
         }
@@ -1506,7 +1578,7 @@ impl Core {
         };
         self.queued_bytes_total -= session.queued_bytes;
         for filter in session.stored.subscriptions.keys() {
-            self.router.remove(filter, &sid);
+            self.remove_route(sid, filter);
         }
         if session.persistent {
             self.pending_ops.push(StoreOp::SessionDeleted {
@@ -1654,6 +1726,7 @@ impl Core {
                 correlation_data: properties.correlation_data,
                 user_properties: properties.user_properties,
                 content_type: properties.content_type,
+                shared_filter: None,
             }
             .into(),
         };
@@ -1876,8 +1949,16 @@ impl Core {
         let mut retained: Vec<StoredMessage> = Vec::new();
         // [MQTT-3.8.4-4] each filter as if in its own SUBSCRIBE, one SUBACK for all.
         for (filter, options) in subscribe.filters {
-            if v5 && filter.shared().is_some() {
+            if v5 && filter.shared().is_some() && !self.config.shared_subscriptions {
                 codes.push(ReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            let shared = self.shared_filter(&filter).is_some();
+            if !v5 && !shared && self.config.shared_subscriptions && filter.starts_with("$share/") {
+                // A 3.1.1 client's `$share/...` that is not of the form 5.0 requires
+                // [MQTT-4.8.2-1] [MQTT-4.8.2-2] (the 5.0 decoder refuses those as malformed).
+                tracing::info!(conn, %filter, "malformed shared subscription filter");
+                codes.push(ReasonCode::UnspecifiedError);
                 continue;
             }
             if topic_levels(&filter) > self.config.max_topic_levels {
@@ -1940,20 +2021,22 @@ impl Core {
                 },
             };
             self.emit_session(sid, op);
-            self.router.insert(
+            self.add_route(
+                sid,
                 &filter,
-                &sid,
                 Route {
                     options,
                     subscription_id,
                 },
             );
             codes.push(qos_code(granted));
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendIfNewSubscription => !existed,
-                RetainHandling::DoNotSend => false,
-            };
+            // Retained messages are not sent for a shared subscription (5.0 3.8.4).
+            let send_retained = !shared
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNewSubscription => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
             if send_retained {
                 // [MQTT-3.3.1-6] [MQTT-3.3.1-8] the latest retained message of each matching
                 // topic, with RETAIN set, at the lower of its QoS and the granted one.
@@ -1995,7 +2078,7 @@ impl Core {
         for filter in unsubscribe.filters {
             // [MQTT-3.10.4-1] compared literally; messages already in flight still complete
             // [MQTT-3.10.4-3] because the session's outgoing state is untouched.
-            let existed = self.router.remove(&filter, &sid);
+            let existed = self.remove_route(sid, &filter);
             if existed {
                 let op = StoreOp::Unsubscribed {
                     client_id: self.op_id(sid),
@@ -2137,6 +2220,87 @@ impl Core {
             self.deliver(sid, copy, now, out);
         }
         self.scratch = matches;
+        if !self.shared.is_empty() {
+            self.forward_shared(publisher, &message, now, out);
+        }
+    }
+
+    /// `sid`'s subscription to `filter` goes into the router, or into its shared group.
+    fn add_route(&mut self, sid: Sid, filter: &str, route: Route) {
+        match self.shared_filter(filter) {
+            Some((share_name, inner)) => self.shared.insert(share_name, inner, sid, route),
+            None => {
+                self.router.insert(filter, &sid, route);
+            }
+        }
+    }
+
+    /// Removes what `add_route` added. True when it existed.
+    fn remove_route(&mut self, sid: Sid, filter: &str) -> bool {
+        match self.shared_filter(filter) {
+            Some((share_name, inner)) => self.shared.remove(share_name, inner, sid),
+            None => self.router.remove(filter, &sid),
+        }
+    }
+
+    /// `$share/{ShareName}/{filter}` split in two, when shared subscriptions are on and the
+    /// filter has that form [MQTT-4.8.2-1] [MQTT-4.8.2-2].
+    fn shared_filter<'f>(&self, filter: &'f str) -> Option<(&'f str, &'f str)> {
+        if !self.config.shared_subscriptions {
+            return None;
+        }
+        let (share_name, inner) = filter.strip_prefix("$share/")?.split_once('/')?;
+        (!share_name.is_empty() && !share_name.contains(['+', '#']) && !inner.is_empty())
+            .then_some((share_name, inner))
+    }
+
+    /// One copy of `message` to one member of each matching shared group, at the QoS that
+    /// member was granted [MQTT-4.8.2-3].
+    fn forward_shared(
+        &mut self,
+        publisher: Option<Sid>,
+        message: &StoredMessage,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let mut gids = std::mem::take(&mut self.shared_scratch);
+        gids.clear();
+        self.shared.matching(&message.topic, &mut gids);
+        let strategy = self.config.shared_subscription_strategy;
+        let publisher_id: Arc<str> = match publisher.and_then(|p| self.session(p)) {
+            Some(s) => s.client_id.clone(),
+            None => Arc::from(""),
+        };
+        for &gid in &gids {
+            let draw = match strategy {
+                SharedStrategy::Random => self.rng.next_u64(),
+                _ => 0,
+            };
+            let mut shared = std::mem::take(&mut self.shared);
+            // Online members with room in their queue (QoS 1/2; `shared_blocker` holds the
+            // publisher while none has), who may read the topic.
+            let needs_room = message.qos != QoS::AtMostOnce;
+            let picked = shared.pick(gid, strategy, draw, &publisher_id, |sid| {
+                self.session(sid).is_some_and(|s| s.conn.is_some())
+                    && !(needs_room && self.queue_full_online(sid))
+                    && self.may_read(sid, &message.topic)
+            });
+            self.shared = shared;
+            let Some((sid, route)) = picked else {
+                continue;
+            };
+            if !self.may_read(sid, &message.topic) {
+                self.count_not_readable();
+                continue;
+            }
+            let mut copy = message.clone();
+            copy.qos = copy.qos.min(route.options.qos);
+            copy.retain = message.retain && route.options.retain_as_published;
+            // The copy's subscription identifier is its shared subscription's (`publish_packet`).
+            copy.properties.shared_filter = self.shared.filter_of(gid);
+            self.deliver(sid, copy, now, out);
+        }
+        self.shared_scratch = gids;
     }
 
     /// Puts `message` (its QoS already the effective one) on its way to `sid`: sent now if the
@@ -2417,18 +2581,28 @@ impl Core {
             .is_some_and(|o| o.protocol == ProtocolVersion::V5);
         let properties = if v5 {
             let p = &message.properties;
-            // Subscription identifiers of the client's matching subscriptions (5.0 3.3.4).
+            // Subscription identifiers of the client's matching subscriptions, all on the one
+            // copy [MQTT-3.3.4-4]; a shared subscription's copy carries its own only
+            // [MQTT-3.3.4-5] (`$share/...` filters match no topic through `codec::matches`).
             let subscription_identifiers = self
                 .session(sid)
-                .map(|s| {
-                    s.stored
+                .map(|s| match &p.shared_filter {
+                    Some(shared) => s
+                        .stored
+                        .subscriptions
+                        .get(shared)
+                        .and_then(|sub| sub.subscription_id)
+                        .into_iter()
+                        .collect(),
+                    None => s
+                        .stored
                         .subscriptions
                         .iter()
                         .filter_map(|(f, sub)| {
                             sub.subscription_id
                                 .filter(|_| codec::matches(f, &message.topic))
                         })
-                        .collect()
+                        .collect(),
                 })
                 .unwrap_or_default();
             PublishProperties {
@@ -2621,5 +2795,7 @@ mod store_health;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_shared;
 #[cfg(test)]
 mod tests_store;

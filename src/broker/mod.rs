@@ -4,6 +4,8 @@
 //!   CONNECT/CONNACK, takeover, keepalive, QoS 0/1/2 flows, the in-flight window and session
 //!   queues, subscriptions, retained messages, wills, `$SYS`, limits. Its ops go to a `Store`.
 //! - [`router`]: the topic trie that finds the subscriptions matching a topic.
+//! - `shared`: shared subscription groups (`$share/{ShareName}/{filter}`) and how one member
+//!   is picked per message.
 //! - [`server`]: the I/O driver over a transport `Listener`: `run`, `Broker`, `BrokerHandle`.
 //! - [`config`]: `BrokerConfig`, every option with its default (`docs/broker.toml`).
 //! - [`listener`]: the `[[listener]]` tables (TLS, WebSocket ports beside `listen`).
@@ -17,9 +19,12 @@ pub mod core;
 pub mod listener;
 pub mod router;
 pub mod server;
+mod shared;
 pub mod stats;
 
-pub use config::{BrokerConfig, ConfigError, PlantedBug, SessionTakeover, SyncMode};
+pub use config::{
+    BrokerConfig, ConfigError, PlantedBug, SessionTakeover, SharedStrategy, SyncMode,
+};
 pub use core::{Action, ClientInfo, ConnId, Core, EndCause};
 pub use listener::{ListenerConfig, ListenerProtocol};
 pub use server::{run, Broker, BrokerHandle};

@@ -553,6 +553,7 @@ pub fn checker_sections(checker: CheckerName) -> &'static [&'static [u32]] {
             &[3, 10, 4],
         ],
         CheckerName::Invented => &[&[4, 5], &[4, 7, 3]],
+        CheckerName::Shared => &[&[4, 8, 2]],
         // The client's own duties as a sender: DUP, the QoS 1/2 flows, resend on reconnect and
         // the order of resends.
         CheckerName::Client => &[&[3, 3, 1, 1], &[4, 3, 2], &[4, 3, 3], &[4, 4], &[4, 6]],

@@ -58,6 +58,7 @@ pub fn relevant_checkers(scenario: &Scenario) -> Vec<CheckerName> {
     let mut qos_published = BTreeSet::new();
     let mut retain = false;
     let mut subscribes = false;
+    let mut shared_subscribes = false;
     let mut repeated_publish = false;
     let mut publishes: BTreeMap<(&str, &str), u32> = BTreeMap::new();
     for step in &scenario.steps {
@@ -69,7 +70,13 @@ pub fn relevant_checkers(scenario: &Scenario) -> Vec<CheckerName> {
                 *n += p.count;
                 repeated_publish |= *n > 1;
             }
-            Step::Subscribe(_) => subscribes = true,
+            Step::Subscribe(s) => {
+                subscribes = true;
+                shared_subscribes |= s
+                    .all_filters()
+                    .iter()
+                    .any(|f| f.filter.starts_with("$share/"));
+            }
             _ => {}
         }
     }
@@ -102,6 +109,7 @@ pub fn relevant_checkers(scenario: &Scenario) -> Vec<CheckerName> {
         CheckerName::Retained => retain,
         CheckerName::Resubscribe => resubscribe,
         CheckerName::Subscription => subscribes,
+        CheckerName::Shared => shared_subscribes,
         // Every CONNACK's Session Present and every delivery's origin are judged.
         CheckerName::Session | CheckerName::Invented => true,
         // It judges simqtt's own client, the instrument: nothing it checks is the broker's
@@ -192,6 +200,10 @@ pub fn checker_statements(checker: CheckerName, version: SpecVersion) -> &'stati
             "MQTT-3.8.4-8",
             "MQTT-3.10.4-2",
         ],
+        // Shared subscriptions: QoS ≥ 1 reaches a member at its granted QoS; a QoS 2 message
+        // stays with its member, and goes to no other when that member's session ends.
+        (CheckerName::Shared, V311) => &[],
+        (CheckerName::Shared, V5) => &["MQTT-4.8.2-3", "MQTT-4.8.2-4", "MQTT-4.8.2-5"],
         // Nothing delivered that nobody published.
         (CheckerName::Invented, _) => &["MQTT-4.5.0-1", "MQTT-4.7.3-4"],
         // The client's own duties as a sender (never counted for a broker: see
@@ -565,6 +577,10 @@ mod tests {
             (
                 CheckerName::Client,
                 include_str!("../history/checkers/client.rs"),
+            ),
+            (
+                CheckerName::Shared,
+                include_str!("../history/checkers/shared.rs"),
             ),
         ];
         assert_eq!(

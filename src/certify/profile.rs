@@ -51,6 +51,9 @@ pub struct Profile {
     pub wildcards: bool,
     /// Publishes wills.
     pub will: bool,
+    /// Serves shared subscriptions `$share/{ShareName}/{filter}` (5.0 Shared Subscription
+    /// Available; false for a broker whose CONNACK says 0).
+    pub shared_subscriptions: bool,
     /// The longest Keep Alive the broker accepts as asked; `None` for no limit below 65535 s.
     pub max_keepalive_secs: Option<u16>,
     /// The broker's Receive Maximum (QoS 1/2 PUBLISHes it takes in flight from one client).
@@ -106,6 +109,7 @@ impl Default for Profile {
             retain: true,
             wildcards: true,
             will: true,
+            shared_subscriptions: true,
             max_keepalive_secs: None,
             receive_maximum: None,
             max_packet_size_bytes: None,
@@ -205,7 +209,22 @@ impl Profile {
                 self.name
             ));
         }
-        if let Some(max) = self.max_keepalive_secs {
+        if let Some(wanted) = scenario.broker.max_keepalive.and_then(|d| d.whole_secs()) {
+            if self.max_keepalive_secs.map(u64::from) != Some(wanted) {
+                reasons.push(format!(
+                    "max_keepalive: the scenario needs a broker whose longest Keep Alive is \
+                     {wanted}s, and profile {} declares {}",
+                    self.name,
+                    self.max_keepalive_secs
+                        .map_or("none".to_string(), |k| format!("max_keepalive_secs {k}"))
+                ));
+            }
+        }
+        // (A scenario that sets `broker.max_keepalive` asks for longer ones on purpose.)
+        if let Some(max) = self
+            .max_keepalive_secs
+            .filter(|_| scenario.broker.max_keepalive.is_none())
+        {
             for (who, secs) in keepalives(scenario) {
                 if secs > u64::from(max) {
                     reasons.push(format!(
@@ -259,6 +278,10 @@ impl Profile {
             Capability::Will if !self.will => Some(format!(
                 "profile {profile} says the broker does not publish wills (will = false)"
             )),
+            Capability::SharedSubscriptions if !self.shared_subscriptions => Some(format!(
+                "profile {profile} says the broker has no shared subscriptions \
+                 (shared_subscriptions = false: its CONNACK says Shared Subscription Available 0)"
+            )),
             Capability::Qos1 if self.max_qos < 1 => Some(format!(
                 "profile {profile} says the broker grants at most QoS {} (max_qos)",
                 self.max_qos
@@ -307,6 +330,7 @@ pub fn capability_name(c: Capability) -> &'static str {
         Capability::ConnectionFaults => "connection_faults",
         Capability::LinkFaults => "link_faults",
         Capability::Acl => "acl",
+        Capability::SharedSubscriptions => "shared_subscriptions",
     }
 }
 
@@ -341,6 +365,9 @@ pub fn needed(scenario: &Scenario) -> BTreeSet<Capability> {
                     qos(&mut out, f.qos);
                     if f.filter.contains(['+', '#']) {
                         out.insert(Capability::Wildcards);
+                    }
+                    if f.filter.starts_with("$share/") {
+                        out.insert(Capability::SharedSubscriptions);
                     }
                 }
             }
@@ -746,7 +773,8 @@ steps:
     fn the_library_against_a_plain_broker_skips_only_with_reasons() {
         // Every library scenario either runs against a fully featured broker without a
         // restart command, or is skipped for broker_restart / power_loss / persistence, or
-        // for acl (the default profile declares no ACL user).
+        // for acl (the default profile declares no ACL user), or for max_keepalive (it
+        // declares no longest Keep Alive).
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut stack = vec![dir];
         let (mut run, mut skipped) = (0, 0);
@@ -769,7 +797,8 @@ steps:
                             why.split("; ").all(|r| r.starts_with("broker_restart: ")
                                 || r.starts_with("power_loss: ")
                                 || r.starts_with("persistence: ")
-                                || r.starts_with("acl: ")),
+                                || r.starts_with("acl: ")
+                                || r.starts_with("max_keepalive: ")),
                             "{}: {why}",
                             path.display()
                         );

@@ -205,8 +205,31 @@ impl Subscription {
         }
     }
 
+    /// Matches through an ordinary subscription. A shared subscription's filter
+    /// (`$share/{ShareName}/{filter}`) matches nothing here: a message is owed to its group,
+    /// not to each member (`checkers/shared.rs` judges groups; `matches_any` includes them).
     pub fn matches(&self, topic: &str) -> bool {
         matches(&self.request.filter, topic)
+    }
+
+    /// `(ShareName, filter)` of a shared subscription `$share/{ShareName}/{filter}` (5.0
+    /// 4.8.2; brokers accept the form from 3.1.1 clients too).
+    pub fn shared(&self) -> Option<(&str, &str)> {
+        let (share_name, filter) = self
+            .request
+            .filter
+            .strip_prefix("$share/")?
+            .split_once('/')?;
+        (!share_name.is_empty() && !filter.is_empty()).then_some((share_name, filter))
+    }
+
+    /// Matches through the subscription, as ordinary or as a member of a shared group (a
+    /// member MAY get the message).
+    pub fn matches_any(&self, topic: &str) -> bool {
+        match self.shared() {
+            Some((_, filter)) => matches(filter, topic),
+            None => self.matches(topic),
+        }
     }
 
     /// When it stopped: unsubscribe sent, or its epoch ended.
@@ -1058,7 +1081,7 @@ impl Model {
             .iter()
             .filter(|s| {
                 s.epoch == epoch
-                    && s.matches(&message.topic)
+                    && s.matches_any(&message.topic)
                     && s.acked.is_none_or(|(_, _, g)| g.is_some())
                     && qos.is_none_or(|q| s.qos_bound().min(message.qos) == q)
             })

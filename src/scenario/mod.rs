@@ -164,6 +164,8 @@ pub enum Capability {
     /// An ACL user with a deny inside an allowed wildcard (`user: acl` clients, `{acl.…}`
     /// topics; see `scenario::acl`).
     Acl,
+    /// Shared subscriptions `$share/{ShareName}/{filter}` (5.0 Shared Subscription Available).
+    SharedSubscriptions,
 }
 
 /// Broker options.
@@ -182,6 +184,11 @@ pub struct BrokerSpec {
     #[doc(hidden)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planted_bug: Option<crate::broker::PlantedBug>,
+    /// The broker's longest Keep Alive (whole seconds; `max_keepalive_secs`): clients asking
+    /// for more are given it as Server Keep Alive (5.0). `simqtt certify` runs the scenario only
+    /// against a profile declaring the same `max_keepalive_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keepalive: Option<Dur>,
 }
 
 impl Default for BrokerSpec {
@@ -190,6 +197,7 @@ impl Default for BrokerSpec {
             durable: true,
             host: default_broker_host(),
             planted_bug: None,
+            max_keepalive: None,
         }
     }
 }
@@ -1097,6 +1105,18 @@ pub fn validate(s: &Scenario, file: &str, src: &str) -> Vec<ScenarioError> {
                 &[Seg::Key("spec")],
                 Some(id),
                 format!("{id:?} is not a statement id; expected the form MQTT-3.1.2-4"),
+            );
+        }
+    }
+    if let Some(max) = s.broker.max_keepalive {
+        if !max
+            .whole_secs()
+            .is_some_and(|secs| (1..=u64::from(u16::MAX)).contains(&secs))
+        {
+            e.at(
+                &[Seg::Key("broker"), Seg::Key("max_keepalive")],
+                None,
+                "max_keepalive is whole seconds from 1s up to 65535s, like 5s".into(),
             );
         }
     }

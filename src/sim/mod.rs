@@ -279,6 +279,11 @@ fn run_resolved(
             ..world::ClientNet::default()
         },
         planted_bug: scenario.broker.planted_bug,
+        max_keepalive_secs: scenario
+            .broker
+            .max_keepalive
+            .and_then(|d| d.whole_secs())
+            .and_then(|secs| u16::try_from(secs).ok()),
         ..Shared::default()
     }));
     lock(&shared).record(

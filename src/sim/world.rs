@@ -155,6 +155,8 @@ pub struct Shared {
     pub seed: u64,
     /// Tests only: the bug planted in the simulated broker (`broker: {planted_bug: ...}`).
     pub planted_bug: Option<crate::broker::PlantedBug>,
+    /// The broker's `max_keepalive_secs` (`broker: {max_keepalive: ...}`).
+    pub max_keepalive_secs: Option<u16>,
     /// When the randomised nemesis healed each fault it drew. Not every heal leaves a trace
     /// record (ending a stall or a delay does not), and the shrinker needs them all to write
     /// the drawn schedule out as explicit steps.
@@ -368,9 +370,9 @@ impl Shared {
 /// Registers the broker host. `durable`: a file store on the host's simulated disk that
 /// syncs every write; otherwise a memory store that a crash wipes.
 pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, durable: bool) {
-    let (seed, planted_bug) = {
+    let (seed, planted_bug, max_keepalive_secs) = {
         let s = lock(&shared);
-        (s.seed, s.planted_bug)
+        (s.seed, s.planted_bug, s.max_keepalive_secs)
     };
     sim.host(host, move || {
         let shared = shared.clone();
@@ -401,6 +403,7 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
                 // the wildcard scenarios to (not) match [MQTT-4.7.2-1].
                 sys_interval_secs: 5,
                 planted_bug,
+                max_keepalive_secs,
                 ..BrokerConfig::default()
             };
             let (broker, handle) = Broker::new(store, config);

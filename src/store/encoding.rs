@@ -82,7 +82,10 @@ const PROP_RESPONSE_TOPIC: u8 = 0b0000_1000;
 const PROP_CORRELATION: u8 = 0b0001_0000;
 const PROP_USER: u8 = 0b0010_0000;
 const PROP_CONTENT_TYPE: u8 = 0b0100_0000;
-const PROP_RESERVED: u8 = 0b1000_0000;
+/// The copy was given to a shared subscription member (`MessageProperties::shared_filter`).
+/// Added without a version bump: it was a reserved bit that readers refused, so every file
+/// written before reads as before, and an older reader refuses a file that uses it.
+const PROP_SHARED_FILTER: u8 = 0b1000_0000;
 
 fn put_message(out: &mut Vec<u8>, m: &StoredMessage) {
     put_bytes(out, m.topic.as_bytes());
@@ -122,6 +125,9 @@ fn put_message(out: &mut Vec<u8>, m: &StoredMessage) {
     if p.content_type.is_some() {
         present |= PROP_CONTENT_TYPE;
     }
+    if p.shared_filter.is_some() {
+        present |= PROP_SHARED_FILTER;
+    }
     out.push(present);
     if let Some(at) = p.expires_at_ms {
         put_varint(out, at);
@@ -141,6 +147,9 @@ fn put_message(out: &mut Vec<u8>, m: &StoredMessage) {
     }
     if let Some(content_type) = &p.content_type {
         put_bytes(out, content_type.as_bytes());
+    }
+    if let Some(filter) = &p.shared_filter {
+        put_bytes(out, filter.as_str().as_bytes());
     }
 }
 
@@ -579,9 +588,7 @@ impl<'a> Reader<'a> {
         let mut properties = MessageProperties::default();
         if flags & MSG_HAS_PROPERTIES != 0 {
             let present = self.u8()?;
-            if present & PROP_RESERVED != 0
-                || (present & PROP_PAYLOAD_UTF8 != 0 && present & PROP_PAYLOAD_FORMAT == 0)
-            {
+            if present & PROP_PAYLOAD_UTF8 != 0 && present & PROP_PAYLOAD_FORMAT == 0 {
                 return Err(invalid("message properties", format!("{present:#04x}")));
             }
             if present & PROP_PAYLOAD_FORMAT != 0 {
@@ -606,6 +613,9 @@ impl<'a> Reader<'a> {
             }
             if present & PROP_CONTENT_TYPE != 0 {
                 properties.content_type = Some(self.mqtt_str("content type")?);
+            }
+            if present & PROP_SHARED_FILTER != 0 {
+                properties.shared_filter = Some(self.topic_filter()?);
             }
         }
         Ok(StoredMessage {
@@ -850,9 +860,18 @@ pub(crate) mod tests {
             proptest::option::of(arb_bytes()),
             proptest::collection::vec((arb_mqtt_str(), arb_mqtt_str()), 0..3),
             proptest::option::of(arb_mqtt_str()),
+            proptest::option::of(arb_filter()),
         )
             .prop_map(
-                |(payload_format_utf8, expires_at_ms, response_topic, correlation, user, ct)| {
+                |(
+                    payload_format_utf8,
+                    expires_at_ms,
+                    response_topic,
+                    correlation,
+                    user,
+                    ct,
+                    shared,
+                )| {
                     MessageProperties {
                         payload_format_utf8,
                         expires_at_ms,
@@ -860,6 +879,8 @@ pub(crate) mod tests {
                         correlation_data: correlation,
                         user_properties: user,
                         content_type: ct,
+                        shared_filter: shared
+                            .map(|f| TopicFilter::new(&format!("$share/g/{f}")).unwrap()),
                     }
                 },
             )

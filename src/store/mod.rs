@@ -48,6 +48,10 @@ pub struct MessageProperties {
     pub correlation_data: Option<Bytes>,
     pub user_properties: Vec<UserProperty>,
     pub content_type: Option<crate::codec::MqttStr>,
+    /// Not a PUBLISH property: the `$share/{ShareName}/{filter}` subscription this copy was
+    /// given to a member through. Its PUBLISH then carries that subscription's identifier,
+    /// and none of the member's other subscriptions' (they get their own copy, 5.0 3.3.4).
+    pub shared_filter: Option<TopicFilter>,
 }
 
 impl EmptyProperties for MessageProperties {
@@ -60,6 +64,7 @@ impl EmptyProperties for MessageProperties {
             correlation_data: None,
             user_properties: Vec::new(),
             content_type: None,
+            shared_filter: None,
         };
         &EMPTY
     }

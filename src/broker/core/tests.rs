@@ -734,6 +734,8 @@ fn restart_from_the_store_keeps_sessions_queues_and_wills() {
 fn v5_session_expiry_receive_maximum_and_reason_codes() {
     let mut h = Harness::new(BrokerConfig {
         max_inflight_messages: 10,
+        // 0x9E where shared subscriptions are off (tests_shared.rs has them on).
+        shared_subscriptions: false,
         ..config()
     });
     let mut c = connect_packet("v5", true, ProtocolVersion::V5);

@@ -15,6 +15,7 @@ pub mod qos2;
 pub mod resubscribe;
 pub mod retained;
 pub mod session;
+pub mod shared;
 pub mod subscription;
 pub mod will;
 
@@ -41,10 +42,11 @@ pub enum CheckerName {
     Subscription,
     Invented,
     Client,
+    Shared,
 }
 
 impl CheckerName {
-    pub const ALL: [CheckerName; 11] = [
+    pub const ALL: [CheckerName; 12] = [
         CheckerName::Qos0,
         CheckerName::Qos1,
         CheckerName::Qos2,
@@ -56,6 +58,7 @@ impl CheckerName {
         CheckerName::Subscription,
         CheckerName::Invented,
         CheckerName::Client,
+        CheckerName::Shared,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +74,7 @@ impl CheckerName {
             CheckerName::Subscription => "subscription",
             CheckerName::Invented => "invented",
             CheckerName::Client => "client",
+            CheckerName::Shared => "shared",
         }
     }
 
@@ -88,6 +92,7 @@ impl CheckerName {
             CheckerName::Subscription => subscription::check(model, &mut out),
             CheckerName::Invented => invented::check(model, &mut out),
             CheckerName::Client => client::check(model, &mut out),
+            CheckerName::Shared => shared::check(model, &mut out),
         }
         out
     }

@@ -48,6 +48,7 @@ pub fn check(model: &Model, out: &mut Outcome) {
     let mut streams: BTreeMap<(usize, String, String, QoS, QoS), Vec<First>> = BTreeMap::new();
     // Cross-QoS: per (epoch, publisher, topic), the highest seq seen over all QoS levels.
     let mut across: BTreeMap<(usize, String, String), (usize, Vec<QoS>)> = BTreeMap::new();
+    let any_shared = model.subscriptions.iter().any(|s| s.shared().is_some());
     for (d, delivery) in model.deliveries.iter().enumerate() {
         let (Some(epoch), Some(message_index)) = (delivery.epoch, delivery.message) else {
             continue;
@@ -55,6 +56,21 @@ pub fn check(model: &Model, out: &mut Outcome) {
         let message = &model.messages[message_index];
         if message.topic != delivery.topic || model.retained_copy(d, message) {
             continue;
+        }
+        // Ordered topics are promised on non-shared subscriptions [MQTT-4.6.0-6 (5.0)]: a
+        // copy only a shared subscription can have routed is in no stream.
+        if any_shared {
+            let shared = model
+                .subscriptions
+                .iter()
+                .any(|s| s.epoch == epoch && s.shared().is_some() && s.matches_any(&message.topic));
+            let ordinary = model
+                .subscriptions
+                .iter()
+                .any(|s| s.epoch == epoch && s.matches(&message.topic));
+            if shared && !ordinary {
+                continue;
+            }
         }
         let key = (
             epoch,

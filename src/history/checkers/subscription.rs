@@ -97,7 +97,7 @@ fn routes(model: &Model, out: &mut Outcome) {
         };
         let routes = |s: &Subscription| {
             s.epoch == epoch
-                && s.matches(&delivery.topic)
+                && s.matches_any(&delivery.topic)
                 && s.sent_ms <= delivery.at_ms
                 && s.acked.is_none_or(|(_, _, g)| g.is_some())
                 && (retained_copy
@@ -112,11 +112,11 @@ fn routes(model: &Model, out: &mut Outcome) {
             let client_id = &model.epochs[epoch].client_id;
             let ended = model.subscriptions.iter().find(|s| {
                 &model.epochs[s.epoch].client_id == client_id
-                    && s.matches(&delivery.topic)
+                    && s.matches_any(&delivery.topic)
                     && s.epoch != epoch
             });
             let unsubscribed = model.subscriptions.iter().find(|s| {
-                s.epoch == epoch && s.matches(&delivery.topic) && s.unsubscribed.is_some()
+                s.epoch == epoch && s.matches_any(&delivery.topic) && s.unsubscribed.is_some()
             });
             let (spec, why, extra) = if let Some(s) = unsubscribed {
                 (
