@@ -68,6 +68,7 @@ steps:
   - duplicate_packet: {client: pub, packet: publish}
   - kick: pub
   - wait: 2m
+  - connect: watcher
   - expect_messages:
       client: sub
       within: 5s
@@ -310,7 +311,7 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(st[31], Step::Wait(Dur::from_secs(120)));
-    let Step::ExpectMessages(x) = &st[32] else {
+    let Step::ExpectMessages(x) = &st[33] else {
         panic!()
     };
     assert_eq!(x.within, Dur::from_secs(5));
@@ -324,7 +325,7 @@ fn every_explicit_field_parses() {
     assert_eq!(x.spec.as_deref(), Some("MQTT-4.3.2-1"));
     assert!(!x.again);
     assert_eq!(
-        st[33],
+        st[34],
         Step::ExpectNoMessage(ExpectNoMessageStep {
             client: "watcher".into(),
             topic: Some("a/#".into()),
@@ -335,7 +336,7 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(
-        st[34],
+        st[35],
         Step::ExpectSessionPresent(ExpectSessionPresentStep {
             client: "sub".into(),
             present: true,
@@ -344,7 +345,7 @@ fn every_explicit_field_parses() {
         })
     );
     assert_eq!(
-        st[35],
+        st[36],
         Step::ExpectWill(ExpectWillStep {
             of: "sub".into(),
             to: "watcher".into(),
@@ -355,8 +356,8 @@ fn every_explicit_field_parses() {
             note: Some("permitted".into()),
         })
     );
-    assert_eq!(st[35].keyword(), "expect_will");
-    let Step::ExpectMessages(x) = &st[36] else {
+    assert_eq!(st[36].keyword(), "expect_will");
+    let Step::ExpectMessages(x) = &st[37] else {
         panic!()
     };
     assert!(x.again);

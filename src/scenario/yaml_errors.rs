@@ -352,9 +352,9 @@ mod tests {
     fn expect_will_on_a_client_without_a_will_is_refused_at_load() {
         assert_eq!(
             refusal(
-                "clients:\n  sub: {}\n  dev: {}\nsteps:\n  - connect: dev\n  - expect_will: {of: dev, to: sub, delivered: false, within: 1s}\n"
+                "clients:\n  sub: {}\n  dev: {}\nsteps:\n  - connect: sub\n  - connect: dev\n  - expect_will: {of: dev, to: sub, delivered: false, within: 1s}\n"
             ),
-            "6:23: expect_will: client \"dev\" has no will to deliver; give it one in `clients` \
+            "7:23: expect_will: client \"dev\" has no will to deliver; give it one in `clients` \
              (will: {topic: …})"
         );
     }
