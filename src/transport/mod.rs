@@ -12,6 +12,7 @@ pub mod framed;
 pub mod listen;
 pub mod proxy;
 pub mod sim;
+pub mod simtls;
 pub mod tcp;
 pub mod tls;
 pub mod url;
