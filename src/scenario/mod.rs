@@ -182,6 +182,41 @@ pub struct BrokerSpec {
     #[doc(hidden)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planted_bug: Option<crate::broker::PlantedBug>,
+    /// How the simulated clients reach the broker: plain TCP, TLS, WebSocket or WebSocket
+    /// over TLS (`simqtt certify` uses the transport of its `--broker` URL instead).
+    #[serde(default, skip_serializing_if = "Transport::is_plain")]
+    pub transport: Transport,
+}
+
+/// The transport of a simulated run (`broker: {transport: …}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// MQTT straight on TCP.
+    #[default]
+    Mqtt,
+    /// TLS over TCP.
+    Mqtts,
+    /// WebSocket (the `mqtt` subprotocol on `/mqtt`).
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    pub fn is_plain(&self) -> bool {
+        *self == Transport::Mqtt
+    }
+
+    pub fn scheme(self) -> crate::transport::url::Scheme {
+        use crate::transport::url::Scheme;
+        match self {
+            Transport::Mqtt => Scheme::Mqtt,
+            Transport::Mqtts => Scheme::Mqtts,
+            Transport::Ws => Scheme::Ws,
+            Transport::Wss => Scheme::Wss,
+        }
+    }
 }
 
 impl Default for BrokerSpec {
@@ -190,6 +225,7 @@ impl Default for BrokerSpec {
             durable: true,
             host: default_broker_host(),
             planted_bug: None,
+            transport: Transport::Mqtt,
         }
     }
 }

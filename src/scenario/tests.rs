@@ -99,6 +99,7 @@ fn every_explicit_field_parses() {
             durable: false,
             host: "mqtt".into(),
             planted_bug: None,
+            transport: Transport::Mqtt,
         }
     );
     assert_eq!(
