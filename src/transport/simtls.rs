@@ -241,7 +241,10 @@ impl SimTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())))
+            .with_single_cert(
+                self.chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())),
+            )
             .map_err(|e| TlsError::Invalid(format!("simulated broker certificate: {e}")))?;
         Ok(Arc::new(config))
     }
