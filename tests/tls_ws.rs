@@ -1085,7 +1085,10 @@ fn mqttjs_over_websocket_against_the_simqtt_broker() {
                 node(mqttjs("pub", &topic)),
                 &format!("{topic} from-mqttjs"),
             );
-            assert!(out.contains(&format!("{topic} from-mqttjs")), "{url}: {out}");
+            assert!(
+                out.contains(&format!("{topic} from-mqttjs")),
+                "{url}: {out}"
+            );
             // simqtt publishes, MQTT.js receives.
             let topic = format!("open/to-mqttjs-{version}");
             let out = deliver(
@@ -1149,7 +1152,10 @@ fn the_simqtt_client_against_aedes_over_websocket() {
     let url = format!("ws://127.0.0.1:{port}");
     let out = deliver(
         (SIMQTT, words(&format!("sub -L {url}/a/t -v -q 1"))),
-        (SIMQTT, words(&format!("pub -L {url}/a/t -m via-aedes -q 1"))),
+        (
+            SIMQTT,
+            words(&format!("pub -L {url}/a/t -m via-aedes -q 1")),
+        ),
         "a/t via-aedes",
     );
     let _ = aedes.kill();

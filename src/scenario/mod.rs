@@ -183,7 +183,7 @@ pub struct BrokerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planted_bug: Option<crate::broker::PlantedBug>,
     /// How the simulated clients reach the broker: plain TCP, TLS, WebSocket or WebSocket
-    /// over TLS (`simqtt certify` uses the transport of its `--broker` URL instead).
+    /// over TLS (`simqtt certify` skips such a scenario: its transport is its `--broker` URL's).
     #[serde(default, skip_serializing_if = "Transport::is_plain")]
     pub transport: Transport,
 }

@@ -280,17 +280,37 @@ steps:
 "
         ));
         let first = run(&s, 5);
-        assert_eq!(first.outcome(), Outcome::Passed, "{transport}: {:#?}", first.failures);
+        assert_eq!(
+            first.outcome(),
+            Outcome::Passed,
+            "{transport}: {:#?}",
+            first.failures
+        );
         let trace = first.trace.to_jsonl();
         let completed = trace.matches("handshake from").count();
         let plain = transport == "mqtt";
-        assert_eq!(completed == 0, plain, "{transport}: handshake notes in\n{trace}");
+        assert_eq!(
+            completed == 0,
+            plain,
+            "{transport}: handshake notes in\n{trace}"
+        );
         if !plain {
             // Two clients: two handshakes begun and completed.
-            assert_eq!(trace.matches(" completed\"").count(), 2, "{transport}:\n{trace}");
-            assert!(trace.contains(&format!("\"transport: {transport} (")), "{trace}");
+            assert_eq!(
+                trace.matches(" completed\"").count(),
+                2,
+                "{transport}:\n{trace}"
+            );
+            assert!(
+                trace.contains(&format!("\"transport: {transport} (")),
+                "{trace}"
+            );
         }
-        assert_eq!(trace, run(&s, 5).trace.to_jsonl(), "{transport}: not replayed");
+        assert_eq!(
+            trace,
+            run(&s, 5).trace.to_jsonl(),
+            "{transport}: not replayed"
+        );
     }
 }
 
@@ -307,7 +327,12 @@ fn the_transport_scenarios_cut_handshakes_half_way() {
         let s = library(&format!("transport/{name}.yaml"));
         let seed = seeds_of(&s, None)[0];
         let report = run(&s, seed);
-        assert_eq!(report.outcome(), Outcome::Passed, "{name}: {:#?}", report.failures);
+        assert_eq!(
+            report.outcome(),
+            Outcome::Passed,
+            "{name}: {:#?}",
+            report.failures
+        );
         let lines: Vec<String> = report.trace.to_jsonl().lines().map(String::from).collect();
         let cut = lines.iter().enumerate().any(|(i, line)| {
             let Some(rest) = line.split("handshake from ").nth(1) else {
@@ -329,6 +354,10 @@ fn the_transport_scenarios_cut_handshakes_half_way() {
             // Ended by a broker crash (the host and its handshakes are gone).
             fault && name.contains("crash")
         });
-        assert!(cut, "{name}: no handshake was cut by a fault:\n{}", lines.join("\n"));
+        assert!(
+            cut,
+            "{name}: no handshake was cut by a fault:\n{}",
+            lines.join("\n")
+        );
     }
 }
