@@ -1,12 +1,13 @@
 //! MQTT over TLS and WebSocket end to end, with real processes: the simqtt broker's mqtts, ws
 //! and wss listeners (and a mutual-TLS one whose client certificates name the users its ACL
-//! knows) against the simqtt CLI, mosquitto's clients, paho-mqtt's WebSocket transport and a
-//! raw WebSocket client; the simqtt CLI against mosquitto's TLS listener; clear errors for a
+//! knows) against the simqtt CLI, mosquitto's clients, paho-mqtt's WebSocket transport, MQTT.js
+//! and a raw WebSocket client; the simqtt CLI against mosquitto's TLS listener and against aedes
+//! over WebSocket; clear errors for a
 //! wrong CA, a host-name mismatch and bad listener files; `simqtt certify` over mqtts:// and
 //! wss://. Certificates are made at test time (tests/tls_support).
 //!
-//! mosquitto and paho-mqtt must be installed (scripts/install-peers): these tests fail, never
-//! skip, without them.
+//! mosquitto, paho-mqtt, node with MQTT.js, ws and aedes must be installed
+//! (scripts/install-peers): these tests fail, never skip, without them.
 
 mod tls_support;
 
