@@ -1,12 +1,13 @@
 //! MQTT over TLS and WebSocket end to end, with real processes: the simqtt broker's mqtts, ws
 //! and wss listeners (and a mutual-TLS one whose client certificates name the users its ACL
-//! knows) against the simqtt CLI, mosquitto's clients, paho-mqtt's WebSocket transport and a
-//! raw WebSocket client; the simqtt CLI against mosquitto's TLS listener; clear errors for a
+//! knows) against the simqtt CLI, mosquitto's clients, paho-mqtt's WebSocket transport, MQTT.js
+//! and a raw WebSocket client; the simqtt CLI against mosquitto's TLS listener and against aedes
+//! over WebSocket; clear errors for a
 //! wrong CA, a host-name mismatch and bad listener files; `simqtt certify` over mqtts:// and
 //! wss://. Certificates are made at test time (tests/tls_support).
 //!
-//! mosquitto and paho-mqtt must be installed (scripts/install-peers): these tests fail, never
-//! skip, without them.
+//! mosquitto, paho-mqtt, node with MQTT.js, ws and aedes must be installed
+//! (scripts/install-peers): these tests fail, never skip, without them.
 
 mod tls_support;
 
@@ -991,4 +992,174 @@ fn certify_mosquitto_over_tls_matches_plain_tcp() {
     let _ = mosquitto.kill();
     let _ = mosquitto.wait();
     let _ = std::io::stdout().flush();
+}
+
+/// The node packages of the WebSocket interop tests (scripts/install-peers puts them under
+/// $BENCH_PEERS_HOME/node, default ~/.cache/simqtt-bench-peers/node).
+fn node_modules() -> PathBuf {
+    let home = std::env::var_os("BENCH_PEERS_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/simqtt-bench-peers")
+        });
+    let modules = home.join("node/node_modules");
+    for package in ["mqtt", "ws", "aedes"] {
+        assert!(
+            modules.join(package).join("package.json").exists(),
+            "npm package {package} is not in {}: run scripts/install-peers",
+            modules.display()
+        );
+    }
+    assert!(
+        Command::new("node").arg("--version").output().is_ok(),
+        "node is not installed: run scripts/install-peers"
+    );
+    modules
+}
+
+/// MQTT.js: connect to URL (trusting CA unless `-`), then `pub` one QoS 1 message or `sub`
+/// and print the first message as "TOPIC PAYLOAD".
+const MQTTJS: &str = r#"
+const mqtt = require('mqtt');
+const fs = require('fs');
+const [url, ca, mode, topic, version] = process.argv.slice(2);
+const options = { protocolVersion: Number(version), connectTimeout: 10000, reconnectPeriod: 0 };
+if (ca !== '-') options.ca = fs.readFileSync(ca);
+const client = mqtt.connect(url, options);
+const fail = (what) => { console.error(String(what)); process.exit(1); };
+client.on('error', fail);
+client.on('connect', () => {
+  if (mode === 'pub') {
+    client.publish(topic, 'from-mqttjs', { qos: 1 }, (e) => e ? fail(e) : client.end(false, () => process.exit(0)));
+  } else {
+    client.subscribe(topic, { qos: 1 }, (e) => { if (e) fail(e); });
+  }
+});
+client.on('message', (t, payload) => {
+  console.log(t + ' ' + payload.toString());
+  client.end(false, () => process.exit(0));
+});
+setTimeout(() => fail('no answer within 20 s'), 20000);
+"#;
+
+/// MQTT.js (npm `mqtt`) over WebSocket and WebSocket over TLS, MQTT 3.1.1 and 5.0, both ways,
+/// against the simqtt broker.
+#[test]
+fn mqttjs_over_websocket_against_the_simqtt_broker() {
+    // deliver() starts node without its own environment: MQTT.js is found through NODE_PATH.
+    std::env::set_var("NODE_PATH", node_modules());
+    let b = broker();
+    let script = b.dir.path().join("mqttjs.js");
+    std::fs::write(&script, MQTTJS).unwrap();
+    let ca = b.path("ca.crt");
+    for (url, tls) in [
+        (format!("ws://localhost:{}", b.ports[WS]), false),
+        (format!("wss://localhost:{}", b.ports[WSS]), true),
+    ] {
+        for (version, simqtt_version) in [("4", "mqttv311"), ("5", "mqttv5")] {
+            let mqttjs = |mode: &str, topic: &str| {
+                vec![
+                    script.display().to_string(),
+                    format!("{url}/mqtt"),
+                    if tls { ca.clone() } else { "-".into() },
+                    mode.to_string(),
+                    topic.to_string(),
+                    version.to_string(),
+                ]
+            };
+            let ca_flag = if tls {
+                format!(" --cafile {ca}")
+            } else {
+                String::new()
+            };
+            let node = |args: Vec<String>| -> (&'static str, Vec<String>) { ("node", args) };
+            // MQTT.js publishes, simqtt sub receives.
+            let topic = format!("open/mqttjs-{version}");
+            let out = deliver(
+                (
+                    SIMQTT,
+                    words(&format!(
+                        "sub -L {url}/{topic} -v -V {simqtt_version}{ca_flag}"
+                    )),
+                ),
+                node(mqttjs("pub", &topic)),
+                &format!("{topic} from-mqttjs"),
+            );
+            assert!(
+                out.contains(&format!("{topic} from-mqttjs")),
+                "{url}: {out}"
+            );
+            // simqtt publishes, MQTT.js receives.
+            let topic = format!("open/to-mqttjs-{version}");
+            let out = deliver(
+                node(mqttjs("sub", &topic)),
+                (
+                    SIMQTT,
+                    words(&format!(
+                        "pub -L {url}/{topic} -m to-mqttjs -q 1 -V {simqtt_version}{ca_flag}"
+                    )),
+                ),
+                &format!("{topic} to-mqttjs"),
+            );
+            assert!(out.contains(&format!("{topic} to-mqttjs")), "{url}: {out}");
+        }
+    }
+}
+
+/// aedes served over WebSocket by `ws` (the `mqtt` subprotocol on /mqtt) on a free port; it
+/// prints `listening PORT`.
+const AEDES_WS: &str = r#"
+const aedesModule = require('aedes');
+const { WebSocketServer, createWebSocketStream } = require('ws');
+(async () => {
+  const broker = aedesModule.Aedes && aedesModule.Aedes.createBroker
+    ? await aedesModule.Aedes.createBroker()
+    : aedesModule();
+  const wss = new WebSocketServer({
+    host: '127.0.0.1', port: 0, path: '/mqtt',
+    handleProtocols: (offered) => offered.has('mqtt') ? 'mqtt' : false,
+  });
+  wss.on('connection', (socket) => broker.handle(createWebSocketStream(socket)));
+  wss.on('listening', () => console.log('listening ' + wss.address().port));
+})();
+"#;
+
+/// The simqtt client (sub and pub) against aedes over WebSocket.
+#[test]
+fn the_simqtt_client_against_aedes_over_websocket() {
+    let modules = node_modules();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("aedes_ws.js");
+    std::fs::write(&script, AEDES_WS).unwrap();
+    let mut aedes = Command::new("node")
+        .arg(&script)
+        .env("NODE_PATH", &modules)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let err = collect(aedes.stderr.take().unwrap());
+    let mut line = String::new();
+    BufReader::new(aedes.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("aedes did not start: {line:?} {}", err.lock().unwrap()));
+    // simqtt's -L takes the topic after the host (the WebSocket path is /mqtt by default).
+    let url = format!("ws://127.0.0.1:{port}");
+    let out = deliver(
+        (SIMQTT, words(&format!("sub -L {url}/a/t -v -q 1"))),
+        (
+            SIMQTT,
+            words(&format!("pub -L {url}/a/t -m via-aedes -q 1")),
+        ),
+        "a/t via-aedes",
+    );
+    let _ = aedes.kill();
+    let _ = aedes.wait();
+    assert!(out.contains("a/t via-aedes"), "{out}");
 }

@@ -209,6 +209,17 @@ impl Profile {
                 self.name
             ));
         }
+        if !scenario.broker.transport.is_plain() {
+            // Its faults are timed against the simulated broker's TLS/WebSocket handshakes (a
+            // cut between SYN-ACK and ClientHello): over a real broker's transport they would
+            // land elsewhere, and an expectation could fail for the timing, not the broker.
+            reasons.push(format!(
+                "transport: the scenario times its faults against the simulated {} handshakes \
+                 (`broker: {{transport: {}}}`), for `simqtt run` only",
+                scenario.broker.transport.scheme().describe(),
+                scenario.broker.transport.scheme()
+            ));
+        }
         if let Some(wanted) = scenario.broker.max_keepalive.and_then(|d| d.whole_secs()) {
             if self.max_keepalive_secs.map(u64::from) != Some(wanted) {
                 reasons.push(format!(
@@ -722,6 +733,16 @@ steps:
     }
 
     #[test]
+    fn simulated_transport_scenarios_are_skipped() {
+        let s = scenario("broker: {transport: wss}\nclients: {c: {}}\nsteps:\n  - connect: c\n");
+        let why = Profile::default().unmet(&s, true).expect("skipped");
+        assert!(why.starts_with("transport: "), "{why}");
+        assert!(why.contains("WebSocket over TLS"), "{why}");
+        let plain = scenario("clients: {c: {}}\nsteps:\n  - connect: c\n");
+        assert_eq!(Profile::default().unmet(&plain, true), None);
+    }
+
+    #[test]
     fn volatile_broker_scenarios_need_a_broker_that_forgets() {
         let s = scenario(
             "requires: [broker_restart]\nbroker: {durable: false}\nclients: {c: {}}\nsteps:\n  - connect: c\n  - crash_broker:\n  - restart_broker:\n",
@@ -773,8 +794,8 @@ steps:
     fn the_library_against_a_plain_broker_skips_only_with_reasons() {
         // Every library scenario either runs against a fully featured broker without a
         // restart command, or is skipped for broker_restart / power_loss / persistence, or
-        // for acl (the default profile declares no ACL user), or for max_keepalive (it
-        // declares no longest Keep Alive).
+        // for acl (the default profile declares no ACL user), for max_keepalive (it
+        // declares no longest Keep Alive), or for a simulated transport.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut stack = vec![dir];
         let (mut run, mut skipped) = (0, 0);
@@ -798,7 +819,8 @@ steps:
                                 || r.starts_with("power_loss: ")
                                 || r.starts_with("persistence: ")
                                 || r.starts_with("acl: ")
-                                || r.starts_with("max_keepalive: ")),
+                                || r.starts_with("max_keepalive: ")
+                                || r.starts_with("transport: ")),
                             "{}: {why}",
                             path.display()
                         );

@@ -179,8 +179,9 @@ pub struct BrokerSpec {
     /// The broker's turmoil host name.
     #[serde(default = "default_broker_host")]
     pub host: String,
-    /// Maintainers only, not for users: the simulated broker runs with this bug planted, so
-    /// the shrinker and the explorer can be tested on a known failure (docs/shrinking.md).
+    /// For trying and testing the test tools, never a broker setting: the simulated broker
+    /// runs with this bug planted, so the shrinker and the explorer meet a known failure
+    /// (docs/shrinking.md; docs/examples/planted-will-bug.yaml for the README's example).
     #[doc(hidden)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planted_bug: Option<crate::broker::PlantedBug>,
@@ -189,6 +190,41 @@ pub struct BrokerSpec {
     /// against a profile declaring the same `max_keepalive_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keepalive: Option<Dur>,
+    /// How the simulated clients reach the broker: plain TCP, TLS, WebSocket or WebSocket
+    /// over TLS (`simqtt certify` skips such a scenario: its transport is its `--broker` URL's).
+    #[serde(default, skip_serializing_if = "Transport::is_plain")]
+    pub transport: Transport,
+}
+
+/// The transport of a simulated run (`broker: {transport: …}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// MQTT straight on TCP.
+    #[default]
+    Mqtt,
+    /// TLS over TCP.
+    Mqtts,
+    /// WebSocket (the `mqtt` subprotocol on `/mqtt`).
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    pub fn is_plain(&self) -> bool {
+        *self == Transport::Mqtt
+    }
+
+    pub fn scheme(self) -> crate::transport::url::Scheme {
+        use crate::transport::url::Scheme;
+        match self {
+            Transport::Mqtt => Scheme::Mqtt,
+            Transport::Mqtts => Scheme::Mqtts,
+            Transport::Ws => Scheme::Ws,
+            Transport::Wss => Scheme::Wss,
+        }
+    }
 }
 
 impl Default for BrokerSpec {
@@ -198,6 +234,7 @@ impl Default for BrokerSpec {
             host: default_broker_host(),
             planted_bug: None,
             max_keepalive: None,
+            transport: Transport::Mqtt,
         }
     }
 }

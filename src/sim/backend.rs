@@ -272,7 +272,7 @@ impl<L: Listener> Listener for CountingListener<L> {
             let counted = CountingStream {
                 inner: stream,
                 shared: self.shared.clone(),
-                ip,
+                tally: Tally::FromBroker(ip),
             };
             Ok((Box::new(counted) as BoxStream, peer))
         })
@@ -286,7 +286,50 @@ impl<L: Listener> Listener for CountingListener<L> {
 struct CountingStream {
     inner: BoxStream,
     shared: SharedRef,
-    ip: String,
+    tally: Tally,
+}
+
+/// Where a counted stream's writes are added up.
+enum Tally {
+    /// `Shared::broker_sent`, by the peer's IP.
+    FromBroker(String),
+    /// `Shared::client_sent`, by the client host's name.
+    ToBroker(String),
+}
+
+impl CountingStream {
+    fn add(&self, n: usize) {
+        let mut s = lock(&self.shared);
+        let (map, key) = match &self.tally {
+            Tally::FromBroker(ip) => (&mut s.broker_sent, ip),
+            Tally::ToBroker(host) => (&mut s.client_sent, host),
+        };
+        *map.entry(key.clone()).or_insert(0) += n as u64;
+    }
+}
+
+/// A client session's connector when the run speaks TLS and/or WebSocket: simulated TCP,
+/// counted where the bytes enter the link (below TLS, so a cut that meets only a handshake
+/// is seen to meet traffic), then the endpoint's handshakes.
+pub struct UpgradingConnector {
+    pub endpoint: crate::transport::url::Endpoint,
+    pub shared: SharedRef,
+    /// The client host the connections start from.
+    pub host: String,
+}
+
+impl crate::transport::Connector for UpgradingConnector {
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<BoxStream>> {
+        Box::pin(async move {
+            let tcp = turmoil::net::TcpStream::connect(addr).await?;
+            let counted = CountingStream {
+                inner: Box::new(tcp),
+                shared: self.shared.clone(),
+                tally: Tally::ToBroker(self.host.clone()),
+            };
+            self.endpoint.upgrade(Box::new(counted)).await
+        })
+    }
 }
 
 impl tokio::io::AsyncRead for CountingStream {
@@ -308,10 +351,7 @@ impl tokio::io::AsyncWrite for CountingStream {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &result {
-            *lock(&this.shared)
-                .broker_sent
-                .entry(this.ip.clone())
-                .or_insert(0) += *n as u64;
+            this.add(*n);
         }
         result
     }
@@ -332,10 +372,7 @@ impl tokio::io::AsyncWrite for CountingStream {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &result {
-            *lock(&this.shared)
-                .broker_sent
-                .entry(this.ip.clone())
-                .or_insert(0) += *n as u64;
+            this.add(*n);
         }
         result
     }

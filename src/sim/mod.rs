@@ -270,20 +270,33 @@ fn run_resolved(
         .simulation_duration(RUN_LIMIT + Duration::from_secs(60))
         .build();
     let (broker_authenticator, acl_user) = acl.unzip();
+    // rustls inside the run draws from the seed (see transport::simtls).
+    let _tls_seed = crate::transport::simtls::seed_thread(seed);
+    let transport = match sim_transport(scenario, seed) {
+        Ok(t) => t,
+        Err(e) => return (setup_failure(scenario, seed, knobs, e), Vec::new()),
+    };
+    let mut net = world::ClientNet {
+        acl_user,
+        ..world::ClientNet::default()
+    };
+    if let Some(connector) = &transport.connector {
+        net.connector = connector.clone();
+    }
+    net.sim_endpoint = transport.endpoint;
     let shared: SharedRef = Arc::new(Mutex::new(Shared {
         broker_addr: format!("{}:{}", scenario.broker.host, world::BROKER_PORT),
         seed,
         broker_authenticator,
-        net: world::ClientNet {
-            acl_user,
-            ..world::ClientNet::default()
-        },
+        net,
         planted_bug: scenario.broker.planted_bug,
         max_keepalive_secs: scenario
             .broker
             .max_keepalive
             .and_then(|d| d.whole_secs())
             .and_then(|secs| u16::try_from(secs).ok()),
+        transport: scenario.broker.transport,
+        tls: transport.tls,
         ..Shared::default()
     }));
     lock(&shared).record(
@@ -295,11 +308,91 @@ fn run_resolved(
             latency_max_ms: knobs.max_latency_ms,
         },
     );
+    if !scenario.broker.transport.is_plain() {
+        let scheme = scenario.broker.transport.scheme();
+        let text = format!(
+            "transport: {scheme} ({}){}",
+            scheme.describe(),
+            if scheme.tls() {
+                format!(
+                    ", the broker's certificate for {} made from the seed",
+                    scenario.broker.host
+                )
+            } else {
+                String::new()
+            }
+        );
+        lock(&shared).record(0, "sim", Event::Note { text });
+    }
     let backend = backend::Turmoil::new(sim, shared.clone(), scenario.broker.host.clone());
     let mut report = execute(backend, scenario, seed, shared.clone());
     judge(scenario, &mut report);
     let heals = std::mem::take(&mut lock(&shared).nemesis_heals);
     (report, heals)
+}
+
+/// What a run's transport needs: the broker's certificate (TLS) and the clients' connector
+/// (TLS and/or WebSocket over simulated TCP); nothing for plain TCP.
+struct SimTransport {
+    tls: Option<crate::transport::simtls::SimTls>,
+    endpoint: Option<crate::transport::url::Endpoint>,
+    connector: Option<Arc<dyn crate::transport::Connector>>,
+}
+
+/// A run that could not be set up (the simulated broker's certificate could not be made).
+fn setup_failure(scenario: &Scenario, seed: u64, knobs: Knobs, why: String) -> RunReport {
+    RunReport {
+        scenario: scenario.name.clone(),
+        seed,
+        knobs,
+        trace: Trace::default(),
+        failures: vec![Failure {
+            kind: "sim".into(),
+            spec: String::new(),
+            text: why.clone(),
+            owed: "the simulated world is set up".into(),
+            happened: why,
+        }],
+        notes: BTreeMap::new(),
+        simulated: Duration::ZERO,
+        unconfirmed: Vec::new(),
+        nemesis_faults: 0,
+        nemesis_effective: 0,
+    }
+}
+
+fn sim_transport(scenario: &Scenario, seed: u64) -> Result<SimTransport, String> {
+    use crate::transport::url::Endpoint;
+    let scheme = scenario.broker.transport.scheme();
+    if scenario.broker.transport.is_plain() {
+        return Ok(SimTransport {
+            tls: None,
+            endpoint: None,
+            connector: None,
+        });
+    }
+    let host = &scenario.broker.host;
+    let tls = match scheme.tls() {
+        true => Some(
+            crate::transport::simtls::SimTls::new(host, seed)
+                .map_err(|e| format!("the simulated broker's certificate: {e}"))?,
+        ),
+        false => None,
+    };
+    let mut endpoint = Endpoint::tcp(host, world::BROKER_PORT);
+    endpoint.scheme = scheme;
+    endpoint.tls = match &tls {
+        Some(t) => Some(t.client_config().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let connector = endpoint
+        .wrap(Arc::new(crate::transport::sim::SimConnector))
+        .map_err(|e| e.to_string())?;
+    Ok(SimTransport {
+        tls,
+        endpoint: Some(endpoint),
+        connector: Some(connector),
+    })
 }
 
 /// Runs one seed of a scenario on `backend` (the step executor both backends share);
@@ -917,6 +1010,13 @@ impl<B: Backend> Runner<B> {
             snap.outbound += n.outbound_bytes;
             snap.inbound += n.inbound_bytes;
         }
+        // Over TLS or WebSocket, what the host's sessions wrote below the handshakes too (a
+        // cut that meets only a handshake met traffic).
+        snap.outbound += lock(&self.shared)
+            .client_sent
+            .get(host)
+            .copied()
+            .unwrap_or(0);
         snap
     }
 
@@ -1241,7 +1341,37 @@ impl<B: Backend> Runner<B> {
                 },
             );
         }
-        self.run_for(quiet)
+        self.run_for(quiet)?;
+        self.no_handshake_left()
+    }
+
+    /// With TLS or WebSocket, a half-done handshake (the client vanished or its link was cut
+    /// in the middle) must not stay with the broker: within its handshake timeout after the
+    /// quiet period, none may be left. The count is the simulated broker's own (a run against
+    /// a real broker has no such count and skips this).
+    fn no_handshake_left(&mut self) -> StepResult {
+        if lock(&self.shared).transport.is_plain() {
+            return Ok(());
+        }
+        let limit = crate::transport::listen::HANDSHAKE_TIMEOUT + Duration::from_secs(1);
+        if self.run_until(limit, |s| s.handshakes_pending == 0)? {
+            return Ok(());
+        }
+        let left = lock(&self.shared).handshakes_pending;
+        let text = format!(
+            "{left} half-done handshake(s) still held by the broker {}s after the quiet period",
+            limit.as_secs()
+        );
+        let at = self.now_ms();
+        lock(&self.shared).record(at, "sim", Event::Note { text: text.clone() });
+        self.failures.push(Failure {
+            kind: "sim".into(),
+            spec: String::new(),
+            owed: "every handshake the broker began ends (completed, failed or timed out)".into(),
+            happened: text.clone(),
+            text,
+        });
+        Ok(())
     }
 
     fn explicit_step(&mut self, i: usize, step: &Step) -> StepResult {

@@ -260,3 +260,104 @@ fn nemesis_packet_rules_name_packets_the_target_carries() {
         [PacketKind::Pubrec, PacketKind::Pubcomp]
     );
 }
+
+/// Each transport carries a session; over TLS and WebSocket the broker's handshakes are in
+/// the trace (so the layers really ran), and the trace replays byte for byte.
+#[test]
+fn every_transport_runs_its_handshakes_in_the_simulation() {
+    for transport in ["mqtt", "mqtts", "ws", "wss"] {
+        let s = inline(&format!(
+            "broker: {{transport: {transport}}}
+clients:
+  sub: {{clean_session: false}}
+  pub: {{}}
+steps:
+  - connect: sub
+  - subscribe: {{client: sub, filter: t, qos: 1}}
+  - connect: pub
+  - publish: {{client: pub, topic: t, qos: 1, count: 2}}
+  - expect_messages: {{client: sub, within: 5s, messages: [{{from: pub, count: 2}}]}}
+"
+        ));
+        let first = run(&s, 5);
+        assert_eq!(
+            first.outcome(),
+            Outcome::Passed,
+            "{transport}: {:#?}",
+            first.failures
+        );
+        let trace = first.trace.to_jsonl();
+        let completed = trace.matches("handshake from").count();
+        let plain = transport == "mqtt";
+        assert_eq!(
+            completed == 0,
+            plain,
+            "{transport}: handshake notes in\n{trace}"
+        );
+        if !plain {
+            // Two clients: two handshakes begun and completed.
+            assert_eq!(
+                trace.matches(" completed\"").count(),
+                2,
+                "{transport}:\n{trace}"
+            );
+            assert!(
+                trace.contains(&format!("\"transport: {transport} (")),
+                "{trace}"
+            );
+        }
+        assert_eq!(
+            trace,
+            run(&s, 5).trace.to_jsonl(),
+            "{transport}: not replayed"
+        );
+    }
+}
+
+/// The library's handshake scenarios do hit handshakes: each has a handshake the broker began
+/// before a fault and dropped after it.
+#[test]
+fn the_transport_scenarios_cut_handshakes_half_way() {
+    for name in [
+        "half-done-handshake-leaves-no-session-v5",
+        "tls-broker-crash-during-handshake",
+        "tls-one-way-partition-during-handshake",
+        "wss-loss-during-handshake",
+    ] {
+        let s = library(&format!("transport/{name}.yaml"));
+        let seed = seeds_of(&s, None)[0];
+        let report = run(&s, seed);
+        assert_eq!(
+            report.outcome(),
+            Outcome::Passed,
+            "{name}: {:#?}",
+            report.failures
+        );
+        let lines: Vec<String> = report.trace.to_jsonl().lines().map(String::from).collect();
+        let cut = lines.iter().enumerate().any(|(i, line)| {
+            let Some(rest) = line.split("handshake from ").nth(1) else {
+                return false;
+            };
+            let Some(peer) = rest.strip_suffix(" begun\"}") else {
+                return false;
+            };
+            // The next record about this peer's handshake, and whether a fault came first.
+            let mut fault = false;
+            for later in &lines[i + 1..] {
+                if later.contains("\"event\":\"fault\"") {
+                    fault = true;
+                }
+                if later.contains(&format!("handshake from {peer} ")) {
+                    return fault && later.contains(" dropped: ");
+                }
+            }
+            // Ended by a broker crash (the host and its handshakes are gone).
+            fault && name.contains("crash")
+        });
+        assert!(
+            cut,
+            "{name}: no handshake was cut by a fault:\n{}",
+            lines.join("\n")
+        );
+    }
+}

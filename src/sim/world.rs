@@ -170,9 +170,19 @@ pub struct Shared {
     /// Simulated broker only: bytes it wrote to each peer IP (whatever the link did with
     /// them), the evidence that a cut or lossy link from the broker met traffic.
     pub broker_sent: BTreeMap<String, u64>,
+    /// Simulated TLS and WebSocket runs only: bytes each client host's sessions wrote into
+    /// their TCP connections, below TLS (the fault layer above it counts only what follows
+    /// the handshake).
+    pub client_sent: BTreeMap<String, u64>,
     /// The simulated broker's password and ACL checks (default: everyone may do everything);
     /// a scenario with an ACL user gets `scenario::SIM_ACL`'s.
     pub broker_authenticator: Option<crate::broker::auth::Authenticator>,
+    /// The simulated broker's transport (`broker: {transport: …}`) and, for TLS, its
+    /// certificate, made from the seed.
+    pub transport: crate::scenario::Transport,
+    pub tls: Option<crate::transport::simtls::SimTls>,
+    /// Handshakes (TLS and/or WebSocket) the simulated broker has begun and not ended.
+    pub handshakes_pending: u64,
 }
 
 /// The nemesis healed a fault of `kind` on `target` (a client name) at `at_ms`.
@@ -214,6 +224,10 @@ pub struct ClientNet {
     pub acl_user: Option<(String, Bytes)>,
     /// Prefixes client ids and topics so runs can share one real broker.
     pub isolation: Option<Isolation>,
+    /// Simulated runs over TLS and/or WebSocket: the endpoint each session's connections are
+    /// upgraded to (over simulated TCP, see `backend::UpgradingConnector`); `connector` then
+    /// serves the raw connections.
+    pub sim_endpoint: Option<crate::transport::url::Endpoint>,
 }
 
 impl Default for ClientNet {
@@ -228,6 +242,7 @@ impl Default for ClientNet {
             password: None,
             acl_user: None,
             isolation: None,
+            sim_endpoint: None,
         }
     }
 }
@@ -408,20 +423,70 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
             };
             let (broker, handle) = Broker::new(store, config);
             let listener = SimListener::bind(&format!("0.0.0.0:{BROKER_PORT}")).await?;
-            {
+            let (transport, server_tls) = {
                 let mut s = lock(&shared);
                 s.broker_handle = Some(handle);
+                // A crash ended every handshake the last run of the host had begun.
+                s.handshakes_pending = 0;
                 let at = s.now_ms();
                 s.record(at, "broker", Event::BrokerStarted { durable });
-            }
+                let tls = match &s.tls {
+                    Some(tls) => Some(tls.server_config()?),
+                    None => None,
+                };
+                (s.transport, tls)
+            };
+            // Counting below TLS and WebSocket: what a cut took is bytes on the wire.
             let listener = super::backend::CountingListener {
                 inner: listener,
                 shared: shared.clone(),
             };
-            broker.run(listener, std::future::pending::<()>()).await?;
+            if transport.is_plain() {
+                broker.run(listener, std::future::pending::<()>()).await?;
+            } else {
+                let listener = crate::transport::listen::Upgrading::over(
+                    Box::new(listener),
+                    server_tls,
+                    transport
+                        .scheme()
+                        .websocket()
+                        .then(|| crate::transport::ws::DEFAULT_PATH.to_string()),
+                    crate::codec::DEFAULT_MAX_PACKET_SIZE as usize,
+                    Some(Arc::new(Handshakes {
+                        shared: shared.clone(),
+                    })),
+                );
+                broker.run(listener, std::future::pending::<()>()).await?;
+            }
             Ok(())
         }
     });
+}
+
+/// Writes the simulated broker's handshakes into the trace (begun, then completed or dropped
+/// and why), so a reader sees where a fault met one, and keeps count of those in progress, so
+/// a run can show that no half-done handshake is left holding the broker.
+struct Handshakes {
+    shared: SharedRef,
+}
+
+impl crate::transport::listen::HandshakeObserver for Handshakes {
+    fn started(&self, peer: &str) {
+        let mut s = lock(&self.shared);
+        s.handshakes_pending += 1;
+        let text = format!("broker: handshake from {peer} begun");
+        s.record_now("broker", Event::Note { text });
+    }
+
+    fn finished(&self, peer: &str, outcome: Result<(), &str>) {
+        let mut s = lock(&self.shared);
+        s.handshakes_pending = s.handshakes_pending.saturating_sub(1);
+        let text = match outcome {
+            Ok(()) => format!("broker: handshake from {peer} completed"),
+            Err(why) => format!("broker: handshake from {peer} dropped: {why}"),
+        };
+        s.record_now("broker", Event::Note { text });
+    }
 }
 
 /// Host-local state of a client host.
@@ -847,8 +912,16 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
             .unwrap_or(&s.broker_addr)
             .clone();
         let seed = s.seed;
+        let connector = match &s.net.sim_endpoint {
+            Some(endpoint) => Arc::new(super::backend::UpgradingConnector {
+                endpoint: endpoint.clone(),
+                shared: shared.clone(),
+                host: host.clone(),
+            }) as Arc<dyn Connector>,
+            None => s.net.connector.clone(),
+        };
         let wire = Wire {
-            connector: s.net.connector.clone(),
+            connector,
             fs: s.net.fs.clone(),
             dir: s.net.dir.clone(),
             username: s.net.username.clone(),
@@ -968,7 +1041,16 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
         move |result: Result<(), String>| -> Option<(Vec<u8>, Vec<u8>)> {
             let mut s = lock(&shared);
             let session = s.sessions.get_mut(&client)?;
-            if session.instance != instance || result.is_err() {
+            if session.instance != instance {
+                return None;
+            }
+            if let Err(error) = result {
+                // Over TLS or WebSocket the attempt may fail in its handshake: the trace
+                // shows where faults met it (plain TCP traces stay as they were).
+                if !s.transport.is_plain() {
+                    let text = format!("{client}: connection attempt failed: {error}");
+                    s.record_now(&host, Event::Note { text });
+                }
                 return None;
             }
             session.connections += 1;

@@ -86,7 +86,7 @@ pub async fn bind(spec: &ListenerSpec) -> Result<Box<dyn Listener>, ListenError>
         return Ok(Box::new(tcp));
     }
     Ok(Box::new(Upgrading {
-        inner: tcp,
+        inner: Box::new(tcp),
         upgrade: Arc::new(Upgrade {
             scheme: spec.scheme(),
             tls,
@@ -95,7 +95,18 @@ pub async fn bind(spec: &ListenerSpec) -> Result<Box<dyn Listener>, ListenError>
             max_packet_size: spec.max_packet_size,
         }),
         pending: JoinSet::new(),
+        observer: None,
     }))
+}
+
+/// Told of every handshake a listener runs (the simulator writes them into its trace and
+/// checks that none is left half done).
+pub trait HandshakeObserver: Send + Sync + 'static {
+    /// A connection was accepted and its handshake begins.
+    fn started(&self, peer: &str);
+    /// Its handshake ended: the connection goes to the broker (`Ok`) or is dropped (`Err`:
+    /// why).
+    fn finished(&self, peer: &str, outcome: Result<(), &str>);
 }
 
 struct Upgrade {
@@ -150,9 +161,42 @@ impl Upgrade {
 /// A TCP listener whose connections go through TLS and/or the WebSocket upgrade before they
 /// are handed out.
 pub struct Upgrading {
-    inner: TcpListener,
+    inner: Box<dyn Listener>,
     upgrade: Arc<Upgrade>,
     pending: JoinSet<Option<Accepted>>,
+    observer: Option<Arc<dyn HandshakeObserver>>,
+}
+
+impl Upgrading {
+    /// TLS with `tls` (a server configuration made elsewhere: the simulator's) and/or the
+    /// WebSocket upgrade on `websocket_path` over the connections of `inner`, with every
+    /// handshake reported to `observer`.
+    pub fn over(
+        inner: Box<dyn Listener>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        websocket_path: Option<String>,
+        max_packet_size: usize,
+        observer: Option<Arc<dyn HandshakeObserver>>,
+    ) -> Upgrading {
+        let scheme = match (tls.is_some(), websocket_path.is_some()) {
+            (false, false) => "mqtt",
+            (true, false) => "mqtts",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        };
+        Upgrading {
+            inner,
+            upgrade: Arc::new(Upgrade {
+                scheme,
+                tls: tls.map(tokio_rustls::TlsAcceptor::from),
+                websocket_path,
+                identity: false,
+                max_packet_size,
+            }),
+            pending: JoinSet::new(),
+            observer,
+        }
+    }
 }
 
 impl Listener for Upgrading {
@@ -180,6 +224,10 @@ impl Listener for Upgrading {
                     accepted = self.inner.accept(), if self.pending.len() < HANDSHAKES_MAX => {
                         let (stream, peer) = accepted?;
                         let upgrade = self.upgrade.clone();
+                        let observer = self.observer.clone();
+                        if let Some(o) = &observer {
+                            o.started(&peer);
+                        }
                         self.pending.spawn(async move {
                             let scheme = upgrade.scheme;
                             let result =
@@ -191,6 +239,9 @@ impl Listener for Upgrading {
                                             HANDSHAKE_TIMEOUT.as_secs()
                                         ))
                                     });
+                            if let Some(o) = &observer {
+                                o.finished(&peer, result.as_ref().map(|_| ()).map_err(|e| e.as_str()));
+                            }
                             match result {
                                 Ok(accepted) => Some(accepted),
                                 Err(why) => {

@@ -5,13 +5,15 @@
 //! TLS ([`tls`]) and WebSocket ([`ws`]) are layers over any stream: a `Connector` that wraps
 //! another (so the fault proxy and fault layer stay below them), and [`listen`]'s listener
 //! that runs the server handshakes. [`url`] turns a broker URL into the connector it needs.
-//! They run over real TCP only; the simulation stays plain TCP (and deterministic).
+//! They run over simulated TCP too, deterministically: [`simtls`] draws rustls' randomness
+//! from the run's seed.
 
 pub mod fault;
 pub mod framed;
 pub mod listen;
 pub mod proxy;
 pub mod sim;
+pub mod simtls;
 pub mod tcp;
 pub mod tls;
 pub mod url;

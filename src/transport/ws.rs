@@ -220,6 +220,12 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
+    // In a simulated run the key comes from the seed, as everything else there does.
+    if let Some(key) = super::simtls::websocket_key() {
+        if let Ok(value) = HeaderValue::from_str(&key) {
+            request.headers_mut().insert("Sec-WebSocket-Key", value);
+        }
+    }
     let (inner, _response) =
         tokio_tungstenite::client_async_with_config(request, stream, Some(config(max_packet_size)))
             .await
