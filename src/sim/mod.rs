@@ -2432,4 +2432,6 @@ pub fn checker_names(scenario: &Scenario) -> Vec<&'static str> {
 }
 
 #[cfg(test)]
+mod library_tests;
+#[cfg(test)]
 mod tests;
