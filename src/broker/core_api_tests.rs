@@ -14,9 +14,9 @@ use tokio::time::{Duration, Instant};
 use super::stats::ByteCounters;
 use super::{Action, BrokerConfig, ConnId, Core, EndCause, Stats};
 use crate::codec::{
-    Connect, ConnectProperties, DecodeError, MqttStr, Packet, ProtocolVersion, Publish,
-    PublishProperties, QoS, QosPid, ReasonCode, Subscribe, SubscribeProperties,
-    SubscriptionOptions, TopicFilter, TopicName, Will, WillProperties,
+    Connect, ConnectProperties, DecodeError, Disconnect, DisconnectProperties, MqttStr, Packet,
+    ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, Subscribe,
+    SubscribeProperties, SubscriptionOptions, TopicFilter, TopicName, Will, WillProperties,
 };
 use crate::store::MemoryStore;
 
@@ -395,4 +395,98 @@ fn a_message_over_the_maximum_packet_size_is_dropped_and_counted() {
         (b.stats().messages_dropped, b.stats().dropped_undeliverable),
         (1, 1)
     );
+}
+
+/// The reason codes of the SUBACK `actions` send to `conn`.
+fn suback_codes(actions: &[Action], conn: ConnId) -> Vec<ReasonCode> {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                conn: c,
+                packet: Packet::SubAck(ack),
+            } if *c == conn => Some(ack.reason_codes.clone()),
+            _ => None,
+        })
+        .expect("a SUBACK")
+}
+
+/// `max_topic_levels` is the most levels a filter may have: a filter with exactly that many is
+/// granted, one with one more is refused (5.0: 0x8F; 3.1.1: 0x80).
+#[test]
+fn a_filter_may_have_max_topic_levels_levels_and_no_more() {
+    let mut b = Broker::new(BrokerConfig {
+        max_topic_levels: 3,
+        ..config()
+    });
+    b.connect(1, "v5", true, ProtocolVersion::V5);
+    b.connect(2, "v311", true, ProtocolVersion::V311);
+    for (conn, refused) in [
+        (1, ReasonCode::TopicFilterInvalid),
+        (2, ReasonCode::UnspecifiedError),
+    ] {
+        let out = b.subscribe(conn, 1, "a/b/+", QoS::AtLeastOnce);
+        assert_eq!(suback_codes(&out, conn), [ReasonCode::GrantedQoS1]);
+        let out = b.subscribe(conn, 2, "a/b/c/#", QoS::AtLeastOnce);
+        assert_eq!(suback_codes(&out, conn), [refused]);
+    }
+}
+
+/// The broker-wide budget counts the bytes waiting in connections' outgoing buffers beside
+/// the queued messages: full buffers alone use it up.
+#[test]
+fn the_budget_counts_bytes_waiting_in_outgoing_buffers() {
+    let bytes = Arc::new(ByteCounters::default());
+    let now = Instant::now();
+    let core = Core::new(
+        BrokerConfig {
+            max_queued_bytes_total: 100,
+            ..config()
+        },
+        Box::new(MemoryStore::new()),
+        bytes.clone(),
+        now,
+    );
+    assert!(!core.over_budget());
+    bytes
+        .outbound_queued
+        .store(99, std::sync::atomic::Ordering::Relaxed);
+    assert!(!core.over_budget());
+    bytes
+        .outbound_queued
+        .store(100, std::sync::atomic::Ordering::Relaxed);
+    assert!(core.over_budget());
+}
+
+/// [MQTT-3.14.2-2] a 5.0 client that connected with Session Expiry Interval 0 may not set a
+/// non-zero one on DISCONNECT (protocol error: DISCONNECT 0x82, counted); setting 0 again is
+/// no error.
+#[test]
+fn disconnect_may_not_set_a_session_expiry_after_connect_said_0() {
+    let mut b = Broker::new(config());
+    let disconnect = |secs| {
+        Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::Success,
+            properties: DisconnectProperties {
+                session_expiry_interval_secs: Some(secs),
+                ..DisconnectProperties::default()
+            }
+            .into(),
+        })
+    };
+    b.connect(1, "zero-again", true, ProtocolVersion::V5);
+    let out = b.send(1, disconnect(0));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Send { packet: Packet::Disconnect(_), .. })),
+        "{out:?}"
+    );
+    assert_eq!(b.stats().protocol_errors, 0);
+    b.connect(2, "sets-one", true, ProtocolVersion::V5);
+    let out = b.send(2, disconnect(10));
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Send { conn: 2, packet: Packet::Disconnect(d) }
+            if d.reason_code == ReasonCode::ProtocolError)),
+        "{out:?}"
+    );
+    assert_eq!(b.stats().protocol_errors, 1);
 }
