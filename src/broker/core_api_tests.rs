@@ -490,3 +490,18 @@ fn disconnect_may_not_set_a_session_expiry_after_connect_said_0() {
     );
     assert_eq!(b.stats().protocol_errors, 1);
 }
+
+/// A timer runs at its deadline, not after it: `on_timer` at exactly `next_deadline` does the
+/// work due then (here a connection that sent no CONNECT within `connect_timeout_secs` is
+/// closed), so a driver that sleeps until the deadline and calls `on_timer` makes progress.
+#[test]
+fn a_timer_runs_at_its_deadline() {
+    let mut b = Broker::new(config());
+    b.core.opened(1, "peer-1".into(), b.now);
+    let at = b.core.next_deadline().expect("the CONNECT timer");
+    assert_eq!(at, b.now + Duration::from_secs(10));
+    let mut out = Vec::new();
+    b.core.on_timer(at, &mut out);
+    assert_eq!(out, [Action::Close { conn: 1 }]);
+    assert_eq!(b.core.connection_count(), 0);
+}
