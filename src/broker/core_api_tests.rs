@@ -121,7 +121,13 @@ impl Broker {
         )
     }
 
-    fn publish(&mut self, conn: ConnId, topic: &str, qos_pid: QosPid, payload: &str) -> Vec<Action> {
+    fn publish(
+        &mut self,
+        conn: ConnId,
+        topic: &str,
+        qos_pid: QosPid,
+        payload: &str,
+    ) -> Vec<Action> {
         self.send(
             conn,
             Packet::Publish(Publish {
@@ -305,8 +311,10 @@ fn counters_count_each_event_once() {
     // Too deep a topic (5.0: PUBACK 0x90), and a publish into `$` topics.
     let out = b.publish(2, "a/b/c/d", QosPid::AtLeastOnce(pid(2)), "m");
     assert!(
-        out.iter().any(|a| matches!(a, Action::Send { packet: Packet::PubAck(ack), .. }
-            if ack.reason_code == ReasonCode::TopicNameInvalid)),
+        out.iter().any(
+            |a| matches!(a, Action::Send { packet: Packet::PubAck(ack), .. }
+            if ack.reason_code == ReasonCode::TopicNameInvalid)
+        ),
         "{out:?}"
     );
     b.publish(2, "$SYS/fake", QosPid::AtLeastOnce(pid(3)), "m");
@@ -337,7 +345,10 @@ fn counters_count_each_event_once() {
     b.end(3, EndCause::SlowConsumer);
     b.end(2, EndCause::Decode(DecodeError::EmptyTopicName));
     b.core.opened(5, "peer-5".into(), b.now);
-    b.end(5, EndCause::Decode(DecodeError::UnsupportedProtocolVersion { level: 9 }));
+    b.end(
+        5,
+        EndCause::Decode(DecodeError::UnsupportedProtocolVersion { level: 9 }),
+    );
     assert_eq!(counts(b.stats()), [0, 4, 0, 4, 1, 1, 1, 1, 1, 1, 1, 2, 1]);
 }
 
@@ -477,15 +488,23 @@ fn disconnect_may_not_set_a_session_expiry_after_connect_said_0() {
     b.connect(1, "zero-again", true, ProtocolVersion::V5);
     let out = b.send(1, disconnect(0));
     assert!(
-        !out.iter().any(|a| matches!(a, Action::Send { packet: Packet::Disconnect(_), .. })),
+        !out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                packet: Packet::Disconnect(_),
+                ..
+            }
+        )),
         "{out:?}"
     );
     assert_eq!(b.stats().protocol_errors, 0);
     b.connect(2, "sets-one", true, ProtocolVersion::V5);
     let out = b.send(2, disconnect(10));
     assert!(
-        out.iter().any(|a| matches!(a, Action::Send { conn: 2, packet: Packet::Disconnect(d) }
-            if d.reason_code == ReasonCode::ProtocolError)),
+        out.iter().any(
+            |a| matches!(a, Action::Send { conn: 2, packet: Packet::Disconnect(d) }
+            if d.reason_code == ReasonCode::ProtocolError)
+        ),
         "{out:?}"
     );
     assert_eq!(b.stats().protocol_errors, 1);
