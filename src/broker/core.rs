@@ -781,7 +781,7 @@ impl Core {
                         && !matches!(error, DecodeError::InvalidProtocolName { .. }) =>
                     {
                         // [MQTT-3.1.2-2] CONNACK 0x01 in the 3.1.1 form every version can read.
-                        self.stats.connections_refused += 1;
+                        // (`refuse` counts it in `connections_refused`, once.)
                         self.refuse(
                             conn,
                             ProtocolVersion::V311,

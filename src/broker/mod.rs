@@ -16,6 +16,8 @@ pub mod auth;
 pub mod config;
 mod connection;
 pub mod core;
+#[cfg(test)]
+mod core_api_tests;
 pub mod listener;
 pub mod router;
 pub mod server;

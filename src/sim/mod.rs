@@ -2567,4 +2567,6 @@ pub fn checker_names(scenario: &Scenario) -> Vec<&'static str> {
 }
 
 #[cfg(test)]
+mod library_tests;
+#[cfg(test)]
 mod tests;

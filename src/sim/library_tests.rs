@@ -1,11 +1,13 @@
 //! The scenario library in this process: what `simqtt run scenarios/` runs (every scenario
-//! under `scenarios/`, every default seed, through `simqtt::sim::run`), failing on any failed
-//! run. It is the fast stage of the mutation harness (`scripts/mutants`, docs/mutation.md),
-//! which builds it with the `mutants` profile so the library runs in seconds.
+//! under `scenarios/`, every default seed, through `sim::run`), failing on any failed run. It
+//! is the fast stage of the mutation harness (`scripts/mutants`, docs/mutation.md), which
+//! builds it with the `mutants` profile so the library runs in seconds. It is a unit test, not
+//! a `tests/` target, so that a mutant costs one build of simqtt (the lib's test binary)
+//! rather than three (the lib, the binary every integration test brings, and the test).
 //!
 //! Ignored by a plain `cargo test`: CI already runs the same library through the release CLI
 //! (`cargo run --release -- run scenarios/`), and in the dev profile it takes minutes. Run it
-//! with `cargo test --profile mutants --test scenario_library -- --ignored`.
+//! with `cargo test --profile mutants --lib -- --ignored sim::library_tests`.
 //!
 //! `SIMQTT_FAIL_FAST=1` stops at the first failing run (the harness needs one failure to call
 //! a mutant caught, not all of them); without it every failing run is reported.
@@ -14,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use simqtt::scenario::{self, Scenario};
-use simqtt::sim;
+use crate::scenario::{self, Scenario};
+use crate::sim;
 
 fn scenario_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
