@@ -145,7 +145,7 @@ fn every_explicit_field_parses() {
     assert_eq!(s.host_of("watcher").as_deref(), Some("watcher"));
 
     let st = &s.steps;
-    assert_eq!(st.len(), 37);
+    assert_eq!(st.len(), 38);
     assert_eq!(
         st[0],
         Step::Connect(ClientStep {
