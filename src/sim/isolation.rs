@@ -73,8 +73,13 @@ impl Isolation {
         }
     }
 
-    /// The topic filter on the wire.
+    /// The topic filter on the wire. A shared subscription `$share/{ShareName}/{filter}` keeps
+    /// its group and gets its inner filter prefixed: the messages it must match are the
+    /// run's prefixed topics.
     pub fn filter(&self, filter: &str) -> String {
+        if let Some((group, inner)) = shared(filter) {
+            return format!("$share/{group}/{}", self.filter(inner));
+        }
         if filter.starts_with(['$', '+', '#']) {
             filter.to_string()
         } else {
@@ -84,6 +89,9 @@ impl Isolation {
 
     /// A filter as the scenario wrote it, from its wire form.
     pub fn unfilter(&self, wire: &str) -> String {
+        if let Some((group, inner)) = shared(wire) {
+            return format!("$share/{group}/{}", self.unfilter(inner));
+        }
         wire.strip_prefix(&self.prefix).unwrap_or(wire).to_string()
     }
 
@@ -98,9 +106,24 @@ impl Isolation {
     }
 }
 
+/// `$share/{ShareName}/{filter}` as its group and inner filter.
+fn shared(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_subscription_keeps_its_group_and_prefixes_its_filter() {
+        let iso = Isolation::new("k3f9a2");
+        assert_eq!(iso.filter("$share/g/r/#"), "$share/g/k3f9a2/r/#");
+        assert_eq!(iso.unfilter("$share/g/k3f9a2/r/#"), "$share/g/r/#");
+        assert_eq!(iso.filter("$share/g/#"), "$share/g/#");
+        assert_eq!(iso.filter("$SYS/#"), "$SYS/#");
+        assert_eq!(iso.delivered("k3f9a2/r/1").as_deref(), Some("r/1"));
+    }
 
     #[test]
     fn ids_only_keeps_topics_and_every_delivery() {
