@@ -24,7 +24,6 @@ pub mod convert;
 pub mod reduce;
 pub mod yaml;
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -357,59 +356,15 @@ fn description(target: &Target, failure: &Failure) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The capabilities a target needs to run this scenario (what `certify` checks).
+/// The capabilities a target needs to run this scenario: what `certify` derives from its
+/// content ([`crate::certify::profile::needed`]), plus the fault kinds and the persistence
+/// its steps rely on, written out so the regression file says them.
 pub fn requires_of(s: &Scenario) -> Vec<Capability> {
-    use crate::codec::{ProtocolVersion, QoS};
-    let mut out = BTreeSet::new();
-    let qos = |out: &mut BTreeSet<Capability>, q: QoS| match q {
-        QoS::AtMostOnce => {}
-        QoS::AtLeastOnce => {
-            out.insert(Capability::Qos1);
-        }
-        QoS::ExactlyOnce => {
-            out.insert(Capability::Qos2);
-        }
-    };
-    for c in s.clients.values() {
-        if c.protocol == ProtocolVersion::V5 {
-            out.insert(Capability::Mqtt5);
-        }
-        if let Some(w) = &c.will {
-            out.insert(Capability::Will);
-            qos(&mut out, w.qos);
-            if w.retain {
-                out.insert(Capability::Retain);
-            }
-        }
-    }
-    let mut restarts = false;
+    let mut content = s.clone();
+    content.requires.clear();
+    let mut out = crate::certify::profile::needed(&content);
     for step in &s.steps {
         match step {
-            Step::Subscribe(sub) => {
-                for f in sub.all_filters() {
-                    qos(&mut out, f.qos);
-                    if f.filter.contains(['+', '#']) {
-                        out.insert(Capability::Wildcards);
-                    }
-                }
-            }
-            Step::Publish(p) => {
-                qos(&mut out, p.qos);
-                if p.retain {
-                    out.insert(Capability::Retain);
-                }
-            }
-            Step::CrashBroker(c) => {
-                restarts = true;
-                out.insert(Capability::BrokerRestart);
-                if c.power_loss {
-                    out.insert(Capability::PowerLoss);
-                }
-            }
-            Step::RestartBroker(_) => {
-                restarts = true;
-                out.insert(Capability::BrokerRestart);
-            }
             Step::Partition(_) | Step::Loss(_) | Step::Latency(_) => {
                 out.insert(Capability::LinkFaults);
             }
@@ -427,7 +382,7 @@ pub fn requires_of(s: &Scenario) -> Vec<Capability> {
         }
     }
     let persistent = s.clients.values().any(|c| !c.clean_session);
-    if restarts && s.broker.durable && persistent {
+    if out.contains(&Capability::BrokerRestart) && s.broker.durable && persistent {
         out.insert(Capability::Persistence);
     }
     out.into_iter().collect()
