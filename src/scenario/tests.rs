@@ -997,3 +997,34 @@ steps:
     .unwrap();
     assert_eq!(none.citation(1), Citation::None);
 }
+
+#[test]
+fn expectations_on_a_client_that_never_connected_are_refused() {
+    // Decided without the broker doing anything: no will exists, no message can arrive.
+    for (step, who) in [
+        (
+            "expect_will: {of: dev, to: mon, delivered: true, within: 1s}",
+            "\"mon\"",
+        ),
+        (
+            "expect_messages: {client: mon, within: 1s, messages: [{id: dev-1}]}",
+            "\"mon\"",
+        ),
+        ("expect_no_message: {client: mon, for: 1s}", "\"mon\""),
+    ] {
+        let e = error(&format!(
+            "clients:\n  dev: {{will: {{topic: w}}}}\n  mon: {{}}\nsteps:\n  - connect: dev\n  - {step}\n"
+        ));
+        let text = e.to_string();
+        assert!(
+            text.contains("never connected") && text.contains(who),
+            "{step}: {text}"
+        );
+    }
+    // Once connected, the same steps are accepted.
+    parse(
+        "ok.yaml",
+        "clients:\n  dev: {will: {topic: w}}\n  mon: {}\nsteps:\n  - connect: mon\n  - connect: dev\n  - expect_will: {of: dev, to: mon, delivered: false, within: 1s}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
