@@ -10,6 +10,8 @@
 //!   filesystem seam that also runs on turmoil's simulated disk).
 //! - [`broker`]: session state machines (no I/O), router, retained messages, wills, keepalive,
 //!   auth/ACL, limits, and the server loop over a `Listener`.
+//! - [`scram`]: SCRAM-SHA-256 (RFC 5802/7677), both ends of MQTT 5.0 enhanced authentication's
+//!   exchange as pure state machines; the broker and the client drive them.
 //! - [`client`]: the client state machine (no I/O) and its driver: reconnect, resubscription,
 //!   in-flight persistence, Paho-style events.
 //! - [`history`]: the trace of observable events and the checkers that read it. Pure.
@@ -29,6 +31,7 @@ pub mod codec;
 pub mod explore;
 pub mod history;
 pub mod scenario;
+pub mod scram;
 pub mod shrink;
 pub mod sim;
 pub mod store;
