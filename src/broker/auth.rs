@@ -8,6 +8,14 @@
 //! (hash = SHA-512 of password then salt, mosquitto 1.6 and earlier) is accepted too. Lines
 //! starting with `#` and blank lines are skipped.
 //!
+//! SCRAM-SHA-256 (MQTT 5.0 enhanced authentication, `crate::scram`) needs other material than
+//! a PBKDF2-SHA512 hash: a salt, an iteration count, StoredKey and ServerKey, derived from the
+//! password when it is set (`simqtt passwd --scram`). They follow the hash as a third
+//! `:`-separated field, `user:$7$...:SCRAM-SHA-256$4096$SALT$STOREDKEY$SERVERKEY`; mosquitto
+//! reads the hash up to that `:` and ignores the rest, so such a file still works with it. A
+//! user without the field logs in with a password as before, and a SCRAM exchange for them
+//! fails as for an unknown user.
+//!
 //! ACL file (mosquitto's `acl_file`):
 //! ```text
 //! # lines before any `user` apply to anonymous clients
@@ -50,6 +58,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha512};
 
 use crate::codec::{self, TopicFilter};
+use crate::scram::ScramCredential;
 
 /// The result of checking a CONNECT's credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +367,8 @@ impl PasswordHash {
 #[derive(Debug, Clone, Default)]
 pub struct PasswordFile {
     users: BTreeMap<String, PasswordHash>,
+    /// The users' SCRAM-SHA-256 credentials, for those that have one.
+    scram: BTreeMap<String, ScramCredential>,
     /// Hashed when the user name is unknown, so that a miss costs as long as a wrong password
     /// and response times do not reveal which user names exist.
     decoy: Option<PasswordHash>,
@@ -380,6 +391,7 @@ impl PasswordFile {
     /// Parses the text of a password file; `path` names it in errors (`path:line: ...`).
     pub fn parse(text: &str, path: &Path) -> Result<PasswordFile, AuthError> {
         let mut users = BTreeMap::new();
+        let mut scram = BTreeMap::new();
         for (index, line) in text.lines().enumerate() {
             let error = |message: String| AuthError::Parse {
                 path: path.to_path_buf(),
@@ -397,13 +409,24 @@ impl PasswordFile {
                     "expected `{user}:HASH`, the line has no `:` and hash"
                 )));
             }
+            let (hash, scram_text) = match hash.split_once(':') {
+                Some((hash, scram)) => (hash, Some(scram)),
+                None => (hash, None),
+            };
             let hash =
                 PasswordHash::parse(hash).map_err(|e| error(format!("user `{user}`: {e}")))?;
             if users.insert(user.to_string(), hash).is_some() {
                 return Err(error(format!("user `{user}` appears twice")));
             }
+            if let Some(text) = scram_text {
+                let credential = ScramCredential::parse(text)
+                    .map_err(|e| error(format!("user `{user}`: {e}")))?;
+                scram.insert(user.to_string(), credential);
+            }
         }
-        Ok(PasswordFile::from_users(users))
+        let mut file = PasswordFile::from_users(users);
+        file.scram = scram;
+        Ok(file)
     }
 
     fn from_users(users: BTreeMap<String, PasswordHash>) -> PasswordFile {
@@ -411,7 +434,22 @@ impl PasswordFile {
             salt: [0x5a; SALT_BYTES],
             ..h.clone()
         });
-        PasswordFile { users, decoy }
+        PasswordFile {
+            users,
+            scram: BTreeMap::new(),
+            decoy,
+        }
+    }
+
+    /// Adds `user`'s SCRAM-SHA-256 credential (simulations build files in memory).
+    pub fn with_scram(mut self, user: &str, credential: ScramCredential) -> PasswordFile {
+        self.scram.insert(user.to_string(), credential);
+        self
+    }
+
+    /// `user`'s SCRAM-SHA-256 credential, if the file holds one.
+    pub fn scram(&self, user: &str) -> Option<&ScramCredential> {
+        self.scram.get(user)
     }
 
     /// Builds a file from `(user, hash)` pairs (a later pair for the same user wins).
@@ -818,6 +856,17 @@ impl Authenticator {
         }
     }
 
+    /// SCRAM-SHA-256 enhanced authentication is offered: a password file is loaded (without
+    /// one there is nothing to check an exchange against, and the method is refused).
+    pub fn offers_scram(&self) -> bool {
+        self.passwords.is_some()
+    }
+
+    /// `user`'s SCRAM-SHA-256 credential, if the password file holds one.
+    pub fn scram_credential(&self, user: &str) -> Option<ScramCredential> {
+        self.passwords.as_ref()?.scram(user).cloned()
+    }
+
     /// May this client publish to `topic`? (A refused PUBLISH is dropped.)
     pub fn can_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
         match &self.acl {
@@ -1037,6 +1086,33 @@ carol:$6$VkV2EnRiQie4UKki$+zmuee6KwLDLuEi6ncn4JlJeaZy15HYVc++cc+xFz/+iS4/EgRGswm
         let error = PasswordFile::parse(&twice, path()).unwrap_err().to_string();
         assert!(
             error.contains("test.conf:2: user `alice` appears twice"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_scram_field_after_the_hash_gives_the_user_a_scram_credential() {
+        let credential = ScramCredential::derive(b"s3cret", b"0123456789abcdef", 4096);
+        let alice = MOSQUITTO_FILE.lines().next().unwrap();
+        let text = format!(
+            "{alice}:{credential}\n{}\n",
+            MOSQUITTO_FILE.lines().nth(1).unwrap()
+        );
+        let file = PasswordFile::parse(&text, path()).unwrap();
+        assert_eq!(file.scram("alice"), Some(&credential));
+        assert_eq!(file.scram("bob"), None);
+        // The mosquitto hash before it still checks plain passwords.
+        assert!(file.verify("alice", Some(b"s3cret")));
+        assert!(file.verify("bob", Some(b"pa:ss word")));
+        let auth = Authenticator::new(false, Some(file), None);
+        assert!(auth.offers_scram());
+        assert_eq!(auth.scram_credential("alice"), Some(credential));
+        assert!(!Authenticator::allow_all().offers_scram());
+        let error = PasswordFile::parse(&format!("{alice}:SCRAM-SHA-256$4096$AA==\n"), path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("test.conf:1: user `alice`: expected `SCRAM-SHA-256$"),
             "{error}"
         );
     }

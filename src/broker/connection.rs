@@ -92,6 +92,11 @@ impl Gate {
     /// The outcome of `connect`'s credentials when it needs no hashing (no password file, an
     /// anonymous client).
     fn decided(&self, connect: &Connect) -> Option<AuthOutcome> {
+        if connect.properties.authentication_method.is_some() {
+            // Enhanced authentication: the core runs the exchange (`core::enhanced_auth`)
+            // and checks no password, so hashing one here would be wasted.
+            return Some(AuthOutcome::Allowed);
+        }
         let username = connect.username.as_deref();
         self.auth
             .verifier(username, connect.password.as_deref())

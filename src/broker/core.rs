@@ -59,11 +59,12 @@ use super::router::{Route, Router};
 use super::shared::{Gid, Groups};
 use super::stats::{ByteCounters, Stats};
 use crate::codec::{
-    self, Ack, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttStr, Packet,
-    PacketId, PropertyBox, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode,
-    RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
-    Unsubscribe, Will,
+    self, Ack, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
+    MqttStr, Packet, PacketId, PropertyBox, ProtocolVersion, Publish, PublishProperties, QoS,
+    QosPid, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicFilter,
+    TopicName, UnsubAck, Unsubscribe, Will,
 };
+use crate::scram::{self, ScramError, ServerExchange};
 use crate::store::{
     DurableState, MessageProperties, OutgoingState, Owner, Store, StoreOp, StoredMessage,
     StoredSession, StoredSubscription, StoredWill,
@@ -178,6 +179,28 @@ struct Online {
     max_packet_size: Option<u32>,
     /// 5.0: the session expiry the CONNECT asked for (DISCONNECT may not raise it from 0).
     connect_expiry_secs: u32,
+    /// 5.0: the connection authenticated with SCRAM-SHA-256 (enhanced authentication), so it
+    /// may re-authenticate; an AUTH on any other connection is a Protocol Error.
+    enhanced_auth: bool,
+}
+
+/// An enhanced authentication exchange in progress on a connection (SCRAM-SHA-256).
+#[derive(Debug)]
+struct Exchange {
+    scram: ServerExchange,
+    /// Before CONNACK, the CONNECT that waits for the exchange's end; `None` for a
+    /// re-authentication.
+    connect: Option<Box<Connect>>,
+}
+
+/// The outcome of an exchange that succeeded, handed to `on_connect`.
+#[derive(Debug)]
+struct Authenticated {
+    conn: ConnId,
+    /// The user name client-first named (the session's owner and the ACL's user).
+    username: String,
+    /// server-final, sent in CONNACK's Authentication Data.
+    server_final: Bytes,
 }
 
 /// Small on purpose (memory per idle connection): what only an online connection has is boxed.
@@ -232,6 +255,14 @@ pub struct Core {
     queued_bytes_total: usize,
     /// The credentials check of the CONNECT `handle_connect` is handing to `on_connect`.
     checked: Option<(ConnId, AuthOutcome)>,
+    /// Enhanced authentication exchanges in progress (before CONNACK or re-authenticating);
+    /// apart from `Conn`, which stays small.
+    exchanges: BTreeMap<ConnId, Box<Exchange>>,
+    /// The SCRAM exchange `on_connect` is finishing (see `Authenticated`).
+    authenticated: Option<Authenticated>,
+    /// Keys the decoy salt a SCRAM exchange shows for a user without a credential (drawn
+    /// from the seeded RNG at start: stable while the broker runs).
+    scram_decoy_secret: [u8; 32],
 }
 
 impl std::fmt::Debug for Core {
@@ -294,7 +325,11 @@ impl Core {
             store_health: Default::default(),
             queued_bytes_total: 0,
             checked: None,
+            exchanges: BTreeMap::new(),
+            authenticated: None,
+            scram_decoy_secret: [0; 32],
         };
+        core.rng.fill_bytes(&mut core.scram_decoy_secret);
         let loaded: Vec<(String, StoredSession)> = core
             .store
             .state()
@@ -647,6 +682,9 @@ impl Core {
         };
         c.last_seen = now;
         let Some(online) = &c.online else {
+            if self.exchanges.contains_key(&conn) {
+                return self.on_auth_before_connack(conn, packet, now, out);
+            }
             match packet {
                 Packet::Connect(connect) => self.on_connect(conn, *connect, now, out),
                 other => {
@@ -683,13 +721,7 @@ impl Core {
                 now,
                 out,
             ),
-            Packet::Auth(_) if v5 => self.violation(
-                conn,
-                ReasonCode::ProtocolError,
-                "[MQTT-4.12.0-1] AUTH without an authentication method in CONNECT",
-                now,
-                out,
-            ),
+            Packet::Auth(auth) if v5 => self.on_reauth(conn, auth, now, out),
             other => {
                 let why = match other.packet_type() {
                     codec::PacketType::ConnAck => "CONNACK from a client",
@@ -1054,15 +1086,19 @@ impl Core {
     fn on_connect(&mut self, conn: ConnId, connect: Connect, now: Instant, out: &mut Vec<Action>) {
         let protocol = connect.protocol;
         let v5 = protocol == ProtocolVersion::V5;
-        if v5 && connect.properties.authentication_method.is_some() {
-            // Enhanced authentication (AUTH exchanges) is not offered.
-            return self.refuse(
-                conn,
-                protocol,
-                ReasonCode::BadAuthenticationMethod,
-                now,
-                out,
-            );
+        let authenticated = self.authenticated.take().filter(|a| a.conn == conn);
+        if v5 && authenticated.is_none() && connect.properties.authentication_method.is_some() {
+            return self.start_exchange(conn, connect, now, out);
+        }
+        if let (Some(a), Some(name)) = (&authenticated, &connect.username) {
+            if a.username != name.as_str() {
+                // One identity per connection: the exchange proved client-first's user.
+                tracing::info!(
+                    conn,
+                    "CONNECT's user name is not the one SCRAM authenticated"
+                );
+                return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
+            }
         }
         let assigned = connect.client_id.is_empty();
         if assigned && !v5 && !connect.clean_start {
@@ -1080,8 +1116,10 @@ impl Core {
             .get(&conn)
             .and_then(|c| c.identity.as_deref())
             .map(str::to_string);
-        let vouched = identity.is_some();
-        let username = identity.or_else(|| connect.username.as_ref().map(|u| u.to_string()));
+        let vouched = identity.is_some() || authenticated.is_some();
+        let username = identity
+            .or_else(|| authenticated.as_ref().map(|a| a.username.clone()))
+            .or_else(|| connect.username.as_ref().map(|u| u.to_string()));
         if username.is_none() && !self.config.allow_anonymous {
             return self.refuse(conn, protocol, ReasonCode::NotAuthorized, now, out);
         }
@@ -1310,6 +1348,7 @@ impl Core {
                     .then_some(connect.properties.maximum_packet_size.map(|m| m.get()))
                     .flatten(),
                 connect_expiry_secs,
+                enhanced_auth: authenticated.is_some(),
             }));
         }
         self.online_count += 1;
@@ -1333,6 +1372,11 @@ impl Core {
             properties.shared_subscription_available = Some(self.config.shared_subscriptions);
             properties.server_keep_alive_secs = server_keep_alive;
             properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
+            if let Some(a) = authenticated {
+                // [MQTT-4.12.0-5] the CONNECT's method, with server-final.
+                properties.authentication_method = Some(MqttStr::from_static(scram::METHOD));
+                properties.authentication_data = Some(a.server_final);
+            }
         }
         out.push(Action::SetProtocol {
             conn,
@@ -1457,6 +1501,7 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         self.paused.remove(&conn);
+        self.exchanges.remove(&conn);
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -2791,10 +2836,13 @@ fn disconnect(reason_code: ReasonCode) -> Packet {
     })
 }
 
+mod enhanced_auth;
 mod store_health;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;
 #[cfg(test)]
 mod tests_shared;
 #[cfg(test)]

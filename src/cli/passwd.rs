@@ -10,6 +10,7 @@ use rand::TryRngCore;
 use simqtt::broker::auth::{
     split_password_line, PasswordHash, PBKDF2_DEFAULT_ITERATIONS, PBKDF2_MAX_ITERATIONS, SALT_BYTES,
 };
+use simqtt::scram::{self, ScramCredential};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,6 +35,11 @@ pub struct Args {
         conflicts_with = "delete"
     )]
     iterations: u32,
+    /// Also store SCRAM-SHA-256 credentials (salt, 4096 iterations, StoredKey, ServerKey)
+    /// after the hash, for MQTT 5.0 enhanced authentication (`--auth-method SCRAM-SHA-256`).
+    /// mosquitto ignores them. Without --scram an updated user loses any it had.
+    #[arg(long = "scram", conflicts_with = "delete")]
+    scram: bool,
     /// The password file.
     file: PathBuf,
     /// The user name (must not contain `:`).
@@ -44,7 +50,8 @@ pub struct Args {
 
 /// What to do to a user's entry.
 enum Change {
-    Set(PasswordHash),
+    /// The hash, and the SCRAM credential when one is stored too.
+    Set(PasswordHash, Option<ScramCredential>),
     Delete,
 }
 
@@ -61,16 +68,37 @@ fn edit(existing: Option<&str>, user: &str, change: &Change) -> (String, bool) {
             out.push('\n');
             continue;
         }
-        if let (Change::Set(hash), false) = (change, found) {
-            out.push_str(&format!("{user}:{hash}\n"));
+        if let (Change::Set(hash, scram), false) = (change, found) {
+            out.push_str(&entry(user, hash, scram.as_ref()));
         }
         // A second line for the same user is dropped: only one can be in force.
         found = true;
     }
-    if let (Change::Set(hash), false) = (change, found) {
-        out.push_str(&format!("{user}:{hash}\n"));
+    if let (Change::Set(hash, scram), false) = (change, found) {
+        out.push_str(&entry(user, hash, scram.as_ref()));
     }
     (out, found)
+}
+
+/// A user's line: `user:HASH` or `user:HASH:SCRAM-SHA-256$...`.
+fn entry(user: &str, hash: &PasswordHash, scram: Option<&ScramCredential>) -> String {
+    match scram {
+        Some(credential) => format!("{user}:{hash}:{credential}\n"),
+        None => format!("{user}:{hash}\n"),
+    }
+}
+
+/// The SCRAM-SHA-256 credential of `password`, with a salt from the OS.
+fn new_scram(password: &str) -> anyhow::Result<ScramCredential> {
+    let mut salt = [0u8; scram::SALT_BYTES];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut salt)
+        .context("reading random bytes from the OS for the salt")?;
+    Ok(ScramCredential::derive(
+        password.as_bytes(),
+        &salt,
+        scram::DEFAULT_ITERATIONS,
+    ))
 }
 
 fn check_user(user: &str) -> anyhow::Result<()> {
@@ -190,7 +218,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 first
             }
         };
-        Change::Set(new_hash(&password, args.iterations)?)
+        let scram = if args.scram {
+            Some(new_scram(&password)?)
+        } else {
+            None
+        };
+        Change::Set(new_hash(&password, args.iterations)?, scram)
     };
     let (text, found) = edit(existing.as_deref(), &args.user, &change);
     if args.delete && !found {
@@ -212,11 +245,10 @@ mod tests {
     use super::*;
 
     fn set(password: &str) -> Change {
-        Change::Set(PasswordHash::with_salt(
-            password.as_bytes(),
-            [7; SALT_BYTES],
-            101,
-        ))
+        Change::Set(
+            PasswordHash::with_salt(password.as_bytes(), [7; SALT_BYTES], 101),
+            None,
+        )
     }
 
     #[test]
@@ -287,6 +319,7 @@ mod tests {
             delete,
             // Few iterations: the test hashes several passwords (the default is pinned below).
             iterations: 1000,
+            scram: user == "v",
             file: file.clone(),
             user: user.into(),
             password: password.map(str::to_string),
@@ -306,6 +339,14 @@ mod tests {
         let text = std::fs::read_to_string(&file).unwrap();
         let parsed = PasswordFile::parse(&text, &file).unwrap();
         assert!(parsed.verify("u", Some(b"p")) && parsed.verify("v", Some(b"q")));
+        // --scram (given for v) stores a SCRAM credential of the same password.
+        assert!(parsed.scram("u").is_none());
+        let credential = parsed.scram("v").expect("v has a SCRAM credential");
+        assert_eq!(credential.iterations, scram::DEFAULT_ITERATIONS);
+        assert_eq!(
+            credential,
+            &ScramCredential::derive(b"q", &credential.salt, credential.iterations)
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
