@@ -62,6 +62,9 @@ pub struct Profile {
     pub max_packet_size_bytes: Option<u32>,
     /// The highest QoS the broker grants (5.0 Maximum QoS); 0, 1 or 2.
     pub max_qos: u8,
+    /// Offers 5.0 enhanced authentication with SCRAM-SHA-256 (as EMQX can), with a SCRAM
+    /// credential for the `[acl]` user; false unless declared (few brokers have it).
+    pub enhanced_auth: bool,
     /// A user with a topic it may not use, to test refusals with; optional.
     pub acl: Option<Acl>,
 }
@@ -114,6 +117,7 @@ impl Default for Profile {
             receive_maximum: None,
             max_packet_size_bytes: None,
             max_qos: 2,
+            enhanced_auth: false,
             acl: None,
         }
     }
@@ -307,6 +311,10 @@ impl Profile {
                 self.qos2,
                 self.max_qos
             )),
+            Capability::EnhancedAuth if !self.enhanced_auth => Some(format!(
+                "profile {profile} does not say the broker offers SCRAM-SHA-256 enhanced \
+                 authentication for its [acl] user (enhanced_auth = true)"
+            )),
             Capability::Acl => match &self.acl {
                 None => Some(format!(
                     "profile {profile} declares no ACL user ([acl] with username, password, \
@@ -342,6 +350,7 @@ pub fn capability_name(c: Capability) -> &'static str {
         Capability::LinkFaults => "link_faults",
         Capability::Acl => "acl",
         Capability::SharedSubscriptions => "shared_subscriptions",
+        Capability::EnhancedAuth => "enhanced_auth",
     }
 }
 
@@ -360,6 +369,9 @@ pub fn needed(scenario: &Scenario) -> BTreeSet<Capability> {
     for client in scenario.clients.values() {
         if client.protocol == ProtocolVersion::V5 {
             out.insert(Capability::Mqtt5);
+        }
+        if client.auth.is_some() {
+            out.insert(Capability::EnhancedAuth);
         }
         if let Some(will) = &client.will {
             out.insert(Capability::Will);
@@ -396,6 +408,9 @@ pub fn needed(scenario: &Scenario) -> BTreeSet<Capability> {
             }
             Step::RestartBroker(_) => {
                 out.insert(Capability::BrokerRestart);
+            }
+            Step::Reauthenticate(_) => {
+                out.insert(Capability::EnhancedAuth);
             }
             _ => {}
         }

@@ -40,6 +40,10 @@ pub enum ClientError {
     Stopped,
     #[error("gave up reconnecting after {0} attempts")]
     GaveUp(u32),
+    /// 5.0 enhanced authentication failed on our side (the broker's SCRAM answer was wrong,
+    /// e.g. it does not know the password).
+    #[error("authentication: {0}")]
+    Authentication(String),
 }
 
 /// What a CONNACK return code or reason code means, in the words mosquitto's clients use.

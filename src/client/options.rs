@@ -56,6 +56,16 @@ impl Default for ReconnectOptions {
     }
 }
 
+/// MQTT 5.0 enhanced authentication (§4.12) with SCRAM-SHA-256 (`crate::scram`), in place of
+/// sending the password in CONNECT: `username` and `password` of the options are the
+/// credentials; CONNECT carries neither, only the method and client-first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnhancedAuth {
+    /// Seed of the client nonces (ChaCha8): a simulation replays the same exchanges; the CLI
+    /// draws it from the OS.
+    pub nonce_seed: u64,
+}
+
 /// Everything needed to connect and keep connected.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -84,6 +94,9 @@ pub struct ConnectOptions {
     /// 5.0 session expiry interval. `None` picks what mosquitto does: forever for a persistent
     /// session, 0 for a clean one.
     pub session_expiry_interval_secs: Option<u32>,
+    /// 5.0: authenticate with SCRAM-SHA-256 (`--auth-method SCRAM-SHA-256`); `None`: the
+    /// password, if any, goes in CONNECT.
+    pub enhanced_auth: Option<EnhancedAuth>,
 }
 
 impl ConnectOptions {
@@ -105,6 +118,7 @@ impl ConnectOptions {
             inflight_window: 10,
             event_capacity: 1024,
             session_expiry_interval_secs: None,
+            enhanced_auth: None,
         }
     }
 }

@@ -9,13 +9,16 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
 use super::error::ClientError;
 use super::options::{ConnectOptions, ResubscribePolicy};
 use super::persist::{ClientDurable, PersistOp, StoredPublish};
+use crate::scram::{self, ClientAwaitingFinal, ClientExchange};
 use crate::codec::{
-    Ack, Connect, ConnectProperties, Disconnect, MqttStr, Packet, PacketId, ProtocolVersion,
+    Ack, Auth, AuthProperties, Connect, ConnectProperties, Disconnect, MqttStr, Packet, PacketId, ProtocolVersion,
     Publish, PublishProperties, QoS, QosPid, ReasonCode, Subscribe, SubscribeProperties,
     SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will, WillProperties,
 };
@@ -51,6 +54,12 @@ pub enum Command {
     Unsubscribe {
         token: Token,
         filters: Vec<TopicFilter>,
+    },
+    /// 5.0: re-authenticate (SCRAM-SHA-256, §4.12.1) on the current connection, with the
+    /// options' password or, for this exchange only, `password`.
+    Reauthenticate {
+        token: Token,
+        password: Option<Bytes>,
     },
 }
 
@@ -152,6 +161,8 @@ pub enum Completion {
     Subscribed(Vec<ReasonCode>),
     /// 5.0: one code per filter; 3.1.1: empty.
     Unsubscribed(Vec<ReasonCode>),
+    /// 5.0: the broker accepted a re-authentication (AUTH 0x00, its signature checked).
+    Reauthenticated,
 }
 
 /// What the driver must do, in order.
@@ -206,6 +217,16 @@ struct PendingUnsubscribe {
     filters: Vec<TopicFilter>,
 }
 
+/// Where a SCRAM-SHA-256 exchange stands (`crate::scram`).
+#[derive(Debug)]
+enum ScramPhase {
+    /// client-first sent (in CONNECT or AUTH 0x19).
+    AwaitingServerFirst(ClientExchange),
+    /// client-final sent: the broker's server-final (CONNACK or AUTH 0x00) must prove it
+    /// knows the password.
+    AwaitingServerFinal(ClientAwaitingFinal),
+}
+
 /// The client's protocol state: one per client, kept across connections.
 #[derive(Debug)]
 pub struct ClientState {
@@ -231,11 +252,17 @@ pub struct ClientState {
     keep_alive: Duration,
     /// 5.0 Receive Maximum from CONNACK: most unacknowledged QoS 1/2 on the wire.
     send_quota: usize,
+    /// Enhanced authentication: the exchange in progress, the token of a re-authentication
+    /// the application waits on, and the source of client nonces.
+    scram: Option<ScramPhase>,
+    reauth_token: Option<Token>,
+    nonce_rng: ChaCha8Rng,
 }
 
 impl ClientState {
     /// A state starting from what persistence restored (empty for a fresh client).
     pub fn new(options: ConnectOptions, restored: &ClientDurable, now: Instant) -> ClientState {
+        let nonce_seed = options.enhanced_auth.as_ref().map_or(0, |a| a.nonce_seed);
         let mut state = ClientState {
             keep_alive: Duration::from_secs(u64::from(options.keep_alive_secs)),
             options,
@@ -254,6 +281,9 @@ impl ClientState {
             last_sent: now,
             ping_sent: None,
             send_quota: usize::from(u16::MAX),
+            scram: None,
+            reauth_token: None,
+            nonce_rng: ChaCha8Rng::seed_from_u64(nonce_seed),
         };
         for publish in restored.outgoing() {
             let token = state.internal_token();
@@ -355,9 +385,95 @@ impl ClientState {
         self.ping_sent = None;
         self.keep_alive = Duration::from_secs(u64::from(self.options.keep_alive_secs));
         let mut actions = Vec::new();
-        let connect = self.connect_packet();
+        let mut connect = self.connect_packet();
+        self.scram = None;
+        if self.uses_scram() {
+            // The credentials go through the exchange, not in CONNECT.
+            let client_first = self.start_scram(None);
+            connect.username = None;
+            connect.password = None;
+            connect.properties.authentication_method = Some(MqttStr::from_static(scram::METHOD));
+            connect.properties.authentication_data = Some(Bytes::from(client_first));
+        }
         self.send(Packet::Connect(Box::new(connect)), now, &mut actions);
         actions
+    }
+
+    /// 5.0 with `enhanced_auth` set.
+    fn uses_scram(&self) -> bool {
+        self.options.protocol == ProtocolVersion::V5 && self.options.enhanced_auth.is_some()
+    }
+
+    /// A new exchange: its client-first.
+    fn start_scram(&mut self, password: Option<&[u8]>) -> Vec<u8> {
+        let mut random = [0u8; scram::NONCE_BYTES];
+        self.nonce_rng.fill_bytes(&mut random);
+        let (exchange, client_first) = ClientExchange::start(
+            self.options.username.as_deref().unwrap_or_default(),
+            password.unwrap_or(self.options.password.as_deref().unwrap_or_default()),
+            &scram::nonce(&random),
+        );
+        self.scram = Some(ScramPhase::AwaitingServerFirst(exchange));
+        client_first
+    }
+
+    /// An AUTH from the broker: server-first (0x18) or, re-authenticating, the server-final
+    /// of success (0x00). Anything else, or a failed check, closes the connection.
+    fn on_auth(&mut self, auth: Auth, now: Instant, actions: &mut Vec<Action>) {
+        let method_ok = auth.properties.authentication_method.as_deref() == Some(scram::METHOD);
+        let data = auth.properties.authentication_data.clone().unwrap_or_default();
+        let outcome: Result<(), ClientError> = match (self.scram.take(), auth.reason_code) {
+            (_, _) if !method_ok => Err(ClientError::Protocol(
+                "[MQTT-4.12.0-5] AUTH without the CONNECT's authentication method".into(),
+            )),
+            (Some(ScramPhase::AwaitingServerFirst(exchange)), ReasonCode::ContinueAuthentication) => {
+                match exchange.respond(&data) {
+                    Ok((awaiting, client_final)) => {
+                        self.scram = Some(ScramPhase::AwaitingServerFinal(awaiting));
+                        let packet = Packet::Auth(Auth {
+                            reason_code: ReasonCode::ContinueAuthentication,
+                            properties: AuthProperties {
+                                authentication_method: Some(MqttStr::from_static(scram::METHOD)),
+                                authentication_data: Some(Bytes::from(client_final)),
+                                ..Default::default()
+                            }
+                            .into(),
+                        });
+                        self.send(packet, now, actions);
+                        return;
+                    }
+                    Err(error) => Err(ClientError::Authentication(error.to_string())),
+                }
+            }
+            (Some(ScramPhase::AwaitingServerFinal(awaiting)), ReasonCode::Success)
+                if self.link == Link::Up =>
+            {
+                match awaiting.verify(&data) {
+                    Ok(()) => {
+                        if let Some(token) = self.reauth_token.take() {
+                            actions.push(Action::Complete {
+                                token,
+                                result: Ok(Completion::Reauthenticated),
+                            });
+                        }
+                        return;
+                    }
+                    Err(error) => Err(ClientError::Authentication(error.to_string())),
+                }
+            }
+            (_, reason) => Err(ClientError::Protocol(format!(
+                "AUTH {reason:?} out of turn in the authentication exchange"
+            ))),
+        };
+        if let Err(cause) = outcome {
+            if let Some(token) = self.reauth_token.take() {
+                actions.push(Action::Complete {
+                    token,
+                    result: Err(cause.clone()),
+                });
+            }
+            actions.push(Action::Close(cause));
+        }
     }
 
     fn connect_packet(&self) -> Connect {
@@ -398,16 +514,22 @@ impl ClientState {
         let was = self.link;
         self.link = Link::Down;
         self.ping_sent = None;
+        self.scram = None;
+        let reauth = self.reauth_token.take().map(|token| Action::Complete {
+            token,
+            result: Err(cause.clone()),
+        });
         for entry in self.outgoing.values_mut() {
             entry.on_wire = false;
         }
         self.on_wire_count = 0;
-        match was {
-            Link::Up => vec![Action::Event(EventKind::ConnectionLost { cause })],
+        let event = match was {
+            Link::Up => Action::Event(EventKind::ConnectionLost { cause }),
             Link::AwaitingConnAck { .. } | Link::Down => {
-                vec![Action::Event(EventKind::ConnectFailed { cause })]
+                Action::Event(EventKind::ConnectFailed { cause })
             }
-        }
+        };
+        reauth.into_iter().chain([event]).collect()
     }
 
     /// The DISCONNECT to send for a graceful close, with `reason` in 5.0 (3.1.1 has none).
@@ -543,6 +665,40 @@ impl ClientState {
                     let packet = self.unsubscribe_packet(packet_id);
                     self.send(packet, now, &mut actions);
                 }
+            }
+            Command::Reauthenticate { token, password } => {
+                if !self.uses_scram() {
+                    return fail(
+                        token,
+                        ClientError::InvalidArgument(
+                            "[MQTT-4.12.0-7] re-authentication needs a 5.0 connection made with \
+                             enhanced authentication"
+                                .into(),
+                        ),
+                    );
+                }
+                if !self.is_connected() {
+                    return fail(token, ClientError::NotConnected);
+                }
+                if self.reauth_token.is_some() || self.scram.is_some() {
+                    return fail(
+                        token,
+                        ClientError::InvalidArgument("a re-authentication is under way".into()),
+                    );
+                }
+                let client_first = self.start_scram(password.as_deref());
+                self.reauth_token = Some(token);
+                // [MQTT-4.12.1-1] the CONNECT's method, reason 0x19.
+                let packet = Packet::Auth(Auth {
+                    reason_code: ReasonCode::ReAuthenticate,
+                    properties: AuthProperties {
+                        authentication_method: Some(MqttStr::from_static(scram::METHOD)),
+                        authentication_data: Some(Bytes::from(client_first)),
+                        ..Default::default()
+                    }
+                    .into(),
+                });
+                self.send(packet, now, &mut actions);
             }
         }
         actions
@@ -694,6 +850,9 @@ impl ClientState {
         if let Link::AwaitingConnAck { .. } = self.link {
             match packet {
                 Packet::ConnAck(connack) => self.on_connack(connack, now, &mut actions),
+                Packet::Auth(auth) if self.scram.is_some() => {
+                    self.on_auth(auth, now, &mut actions)
+                }
                 // 5.0: a broker may refuse with DISCONNECT-less close; anything else first is
                 // a protocol error [MQTT-3.2.0-1].
                 other => actions.push(Action::Close(ClientError::Protocol(format!(
@@ -767,6 +926,7 @@ impl ClientState {
                 }
             }
             Packet::PingResp => self.ping_sent = None,
+            Packet::Auth(auth) if self.scram.is_some() => self.on_auth(auth, now, &mut actions),
             Packet::Disconnect(disconnect) => {
                 actions.push(Action::Close(ClientError::ServerDisconnected(
                     disconnect.reason_code,
@@ -792,6 +952,20 @@ impl ClientState {
                 protocol: self.options.protocol,
             }));
             return;
+        }
+        if self.uses_scram() {
+            // The broker proves it knows the password (server-final in CONNACK); a broker
+            // that skips the exchange proves nothing.
+            let verified = match self.scram.take() {
+                Some(ScramPhase::AwaitingServerFinal(awaiting)) => awaiting
+                    .verify(connack.properties.authentication_data.as_deref().unwrap_or_default())
+                    .map_err(|e| e.to_string()),
+                _ => Err("CONNACK before the SCRAM exchange ended".to_string()),
+            };
+            if let Err(why) = verified {
+                actions.push(Action::Close(ClientError::Authentication(why)));
+                return;
+            }
         }
         self.link = Link::Up;
         let props = &connack.properties;

@@ -88,6 +88,7 @@ impl Step {
             Step::ExpectSessionPresent(x) => pair(&x.spec, &x.note),
             Step::ExpectWill(x) => pair(&x.spec, &x.note),
             Step::ExpectRaw(x) => pair(&x.spec, &x.note),
+            Step::Reauthenticate(x) => pair(&x.spec, &x.note),
             _ => None,
         }
     }
@@ -105,6 +106,7 @@ impl Step {
             Step::ExpectWill(x) => Some(&x.of),
             Step::ExpectRaw(x) => Some(&x.client),
             Step::Raw(x) => Some(&x.client),
+            Step::Reauthenticate(x) => Some(&x.client),
             _ => None,
         }
     }

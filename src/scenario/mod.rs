@@ -166,6 +166,9 @@ pub enum Capability {
     Acl,
     /// Shared subscriptions `$share/{ShareName}/{filter}` (5.0 Shared Subscription Available).
     SharedSubscriptions,
+    /// 5.0 enhanced authentication with SCRAM-SHA-256 for the ACL user (`auth: scram`
+    /// clients, `reauthenticate` steps).
+    EnhancedAuth,
 }
 
 /// Broker options.
@@ -282,6 +285,18 @@ pub struct ClientSpec {
     /// Connect as this user (`acl`: the ACL user); default: the run's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<ClientUser>,
+    /// 5.0 enhanced authentication (`scram`: SCRAM-SHA-256 with the client's credentials, in
+    /// place of the password in CONNECT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ClientAuth>,
+}
+
+/// How a client authenticates (`auth:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// MQTT 5.0 enhanced authentication with SCRAM-SHA-256 (`crate::scram`).
+    Scram,
 }
 
 impl Default for ClientSpec {
@@ -298,6 +313,7 @@ impl Default for ClientSpec {
             persistence: Persistence::None,
             host: None,
             user: None,
+            auth: None,
         }
     }
 }
@@ -611,6 +627,21 @@ pub struct DisconnectStep {
 }
 short_form!(DisconnectStep, client);
 
+/// `reauthenticate`: 5.0 re-authentication (§4.12.1) of an `auth: scram` client.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct ReauthenticateStep {
+    pub client: String,
+    /// Re-authenticate with a wrong password: the broker must refuse and close.
+    #[serde(default)]
+    pub wrong_password: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+short_form!(ReauthenticateStep, client);
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(remote = "Self", deny_unknown_fields)]
 pub struct CrashBrokerStep {
@@ -799,6 +830,7 @@ pub enum Step {
     Unsubscribe(UnsubscribeStep),
     Publish(PublishStep),
     Disconnect(DisconnectStep),
+    Reauthenticate(ReauthenticateStep),
     CrashBroker(CrashBrokerStep),
     RestartBroker(RestartBrokerStep),
     CrashClient(ClientStep),
@@ -831,6 +863,7 @@ impl Step {
             Step::Unsubscribe(_) => "unsubscribe",
             Step::Publish(_) => "publish",
             Step::Disconnect(_) => "disconnect",
+            Step::Reauthenticate(_) => "reauthenticate",
             Step::CrashBroker(_) => "crash_broker",
             Step::RestartBroker(_) => "restart_broker",
             Step::CrashClient(_) => "crash_client",
@@ -868,6 +901,7 @@ impl Step {
             Step::Unsubscribe(s) => vec![&s.client],
             Step::Publish(s) => vec![&s.client],
             Step::Disconnect(s) => vec![&s.client],
+            Step::Reauthenticate(s) => vec![&s.client],
             Step::Delay(s) => vec![&s.client],
             Step::DropPacket(s) | Step::DuplicatePacket(s) => vec![&s.client],
             Step::ExpectMessages(s) => {
@@ -1262,6 +1296,13 @@ fn validate_clients(s: &Scenario, e: &mut Errors) {
                 "a client cannot run on the broker's host".into(),
             );
         }
+        if c.auth.is_some() && c.protocol != ProtocolVersion::V5 {
+            e.at(
+                &path("auth"),
+                None,
+                "auth: scram (enhanced authentication) is MQTT 5.0 only: add protocol: v5".into(),
+            );
+        }
         match c.keepalive.whole_secs() {
             Some(secs) if secs <= u64::from(u16::MAX) => {}
             _ => e.at(
@@ -1469,6 +1510,19 @@ fn validate_steps(s: &Scenario, e: &mut Errors) {
                     );
                 }
             }
+            Step::Reauthenticate(r) => {
+                if s.clients.get(&r.client).is_some_and(|c| c.auth.is_none()) {
+                    e.at(
+                        &path,
+                        Some("client"),
+                        format!(
+                            "reauthenticate needs a client connected with enhanced \
+                             authentication, and {:?} has no `auth: scram`",
+                            r.client
+                        ),
+                    );
+                }
+            }
             Step::Disconnect(d) => {
                 if d.with_will && version(&d.client) == Some(ProtocolVersion::V311) {
                     e.at(
@@ -1619,6 +1673,13 @@ fn validate_schedule(s: &Scenario, e: &mut Errors) {
             Step::Subscribe(x) => need_up(e, &x.client),
             Step::Unsubscribe(x) => need_up(e, &x.client),
             Step::Publish(x) => need_up(e, &x.client),
+            Step::Reauthenticate(x) => {
+                need_up(e, &x.client);
+                // A refused re-authentication ends the connection.
+                if x.wrong_password && !reconnects(&x.client) {
+                    life.insert(&x.client, Life::Lost(i));
+                }
+            }
             Step::Disconnect(x) => {
                 need_up(e, &x.client);
                 life.insert(&x.client, Life::Disconnected(i));

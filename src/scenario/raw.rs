@@ -333,6 +333,15 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 }
 
 /// A valid CONNECT from the client's options. A will carries the payload `w-<client>-raw`.
+/// The client nonce of a raw `auth: scram` CONNECT's client-first.
+pub const RAW_SCRAM_NONCE: &str = "raw-client-nonce";
+
+/// The client-first of a raw `auth: scram` CONNECT for `username`.
+pub fn raw_client_first(username: &str) -> bytes::Bytes {
+    let (_, first) = crate::scram::ClientExchange::start(username, b"", RAW_SCRAM_NONCE);
+    bytes::Bytes::from(first)
+}
+
 fn connect_bytes(client: &str, spec: &ClientSpec) -> Result<Vec<u8>, String> {
     let client_id = spec.client_id.clone().unwrap_or_else(|| client.to_string());
     let will = match &spec.will {
@@ -365,6 +374,14 @@ fn connect_bytes(client: &str, spec: &ClientSpec) -> Result<Vec<u8>, String> {
                     .map(|d| u32::try_from(d.millis / 1000).unwrap_or(u32::MAX)),
                 ProtocolVersion::V311 => None,
             },
+            // `auth: scram`: the method and a client-first for the ACL user (the run puts
+            // its own ACL user's name in, see `sim::raw`).
+            authentication_method: spec
+                .auth
+                .map(|_| MqttStr::from_static(crate::scram::METHOD)),
+            authentication_data: spec
+                .auth
+                .map(|_| raw_client_first(super::acl::SIM_ACL.username)),
             ..ConnectProperties::default()
         },
         client_id: MqttStr::new(&client_id).map_err(|e| format!("client id: {e}"))?,

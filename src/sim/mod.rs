@@ -228,7 +228,15 @@ fn sim_acl() -> (crate::broker::auth::Authenticator, (String, bytes::Bytes)) {
     use crate::broker::auth::{Acl, Authenticator, PasswordFile, PasswordHash, SALT_BYTES};
     let acl = &crate::scenario::SIM_ACL;
     let hash = PasswordHash::with_salt(acl.password.as_bytes(), [7; SALT_BYTES], 1000);
-    let passwords = PasswordFile::from_entries([(acl.username.to_string(), hash)]);
+    // Its SCRAM-SHA-256 credential too, for `auth: scram` clients (RFC 7677's 4096
+    // iterations, the client's to pay at each exchange).
+    let scram = crate::scram::ScramCredential::derive(
+        acl.password.as_bytes(),
+        b"sim-acl-scram-salt",
+        crate::scram::DEFAULT_ITERATIONS,
+    );
+    let passwords = PasswordFile::from_entries([(acl.username.to_string(), hash)])
+        .with_scram(acl.username, scram);
     let rules = Acl::parse(acl.acl_file, std::path::Path::new("sim-acl"))
         .expect("the simulator's ACL parses");
     (
@@ -734,6 +742,7 @@ impl<B: Backend> Runner<B> {
                         publish_requested: 0,
                         publish_handled: 0,
                         commands_done: 0,
+                        reauths: Vec::new(),
                         tokens: BTreeMap::new(),
                         handed: BTreeMap::new(),
                         packet_ids: BTreeMap::new(),
@@ -1499,6 +1508,58 @@ impl<B: Backend> Runner<B> {
                         .get(&name)
                         .is_some_and(|x| x.commands_done > before)
                 })?;
+            }
+            Step::Reauthenticate(r) => {
+                let name = r.client.clone();
+                let before = lock(&self.shared)
+                    .sessions
+                    .get(&name)
+                    .map_or(0, |s| s.reauths.len());
+                self.send(
+                    &name,
+                    HostCommand::Reauthenticate {
+                        client: name.clone(),
+                        password: r
+                            .wrong_password
+                            .then(|| bytes::Bytes::from_static(b"not-the-password")),
+                    },
+                )?;
+                let wait_for = name.clone();
+                self.run_until(ACK_WAIT, move |s| {
+                    s.sessions
+                        .get(&wait_for)
+                        .is_some_and(|x| x.reauths.len() > before)
+                })?;
+                let result = lock(&self.shared)
+                    .sessions
+                    .get(&name)
+                    .and_then(|s| s.reauths.get(before).cloned());
+                let failure = match (r.wrong_password, result) {
+                    (_, None) => Some(format!(
+                        "{name}'s re-authentication got no answer within {}s",
+                        ACK_WAIT.as_secs()
+                    )),
+                    (false, Some(Ok(()))) => None,
+                    (false, Some(Err(e))) => Some(format!("{name}'s re-authentication failed: {e}")),
+                    (true, Some(Ok(()))) => Some(format!(
+                        "the broker accepted {name}'s re-authentication with a wrong password"
+                    )),
+                    (
+                        true,
+                        Some(Err(
+                            crate::client::ClientError::ServerDisconnected(_)
+                            | crate::client::ClientError::ConnectionClosed
+                            | crate::client::ClientError::Io(_),
+                        )),
+                    ) => None,
+                    (true, Some(Err(e))) => Some(format!(
+                        "{name}'s re-authentication with a wrong password ended without the \
+                         broker closing the connection: {e}"
+                    )),
+                };
+                if let Some(text) = failure {
+                    self.expect_failure(i, kw, text, vec![]);
+                }
             }
             Step::CrashBroker(c) => {
                 let crashed = self.crash_broker(c.power_loss)?;
@@ -2450,6 +2511,7 @@ impl Plan {
                 },
                 host: None,
                 user: None,
+                auth: None,
             }
         };
         for i in 0..w.subscribers {

@@ -203,7 +203,8 @@ pub(super) fn handle(shared: &SharedRef, host: &str, command: RawCommand) {
 /// 0x02 [MQTT-3.1.3-8]).
 fn prepare_connect(net: &super::world::ClientNet, bytes: Vec<u8>, credentials: bool) -> Vec<u8> {
     let add_credentials = credentials && net.username.is_some();
-    if net.isolation.is_none() && !add_credentials {
+    let acl_user = net.acl_user.as_ref().map(|(user, _)| user.as_str());
+    if net.isolation.is_none() && !add_credentials && acl_user.is_none() {
         return bytes;
     }
     let buf = bytes::Bytes::from(bytes.clone());
@@ -224,7 +225,14 @@ fn prepare_connect(net: &super::world::ClientNet, bytes: Vec<u8>, credentials: b
             connect.client_id = id;
         }
     }
-    if add_credentials && connect.username.is_none() {
+    let scram = connect.properties.authentication_method.as_deref()
+        == Some(crate::scram::METHOD);
+    if let (true, true, Some(user)) = (credentials, scram, acl_user) {
+        // A `send: connect` of an `auth: scram` client: client-first names the run's ACL
+        // user, and the credentials go through the exchange, not in CONNECT.
+        connect.properties.authentication_data =
+            Some(crate::scenario::raw::raw_client_first(user));
+    } else if add_credentials && connect.username.is_none() {
         let Some(Ok(username)) = net.username.as_deref().map(MqttStr::new) else {
             return bytes;
         };

@@ -93,6 +93,11 @@ pub enum HostCommand {
     Crash {
         client: String,
     },
+    /// 5.0 re-authentication (`password`: another than the client's, for this exchange).
+    Reauthenticate {
+        client: String,
+        password: Option<Bytes>,
+    },
     /// Ask the broker's admin handle to close a client id's connection.
     Kick {
         client_id: String,
@@ -129,6 +134,8 @@ pub struct Session {
     pub publish_handled: u64,
     /// Other commands finished (disconnect).
     pub commands_done: u64,
+    /// How each re-authentication the runner asked for ended, in order.
+    pub reauths: Vec<Result<(), ClientError>>,
     pub tokens: BTreeMap<u64, String>,
     pub packet_ids: BTreeMap<u16, String>,
     /// QoS 1/2 messages handed over and not yet finished, by number.
@@ -731,6 +738,19 @@ fn handle(state: &Rc<RefCell<HostState>>, command: HostCommand) {
                 }
             });
         }
+        HostCommand::Reauthenticate { client, password } => {
+            let handle = state.borrow().clients.get(&client).cloned();
+            let shared = state.borrow().shared.clone();
+            tokio::task::spawn_local(async move {
+                let result = match handle {
+                    Some(handle) => handle.reauthenticate_with(password).await,
+                    None => Err(ClientError::NotConnected),
+                };
+                if let Some(session) = lock(&shared).sessions.get_mut(&client) {
+                    session.reauths.push(result);
+                }
+            });
+        }
         HostCommand::Crash { client } => {
             let handle = state.borrow_mut().clients.remove(&client);
             if let Some(handle) = handle {
@@ -970,6 +990,9 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
     options.username = wire.username.clone();
     options.password = wire.password.clone();
     options.protocol = protocol;
+    options.enhanced_auth = spec.auth.map(|_| crate::client::EnhancedAuth {
+        nonce_seed: seed ^ index.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ u64::from(instance),
+    });
     options.clean_session = spec.clean_session;
     options.keep_alive_secs = keep_alive_secs;
     options.connect_timeout = Duration::from_secs(5);
