@@ -757,6 +757,23 @@ steps:
         assert_eq!(Profile::default().unmet(&plain, true), None);
     }
 
+    /// A SCRAM client or a re-authentication runs only where the profile says the broker
+    /// offers SCRAM-SHA-256 (few brokers do: the default is to skip, with the reason).
+    #[test]
+    fn enhanced_auth_scenarios_are_skipped_unless_declared() {
+        for yaml in [
+            "clients: {c: {protocol: v5, auth: scram}}\nsteps:\n  - connect: c\n",
+            "clients: {c: {protocol: v5, auth: scram}}\nsteps:\n  - connect: c\n  - reauthenticate: c\n",
+        ] {
+            let s = scenario(yaml);
+            let why = Profile::default().unmet(&s, true).expect("skipped");
+            assert!(why.starts_with("enhanced_auth: "), "{why}");
+            assert!(why.contains("enhanced_auth = true"), "{why}");
+            let scram = profile("enhanced_auth = true\n");
+            assert_eq!(scram.unmet(&s, true), None);
+        }
+    }
+
     #[test]
     fn volatile_broker_scenarios_need_a_broker_that_forgets() {
         let s = scenario(
@@ -809,8 +826,9 @@ steps:
     fn the_library_against_a_plain_broker_skips_only_with_reasons() {
         // Every library scenario either runs against a fully featured broker without a
         // restart command, or is skipped for broker_restart / power_loss / persistence, or
-        // for acl (the default profile declares no ACL user), for max_keepalive (it
-        // declares no longest Keep Alive), or for a simulated transport.
+        // for acl (the default profile declares no ACL user), for enhanced_auth (it does not
+        // declare SCRAM-SHA-256), for max_keepalive (it declares no longest Keep Alive), or
+        // for a simulated transport.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut stack = vec![dir];
         let (mut run, mut skipped) = (0, 0);
@@ -834,6 +852,7 @@ steps:
                                 || r.starts_with("power_loss: ")
                                 || r.starts_with("persistence: ")
                                 || r.starts_with("acl: ")
+                                || r.starts_with("enhanced_auth: ")
                                 || r.starts_with("max_keepalive: ")
                                 || r.starts_with("transport: ")),
                             "{}: {why}",

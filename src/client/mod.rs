@@ -53,8 +53,6 @@ pub mod state;
 
 pub use driver::{Client, Event, OpToken};
 pub use error::{reason_meaning, ClientError};
-pub use options::{
-    ConnectOptions, EnhancedAuth, ReconnectOptions, ResubscribePolicy, WillOptions,
-};
+pub use options::{ConnectOptions, EnhancedAuth, ReconnectOptions, ResubscribePolicy, WillOptions};
 pub use persist::{FilePersistence, MemoryPersistence, Persistence};
 pub use state::{Completion, EventKind, Message, Token};

@@ -16,12 +16,13 @@ use tokio::time::Instant;
 use super::error::ClientError;
 use super::options::{ConnectOptions, ResubscribePolicy};
 use super::persist::{ClientDurable, PersistOp, StoredPublish};
-use crate::scram::{self, ClientAwaitingFinal, ClientExchange};
 use crate::codec::{
-    Ack, Auth, AuthProperties, Connect, ConnectProperties, Disconnect, MqttStr, Packet, PacketId, ProtocolVersion,
-    Publish, PublishProperties, QoS, QosPid, ReasonCode, Subscribe, SubscribeProperties,
-    SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will, WillProperties,
+    Ack, Auth, AuthProperties, Connect, ConnectProperties, Disconnect, MqttStr, Packet, PacketId,
+    ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, Subscribe,
+    SubscribeProperties, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will,
+    WillProperties,
 };
+use crate::scram::{self, ClientAwaitingFinal, ClientExchange};
 
 /// Identifies one operation (publish, subscribe, unsubscribe) across actions and events.
 pub type Token = u64;
@@ -421,30 +422,35 @@ impl ClientState {
     /// of success (0x00). Anything else, or a failed check, closes the connection.
     fn on_auth(&mut self, auth: Auth, now: Instant, actions: &mut Vec<Action>) {
         let method_ok = auth.properties.authentication_method.as_deref() == Some(scram::METHOD);
-        let data = auth.properties.authentication_data.clone().unwrap_or_default();
+        let data = auth
+            .properties
+            .authentication_data
+            .clone()
+            .unwrap_or_default();
         let outcome: Result<(), ClientError> = match (self.scram.take(), auth.reason_code) {
             (_, _) if !method_ok => Err(ClientError::Protocol(
                 "[MQTT-4.12.0-5] AUTH without the CONNECT's authentication method".into(),
             )),
-            (Some(ScramPhase::AwaitingServerFirst(exchange)), ReasonCode::ContinueAuthentication) => {
-                match exchange.respond(&data) {
-                    Ok((awaiting, client_final)) => {
-                        self.scram = Some(ScramPhase::AwaitingServerFinal(awaiting));
-                        let packet = Packet::Auth(Auth {
-                            reason_code: ReasonCode::ContinueAuthentication,
-                            properties: AuthProperties {
-                                authentication_method: Some(MqttStr::from_static(scram::METHOD)),
-                                authentication_data: Some(Bytes::from(client_final)),
-                                ..Default::default()
-                            }
-                            .into(),
-                        });
-                        self.send(packet, now, actions);
-                        return;
-                    }
-                    Err(error) => Err(ClientError::Authentication(error.to_string())),
+            (
+                Some(ScramPhase::AwaitingServerFirst(exchange)),
+                ReasonCode::ContinueAuthentication,
+            ) => match exchange.respond(&data) {
+                Ok((awaiting, client_final)) => {
+                    self.scram = Some(ScramPhase::AwaitingServerFinal(awaiting));
+                    let packet = Packet::Auth(Auth {
+                        reason_code: ReasonCode::ContinueAuthentication,
+                        properties: AuthProperties {
+                            authentication_method: Some(MqttStr::from_static(scram::METHOD)),
+                            authentication_data: Some(Bytes::from(client_final)),
+                            ..Default::default()
+                        }
+                        .into(),
+                    });
+                    self.send(packet, now, actions);
+                    return;
                 }
-            }
+                Err(error) => Err(ClientError::Authentication(error.to_string())),
+            },
             (Some(ScramPhase::AwaitingServerFinal(awaiting)), ReasonCode::Success)
                 if self.link == Link::Up =>
             {
@@ -850,9 +856,7 @@ impl ClientState {
         if let Link::AwaitingConnAck { .. } = self.link {
             match packet {
                 Packet::ConnAck(connack) => self.on_connack(connack, now, &mut actions),
-                Packet::Auth(auth) if self.scram.is_some() => {
-                    self.on_auth(auth, now, &mut actions)
-                }
+                Packet::Auth(auth) if self.scram.is_some() => self.on_auth(auth, now, &mut actions),
                 // 5.0: a broker may refuse with DISCONNECT-less close; anything else first is
                 // a protocol error [MQTT-3.2.0-1].
                 other => actions.push(Action::Close(ClientError::Protocol(format!(
@@ -958,7 +962,13 @@ impl ClientState {
             // that skips the exchange proves nothing.
             let verified = match self.scram.take() {
                 Some(ScramPhase::AwaitingServerFinal(awaiting)) => awaiting
-                    .verify(connack.properties.authentication_data.as_deref().unwrap_or_default())
+                    .verify(
+                        connack
+                            .properties
+                            .authentication_data
+                            .as_deref()
+                            .unwrap_or_default(),
+                    )
                     .map_err(|e| e.to_string()),
                 _ => Err("CONNACK before the SCRAM exchange ended".to_string()),
             };
@@ -1885,5 +1895,178 @@ mod tests {
             completion(&refused, 2),
             Some(Err(ClientError::Rejected(ReasonCode::QuotaExceeded)))
         );
+    }
+
+    /// A SCRAM-SHA-256 broker for the state machine: alice's credential.
+    fn scram_server(client_first: &[u8], nonce: &str) -> (crate::scram::ServerExchange, Vec<u8>) {
+        let credential = crate::scram::ScramCredential::derive(b"s3cret", b"salt", 64);
+        crate::scram::ServerExchange::start(
+            client_first,
+            |user| (user == "alice").then(|| credential.clone()),
+            b"decoy",
+            nonce,
+        )
+        .unwrap()
+    }
+
+    fn scram_auth(reason_code: ReasonCode, data: Vec<u8>) -> Packet {
+        Packet::Auth(Auth {
+            reason_code,
+            properties: AuthProperties {
+                authentication_method: Some(MqttStr::from_static(scram::METHOD)),
+                authentication_data: Some(Bytes::from(data)),
+                ..Default::default()
+            }
+            .into(),
+        })
+    }
+
+    /// The AUTH's reason and data among `packets`.
+    fn auth_data(packets: &[Packet]) -> (ReasonCode, Vec<u8>) {
+        packets
+            .iter()
+            .find_map(|p| match p {
+                Packet::Auth(a) => Some((
+                    a.reason_code,
+                    a.properties
+                        .authentication_data
+                        .as_deref()
+                        .unwrap()
+                        .to_vec(),
+                )),
+                _ => None,
+            })
+            .expect("an AUTH")
+    }
+
+    fn scram_options(password: &'static [u8]) -> ConnectOptions {
+        let mut o = options();
+        o.protocol = ProtocolVersion::V5;
+        o.username = Some("alice".into());
+        o.password = Some(Bytes::from_static(password));
+        o.enhanced_auth = Some(crate::client::EnhancedAuth { nonce_seed: 3 });
+        o
+    }
+
+    /// Connects with SCRAM against `scram_server`; the CONNACK's actions.
+    fn scram_connected(
+        state: &mut ClientState,
+        now: Instant,
+        server_final_ok: bool,
+    ) -> Vec<Action> {
+        let connect = match &sends(&state.transport_connected(now))[..] {
+            [Packet::Connect(c)] => c.clone(),
+            other => panic!("{other:?}"),
+        };
+        // The credentials go through the exchange, not in CONNECT.
+        assert_eq!((&connect.username, &connect.password), (&None, &None));
+        assert_eq!(
+            connect.properties.authentication_method.as_deref(),
+            Some(scram::METHOD)
+        );
+        let client_first = connect.properties.authentication_data.clone().unwrap();
+        let (server, server_first) = scram_server(&client_first, "srv");
+        let reply = sends(&state.handle_packet(
+            scram_auth(ReasonCode::ContinueAuthentication, server_first),
+            now,
+        ));
+        let (reason, client_final) = auth_data(&reply);
+        // [MQTT-4.12.0-3]
+        assert_eq!(reason, ReasonCode::ContinueAuthentication);
+        let server_final = match server.finish(&client_final) {
+            Ok(v) if server_final_ok => v,
+            _ => b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_vec(),
+        };
+        state.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: crate::codec::ConnAckProperties {
+                    authentication_method: Some(MqttStr::from_static(scram::METHOD)),
+                    authentication_data: Some(Bytes::from(server_final)),
+                    ..Default::default()
+                }
+                .into(),
+            }),
+            now,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scram_connects_and_checks_the_brokers_signature() {
+        let now = Instant::now();
+        let mut state = ClientState::new(scram_options(b"s3cret"), &ClientDurable::default(), now);
+        let actions = scram_connected(&mut state, now, true);
+        assert!(state.is_connected(), "{actions:?}");
+        // A broker that does not know the password (wrong server-final) is left.
+        let mut state = ClientState::new(scram_options(b"s3cret"), &ClientDurable::default(), now);
+        let actions = scram_connected(&mut state, now, false);
+        assert!(!state.is_connected());
+        assert!(
+            matches!(
+                &actions[..],
+                [Action::Close(ClientError::Authentication(_))]
+            ),
+            "{actions:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scram_re_authenticates_on_demand() {
+        let now = Instant::now();
+        let mut state = ClientState::new(scram_options(b"s3cret"), &ClientDurable::default(), now);
+        scram_connected(&mut state, now, true);
+        let started = sends(&state.handle_command(
+            Command::Reauthenticate {
+                token: 9,
+                password: None,
+            },
+            now,
+        ));
+        let (reason, client_first) = auth_data(&started);
+        // [MQTT-4.12.1-1] 0x19 with the CONNECT's method.
+        assert_eq!(reason, ReasonCode::ReAuthenticate);
+        let (server, server_first) = scram_server(&client_first, "again");
+        let reply = sends(&state.handle_packet(
+            scram_auth(ReasonCode::ContinueAuthentication, server_first),
+            now,
+        ));
+        let (reason, client_final) = auth_data(&reply);
+        assert_eq!(reason, ReasonCode::ContinueAuthentication);
+        let server_final = server.finish(&client_final).expect("the right proof");
+        let done = state.handle_packet(scram_auth(ReasonCode::Success, server_final), now);
+        assert_eq!(completion(&done, 9), Some(Ok(Completion::Reauthenticated)));
+        assert!(state.is_connected());
+        // The broker's refusal (DISCONNECT 0x87) fails the waiting token.
+        state.handle_command(
+            Command::Reauthenticate {
+                token: 10,
+                password: Some(Bytes::from_static(b"wrong")),
+            },
+            now,
+        );
+        let lost =
+            state.connection_lost(ClientError::ServerDisconnected(ReasonCode::NotAuthorized));
+        assert_eq!(
+            completion(&lost, 10),
+            Some(Err(ClientError::ServerDisconnected(
+                ReasonCode::NotAuthorized
+            )))
+        );
+        // Without enhanced authentication there is nothing to re-authenticate [MQTT-4.12.0-7].
+        let mut plain = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut plain, now, false);
+        let refused = plain.handle_command(
+            Command::Reauthenticate {
+                token: 11,
+                password: None,
+            },
+            now,
+        );
+        assert!(sends(&refused).is_empty());
+        assert!(matches!(
+            completion(&refused, 11),
+            Some(Err(ClientError::InvalidArgument(_)))
+        ));
     }
 }

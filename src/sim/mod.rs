@@ -1540,7 +1540,9 @@ impl<B: Backend> Runner<B> {
                         ACK_WAIT.as_secs()
                     )),
                     (false, Some(Ok(()))) => None,
-                    (false, Some(Err(e))) => Some(format!("{name}'s re-authentication failed: {e}")),
+                    (false, Some(Err(e))) => {
+                        Some(format!("{name}'s re-authentication failed: {e}"))
+                    }
                     (true, Some(Ok(()))) => Some(format!(
                         "the broker accepted {name}'s re-authentication with a wrong password"
                     )),

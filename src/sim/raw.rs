@@ -225,13 +225,11 @@ fn prepare_connect(net: &super::world::ClientNet, bytes: Vec<u8>, credentials: b
             connect.client_id = id;
         }
     }
-    let scram = connect.properties.authentication_method.as_deref()
-        == Some(crate::scram::METHOD);
+    let scram = connect.properties.authentication_method.as_deref() == Some(crate::scram::METHOD);
     if let (true, true, Some(user)) = (credentials, scram, acl_user) {
         // A `send: connect` of an `auth: scram` client: client-first names the run's ACL
         // user, and the credentials go through the exchange, not in CONNECT.
-        connect.properties.authentication_data =
-            Some(crate::scenario::raw::raw_client_first(user));
+        connect.properties.authentication_data = Some(crate::scenario::raw::raw_client_first(user));
     } else if add_credentials && connect.username.is_none() {
         let Some(Ok(username)) = net.username.as_deref().map(MqttStr::new) else {
             return bytes;
