@@ -36,6 +36,10 @@ pub struct ConnArgs {
     /// Password (needs -u).
     #[arg(short = 'P', long = "pw", requires = "username")]
     pub password: Option<String>,
+    /// 5.0 enhanced authentication: SCRAM-SHA-256 (the only method offered) proves -u/-P
+    /// through an AUTH exchange instead of sending the password; needs -V 5, -u and -P.
+    #[arg(long = "auth-method", value_name = "METHOD", requires = "password")]
+    pub auth_method: Option<String>,
     /// Keep alive in seconds; 0 turns it off (legal MQTT; mosquitto's clients require 5-65535).
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     pub keepalive: u16,
@@ -326,6 +330,23 @@ impl ConnArgs {
                 "Error: You must provide a client id if you are using the -c option.",
             ));
         }
+        let enhanced_auth =
+            match self.auth_method.as_deref() {
+                None => None,
+                Some(method) if method != simqtt::scram::METHOD => {
+                    return Err(Failure::new(format!(
+                        "Error: authentication method {method:?} is not offered (only {})",
+                        simqtt::scram::METHOD
+                    )))
+                }
+                Some(_) if self.version != ProtocolVersion::V5 => return Err(Failure::new(
+                    "Error: --auth-method (enhanced authentication) is MQTT 5.0 only; add -V 5.",
+                )),
+                Some(_) => Some(simqtt::client::EnhancedAuth {
+                    // Client nonces must not be guessable outside the simulator.
+                    nonce_seed: rand::random(),
+                }),
+            };
         let id = self
             .id
             .clone()
@@ -337,6 +358,7 @@ impl ConnArgs {
         options.keep_alive_secs = self.keepalive;
         options.username = self.username.clone();
         options.password = self.password.clone().map(Bytes::from);
+        options.enhanced_auth = enhanced_auth;
         options.connect_timeout = Duration::from_secs(10);
         options.resubscribe = ResubscribePolicy::Always;
         options.session_expiry_interval_secs = match self.session_expiry {
