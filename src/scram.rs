@@ -213,7 +213,7 @@ fn decode_name(name: &str) -> Result<String, ScramError> {
 }
 
 /// The value of attribute `name` at the start of `part` (`r=...` → `...`).
-fn attribute<'a>(part: Option<&'a str>, name: char) -> Result<&'a str, ScramError> {
+fn attribute(part: Option<&str>, name: char) -> Result<&str, ScramError> {
     part.and_then(|p| p.strip_prefix(name))
         .and_then(|p| p.strip_prefix('='))
         .ok_or(ScramError::Malformed(
