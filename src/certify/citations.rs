@@ -126,6 +126,7 @@ fn sent_kind(send: &str) -> Option<PacketKind> {
         "connect" => Some(PacketKind::Connect),
         "pingreq" => Some(PacketKind::Pingreq),
         "disconnect" => Some(PacketKind::Disconnect),
+        s if crate::scenario::raw::scram_client_final(s).is_some() => Some(PacketKind::Auth),
         _ => match ack_send(send) {
             Some(Ok((name, _))) => match name {
                 "puback" => Some(PacketKind::Puback),

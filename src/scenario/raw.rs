@@ -241,6 +241,8 @@ pub fn send_bytes(send: &str, client: &str, spec: &ClientSpec) -> Result<Vec<u8>
     }
     match send.trim() {
         "connect" => connect_bytes(client, spec),
+        // Computed at run time from the broker's latest AUTH (`scram_client_final`).
+        s if scram_client_final(s).is_some() => Ok(Vec::new()),
         "pingreq" => Ok(vec![0xC0, 0x00]),
         "disconnect" => Ok(vec![0xE0, 0x00]),
         ack if ack_send(ack).is_some() => {
@@ -340,6 +342,43 @@ pub const RAW_SCRAM_NONCE: &str = "raw-client-nonce";
 pub fn raw_client_first(username: &str) -> bytes::Bytes {
     let (_, first) = crate::scram::ClientExchange::start(username, b"", RAW_SCRAM_NONCE);
     bytes::Bytes::from(first)
+}
+
+/// `scram_client_final` (`Some(false)`) or `scram_client_final wrong_password`
+/// (`Some(true)`): AUTH 0x18 with the client-final that answers the broker's latest AUTH
+/// (server-first) to a raw `send: connect` of an `auth: scram` client, proving the ACL user's
+/// password (or a wrong one); `None` for another send.
+pub fn scram_client_final(send: &str) -> Option<bool> {
+    match send.split_whitespace().collect::<Vec<_>>()[..] {
+        ["scram_client_final"] => Some(false),
+        ["scram_client_final", "wrong_password"] => Some(true),
+        _ => None,
+    }
+}
+
+/// The AUTH of `scram_client_final`: `server_first` from the broker's AUTH, the credentials
+/// of the raw CONNECT's client-first (`raw_client_first`).
+pub fn scram_client_final_bytes(
+    server_first: &[u8],
+    username: &str,
+    password: &[u8],
+) -> Result<Vec<u8>, String> {
+    let (exchange, _) = crate::scram::ClientExchange::start(username, password, RAW_SCRAM_NONCE);
+    let (_, client_final) = exchange
+        .respond(server_first)
+        .map_err(|e| format!("the broker's server-first: {e}"))?;
+    let auth = Packet::Auth(crate::codec::Auth {
+        reason_code: crate::codec::ReasonCode::ContinueAuthentication,
+        properties: crate::codec::AuthProperties {
+            authentication_method: Some(MqttStr::from_static(crate::scram::METHOD)),
+            authentication_data: Some(bytes::Bytes::from(client_final)),
+            ..Default::default()
+        }
+        .into(),
+    });
+    let mut out = bytes::BytesMut::new();
+    encode(&auth, ProtocolVersion::V5, &mut out).map_err(|e| e.to_string())?;
+    Ok(out.to_vec())
 }
 
 fn connect_bytes(client: &str, spec: &ClientSpec) -> Result<Vec<u8>, String> {

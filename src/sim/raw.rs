@@ -861,7 +861,50 @@ impl<B: super::backend::Backend> Runner<B> {
                 .map(|s| s.spec.clone())
                 .ok_or_else(|| format!("no client {:?}", step.client))?;
             let credentials = send.trim() == "connect";
-            let bytes = if let Some(ack) = ack_send(send) {
+            let bytes = if let Some(wrong) = crate::scenario::raw::scram_client_final(send) {
+                let latest_auth = self
+                    .raw_conn(&step.client, |c| {
+                        c.received
+                            .iter()
+                            .rev()
+                            .find(|p| p.packet_type == Some(PacketType::Auth))
+                            .map(|p| p.bytes.clone())
+                    })
+                    .flatten()
+                    .ok_or_else(|| {
+                        format!(
+                            "step {} (raw): scram_client_final answers the broker's AUTH, and {} received none",
+                            i + 1,
+                            step.client
+                        )
+                    })?;
+                let server_first = match codec::decode_slice(
+                    &bytes::Bytes::from(latest_auth),
+                    ProtocolVersion::V5,
+                    u32::MAX,
+                ) {
+                    Ok(Some((Packet::Auth(auth), _))) => auth
+                        .properties
+                        .authentication_data
+                        .clone()
+                        .unwrap_or_default(),
+                    _ => bytes::Bytes::new(),
+                };
+                let (username, password) =
+                    lock(&self.shared).net.acl_user.clone().unwrap_or_else(|| {
+                        (
+                            crate::scenario::SIM_ACL.username.to_string(),
+                            bytes::Bytes::from_static(crate::scenario::SIM_ACL.password.as_bytes()),
+                        )
+                    });
+                let password: &[u8] = if wrong {
+                    b"not-the-password"
+                } else {
+                    &password
+                };
+                crate::scenario::raw::scram_client_final_bytes(&server_first, &username, password)
+                    .map_err(|e| format!("step {} (raw): {e}", i + 1))?
+            } else if let Some(ack) = ack_send(send) {
                 let (name, reason) = ack.map_err(|e| format!("step {} (raw): {e}", i + 1))?;
                 // Acknowledge the latest packet the broker sent that this one answers.
                 let answers = match name {
