@@ -39,10 +39,11 @@ fn simqtt_broker_passes_the_whole_library_over_tcp() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     // With a password file and an ACL, as the profile's [acl] example says, so the `acl`
-    // scenarios run too (few hash iterations: the test is not about the work factor).
+    // scenarios run too (few hash iterations: the test is not about the work factor), and the
+    // user's SCRAM credential (`--scram`), so the `enhanced_auth` ones do.
     let d = dir.path().display().to_string();
     let status = Command::new(env!("CARGO_BIN_EXE_simqtt"))
-        .args(["passwd", "-c", "-b", "-I", "1000"])
+        .args(["passwd", "-c", "-b", "-I", "1000", "--scram"])
         .arg(format!("{d}/passwd"))
         .args(["certify", "secret"])
         .status()
@@ -68,6 +69,7 @@ fn simqtt_broker_passes_the_whole_library_over_tcp() {
         allowed_topic: Some("private/open".into()),
         readable_filter: Some("private/#".into()),
     });
+    options.profile.enhanced_auth = true;
     let all = library();
     let cert = certify(&all, &options);
     assert!(
@@ -83,6 +85,11 @@ fn simqtt_broker_passes_the_whole_library_over_tcp() {
         "deep-topic-levels-v311",
         "deep-topic-levels-v5",
         "non-reading-subscriber-flood",
+        "scram-connect",
+        "scram-exchange-by-hand",
+        "scram-exchange-fails-midway",
+        "scram-reauthenticate",
+        "scram-reauthenticate-wrong-password",
     ] {
         let c = case(&cert.cases, name);
         assert!(passed(c), "{name}: {}", describe(c));
