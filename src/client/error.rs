@@ -40,6 +40,8 @@ pub enum ClientError {
     Stopped,
     #[error("gave up reconnecting after {0} attempts")]
     GaveUp(u32),
+    #[error("no response within {0:?}")]
+    ResponseTimeout(std::time::Duration),
 }
 
 /// What a CONNACK return code or reason code means, in the words mosquitto's clients use.

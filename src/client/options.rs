@@ -84,6 +84,14 @@ pub struct ConnectOptions {
     /// 5.0 session expiry interval. `None` picks what mosquitto does: forever for a persistent
     /// session, 0 for a clean one.
     pub session_expiry_interval_secs: Option<u32>,
+    /// 5.0 Topic Alias Maximum announced in CONNECT: the broker may then send aliases
+    /// 1..=this value [MQTT-3.3.2-10], which the client resolves per connection. 0 (the
+    /// default, as mosquitto's clients) allows none [MQTT-3.1.2-27].
+    pub topic_alias_maximum: u16,
+    /// 5.0: alias outgoing topics automatically, within the Topic Alias Maximum the broker
+    /// returned in CONNACK (see `state` for the policy). Off by default, as mosquitto's
+    /// clients; an alias the application sets on a publish is honoured either way.
+    pub outbound_topic_aliases: bool,
 }
 
 impl ConnectOptions {
@@ -105,6 +113,8 @@ impl ConnectOptions {
             inflight_window: 10,
             event_capacity: 1024,
             session_expiry_interval_secs: None,
+            topic_alias_maximum: 0,
+            outbound_topic_aliases: false,
         }
     }
 }
