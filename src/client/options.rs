@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::codec::{ProtocolVersion, QoS, TopicName, WillProperties};
+use crate::codec::{ConnectProperties, ProtocolVersion, QoS, TopicName, WillProperties};
 
 /// The will message a broker publishes when the connection ends without DISCONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,10 @@ pub struct ConnectOptions {
     /// returned in CONNACK (see `state` for the policy). Off by default, as mosquitto's
     /// clients; an alias the application sets on a publish is honoured either way.
     pub outbound_topic_aliases: bool,
+    /// Further 5.0 CONNECT properties (receive maximum, maximum packet size, request
+    /// response/problem information, user properties), sent as given. Session expiry and
+    /// Topic Alias Maximum come from their own fields above, which the client acts on.
+    pub connect_properties: ConnectProperties,
 }
 
 impl ConnectOptions {
@@ -115,6 +119,7 @@ impl ConnectOptions {
             session_expiry_interval_secs: None,
             topic_alias_maximum: 0,
             outbound_topic_aliases: false,
+            connect_properties: ConnectProperties::default(),
         }
     }
 }

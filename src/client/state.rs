@@ -445,6 +445,7 @@ impl ClientState {
         let v5 = o.protocol == ProtocolVersion::V5;
         let mut properties = ConnectProperties::default();
         if v5 {
+            properties = o.connect_properties.clone();
             let expiry = o
                 .session_expiry_interval_secs
                 .unwrap_or(if o.clean_session { 0 } else { u32::MAX });
@@ -1104,10 +1105,8 @@ impl ClientState {
         } else {
             self.aliases.inbound.insert(alias, publish.topic.clone());
         }
-        // The alias is this connection's business; the application sees the topic.
-        let mut properties = std::mem::take(&mut publish.properties).into_inner();
-        properties.topic_alias = None;
-        publish.properties = properties.into();
+        // The application sees the topic, and the alias it came with (as libmosquitto, so
+        // `sub -F %A` prints it).
         Ok(())
     }
 
@@ -2122,7 +2121,13 @@ mod tests {
             .chain(delivered(&used))
             .map(|m| (m.topic.as_str().to_string(), m.properties.topic_alias))
             .collect();
-        assert_eq!(got, vec![("x/y".into(), None), ("x/y".into(), None)]);
+        assert_eq!(
+            got,
+            vec![
+                ("x/y".into(), NonZeroU16::new(3)),
+                ("x/y".into(), NonZeroU16::new(3))
+            ]
+        );
         // Remapping an alias replaces its topic.
         state.handle_packet(aliased(3, "z", Some(3)), now);
         let used = state.handle_packet(aliased(4, "", Some(3)), now);
