@@ -140,6 +140,8 @@ fn mosquitto_rr_gets_its_answer_from_a_simqtt_responder() {
     let mut o = options(&broker.addr(), "responder", true);
     o.protocol = ProtocolVersion::V5;
     o.keep_alive_secs = 10;
+    // The receiver is awaited after mosquitto_rr has run, not inside this block.
+    #[allow(clippy::async_yields_async)]
     let seen = runtime.block_on(async {
         let (responder, mut events, _) = Client::connect(
             o,
