@@ -430,3 +430,50 @@ fn topic_aliases_to_mosquitto_are_dropped_across_a_reconnect() {
         assert_eq!(got, vec!["al/a m1", "al/a m2", "al/a m3"]);
     });
 }
+
+/// A shared subscription is a filter the client sends like any other: two `simqtt sub`
+/// members of `$share/g/…` on mosquitto together get each of mosquitto_pub's messages once
+/// (mosquitto gives each to one member [MQTT-4.8.2-…]); a non-shared watcher gets them all.
+#[test]
+fn simqtt_sub_members_of_a_shared_subscription_split_the_messages() {
+    const MESSAGES: usize = 20;
+    let broker = Mosquitto::start(false);
+    let port = broker.port.to_string();
+    let member = |extra: &[&str]| {
+        let mut args = vec!["sub", "-p", &port, "-V", "5", "-q", "1", "-v", "-W", "5"];
+        args.extend_from_slice(extra);
+        Command::new(SIMQTT)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let members = [
+        member(&["-t", "$share/g/sh/#"]),
+        member(&["-t", "$share/g/sh/#"]),
+    ];
+    let watcher = member(&["-t", "sh/#"]);
+    std::thread::sleep(Duration::from_millis(700));
+    for i in 0..MESSAGES {
+        let out = run(
+            "mosquitto_pub",
+            &["-p", &port, "-t", &format!("sh/{i}"), "-m", "x", "-q", "1"],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    let lines = |child: std::process::Child| -> Vec<String> {
+        let out = child.wait_with_output().unwrap();
+        // -W ends each after 5 s with "Timed out" (exit 27): what they printed is the result.
+        assert_eq!(out.status.code(), Some(27), "{out:?}");
+        stdout(&out).lines().map(str::to_string).collect()
+    };
+    let mut shared: Vec<String> = members.into_iter().flat_map(lines).collect();
+    shared.sort();
+    let mut all = lines(watcher);
+    all.sort();
+    let mut expected: Vec<String> = (0..MESSAGES).map(|i| format!("sh/{i} x")).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+    assert_eq!(shared, expected);
+}
