@@ -630,7 +630,17 @@ impl Driver {
     async fn run_connection(&mut self, stream: BoxStream) -> End {
         let version = self.options.protocol;
         let (read_half, write_half) = tokio::io::split(stream);
-        let mut reader = FramedRead::new(read_half, version, codec::DEFAULT_MAX_PACKET_SIZE);
+        // A 5.0 Maximum Packet Size we announced is the most we accept (§3.1.2.11.4): a
+        // larger packet is a protocol error.
+        let max_packet_size = match version {
+            ProtocolVersion::V5 => self
+                .options
+                .connect_properties
+                .maximum_packet_size
+                .map_or(codec::DEFAULT_MAX_PACKET_SIZE, |m| m.get()),
+            ProtocolVersion::V311 => codec::DEFAULT_MAX_PACKET_SIZE,
+        };
+        let mut reader = FramedRead::new(read_half, version, max_packet_size);
         let mut writer = FramedWrite::new(write_half, version);
         let actions = self.state.transport_connected(Instant::now());
         if let Err(cause) = self.apply(actions, &mut writer).await {
