@@ -270,6 +270,7 @@ fn simqtt_pub_e_waits_for_the_matching_response() {
             "publish",
             "correlation-data",
             "c42",
+            "-v",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -305,7 +306,7 @@ fn simqtt_pub_e_waits_for_the_matching_response() {
     }
     let out = requester.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(stdout(&out), "pong\n");
+    assert_eq!(stdout(&out), "echo/reply pong\n");
 
     let unanswered = run(
         SIMQTT,
@@ -476,4 +477,19 @@ fn simqtt_sub_members_of_a_shared_subscription_split_the_messages() {
     expected.sort();
     assert_eq!(all, expected);
     assert_eq!(shared, expected);
+}
+
+/// `simqtt sub -E` exits 0 once its subscriptions are acknowledged (mosquitto_sub -E); without
+/// it the same command waits for messages until -W ends it with exit 27.
+#[test]
+fn simqtt_sub_e_exits_after_the_suback() {
+    let broker = Mosquitto::start(false);
+    let port = broker.port.to_string();
+    let args = [
+        "sub", "-p", &port, "-V", "5", "-t", "a/b", "-t", "c/#", "-W", "3",
+    ];
+    let with_e = run(SIMQTT, &[&args[..], &["-E"]].concat());
+    assert_eq!(with_e.status.code(), Some(0), "{with_e:?}");
+    let without = run(SIMQTT, &args);
+    assert_eq!(without.status.code(), Some(27), "{without:?}");
 }
