@@ -780,3 +780,84 @@ fn publish_properties_and_request_response_through_the_broker() -> turmoil::Resu
     });
     sim.run()
 }
+
+/// The broker kicks a subscriber whose application is asleep with its event channel full.
+/// The client reconnects at once (its backlog of events waiting for the application does not
+/// stop it reading the CONNACK), so no attempt ends in a connect timeout, and everything
+/// published while it slept (to its persistent session) is delivered once it reads.
+#[test]
+fn a_slow_application_does_not_stop_a_reconnect() -> turmoil::Result {
+    const MESSAGES: usize = 100;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(19)
+        .simulation_duration(Duration::from_secs(300))
+        .build();
+    let handle_slot: Arc<Mutex<Option<simqtt::broker::BrokerHandle>>> = Arc::default();
+    {
+        let handle_slot = handle_slot.clone();
+        sim.host("broker", move || {
+            let handle_slot = handle_slot.clone();
+            async move {
+                let config = BrokerConfig {
+                    rng_seed: Some(19),
+                    sys_interval_secs: 0,
+                    ..BrokerConfig::default()
+                };
+                let (broker, handle) = Broker::new(Box::new(MemoryStore::new()), config);
+                *handle_slot.lock().unwrap() = Some(handle);
+                let listener = SimListener::bind("0.0.0.0:1883").await?;
+                broker.run(listener, std::future::pending::<()>()).await?;
+                Ok(())
+            }
+        });
+    }
+    sim.client("client", async move {
+        let mut o = options("sleepy", false, 19);
+        o.event_capacity = 16;
+        let (sleepy, mut events) = sim_client(o).await?;
+        sleepy
+            .subscribe(&[("sleepy/t", QoS::AtLeastOnce)])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (publisher, _publisher_events) = sim_client(options("pub", true, 19)).await?;
+        for i in 0..MESSAGES {
+            if i == MESSAGES / 2 {
+                let handle = handle_slot.lock().unwrap().clone().expect("broker up");
+                assert!(handle.kick("sleepy").await);
+            }
+            publisher
+                .publish("sleepy/t", format!("m{i}"), QoS::AtLeastOnce, false)
+                .await
+                .map_err(|e| e.to_string())?
+                .wait()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        // Asleep for many connect timeouts (3 s each).
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let mut got = std::collections::BTreeSet::new();
+        let mut failed = Vec::new();
+        let mut completed = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            match event.kind {
+                EventKind::MessageArrived(m) => {
+                    got.insert(String::from_utf8_lossy(&m.payload).to_string());
+                }
+                EventKind::ConnectFailed { cause } => failed.push(cause),
+                EventKind::ConnectComplete { .. } => completed += 1,
+                _ => {}
+            }
+            if got.len() == MESSAGES {
+                break;
+            }
+        }
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(completed, 2, "the first connection and one reconnect");
+        let expected: std::collections::BTreeSet<String> =
+            (0..MESSAGES).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, expected);
+        Ok(())
+    });
+    sim.run()
+}

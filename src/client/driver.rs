@@ -11,7 +11,9 @@
 //! reading is paused the driver still sends PINGREQ every keepalive (so the broker does not
 //! close the connection [MQTT-3.1.2-24]), the acknowledgements of what it already read, and
 //! the application's requests; it does not count a missing PINGRESP against the broker then
-//! (the answer is waiting unread behind the messages). Once the backlog holds
+//! (the answer is waiting unread behind the messages), so a broker that died then is noticed
+//! once the application catches up. Until a connection's CONNACK has arrived reading goes
+//! on regardless, so a reconnect completes while the application sleeps. Once the backlog holds
 //! `REQUEST_PAUSE_BACKLOG` events, requests wait too, so an application that never reads
 //! its events is eventually blocked in its own calls rather than growing memory.
 
@@ -656,7 +658,9 @@ impl Driver {
             };
             // A full event channel pauses reading (module comment): the state machine keeps
             // the keepalive going without blaming the broker for the PINGRESP it cannot see.
-            let reading = self.backlog.is_empty();
+            // Until CONNACK, reading goes on regardless: the connection must complete (else the
+            // connect timeout would close it over and over while the application sleeps).
+            let reading = self.backlog.is_empty() || !self.state.is_connected();
             let taking = self.backlog.len() < REQUEST_PAUSE_BACKLOG;
             if self.state.reading_paused() == reading {
                 self.state.set_reading_paused(!reading, Instant::now());
