@@ -247,6 +247,8 @@ fn bad_flags_print_usage() {
         vec!["sub", "-t", "x", "-q", "3"],       // no QoS 3
         vec!["sub"],                             // no topic
         vec!["sub", "-t", "x", "-V", "3"],       // unknown protocol version
+        vec!["pub", "-t", "x", "-m", "a", "-D", "publish", "content-type"], // -D: 3 words
+        vec!["pub", "-t", "x", "-m", "a", "-W", "3"], // -W is for -e
     ] {
         let out = simqtt(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -260,6 +262,98 @@ fn bad_flags_print_usage() {
     let out = simqtt(&["pub", "-t", "a/#", "-m", "x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid publish topic 'a/#'"));
+    // Bad -D and -e values: refused before connecting, with the reason.
+    for (args, reason) in [
+        (
+            &[
+                "pub",
+                "-t",
+                "x",
+                "-m",
+                "a",
+                "-D",
+                "publish",
+                "content-type",
+                "t",
+            ][..],
+            "-D (properties) is MQTT 5.0 only; add -V 5.",
+        ),
+        (
+            &[
+                "pub",
+                "-V",
+                "5",
+                "-t",
+                "x",
+                "-m",
+                "a",
+                "-D",
+                "publsh",
+                "content-type",
+                "t",
+            ],
+            "Invalid command given in -D argument.",
+        ),
+        (
+            &[
+                "pub",
+                "-V",
+                "5",
+                "-t",
+                "x",
+                "-m",
+                "a",
+                "-D",
+                "connect",
+                "topic-alias",
+                "1",
+            ],
+            "topic-alias property not allowed for connect",
+        ),
+        (
+            &[
+                "pub",
+                "-V",
+                "5",
+                "-t",
+                "x",
+                "-m",
+                "a",
+                "-D",
+                "publish",
+                "message-expiry-interval",
+                "soon",
+            ],
+            "message-expiry-interval soon: not a number",
+        ),
+        (
+            &["pub", "-t", "x", "-m", "a", "-e", "r"],
+            "-e (request/response) is MQTT 5.0 only; add -V 5.",
+        ),
+        (
+            &["pub", "-V", "5", "-t", "x", "-l", "-e", "r"],
+            "-e sends one request",
+        ),
+        (
+            &[
+                "sub",
+                "-V",
+                "5",
+                "-t",
+                "x",
+                "-D",
+                "publish",
+                "content-type",
+                "t",
+            ],
+            "-D publish properties are for simqtt pub.",
+        ),
+    ] {
+        let out = simqtt(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
     let out = simqtt(&["sub", "-t", "x", "-c"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("provide a client id"));

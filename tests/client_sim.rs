@@ -566,3 +566,298 @@ fn disconnect_with_will_message_publishes_the_will_in_v5() -> turmoil::Result {
     });
     sim.run()
 }
+
+fn v5_options(id: &str) -> ConnectOptions {
+    let mut o = options(id, true, 17);
+    o.protocol = simqtt::codec::ProtocolVersion::V5;
+    o
+}
+
+async fn sim_client(
+    o: ConnectOptions,
+) -> Result<(Client, tokio::sync::mpsc::Receiver<Event>), String> {
+    let (client, events, _) = Client::connect(
+        o,
+        Arc::new(SimConnector),
+        Box::new(MemoryPersistence::new()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok((client, events))
+}
+
+/// A subscriber whose application reads nothing for 30 s (15 keepalives) while 300 QoS 1
+/// messages arrive, far more than its event channel holds. The driver stops reading the
+/// socket instead of waiting on the channel, so its PINGREQs keep reaching the broker, which
+/// would otherwise close the connection after 1.5 keepalives [MQTT-3.1.2-24]: the connection
+/// stays up (one connection, no ConnectionLost), and once the application reads, every
+/// message is there, once, in order. Before the fix the driver blocked on the full channel,
+/// sent no PINGREQ and was disconnected, losing the clean session's messages.
+#[test]
+fn a_slow_application_keeps_the_connection_alive_and_loses_nothing() -> turmoil::Result {
+    const MESSAGES: usize = 300;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(17)
+        .simulation_duration(Duration::from_secs(300))
+        .build();
+    broker_host(&mut sim, 17);
+    sim.client("client", async {
+        let mut o = options("slow", true, 17);
+        o.event_capacity = 16;
+        let (slow, mut events) = sim_client(o).await?;
+        slow.subscribe(&[("slow/t", QoS::AtLeastOnce)])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (publisher, _publisher_events) = sim_client(options("fast", true, 17)).await?;
+        for i in 0..MESSAGES {
+            publisher
+                .publish("slow/t", format!("m{i}"), QoS::AtLeastOnce, false)
+                .await
+                .map_err(|e| e.to_string())?
+                .wait()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        // The application is busy elsewhere for 15 keepalives.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let mut got = Vec::new();
+        let mut lost = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            assert_eq!(event.connection, 1, "{:?}", event.kind);
+            match event.kind {
+                EventKind::MessageArrived(m) => {
+                    got.push(String::from_utf8_lossy(&m.payload).to_string())
+                }
+                EventKind::ConnectionLost { cause } => lost.push(cause),
+                _ => {}
+            }
+            if got.len() == MESSAGES {
+                break;
+            }
+        }
+        assert!(lost.is_empty(), "{lost:?}");
+        let expected: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, expected);
+        Ok(())
+    });
+    sim.run()
+}
+
+/// Every 5.0 publish property reaches a subscriber through the broker unchanged, user
+/// properties in order; the request/response helper gets the response carrying its
+/// correlation data (and only that one), and times out when nobody answers.
+#[test]
+fn publish_properties_and_request_response_through_the_broker() -> turmoil::Result {
+    use bytes::Bytes;
+    use simqtt::codec::{MqttStr, PublishProperties, TopicName};
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(18)
+        .simulation_duration(Duration::from_secs(120))
+        .build();
+    broker_host(&mut sim, 18);
+    sim.client("client", async {
+        // A responder: answers each request on its response topic, echoing the correlation
+        // data, after a decoy on the same topic with other correlation data.
+        let (responder, mut requests) = sim_client(v5_options("responder")).await?;
+        responder
+            .subscribe(&[("svc/#", QoS::AtLeastOnce)])
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            while let Some(event) = requests.recv().await {
+                let EventKind::MessageArrived(m) = event.kind else {
+                    continue;
+                };
+                let Some(reply_to) = m.properties.response_topic.clone() else {
+                    continue;
+                };
+                let decoy = PublishProperties {
+                    correlation_data: Some(Bytes::from_static(b"someone else")),
+                    ..Default::default()
+                };
+                let answer = PublishProperties {
+                    correlation_data: m.properties.correlation_data.clone(),
+                    ..Default::default()
+                };
+                for (payload, properties) in [("decoy", decoy), ("pong", answer)] {
+                    let _ = responder
+                        .publish_with(
+                            reply_to.as_str(),
+                            payload,
+                            QoS::AtLeastOnce,
+                            false,
+                            properties,
+                        )
+                        .await;
+                }
+            }
+        });
+
+        let (watcher, mut watched) = sim_client(v5_options("watcher")).await?;
+        watcher
+            .subscribe(&[("props/t", QoS::AtLeastOnce)])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (requester, mut requester_events) = sim_client(v5_options("requester")).await?;
+        let properties = PublishProperties {
+            payload_format_utf8: Some(true),
+            message_expiry_interval_secs: Some(3600),
+            response_topic: Some(TopicName::new("props/reply").unwrap()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
+            user_properties: vec![
+                (MqttStr::new("b").unwrap(), MqttStr::new("2").unwrap()),
+                (MqttStr::new("a").unwrap(), MqttStr::new("1").unwrap()),
+                (MqttStr::new("b").unwrap(), MqttStr::new("3").unwrap()),
+            ],
+            content_type: Some(MqttStr::new("text/plain").unwrap()),
+            ..Default::default()
+        };
+        requester
+            .publish_with(
+                "props/t",
+                "hello",
+                QoS::AtLeastOnce,
+                false,
+                properties.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .wait()
+            .await
+            .map_err(|e| e.to_string())?;
+        let received = loop {
+            match watched.recv().await.map(|e| e.kind) {
+                Some(EventKind::MessageArrived(m)) => break m,
+                Some(_) => continue,
+                None => return Err("watcher stopped".into()),
+            }
+        };
+        let mut seen = received.properties.clone();
+        // The broker may lower the expiry by the time the message waited [MQTT-3.3.2-6].
+        assert!(seen.message_expiry_interval_secs.is_some_and(|s| s <= 3600));
+        seen.message_expiry_interval_secs = Some(3600);
+        assert_eq!(seen, properties);
+
+        let response = requester
+            .request(
+                "svc/echo",
+                "ping",
+                QoS::AtLeastOnce,
+                "replies/requester",
+                PublishProperties::default(),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(&response.payload[..], b"pong");
+        assert_eq!(response.topic.as_str(), "replies/requester");
+        // The decoy (other correlation data) stayed an ordinary event.
+        let decoy = loop {
+            match requester_events.recv().await.map(|e| e.kind) {
+                Some(EventKind::MessageArrived(m)) => break m,
+                Some(_) => continue,
+                None => return Err("requester stopped".into()),
+            }
+        };
+        assert_eq!(&decoy.payload[..], b"decoy");
+
+        let unanswered = requester
+            .request(
+                "nobody/home",
+                "ping",
+                QoS::AtLeastOnce,
+                "replies/requester",
+                PublishProperties::default(),
+                Duration::from_secs(2),
+            )
+            .await;
+        assert_eq!(
+            unanswered.map(|m| m.payload),
+            Err(ClientError::ResponseTimeout(Duration::from_secs(2)))
+        );
+        Ok(())
+    });
+    sim.run()
+}
+
+/// The broker kicks a subscriber whose application is asleep with its event channel full.
+/// The client reconnects at once (its backlog of events waiting for the application does not
+/// stop it reading the CONNACK), so no attempt ends in a connect timeout, and everything
+/// published while it slept (to its persistent session) is delivered once it reads.
+#[test]
+fn a_slow_application_does_not_stop_a_reconnect() -> turmoil::Result {
+    const MESSAGES: usize = 100;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(19)
+        .simulation_duration(Duration::from_secs(300))
+        .build();
+    let handle_slot: Arc<Mutex<Option<simqtt::broker::BrokerHandle>>> = Arc::default();
+    {
+        let handle_slot = handle_slot.clone();
+        sim.host("broker", move || {
+            let handle_slot = handle_slot.clone();
+            async move {
+                let config = BrokerConfig {
+                    rng_seed: Some(19),
+                    sys_interval_secs: 0,
+                    ..BrokerConfig::default()
+                };
+                let (broker, handle) = Broker::new(Box::new(MemoryStore::new()), config);
+                *handle_slot.lock().unwrap() = Some(handle);
+                let listener = SimListener::bind("0.0.0.0:1883").await?;
+                broker.run(listener, std::future::pending::<()>()).await?;
+                Ok(())
+            }
+        });
+    }
+    sim.client("client", async move {
+        let mut o = options("sleepy", false, 19);
+        o.event_capacity = 16;
+        let (sleepy, mut events) = sim_client(o).await?;
+        sleepy
+            .subscribe(&[("sleepy/t", QoS::AtLeastOnce)])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (publisher, _publisher_events) = sim_client(options("pub", true, 19)).await?;
+        for i in 0..MESSAGES {
+            if i == MESSAGES / 2 {
+                let handle = handle_slot.lock().unwrap().clone().expect("broker up");
+                assert!(handle.kick("sleepy").await);
+            }
+            publisher
+                .publish("sleepy/t", format!("m{i}"), QoS::AtLeastOnce, false)
+                .await
+                .map_err(|e| e.to_string())?
+                .wait()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        // Asleep for many connect timeouts (3 s each).
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let mut got = std::collections::BTreeSet::new();
+        let mut failed = Vec::new();
+        let mut completed = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            match event.kind {
+                EventKind::MessageArrived(m) => {
+                    got.insert(String::from_utf8_lossy(&m.payload).to_string());
+                }
+                EventKind::ConnectFailed { cause } => failed.push(cause),
+                EventKind::ConnectComplete { .. } => completed += 1,
+                _ => {}
+            }
+            if got.len() == MESSAGES {
+                break;
+            }
+        }
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(completed, 2, "the first connection and one reconnect");
+        let expected: std::collections::BTreeSet<String> =
+            (0..MESSAGES).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, expected);
+        Ok(())
+    });
+    sim.run()
+}

@@ -428,6 +428,11 @@ impl Walk {
                 // Checked by the publishes that follow: each is repeated until it shows here.
                 self.spawn(&command, None);
             }
+            (Some("simqtt"), Some("pub")) if words.contains(&"-e") => {
+                // Request/response with nobody answering: -W gives up as mosquitto_rr does.
+                let (_, err) = self.run_expecting(&command, None, expected_exit(&command));
+                assert_eq!(err.trim(), "Timed out", "{command}");
+            }
             (Some("simqtt"), Some("pub")) | (Some("mosquitto_pub"), _) => {
                 let expect = expected_delivery(&words);
                 let times = words

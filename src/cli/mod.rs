@@ -9,6 +9,7 @@ pub mod format;
 pub mod junit_merge;
 pub mod packet_log;
 pub mod passwd;
+pub mod props;
 pub mod proxy;
 pub mod pub_cmd;
 pub mod replay;

@@ -16,6 +16,8 @@ use simqtt::client::{
 use simqtt::codec::{ProtocolVersion, QoS, TopicName};
 use simqtt::transport::tls::{ClientTls, TlsVersion};
 use simqtt::transport::url::{host_port, BrokerUrl, Endpoint, Scheme};
+
+use super::props::CliProperties;
 use tokio::io::AsyncBufReadExt;
 
 /// Connection flags common to `pub` and `sub`, spelled as mosquitto's clients spell them.
@@ -106,6 +108,13 @@ pub struct ConnArgs {
     /// Do not print error messages.
     #[arg(long = "quiet")]
     pub quiet: bool,
+    /// An MQTT 5.0 property, as mosquitto's -D: COMMAND IDENTIFIER VALUE (user-property
+    /// takes NAME VALUE), e.g. `-D publish user-property k v`, `-D publish
+    /// message-expiry-interval 30`, `-D connect session-expiry-interval 60`. Commands:
+    /// connect, publish (pub only), will. Needs -V 5; may be repeated.
+    #[arg(short = 'D', long = "property", num_args = 3..=4,
+          value_names = ["COMMAND", "IDENTIFIER", "VALUE"])]
+    pub properties: Vec<String>,
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -316,8 +325,20 @@ impl ConnArgs {
         self.port.unwrap_or_else(|| self.scheme().default_port())
     }
 
+    /// The properties of -D (checked: known names, values in range, -V 5).
+    pub fn properties(&self) -> Result<CliProperties, Failure> {
+        let parsed = super::props::parse_words(&self.properties).map_err(Failure::new)?;
+        if !parsed.is_empty() && self.version != ProtocolVersion::V5 {
+            return Err(Failure::new(
+                "Error: -D (properties) is MQTT 5.0 only; add -V 5.",
+            ));
+        }
+        Ok(parsed)
+    }
+
     /// The options for this command; `kind` is "pub" or "sub" (for the default id).
     pub fn options(&self, kind: &str) -> Result<ConnectOptions, Failure> {
+        let properties = self.properties()?;
         if self.session_expiry.is_some() && self.version != ProtocolVersion::V5 {
             // mosquitto's clients ignore -x under 3.1.1; a setting that silently does nothing
             // is refused here instead.
@@ -361,8 +382,15 @@ impl ConnArgs {
         options.enhanced_auth = enhanced_auth;
         options.connect_timeout = Duration::from_secs(10);
         options.resubscribe = ResubscribePolicy::Always;
+        let mut connect = properties.connect;
+        if connect.session_expiry_interval_secs.is_some() && self.session_expiry.is_some() {
+            return Err(Failure::new(
+                "Error: give the session expiry interval once (-x or -D connect session-expiry-interval).",
+            ));
+        }
+        options.topic_alias_maximum = connect.topic_alias_maximum.take().unwrap_or(0);
         options.session_expiry_interval_secs = match self.session_expiry {
-            None => None,
+            None => connect.session_expiry_interval_secs.take(),
             Some(-1) => Some(u32::MAX),
             Some(n) => Some(u32::try_from(n).map_err(|_| {
                 Failure::new(format!(
@@ -377,6 +405,10 @@ impl ConnArgs {
             seed: u64::from(std::process::id()),
             max_attempts: None,
         });
+        options.connect_properties = connect;
+        if properties.will != Default::default() && self.will_topic.is_none() {
+            return Err(Failure::new("Error: -D will needs --will-topic."));
+        }
         if let Some(topic) = &self.will_topic {
             let topic = TopicName::new(topic)
                 .ok()
@@ -387,7 +419,7 @@ impl ConnArgs {
                 payload: Bytes::from(self.will_payload.clone().unwrap_or_default()),
                 qos: QoS::from_u8(self.will_qos).unwrap_or_default(),
                 retain: self.will_retain,
-                properties: Default::default(),
+                properties: properties.will,
             });
         }
         Ok(options)
@@ -433,6 +465,24 @@ pub struct Args {
     /// Seconds to wait between repeats (fractions allowed).
     #[arg(long = "repeat-delay", value_name = "SECONDS", default_value_t = 0.0, value_parser = parse_delay)]
     pub repeat_delay: f64,
+    /// Request/response, as mosquitto_rr -e: subscribe to this response topic, publish the
+    /// message with it as Response Topic and with Correlation Data (-D publish
+    /// correlation-data, or one made up), print the first response carrying the same
+    /// correlation data, and exit. Needs -V 5 and one message (-m, -f, -n or -s).
+    #[arg(short = 'e', long = "response-topic", value_name = "TOPIC")]
+    pub response_topic: Option<String>,
+    /// With -e: give up waiting for the response after this many seconds (exit code 27,
+    /// "Timed out").
+    #[arg(
+        short = 'W',
+        long = "timeout",
+        value_name = "SECONDS",
+        requires = "response_topic"
+    )]
+    pub timeout_secs: Option<u64>,
+    /// With -e: print the response as "topic payload".
+    #[arg(short = 'v', long = "verbose", requires = "response_topic")]
+    pub verbose: bool,
 }
 
 fn parse_delay(s: &str) -> Result<f64, String> {
@@ -460,6 +510,24 @@ async fn publish(mut args: Args) -> Result<(), Failure> {
         return Err(Failure::new(format!(
             "Error: Invalid publish topic '{topic}', does it contain '+' or '#'?"
         )));
+    }
+    let properties = args.conn.properties()?.publish;
+    if args.response_topic.is_some() {
+        if args.conn.version != ProtocolVersion::V5 {
+            return Err(Failure::new(
+                "Error: -e (request/response) is MQTT 5.0 only; add -V 5.",
+            ));
+        }
+        if args.stdin_line || args.repeat > 1 {
+            return Err(Failure::new(
+                "Error: -e sends one request: use -m, -f, -n or -s, without --repeat.",
+            ));
+        }
+        if properties.response_topic.is_some() {
+            return Err(Failure::new(
+                "Error: give the response topic once (-e or -D publish response-topic).",
+            ));
+        }
     }
     let mut options = args.conn.options("pub")?;
     options.inflight_window = args.max_inflight.max(1);
@@ -500,13 +568,57 @@ async fn publish(mut args: Args) -> Result<(), Failure> {
     } else {
         None
     };
+    if let (Some(response_topic), Some(payload)) = (&args.response_topic, &payload) {
+        let wait = args.timeout_secs.map_or(Duration::MAX, Duration::from_secs);
+        let result = client
+            .request(
+                &topic,
+                payload.clone(),
+                args.qos,
+                response_topic,
+                properties,
+                wait,
+            )
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(ClientError::ResponseTimeout(_)) => {
+                client.disconnect().await;
+                return Err(Failure {
+                    message: "Timed out".into(),
+                    code: 27,
+                });
+            }
+            Err(e) => {
+                client.disconnect().await;
+                return Err(Failure::new(format!("Error: {e}")));
+            }
+        };
+        let mut line = Vec::new();
+        if args.verbose {
+            line.extend_from_slice(response.topic.as_str().as_bytes());
+            line.push(b' ');
+        }
+        line.extend_from_slice(&response.payload);
+        line.push(b'\n');
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(&line);
+        client.disconnect().await;
+        return Ok(());
+    }
     if let Some(payload) = payload {
         for i in 0..args.repeat {
             if i > 0 && args.repeat_delay > 0.0 {
                 tokio::time::sleep(Duration::from_secs_f64(args.repeat_delay)).await;
             }
             let token = client
-                .publish(&topic, payload.clone(), args.qos, args.retain)
+                .publish_with(
+                    &topic,
+                    payload.clone(),
+                    args.qos,
+                    args.retain,
+                    properties.clone(),
+                )
                 .await
                 .map_err(publish_failure)?;
             outcome.record(token.wait().await)?;
@@ -521,7 +633,7 @@ async fn publish(mut args: Args) -> Result<(), Failure> {
             let Some(line) = line.transpose() else { break };
             let line = line.map_err(|e| Failure::new(format!("Error: reading stdin: {e}")))?;
             let token = client
-                .publish(&topic, line, args.qos, args.retain)
+                .publish_with(&topic, line, args.qos, args.retain, properties.clone())
                 .await
                 .map_err(publish_failure)?;
             tokens.push_back(token);

@@ -61,6 +61,9 @@ pub struct Args {
     /// Indent the JSON of -F %j and %J.
     #[arg(long = "pretty")]
     pub pretty: bool,
+    /// Exit once the subscriptions are acknowledged (mosquitto_sub -E).
+    #[arg(short = 'E')]
+    pub exit_after_subscribe: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -80,6 +83,11 @@ async fn subscribe(mut args: Args) -> Result<(), Failure> {
     }
     if let Some(topic) = args.conn.apply_url()? {
         args.topics.push(topic);
+    }
+    if args.conn.properties()?.publish != PublishProperties::default() {
+        return Err(Failure::new(
+            "Error: -D publish properties are for simqtt pub.",
+        ));
     }
     let v5 = args.conn.version == ProtocolVersion::V5;
     let mut filters = Vec::new();
@@ -228,6 +236,10 @@ async fn subscribe(mut args: Args) -> Result<(), Failure> {
                     }
                     if granted.iter().any(|g| g.is_error()) && !args.conn.quiet {
                         eprintln!("Warning: Subscription to some topics denied.");
+                    }
+                    if args.exit_after_subscribe {
+                        finish(client, removals).await;
+                        return Ok(());
                     }
                 }
             }

@@ -2,8 +2,22 @@
 //! through a transport `Connector` (tokio TCP or turmoil, unchanged), reads and writes packets,
 //! applies persistence ops, reconnects with backoff, and turns actions into events and token
 //! completions. The application holds a cloneable `Client` handle and an event `Receiver`.
+//!
+//! A slow application never stalls the protocol. Events go into a bounded channel
+//! (`ConnectOptions::event_capacity`); when it is full the driver keeps the event in a small
+//! backlog (order kept) and stops reading the socket until the application has made room, so
+//! the broker is held back by TCP flow control rather than by anything lost: every message
+//! the client read (and acknowledged) is delivered, none is dropped, whatever its QoS. While
+//! reading is paused the driver still sends PINGREQ every keepalive (so the broker does not
+//! close the connection [MQTT-3.1.2-24]), the acknowledgements of what it already read, and
+//! the application's requests; it does not count a missing PINGRESP against the broker then
+//! (the answer is waiting unread behind the messages), so a broker that died then is noticed
+//! once the application catches up. Until a connection's CONNACK has arrived reading goes
+//! on regardless, so a reconnect completes while the application sleeps. Once the backlog holds
+//! `REQUEST_PAUSE_BACKLOG` events, requests wait too, so an application that never reads
+//! its events is eventually blocked in its own calls rather than growing memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +32,10 @@ use super::backoff::Backoff;
 use super::error::ClientError;
 use super::options::ConnectOptions;
 use super::persist::{PersistOp, Persistence};
-use super::state::{Action, ClientState, Command, Completion, EventKind, Token};
+use super::state::{Action, ClientState, Command, Completion, EventKind, Message, Token};
 use crate::codec::{
-    self, MqttStr, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions, TopicFilter, TopicName,
+    self, MqttStr, ProtocolVersion, PublishProperties, QoS, ReasonCode, SubscriptionOptions,
+    TopicFilter, TopicName,
 };
 use crate::transport::{BoxStream, Connector, FramedRead, FramedWrite, TransportError};
 
@@ -39,12 +54,24 @@ const REQUEST_QUEUE_CAPACITY: usize = 64;
 const REQUEST_BATCH: usize = 64;
 /// Buffered packets handled per wake before one flush.
 const PACKET_BATCH: usize = 256;
+/// Events waiting for room in a full event channel beyond which the driver stops taking
+/// requests too (it already stopped reading the socket at the first one).
+const REQUEST_PAUSE_BACKLOG: usize = 1024;
+/// Requests with a response outstanding (`Client::request`) the driver keeps at once.
+const PENDING_RESPONSES_MAX: usize = 4096;
 
 type Reply = oneshot::Sender<Result<Completion, ClientError>>;
 
 enum Request {
     Command(Command, Reply),
     Disconnect(oneshot::Sender<()>, ReasonCode),
+    /// Route the first message on `topic` carrying `correlation` to `reply` instead of the
+    /// event stream.
+    AwaitResponse {
+        topic: TopicName,
+        correlation: Bytes,
+        reply: oneshot::Sender<Message>,
+    },
 }
 
 /// A handle to a running client. Cheap to clone; when every clone is dropped the client
@@ -56,6 +83,7 @@ pub struct Client {
     next_token: Arc<AtomicU64>,
     abort: Arc<tokio::task::AbortHandle>,
     protocol: ProtocolVersion,
+    client_id: Arc<str>,
 }
 
 /// Completes when the operation does (see `EventKind::DeliveryComplete` for when that is).
@@ -160,6 +188,8 @@ impl Client {
                 failed_attempts: 0,
                 first_outcome: Some(first_tx),
                 stop_on_first_failure,
+                backlog: VecDeque::new(),
+                responses: BTreeMap::new(),
             };
         let task = tokio::spawn(driver.run());
         Ok((
@@ -169,6 +199,7 @@ impl Client {
                 next_token: Arc::new(AtomicU64::new(1)),
                 abort: Arc::new(task.abort_handle()),
                 protocol: options.protocol,
+                client_id: Arc::from(options.client_id.as_str()),
             },
             event_rx,
             first_rx,
@@ -183,7 +214,7 @@ impl Client {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
-    async fn request(&self, command: Command) -> Result<OpToken, ClientError> {
+    async fn send_command(&self, command: Command) -> Result<OpToken, ClientError> {
         let token = match &command {
             Command::Publish { token, .. }
             | Command::Subscribe { token, .. }
@@ -209,6 +240,25 @@ impl Client {
         qos: QoS,
         retain: bool,
     ) -> Result<OpToken, ClientError> {
+        self.publish_with(topic, payload, qos, retain, PublishProperties::default())
+            .await
+    }
+
+    /// [`Client::publish`] with 5.0 properties: message expiry interval, content type,
+    /// payload format indicator, response topic, correlation data, user properties (in
+    /// order), topic alias. They are kept with the message, so a resend after a reconnect or
+    /// restart carries them too. A topic alias is used only within the Topic Alias Maximum
+    /// the broker returned on the current connection (else the topic goes in full); with
+    /// `ConnectOptions::outbound_topic_aliases` the client picks aliases itself. Properties
+    /// under 3.1.1, or a Subscription Identifier [MQTT-3.3.4-6], are refused.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+    ) -> Result<OpToken, ClientError> {
         let topic = TopicName::new(topic)
             .ok()
             .filter(|t| !t.is_empty())
@@ -223,14 +273,83 @@ impl Client {
             // The driver returns the slot (WindowSlotFreed) when the flow ends.
             permit.forget();
         }
-        self.request(Command::Publish {
+        self.send_command(Command::Publish {
             token: self.token(),
             topic,
             payload: payload.into(),
             qos,
             retain,
+            properties: properties.into(),
         })
         .await
+    }
+
+    /// 5.0 request/response (§4.10): subscribes to `response_topic`, publishes the request
+    /// with that Response Topic and Correlation Data (`properties.correlation_data`, or one
+    /// made unique from the client id and a counter), and returns the first message that
+    /// arrives on `response_topic` with the same correlation data. That message goes to the
+    /// caller, not to the event stream; others on the topic are events as usual. Fails with
+    /// `ClientError::ResponseTimeout` when no response comes within `wait`.
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        response_topic: &str,
+        mut properties: PublishProperties,
+        wait: std::time::Duration,
+    ) -> Result<Message, ClientError> {
+        if self.protocol != ProtocolVersion::V5 {
+            return Err(ClientError::InvalidArgument(
+                "request/response (Response Topic, Correlation Data) needs MQTT 5.0".into(),
+            ));
+        }
+        let response = TopicName::new(response_topic)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "[MQTT-3.3.2-14] invalid response topic {response_topic:?}"
+                ))
+            })?;
+        let correlation = properties
+            .correlation_data
+            .clone()
+            .unwrap_or_else(|| Bytes::from(format!("{}/{}", self.client_id, self.token())));
+        properties.correlation_data = Some(correlation.clone());
+        properties.response_topic = Some(response.clone());
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::AwaitResponse {
+                topic: response.clone(),
+                correlation,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        let filter = TopicFilter::new(response.as_str())
+            .map_err(|e| ClientError::InvalidArgument(format!("response topic: {e}")))?;
+        let granted = match self
+            .start_subscribe(vec![(filter, SubscriptionOptions::qos(qos))])
+            .await?
+            .wait()
+            .await?
+        {
+            Completion::Subscribed(codes) => codes,
+            other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        };
+        if let Some(code) = granted.iter().find(|c| c.is_error()) {
+            return Err(ClientError::Rejected(*code));
+        }
+        self.publish_with(topic, payload, qos, false, properties)
+            .await?
+            .wait()
+            .await?;
+        match timeout(wait, rx).await {
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(_)) => Err(ClientError::Stopped),
+            Err(_) => Err(ClientError::ResponseTimeout(wait)),
+        }
     }
 
     /// Sends SUBSCRIBE (now or at the next connect) and returns a token for the SUBACK.
@@ -243,7 +362,7 @@ impl Client {
                 "[MQTT-3.8.3-3] SUBSCRIBE needs at least one filter".into(),
             ));
         }
-        self.request(Command::Subscribe {
+        self.send_command(Command::Subscribe {
             token: self.token(),
             filters,
         })
@@ -282,7 +401,7 @@ impl Client {
         }
         let token = self.token();
         match self
-            .request(Command::Unsubscribe { token, filters })
+            .send_command(Command::Unsubscribe { token, filters })
             .await?
             .wait()
             .await?
@@ -306,7 +425,7 @@ impl Client {
     pub async fn reauthenticate_with(&self, password: Option<Bytes>) -> Result<(), ClientError> {
         let token = self.token();
         match self
-            .request(Command::Reauthenticate { token, password })
+            .send_command(Command::Reauthenticate { token, password })
             .await?
             .wait()
             .await?
@@ -371,6 +490,11 @@ struct Driver {
     failed_attempts: u32,
     first_outcome: Option<oneshot::Sender<Result<bool, ClientError>>>,
     stop_on_first_failure: bool,
+    /// Events waiting for room in the full event channel, in order. While any waits, the
+    /// socket is not read (see the module comment).
+    backlog: VecDeque<Event>,
+    /// `Client::request` waiters by correlation data: the response topic and the reply.
+    responses: BTreeMap<Bytes, (TopicName, oneshot::Sender<Message>)>,
 }
 
 impl Driver {
@@ -389,6 +513,12 @@ impl Driver {
         self.emit(EventKind::Stopped { cause: stop_cause }).await;
         if let Some(done) = done {
             let _ = done.send(());
+        }
+        // The application may still read what waited; then the channel closes.
+        while let Some(event) = self.backlog.pop_front() {
+            if self.events.send(event).await.is_err() {
+                break;
+            }
         }
     }
 
@@ -446,14 +576,20 @@ impl Driver {
     /// Serves requests until `until`; `Some` when asked to stop.
     async fn wait_offline(&mut self, until: Instant) -> Option<Option<oneshot::Sender<()>>> {
         loop {
+            let backlogged = !self.backlog.is_empty();
+            let taking = self.backlog.len() < REQUEST_PAUSE_BACKLOG;
             tokio::select! {
                 biased;
                 () = sleep_until(until) => return None,
-                request = self.requests.recv() => match request {
+                permit = self.events.clone().reserve_owned(), if backlogged => self.forward_backlog(permit),
+                request = self.requests.recv(), if taking => match request {
                     None => return Some(None),
                     Some(Request::Disconnect(done, reason)) => {
                         self.disconnect_reason = reason;
                         return Some(Some(done));
+                    }
+                    Some(Request::AwaitResponse { topic, correlation, reply }) => {
+                        self.await_response(topic, correlation, reply);
                     }
                     Some(Request::Command(command, reply)) => {
                         let actions = self.accept(command, reply);
@@ -462,6 +598,50 @@ impl Driver {
                 },
             }
         }
+    }
+
+    /// Moves backlogged events into the channel while it has room (`permit` is the first).
+    fn forward_backlog(
+        &mut self,
+        permit: Result<mpsc::OwnedPermit<Event>, mpsc::error::SendError<()>>,
+    ) {
+        let Ok(permit) = permit else {
+            // Nobody listens any more: what waited has no reader.
+            self.backlog.clear();
+            return;
+        };
+        let Some(event) = self.backlog.pop_front() else {
+            return;
+        };
+        permit.send(event);
+        while let Some(event) = self.backlog.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.backlog.push_front(event);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn await_response(
+        &mut self,
+        topic: TopicName,
+        correlation: Bytes,
+        reply: oneshot::Sender<Message>,
+    ) {
+        // Callers that gave up (timed out) leave closed senders: drop them first.
+        self.responses.retain(|_, (_, waiter)| !waiter.is_closed());
+        if self.responses.len() >= PENDING_RESPONSES_MAX {
+            // Dropping `reply` fails that request with `Stopped`-like closure; bounded.
+            return;
+        }
+        self.responses.insert(correlation, (topic, reply));
     }
 
     fn accept(&mut self, command: Command, reply: Reply) -> Vec<Action> {
@@ -478,7 +658,17 @@ impl Driver {
     async fn run_connection(&mut self, stream: BoxStream) -> End {
         let version = self.options.protocol;
         let (read_half, write_half) = tokio::io::split(stream);
-        let mut reader = FramedRead::new(read_half, version, codec::DEFAULT_MAX_PACKET_SIZE);
+        // A 5.0 Maximum Packet Size we announced is the most we accept (§3.1.2.11.4): a
+        // larger packet is a protocol error.
+        let max_packet_size = match version {
+            ProtocolVersion::V5 => self
+                .options
+                .connect_properties
+                .maximum_packet_size
+                .map_or(codec::DEFAULT_MAX_PACKET_SIZE, |m| m.get()),
+            ProtocolVersion::V311 => codec::DEFAULT_MAX_PACKET_SIZE,
+        };
+        let mut reader = FramedRead::new(read_half, version, max_packet_size);
         let mut writer = FramedWrite::new(write_half, version);
         let actions = self.state.transport_connected(Instant::now());
         if let Err(cause) = self.apply(actions, &mut writer).await {
@@ -492,11 +682,24 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // A full event channel pauses reading (module comment): the state machine keeps
+            // the keepalive going without blaming the broker for the PINGRESP it cannot see.
+            // Until CONNACK, reading goes on regardless: the connection must complete (else the
+            // connect timeout would close it over and over while the application sleeps).
+            let reading = self.backlog.is_empty() || !self.state.is_connected();
+            let taking = self.backlog.len() < REQUEST_PAUSE_BACKLOG;
+            if self.state.reading_paused() == reading {
+                self.state.set_reading_paused(!reading, Instant::now());
+            }
             // Biased for determinism (no runtime RNG picks the branch).
             let actions = tokio::select! {
                 biased;
                 () = tick => self.state.handle_tick(Instant::now()),
-                packet = reader.read_packet() => {
+                permit = self.events.clone().reserve_owned(), if !reading => {
+                    self.forward_backlog(permit);
+                    continue;
+                }
+                packet = reader.read_packet(), if reading => {
                     let packet = match packet {
                         Ok(Some(packet)) => packet,
                         Ok(None) => return End::Lost(ClientError::ConnectionClosed),
@@ -537,7 +740,7 @@ impl Driver {
                         Err(_) => actions,
                     }
                 }
-                request = self.requests.recv() => {
+                request = self.requests.recv(), if taking => {
                     let mut actions = Vec::new();
                     let request = match request {
                         Some(request) => request,
@@ -571,6 +774,11 @@ impl Driver {
         while let Some(request) = next.take() {
             match request {
                 Request::Command(command, reply) => actions.extend(self.accept(command, reply)),
+                Request::AwaitResponse {
+                    topic,
+                    correlation,
+                    reply,
+                } => self.await_response(topic, correlation, reply),
                 Request::Disconnect(done, reason) => {
                     self.disconnect_reason = reason;
                     return Some(Some(done));
@@ -734,13 +942,35 @@ impl Driver {
     }
 
     async fn emit(&mut self, kind: EventKind) {
+        if let EventKind::MessageArrived(message) = &kind {
+            if let Some(correlation) = &message.properties.correlation_data {
+                let matches = self
+                    .responses
+                    .get(correlation)
+                    .is_some_and(|(topic, _)| *topic == message.topic);
+                if matches {
+                    let (_, waiter) = self.responses.remove(correlation).expect("checked");
+                    // If the caller gave up, the message is an ordinary event.
+                    if waiter.send(message.clone()).is_ok() {
+                        return;
+                    }
+                }
+            }
+        }
         let event = Event {
             at: Instant::now(),
             connection: self.attempt,
             kind,
         };
-        // A full channel makes the driver wait: back-pressure to the socket instead of an
-        // unbounded buffer. A dropped receiver means nobody listens; that is allowed.
-        let _ = self.events.send(event).await;
+        // Never wait here: a full channel parks the event in the backlog, which pauses
+        // reading (module comment). A dropped receiver means nobody listens; that is allowed.
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(event);
+            return;
+        }
+        match self.events.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => self.backlog.push_back(event),
+        }
     }
 }

@@ -44,6 +44,8 @@ pub enum ClientError {
     /// e.g. it does not know the password).
     #[error("authentication: {0}")]
     Authentication(String),
+    #[error("no response within {0:?}")]
+    ResponseTimeout(std::time::Duration),
 }
 
 /// What a CONNACK return code or reason code means, in the words mosquitto's clients use.

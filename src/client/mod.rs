@@ -21,6 +21,19 @@
 //!   exponential, jittered, seeded backoff;
 //! - after a reconnect without a session, the client resubscribes (`ResubscribePolicy`);
 //! - at most `inflight_window` QoS 1/2 publishes are unfinished; `publish` waits for room.
+//! - 5.0: `publish_with` sends every publish property (message expiry, content type, payload
+//!   format, response topic, correlation data, user properties in order, topic alias) and
+//!   keeps them with the message for resends and restarts; `request` is request/response
+//!   (§4.10) with a timeout (`state` unit tests, `tests/client_sim.rs`,
+//!   `tests/client_v5_mosquitto.rs` against mosquitto_rr);
+//! - 5.0 topic aliases: outbound within the broker's Topic Alias Maximum by the policy in
+//!   `state::TopicAliases` (`outbound_topic_aliases`), inbound up to `topic_alias_maximum`,
+//!   both forgotten with the connection, so resends carry the full topic; a bad inbound alias
+//!   is a Protocol Error (DISCONNECT 0x94);
+//! - a slow application never stalls the driver: a full event channel pauses reading the
+//!   socket (TCP back-pressure) while PINGREQ, acknowledgements and requests keep flowing; no
+//!   message the client read is dropped (`driver` module comment;
+//!   `tests/client_sim.rs::a_slow_application_keeps_the_connection_alive_and_loses_nothing`).
 //!
 //! Events carry the connection attempt number and the (virtual, under turmoil) time, so a
 //! trace built from them tells connections apart; `PublishSent` and `DeliveryComplete` carry

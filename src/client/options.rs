@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::codec::{ProtocolVersion, QoS, TopicName, WillProperties};
+use crate::codec::{ConnectProperties, ProtocolVersion, QoS, TopicName, WillProperties};
 
 /// The will message a broker publishes when the connection ends without DISCONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,18 @@ pub struct ConnectOptions {
     /// 5.0: authenticate with SCRAM-SHA-256 (`--auth-method SCRAM-SHA-256`); `None`: the
     /// password, if any, goes in CONNECT.
     pub enhanced_auth: Option<EnhancedAuth>,
+    /// 5.0 Topic Alias Maximum announced in CONNECT: the broker may then send aliases
+    /// 1..=this value [MQTT-3.3.2-10], which the client resolves per connection. 0 (the
+    /// default, as mosquitto's clients) allows none [MQTT-3.1.2-27].
+    pub topic_alias_maximum: u16,
+    /// 5.0: alias outgoing topics automatically, within the Topic Alias Maximum the broker
+    /// returned in CONNACK (see `state` for the policy). Off by default, as mosquitto's
+    /// clients; an alias the application sets on a publish is honoured either way.
+    pub outbound_topic_aliases: bool,
+    /// Further 5.0 CONNECT properties (receive maximum, maximum packet size, request
+    /// response/problem information, user properties), sent as given. Session expiry and
+    /// Topic Alias Maximum come from their own fields above, which the client acts on.
+    pub connect_properties: ConnectProperties,
 }
 
 impl ConnectOptions {
@@ -119,6 +131,9 @@ impl ConnectOptions {
             event_capacity: 1024,
             session_expiry_interval_secs: None,
             enhanced_auth: None,
+            topic_alias_maximum: 0,
+            outbound_topic_aliases: false,
+            connect_properties: ConnectProperties::default(),
         }
     }
 }

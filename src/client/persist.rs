@@ -19,7 +19,12 @@
 //!   4 IncomingQos2      id: u16
 //!   5 IncomingReleased  id: u16
 //!   6 ClearIncoming
+//!   7 Outgoing with 5.0 properties
+//!                       flags: u8 (2 released), then the message as a 5.0 PUBLISH packet
+//!                       (packet id, QoS, retain, topic, properties, payload)
 //! ```
+//! A publish without properties is written as tag 1, so logs without 5.0 properties keep
+//! the format earlier versions read.
 //! A record that is cut short or fails its checksum ends the log: it and everything after it
 //! are dropped with a warning (a torn write of the last append is the expected crash shape),
 //! never a refusal to start. Loading rewrites the file as a compact snapshot, and so does an
@@ -31,7 +36,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::codec::{PacketId, QoS, TopicName};
+use crate::codec::{
+    PacketId, PropertyBox, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, TopicName,
+};
 use crate::store::fs::{AppendFile, SharedFs};
 
 /// An outgoing QoS 1/2 publish whose flow has not completed.
@@ -44,6 +51,8 @@ pub struct StoredPublish {
     pub retain: bool,
     /// QoS 2 only: PUBREC arrived and PUBREL was sent; what is resent is PUBREL.
     pub released: bool,
+    /// 5.0 properties the application gave (the topic alias is applied per connection).
+    pub properties: PropertyBox<PublishProperties>,
 }
 
 /// One change to the persisted state.
@@ -278,6 +287,23 @@ impl Persistence for FilePersistence {
 fn encode_record(op: &PersistOp, out: &mut Vec<u8>) {
     let mut body = Vec::new();
     match op {
+        PersistOp::Outgoing(p) if !p.properties.is_empty() => {
+            body.push(7);
+            body.push(u8::from(p.released) << 1);
+            let packet = crate::codec::Packet::Publish(Publish {
+                dup: false,
+                qos_pid: QosPid::new(p.qos, Some(p.packet_id)).expect("QoS 1/2 with an id"),
+                retain: p.retain,
+                topic: p.topic.clone(),
+                properties: p.properties.clone(),
+                payload: p.payload.clone(),
+            });
+            let mut wire = bytes::BytesMut::new();
+            // It was encodable when accepted; an error here would be a codec bug, and an
+            // undecodable record ends the log on load with a warning rather than a crash.
+            let _ = crate::codec::encode(&packet, ProtocolVersion::V5, &mut wire);
+            body.extend_from_slice(&wire);
+        }
         PersistOp::Outgoing(p) => {
             body.push(1);
             body.extend_from_slice(&p.packet_id.get().to_le_bytes());
@@ -362,6 +388,32 @@ fn decode_body(body: &[u8]) -> Option<PersistOp> {
                 qos,
                 retain: flags & 1 != 0,
                 released: flags & 2 != 0,
+                properties: PropertyBox::none(),
+            })
+        }
+        7 => {
+            let flags = *rest.first()?;
+            let wire = Bytes::copy_from_slice(rest.get(1..)?);
+            let (packet, used) = crate::codec::decode_slice(
+                &wire,
+                ProtocolVersion::V5,
+                crate::codec::DEFAULT_MAX_PACKET_SIZE,
+            )
+            .ok()??;
+            let crate::codec::Packet::Publish(p) = packet else {
+                return None;
+            };
+            if used != wire.len() || p.topic.is_empty() {
+                return None;
+            }
+            PersistOp::Outgoing(StoredPublish {
+                packet_id: p.qos_pid.packet_id()?,
+                qos: p.qos_pid.qos(),
+                topic: p.topic,
+                payload: p.payload,
+                retain: p.retain,
+                released: flags & 2 != 0,
+                properties: p.properties,
             })
         }
         2 => PersistOp::Released(id()?),
@@ -392,6 +444,7 @@ mod tests {
             qos,
             retain: n % 2 == 0,
             released: false,
+            properties: PropertyBox::none(),
         }
     }
 
@@ -441,6 +494,42 @@ mod tests {
             expected.outgoing().collect::<Vec<_>>()
         );
         assert_eq!(restored.state.incoming_qos2, BTreeSet::from([pid(7)]));
+    }
+
+    /// 5.0 properties survive a restart, so a resend carries what the application set.
+    #[test]
+    fn publish_properties_survive_reopen() {
+        use crate::codec::MqttStr;
+        let dir = tempfile::tempdir().unwrap();
+        let fs: SharedFs = Arc::new(StdFs);
+        let mut p = FilePersistence::new(fs.clone(), dir.path(), "props");
+        p.open().unwrap();
+        let mut with = publish(3, QoS::ExactlyOnce);
+        with.properties = PropertyBox::from(PublishProperties {
+            payload_format_utf8: Some(true),
+            message_expiry_interval_secs: Some(30),
+            response_topic: Some(TopicName::new("reply").unwrap()),
+            correlation_data: Some(Bytes::from_static(b"\x00id")),
+            user_properties: vec![(MqttStr::new("k").unwrap(), MqttStr::new("v").unwrap())],
+            content_type: Some(MqttStr::new("text/plain").unwrap()),
+            ..Default::default()
+        });
+        p.apply(&[
+            PersistOp::Outgoing(publish(1, QoS::AtLeastOnce)),
+            PersistOp::Outgoing(with.clone()),
+            PersistOp::Released(pid(3)),
+        ])
+        .unwrap();
+        drop(p);
+        let restored = FilePersistence::new(fs, dir.path(), "props")
+            .open()
+            .unwrap();
+        assert!(restored.warnings.is_empty(), "{:?}", restored.warnings);
+        with.released = true;
+        assert_eq!(
+            restored.state.outgoing().cloned().collect::<Vec<_>>(),
+            vec![publish(1, QoS::AtLeastOnce), with]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::options::{ConnectOptions, ResubscribePolicy};
 use super::persist::{ClientDurable, PersistOp, StoredPublish};
 use crate::codec::{
     Ack, Auth, AuthProperties, Connect, ConnectProperties, Disconnect, MqttStr, Packet, PacketId,
-    ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, Subscribe,
+    PropertyBox, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, Subscribe,
     SubscribeProperties, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will,
     WillProperties,
 };
@@ -47,6 +47,9 @@ pub enum Command {
         payload: Bytes,
         qos: QoS,
         retain: bool,
+        /// 5.0 properties (empty in 3.1.1). A `topic_alias` here is honoured when it is
+        /// within the broker's Topic Alias Maximum, else the topic is sent in full.
+        properties: PropertyBox<PublishProperties>,
     },
     Subscribe {
         token: Token,
@@ -258,6 +261,77 @@ pub struct ClientState {
     scram: Option<ScramPhase>,
     reauth_token: Option<Token>,
     nonce_rng: ChaCha8Rng,
+    /// Topic aliases of the current connection, both ways [MQTT-3.3.2-7].
+    aliases: TopicAliases,
+    /// The driver stopped reading the socket because the application is behind: PINGRESP
+    /// cannot be seen, so its absence is not held against the broker.
+    reading_paused: bool,
+}
+
+/// The topic alias mappings of one network connection; a new connection starts empty
+/// [MQTT-3.3.2-7].
+///
+/// Outbound policy (with `outbound_topic_aliases`): a topic gets the lowest free alias the
+/// first time it is published on the connection, while the broker's Topic Alias Maximum from
+/// CONNACK leaves one free; it is then sent as an empty topic name plus the alias. Once all
+/// aliases are taken, other topics go in full; a mapping never changes within a connection
+/// except when the application names an alias itself. No alias is ever above the broker's
+/// maximum, and none is sent when the broker announced none [MQTT-3.2.2-17] [MQTT-3.2.2-18].
+/// Resends after a reconnect start from the empty table, so they carry their full topic.
+#[derive(Debug, Default)]
+struct TopicAliases {
+    /// The broker's Topic Alias Maximum (0: none) for the current connection.
+    outbound_maximum: u16,
+    outbound: BTreeMap<TopicName, NonZeroU16>,
+    outbound_topics: BTreeMap<NonZeroU16, TopicName>,
+    /// What the broker mapped, within the maximum we announced.
+    inbound: BTreeMap<NonZeroU16, TopicName>,
+}
+
+impl TopicAliases {
+    /// The topic name and alias to send for `topic`; `requested` is the application's alias.
+    fn outbound(
+        &mut self,
+        topic: &TopicName,
+        requested: Option<NonZeroU16>,
+        automatic: bool,
+    ) -> (TopicName, Option<NonZeroU16>) {
+        let within = |alias: NonZeroU16| alias.get() <= self.outbound_maximum;
+        if let Some(alias) = requested.filter(|a| within(*a)) {
+            if self.outbound_topics.get(&alias) == Some(topic) {
+                return (TopicName::default(), Some(alias));
+            }
+            self.map(topic.clone(), alias);
+            return (topic.clone(), Some(alias));
+        }
+        if !automatic || self.outbound_maximum == 0 {
+            return (topic.clone(), None);
+        }
+        if let Some(&alias) = self.outbound.get(topic) {
+            return (TopicName::default(), Some(alias));
+        }
+        let free = (1..=self.outbound_maximum)
+            .filter_map(NonZeroU16::new)
+            .find(|a| !self.outbound_topics.contains_key(a));
+        match free {
+            Some(alias) => {
+                self.map(topic.clone(), alias);
+                (topic.clone(), Some(alias))
+            }
+            None => (topic.clone(), None),
+        }
+    }
+
+    fn map(&mut self, topic: TopicName, alias: NonZeroU16) {
+        if let Some(old) = self.outbound_topics.insert(alias, topic.clone()) {
+            self.outbound.remove(&old);
+        }
+        if let Some(old) = self.outbound.insert(topic, alias) {
+            if old != alias {
+                self.outbound_topics.remove(&old);
+            }
+        }
+    }
 }
 
 impl ClientState {
@@ -285,6 +359,8 @@ impl ClientState {
             scram: None,
             reauth_token: None,
             nonce_rng: ChaCha8Rng::seed_from_u64(nonce_seed),
+            aliases: TopicAliases::default(),
+            reading_paused: false,
         };
         for publish in restored.outgoing() {
             let token = state.internal_token();
@@ -384,6 +460,9 @@ impl ClientState {
     pub fn transport_connected(&mut self, now: Instant) -> Vec<Action> {
         self.link = Link::AwaitingConnAck { since: now };
         self.ping_sent = None;
+        self.reading_paused = false;
+        // Aliases belong to one network connection [MQTT-3.3.2-7].
+        self.aliases = TopicAliases::default();
         self.keep_alive = Duration::from_secs(u64::from(self.options.keep_alive_secs));
         let mut actions = Vec::new();
         let mut connect = self.connect_packet();
@@ -487,10 +566,13 @@ impl ClientState {
         let v5 = o.protocol == ProtocolVersion::V5;
         let mut properties = ConnectProperties::default();
         if v5 {
+            properties = o.connect_properties.clone();
             let expiry = o
                 .session_expiry_interval_secs
                 .unwrap_or(if o.clean_session { 0 } else { u32::MAX });
             properties.session_expiry_interval_secs = (expiry != 0).then_some(expiry);
+            properties.topic_alias_maximum =
+                (o.topic_alias_maximum != 0).then_some(o.topic_alias_maximum);
         }
         Connect {
             protocol: o.protocol,
@@ -583,12 +665,28 @@ impl ClientState {
 
     // ---- time ----------------------------------------------------------------------------
 
+    pub fn reading_paused(&self) -> bool {
+        self.reading_paused
+    }
+
+    /// The driver stopped (or resumed) reading the socket for a slow application. While
+    /// paused, PINGREQ still goes out every keepalive, so the broker sees the client alive
+    /// [MQTT-3.1.2-24], but an unanswered one does not close the connection: its PINGRESP is
+    /// queued unread. On resume, an outstanding PINGREQ gets a full keepalive from now.
+    pub fn set_reading_paused(&mut self, paused: bool, now: Instant) {
+        self.reading_paused = paused;
+        if !paused && self.ping_sent.is_some() {
+            self.ping_sent = Some(now);
+        }
+    }
+
     /// When `handle_tick` next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.link {
             Link::Down => None,
             Link::AwaitingConnAck { since } => Some(since + self.options.connect_timeout),
             Link::Up if self.keep_alive.is_zero() => None,
+            Link::Up if self.reading_paused => Some(self.last_sent + self.keep_alive),
             Link::Up => Some(match self.ping_sent {
                 Some(sent) => sent + self.keep_alive,
                 None => self.last_sent + self.keep_alive,
@@ -607,6 +705,12 @@ impl ClientState {
                 }
             }
             Link::Up if self.keep_alive.is_zero() => {}
+            Link::Up if self.reading_paused => {
+                if now >= self.last_sent + self.keep_alive {
+                    self.ping_sent = Some(self.ping_sent.unwrap_or(now));
+                    self.send(Packet::PingReq, now, &mut actions);
+                }
+            }
             Link::Up => match self.ping_sent {
                 Some(sent) if now >= sent + self.keep_alive => {
                     actions.push(Action::Close(ClientError::KeepaliveTimeout));
@@ -633,7 +737,17 @@ impl ClientState {
                 payload,
                 qos,
                 retain,
-            } => self.publish(token, topic, payload, qos, retain, now, &mut actions),
+                properties,
+            } => self.publish(
+                token,
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+                now,
+                &mut actions,
+            ),
             Command::Subscribe { token, filters } => {
                 if self.pending_requests() >= PENDING_REQUESTS_MAX {
                     return fail(token, ClientError::TooManyPendingRequests);
@@ -722,20 +836,45 @@ impl ClientState {
         payload: Bytes,
         qos: QoS,
         retain: bool,
+        properties: PropertyBox<PublishProperties>,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        if self.options.protocol == ProtocolVersion::V311 && !properties.is_empty() {
+            // Dropping them silently would change what the message means.
+            actions.extend(fail(
+                token,
+                ClientError::InvalidArgument("publish properties need MQTT 5.0".into()),
+            ));
+            if qos != QoS::AtMostOnce {
+                actions.push(Action::WindowSlotFreed);
+            }
+            return;
+        }
+        if !properties.subscription_identifiers.is_empty() {
+            actions.extend(fail(
+                token,
+                ClientError::InvalidArgument(
+                    "[MQTT-3.3.4-6] a client's PUBLISH carries no Subscription Identifier".into(),
+                ),
+            ));
+            if qos != QoS::AtMostOnce {
+                actions.push(Action::WindowSlotFreed);
+            }
+            return;
+        }
         if qos == QoS::AtMostOnce {
             if !self.is_connected() {
                 actions.extend(fail(token, ClientError::NotConnected));
                 return;
             }
+            let (topic, properties) = self.wire_topic(&topic, &properties);
             let packet = Packet::Publish(Publish {
                 dup: false,
                 qos_pid: QosPid::AtMostOnce,
                 retain,
                 topic,
-                properties: PublishProperties::default().into(),
+                properties: properties.into(),
                 payload,
             });
             self.send(packet, now, actions);
@@ -766,6 +905,7 @@ impl ClientState {
             qos,
             retain,
             released: false,
+            properties,
         };
         actions.push(Action::Persist(PersistOp::Outgoing(stored.clone())));
         actions.push(Action::Event(EventKind::PublishAccepted {
@@ -810,25 +950,46 @@ impl ClientState {
             } else {
                 let dup = entry.sent_in_session;
                 entry.sent_in_session = true;
-                let p = &entry.publish;
+                let token = entry.token;
+                let p = entry.publish.clone();
                 let qos_pid = QosPid::new(p.qos, Some(p.packet_id)).expect("QoS 1/2 with an id");
                 actions.push(Action::Event(EventKind::PublishSent {
-                    token: entry.token,
+                    token,
                     packet_id: Some(p.packet_id),
                     qos: p.qos,
                     dup,
                 }));
+                let (topic, properties) = self.wire_topic(&p.topic, &p.properties);
                 Packet::Publish(Publish {
                     dup,
                     qos_pid,
                     retain: p.retain,
-                    topic: p.topic.clone(),
-                    properties: PublishProperties::default().into(),
-                    payload: p.payload.clone(),
+                    topic,
+                    properties: properties.into(),
+                    payload: p.payload,
                 })
             };
             self.send(packet, now, actions);
         }
+    }
+
+    /// The topic name and properties a PUBLISH of `topic` carries on this connection: the
+    /// alias policy of `TopicAliases` applied (5.0 only).
+    fn wire_topic(
+        &mut self,
+        topic: &TopicName,
+        properties: &PublishProperties,
+    ) -> (TopicName, PublishProperties) {
+        let mut properties = properties.clone();
+        let requested = properties.topic_alias.take();
+        if self.options.protocol == ProtocolVersion::V311 {
+            return (topic.clone(), properties);
+        }
+        let (name, alias) =
+            self.aliases
+                .outbound(topic, requested, self.options.outbound_topic_aliases);
+        properties.topic_alias = alias;
+        (name, properties)
     }
 
     fn subscribe_packet(&self, packet_id: PacketId) -> Packet {
@@ -982,6 +1143,10 @@ impl ClientState {
         self.send_quota = props
             .receive_maximum
             .map_or(usize::from(u16::MAX), |m| usize::from(m.get()));
+        self.aliases.outbound_maximum = match self.options.protocol {
+            ProtocolVersion::V5 => props.topic_alias_maximum.unwrap_or(0),
+            ProtocolVersion::V311 => 0,
+        };
         if let Some(secs) = props.server_keep_alive_secs {
             self.keep_alive = Duration::from_secs(u64::from(secs));
         }
@@ -1091,12 +1256,56 @@ impl ClientState {
         }
     }
 
-    fn on_publish(&mut self, publish: Publish, now: Instant, actions: &mut Vec<Action>) {
-        // We declare no Topic Alias Maximum, so a server may not use aliases [MQTT-3.1.2-27].
-        if publish.properties.topic_alias.is_some() || publish.topic.is_empty() {
-            actions.push(Action::Close(ClientError::Protocol(
-                "[MQTT-3.1.2-27] topic alias used, but the client allows none".into(),
-            )));
+    /// Resolves an incoming topic alias: the topic to deliver, or the protocol error (a
+    /// DISCONNECT with 0x94 Topic Alias invalid, then close, as §4.13 says).
+    fn resolve_alias(&mut self, publish: &mut Publish) -> Result<(), String> {
+        let maximum = match self.options.protocol {
+            ProtocolVersion::V5 => self.options.topic_alias_maximum,
+            ProtocolVersion::V311 => 0,
+        };
+        let Some(alias) = publish.properties.topic_alias else {
+            if publish.topic.is_empty() {
+                return Err("[MQTT-4.7.3-1] PUBLISH with an empty topic name and no alias".into());
+            }
+            return Ok(());
+        };
+        if alias.get() > maximum {
+            return Err(if maximum == 0 {
+                format!("[MQTT-3.1.2-27] topic alias {alias} used, but the client allows none")
+            } else {
+                format!("[MQTT-3.3.2-11] topic alias {alias} above the client's Topic Alias Maximum {maximum}")
+            });
+        }
+        if publish.topic.is_empty() {
+            match self.aliases.inbound.get(&alias) {
+                Some(topic) => publish.topic = topic.clone(),
+                None => {
+                    return Err(format!(
+                        "topic alias {alias} used with an empty topic name before it was mapped on this connection (§3.3.2.3.4: a Protocol Error)"
+                    ))
+                }
+            }
+        } else {
+            self.aliases.inbound.insert(alias, publish.topic.clone());
+        }
+        // The application sees the topic, and the alias it came with (as libmosquitto, so
+        // `sub -F %A` prints it).
+        Ok(())
+    }
+
+    fn on_publish(&mut self, mut publish: Publish, now: Instant, actions: &mut Vec<Action>) {
+        if let Err(message) = self.resolve_alias(&mut publish) {
+            if self.options.protocol == ProtocolVersion::V5 {
+                self.send(
+                    Packet::Disconnect(Disconnect {
+                        reason_code: ReasonCode::TopicAliasInvalid,
+                        ..Disconnect::default()
+                    }),
+                    now,
+                    actions,
+                );
+            }
+            actions.push(Action::Close(ClientError::Protocol(message)));
             return;
         }
         let message = |p: Publish| Message {
@@ -1327,6 +1536,7 @@ mod tests {
             payload: Bytes::from(format!("m{token}")),
             qos,
             retain: false,
+            properties: Default::default(),
         }
     }
 
@@ -1494,6 +1704,7 @@ mod tests {
                 qos,
                 retain: false,
                 released,
+                properties: Default::default(),
             }));
         }
         durable.apply(&PersistOp::IncomingQos2(pid(9)));
@@ -1858,6 +2069,284 @@ mod tests {
         ));
         let bad = state.handle_packet(Packet::PingReq, now);
         assert!(matches!(bad[..], [Action::Close(ClientError::Protocol(_))]));
+    }
+
+    fn v5_connected(o: ConnectOptions, now: Instant, alias_max: Option<u16>) -> ClientState {
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        state.transport_connected(now);
+        state.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: crate::codec::ConnAckProperties {
+                    topic_alias_maximum: alias_max,
+                    ..Default::default()
+                }
+                .into(),
+            }),
+            now,
+        );
+        state
+    }
+
+    fn v5_options(outbound_aliases: bool) -> ConnectOptions {
+        let mut o = options();
+        o.protocol = ProtocolVersion::V5;
+        o.outbound_topic_aliases = outbound_aliases;
+        o
+    }
+
+    /// (topic name on the wire, alias) of each PUBLISH sent.
+    fn wire_topics(actions: &[Action]) -> Vec<(String, Option<u16>)> {
+        sends(actions)
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((
+                    p.topic.as_str().to_string(),
+                    p.properties.topic_alias.map(|a| a.get()),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn publish_props(
+        token: Token,
+        topic: &str,
+        qos: QoS,
+        properties: PublishProperties,
+    ) -> Command {
+        let Command::Publish {
+            token,
+            topic,
+            payload,
+            qos,
+            retain,
+            ..
+        } = publish_cmd(token, topic, qos)
+        else {
+            unreachable!()
+        };
+        Command::Publish {
+            token,
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: properties.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outbound_aliases_follow_the_policy_within_the_brokers_maximum() {
+        let now = Instant::now();
+        let mut state = v5_connected(v5_options(true), now, Some(2));
+        let mut sent = Vec::new();
+        for (token, topic) in [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b"), (6, "c")] {
+            let actions = state.handle_command(publish_cmd(token, topic, QoS::AtMostOnce), now);
+            sent.extend(wire_topics(&actions));
+        }
+        // First use maps (full topic + alias), later uses send the alias alone; "c" finds no
+        // free alias under the maximum 2 and always goes in full [MQTT-3.2.2-17].
+        assert_eq!(
+            sent,
+            vec![
+                ("a".into(), Some(1)),
+                ("b".into(), Some(2)),
+                ("c".into(), None),
+                ("".into(), Some(1)),
+                ("".into(), Some(2)),
+                ("c".into(), None),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_outbound_alias_without_a_brokers_maximum_or_beyond_it() {
+        let now = Instant::now();
+        // The broker announced none: not even an alias the application asks for
+        // [MQTT-3.2.2-18].
+        let mut state = v5_connected(v5_options(true), now, None);
+        let mut props = PublishProperties {
+            topic_alias: NonZeroU16::new(1),
+            ..Default::default()
+        };
+        let a = state.handle_command(publish_props(1, "a", QoS::AtMostOnce, props.clone()), now);
+        let b = state.handle_command(publish_cmd(2, "a", QoS::AtMostOnce), now);
+        assert_eq!(wire_topics(&a), vec![("a".into(), None)]);
+        assert_eq!(wire_topics(&b), vec![("a".into(), None)]);
+        // Maximum 1: the application's alias 1 is used, its alias 2 is not [MQTT-3.3.2-9].
+        let mut state = v5_connected(v5_options(false), now, Some(1));
+        let a = state.handle_command(publish_props(1, "a", QoS::AtMostOnce, props.clone()), now);
+        let again =
+            state.handle_command(publish_props(2, "a", QoS::AtMostOnce, props.clone()), now);
+        props.topic_alias = NonZeroU16::new(2);
+        let over = state.handle_command(publish_props(3, "b", QoS::AtMostOnce, props), now);
+        let plain = state.handle_command(publish_cmd(4, "a", QoS::AtMostOnce), now);
+        assert_eq!(wire_topics(&a), vec![("a".into(), Some(1))]);
+        assert_eq!(wire_topics(&again), vec![("".into(), Some(1))]);
+        assert_eq!(wire_topics(&over), vec![("b".into(), None)]);
+        // Automatic aliasing is off: a publish without an alias goes in full.
+        assert_eq!(wire_topics(&plain), vec![("a".into(), None)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_drops_alias_mappings_and_resends_full_topics() {
+        let now = Instant::now();
+        let mut state = v5_connected(v5_options(true), now, Some(5));
+        let first = state.handle_command(publish_cmd(1, "t/1", QoS::AtLeastOnce), now);
+        let second = state.handle_command(publish_cmd(2, "t/1", QoS::AtLeastOnce), now);
+        assert_eq!(wire_topics(&first), vec![("t/1".into(), Some(1))]);
+        assert_eq!(wire_topics(&second), vec![("".into(), Some(1))]);
+        state.connection_lost(ClientError::ConnectionClosed);
+        state.transport_connected(now);
+        let resumed = state.handle_packet(
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                reason_code: ReasonCode::Success,
+                properties: crate::codec::ConnAckProperties {
+                    topic_alias_maximum: Some(5),
+                    ..Default::default()
+                }
+                .into(),
+            }),
+            now,
+        );
+        // Both in-flight messages are resent; the first carries the full topic again (the
+        // new connection knows no alias [MQTT-3.3.2-7]), mapping it afresh.
+        assert_eq!(
+            wire_topics(&resumed),
+            vec![("t/1".into(), Some(1)), ("".into(), Some(1))]
+        );
+        assert_eq!(publishes(&sends(&resumed)), vec![(1, true), (2, true)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publish_properties_go_on_the_wire_and_into_persistence() {
+        let now = Instant::now();
+        let mut state = v5_connected(v5_options(false), now, None);
+        let properties = PublishProperties {
+            payload_format_utf8: Some(true),
+            message_expiry_interval_secs: Some(30),
+            response_topic: Some(TopicName::new("reply/1").unwrap()),
+            correlation_data: Some(Bytes::from_static(b"c-1")),
+            user_properties: vec![
+                (MqttStr::new("k").unwrap(), MqttStr::new("v").unwrap()),
+                (MqttStr::new("k").unwrap(), MqttStr::new("w").unwrap()),
+            ],
+            content_type: Some(MqttStr::new("text/plain").unwrap()),
+            ..Default::default()
+        };
+        let actions = state.handle_command(
+            publish_props(1, "t", QoS::AtLeastOnce, properties.clone()),
+            now,
+        );
+        let [Packet::Publish(sent)] = &sends(&actions)[..] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(*sent.properties, properties);
+        let persisted = actions.iter().find_map(|a| match a {
+            Action::Persist(PersistOp::Outgoing(p)) => Some(p.properties.clone()),
+            _ => None,
+        });
+        assert_eq!(persisted, Some(properties.clone().into()));
+        // 3.1.1 cannot carry them: refused, not silently dropped; the window slot returns.
+        let mut state = ClientState::new(options(), &ClientDurable::default(), now);
+        connected(&mut state, now, false);
+        let refused =
+            state.handle_command(publish_props(2, "t", QoS::AtLeastOnce, properties), now);
+        assert!(matches!(
+            completion(&refused, 2),
+            Some(Err(ClientError::InvalidArgument(_)))
+        ));
+        assert!(refused.contains(&Action::WindowSlotFreed));
+        assert!(sends(&refused).is_empty());
+    }
+
+    fn aliased(id: u16, topic: &str, alias: Option<u16>) -> Packet {
+        let mut packet = incoming(id, QoS::AtLeastOnce, false);
+        if let Packet::Publish(p) = &mut packet {
+            p.topic = TopicName::new(topic).unwrap();
+            p.properties.topic_alias = alias.and_then(NonZeroU16::new);
+        }
+        packet
+    }
+
+    fn is_alias_error(actions: &[Action]) -> bool {
+        sends(actions)
+            == vec![Packet::Disconnect(Disconnect {
+                reason_code: ReasonCode::TopicAliasInvalid,
+                ..Disconnect::default()
+            })]
+            && matches!(
+                actions.last(),
+                Some(Action::Close(ClientError::Protocol(_)))
+            )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inbound_aliases_are_resolved_up_to_the_announced_maximum() {
+        let now = Instant::now();
+        let mut o = v5_options(false);
+        o.topic_alias_maximum = 3;
+        let mut state = ClientState::new(o, &ClientDurable::default(), now);
+        let connect = state.transport_connected(now);
+        let [Packet::Connect(c)] = &sends(&connect)[..] else {
+            panic!()
+        };
+        assert_eq!(c.properties.topic_alias_maximum, Some(3));
+        state.handle_packet(connack(false), now);
+        // Any alias 1..=3 is accepted [MQTT-3.3.2-10]; the application sees the topic.
+        let map = state.handle_packet(aliased(1, "x/y", Some(3)), now);
+        let used = state.handle_packet(aliased(2, "", Some(3)), now);
+        let got: Vec<(String, Option<NonZeroU16>)> = delivered(&map)
+            .into_iter()
+            .chain(delivered(&used))
+            .map(|m| (m.topic.as_str().to_string(), m.properties.topic_alias))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("x/y".into(), NonZeroU16::new(3)),
+                ("x/y".into(), NonZeroU16::new(3))
+            ]
+        );
+        // Remapping an alias replaces its topic.
+        state.handle_packet(aliased(3, "z", Some(3)), now);
+        let used = state.handle_packet(aliased(4, "", Some(3)), now);
+        assert_eq!(delivered(&used)[0].topic.as_str(), "z");
+        // Beyond the maximum: Protocol Error, DISCONNECT 0x94 [MQTT-3.3.2-11].
+        assert!(is_alias_error(
+            &state.handle_packet(aliased(5, "w", Some(4)), now)
+        ));
+        // A new connection knows none of the old mappings [MQTT-3.3.2-7].
+        state.connection_lost(ClientError::ConnectionClosed);
+        connected(&mut state, now, false);
+        let unmapped = state.handle_packet(aliased(6, "", Some(3)), now);
+        assert!(delivered(&unmapped).is_empty());
+        assert!(is_alias_error(&unmapped));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_flows_while_reading_is_paused_for_a_slow_application() {
+        let start = Instant::now();
+        let mut state = ClientState::new(options(), &ClientDurable::default(), start);
+        connected(&mut state, start, false);
+        let ka = Duration::from_secs(10);
+        state.set_reading_paused(true, start);
+        // PINGREQ every keepalive, though none is answered (the answers wait unread).
+        for n in 1..=5u32 {
+            assert_eq!(state.next_deadline(), Some(start + ka * n));
+            let actions = state.handle_tick(start + ka * n);
+            assert_eq!(actions, vec![Action::Send(Packet::PingReq)], "tick {n}");
+        }
+        // Resumed: the outstanding PINGREQ gets a full keepalive from now.
+        state.set_reading_paused(false, start + ka * 5);
+        assert!(state.handle_tick(start + ka * 5 + ka / 2).is_empty());
+        assert_eq!(
+            state.handle_tick(start + ka * 6),
+            vec![Action::Close(ClientError::KeepaliveTimeout)]
+        );
     }
 
     /// chaos-mixed-v5-wills seed 831: the PUBCOMP was lost, the client resent the PUBREL on
