@@ -40,9 +40,12 @@ const REQUEST_BATCH: usize = 64;
 /// Buffered packets handled per wake before one flush.
 const PACKET_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Completion, ClientError>>;
+/// Where the driver answers one request.
+pub type Reply = oneshot::Sender<Result<Completion, ClientError>>;
 
-enum Request {
+/// What a `Client` handle asks of its driver. Public for drivers other than this module's:
+/// `certify_client` serves a handle with a client under test in another process.
+pub enum Request {
     Command(Command, Reply),
     Disconnect(oneshot::Sender<()>, ReasonCode),
 }
@@ -173,6 +176,28 @@ impl Client {
             event_rx,
             first_rx,
         ))
+    }
+
+    /// A handle served by a driver of the caller's own (one that reads `requests` from the
+    /// channel `request_channel` made and ends when `abort` aborts it). The in-flight window
+    /// is that driver's business: `publish` never waits here.
+    pub fn with_driver(
+        protocol: ProtocolVersion,
+        requests: mpsc::Sender<Request>,
+        abort: tokio::task::AbortHandle,
+    ) -> Client {
+        Client {
+            requests,
+            window: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            next_token: Arc::new(AtomicU64::new(1)),
+            abort: Arc::new(abort),
+            protocol,
+        }
+    }
+
+    /// The channel between handles and a driver of the caller's own (`with_driver`).
+    pub fn request_channel() -> (mpsc::Sender<Request>, mpsc::Receiver<Request>) {
+        mpsc::channel(REQUEST_QUEUE_CAPACITY)
     }
 
     pub fn protocol(&self) -> ProtocolVersion {
