@@ -102,7 +102,6 @@ fn start_adapter(adapter: &Adapter, start: ExternalStart) -> ExternalStarted {
         subscribes: BTreeMap::new(),
         unsubscribes: BTreeMap::new(),
         connections: Rc::new(RefCell::new(0)),
-        connected_once: false,
     };
     let task =
         tokio::task::spawn_local(driver.run(start, listener, BufReader::new(stdout), requests));
@@ -121,6 +120,8 @@ struct Wire {
     by_packet: BTreeMap<u16, u64>,
     /// Token → packet id (the first PUBLISH with one).
     packet_of: BTreeMap<u64, u16>,
+    /// A CONNACK accepted a connection of this process before.
+    connected_once: bool,
 }
 
 struct Driver {
@@ -132,7 +133,6 @@ struct Driver {
     subscribes: BTreeMap<u64, Reply>,
     unsubscribes: BTreeMap<u64, (Vec<TopicFilter>, Reply)>,
     connections: Rc<RefCell<u32>>,
-    connected_once: bool,
 }
 
 /// The payload id in a payload: the text before the first space (as `sim::world` reads it).
@@ -364,29 +364,12 @@ impl Driver {
         let _ = protocol;
         match said {
             Said::Ready { .. } | Said::Disconnected => {}
-            Said::ConnectComplete {
-                reconnect,
-                session_present,
-            } => {
-                let _ = reconnect;
-                // What the application was told is the adapter's; whether this is a reconnect
-                // is what this process saw.
-                let reconnect = std::mem::replace(&mut self.connected_once, true);
-                self.emit(EventKind::ConnectComplete {
-                    reconnect,
-                    session_present,
-                })
-                .await;
+            Said::ConnectComplete { .. } => {
+                // The trace takes the CONNACK from the wire (see `relay_connection`); what the
+                // library told its application is the adapter's business.
             }
-            Said::ConnectionLost { cause } => {
-                self.emit(EventKind::ConnectionLost {
-                    cause: ClientError::Io(if cause.is_empty() {
-                        "connection lost".into()
-                    } else {
-                        cause
-                    }),
-                })
-                .await;
+            Said::ConnectionLost { .. } => {
+                // Taken from the wire too (`relay_connection`).
             }
             Said::Message {
                 topic,
@@ -653,6 +636,7 @@ async fn relay_connection(
         // Closing the client's connection is how it learns the broker is unreachable.
         return;
     };
+    let accepted = std::cell::Cell::new(false);
     let (mut client_read, mut client_write) = inbound.into_split();
     let (mut broker_read, mut broker_write) = tokio::io::split(outbound);
     let up = async {
@@ -690,12 +674,66 @@ async fn relay_connection(
         let _ = broker_write.shutdown().await;
     };
     let down = async {
-        let _ = tokio::io::copy(&mut broker_read, &mut client_write).await;
+        // The CONNACK is read here, from the wire, and reported before the client gets it:
+        // its Session Present is the broker's (a library may not tell its application, as
+        // Paho C's automatic reconnect does not), and whatever the client writes after it
+        // (resends) follows it in the trace as it follows it on the wire.
+        let mut frames = Frames::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut connack_seen = false;
+        loop {
+            let n = match broker_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if !connack_seen {
+                for frame in frames.push(&buf[..n]) {
+                    if connack_seen {
+                        break;
+                    }
+                    connack_seen = true;
+                    // CONNACK: flags (bit 0 Session Present), then the return/reason code.
+                    if frame.first().map(|b| b >> 4) == Some(2) && frame.get(3) == Some(&0) {
+                        accepted.set(true);
+                        let session_present = frame.get(2).is_some_and(|f| f & 1 == 1);
+                        let reconnect =
+                            std::mem::replace(&mut wire.borrow_mut().connected_once, true);
+                        let connection = *connections.borrow();
+                        let _ = events
+                            .send(Event {
+                                at: Instant::now(),
+                                connection,
+                                kind: EventKind::ConnectComplete {
+                                    reconnect,
+                                    session_present,
+                                },
+                            })
+                            .await;
+                    }
+                }
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = client_write.shutdown().await;
     };
-    tokio::select! {
-        () = up => {}
-        () = down => {}
+    let ended_by = tokio::select! {
+        () = up => "the client closed the connection",
+        () = down => "the connection to the broker ended",
+    };
+    if accepted.get() {
+        // Like the CONNACK, the end of an accepted connection is taken from the wire.
+        let connection = *connections.borrow();
+        let _ = events
+            .send(Event {
+                at: Instant::now(),
+                connection,
+                kind: EventKind::ConnectionLost {
+                    cause: ClientError::Io(ended_by.into()),
+                },
+            })
+            .await;
     }
 }
 

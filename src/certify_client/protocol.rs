@@ -79,7 +79,9 @@ pub enum Event {
     ConnectComplete {
         #[serde(default)]
         reconnect: bool,
-        session_present: bool,
+        /// Absent when the library does not tell (Paho C's automatic reconnect).
+        #[serde(default)]
+        session_present: Option<bool>,
     },
     ConnectionLost {
         #[serde(default)]

@@ -210,7 +210,7 @@ fn heard(kind: EventKind, out: &mpsc::UnboundedSender<String>, ids: &mut BTreeMa
             out,
             Said::ConnectComplete {
                 reconnect,
-                session_present,
+                session_present: Some(session_present),
             },
         ),
         EventKind::ConnectionLost { cause } => say(
