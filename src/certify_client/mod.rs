@@ -77,6 +77,63 @@ pub fn refuse(scenario: &Scenario) -> Option<String> {
     None
 }
 
+/// Starts the adapter once, reads its `ready` line and ends it: the client's name and
+/// version, or why it cannot be certified (it does not start, or speaks another version of
+/// the driver protocol), said once before any case runs.
+pub fn preflight(adapter: &Adapter) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a runtime: {e}"))?;
+    runtime.block_on(async {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&adapter.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting {:?}: {e}", adapter.command))?;
+        let stdout = child.stdout.take().ok_or("the adapter has no stdout")?;
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let read = reader.read_line(&mut line);
+        let said = match tokio::time::timeout(Duration::from_secs(20), read).await {
+            Err(_) => {
+                return Err(
+                    "the adapter said nothing within 20s (its first line must be ready)"
+                        .to_string(),
+                )
+            }
+            Ok(Err(e)) => return Err(format!("reading the adapter: {e}")),
+            Ok(Ok(0)) => return Err("the adapter exited before its ready line".to_string()),
+            Ok(Ok(_)) => protocol::Event::parse(&line)?,
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin
+                .write_all(protocol::Command::Exit.line().as_bytes())
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        match said {
+            protocol::Event::Ready { protocol, client }
+                if protocol == protocol::PROTOCOL_VERSION =>
+            {
+                Ok(client)
+            }
+            protocol::Event::Ready { protocol, .. } => Err(format!(
+                "the adapter speaks driver protocol {protocol}; this simqtt speaks {}",
+                protocol::PROTOCOL_VERSION
+            )),
+            other => Err(format!(
+                "the adapter's first line must be ready, not {other:?}"
+            )),
+        }
+    })
+}
+
 /// Why this harness cannot run the scenario (besides the profile's claims).
 fn harness_skip(scenario: &Scenario) -> Option<String> {
     if !scenario.broker.transport.is_plain() {
@@ -103,6 +160,7 @@ fn harness_skip(scenario: &Scenario) -> Option<String> {
 pub fn certify(
     scenarios: &[(PathBuf, Scenario)],
     options: &Options,
+    client_version: Option<String>,
     mut progress: impl FnMut(&CaseResult, usize, usize),
 ) -> Certification {
     let started = Instant::now();
@@ -133,7 +191,7 @@ pub fn certify(
     }
     Certification {
         broker: format!("client: {}", options.adapter.command),
-        broker_version: None,
+        broker_version: client_version,
         profile: options.profile.describe(),
         started: started_at,
         duration: started.elapsed(),

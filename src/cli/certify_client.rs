@@ -97,21 +97,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         work_dir: std::env::temp_dir().join("simqtt-certify-client"),
         traces: args.traces.clone(),
     };
+    let version = match certify_client::preflight(&options.adapter) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("simqtt certify-client: the adapter {:?}: {e}", args.cmd);
+            return Ok(ExitCode::from(2));
+        }
+    };
     eprintln!(
-        "certifying the client {:?}: {} scenario files, profile {}",
+        "certifying the client {:?} ({version}): {} scenario files, profile {}",
         args.cmd,
         scenarios.len(),
         options.profile.describe()
     );
     let progress = std::io::stderr().is_terminal();
-    let cert = certify_client::certify(&scenarios, &options, |case, done, total| {
-        if progress {
-            eprint!(
-                "\r[{done}/{total}] {:<50}",
-                super::run::truncate(&case.scenario, 50)
-            );
-        }
-    });
+    let cert = certify_client::certify(
+        &scenarios,
+        &options,
+        Some(version.clone()),
+        |case, done, total| {
+            if progress {
+                eprint!(
+                    "\r[{done}/{total}] {:<50}",
+                    super::run::truncate(&case.scenario, 50)
+                );
+            }
+        },
+    );
     if progress {
         eprintln!();
     }
