@@ -1,7 +1,9 @@
 //! `simqtt certify-client` against real client processes: simqtt's own client behind
 //! `simqtt adapter` (the reference, which must certify clean), the same adapter with a planted
 //! client bug (caught, citing the statement it breaks), and Eclipse Paho C behind
-//! adapters/paho-c/adapter.c (Debian's libpaho-mqtt-dev; `scripts/install-peers` installs it).
+//! adapters/paho-c/adapter.c (Debian's libpaho-mqtt-dev), and paho-mqtt 2.x (Python) behind
+//! adapters/paho-python/adapter.py (in the venv at `$SIMQTT_VENV`, default target/venv);
+//! `scripts/install-peers` installs both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -166,6 +168,38 @@ fn paho_c_certifies_under_the_client_side_scenarios() {
     assert!(v.len() >= 4, "every client-side scenario ran: {v:?}\n{out}");
     // docs/client-certification.md records this result: Paho C passes every scenario its
     // profile claims.
+    assert!(
+        v.iter().all(|(_, status)| status == "passed"),
+        "{v:?}\n{out}"
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn paho_python_certifies_under_the_client_side_scenarios() {
+    // The venv scripts/install-peers makes (the other Python peers' tests use the same).
+    let venv = std::env::var_os("SIMQTT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "no {}: run scripts/install-peers (it makes the venv with paho-mqtt 2.x)",
+        python.display()
+    );
+    let cmd = format!(
+        "{} {}",
+        python.display(),
+        root().join("adapters/paho-python/adapter.py").display()
+    );
+    let (code, report, out) = certify_client(
+        &cmd,
+        "docs/profiles/clients/paho-python.toml",
+        &["scenarios/client"],
+    );
+    let v = verdicts(&report);
+    assert!(v.len() >= 4, "every client-side scenario ran: {v:?}\n{out}");
+    // docs/client-certification.md records this result.
     assert!(
         v.iter().all(|(_, status)| status == "passed"),
         "{v:?}\n{out}"
