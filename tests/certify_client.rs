@@ -3,7 +3,8 @@
 //! client bug (caught, citing the statement it breaks), and Eclipse Paho C behind
 //! adapters/paho-c/adapter.c (Debian's libpaho-mqtt-dev), and paho-mqtt 2.x (Python) behind
 //! adapters/paho-python/adapter.py (in the venv at `$SIMQTT_VENV`, default target/venv);
-//! `scripts/install-peers` installs both.
+//! MQTT.js (npm mqtt 5.16.0 under `$BENCH_PEERS_HOME/node`) behind adapters/mqttjs/adapter.js;
+//! `scripts/install-peers` installs them all.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -205,4 +206,48 @@ fn paho_python_certifies_under_the_client_side_scenarios() {
         "{v:?}\n{out}"
     );
     assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn mqttjs_is_caught_resending_qos1_without_dup() {
+    let home = std::env::var_os("BENCH_PEERS_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/simqtt-bench-peers")
+        });
+    let modules = home.join("node/node_modules");
+    assert!(
+        modules.join("mqtt/package.json").exists(),
+        "no MQTT.js under {}: run scripts/install-peers",
+        modules.display()
+    );
+    let cmd = format!(
+        "NODE_PATH={} node {}",
+        modules.display(),
+        root().join("adapters/mqttjs/adapter.js").display()
+    );
+    let (code, report, out) = certify_client(
+        &cmd,
+        "docs/profiles/clients/mqttjs.toml",
+        &["scenarios/client"],
+    );
+    let v = verdicts(&report);
+    assert!(v.len() >= 4, "every client-side scenario ran: {v:?}\n{out}");
+    // docs/client-certification.md, MQTT.js: its store resends an unacknowledged QoS 1
+    // PUBLISH after a reconnect with DUP 0 (reproduced with mosquitto -v there). Everything
+    // else passes.
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        findings(&report),
+        vec![("must".into(), "MQTT-3.3.1-1".into(), "client".into())],
+        "{out}"
+    );
+    for (scenario, status) in &v {
+        let expected = if scenario == "qos1-resend-with-dup" {
+            "failed"
+        } else {
+            "passed"
+        };
+        assert_eq!(status, expected, "{scenario}: {out}");
+    }
 }
