@@ -200,11 +200,16 @@ fn paho_python_certifies_under_the_client_side_scenarios() {
     );
     let v = verdicts(&report);
     assert!(v.len() >= 4, "every client-side scenario ran: {v:?}\n{out}");
-    // docs/client-certification.md records this result.
-    assert!(
-        v.iter().all(|(_, status)| status == "passed"),
-        "{v:?}\n{out}"
-    );
+    // docs/client-certification.md records this result: everything passes but the one
+    // scenario that needs persistence, which paho-mqtt does not have (skipped, not run).
+    for (scenario, status) in &v {
+        let expected = if scenario == "qos1-resent-after-client-restart" {
+            "skipped"
+        } else {
+            "passed"
+        };
+        assert_eq!(status, expected, "{scenario}: {out}");
+    }
     assert_eq!(code, 0, "{out}");
 }
 
@@ -235,7 +240,7 @@ fn mqttjs_is_caught_resending_qos1_without_dup() {
     assert!(v.len() >= 4, "every client-side scenario ran: {v:?}\n{out}");
     // docs/client-certification.md, MQTT.js: its store resends an unacknowledged QoS 1
     // PUBLISH after a reconnect with DUP 0 (reproduced with mosquitto -v there). Everything
-    // else passes.
+    // else it claims passes.
     assert_eq!(code, 1, "{out}");
     assert_eq!(
         findings(&report),
@@ -243,10 +248,11 @@ fn mqttjs_is_caught_resending_qos1_without_dup() {
         "{out}"
     );
     for (scenario, status) in &v {
-        let expected = if scenario == "qos1-resend-with-dup" {
-            "failed"
-        } else {
-            "passed"
+        let expected = match scenario.as_str() {
+            "qos1-resend-with-dup" => "failed",
+            // No persistence in MQTT.js's default stores: skipped, not run.
+            "qos1-resent-after-client-restart" => "skipped",
+            _ => "passed",
         };
         assert_eq!(status, expected, "{scenario}: {out}");
     }

@@ -55,13 +55,42 @@ pub struct Adapter {
 
 /// The world's hook that starts `adapter` in place of the scenario client `client`.
 pub fn external(adapter: Adapter, client: &str) -> ExternalClient {
+    // One relay port for every process of the client: a restarted application connects to
+    // the server it connected to before, and a library may key its persistence by the
+    // server's URI (Paho C does), so a new port would hide what it persisted.
+    let relay_port = Arc::new(std::sync::Mutex::new(0u16));
     ExternalClient {
         client: client.to_string(),
-        start: Arc::new(move |start| start_adapter(&adapter, start)),
+        start: Arc::new(move |start| start_adapter(&adapter, &relay_port, start)),
     }
 }
 
-fn start_adapter(adapter: &Adapter, start: ExternalStart) -> ExternalStarted {
+/// A listener on 127.0.0.1:`port` (0: any), retried for a while: the previous process's
+/// relay, aborted with it, may not have let go of the port yet.
+fn relay_listener(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(([127, 0, 0, 1], port).into())
+            .and_then(|()| socket.listen(64))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) if tries >= 50 => return Err(e),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn start_adapter(
+    adapter: &Adapter,
+    relay_port: &std::sync::Mutex<u16>,
+    start: ExternalStart,
+) -> ExternalStarted {
     let stderr = match &adapter.stderr {
         Some(path) => std::fs::OpenOptions::new()
             .create(true)
@@ -82,10 +111,15 @@ fn start_adapter(adapter: &Adapter, start: ExternalStart) -> ExternalStarted {
         .map_err(|e| {
             ClientError::InvalidArgument(format!("adapter command {:?}: {e}", adapter.command))
         })?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .and_then(tokio::net::TcpListener::from_std)
-        .map_err(|e| ClientError::Io(format!("relay listener: {e}")))?;
+    let listener = {
+        let mut port = relay_port.lock().unwrap_or_else(|e| e.into_inner());
+        let listener = relay_listener(*port)
+            .map_err(|e| ClientError::Io(format!("relay listener on port {port}: {e}")))?;
+        if let Ok(addr) = listener.local_addr() {
+            *port = addr.port();
+        }
+        listener
+    };
     let (stdin, stdout) = match (child.stdin.take(), child.stdout.take()) {
         (Some(i), Some(o)) => (i, o),
         _ => return Err(ClientError::Io("adapter without stdin/stdout".into())),
