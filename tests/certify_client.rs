@@ -138,6 +138,25 @@ fn an_adapter_of_another_protocol_version_is_refused_with_the_reason() {
     );
 }
 
+#[test]
+fn a_client_that_never_connects_leaves_the_case_inconclusive() {
+    // Speaks the protocol's first line, then does nothing it is asked.
+    let cmd = r#"echo '{"event":"ready","protocol":1,"client":"mute"}'; cat >/dev/null"#;
+    let (code, report, out) = certify_client(
+        cmd,
+        "docs/profiles/clients/simqtt.toml",
+        &["scenarios/client/qos1-resend-with-dup.yaml"],
+    );
+    assert_eq!(code, 1, "not certified: {out}");
+    let case = &report["cases"][0];
+    assert_eq!(case["verdict"]["status"], "inconclusive", "{out}");
+    let reason = case["verdict"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("step 3 (connect) could not run: app got no CONNACK"),
+        "{reason}"
+    );
+}
+
 /// adapters/paho-c/adapter.c built against Debian's libpaho-mqtt-dev.
 fn paho_c_adapter(dir: &Path) -> PathBuf {
     assert!(

@@ -395,12 +395,13 @@ fn run_case(
             tracing::warn!("writing {}: {e}", path.display());
         }
     }
-    let (findings, choices) = judge(scenario, &report, Statements::embedded());
+    let (findings, choices, could_not_run) = judge(scenario, &report, Statements::embedded());
     // Keep the adapter's log of a case that did not pass next to the traces, if asked.
     let _ = std::fs::remove_dir_all(&dir);
     result.choices = choices;
     result.duration = started.elapsed();
-    let inconclusive = report.inconclusive();
+    let mut inconclusive = report.inconclusive();
+    inconclusive.extend(could_not_run);
     let failed = findings
         .iter()
         .any(|f| matches!(f.grade, Grade::Must | Grade::Error));
@@ -412,7 +413,7 @@ fn run_case(
         };
         result.findings = findings;
     } else {
-        let reason = format!("not confirmed: {}", inconclusive.join("; "));
+        let reason = format!("not confirmed or not run: {}", inconclusive.join("; "));
         let (kept, aside): (Vec<Finding>, Vec<Finding>) =
             findings.into_iter().partition(|f| f.grade == Grade::Should);
         result.findings = kept;
@@ -436,14 +437,17 @@ fn grade_of(level: Level) -> Option<Grade> {
 }
 
 /// Grades a finished run for the client under test (see the module's header).
+/// Returns the findings, the permitted alternatives seen, and the steps that could not run
+/// (which make the case inconclusive).
 pub fn judge(
     scenario: &Scenario,
     report: &RunReport,
     statements: &Statements,
-) -> (Vec<Finding>, Vec<Choice>) {
+) -> (Vec<Finding>, Vec<Choice>, Vec<String>) {
     let versions = scenario_versions(scenario);
     let mut findings = Vec::new();
     let mut choices = Vec::new();
+    let mut could_not_run = Vec::new();
     for f in &report.failures {
         let base = Finding {
             grade: Grade::Error,
@@ -459,6 +463,17 @@ pub fn judge(
             continue;
         }
         let step = grade::failed_step(f).filter(|&i| i < scenario.steps.len());
+        if let Some(i) = step.filter(|&i| !scenario.steps[i].keyword().starts_with("expect")) {
+            // An action the client did not carry out (no CONNACK, no SUBACK): the scenario
+            // could not go on as written, so it proves nothing either way.
+            could_not_run.push(format!(
+                "step {} ({}) could not run: {}",
+                i + 1,
+                scenario.steps[i].keyword(),
+                f.happened
+            ));
+            continue;
+        }
         let citation = step.map_or(Citation::None, |i| scenario.citation(i));
         match citation {
             Citation::Note(why) => choices.push(Choice {
@@ -541,5 +556,5 @@ pub fn judge(
             });
         }
     }
-    (findings, choices)
+    (findings, choices, could_not_run)
 }
