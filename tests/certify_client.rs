@@ -196,7 +196,7 @@ fn paho_c_certifies_under_the_client_side_scenarios() {
 }
 
 #[test]
-fn paho_python_certifies_under_the_client_side_scenarios() {
+fn paho_python_under_the_client_side_scenarios() {
     // The venv scripts/install-peers makes (the other Python peers' tests use the same).
     let venv = std::env::var_os("SIMQTT_VENV")
         .map(PathBuf::from)
@@ -219,17 +219,25 @@ fn paho_python_certifies_under_the_client_side_scenarios() {
     );
     let v = verdicts(&report);
     assert!(v.len() >= 4, "every client-side scenario ran: {v:?}\n{out}");
-    // docs/client-certification.md records this result: everything passes but the one
-    // scenario that needs persistence, which paho-mqtt does not have (skipped, not run).
+    // docs/client-certification.md records this result: the scenario that needs persistence,
+    // which paho-mqtt does not have, is skipped; offline-buffering fails by the client
+    // checker's reading of [MQTT-4.3.2-1] (paho-mqtt resends with DUP 1 as the first write of
+    // a new clean session a message it had written on a connection never acknowledged; the
+    // docs say why that reading is open to question); everything else passes.
     for (scenario, status) in &v {
-        let expected = if scenario == "qos1-resent-after-client-restart" {
-            "skipped"
-        } else {
-            "passed"
+        let expected = match scenario.as_str() {
+            "qos1-resent-after-client-restart" => "skipped",
+            "offline-buffering" => "failed",
+            _ => "passed",
         };
         assert_eq!(status, expected, "{scenario}: {out}");
     }
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        findings(&report),
+        vec![("must".into(), "MQTT-4.3.2-1".into(), "client".into())],
+        "{out}"
+    );
+    assert_eq!(code, 1, "{out}");
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub struct ClientProfile {
     pub resubscribe: Resubscribe,
     /// In-flight QoS 1/2 messages survive a restart of the client's process (file persistence).
     pub persistence: bool,
+    /// What the application publishes while the client is offline is sent after it reconnects.
+    pub offline_buffering: bool,
     pub qos2: bool,
     pub mqtt5: bool,
 }
@@ -48,6 +50,7 @@ impl Default for ClientProfile {
             automatic_reconnect: false,
             resubscribe: Resubscribe::None,
             persistence: false,
+            offline_buffering: false,
             qos2: false,
             mqtt5: false,
         }
@@ -60,6 +63,7 @@ pub enum Claim {
     AutomaticReconnect,
     Resubscribe,
     Persistence,
+    OfflineBuffering,
     Qos2,
     Mqtt5,
 }
@@ -70,6 +74,7 @@ impl Claim {
             Claim::AutomaticReconnect => "automatic_reconnect",
             Claim::Resubscribe => "resubscribe",
             Claim::Persistence => "persistence",
+            Claim::OfflineBuffering => "offline_buffering",
             Claim::Qos2 => "qos2",
             Claim::Mqtt5 => "mqtt5",
         }
@@ -88,6 +93,7 @@ impl ClientProfile {
             Claim::AutomaticReconnect => self.automatic_reconnect,
             Claim::Resubscribe => self.resubscribe != Resubscribe::None,
             Claim::Persistence => self.persistence,
+            Claim::OfflineBuffering => self.offline_buffering,
             Claim::Qos2 => self.qos2,
             Claim::Mqtt5 => self.mqtt5,
         }
@@ -114,6 +120,7 @@ impl ClientProfile {
             Claim::AutomaticReconnect,
             Claim::Resubscribe,
             Claim::Persistence,
+            Claim::OfflineBuffering,
             Claim::Qos2,
             Claim::Mqtt5,
         ]
@@ -144,8 +151,25 @@ pub fn needed(scenario: &Scenario) -> BTreeSet<Claim> {
         out.insert(Claim::Persistence);
     }
     let mut faulted = false;
+    // The link of the client under test is cut (partition or loss, not yet healed).
+    let mut cut = false;
+    let app_host = app.host.clone().unwrap_or_else(|| UNDER_TEST.to_string());
+    let is_app = |end: &str| end == UNDER_TEST || end == app_host;
     for step in &scenario.steps {
         let on_app = step.clients().contains(&UNDER_TEST);
+        match step {
+            Step::Partition(p) if is_app(&p.a) || is_app(&p.b) => cut = true,
+            Step::Heal(h) => {
+                let ends = [h.a.as_deref(), h.b.as_deref()];
+                if ends.iter().all(Option::is_none) || ends.iter().flatten().any(|e| is_app(e)) {
+                    cut = false;
+                }
+            }
+            Step::Publish(_) if on_app && cut => {
+                out.insert(Claim::OfflineBuffering);
+            }
+            _ => {}
+        }
         match step {
             Step::Subscribe(s)
                 if on_app && s.all_filters().iter().any(|f| f.qos == QoS::ExactlyOnce) =>
@@ -209,6 +233,17 @@ mod tests {
             ..ClientProfile::default()
         };
         assert_eq!(all.unmet(&s), None);
+    }
+
+    #[test]
+    fn publishing_while_the_link_is_cut_needs_offline_buffering() {
+        let yaml = |heal_first: &str| {
+            format!(
+                "clients:\n  app: {{keepalive: 2s}}\nsteps:\n  - connect: app\n  - partition: {{a: app}}\n{heal_first}  - publish: {{client: app, topic: a, qos: 1}}\n"
+            )
+        };
+        assert!(needed(&scenario(&yaml(""))).contains(&Claim::OfflineBuffering));
+        assert!(!needed(&scenario(&yaml("  - heal:\n"))).contains(&Claim::OfflineBuffering));
     }
 
     #[test]
