@@ -18,6 +18,8 @@
 //! - [`scenario`]: the YAML scenario format, its validation, and the runner.
 //! - [`sim`]: the turmoil world: hosts, seeded fault injection, crash and restart.
 //! - [`certify`]: the scenario library against a real broker over TCP, graded by the spec, with reports.
+//! - [`certify_client`]: a third-party client library (an adapter process speaking the driver
+//!   protocol) in place of a scenario client, against simqtt's broker under the same faults.
 //! - [`bench`]: load generator for any broker (throughput, latency, idle connections); real clocks.
 //! - [`shrink`]: a failing run reduced to a minimal explicit scenario (a regression file).
 //! - [`explore`]: randomised scenarios drawn from a grammar, run and judged, failures shrunk.
@@ -26,6 +28,7 @@
 pub mod bench;
 pub mod broker;
 pub mod certify;
+pub mod certify_client;
 pub mod client;
 pub mod codec;
 pub mod explore;

@@ -38,6 +38,12 @@ enum Command {
     Run(cli::run::Args),
     /// Certify a real broker: the scenario library over TCP, graded by the spec's statements.
     Certify(cli::certify::Args),
+    /// Certify a client library: its adapter (docs/client-certification.md) under the
+    /// client-side scenarios against simqtt's broker, with the same faults and checkers.
+    CertifyClient(cli::certify_client::Args),
+    /// simqtt's own client behind the driver protocol (the reference adapter of
+    /// certify-client).
+    Adapter(cli::adapter::Args),
     /// Reproduce one simulated run byte for byte, write its trace, shrink it (--shrink).
     Replay(cli::replay::Args),
     /// Draw scenarios from a grammar, run and judge them, shrink every distinct failure.
@@ -60,6 +66,8 @@ fn main() -> ExitCode {
         Command::Broker(args) => cli::broker::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Certify(args) => cli::certify::run(args),
+        Command::CertifyClient(args) => cli::certify_client::run(args),
+        Command::Adapter(args) => cli::adapter::run(args),
         Command::Replay(args) => cli::replay::run(args),
         Command::Explore(args) => cli::explore::run(args),
         Command::JunitMerge(args) => cli::junit_merge::run(args),

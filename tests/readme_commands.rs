@@ -2,8 +2,8 @@
 //! what does not work:
 //!
 //! - each line of a ```sh block runs in bash as written, in a scratch directory that holds the
-//!   repository's `scenarios/`, `docs/` and `scripts/` (so files the commands write stay out of
-//!   the checkout), with `simqtt` on the PATH through the README's own `export PATH=…` line.
+//!   repository's `scenarios/`, `docs/`, `scripts/` and `adapters/` (so files the commands
+//!   write stay out of the checkout), with `simqtt` on the PATH through the README's own `export PATH=…` line.
 //!   The one change: the port numbers the examples use (1883, 1884, 1885, 18830, 8883, 8083,
 //!   8084) become free ports, the same one for the same number throughout, in the commands and
 //!   in the config files they copy (`cp`).
@@ -205,7 +205,7 @@ struct Walk {
 impl Walk {
     fn new(path_line: &str) -> Walk {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["scenarios", "docs", "scripts"] {
+        for name in ["scenarios", "docs", "scripts", "adapters"] {
             std::os::unix::fs::symlink(Path::new(ROOT).join(name), dir.path().join(name)).unwrap();
         }
         // Where `cargo run --release` leaves the binary; the test's own build stands in.
@@ -554,6 +554,21 @@ impl Walk {
                     let page = std::fs::read_to_string(self.path().join(words[i + 1])).unwrap();
                     assert!(page.contains("<h2>Normative statements</h2>"), "{page}");
                 }
+            }
+            (Some("simqtt"), Some("certify-client")) => {
+                let out = self.run(&command, None);
+                assert!(out.contains("certified: yes"), "{command}:\n{out}");
+                for (flag, file) in [("--report", "client.md"), ("--junit", "client.xml")] {
+                    if words.contains(&flag) {
+                        assert!(self.path().join(file).exists(), "{command} wrote no {file}");
+                    }
+                }
+                if words.contains(&"--junit") {
+                    validate_junit(&self.path().join("client.xml"));
+                }
+            }
+            (Some("cc"), _) => {
+                self.run(&command, None);
             }
             (Some("simqtt"), Some("bench")) => {
                 let out = self.run(&command, None);

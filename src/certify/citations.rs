@@ -504,7 +504,12 @@ pub fn check_scenario(scenario: &Scenario, statements: &Statements) -> Vec<Strin
         .flat_map(|i| check_step(scenario, i, statements))
         .collect();
     let versions = scenario_versions(scenario);
-    let checkers = relevant_checkers(scenario);
+    let mut checkers = relevant_checkers(scenario);
+    // A client-side scenario's `client` checker judges the client under test
+    // (`simqtt certify-client`), so the client's duties it cites can fail there.
+    if scenario.client_side() && scenario.checker_list().contains(&CheckerName::Client) {
+        checkers.push(CheckerName::Client);
+    }
     for id in &scenario.spec {
         let by_step = (0..scenario.steps.len()).any(|i| scenario.citation(i).id() == Some(id));
         let by_checker = checkers.iter().any(|&c| {

@@ -1,8 +1,10 @@
 //! Subcommands, one file each.
 
+pub mod adapter;
 pub mod bench;
 pub mod broker;
 pub mod certify;
+pub mod certify_client;
 pub mod decode;
 pub mod explore;
 pub mod format;

@@ -60,9 +60,12 @@ const REQUEST_PAUSE_BACKLOG: usize = 1024;
 /// Requests with a response outstanding (`Client::request`) the driver keeps at once.
 const PENDING_RESPONSES_MAX: usize = 4096;
 
-type Reply = oneshot::Sender<Result<Completion, ClientError>>;
+/// Where the driver answers one request.
+pub type Reply = oneshot::Sender<Result<Completion, ClientError>>;
 
-enum Request {
+/// What a `Client` handle asks of its driver. Public for drivers other than this module's:
+/// `certify_client` serves a handle with a client under test in another process.
+pub enum Request {
     Command(Command, Reply),
     Disconnect(oneshot::Sender<()>, ReasonCode),
     /// Route the first message on `topic` carrying `correlation` to `reply` instead of the
@@ -204,6 +207,28 @@ impl Client {
             event_rx,
             first_rx,
         ))
+    }
+
+    /// A handle served by a driver of the caller's own (one that reads `requests` from the
+    /// channel `request_channel` made and ends when `abort` aborts it). The in-flight window
+    /// is that driver's business: `publish` never waits here.
+    pub fn with_driver(
+        protocol: ProtocolVersion,
+        requests: mpsc::Sender<Request>,
+        abort: tokio::task::AbortHandle,
+    ) -> Client {
+        Client {
+            requests,
+            window: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            next_token: Arc::new(AtomicU64::new(1)),
+            abort: Arc::new(abort),
+            protocol,
+        }
+    }
+
+    /// The channel between handles and a driver of the caller's own (`with_driver`).
+    pub fn request_channel() -> (mpsc::Sender<Request>, mpsc::Receiver<Request>) {
+        mpsc::channel(REQUEST_QUEUE_CAPACITY)
     }
 
     pub fn protocol(&self) -> ProtocolVersion {

@@ -95,6 +95,17 @@ pub struct Scenario {
     pub nemesis: Option<Nemesis>,
 }
 
+/// The client a client-side scenario (`scenarios/client/`) judges: `simqtt certify-client`
+/// runs the client under test in its place.
+pub const CLIENT_UNDER_TEST: &str = "app";
+
+impl Scenario {
+    /// A client-side scenario: one of its clients is the client under test.
+    pub fn client_side(&self) -> bool {
+        self.clients.contains_key(CLIENT_UNDER_TEST)
+    }
+}
+
 fn default_quiesce() -> Dur {
     Dur::from_secs(10)
 }

@@ -235,7 +235,29 @@ pub struct ClientNet {
     /// upgraded to (over simulated TCP, see `backend::UpgradingConnector`); `connector` then
     /// serves the raw connections.
     pub sim_endpoint: Option<crate::transport::url::Endpoint>,
+    /// `simqtt certify-client`: the scenario client whose every instance is a client under
+    /// test in another process instead of simqtt's own client.
+    pub external: Option<ExternalClient>,
 }
+
+/// Starts the client under test in place of one scenario client (`ClientNet::external`).
+#[derive(Clone)]
+pub struct ExternalClient {
+    /// The scenario client it stands for.
+    pub client: String,
+    pub start: Arc<dyn Fn(ExternalStart) -> ExternalStarted + Send + Sync>,
+}
+
+/// What an external client instance is started with: the options simqtt's own client would
+/// get, the connector (under the session's fault layer) its connections must go through, and
+/// where its persistence lives when the scenario gives it some.
+pub struct ExternalStart {
+    pub options: ConnectOptions,
+    pub connector: Arc<dyn Connector>,
+    pub persistence_dir: Option<PathBuf>,
+}
+
+pub type ExternalStarted = Result<(Client, mpsc::Receiver<crate::client::Event>), ClientError>;
 
 impl Default for ClientNet {
     fn default() -> ClientNet {
@@ -250,6 +272,7 @@ impl Default for ClientNet {
             acl_user: None,
             isolation: None,
             sim_endpoint: None,
+            external: None,
         }
     }
 }
@@ -1110,7 +1133,21 @@ fn start(state: &Rc<RefCell<HostState>>, client: &str) {
         )),
         Persistence::None => Box::new(MemoryPersistence::new()),
     };
-    let (handle, mut events) = match Client::start(options, connector, persistence) {
+    let external = lock(&shared)
+        .net
+        .external
+        .clone()
+        .filter(|e| e.client == client);
+    let started = match external {
+        Some(external) => (external.start)(ExternalStart {
+            options,
+            connector,
+            persistence_dir: (spec.persistence == Persistence::Disk)
+                .then(|| wire.dir.join(&wire.client_id)),
+        }),
+        None => Client::start(options, connector, persistence),
+    };
+    let (handle, mut events) = match started {
         Ok(pair) => pair,
         Err(error) => {
             let mut s = lock(&shared);
