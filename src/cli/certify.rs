@@ -222,17 +222,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let version = runner::broker_version(&options);
+    // `$SYS/broker/version` is asked once per run, beside the cases (a broker without it
+    // costs its wait only to a run shorter than that wait).
+    let version = {
+        let options = options.clone();
+        std::thread::spawn(move || runner::broker_version(&options))
+    };
     let cases = runner::plan(&scenarios, &options);
     eprintln!(
-        "certifying {} ({}, {}){}: {} cases from {} scenario files, profile {}",
+        "certifying {} ({}, {}): {} cases from {} scenario files, profile {}",
         args.broker,
         broker,
         endpoint.scheme.describe(),
-        version
-            .as_deref()
-            .map(|v| format!(", {v}"))
-            .unwrap_or_default(),
         cases.len(),
         scenarios.len(),
         options.profile.describe()
@@ -241,7 +242,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut failed = 0usize;
     let mut skipped = 0usize;
     let mut inconclusive = 0usize;
-    let cert = runner::certify(cases, &options, version, |case, done, total| {
+    let mut cert = runner::certify(cases, &options, None, |case, done, total| {
         match case.verdict {
             Verdict::Failed => failed += 1,
             Verdict::Skipped { .. } => skipped += 1,
@@ -257,6 +258,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     if progress {
         eprintln!();
+    }
+    cert.broker_version = version.join().unwrap_or_default();
+    if let Some(v) = &cert.broker_version {
+        eprintln!("broker version ($SYS/broker/version): {v}");
     }
     let statements = Statements::embedded();
     print!("{}", report::terminal(&cert, statements));
