@@ -30,10 +30,13 @@ fn report(dir: &Path, name: &str, ms: u64, cases: &[String]) -> String {
 }
 
 fn compare(args: &[&str]) -> (i32, String) {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/certify-compare"))
-        .args(args)
-        .output()
-        .expect("python3 runs scripts/certify-compare");
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/certify-compare"
+    ))
+    .args(args)
+    .output()
+    .expect("python3 runs scripts/certify-compare");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -85,10 +88,16 @@ fn same_verdicts_pass_and_every_difference_is_named() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("a seed 0: passed -> inconclusive"), "{out}");
     assert!(out.contains("c: only in OLD"), "{out}");
-    assert!(!out.contains("b seed 1"), "findings compared only with --findings: {out}");
+    assert!(
+        !out.contains("b seed 1"),
+        "findings compared only with --findings: {out}"
+    );
     let (code, out) = compare(&[&old, &other, "--findings"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("b seed 1: failed in both, other findings"), "{out}");
+    assert!(
+        out.contains("b seed 1: failed in both, other findings"),
+        "{out}"
+    );
     assert!(out.contains("only OLD: must MQTT-4.3.3-2 qos2"), "{out}");
     assert!(out.contains("3 cases, 3 differ"), "{out}");
 }
@@ -101,7 +110,10 @@ fn bad_input_is_a_clear_error() {
     let bad = bad.display().to_string();
     let (code, out) = compare(&[&bad, &bad]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("is not a `simqtt certify --json` report"), "{out}");
+    assert!(
+        out.contains("is not a `simqtt certify --json` report"),
+        "{out}"
+    );
     let (code, out) = compare(&["only-one.json"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("usage:"), "{out}");
