@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,8 +38,11 @@ use crate::transport::Connector;
 
 /// Bound on one cleanup or probe connection (connect, a few packets, disconnect).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for `$SYS/broker/version` (retained where a broker offers it).
+/// How long to wait for `$SYS/broker/version` (retained where a broker offers it) in all.
 const VERSION_WAIT: Duration = Duration::from_secs(3);
+/// How long after the SUBACK: a retained message follows its subscription's SUBACK at once
+/// (mosquitto sends it in the same write), so a broker that sent nothing by then has none.
+const VERSION_AFTER_SUBACK: Duration = Duration::from_millis(500);
 /// Most parallel cases (`--jobs` is clamped to it): each holds a thread, a runtime, a proxy
 /// per client host and its sessions' sockets.
 pub const JOBS_MAX: usize = 64;
@@ -149,11 +152,13 @@ pub fn certify(
     let total = cases.len();
     let mut results: Vec<Option<CaseResult>> = vec![None; total];
     let mut done = 0usize;
-    // Skips first (they take no time), then the parallel phase, then the raw-packet cases in
-    // waves of cases whose topics cannot meet, then the restarts one at a time.
-    let mut parallel = Vec::new();
+    // Skips first (they take no time), then the shared phase, then the restarts one at a
+    // time. In the shared phase, cases whose topics carry their tag run side by side, and so
+    // do raw-packet cases (topics as written) as long as the first topic levels of those in
+    // flight are disjoint: a tagged case's topics all start with its own tag, which no
+    // scenario's topic does (`Queue::new` sends such a case to the serial phase).
+    let mut shared = Vec::new();
     let mut serial = Vec::new();
-    let mut waves: Vec<(BTreeSet<String>, Vec<usize>)> = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         if let Some(reason) = &case.skip {
             let result = skipped(case, reason);
@@ -165,20 +170,16 @@ pub fn certify(
         {
             // Raw packets keep the scenario's topics, so such cases may share the broker
             // only with cases whose topics they cannot reach (first topic levels disjoint).
-            match topic_roots(&case.scenario) {
-                Some(roots) => match waves.iter_mut().find(|(used, _)| used.is_disjoint(&roots)) {
-                    Some((used, wave)) => {
-                        used.extend(roots);
-                        wave.push(i);
-                    }
-                    None => waves.push((roots, vec![i])),
-                },
+            match topic_roots(&case.scenario)
+                .filter(|roots| !roots.iter().any(|r| r.starts_with(&run_id)))
+            {
+                Some(roots) => shared.push((i, roots)),
                 None => serial.push(i),
             }
         } else if case.serial {
             serial.push(i);
         } else {
-            parallel.push(i);
+            shared.push((i, BTreeSet::new()));
         }
     }
     let coord = Arc::new(Coord::default());
@@ -208,9 +209,13 @@ pub fn certify(
         coord,
     });
     let jobs = options.jobs.clamp(1, JOBS_MAX);
-    let mut phases = vec![(jobs, parallel)];
-    phases.extend(waves.into_iter().map(|(_, wave)| (jobs, wave)));
-    phases.push((1, serial));
+    let phases = [
+        (jobs, shared),
+        (
+            1,
+            serial.into_iter().map(|i| (i, BTreeSet::new())).collect(),
+        ),
+    ];
     let mut take = |rx: mpsc::Receiver<(usize, CaseResult)>,
                     results: &mut Vec<Option<CaseResult>>| {
         for (i, result) in rx {
@@ -223,17 +228,17 @@ pub fn certify(
             results[i] = Some(result);
         }
     };
-    for (phase, indices) in phases {
-        if indices.is_empty() {
+    for (phase, cases) in phases {
+        if cases.is_empty() {
             continue;
         }
-        let indices = Arc::new(indices);
-        let next = Arc::new(AtomicUsize::new(0));
+        let workers = phase.min(cases.len());
+        let queue = Arc::new(Queue::new(cases));
         let (tx, rx) = mpsc::channel::<(usize, CaseResult)>();
         let mut threads = Vec::new();
-        for _ in 0..phase.min(indices.len()) {
-            let (ctx, indices, next, tx) = (ctx.clone(), indices.clone(), next.clone(), tx.clone());
-            threads.push(std::thread::spawn(move || ctx.worker(&indices, &next, &tx)));
+        for _ in 0..workers {
+            let (ctx, queue, tx) = (ctx.clone(), queue.clone(), tx.clone());
+            threads.push(std::thread::spawn(move || ctx.worker(&queue, &tx)));
         }
         drop(tx);
         take(rx, &mut results);
@@ -256,6 +261,68 @@ pub fn certify(
         simqtt_version: env!("CARGO_PKG_VERSION").to_string(),
         cases: results.into_iter().flatten().collect(),
         incidents,
+    }
+}
+
+/// The cases of a phase not yet started, and the first topic levels of the raw-packet cases
+/// in flight: a raw case starts only when its first levels are disjoint from theirs (a tagged
+/// case has none to reserve; its topics start with its own tag).
+struct Queue {
+    state: Mutex<QueueState>,
+    freed: Condvar,
+}
+
+struct QueueState {
+    /// In plan order: (case, the first topic levels it reserves).
+    pending: Vec<(usize, BTreeSet<String>)>,
+    running: BTreeMap<usize, BTreeSet<String>>,
+}
+
+impl Queue {
+    fn new(cases: Vec<(usize, BTreeSet<String>)>) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState {
+                pending: cases,
+                running: BTreeMap::new(),
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// The first pending case whose topics no case in flight can reach (waiting for one to
+    /// end when none can start), or `None` when every case has started.
+    fn take(&self) -> Option<usize> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.pending.is_empty() {
+                return None;
+            }
+            let free = st
+                .pending
+                .iter()
+                .position(|(_, roots)| st.running.values().all(|busy| busy.is_disjoint(roots)));
+            if let Some(k) = free {
+                let (i, roots) = st.pending.remove(k);
+                st.running.insert(i, roots);
+                return Some(i);
+            }
+            st = self.freed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn release(&self, i: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.running.remove(&i);
+        self.freed.notify_all();
+    }
+}
+
+/// Frees a case's topics when its worker is done with it (whatever way).
+struct Release<'a>(&'a Queue, usize);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
     }
 }
 
@@ -360,11 +427,13 @@ struct Ran {
 }
 
 impl Ctx {
-    fn worker(&self, indices: &[usize], next: &AtomicUsize, tx: &Results) {
+    fn worker(&self, queue: &Queue, tx: &Results) {
         loop {
             self.wait_ready(tx);
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&i) = indices.get(k) else { break };
+            let Some(i) = queue.take() else { break };
+            // `take` may have waited for topics to free: an incident may have opened since.
+            self.wait_ready(tx);
+            let _release = Release(queue, i);
             let case = &self.cases[i];
             let (epoch, gave_up) = {
                 let mut st = lock_coord(&self.coord);
@@ -1236,14 +1305,20 @@ pub fn broker_version(options: &Options) -> Option<String> {
                 .subscribe(&[("$SYS/broker/version", QoS::AtMostOnce)])
                 .await
                 .ok()?;
-            while let Some(event) = events.recv().await {
-                if let EventKind::MessageArrived(m) = event.kind {
-                    if m.topic.as_str() == "$SYS/broker/version" {
-                        return Some(String::from_utf8_lossy(&m.payload).trim().to_string());
+            let arrived = async {
+                while let Some(event) = events.recv().await {
+                    if let EventKind::MessageArrived(m) = event.kind {
+                        if m.topic.as_str() == "$SYS/broker/version" {
+                            return Some(String::from_utf8_lossy(&m.payload).trim().to_string());
+                        }
                     }
                 }
-            }
-            None
+                None
+            };
+            tokio::time::timeout(VERSION_AFTER_SUBACK, arrived)
+                .await
+                .ok()
+                .flatten()
         };
         let version = tokio::time::timeout(VERSION_WAIT, wait)
             .await
@@ -1373,6 +1448,41 @@ mod tests {
         assert_eq!(base36(0), "0");
         assert_eq!(base36(35), "z");
         assert_eq!(base36(36), "10");
+    }
+
+    fn roots(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn raw_cases_wait_only_for_cases_whose_topics_they_can_reach() {
+        // 0 and 1 are tagged cases (nothing reserved); 2 and 4 share the root `t`; 3 is
+        // disjoint from both.
+        let queue = Queue::new(vec![
+            (0, roots(&[])),
+            (1, roots(&[])),
+            (2, roots(&["t", "u"])),
+            (3, roots(&["v"])),
+            (4, roots(&["t"])),
+        ]);
+        assert_eq!(queue.take(), Some(0));
+        assert_eq!(queue.take(), Some(1));
+        assert_eq!(queue.take(), Some(2));
+        // 4 would meet 2's topics: 3 starts first.
+        assert_eq!(queue.take(), Some(3));
+        {
+            let st = queue.state.lock().unwrap();
+            assert_eq!(st.pending.len(), 1);
+        }
+        // 4 starts once 2 has ended (from another worker, which `take` waits for).
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| queue.take());
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "case 4 started while case 2 ran");
+            drop(Release(&queue, 2));
+            assert_eq!(waiter.join().unwrap(), Some(4));
+        });
+        assert_eq!(queue.take(), None);
     }
 
     #[test]

@@ -303,6 +303,10 @@ impl Backend for Tcp {
         self.start.elapsed()
     }
 
+    fn real_time(&self) -> bool {
+        true
+    }
+
     fn step(&mut self) -> Result<(), String> {
         if self.target.watch.stop.as_ref().is_some_and(|stop| stop()) {
             return Err(

@@ -73,6 +73,13 @@ pub trait Backend {
         let _ = host;
         LinkCount::default()
     }
+    /// Whether time costs real time here: the quiet period's wait for busy publishers then
+    /// also ends once the run has been silent long enough that nothing more can come (see
+    /// `Runner::quiesce`). A simulation waits the full limit (its time is free, and its
+    /// traces stay as they were).
+    fn real_time(&self) -> bool {
+        false
+    }
     /// Called after each explicit step (`index`, 0-based); an error ends the run (the
     /// certify runner stops a case whose broker stopped answering).
     fn after_step(&mut self, index: usize) -> Result<(), String> {

@@ -1332,26 +1332,73 @@ impl<B: Backend> Runner<B> {
         // A publisher slowed by the faults (a full in-flight window) may still be working
         // through its messages: the quiet period starts after the last one is handed over, so
         // the trace never ends with a message acknowledged and its deliveries still in flight.
-        let drained = self.run_until(DRAIN_LIMIT, |s| {
-            s.sessions
-                .values()
-                .all(|x| x.publish_handled >= x.publish_requested)
-        })?;
+        //
+        // In real time (certify) it also ends once the run has recorded nothing for
+        // `drain_silence`: three of the longest keepalive and a second, at least five seconds.
+        // By then a dead link has been noticed by its keepalive (one and a half periods at the
+        // broker, two at the client) and a reconnect would have been recorded; a publisher
+        // still waiting is stuck for good (acknowledgements of PUBLISHes a partition discarded
+        // on a connection that lives on come only after a reconnect), and the rest of
+        // `DRAIN_LIMIT` would record nothing either.
+        let silence = self.backend.real_time().then(|| self.drain_silence());
+        let end = self.backend.elapsed() + DRAIN_LIMIT;
+        let (mut seen, mut since) = (lock(&self.shared).trace.len(), self.backend.elapsed());
+        let drained = loop {
+            let (done, len) = {
+                let s = lock(&self.shared);
+                let done = s
+                    .sessions
+                    .values()
+                    .all(|x| x.publish_handled >= x.publish_requested);
+                (done, s.trace.len())
+            };
+            let now = self.backend.elapsed();
+            if done {
+                break true;
+            }
+            if len != seen {
+                (seen, since) = (len, now);
+            }
+            if now >= end || silence.is_some_and(|quiet| now >= since + quiet) {
+                break false;
+            }
+            self.step()?;
+        };
         if !drained {
             let at = self.now_ms();
             lock(&self.shared).record(
                 at,
                 "sim",
                 Event::Note {
-                    text: format!(
-                        "quiesce: publishers still busy after {}s",
-                        DRAIN_LIMIT.as_secs()
-                    ),
+                    text: match silence {
+                        Some(quiet) => format!(
+                            "quiesce: publishers still busy, nothing recorded for {}s (at most {}s)",
+                            quiet.as_secs(),
+                            DRAIN_LIMIT.as_secs()
+                        ),
+                        None => format!(
+                            "quiesce: publishers still busy after {}s",
+                            DRAIN_LIMIT.as_secs()
+                        ),
+                    },
                 },
             );
         }
         self.run_for(quiet)?;
         self.no_handshake_left()
+    }
+
+    /// How long a real-time run must record nothing before its busy publishers count as
+    /// stuck (`quiesce`): three of the longest keepalive of its clients and a second, at
+    /// least five seconds.
+    fn drain_silence(&self) -> Duration {
+        let longest = lock(&self.shared)
+            .sessions
+            .values()
+            .map(|x| x.spec.keepalive.as_duration())
+            .max()
+            .unwrap_or_default();
+        (longest * 3 + Duration::from_secs(1)).max(Duration::from_secs(5))
     }
 
     /// With TLS or WebSocket, a half-done handshake (the client vanished or its link was cut
