@@ -127,6 +127,7 @@ fn start_adapter(
     let (requests_tx, requests) = Client::request_channel();
     let (events, events_rx) = mpsc::channel(EVENT_CAPACITY);
     let protocol = start.options.protocol;
+    let client_id = start.options.client_id.clone();
     let driver = Driver {
         child,
         stdin,
@@ -140,7 +141,7 @@ fn start_adapter(
     let task =
         tokio::task::spawn_local(driver.run(start, listener, BufReader::new(stdout), requests));
     Ok((
-        Client::with_driver(protocol, requests_tx, task.abort_handle()),
+        Client::with_driver(protocol, &client_id, requests_tx, task.abort_handle()),
         events_rx,
     ))
 }
@@ -288,6 +289,9 @@ impl Driver {
                 request = requests.recv() => {
                     match request {
                         Some(Request::Command(command, reply)) => self.command(command, reply).await,
+                        // Driver protocol v1 has no request/response: dropping the reply
+                        // ends the application's wait with an error rather than a hang.
+                        Some(Request::AwaitResponse { .. }) => {}
                         Some(Request::Disconnect(done, _reason)) => {
                             self.say(&Line::Disconnect).await;
                             disconnecting = Some((done, Instant::now() + DISCONNECT_TIMEOUT));
@@ -349,7 +353,16 @@ impl Driver {
                 payload,
                 qos,
                 retain,
+                properties,
             } => {
+                if *properties != PublishProperties::default() {
+                    // Driver protocol v1 carries no 5.0 publish properties: refuse rather
+                    // than publish something else than what the scenario asked for.
+                    let _ = reply.send(Err(ClientError::InvalidArgument(
+                        "driver protocol v1 cannot carry publish properties".into(),
+                    )));
+                    return;
+                }
                 self.wire
                     .borrow_mut()
                     .by_payload
@@ -389,6 +402,11 @@ impl Driver {
                 })
                 .await;
                 self.unsubscribes.insert(token, (filters, reply));
+            }
+            Command::Reauthenticate { .. } => {
+                let _ = reply.send(Err(ClientError::InvalidArgument(
+                    "driver protocol v1 has no re-authentication".into(),
+                )));
             }
         }
     }

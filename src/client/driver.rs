@@ -214,6 +214,7 @@ impl Client {
     /// is that driver's business: `publish` never waits here.
     pub fn with_driver(
         protocol: ProtocolVersion,
+        client_id: &str,
         requests: mpsc::Sender<Request>,
         abort: tokio::task::AbortHandle,
     ) -> Client {
@@ -223,6 +224,7 @@ impl Client {
             next_token: Arc::new(AtomicU64::new(1)),
             abort: Arc::new(abort),
             protocol,
+            client_id: Arc::from(client_id),
         }
     }
 
