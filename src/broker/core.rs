@@ -53,6 +53,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
+use super::aliases::{self, InboundError, TopicAliases};
 use super::auth::AuthOutcome;
 use super::config::{BrokerConfig, SessionTakeover, SharedStrategy};
 use super::router::{Route, Router};
@@ -178,6 +179,11 @@ struct Online {
     max_packet_size: Option<u32>,
     /// 5.0: the session expiry the CONNECT asked for (DISCONNECT may not raise it from 0).
     connect_expiry_secs: u32,
+    /// 5.0: the most topic aliases the broker may use toward this client (its Topic Alias
+    /// Maximum, capped by `topic_alias_maximum_outbound`; 0: none [MQTT-3.1.2-27]).
+    alias_maximum_outbound: u16,
+    /// 5.0: the connection's topic aliases, both ways, once one is used (`aliases.rs`).
+    aliases: Option<Box<TopicAliases>>,
 }
 
 /// Small on purpose (memory per idle connection): what only an online connection has is boxed.
@@ -895,7 +901,16 @@ impl Core {
         if self.full_sessions.is_empty() && !over_budget {
             return None;
         }
-        let publisher = self.online(conn)?.sid;
+        let online = self.online(conn)?;
+        let publisher = online.sid;
+        // A PUBLISH with an alias alone goes where its alias's topic goes (an unknown alias
+        // blocks nothing: the core refuses it).
+        let topic = match publish.properties.topic_alias {
+            Some(alias) if publish.topic.is_empty() => {
+                online.aliases.as_ref()?.inbound_topic(alias)?.clone()
+            }
+            _ => publish.topic.clone(),
+        };
         let mut blocker = None;
         // Past the budget: an online subscriber that would have to queue this message (the
         // one with the most queued bytes), so healthy subscribers with room in their window
@@ -903,7 +918,7 @@ impl Core {
         let mut waiting: Option<(usize, Sid)> = None;
         let full = &self.full_sessions;
         let sessions = &self.sessions;
-        self.router.for_each_match(&publish.topic, |&sid, route| {
+        self.router.for_each_match(&topic, |&sid, route| {
             if blocker.is_some() || route.options.qos == QoS::AtMostOnce || sid == publisher {
                 return;
             }
@@ -926,7 +941,7 @@ impl Core {
         });
         let blocker = blocker
             .or(waiting.map(|(_, sid)| sid))
-            .or_else(|| self.shared_blocker(publisher, &publish.topic))?;
+            .or_else(|| self.shared_blocker(publisher, &topic))?;
         Some(self.session(blocker)?.client_id.clone())
     }
 
@@ -1310,6 +1325,16 @@ impl Core {
                     .then_some(connect.properties.maximum_packet_size.map(|m| m.get()))
                     .flatten(),
                 connect_expiry_secs,
+                alias_maximum_outbound: if v5 {
+                    connect
+                        .properties
+                        .topic_alias_maximum
+                        .unwrap_or(0)
+                        .min(self.config.topic_alias_maximum_outbound)
+                } else {
+                    0
+                },
+                aliases: None,
             }));
         }
         self.online_count += 1;
@@ -1333,6 +1358,9 @@ impl Core {
             properties.shared_subscription_available = Some(self.config.shared_subscriptions);
             properties.server_keep_alive_secs = server_keep_alive;
             properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
+            // Absent means 0: no aliases accepted [MQTT-3.2.2-18].
+            properties.topic_alias_maximum =
+                (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
         }
         out.push(Action::SetProtocol {
             conn,
@@ -1640,15 +1668,32 @@ impl Core {
         };
         let sid = online.sid;
         let v5 = online.protocol == ProtocolVersion::V5;
-        if v5 && publish.properties.topic_alias.is_some() {
-            // CONNACK announced no Topic Alias Maximum (so 0).
-            return self.violation(
-                conn,
-                ReasonCode::TopicAliasInvalid,
-                "[MQTT-3.3.2-8] topic alias above the announced maximum of 0",
-                now,
-                out,
-            );
+        let mut publish = publish;
+        if let Some(alias) = publish.properties.topic_alias.filter(|_| v5) {
+            let maximum = self.config.topic_alias_maximum;
+            let resolved = self.conns.get_mut(&conn).and_then(|c| {
+                let online = c.online.as_deref_mut()?;
+                let aliases = online.aliases.get_or_insert_with(Default::default);
+                Some(aliases.inbound(&publish.topic, alias, maximum))
+            });
+            match resolved {
+                Some(Ok(topic)) => publish.topic = topic,
+                Some(Err(InboundError::AboveMaximum)) => {
+                    let why = format!(
+                        "[MQTT-3.2.2-17] topic alias {alias} above the announced maximum of \
+                         {maximum}"
+                    );
+                    return self.violation(conn, ReasonCode::TopicAliasInvalid, &why, now, out);
+                }
+                Some(Err(InboundError::Unknown)) => {
+                    let why = format!(
+                        "[MQTT-3.3.2-7] empty topic with topic alias {alias}, which this \
+                         connection never set"
+                    );
+                    return self.violation(conn, ReasonCode::ProtocolError, &why, now, out);
+                }
+                None => return,
+            }
         }
         if publish.topic.is_empty() {
             return self.violation(
@@ -2339,6 +2384,7 @@ impl Core {
                     session.ids_ordered = ids_ordered;
                     session.inflight_bytes += size;
                 }
+                let packet = self.aliased(conn, packet);
                 self.stats.messages_sent += 1;
                 out.push(Action::Send { conn, packet });
                 return;
@@ -2489,6 +2535,7 @@ impl Core {
                 session.inflight_bytes += size;
             }
             self.queued_bytes_total -= size;
+            let packet = self.aliased(conn, packet);
             self.stats.messages_sent += 1;
             out.push(Action::Send { conn, packet });
         }
@@ -2650,8 +2697,58 @@ impl Core {
             return;
         }
         let packet = self.publish_packet(conn, sid, message, qos_pid, dup, now);
+        let packet = self.aliased(conn, packet);
         self.stats.messages_sent += 1;
         out.push(Action::Send { conn, packet });
+    }
+
+    /// `packet` (a PUBLISH about to be sent on `conn`) with a topic alias where the policy
+    /// gives one (`aliases.rs`), never making it larger than the client's Maximum Packet Size.
+    fn aliased(&mut self, conn: ConnId, packet: Packet) -> Packet {
+        let Packet::Publish(mut publish) = packet else {
+            return packet;
+        };
+        let Some(online) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.online.as_deref_mut())
+        else {
+            return Packet::Publish(publish);
+        };
+        let maximum = online.alias_maximum_outbound;
+        if maximum == 0 || publish.topic.len() < aliases::MIN_TOPIC_BYTES {
+            return Packet::Publish(publish);
+        }
+        let max_packet_size = online.max_packet_size;
+        let table = online.aliases.get_or_insert_with(Default::default);
+        let reliable = publish.qos_pid != QosPid::AtMostOnce;
+        match table.outbound(&publish.topic, reliable, maximum) {
+            aliases::Outbound::None => Packet::Publish(publish),
+            aliases::Outbound::Use(alias) => {
+                publish.properties.topic_alias = Some(alias);
+                publish.topic = TopicName::default();
+                Packet::Publish(publish)
+            }
+            aliases::Outbound::Set(alias) => {
+                let topic = publish.topic.clone();
+                publish.properties.topic_alias = Some(alias);
+                let packet = Packet::Publish(publish);
+                let fits = max_packet_size.is_none_or(|max| {
+                    codec::encoded_len(&packet, ProtocolVersion::V5)
+                        .is_ok_and(|n| n + 2 <= max as usize)
+                });
+                if fits {
+                    return packet;
+                }
+                // The alias property would push it past the client's limit: no alias.
+                table.forget_outbound(&topic);
+                let Packet::Publish(mut publish) = packet else {
+                    unreachable!("built as a PUBLISH above")
+                };
+                publish.properties.topic_alias = None;
+                Packet::Publish(publish)
+            }
+        }
     }
 
     fn publish_sys(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -2795,6 +2892,8 @@ mod store_health;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_aliases;
 #[cfg(test)]
 mod tests_shared;
 #[cfg(test)]
