@@ -220,6 +220,10 @@ pub struct Core {
     stats: Stats,
     rng: ChaCha8Rng,
     started_at: Instant,
+    /// The wall clock at `started_at` (milliseconds since the UNIX epoch, from
+    /// `BrokerConfig::wall_clock`): message and session expiry are kept in the store as
+    /// wall-clock instants, so they count across a restart.
+    wall_at_start_ms: u64,
     bytes: Arc<ByteCounters>,
     /// Reused per publish to collect matching subscriptions without allocating.
     scratch: Vec<(Sid, Route)>,
@@ -275,6 +279,7 @@ impl Core {
         now: Instant,
     ) -> Core {
         let retained = store.state().retained.clone();
+        let wall_at_start_ms = config.wall_clock.now_ms();
         let mut core = Core {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed.unwrap_or(0)),
             config,
@@ -292,6 +297,7 @@ impl Core {
             timers: BTreeSet::new(),
             stats: Stats::default(),
             started_at: now,
+            wall_at_start_ms,
             bytes,
             scratch: Vec::new(),
             pending_ops: Vec::new(),
@@ -316,10 +322,15 @@ impl Core {
                 stored.incoming_qos2.clear();
             }
             let client_id: Arc<str> = id.as_str().into();
-            // The time the session went offline is not durable; its expiry counts from now.
-            let expires_at = stored
-                .expiry_interval_secs
-                .map(|secs| now + Duration::from_secs(secs.into()));
+            // Its expiry counts from when it went offline, across the restart; a session
+            // whose connection was open when the broker stopped (no such time) counts from now.
+            let expires_at = stored.expiry_interval_secs.map(|secs| {
+                let interval = Duration::from_secs(secs.into());
+                let offline_for = stored.offline_since_ms.map_or(Duration::ZERO, |at| {
+                    Duration::from_millis(wall_at_start_ms.saturating_sub(at))
+                });
+                now + interval.saturating_sub(offline_for)
+            });
             if let Some(at) = expires_at {
                 core.timers
                     .insert((at, Timer::SessionExpiry(client_id.clone())));
@@ -1279,6 +1290,16 @@ impl Core {
             rt.conn = Some(conn);
             rt.expires_at = None;
         }
+        if self
+            .session(sid)
+            .is_some_and(|s| s.stored.offline_since_ms.is_some())
+        {
+            let op = StoreOp::SessionOffline {
+                client_id: self.op_id(sid),
+                at_ms: None,
+            };
+            self.emit_session(sid, op);
+        }
         if self.session(sid).and_then(|s| s.stored.owner.as_ref()) != Some(&owner) {
             // A new session, one stored before owners were recorded, or (`any-user`) one
             // resumed by another user: it is this user's from now on.
@@ -1506,6 +1527,12 @@ impl Core {
                         rt.conn = None;
                         rt.expires_at = Some(at);
                     }
+                    // Durable, so that the expiry counts across a restart.
+                    let op = StoreOp::SessionOffline {
+                        client_id: self.op_id(sid),
+                        at_ms: Some(self.now_ms(now)),
+                    };
+                    self.emit_session(sid, op);
                     self.timers
                         .insert((at, Timer::SessionExpiry(client_id.clone())));
                 }
@@ -2190,9 +2217,21 @@ impl Core {
 
     // ----- routing and delivery -----
 
-    /// Milliseconds since the broker started: the clock of message expiry.
+    /// The wall clock at `now` (milliseconds since the UNIX epoch): the clock of message
+    /// expiry. Counted on from the start with the monotonic clock, so it never steps back.
     fn now_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.started_at).as_millis() as u64
+        let since_start = now.saturating_duration_since(self.started_at).as_millis() as u64;
+        self.wall_at_start_ms.saturating_add(since_start)
+    }
+
+    /// A message's expiry instant on the wall clock (`MessageProperties::expires_at_ms`; a
+    /// value an older broker wrote counts from this start, as it did).
+    fn expiry_ms(&self, at: u64) -> u64 {
+        if at < crate::store::LEGACY_EXPIRY_LIMIT_MS {
+            self.wall_at_start_ms.saturating_add(at)
+        } else {
+            at
+        }
     }
 
     /// Handles a message accepted from `publisher` (None: the broker itself): the retained
@@ -2548,7 +2587,7 @@ impl Core {
         let expired = message
             .properties
             .expires_at_ms
-            .is_some_and(|at| at <= self.now_ms(now));
+            .is_some_and(|at| self.expiry_ms(at) <= self.now_ms(now));
         let too_large = match self.online(conn).and_then(|o| o.max_packet_size) {
             Some(max) => {
                 let packet =
@@ -2656,7 +2695,7 @@ impl Core {
                 payload_format_utf8: p.payload_format_utf8,
                 // The remaining lifetime [MQTT-3.3.2-6 in 5.0].
                 message_expiry_interval_secs: p.expires_at_ms.map(|at| {
-                    let left_ms = at.saturating_sub(self.now_ms(now));
+                    let left_ms = self.expiry_ms(at).saturating_sub(self.now_ms(now));
                     left_ms.div_ceil(1000).min(u64::from(u32::MAX)) as u32
                 }),
                 topic_alias: None,
@@ -2894,6 +2933,8 @@ mod store_health;
 mod tests;
 #[cfg(test)]
 mod tests_aliases;
+#[cfg(test)]
+mod tests_expiry;
 #[cfg(test)]
 mod tests_shared;
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::broker::{Broker, BrokerConfig, BrokerHandle};
+use crate::broker::{Broker, BrokerConfig, BrokerHandle, WallClock};
 use crate::client::{
     Client, ClientError, ConnectOptions, EventKind, FilePersistence, MemoryPersistence,
     Persistence as ClientPersistence, ReconnectOptions, ResubscribePolicy, WillOptions,
@@ -51,6 +51,11 @@ pub const BROKER_PORT: u16 = 1883;
 const WILL_NUMBER_WIDTH: usize = 6;
 /// Where durable state lives on the simulated disks.
 const BROKER_DIR: &str = "/var/lib/simqtt";
+/// The simulated wall clock at the start of every run (2026-01-01T00:00:00Z). The broker keeps
+/// message and session expiry as wall-clock instants; inside the simulation its wall clock is
+/// this plus the simulated time elapsed (which runs on while the broker host is down), so a
+/// run is the same on any day and a restart sees the time that passed.
+pub const SIM_WALL_CLOCK_START_MS: u64 = 1_767_225_600_000;
 const CLIENT_DIR: &str = "/var/lib/simqtt-client";
 
 /// One message to publish.
@@ -419,6 +424,11 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
                 sys_interval_secs: 5,
                 planted_bug,
                 max_keepalive_secs,
+                wall_clock: WallClock::from_fn(|| {
+                    let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+                    SIM_WALL_CLOCK_START_MS
+                        .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+                }),
                 ..BrokerConfig::default()
             };
             let (broker, handle) = Broker::new(store, config);
