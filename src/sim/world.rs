@@ -162,6 +162,9 @@ pub struct Shared {
     pub planted_bug: Option<crate::broker::PlantedBug>,
     /// The broker's `max_keepalive_secs` (`broker: {max_keepalive: ...}`).
     pub max_keepalive_secs: Option<u16>,
+    /// The broker's `topic_alias_maximum` (`broker: {topic_alias_maximum: ...}`); `None`: the
+    /// broker's default.
+    pub topic_alias_maximum: Option<u16>,
     /// When the randomised nemesis healed each fault it drew. Not every heal leaves a trace
     /// record (ending a stall or a delay does not), and the shrinker needs them all to write
     /// the drawn schedule out as explicit steps.
@@ -390,9 +393,14 @@ impl Shared {
 /// Registers the broker host. `durable`: a file store on the host's simulated disk that
 /// syncs every write; otherwise a memory store that a crash wipes.
 pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, durable: bool) {
-    let (seed, planted_bug, max_keepalive_secs) = {
+    let (seed, planted_bug, max_keepalive_secs, topic_alias_maximum) = {
         let s = lock(&shared);
-        (s.seed, s.planted_bug, s.max_keepalive_secs)
+        (
+            s.seed,
+            s.planted_bug,
+            s.max_keepalive_secs,
+            s.topic_alias_maximum,
+        )
     };
     sim.host(host, move || {
         let shared = shared.clone();
@@ -424,6 +432,8 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
                 sys_interval_secs: 5,
                 planted_bug,
                 max_keepalive_secs,
+                topic_alias_maximum: topic_alias_maximum
+                    .unwrap_or(BrokerConfig::default().topic_alias_maximum),
                 wall_clock: WallClock::from_fn(|| {
                     let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis();
                     SIM_WALL_CLOCK_START_MS
