@@ -182,6 +182,8 @@ struct Online {
     /// 5.0: the most topic aliases the broker may use toward this client (its Topic Alias
     /// Maximum, capped by `topic_alias_maximum_outbound`; 0: none [MQTT-3.1.2-27]).
     alias_maximum_outbound: u16,
+    /// 5.0: the Topic Alias Maximum its CONNACK announced (0: none).
+    alias_maximum_inbound: u16,
     /// 5.0: the connection's topic aliases, both ways, once one is used (`aliases.rs`).
     aliases: Option<Box<TopicAliases>>,
 }
@@ -1355,6 +1357,7 @@ impl Core {
                 } else {
                     0
                 },
+                alias_maximum_inbound: 0,
                 aliases: None,
             }));
         }
@@ -1379,9 +1382,35 @@ impl Core {
             properties.shared_subscription_available = Some(self.config.shared_subscriptions);
             properties.server_keep_alive_secs = server_keep_alive;
             properties.receive_maximum = std::num::NonZeroU16::new(self.config.max_incoming_qos2);
-            // Absent means 0: no aliases accepted [MQTT-3.2.2-18].
-            properties.topic_alias_maximum =
-                (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
+            // Absent means 0: no aliases accepted [MQTT-3.2.2-18]. Left out (so none are
+            // accepted) where it would make the CONNACK larger than the client's Maximum Packet
+            // Size [MQTT-3.1.2-24].
+            let alias_maximum = self.config.topic_alias_maximum;
+            if alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(alias_maximum);
+                let with = Packet::ConnAck(ConnAck {
+                    session_present,
+                    reason_code: ReasonCode::Success,
+                    properties: properties.clone().into(),
+                });
+                let room = connect
+                    .properties
+                    .maximum_packet_size
+                    .map(|m| m.get() as usize);
+                let fits = codec::encoded_len(&with, ProtocolVersion::V5)
+                    .is_ok_and(|n| room.is_none_or(|max| n <= max));
+                if fits {
+                    if let Some(online) = self
+                        .conns
+                        .get_mut(&conn)
+                        .and_then(|c| c.online.as_deref_mut())
+                    {
+                        online.alias_maximum_inbound = alias_maximum;
+                    }
+                } else {
+                    properties.topic_alias_maximum = None;
+                }
+            }
         }
         out.push(Action::SetProtocol {
             conn,
@@ -1697,15 +1726,16 @@ impl Core {
         let v5 = online.protocol == ProtocolVersion::V5;
         let mut publish = publish;
         if let Some(alias) = publish.properties.topic_alias.filter(|_| v5) {
-            let maximum = self.config.topic_alias_maximum;
             let resolved = self.conns.get_mut(&conn).and_then(|c| {
                 let online = c.online.as_deref_mut()?;
+                let maximum = online.alias_maximum_inbound;
                 let aliases = online.aliases.get_or_insert_with(Default::default);
                 Some(aliases.inbound(&publish.topic, alias, maximum))
             });
             match resolved {
                 Some(Ok(topic)) => publish.topic = topic,
                 Some(Err(InboundError::AboveMaximum)) => {
+                    let maximum = self.online(conn).map_or(0, |o| o.alias_maximum_inbound);
                     let why = format!(
                         "[MQTT-3.2.2-17] topic alias {alias} above the announced maximum of \
                          {maximum}"

@@ -794,7 +794,9 @@ steps:
             why.contains("max_packet_size: the scenario publishes 5000-byte payloads"),
             "{why}"
         );
-        let aliases = scenario("broker: {topic_alias_maximum: 10}\nclients: {a: {}}\nsteps:\n  - connect: a\n");
+        let aliases = scenario(
+            "broker: {topic_alias_maximum: 10}\nclients: {a: {}}\nsteps:\n  - connect: a\n",
+        );
         let why = Profile::default().unmet(&aliases, false).expect("skipped");
         assert!(why.starts_with("topic_alias_maximum: the scenario needs a broker whose Topic Alias Maximum is 10, and profile default declares none"), "{why}");
         let with_aliases = Profile {

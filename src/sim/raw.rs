@@ -708,7 +708,9 @@ pub fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
     }
     if let (Some(max), Some(alias)) = (x.topic_alias_max, p.topic_alias) {
         if alias > max {
-            wrong.push(format!("no Topic Alias or one of at most {max} (it is {alias})"));
+            wrong.push(format!(
+                "no Topic Alias or one of at most {max} (it is {alias})"
+            ));
         }
     }
     if let Some(max) = x.max_len {

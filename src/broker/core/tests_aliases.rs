@@ -237,3 +237,23 @@ fn outbound_alias_is_not_set_when_it_would_exceed_the_clients_maximum_packet_siz
     );
     assert_eq!(received(&out, 1), [("ta/long".into(), None, "x".into())]);
 }
+
+#[test]
+fn no_maximum_is_announced_where_it_would_not_fit_the_clients_maximum_packet_size() {
+    let mut h = Harness::new(config());
+    let mut c = connect_packet("small", true, ProtocolVersion::V5);
+    // The CONNACK without a Topic Alias Maximum: fixed header 2, flags and reason 2,
+    // properties: length 1, Maximum Packet Size 5, Receive Maximum 3, Shared Subscription
+    // Available 2 = 15 bytes; with it, 18.
+    c.properties.maximum_packet_size = std::num::NonZeroU32::new(16);
+    let out = h.connect_with(1, c);
+    let ack = connack(&out, 1).expect("CONNACK");
+    assert_eq!(ack.properties.topic_alias_maximum, None);
+    // [MQTT-3.1.2-24] the CONNACK fits, and with no maximum announced no alias is accepted.
+    assert!(codec::encoded_len(&Packet::ConnAck(ack), ProtocolVersion::V5).unwrap() <= 16);
+    let out = h.send(1, aliased_publish("ta/x", "1", QosPid::AtMostOnce, Some(1)));
+    assert_eq!(
+        disconnect_reason(&out, 1),
+        Some(ReasonCode::TopicAliasInvalid)
+    );
+}
