@@ -257,3 +257,31 @@ fn no_maximum_is_announced_where_it_would_not_fit_the_clients_maximum_packet_siz
         Some(ReasonCode::TopicAliasInvalid)
     );
 }
+
+#[test]
+fn a_publish_with_its_alias_alone_is_held_for_a_full_queue_like_one_with_its_topic() {
+    let mut h = Harness::new(BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_messages: 1,
+        ..config()
+    });
+    connect_v5(&mut h, 1, "pub", None);
+    let mut c = connect_packet("sub", false, ProtocolVersion::V5);
+    c.properties.session_expiry_interval_secs = Some(60);
+    h.connect_with(2, c);
+    h.send(2, subscribe(1, &[("ta/#", QoS::AtLeastOnce)]));
+    // One in flight, one queued: the queue is full.
+    h.send(
+        1,
+        aliased_publish("ta/x", "1", QosPid::AtLeastOnce(pid(1)), Some(1)),
+    );
+    h.send(
+        1,
+        aliased_publish("", "2", QosPid::AtLeastOnce(pid(2)), Some(1)),
+    );
+    let third = aliased_publish("", "3", QosPid::AtLeastOnce(pid(3)), Some(1));
+    let Packet::Publish(third) = third else {
+        unreachable!()
+    };
+    assert_eq!(h.core.publish_blocker(1, &third).as_deref(), Some("sub"));
+}
