@@ -806,3 +806,55 @@ fn mosquitto_shared_subscription_members_share_the_messages() {
     let want: Vec<String> = (0..6).map(|i| format!("sh/t m{i}")).collect();
     assert_eq!(got, want, "each message to exactly one member");
 }
+
+/// mosquitto_pub 2.0.11 with a topic alias (`-D publish topic-alias 1`) sends the first
+/// PUBLISH with topic and alias and the rest with the alias alone; the simqtt broker resolves
+/// them, and a subscriber that announced no Topic Alias Maximum gets every message with its
+/// topic and no alias [MQTT-3.3.2-12] [MQTT-3.1.2-27].
+#[test]
+fn mosquitto_pub_topic_alias_is_resolved_by_the_broker() {
+    let broker = Broker::start(&[]);
+    let s = sub(
+        &broker,
+        &["-V", "mqttv5", "-q", "1", "-t", "ta/#", "-C", "3"],
+    );
+    let port = broker.port();
+    let mut publisher = Command::new("mosquitto_pub")
+        .args(["-p", &port, "-h", "127.0.0.1", "-V", "mqttv5", "-q", "1"])
+        .args([
+            "-D",
+            "publish",
+            "topic-alias",
+            "1",
+            "-t",
+            "ta/x",
+            "-l",
+            "-d",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run mosquitto_pub (is it installed?)");
+    publisher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"l1\nl2\nl3\n")
+        .unwrap();
+    let output = publisher.wait_with_output().unwrap();
+    let debug = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{debug}");
+    // The premise: mosquitto_pub sent two PUBLISHes with the alias alone (topic printed as
+    // '(null)'), each acknowledged.
+    assert_eq!(debug.matches("'(null)'").count(), 2, "{debug}");
+    assert_eq!(debug.matches("RC:0)").count(), 3, "{debug}");
+    let (status, out) = s.finish();
+    assert!(status.success(), "{out:?}");
+    assert_eq!(Program::messages(&out), ["ta/x l1", "ta/x l2", "ta/x l3"]);
+    assert!(
+        !broker.log().contains("protocol violation"),
+        "{}",
+        broker.log()
+    );
+}

@@ -2,6 +2,7 @@
 //! same options as a TOML file (`simqtt broker --config FILE`); keep the two in step.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +162,20 @@ pub struct BrokerConfig {
     pub shared_subscriptions: bool,
     /// Which member of a shared subscription group gets each message. Default round-robin.
     pub shared_subscription_strategy: SharedStrategy,
+    /// 5.0 Topic Alias Maximum the broker accepts from a client, announced in CONNACK.
+    /// Default 10 (mosquitto's `max_topic_alias`); 0 announces none, and any alias is then
+    /// refused. A PUBLISH with an alias above it, or with an empty topic and an alias this
+    /// connection never set, ends the connection (DISCONNECT 0x94 Topic Alias invalid, 0x82
+    /// Protocol Error). Mappings live as long as the connection [MQTT-3.3.2-7].
+    pub topic_alias_maximum: u16,
+    /// The most topic aliases the broker uses toward one 5.0 client (never more than the
+    /// client's own Topic Alias Maximum; none for a client that announces none). Default 10;
+    /// 0 turns outbound aliases off. Policy: a topic of 4 bytes or more gets an alias the first
+    /// time a QoS 1/2 PUBLISH carries it (sent with topic and alias), and later PUBLISHes of
+    /// any QoS on it carry only the alias; when every alias is taken, the least recently used
+    /// one is given to the new topic. Never set up by QoS 0, which the broker may drop on its
+    /// way out (a dropped first PUBLISH would leave the client an alias it never learnt).
+    pub topic_alias_maximum_outbound: u16,
     /// Seconds between `$SYS/broker/...` statistics publications. Default 10; 0 turns `$SYS`
     /// off.
     pub sys_interval_secs: u64,
@@ -169,6 +184,13 @@ pub struct BrokerConfig {
     /// (the broker itself never reads the clock or an unseeded RNG, so the simulator, which
     /// always sets it, stays deterministic).
     pub rng_seed: Option<u64>,
+
+    /// Where the broker reads the wall-clock time, once at start (message and session expiry
+    /// are kept in the store as wall-clock instants, so they count across a restart). The
+    /// system clock by default; the simulator gives the simulated one. Not part of the TOML
+    /// file.
+    #[serde(skip)]
+    pub wall_clock: WallClock,
 
     /// Authentication and ACL checks, built by the caller (the command loads
     /// `password_file`/`acl_file` into it). Not part of the TOML file.
@@ -182,6 +204,44 @@ pub struct BrokerConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub planted_bug: Option<PlantedBug>,
+}
+
+/// The broker's source of wall-clock time: milliseconds since the UNIX epoch. The broker
+/// reads it once, when it starts, and counts on from there with its monotonic (tokio) clock,
+/// so a run inside the simulator, whose clock is virtual, stays deterministic.
+#[derive(Clone, Default)]
+pub struct WallClock(Option<Arc<dyn Fn() -> u64 + Send + Sync>>);
+
+impl WallClock {
+    /// The system clock (`SystemTime`).
+    pub fn system() -> WallClock {
+        WallClock(None)
+    }
+
+    /// A clock of the caller's (the simulator's virtual one).
+    pub fn from_fn(now_ms: impl Fn() -> u64 + Send + Sync + 'static) -> WallClock {
+        WallClock(Some(Arc::new(now_ms)))
+    }
+
+    /// Milliseconds since the UNIX epoch now.
+    pub fn now_ms(&self) -> u64 {
+        match &self.0 {
+            Some(f) => f(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "WallClock(custom)"
+        } else {
+            "WallClock(system)"
+        })
+    }
 }
 
 /// A deliberate broker bug for testing the test tools (see [`BrokerConfig::planted_bug`]).
@@ -283,8 +343,11 @@ impl Default for BrokerConfig {
             max_keepalive_secs: None,
             shared_subscriptions: true,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
+            topic_alias_maximum: 10,
+            topic_alias_maximum_outbound: 10,
             sys_interval_secs: 10,
             rng_seed: None,
+            wall_clock: WallClock::default(),
             authenticator: Authenticator::default(),
             planted_bug: None,
         }

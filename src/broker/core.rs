@@ -53,6 +53,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
+use super::aliases::{self, InboundError, TopicAliases};
 use super::auth::AuthOutcome;
 use super::config::{BrokerConfig, SessionTakeover, SharedStrategy};
 use super::router::{Route, Router};
@@ -182,6 +183,13 @@ struct Online {
     /// 5.0: the connection authenticated with SCRAM-SHA-256 (enhanced authentication), so it
     /// may re-authenticate; an AUTH on any other connection is a Protocol Error.
     enhanced_auth: bool,
+    /// 5.0: the most topic aliases the broker may use toward this client (its Topic Alias
+    /// Maximum, capped by `topic_alias_maximum_outbound`; 0: none [MQTT-3.1.2-27]).
+    alias_maximum_outbound: u16,
+    /// 5.0: the Topic Alias Maximum its CONNACK announced (0: none).
+    alias_maximum_inbound: u16,
+    /// 5.0: the connection's topic aliases, both ways, once one is used (`aliases.rs`).
+    aliases: Option<Box<TopicAliases>>,
 }
 
 /// An enhanced authentication exchange in progress on a connection (SCRAM-SHA-256).
@@ -237,6 +245,10 @@ pub struct Core {
     stats: Stats,
     rng: ChaCha8Rng,
     started_at: Instant,
+    /// The wall clock at `started_at` (milliseconds since the UNIX epoch, from
+    /// `BrokerConfig::wall_clock`): message and session expiry are kept in the store as
+    /// wall-clock instants, so they count across a restart.
+    wall_at_start_ms: u64,
     bytes: Arc<ByteCounters>,
     /// Reused per publish to collect matching subscriptions without allocating.
     scratch: Vec<(Sid, Route)>,
@@ -300,6 +312,7 @@ impl Core {
         now: Instant,
     ) -> Core {
         let retained = store.state().retained.clone();
+        let wall_at_start_ms = config.wall_clock.now_ms();
         let mut core = Core {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed.unwrap_or(0)),
             config,
@@ -317,6 +330,7 @@ impl Core {
             timers: BTreeSet::new(),
             stats: Stats::default(),
             started_at: now,
+            wall_at_start_ms,
             bytes,
             scratch: Vec::new(),
             pending_ops: Vec::new(),
@@ -345,10 +359,15 @@ impl Core {
                 stored.incoming_qos2.clear();
             }
             let client_id: Arc<str> = id.as_str().into();
-            // The time the session went offline is not durable; its expiry counts from now.
-            let expires_at = stored
-                .expiry_interval_secs
-                .map(|secs| now + Duration::from_secs(secs.into()));
+            // Its expiry counts from when it went offline, across the restart; a session
+            // whose connection was open when the broker stopped (no such time) counts from now.
+            let expires_at = stored.expiry_interval_secs.map(|secs| {
+                let interval = Duration::from_secs(secs.into());
+                let offline_for = stored.offline_since_ms.map_or(Duration::ZERO, |at| {
+                    Duration::from_millis(wall_at_start_ms.saturating_sub(at))
+                });
+                now + interval.saturating_sub(offline_for)
+            });
             if let Some(at) = expires_at {
                 core.timers
                     .insert((at, Timer::SessionExpiry(client_id.clone())));
@@ -927,7 +946,16 @@ impl Core {
         if self.full_sessions.is_empty() && !over_budget {
             return None;
         }
-        let publisher = self.online(conn)?.sid;
+        let online = self.online(conn)?;
+        let publisher = online.sid;
+        // A PUBLISH with an alias alone goes where its alias's topic goes (an unknown alias
+        // blocks nothing: the core refuses it).
+        let topic = match publish.properties.topic_alias {
+            Some(alias) if publish.topic.is_empty() => {
+                online.aliases.as_ref()?.inbound_topic(alias)?.clone()
+            }
+            _ => publish.topic.clone(),
+        };
         let mut blocker = None;
         // Past the budget: an online subscriber that would have to queue this message (the
         // one with the most queued bytes), so healthy subscribers with room in their window
@@ -935,7 +963,7 @@ impl Core {
         let mut waiting: Option<(usize, Sid)> = None;
         let full = &self.full_sessions;
         let sessions = &self.sessions;
-        self.router.for_each_match(&publish.topic, |&sid, route| {
+        self.router.for_each_match(&topic, |&sid, route| {
             if blocker.is_some() || route.options.qos == QoS::AtMostOnce || sid == publisher {
                 return;
             }
@@ -958,7 +986,7 @@ impl Core {
         });
         let blocker = blocker
             .or(waiting.map(|(_, sid)| sid))
-            .or_else(|| self.shared_blocker(publisher, &publish.topic))?;
+            .or_else(|| self.shared_blocker(publisher, &topic))?;
         Some(self.session(blocker)?.client_id.clone())
     }
 
@@ -1302,6 +1330,16 @@ impl Core {
             rt.conn = Some(conn);
             rt.expires_at = None;
         }
+        if self
+            .session(sid)
+            .is_some_and(|s| s.stored.offline_since_ms.is_some())
+        {
+            let op = StoreOp::SessionOffline {
+                client_id: self.op_id(sid),
+                at_ms: None,
+            };
+            self.emit_session(sid, op);
+        }
         if self.session(sid).and_then(|s| s.stored.owner.as_ref()) != Some(&owner) {
             // A new session, one stored before owners were recorded, or (`any-user`) one
             // resumed by another user: it is this user's from now on.
@@ -1349,6 +1387,17 @@ impl Core {
                     .flatten(),
                 connect_expiry_secs,
                 enhanced_auth: authenticated.is_some(),
+                alias_maximum_outbound: if v5 {
+                    connect
+                        .properties
+                        .topic_alias_maximum
+                        .unwrap_or(0)
+                        .min(self.config.topic_alias_maximum_outbound)
+                } else {
+                    0
+                },
+                alias_maximum_inbound: 0,
+                aliases: None,
             }));
         }
         self.online_count += 1;
@@ -1376,6 +1425,35 @@ impl Core {
                 // [MQTT-4.12.0-5] the CONNECT's method, with server-final.
                 properties.authentication_method = Some(MqttStr::from_static(scram::METHOD));
                 properties.authentication_data = Some(a.server_final);
+            }
+            // Absent means 0: no aliases accepted [MQTT-3.2.2-18]. Left out (so none are
+            // accepted) where it would make the CONNACK larger than the client's Maximum Packet
+            // Size [MQTT-3.1.2-24].
+            let alias_maximum = self.config.topic_alias_maximum;
+            if alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(alias_maximum);
+                let with = Packet::ConnAck(ConnAck {
+                    session_present,
+                    reason_code: ReasonCode::Success,
+                    properties: properties.clone().into(),
+                });
+                let room = connect
+                    .properties
+                    .maximum_packet_size
+                    .map(|m| m.get() as usize);
+                let fits = codec::encoded_len(&with, ProtocolVersion::V5)
+                    .is_ok_and(|n| room.is_none_or(|max| n <= max));
+                if fits {
+                    if let Some(online) = self
+                        .conns
+                        .get_mut(&conn)
+                        .and_then(|c| c.online.as_deref_mut())
+                    {
+                        online.alias_maximum_inbound = alias_maximum;
+                    }
+                } else {
+                    properties.topic_alias_maximum = None;
+                }
             }
         }
         out.push(Action::SetProtocol {
@@ -1523,6 +1601,12 @@ impl Core {
                         rt.conn = None;
                         rt.expires_at = Some(at);
                     }
+                    // Durable, so that the expiry counts across a restart.
+                    let op = StoreOp::SessionOffline {
+                        client_id: self.op_id(sid),
+                        at_ms: Some(self.now_ms(now)),
+                    };
+                    self.emit_session(sid, op);
                     self.timers
                         .insert((at, Timer::SessionExpiry(client_id.clone())));
                 }
@@ -1685,15 +1769,33 @@ impl Core {
         };
         let sid = online.sid;
         let v5 = online.protocol == ProtocolVersion::V5;
-        if v5 && publish.properties.topic_alias.is_some() {
-            // CONNACK announced no Topic Alias Maximum (so 0).
-            return self.violation(
-                conn,
-                ReasonCode::TopicAliasInvalid,
-                "[MQTT-3.3.2-8] topic alias above the announced maximum of 0",
-                now,
-                out,
-            );
+        let mut publish = publish;
+        if let Some(alias) = publish.properties.topic_alias.filter(|_| v5) {
+            let resolved = self.conns.get_mut(&conn).and_then(|c| {
+                let online = c.online.as_deref_mut()?;
+                let maximum = online.alias_maximum_inbound;
+                let aliases = online.aliases.get_or_insert_with(Default::default);
+                Some(aliases.inbound(&publish.topic, alias, maximum))
+            });
+            match resolved {
+                Some(Ok(topic)) => publish.topic = topic,
+                Some(Err(InboundError::AboveMaximum)) => {
+                    let maximum = self.online(conn).map_or(0, |o| o.alias_maximum_inbound);
+                    let why = format!(
+                        "[MQTT-3.2.2-17] topic alias {alias} above the announced maximum of \
+                         {maximum}"
+                    );
+                    return self.violation(conn, ReasonCode::TopicAliasInvalid, &why, now, out);
+                }
+                Some(Err(InboundError::Unknown)) => {
+                    let why = format!(
+                        "[MQTT-3.3.2-7] empty topic with topic alias {alias}, which this \
+                         connection never set"
+                    );
+                    return self.violation(conn, ReasonCode::ProtocolError, &why, now, out);
+                }
+                None => return,
+            }
         }
         if publish.topic.is_empty() {
             return self.violation(
@@ -2190,9 +2292,21 @@ impl Core {
 
     // ----- routing and delivery -----
 
-    /// Milliseconds since the broker started: the clock of message expiry.
+    /// The wall clock at `now` (milliseconds since the UNIX epoch): the clock of message
+    /// expiry. Counted on from the start with the monotonic clock, so it never steps back.
     fn now_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.started_at).as_millis() as u64
+        let since_start = now.saturating_duration_since(self.started_at).as_millis() as u64;
+        self.wall_at_start_ms.saturating_add(since_start)
+    }
+
+    /// A message's expiry instant on the wall clock (`MessageProperties::expires_at_ms`; a
+    /// value an older broker wrote counts from this start, as it did).
+    fn expiry_ms(&self, at: u64) -> u64 {
+        if at < crate::store::LEGACY_EXPIRY_LIMIT_MS {
+            self.wall_at_start_ms.saturating_add(at)
+        } else {
+            at
+        }
     }
 
     /// Handles a message accepted from `publisher` (None: the broker itself): the retained
@@ -2384,6 +2498,7 @@ impl Core {
                     session.ids_ordered = ids_ordered;
                     session.inflight_bytes += size;
                 }
+                let packet = self.aliased(conn, packet);
                 self.stats.messages_sent += 1;
                 out.push(Action::Send { conn, packet });
                 return;
@@ -2534,6 +2649,7 @@ impl Core {
                 session.inflight_bytes += size;
             }
             self.queued_bytes_total -= size;
+            let packet = self.aliased(conn, packet);
             self.stats.messages_sent += 1;
             out.push(Action::Send { conn, packet });
         }
@@ -2546,7 +2662,7 @@ impl Core {
         let expired = message
             .properties
             .expires_at_ms
-            .is_some_and(|at| at <= self.now_ms(now));
+            .is_some_and(|at| self.expiry_ms(at) <= self.now_ms(now));
         let too_large = match self.online(conn).and_then(|o| o.max_packet_size) {
             Some(max) => {
                 let packet =
@@ -2654,7 +2770,7 @@ impl Core {
                 payload_format_utf8: p.payload_format_utf8,
                 // The remaining lifetime [MQTT-3.3.2-6 in 5.0].
                 message_expiry_interval_secs: p.expires_at_ms.map(|at| {
-                    let left_ms = at.saturating_sub(self.now_ms(now));
+                    let left_ms = self.expiry_ms(at).saturating_sub(self.now_ms(now));
                     left_ms.div_ceil(1000).min(u64::from(u32::MAX)) as u32
                 }),
                 topic_alias: None,
@@ -2695,8 +2811,58 @@ impl Core {
             return;
         }
         let packet = self.publish_packet(conn, sid, message, qos_pid, dup, now);
+        let packet = self.aliased(conn, packet);
         self.stats.messages_sent += 1;
         out.push(Action::Send { conn, packet });
+    }
+
+    /// `packet` (a PUBLISH about to be sent on `conn`) with a topic alias where the policy
+    /// gives one (`aliases.rs`), never making it larger than the client's Maximum Packet Size.
+    fn aliased(&mut self, conn: ConnId, packet: Packet) -> Packet {
+        let Packet::Publish(mut publish) = packet else {
+            return packet;
+        };
+        let Some(online) = self
+            .conns
+            .get_mut(&conn)
+            .and_then(|c| c.online.as_deref_mut())
+        else {
+            return Packet::Publish(publish);
+        };
+        let maximum = online.alias_maximum_outbound;
+        if maximum == 0 || publish.topic.len() < aliases::MIN_TOPIC_BYTES {
+            return Packet::Publish(publish);
+        }
+        let max_packet_size = online.max_packet_size;
+        let table = online.aliases.get_or_insert_with(Default::default);
+        let reliable = publish.qos_pid != QosPid::AtMostOnce;
+        match table.outbound(&publish.topic, reliable, maximum) {
+            aliases::Outbound::None => Packet::Publish(publish),
+            aliases::Outbound::Use(alias) => {
+                publish.properties.topic_alias = Some(alias);
+                publish.topic = TopicName::default();
+                Packet::Publish(publish)
+            }
+            aliases::Outbound::Set(alias) => {
+                let topic = publish.topic.clone();
+                publish.properties.topic_alias = Some(alias);
+                let packet = Packet::Publish(publish);
+                let fits = max_packet_size.is_none_or(|max| {
+                    codec::encoded_len(&packet, ProtocolVersion::V5)
+                        .is_ok_and(|n| n + 2 <= max as usize)
+                });
+                if fits {
+                    return packet;
+                }
+                // The alias property would push it past the client's limit: no alias.
+                table.forget_outbound(&topic);
+                let Packet::Publish(mut publish) = packet else {
+                    unreachable!("built as a PUBLISH above")
+                };
+                publish.properties.topic_alias = None;
+                Packet::Publish(publish)
+            }
+        }
     }
 
     fn publish_sys(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -2842,7 +3008,11 @@ mod store_health;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_aliases;
+#[cfg(test)]
 mod tests_auth;
+#[cfg(test)]
+mod tests_expiry;
 #[cfg(test)]
 mod tests_shared;
 #[cfg(test)]

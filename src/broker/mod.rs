@@ -4,6 +4,7 @@
 //!   CONNECT/CONNACK, takeover, keepalive, QoS 0/1/2 flows, the in-flight window and session
 //!   queues, subscriptions, retained messages, wills, `$SYS`, limits. Its ops go to a `Store`.
 //! - [`router`]: the topic trie that finds the subscriptions matching a topic.
+//! - `aliases`: 5.0 topic aliases of one connection, both ways, and the outbound policy.
 //! - `shared`: shared subscription groups (`$share/{ShareName}/{filter}`) and how one member
 //!   is picked per message.
 //! - [`server`]: the I/O driver over a transport `Listener`: `run`, `Broker`, `BrokerHandle`.
@@ -12,6 +13,7 @@
 //! - [`auth`]: password and ACL checks.
 //! - [`stats`]: the counters behind `$SYS/broker/...`.
 
+mod aliases;
 pub mod auth;
 pub mod config;
 mod connection;
@@ -25,7 +27,7 @@ mod shared;
 pub mod stats;
 
 pub use config::{
-    BrokerConfig, ConfigError, PlantedBug, SessionTakeover, SharedStrategy, SyncMode,
+    BrokerConfig, ConfigError, PlantedBug, SessionTakeover, SharedStrategy, SyncMode, WallClock,
 };
 pub use core::{Action, ClientInfo, ConnId, Core, EndCause};
 pub use listener::{ListenerConfig, ListenerProtocol};

@@ -215,6 +215,12 @@ fn raw_field_sections(x: &ExpectRawStep) -> Vec<(&'static str, FieldRule)> {
     if x.max_len.is_some() {
         out.push(("max_len", FieldRule::MaximumPacketSize));
     }
+    if x.topic_alias_max.is_some() {
+        out.push((
+            "topic_alias_max",
+            FieldRule::Sections(&[&[3, 1, 2, 11, 5], &[3, 3, 2, 3, 4]]),
+        ));
+    }
     if x.session_present.is_some() {
         out.push(("session_present", FieldRule::SessionPresent));
     }

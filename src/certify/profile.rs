@@ -56,6 +56,10 @@ pub struct Profile {
     pub shared_subscriptions: bool,
     /// The longest Keep Alive the broker accepts as asked; `None` for no limit below 65535 s.
     pub max_keepalive_secs: Option<u16>,
+    /// The Topic Alias Maximum the broker announces in CONNACK (5.0; 0 for none); `None`:
+    /// not declared, so scenarios that need a known one (`broker: {topic_alias_maximum}`)
+    /// are skipped.
+    pub topic_alias_maximum: Option<u16>,
     /// The broker's Receive Maximum (QoS 1/2 PUBLISHes it takes in flight from one client).
     pub receive_maximum: Option<u16>,
     /// The largest packet the broker accepts, in bytes; `None` for the protocol's limit.
@@ -114,6 +118,7 @@ impl Default for Profile {
             will: true,
             shared_subscriptions: true,
             max_keepalive_secs: None,
+            topic_alias_maximum: None,
             receive_maximum: None,
             max_packet_size_bytes: None,
             max_qos: 2,
@@ -180,6 +185,9 @@ impl Profile {
         if let Some(k) = self.max_keepalive_secs {
             parts.push(format!("max_keepalive {k}s"));
         }
+        if let Some(t) = self.topic_alias_maximum {
+            parts.push(format!("topic_alias_maximum {t}"));
+        }
         if let Some(r) = self.receive_maximum {
             parts.push(format!("receive_maximum {r}"));
         }
@@ -232,6 +240,17 @@ impl Profile {
                     self.name,
                     self.max_keepalive_secs
                         .map_or("none".to_string(), |k| format!("max_keepalive_secs {k}"))
+                ));
+            }
+        }
+        if let Some(wanted) = scenario.broker.topic_alias_maximum {
+            if self.topic_alias_maximum != Some(wanted) {
+                reasons.push(format!(
+                    "topic_alias_maximum: the scenario needs a broker whose Topic Alias Maximum \
+                     is {wanted}, and profile {} declares {}",
+                    self.name,
+                    self.topic_alias_maximum
+                        .map_or("none".to_string(), |k| format!("topic_alias_maximum {k}"))
                 ));
             }
         }
@@ -807,6 +826,16 @@ steps:
             why.contains("max_packet_size: the scenario publishes 5000-byte payloads"),
             "{why}"
         );
+        let aliases = scenario(
+            "broker: {topic_alias_maximum: 10}\nclients: {a: {}}\nsteps:\n  - connect: a\n",
+        );
+        let why = Profile::default().unmet(&aliases, false).expect("skipped");
+        assert!(why.starts_with("topic_alias_maximum: the scenario needs a broker whose Topic Alias Maximum is 10, and profile default declares none"), "{why}");
+        let with_aliases = Profile {
+            topic_alias_maximum: Some(10),
+            ..Profile::default()
+        };
+        assert_eq!(with_aliases.unmet(&aliases, false), None);
         let roomy = Profile {
             max_keepalive_secs: Some(120),
             max_packet_size_bytes: Some(8192),
@@ -827,8 +856,8 @@ steps:
         // Every library scenario either runs against a fully featured broker without a
         // restart command, or is skipped for broker_restart / power_loss / persistence, or
         // for acl (the default profile declares no ACL user), for enhanced_auth (it does not
-        // declare SCRAM-SHA-256), for max_keepalive (it declares no longest Keep Alive), or
-        // for a simulated transport.
+        // declare SCRAM-SHA-256), for max_keepalive (it declares no longest Keep Alive), for
+        // topic_alias_maximum (nor a Topic Alias Maximum), or for a simulated transport.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut stack = vec![dir];
         let (mut run, mut skipped) = (0, 0);
@@ -854,6 +883,7 @@ steps:
                                 || r.starts_with("acl: ")
                                 || r.starts_with("enhanced_auth: ")
                                 || r.starts_with("max_keepalive: ")
+                                || r.starts_with("topic_alias_maximum: ")
                                 || r.starts_with("transport: ")),
                             "{}: {why}",
                             path.display()

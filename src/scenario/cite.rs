@@ -208,6 +208,7 @@ fn checks_only_the_packet(x: &ExpectRawStep) -> bool {
         && x.dup.is_none()
         && x.payload.is_none()
         && x.max_len.is_none()
+        && x.topic_alias_max.is_none()
         && x.absent.is_empty()
         && x.contains.is_empty()
         && x.closed.is_none()

@@ -204,6 +204,11 @@ pub struct BrokerSpec {
     /// against a profile declaring the same `max_keepalive_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keepalive: Option<Dur>,
+    /// The broker's Topic Alias Maximum (`topic_alias_maximum`, announced in CONNACK): the
+    /// simulated broker runs with it, and `simqtt certify` runs the scenario only against a
+    /// profile declaring the same `topic_alias_maximum`. 0 to 65535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_alias_maximum: Option<u16>,
     /// How the simulated clients reach the broker: plain TCP, TLS, WebSocket or WebSocket
     /// over TLS (`simqtt certify` skips such a scenario: its transport is its `--broker` URL's).
     #[serde(default, skip_serializing_if = "Transport::is_plain")]
@@ -248,6 +253,7 @@ impl Default for BrokerSpec {
             host: default_broker_host(),
             planted_bug: None,
             max_keepalive: None,
+            topic_alias_maximum: None,
             transport: Transport::Mqtt,
         }
     }

@@ -133,6 +133,10 @@ pub struct ExpectRawStep {
     /// 5.0 properties the packet must not carry, by name (see `PROPERTY_NAMES`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
+    /// PUBLISH: its Topic Alias, if it carries one, is at most this (a client's Topic Alias
+    /// Maximum); a PUBLISH without one passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_alias_max: Option<u16>,
     /// Byte sequences (hex) the packet must contain, each in one piece, e.g. properties
     /// (`["0b 05"]`: the Subscription Identifier 5); `"a | b"` takes either.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -529,6 +533,13 @@ pub(super) fn validate_expect_raw(step: &ExpectRawStep, path: &[Seg<'_>], e: &mu
                 ),
             );
         }
+    }
+    if step.topic_alias_max.is_some() && kind != Some(PacketKind::Publish) {
+        e.at(
+            path,
+            Some("topic_alias_max"),
+            "`topic_alias_max` goes with packet: publish".into(),
+        );
     }
     if step.max_len.is_some() && kind.is_none() {
         e.at(path, Some("max_len"), "`max_len` needs a `packet`".into());

@@ -101,6 +101,7 @@ fn every_explicit_field_parses() {
             host: "mqtt".into(),
             planted_bug: None,
             max_keepalive: None,
+            topic_alias_maximum: None,
             transport: Transport::Mqtt,
         }
     );

@@ -303,6 +303,7 @@ fn run_resolved(
             .max_keepalive
             .and_then(|d| d.whole_secs())
             .and_then(|secs| u16::try_from(secs).ok()),
+        topic_alias_maximum: scenario.broker.topic_alias_maximum,
         transport: scenario.broker.transport,
         tls: transport.tls,
         ..Shared::default()

@@ -50,6 +50,8 @@ pub struct RawPacket {
     pub properties: Vec<&'static str>,
     /// A CONNACK's Server Keep Alive (5.0), in seconds.
     pub server_keep_alive: Option<u16>,
+    /// A PUBLISH's Topic Alias (5.0).
+    pub topic_alias: Option<u16>,
     pub summary: String,
     /// Its record in the trace.
     pub event: usize,
@@ -427,6 +429,7 @@ async fn open(
                             bytes: buf.to_vec(),
                             properties: Vec::new(),
                             server_keep_alive: None,
+                            topic_alias: None,
                             summary: format!("undecodable ({e}): {}", hex(&buf)),
                             event: 0,
                         }
@@ -518,11 +521,15 @@ pub fn received(packet: &Packet, version: ProtocolVersion) -> RawPacket {
         bytes: Vec::new(),
         properties: Vec::new(),
         server_keep_alive: None,
+        topic_alias: None,
         summary: String::new(),
         event: 0,
     };
     if let Packet::ConnAck(c) = packet {
         p.server_keep_alive = c.properties.server_keep_alive_secs;
+    }
+    if let Packet::Publish(publish) = packet {
+        p.topic_alias = publish.properties.topic_alias.map(|a| a.get());
     }
     let mut has = |present: bool, name: &'static str| {
         if present {
@@ -705,6 +712,13 @@ pub fn mismatch(x: &ExpectRawStep, p: &RawPacket) -> Option<String> {
             ));
         }
     }
+    if let (Some(max), Some(alias)) = (x.topic_alias_max, p.topic_alias) {
+        if alias > max {
+            wrong.push(format!(
+                "no Topic Alias or one of at most {max} (it is {alias})"
+            ));
+        }
+    }
     if let Some(max) = x.max_len {
         if p.bytes.len() as u64 > u64::from(max) {
             wrong.push(format!("at most {max} bytes, not {}", p.bytes.len()));
@@ -791,6 +805,9 @@ pub fn describe(x: &ExpectRawStep) -> String {
         }
         if let Some(max) = x.max_len {
             text.push_str(&format!(" of at most {max} bytes"));
+        }
+        if let Some(max) = x.topic_alias_max {
+            text.push_str(&format!(" with no Topic Alias or one of at most {max}"));
         }
         if let Some(b) = &x.server_keep_alive {
             text.push_str(" with no Server Keep Alive, or one");

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::broker::{Broker, BrokerConfig, BrokerHandle};
+use crate::broker::{Broker, BrokerConfig, BrokerHandle, WallClock};
 use crate::client::{
     Client, ClientError, ConnectOptions, EventKind, FilePersistence, MemoryPersistence,
     Persistence as ClientPersistence, ReconnectOptions, ResubscribePolicy, WillOptions,
@@ -51,6 +51,11 @@ pub const BROKER_PORT: u16 = 1883;
 const WILL_NUMBER_WIDTH: usize = 6;
 /// Where durable state lives on the simulated disks.
 const BROKER_DIR: &str = "/var/lib/simqtt";
+/// The simulated wall clock at the start of every run (2026-01-01T00:00:00Z). The broker keeps
+/// message and session expiry as wall-clock instants; inside the simulation its wall clock is
+/// this plus the simulated time elapsed (which runs on while the broker host is down), so a
+/// run is the same on any day and a restart sees the time that passed.
+pub const SIM_WALL_CLOCK_START_MS: u64 = 1_767_225_600_000;
 const CLIENT_DIR: &str = "/var/lib/simqtt-client";
 
 /// One message to publish.
@@ -164,6 +169,9 @@ pub struct Shared {
     pub planted_bug: Option<crate::broker::PlantedBug>,
     /// The broker's `max_keepalive_secs` (`broker: {max_keepalive: ...}`).
     pub max_keepalive_secs: Option<u16>,
+    /// The broker's `topic_alias_maximum` (`broker: {topic_alias_maximum: ...}`); `None`: the
+    /// broker's default.
+    pub topic_alias_maximum: Option<u16>,
     /// When the randomised nemesis healed each fault it drew. Not every heal leaves a trace
     /// record (ending a stall or a delay does not), and the shrinker needs them all to write
     /// the drawn schedule out as explicit steps.
@@ -415,9 +423,14 @@ impl Shared {
 /// Registers the broker host. `durable`: a file store on the host's simulated disk that
 /// syncs every write; otherwise a memory store that a crash wipes.
 pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, durable: bool) {
-    let (seed, planted_bug, max_keepalive_secs) = {
+    let (seed, planted_bug, max_keepalive_secs, topic_alias_maximum) = {
         let s = lock(&shared);
-        (s.seed, s.planted_bug, s.max_keepalive_secs)
+        (
+            s.seed,
+            s.planted_bug,
+            s.max_keepalive_secs,
+            s.topic_alias_maximum,
+        )
     };
     sim.host(host, move || {
         let shared = shared.clone();
@@ -449,6 +462,13 @@ pub fn broker_host(sim: &mut turmoil::Sim<'_>, host: &str, shared: SharedRef, du
                 sys_interval_secs: 5,
                 planted_bug,
                 max_keepalive_secs,
+                topic_alias_maximum: topic_alias_maximum
+                    .unwrap_or(BrokerConfig::default().topic_alias_maximum),
+                wall_clock: WallClock::from_fn(|| {
+                    let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+                    SIM_WALL_CLOCK_START_MS
+                        .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+                }),
                 ..BrokerConfig::default()
             };
             let (broker, handle) = Broker::new(store, config);

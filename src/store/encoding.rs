@@ -191,6 +191,9 @@ mod tag {
     pub const WILL_STORED: u8 = 16;
     pub const WILL_CLEARED: u8 = 17;
     pub const SESSION_OWNER: u8 = 18;
+    /// Added without a version bump: older readers refuse the tag ("unknown op tag 19"), and
+    /// every log written before reads as before.
+    pub const SESSION_OFFLINE: u8 = 19;
 }
 
 /// Appends the encoding of `op` to `out`.
@@ -313,7 +316,18 @@ pub fn encode_op(op: &StoreOp, out: &mut Vec<u8>) {
             put_bytes(out, client_id.as_bytes());
             put_owner(out, owner.as_deref());
         }
+        StoreOp::SessionOffline { client_id, at_ms } => {
+            out.push(tag::SESSION_OFFLINE);
+            put_bytes(out, client_id.as_bytes());
+            put_opt_u64(out, *at_ms);
+        }
     }
+}
+
+/// An `Option<u64>` as one varint: 0 = none, n + 1 = some(n) (`u64::MAX` is not a wall-clock
+/// time, so it is written as `u64::MAX - 1`).
+fn put_opt_u64(out: &mut Vec<u8>, value: Option<u64>) {
+    put_varint(out, value.map_or(0, |v| v.min(u64::MAX - 1) + 1));
 }
 
 const OUTGOING_PUBLISH: u8 = 0;
@@ -422,11 +436,26 @@ fn encode_state_in_chunks(
         .iter()
         .filter_map(|(id, s)| Some((id, s.owner.as_ref()?)))
         .collect();
-    if !owned.is_empty() {
+    // Then the offline times, after the owners: a snapshot written before they existed ends
+    // earlier and still reads (its sessions count their expiry from the restart).
+    let offline: Vec<(&String, u64)> = state
+        .sessions
+        .iter()
+        .filter_map(|(id, s)| Some((id, s.offline_since_ms?)))
+        .collect();
+    if !owned.is_empty() || !offline.is_empty() {
         put_varint(&mut c.buf, owned.len() as u64);
         for (client_id, owner) in owned {
             put_bytes(&mut c.buf, client_id.as_bytes());
             put_owner(&mut c.buf, owner.username());
+            c.maybe_flush()?;
+        }
+    }
+    if !offline.is_empty() {
+        put_varint(&mut c.buf, offline.len() as u64);
+        for (client_id, at_ms) in offline {
+            put_bytes(&mut c.buf, client_id.as_bytes());
+            put_varint(&mut c.buf, at_ms);
             c.maybe_flush()?;
         }
     }
@@ -554,6 +583,10 @@ impl<'a> Reader<'a> {
     fn topic_filter(&mut self) -> Result<TopicFilter, DecodeError> {
         TopicFilter::from_str(self.mqtt_str("topic filter")?)
             .map_err(|e| invalid("topic filter", e))
+    }
+
+    fn opt_u64(&mut self) -> Result<Option<u64>, DecodeError> {
+        Ok(self.varint()?.checked_sub(1))
     }
 
     fn opt_u32(&mut self) -> Result<Option<u32>, DecodeError> {
@@ -751,6 +784,10 @@ pub fn decode_op(bytes: &[u8]) -> Result<StoreOp, DecodeError> {
             client_id: r.string()?,
             owner: r.owner()?.username().map(str::to_string),
         },
+        tag::SESSION_OFFLINE => StoreOp::SessionOffline {
+            client_id: r.string()?,
+            at_ms: r.opt_u64()?,
+        },
         tag => return Err(DecodeError::UnknownOpTag { tag }),
     };
     r.finish()?;
@@ -808,6 +845,16 @@ pub fn decode_state(bytes: &[u8]) -> Result<DurableState, DecodeError> {
             match state.sessions.get_mut(&client_id) {
                 Some(session) => session.owner = Some(owner),
                 None => return Err(invalid("session owner", "names no session")),
+            }
+        }
+    }
+    if r.remaining() > 0 {
+        for _ in 0..r.count()? {
+            let client_id = r.string()?;
+            let at_ms = r.varint()?;
+            match state.sessions.get_mut(&client_id) {
+                Some(session) => session.offline_since_ms = Some(at_ms),
+                None => return Err(invalid("session offline time", "names no session")),
             }
         }
     }
@@ -1019,6 +1066,8 @@ pub(crate) mod tests {
             arb_client().prop_map(|client_id| StoreOp::WillCleared { client_id }),
             (arb_client(), proptest::option::of("[a-z]{0,8}"))
                 .prop_map(|(client_id, owner)| StoreOp::SessionOwner { client_id, owner }),
+            (arb_client(), proptest::option::of(0..u64::MAX - 1))
+                .prop_map(|(client_id, at_ms)| StoreOp::SessionOffline { client_id, at_ms }),
         ]
     }
 
@@ -1083,6 +1132,43 @@ pub(crate) mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_op(&bytes);
             let _ = decode_state(&bytes);
+        }
+    }
+
+    /// Offline times survive a snapshot, with or without owners before them; a snapshot
+    /// written before they existed reads with none.
+    #[test]
+    fn snapshots_keep_offline_times() {
+        for owned in [false, true] {
+            let mut state = DurableState::default();
+            for client_id in ["a", "b"] {
+                state.apply(&StoreOp::SessionCreated {
+                    client_id: client_id.into(),
+                    expiry_interval_secs: Some(60),
+                    protocol_level: 5,
+                });
+            }
+            if owned {
+                state.apply(&StoreOp::SessionOwner {
+                    client_id: "b".into(),
+                    owner: None,
+                });
+            }
+            let mut before = Vec::new();
+            encode_state(&state, &mut before);
+            assert_eq!(decode_state(&before).unwrap(), state);
+            state.apply(&StoreOp::SessionOffline {
+                client_id: "a".into(),
+                at_ms: Some(1_767_225_600_000),
+            });
+            let mut buf = Vec::new();
+            encode_state(&state, &mut buf);
+            let decoded = decode_state(&buf).unwrap();
+            assert_eq!(
+                decoded.sessions["a"].offline_since_ms,
+                Some(1_767_225_600_000)
+            );
+            assert_eq!(decoded, state);
         }
     }
 

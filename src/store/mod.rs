@@ -42,7 +42,10 @@ pub struct StoredMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MessageProperties {
     pub payload_format_utf8: Option<bool>,
-    /// Absolute expiry in broker milliseconds since its epoch, if the message expires.
+    /// When the message expires, in wall-clock milliseconds since the UNIX epoch (so expiry
+    /// counts across a broker restart). A value below `LEGACY_EXPIRY_LIMIT_MS` was written by
+    /// an older broker, which counted from its own start: it is read as counting from the
+    /// current start, as that broker did.
     pub expires_at_ms: Option<u64>,
     pub response_topic: Option<TopicName>,
     pub correlation_data: Option<Bytes>,
@@ -69,6 +72,11 @@ impl EmptyProperties for MessageProperties {
         &EMPTY
     }
 }
+
+/// `MessageProperties::expires_at_ms` values below this (2001-09-09, before any store existed)
+/// are milliseconds since an older broker's start, not wall-clock instants. An older broker
+/// would have had to run for 31 years to write one this large.
+pub const LEGACY_EXPIRY_LIMIT_MS: u64 = 1_000_000_000_000;
 
 /// A subscription as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +127,12 @@ pub struct StoredSession {
     /// The will of the connection that holds this session, if it has one (boxed: most sessions
     /// have none, and this struct is kept per idle connection).
     pub will: Option<Box<StoredWill>>,
+    /// When the session's last connection ended (wall-clock milliseconds since the UNIX
+    /// epoch), while it is offline with a finite expiry: its expiry counts from here across a
+    /// restart. `None` while connected, and for a session whose connection was open when the
+    /// broker stopped (or from a store written before this was recorded): its expiry then
+    /// counts from the restart, never ending it early.
+    pub offline_since_ms: Option<u64>,
     /// Who created the session; `None` in a store written before owners were recorded. The
     /// broker refuses the session to anyone else (`session_takeover`) and checks deliveries
     /// to it against this user's ACL while it is offline.
@@ -246,6 +260,12 @@ pub enum StoreOp {
     /// The will was discarded (DISCONNECT) or published.
     WillCleared {
         client_id: String,
+    },
+    /// The session's connection ended at `at_ms` (wall clock, see
+    /// `StoredSession::offline_since_ms`), or (`None`) a connection took it again.
+    SessionOffline {
+        client_id: String,
+        at_ms: Option<u64>,
     },
 }
 
@@ -390,6 +410,7 @@ impl StoredSession {
             StoreOp::SessionOwner { owner, .. } => {
                 self.owner = Some(Owner::of(owner.as_deref()));
             }
+            StoreOp::SessionOffline { at_ms, .. } => self.offline_since_ms = *at_ms,
             StoreOp::SessionCreated { .. }
             | StoreOp::SessionDeleted { .. }
             | StoreOp::RetainedSet { .. }
@@ -417,7 +438,8 @@ impl StoreOp {
             | StoreOp::IncomingQos2Released { client_id, .. }
             | StoreOp::WillStored { client_id, .. }
             | StoreOp::WillCleared { client_id }
-            | StoreOp::SessionOwner { client_id, .. } => client_id,
+            | StoreOp::SessionOwner { client_id, .. }
+            | StoreOp::SessionOffline { client_id, .. } => client_id,
             StoreOp::RetainedSet { .. } | StoreOp::RetainedCleared { .. } => return None,
         })
     }
