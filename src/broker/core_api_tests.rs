@@ -524,3 +524,51 @@ fn a_timer_runs_at_its_deadline() {
     assert_eq!(out, [Action::Close { conn: 1 }]);
     assert_eq!(b.core.connection_count(), 0);
 }
+
+/// A full queue drops its oldest message for the new one ("drop the oldest",
+/// `BrokerConfig::max_queued_messages`) and counts it as dropped, for a full queue: the
+/// session gets the newest messages when it comes back.
+#[test]
+fn a_full_queue_drops_its_oldest_message_and_counts_it() {
+    let mut b = Broker::new(BrokerConfig {
+        max_queued_messages: 2,
+        ..config()
+    });
+    b.connect(1, "sub", false, ProtocolVersion::V311);
+    b.subscribe(1, 1, "t", QoS::AtLeastOnce);
+    b.end(1, EndCause::PeerClosed);
+    b.connect(2, "pub", true, ProtocolVersion::V311);
+    for id in 1..=3 {
+        b.publish(2, "t", QosPid::AtLeastOnce(pid(id)), &id.to_string());
+    }
+    let stats = b.stats();
+    assert_eq!((stats.messages_dropped, stats.dropped_queue_full), (1, 1));
+    let out = b.connect(3, "sub", false, ProtocolVersion::V311);
+    let payloads: Vec<Bytes> = publishes_to(&out, 3)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(payloads, ["2", "3"].map(Bytes::from_static));
+}
+
+/// A shared subscription's message goes to a member that is connected while one is
+/// (`BrokerConfig::shared_subscription_strategy`: the strategy picks among online members with
+/// room): a member whose session waits offline is passed over, in turn or not.
+#[test]
+fn a_shared_message_skips_a_member_that_is_offline() {
+    let mut b = Broker::new(config());
+    // "a" joins first, so round robin would take it first and then every other time.
+    for (conn, client_id) in [(1, "a"), (2, "b")] {
+        b.connect(conn, client_id, false, ProtocolVersion::V5);
+        b.subscribe(conn, 1, "$share/g/t", QoS::AtLeastOnce);
+    }
+    b.end(1, EndCause::PeerClosed);
+    b.connect(3, "pub", true, ProtocolVersion::V5);
+    let mut to_b = Vec::new();
+    for id in 1..=4 {
+        let out = b.publish(3, "t", QosPid::AtLeastOnce(pid(id)), &id.to_string());
+        assert!(publishes_to(&out, 1).is_empty());
+        to_b.extend(publishes_to(&out, 2).into_iter().map(|p| p.payload));
+    }
+    assert_eq!(to_b, ["1", "2", "3", "4"].map(Bytes::from_static));
+}
