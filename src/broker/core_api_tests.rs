@@ -574,3 +574,40 @@ fn a_shared_message_skips_a_member_that_is_offline() {
     let all: [&[u8]; 4] = [b"1", b"2", b"3", b"4"];
     assert_eq!(to_b, all);
 }
+
+/// Past the broker-wide budget a QoS 1/2 PUBLISH is held (`publish_blocker`) while an online
+/// subscriber would have to queue it: here one whose in-flight window is full though its
+/// queue is still empty. Under the budget nothing holds it.
+#[test]
+fn past_the_budget_a_subscriber_with_a_full_window_holds_the_publisher() {
+    let bytes = Arc::new(ByteCounters::default());
+    let now = Instant::now();
+    let config = BrokerConfig {
+        max_inflight_messages: 1,
+        max_queued_bytes_total: 100,
+        ..config()
+    };
+    let store = Box::new(MemoryStore::new());
+    let mut b = Broker {
+        core: Core::new(config, store, bytes.clone(), now),
+        now,
+    };
+    b.connect(1, "sub", true, ProtocolVersion::V311);
+    b.subscribe(1, 1, "t", QoS::AtLeastOnce);
+    b.connect(2, "pub", true, ProtocolVersion::V311);
+    let out = b.publish(2, "t", QosPid::AtLeastOnce(pid(1)), "m");
+    assert_eq!(publishes_to(&out, 1).len(), 1, "in flight, unacknowledged");
+    let next = Publish {
+        dup: false,
+        qos_pid: QosPid::AtLeastOnce(pid(2)),
+        retain: false,
+        topic: TopicName::new("t").unwrap(),
+        properties: PublishProperties::default().into(),
+        payload: Bytes::from_static(b"m"),
+    };
+    assert_eq!(b.core.publish_blocker(2, &next), None);
+    bytes
+        .outbound_queued
+        .store(100, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(b.core.publish_blocker(2, &next).as_deref(), Some("sub"));
+}
