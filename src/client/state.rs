@@ -1751,6 +1751,7 @@ mod tests {
         connected(&mut state, now, false);
         let first = state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
         assert_eq!(delivered(&first).len(), 1);
+        assert_eq!(state.incoming_qos2(), &BTreeSet::from([pid(7)]));
         let persist_at = first
             .iter()
             .position(|a| *a == Action::Persist(PersistOp::IncomingQos2(pid(7))))
@@ -1771,6 +1772,7 @@ mod tests {
         let rel = state.handle_packet(Packet::PubRel(Ack::new(pid(7))), now);
         assert_eq!(sends(&rel), vec![Packet::PubComp(Ack::new(pid(7)))]);
         assert!(rel.contains(&Action::Persist(PersistOp::IncomingReleased(pid(7)))));
+        assert!(state.incoming_qos2().is_empty());
         // After PUBREL the id is free: the same id is a new message.
         let again = state.handle_packet(incoming(7, QoS::ExactlyOnce, false), now);
         assert_eq!(delivered(&again).len(), 1);

@@ -1225,6 +1225,19 @@ mod packet_ids {
         }
     }
 
+    /// Out of order (as after ids wrapped round to a stuck message), the search walks up
+    /// from `next_packet_id` past every id in flight to the next free one.
+    #[test]
+    fn the_search_takes_the_next_free_id_up_from_next_packet_id() {
+        let mut session = StoredSession::new(None, 4);
+        for id in [5u16, 1, 6] {
+            session.send_in_flight(crate::codec::PacketId::new(id).unwrap(), message());
+        }
+        session.next_packet_id = 5;
+        let (id, _) = alloc_packet_id(&session, false);
+        assert_eq!(id.get(), 7);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
