@@ -1,5 +1,5 @@
 //! The normative statements of MQTT 3.1.1 and 5.0, embedded from the repository's index in
-//! `src/certify/spec/*.tsv` (its README says how each column was judged, including the `role`
+//! `src/certify/spec/mqtt-*-statements.tsv` (its README says how each column was judged, including the `role`
 //! column this repository adds: which side of a packet exchange a statement binds;
 //! `scripts/spec-coverage` reads the same files).
 //!
