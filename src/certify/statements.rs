@@ -1,7 +1,7 @@
 //! The normative statements of MQTT 3.1.1 and 5.0, embedded from the repository's index in
-//! `src/certify/spec/*.tsv` (its README says how each column was judged, including the `role`
-//! column this repository adds: which side of a packet exchange a statement binds;
-//! `scripts/spec-coverage` reads the same files).
+//! `src/certify/spec/mqtt-*-statements.tsv` (its README says how each column was judged,
+//! including the `role` column this repository adds: which side of a packet exchange a
+//! statement binds; `scripts/spec-coverage` reads the same files).
 //!
 //! The same id can name different rules in the two versions (`MQTT-3.3.1-9` is "RETAIN 0 on a
 //! forward" in 3.1.1 and a Retain Handling rule in 5.0), so every lookup takes the version, and
