@@ -186,10 +186,8 @@ impl Config {
                         shape.name()
                     ));
                 }
-                if shape == Shape::Latency {
-                    if self.rate_per_sec.is_none() {
-                        return Err("latency needs a fixed --rate".into());
-                    }
+                if shape == Shape::Latency && self.rate_per_sec.is_none() {
+                    return Err("latency needs a fixed --rate".into());
                 }
             }
         }
