@@ -32,7 +32,7 @@ enum Command {
     /// Subscribe and print messages, like mosquitto_sub; reconnects by itself.
     #[command(disable_help_flag = true)]
     Sub(cli::sub_cmd::Args),
-    /// Measure a broker: throughput (fan-in, fan-out), latency, idle connections.
+    /// Measure a broker: throughput (fan-in, fan-out, shared), latency, idle connections.
     Bench(cli::bench::Args),
     /// Run scenarios in the simulator, every seed; exit 0 only when all pass.
     Run(cli::run::Args),

@@ -123,6 +123,34 @@ async fn every_shape_against_mosquitto() {
     assert_eq!(t.expected, t.sent * 5);
     assert_eq!(t.received_total, t.expected);
 
+    // shared: each message reaches one member of the group, none twice, and the group splits
+    // them (no member got them all).
+    let mut shared = config(&mosquitto, Shape::Shared);
+    shared.qos = QoS::AtLeastOnce;
+    shared.subscribers = 4;
+    shared.rate_per_sec = Some(500.0);
+    shared.duration = Duration::from_millis(300);
+    let report = bench::run(&shared).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let t = report.throughput.unwrap();
+    assert!(t.sent >= 100, "sent only {}", t.sent);
+    assert_eq!((t.expected, t.received_total), (t.sent, t.sent));
+    assert_eq!((t.not_received, t.extra), (0, 0));
+    let group = t.shared.unwrap();
+    assert!(
+        group.filter.starts_with("$share/simqtt-bench/"),
+        "{}",
+        group.filter
+    );
+    assert_eq!(
+        (group.members, group.distinct, group.duplicates),
+        (4, t.sent, 0)
+    );
+    assert!(
+        group.per_member_max < t.sent,
+        "one member got every message"
+    );
+
     // connections: all open, all held, weighed in mosquitto's RSS.
     let mut connections = config(&mosquitto, Shape::Connections);
     connections.connections = 300;

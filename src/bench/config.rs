@@ -33,6 +33,9 @@ pub enum Shape {
     Latency,
     /// N idle connections opened and held.
     Connections,
+    /// Publishers (default 1) on one topic to a group of N subscribers (default 10) of
+    /// `$share/GROUP/TOPIC`: each message is owed to one member of the group, not to each.
+    Shared,
 }
 
 impl Shape {
@@ -42,9 +45,13 @@ impl Shape {
             Shape::FanOut => "fan-out",
             Shape::Latency => "latency",
             Shape::Connections => "connections",
+            Shape::Shared => "shared",
         }
     }
 }
+
+/// The share name the shared shape's subscribers join (`$share/GROUP/TOPIC`).
+pub const SHARE_GROUP: &str = "simqtt-bench";
 
 /// Where the load goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +96,7 @@ impl Config {
             Shape::FanOut => (1, 50, None),
             Shape::Latency => (1, 1, Some(2000.0)),
             Shape::Connections => (0, 0, None),
+            Shape::Shared => (1, 10, None),
         };
         Config {
             target,
@@ -119,6 +127,24 @@ impl Config {
         };
         let secs = self.duration.as_secs() + self.drain.as_secs() + 60 + clients as u64 / 1000;
         secs.clamp(60, u64::from(u16::MAX)) as u16
+    }
+
+    /// Deliveries the subscribers are owed for `sent` messages: one per message per subscriber,
+    /// except in a shared subscription, where each message goes to one member of the group
+    /// (MQTT 5.0 §4.8.2: a message matching a Shared Subscription is sent to only one of the
+    /// Sessions attached to it), and against the sink, which counts what it reads.
+    pub fn deliveries_owed(&self, sent: u64) -> u64 {
+        if self.target == Target::Sink || self.shape == Shape::Shared {
+            sent
+        } else {
+            sent * self.subscribers as u64
+        }
+    }
+
+    /// Whether publishers stamp each payload with a timestamp and a sequence number
+    /// (latency: for the latency; shared: to find a message delivered twice).
+    pub fn stamps(&self) -> bool {
+        matches!(self.shape, Shape::Latency | Shape::Shared)
     }
 
     /// Refuses combinations that cannot measure what the shape promises.
@@ -153,16 +179,15 @@ impl Config {
                 if self.subscribers == 0 && self.target != Target::Sink {
                     return Err(format!("{} needs at least one subscriber", shape.name()));
                 }
-                if shape == Shape::Latency {
-                    if self.payload_bytes < LATENCY_PAYLOAD_MIN {
-                        return Err(format!(
-                            "latency needs --payload >= {LATENCY_PAYLOAD_MIN} (timestamp and \
-                             sequence number)"
-                        ));
-                    }
-                    if self.rate_per_sec.is_none() {
-                        return Err("latency needs a fixed --rate".into());
-                    }
+                if self.stamps() && self.payload_bytes < LATENCY_PAYLOAD_MIN {
+                    return Err(format!(
+                        "{} needs --payload >= {LATENCY_PAYLOAD_MIN} (timestamp and sequence \
+                         number)",
+                        shape.name()
+                    ));
+                }
+                if shape == Shape::Latency && self.rate_per_sec.is_none() {
+                    return Err("latency needs a fixed --rate".into());
                 }
             }
         }
@@ -292,6 +317,39 @@ mod tests {
         assert!(Config::new(Target::Sink, Shape::Latency)
             .validate()
             .is_err());
+    }
+
+    /// A shared group owes each message once, whatever its size; fan-out owes it to each
+    /// subscriber; the sink counts what it reads.
+    #[test]
+    fn deliveries_owed_by_shape() {
+        let broker = parse_broker_url("h").unwrap();
+        let shared = Config::new(broker.clone(), Shape::Shared);
+        assert_eq!((shared.publishers, shared.subscribers), (1, 10));
+        assert_eq!(shared.validate(), Ok(()));
+        assert_eq!(shared.deliveries_owed(1000), 1000);
+        let mut fan_out = Config::new(broker.clone(), Shape::FanOut);
+        fan_out.subscribers = 10;
+        assert_eq!(fan_out.deliveries_owed(1000), 10_000);
+        let fan_in = Config::new(broker.clone(), Shape::FanIn);
+        assert_eq!(
+            fan_in.deliveries_owed(1000),
+            1000 * fan_in.subscribers as u64
+        );
+        let mut sink = Config::new(Target::Sink, Shape::FanIn);
+        sink.subscribers = 0;
+        assert_eq!(sink.deliveries_owed(1000), 1000);
+
+        // Duplicates are found by the sequence number in the payload: it must fit.
+        let mut small = Config::new(broker.clone(), Shape::Shared);
+        small.payload_bytes = 15;
+        assert!(small
+            .validate()
+            .unwrap_err()
+            .contains("shared needs --payload >= 16"));
+        let mut empty = Config::new(broker, Shape::Shared);
+        empty.subscribers = 0;
+        assert!(empty.validate().is_err());
     }
 
     #[test]

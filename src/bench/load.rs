@@ -100,8 +100,10 @@ pub struct PublisherPlan {
     pub inflight: u16,
     /// This publisher's messages per second; `None`: as fast as the socket takes them.
     pub rate_per_sec: Option<f64>,
-    /// Put the send time and a sequence number in each payload (latency shape).
+    /// Put the send time and a sequence number in each payload (latency and shared shapes).
     pub stamp: bool,
+    /// Added to this publisher's sequence numbers, so they are unique over the run's publishers.
+    pub sequence_base: u64,
     /// The instant timestamps count from (shared with the subscribers of this run).
     pub epoch: std::time::Instant,
     pub start: Instant,
@@ -243,7 +245,9 @@ async fn publish_paced(
                 let stamp_ns = plan.epoch.elapsed().as_nanos() as u64;
                 for _ in 0..n {
                     let id = if plan.qos == 0 { 0 } else { window.allocate() };
-                    let stamp = plan.stamp.then_some((stamp_ns, scheduled));
+                    let stamp = plan
+                        .stamp
+                        .then_some((stamp_ns, plan.sequence_base + scheduled));
                     plan.template.push(id, stamp, &mut out);
                     scheduled += 1;
                 }
@@ -418,12 +422,17 @@ pub struct SubscriberPlan {
     /// Messages received so far by all subscribers of the run (added once per read).
     pub received: Arc<AtomicU64>,
     pub stop: watch::Receiver<bool>,
+    /// Keep the sequence number of each message (bytes 8..16 of its payload), so the run can
+    /// tell a message delivered twice from two messages.
+    pub sequences: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct SubscriberResult {
     pub received: u64,
     pub latency: Option<Histogram>,
+    /// The sequence numbers received, in arrival order (when `SubscriberPlan::sequences`).
+    pub sequences: Vec<u64>,
 }
 
 pub async fn subscriber(
@@ -443,6 +452,7 @@ pub async fn subscriber(
     let mut acks_offset = 0usize;
     let mut received: u64 = 0;
     let mut histogram = plan.latency.then(Histogram::new);
+    let mut sequences: Vec<u64> = Vec::new();
     // Already-buffered bytes (sent right after SUBACK) are processed before the first read.
     let mut pending_input = input.filled > 0;
 
@@ -488,7 +498,7 @@ pub async fn subscriber(
             match frame.packet_type() {
                 scan::PUBLISH => {
                     batch += 1;
-                    if frame.first_byte & 0b0110 == 0 && histogram.is_none() {
+                    if frame.first_byte & 0b0110 == 0 && histogram.is_none() && !plan.sequences {
                         // QoS 0 and no latency: counting is all there is to do.
                         return Ok(());
                     }
@@ -504,6 +514,13 @@ pub async fn subscriber(
                             let mut sent = [0u8; 8];
                             sent.copy_from_slice(stamp);
                             histogram.record(now_ns.saturating_sub(u64::from_le_bytes(sent)));
+                        }
+                    }
+                    if plan.sequences {
+                        if let Some(sequence) = view.payload.get(8..16) {
+                            let mut bytes = [0u8; 8];
+                            bytes.copy_from_slice(sequence);
+                            sequences.push(u64::from_le_bytes(bytes));
                         }
                     }
                 }
@@ -535,6 +552,7 @@ pub async fn subscriber(
     Ok(SubscriberResult {
         received,
         latency: histogram,
+        sequences,
     })
 }
 

@@ -10,13 +10,16 @@
 //! Bench is not part of the simulation: it uses real clocks (`std::time::Instant`, tokio's
 //! real-time timers) and real sockets, and its numbers are not deterministic.
 //!
-//! How a throughput run counts (fan-in, fan-out, latency):
+//! How a throughput run counts (fan-in, fan-out, latency, shared):
 //! - the clock starts once every subscriber holds its SUBACK and every publisher its CONNACK;
 //! - `received_per_sec` counts deliveries during the window only, so a broker that buffers
 //!   cannot look faster than it delivers;
 //! - after the window publishers stop and subscribers drain (until all expected deliveries
 //!   arrived, nothing arrived for a second, or `--drain` ran out); what never arrived is
-//!   `not_received`: lost, or still queued in the broker.
+//!   `not_received`: lost, or still queued in the broker;
+//! - in the shared shape each message is owed to one member of the group, not to each
+//!   subscriber; publishers number their messages, so a message that reached two members (or
+//!   one twice) counts as a duplicate, and loss counts distinct messages.
 
 pub mod config;
 pub mod connections;
@@ -100,7 +103,7 @@ pub struct ThroughputReport {
     /// Deliveries counted by the subscribers (or the sink) during the window.
     pub received_in_window: u64,
     pub received_per_sec: f64,
-    /// sent × subscribers (sent, against the sink).
+    /// Deliveries owed: sent × subscribers; sent against the sink and to a shared group.
     pub expected: u64,
     /// Deliveries by the end of the drain.
     pub received_total: u64,
@@ -117,6 +120,45 @@ pub struct ThroughputReport {
     pub rejected: u64,
     pub unacked: u64,
     pub drain_secs: f64,
+    /// The shared shape's group accounting (`None` for the other shapes).
+    pub shared: Option<SharedReport>,
+}
+
+/// How a shared subscription's group split the messages: each is owed to exactly one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedReport {
+    /// The subscribers' filter, `$share/GROUP/TOPIC`.
+    pub filter: String,
+    pub members: usize,
+    /// Different messages delivered to some member (by sequence number), by the end of the
+    /// drain.
+    pub distinct: u64,
+    /// Deliveries of a message some member had already received (the same member again, or
+    /// another one): a duplicate at QoS 2, a redelivery worth counting at QoS 1.
+    pub duplicates: u64,
+    /// Deliveries to the member that received fewest and most.
+    pub per_member_min: u64,
+    pub per_member_max: u64,
+}
+
+impl SharedReport {
+    /// Accounts for `members` (each member's sequence numbers received, in any order).
+    pub fn of(filter: &str, members: &[Vec<u64>]) -> SharedReport {
+        let mut all: Vec<u64> = members.iter().flatten().copied().collect();
+        let total = all.len() as u64;
+        all.sort_unstable();
+        all.dedup();
+        let distinct = all.len() as u64;
+        let counts = members.iter().map(|m| m.len() as u64);
+        SharedReport {
+            filter: filter.to_string(),
+            members: members.len(),
+            distinct,
+            duplicates: total - distinct,
+            per_member_min: counts.clone().min().unwrap_or(0),
+            per_member_max: counts.max().unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -396,6 +438,13 @@ async fn throughput(
                 Box::new(move |i| format!("{p}/in/{i}")),
             )
         }
+        Shape::Shared => {
+            let topic = format!("{prefix}/out");
+            (
+                format!("$share/{}/{topic}", config::SHARE_GROUP),
+                Box::new(move |_| topic.clone()),
+            )
+        }
         _ => {
             let topic = format!("{prefix}/out");
             (topic.clone(), Box::new(move |_| topic.clone()))
@@ -433,6 +482,7 @@ async fn throughput(
                 epoch,
                 received: received.clone(),
                 stop: stop_rx.clone(),
+                sequences: config.shape == Shape::Shared,
             },
         ));
     }
@@ -474,7 +524,9 @@ async fn throughput(
                 protocol: config.protocol,
                 inflight: config.inflight,
                 rate_per_sec: rate_each,
-                stamp: config.shape == Shape::Latency,
+                stamp: config.stamps(),
+                // 2^40 sequence numbers each: more than a publisher sends in any run.
+                sequence_base: (index as u64) << 40,
                 epoch,
                 start,
                 deadline,
@@ -502,11 +554,7 @@ async fn throughput(
             Err(error) => keep_error(&mut report.errors, format!("publisher task: {error}")),
         }
     }
-    let expected = if sink.is_some() {
-        sent.sent
-    } else {
-        sent.sent * subscriber_count as u64
-    };
+    let expected = config.deliveries_owed(sent.sent);
     // Drain: wait for what is still on its way, but not for what will never come.
     let mut last = count();
     let mut last_change = Instant::now();
@@ -529,12 +577,14 @@ async fn throughput(
     let received_total = count();
     let _ = stop_subscribers.send(true);
     let mut latency = Histogram::new();
+    let mut members: Vec<Vec<u64>> = Vec::new();
     while let Some(joined) = subscribers.join_next().await {
         match joined {
             Ok(Ok(result)) => {
                 if let Some(histogram) = result.latency {
                     latency.merge(&histogram);
                 }
+                members.push(result.sequences);
             }
             Ok(Err(error)) => keep_error(&mut report.errors, format!("subscriber: {error}")),
             Err(error) => keep_error(&mut report.errors, format!("subscriber task: {error}")),
@@ -543,6 +593,9 @@ async fn throughput(
     let _ = stop_sampler.send(true);
     let rss_max = sampler.await.unwrap_or(0);
 
+    let shared = (config.shape == Shape::Shared).then(|| SharedReport::of(&filter, &members));
+    // In a group a duplicate could hide a loss: what arrived is counted by distinct message.
+    let arrived = shared.as_ref().map_or(received_total, |s| s.distinct);
     let secs = config.duration.as_secs_f64();
     report.throughput = Some(ThroughputReport {
         sent: sent.sent,
@@ -552,12 +605,13 @@ async fn throughput(
         expected,
         received_total,
         received_total_per_sec: received_total as f64 / (secs + drain_secs).max(1e-9),
-        not_received: expected.saturating_sub(received_total),
+        not_received: expected.saturating_sub(arrived),
         extra: received_total.saturating_sub(expected),
         acked: sent.acked,
         rejected: sent.rejected,
         unacked: sent.unacked,
         drain_secs,
+        shared,
     });
     if config.shape == Shape::Latency {
         report.latency = Some(LatencyReport::from_histogram(&latency));
@@ -634,6 +688,28 @@ mod tests {
                 assert_eq!((t.acked, t.unacked), (t.sent, 0), "{qos:?}");
             }
         }
+    }
+
+    /// Each message counts once however many members hold it; a second copy, to another member
+    /// or the same one, is a duplicate; the spread is per member.
+    #[test]
+    fn shared_accounting_counts_messages_not_copies() {
+        let members = vec![vec![0, 2, 4], vec![1, 3], vec![5, 2], vec![]];
+        let report = SharedReport::of("$share/g/t", &members);
+        assert_eq!(
+            report,
+            SharedReport {
+                filter: "$share/g/t".into(),
+                members: 4,
+                distinct: 6,
+                duplicates: 1,
+                per_member_min: 0,
+                per_member_max: 3,
+            }
+        );
+        let again = SharedReport::of("$share/g/t", &[vec![7, 7, 7]]);
+        assert_eq!((again.distinct, again.duplicates), (1, 2));
+        assert_eq!(SharedReport::of("f", &[]).per_member_max, 0);
     }
 
     #[tokio::test]

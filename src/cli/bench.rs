@@ -18,6 +18,9 @@ pub enum ShapeArg {
     Latency,
     /// N idle connections (default 10000) opened and held for the duration.
     Connections,
+    /// One publisher to a group of N subscribers (default 10) of `$share/simqtt-bench/TOPIC`:
+    /// each message is owed to one member; reports duplicates and the spread over members.
+    Shared,
 }
 
 #[derive(clap::Args)]
@@ -83,6 +86,7 @@ impl Args {
             ShapeArg::FanOut => Shape::FanOut,
             ShapeArg::Latency => Shape::Latency,
             ShapeArg::Connections => Shape::Connections,
+            ShapeArg::Shared => Shape::Shared,
         };
         let mut config = Config::new(target, shape);
         if let Some(url) = &self.broker {
@@ -169,12 +173,7 @@ pub fn render(report: &Report) -> String {
         out.push_str(&s);
         out.push('\n');
     };
-    let shape = match report.shape {
-        Shape::FanIn => "fan-in",
-        Shape::FanOut => "fan-out",
-        Shape::Latency => "latency",
-        Shape::Connections => "connections",
-    };
+    let shape = report.shape.name();
     line(format!(
         "{shape} against {} (MQTT {}, QoS {}, {}-byte payload, {:.1} s)",
         report.broker, report.protocol, report.qos, report.payload_bytes, report.duration_secs
@@ -213,6 +212,13 @@ pub fn render(report: &Report) -> String {
                 String::new()
             }
         ));
+        if let Some(s) = &t.shared {
+            line(format!(
+                "  group     {} members of {}: {} distinct messages, {} duplicates, per member \
+                 {}..{}",
+                s.members, s.filter, s.distinct, s.duplicates, s.per_member_min, s.per_member_max
+            ));
+        }
         if report.qos > 0 {
             line(format!(
                 "  acked     {:>12}  rejected {}  unacked {}",
@@ -328,6 +334,11 @@ mod tests {
         assert_eq!(config.connections, 5);
         let config = parse(&["fan-out", "--broker", "h"]).unwrap();
         assert_eq!(config.subscribers, 50);
+        let config = parse(&["shared", "--broker", "h", "--qos", "1"]).unwrap();
+        assert_eq!(
+            (config.shape, config.publishers, config.subscribers),
+            (Shape::Shared, 1, 10)
+        );
         let config = parse(&["fan-in", "--sink"]).unwrap();
         assert_eq!((config.target, config.subscribers), (Target::Sink, 0));
     }
@@ -340,6 +351,8 @@ mod tests {
         assert!(parse(&["fan-in", "--broker", "h", "--duration", "soon"]).is_err());
         assert!(parse(&["latency", "--broker", "h", "--payload", "4"]).is_err());
         assert!(parse(&["latency", "--sink"]).is_err());
+        assert!(parse(&["shared", "--sink"]).is_err());
+        assert!(parse(&["shared", "--broker", "h", "--payload", "8"]).is_err());
         assert!(parse(&["sideways", "--broker", "h"]).is_err());
     }
 }
