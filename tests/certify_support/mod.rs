@@ -192,7 +192,9 @@ pub fn certify(scenarios: &[(PathBuf, Scenario)], options: &Options) -> Certific
 /// Every failing case with its findings, for assertion messages.
 pub fn failures(cert: &Certification) -> String {
     let mut out = String::new();
-    for case in cert.cases.iter().filter(|c| c.failed()) {
+    // Inconclusive cases too: `certified()` refuses them, and a failed assertion that names
+    // no case would leave the reader nothing to rerun.
+    for case in cert.cases.iter().filter(|c| c.failed() || c.inconclusive()) {
         out.push_str(&describe(case));
     }
     out
