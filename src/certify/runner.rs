@@ -1133,34 +1133,12 @@ fn run_watched(
         // (the foreign-delivery filter keeps them out of their traces).
         tracing::warn!(scenario = %scenario.name, seed, "cleanup after the case: {text}");
     }
-    let failed = findings
-        .iter()
-        .any(|f| matches!(f.grade, Grade::Must | Grade::Error));
     let inconclusive = report.inconclusive();
     let mut result = case_result(case, Verdict::Passed, started.elapsed(), options);
     result.choices = choices;
     result.set_aside.extend(fallout);
-    if inconclusive.is_empty() {
-        result.verdict = if failed {
-            Verdict::Failed
-        } else {
-            Verdict::Passed
-        };
-        result.findings = findings;
-    } else {
-        // A fault that did not take effect: what the run found may be its absence.
-        let reason = format!("not confirmed: {}", inconclusive.join("; "));
-        let (kept, aside): (Vec<Finding>, Vec<Finding>) =
-            findings.into_iter().partition(|f| f.grade == Grade::Should);
-        result.findings = kept;
-        if !aside.is_empty() {
-            result.set_aside.push(SetAside {
-                reason: format!("the run is inconclusive ({reason})"),
-                findings: aside,
-            });
-        }
-        result.verdict = Verdict::Inconclusive { reason };
-    }
+    // A fault that did not take effect: what the run found may be its absence.
+    settle(&mut result, findings, &inconclusive, "not confirmed");
     (result, report.trace)
 }
 
@@ -1419,6 +1397,42 @@ pub fn rfc3339(time: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// The verdict of a case from its findings and what could not be confirmed: failed on a MUST
+/// or an error, passed otherwise; inconclusive when anything was not confirmed (`what` names
+/// how, e.g. "not confirmed"), in which case only SHOULD findings are kept and the others are
+/// set aside, since what the run found may be the fault's absence. Shared by `certify` and
+/// `certify-client`.
+pub(crate) fn settle(
+    result: &mut CaseResult,
+    findings: Vec<Finding>,
+    inconclusive: &[String],
+    what: &str,
+) {
+    if inconclusive.is_empty() {
+        let failed = findings
+            .iter()
+            .any(|f| matches!(f.grade, Grade::Must | Grade::Error));
+        result.verdict = if failed {
+            Verdict::Failed
+        } else {
+            Verdict::Passed
+        };
+        result.findings = findings;
+        return;
+    }
+    let reason = format!("{what}: {}", inconclusive.join("; "));
+    let (kept, aside): (Vec<Finding>, Vec<Finding>) =
+        findings.into_iter().partition(|f| f.grade == Grade::Should);
+    result.findings = kept;
+    if !aside.is_empty() {
+        result.set_aside.push(SetAside {
+            reason: format!("the run is inconclusive ({reason})"),
+            findings: aside,
+        });
+    }
+    result.verdict = Verdict::Inconclusive { reason };
 }
 
 #[cfg(test)]

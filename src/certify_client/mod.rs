@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::certify::coverage::{relevant_checkers, scenario_versions};
 use crate::certify::statements::{Level, SpecVersion, Statements};
 use crate::certify::tcp::{wait_for_port, Restart, Target, Tcp, Watch};
-use crate::certify::{grade, CaseResult, Certification, Choice, Finding, Grade, SetAside, Verdict};
+use crate::certify::{grade, CaseResult, Certification, Choice, Finding, Grade, Verdict};
 use crate::history::checkers;
 use crate::scenario::cite::Citation;
 use crate::scenario::{Scenario, Step};
@@ -402,29 +402,12 @@ fn run_case(
     result.duration = started.elapsed();
     let mut inconclusive = report.inconclusive();
     inconclusive.extend(could_not_run);
-    let failed = findings
-        .iter()
-        .any(|f| matches!(f.grade, Grade::Must | Grade::Error));
-    if inconclusive.is_empty() {
-        result.verdict = if failed {
-            Verdict::Failed
-        } else {
-            Verdict::Passed
-        };
-        result.findings = findings;
-    } else {
-        let reason = format!("not confirmed or not run: {}", inconclusive.join("; "));
-        let (kept, aside): (Vec<Finding>, Vec<Finding>) =
-            findings.into_iter().partition(|f| f.grade == Grade::Should);
-        result.findings = kept;
-        if !aside.is_empty() {
-            result.set_aside.push(SetAside {
-                reason: format!("the run is inconclusive ({reason})"),
-                findings: aside,
-            });
-        }
-        result.verdict = Verdict::Inconclusive { reason };
-    }
+    crate::certify::runner::settle(
+        &mut result,
+        findings,
+        &inconclusive,
+        "not confirmed or not run",
+    );
     result
 }
 
